@@ -1,0 +1,394 @@
+"""TOML configuration -> validated, immutable models.
+
+Shape: environments -> clusters -> members. Every problem is reported at once, each with
+file:line, the key path, and for unknown keys a did-you-mean. Secrets are references; the
+validator never echoes a value it was given for a credential.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENGINES = ("postgres",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Strict):
+    """Where a credential lives: exactly one of env, file or value (value: sandbox only)."""
+
+    env: str | None = None
+    file: str | None = None
+    value: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretRef":
+        given = [k for k in ("env", "file", "value") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of env, file or value")
+        return self
+
+    def describe(self) -> str:
+        if self.env is not None:
+            return f"env:{self.env}"
+        if self.file is not None:
+            return f"file:{self.file}"
+        return "literal (sandbox)"
+
+
+class TLS(_Strict):
+    mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class PostgresThresholds(_Strict):
+    """Defaults are the product brief's."""
+
+    lag_bytes_warn: int = 16 * 1024 * 1024
+    lag_bytes_crit: int = 100 * 1024 * 1024
+    lag_seconds_warn: float = 10.0
+    lag_seconds_crit: float = 60.0
+    connections_pct_warn: float = 80.0
+    connections_pct_crit: float = 95.0
+    cache_hit_ratio_warn: float = 99.0
+    archiver_failures_warn: int = 0  # WARN when failed_count rose above this since dbops started watching
+    xid_age_warn: int = 500_000_000
+    xid_age_crit: int = 1_500_000_000
+    inactive_slot_retained_bytes_warn: int = 1024 * 1024 * 1024
+    long_query_seconds: float = 60.0
+    idle_in_transaction_seconds_warn: float = 60.0
+    idle_in_transaction_seconds_crit: float = 600.0
+
+
+class Member(_Strict):
+    name: str
+    host: str
+    port: int = Field(default=5432, ge=1, le=65535)
+    role: Literal["primary", "replica", "any"] = "any"
+    # The name this member's walreceiver reports to the primary; matching it to a row of
+    # pg_stat_replication is how a replica's lag is read from the primary's side.
+    application_name: str | None = None
+
+
+class PgBouncer(_Strict):
+    host: str
+    port: int = Field(default=6432, ge=1, le=65535)
+    user: str = "pgbouncer"
+    password: SecretRef | None = None
+
+
+class Cluster(_Strict):
+    engine: Literal["postgres"]
+    members: list[Member] = Field(min_length=1)
+    database: str = "postgres"
+    user: str = "postgres"
+    password: SecretRef | None = None
+    tls: TLS = TLS()
+    refresh_interval: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
+    thresholds: PostgresThresholds = PostgresThresholds()
+    pgbouncer: PgBouncer | None = None
+    description: str = ""
+
+    @field_validator("members")
+    @classmethod
+    def _unique_names(cls, members: list[Member]) -> list[Member]:
+        seen: set[str] = set()
+        for m in members:
+            if m.name in seen:
+                raise ValueError(f"member name {m.name!r} is used twice")
+            seen.add(m.name)
+        return members
+
+
+class Environment(_Strict):
+    mode: Literal["read-only", "operator"] = "read-only"
+    # Production gets the red banner and the strictest confirmations.
+    production: bool | None = None
+    # Only a sandbox environment may hold literal credentials in the file.
+    sandbox: bool = False
+    clusters: dict[str, Cluster] = Field(default_factory=dict)
+
+    def is_production(self, name: str) -> bool:
+        return self.production if self.production is not None else name.lower() in ("production", "prod")
+
+
+class Defaults(_Strict):
+    refresh_interval: float = Field(default=2.0, gt=0)
+    timeout: float = Field(default=3.0, gt=0)
+    history_seconds: int = Field(default=3600, ge=60)
+
+
+class Config(_Strict):
+    defaults: Defaults = Defaults()
+    operator: str | None = None
+    environments: dict[str, Environment] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _literal_secrets_only_in_sandbox(self) -> "Config":
+        for env_name, env in self.environments.items():
+            if env.sandbox:
+                continue
+            for cname, cluster in env.clusters.items():
+                refs = [("password", cluster.password)]
+                if cluster.pgbouncer:
+                    refs.append(("pgbouncer.password", cluster.pgbouncer.password))
+                for key, ref in refs:
+                    if ref is not None and ref.value is not None:
+                        raise ValueError(
+                            f"environments.{env_name}.clusters.{cname}.{key}: a literal credential is only "
+                            "allowed in a sandbox environment; use { env = \"VAR\" } or { file = \"/path\" }"
+                        )
+        return self
+
+    # -- convenience -------------------------------------------------------------------------
+
+    def clusters(self) -> list["ClusterRef"]:
+        out = []
+        for env_name, env in self.environments.items():
+            for cname, cluster in env.clusters.items():
+                out.append(ClusterRef(env_name, env, cname, cluster, self.defaults))
+        return out
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    """A cluster with its environment and the defaults that apply to it."""
+
+    environment: str
+    env: Environment
+    name: str
+    cluster: Cluster
+    defaults: Defaults
+
+    @property
+    def refresh_interval(self) -> float:
+        return self.cluster.refresh_interval or self.defaults.refresh_interval
+
+    @property
+    def timeout(self) -> float:
+        return self.cluster.timeout or self.defaults.timeout
+
+    @property
+    def production(self) -> bool:
+        return self.env.is_production(self.environment)
+
+    @property
+    def key(self) -> str:
+        return f"{self.environment}/{self.name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*=""")
+
+
+def _split_dotted(key: str) -> list[str]:
+    parts = re.findall(r""""([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+)""", key)
+    return [a or b or c for a, b, c in parts]
+
+
+def locate_keys(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path (array items as str(index)) to the 1-based line where it is written.
+
+    tomllib gives no positions, so this follows the table headers and `key =` lines itself;
+    inline tables resolve to the line of the key that holds them.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    array_counts: dict[tuple[str, ...], int] = {}
+    in_multiline: str | None = None
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if in_multiline:
+            if in_multiline in raw:
+                in_multiline = None
+            continue
+        m = _HEADER.match(raw)
+        if m and not raw.strip().startswith("#"):
+            path = tuple(_split_dotted(m.group(2)))
+            if m.group(1) == "[[":
+                idx = array_counts.get(path, -1) + 1
+                array_counts[path] = idx
+                table = path + (str(idx),)
+            else:
+                # resolve references into the current element of enclosing arrays of tables
+                resolved: list[str] = []
+                for part in path:
+                    resolved.append(part)
+                    if tuple(resolved) in array_counts:
+                        resolved.append(str(array_counts[tuple(resolved)]))
+                table = tuple(resolved)
+            lines.setdefault(table, lineno)
+            for i in range(1, len(table)):
+                lines.setdefault(table[:i], lineno)
+            continue
+        k = _KEY.match(raw)
+        if k:
+            path = table + tuple(_split_dotted(k.group(1)))
+            lines.setdefault(path, lineno)
+            rest = raw[k.end():]
+            for q in ('"""', "'''"):
+                if rest.count(q) == 1:
+                    in_multiline = q
+    return lines
+
+
+def _line_for(path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    for end in range(len(path), 0, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `path` (for did-you-mean on unknown keys)."""
+    model: Any = Config
+    i = 0
+    while i < len(path) - 1:
+        part = path[i]
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        origin = getattr(ann, "__origin__", None)
+        args = getattr(ann, "__args__", ())
+        if origin is dict:
+            model = args[1]
+            i += 2
+        elif origin is list:
+            model = args[0]
+            i += 2
+        else:
+            # Optional[Model] -> Model
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+            i += 1
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _suggest(path: tuple[Any, ...]) -> str:
+    owner = _model_at(path)
+    if owner is None:
+        return ""
+    close = difflib.get_close_matches(str(path[-1]), list(owner.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_SECRET_KEYS = {"value", "password"}
+
+
+def _message(err: dict[str, Any], path: tuple[Any, ...]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggest(path)
+    if kind == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    # pydantic quotes the input in some messages; never let a credential through.
+    if any(str(p) in _SECRET_KEYS for p in path):
+        return msg
+    if "input" in err and isinstance(err["input"], (str, int, float, bool)) and kind != "value_error":
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def parse(text: str, file: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError([Problem(file, int(m.group(1)) if m else None, "", f"not valid TOML: {exc}")]) from None
+    lines = locate_keys(text)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            path = tuple(str(p) for p in err["loc"])
+            problems.append(Problem(file, _line_for(path, lines), ".".join(path), _message(err, path)))
+        raise ConfigError(problems) from None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(str(p), None, "", "file does not exist")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(p), None, "", f"cannot be read: {exc}")]) from None
+    return parse(text, str(p))
+
+
+def user_config_path() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("dbops")) / "dbops.toml"
+
+
+def find_config(explicit: str | None = None) -> Path:
+    """--config, then $DBOPS_CONFIG, then ./dbops.toml, then the user config dir."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("DBOPS_CONFIG"):
+        return Path(os.environ["DBOPS_CONFIG"])
+    local = Path("dbops.toml")
+    if local.exists():
+        return local
+    user = user_config_path()
+    if user.exists():
+        return user
+    raise ConfigError(
+        [
+            Problem(
+                "dbops.toml",
+                None,
+                "",
+                f"no configuration found: pass --config PATH, set DBOPS_CONFIG, or create ./dbops.toml or {user} "
+                "(config.example.toml documents every key; `dbops sandbox up` writes one for a local sandbox)",
+            )
+        ]
+    )
+
+
+def state_dir() -> Path:
+    """Audit log, journals and sandbox live here: $DBOPS_STATE_DIR or the user state dir."""
+    if os.environ.get("DBOPS_STATE_DIR"):
+        return Path(os.environ["DBOPS_STATE_DIR"]).expanduser()
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("dbops"))

@@ -1,0 +1,145 @@
+"""What one poll of a PostgreSQL member returns. Frozen: the UI diffs these, never edits them.
+
+Byte lags are in bytes, ages and lags in seconds (float), None where the server gave no value
+or the value does not apply to this member's role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    """One row of pg_stat_replication, seen from the primary."""
+
+    pid: int
+    application_name: str
+    client_addr: str | None
+    state: str  # streaming, catchup, backup, startup, stopping
+    sync_state: str  # async, sync, potential, quorum
+    sent_lsn: str | None
+    replay_lsn: str | None
+    write_lag_bytes: int | None
+    flush_lag_bytes: int | None
+    replay_lag_bytes: int | None
+    write_lag_seconds: float | None
+    flush_lag_seconds: float | None
+    replay_lag_seconds: float | None
+    slot_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WalReceiver:
+    """pg_stat_wal_receiver plus the standby's LSN functions, seen from a standby."""
+
+    status: str | None  # streaming, stopping, ... ; None when no walreceiver runs
+    sender_host: str | None
+    sender_port: int | None
+    slot_name: str | None
+    received_lsn: str | None
+    replayed_lsn: str | None
+    replay_lag_bytes: int | None  # received - replayed
+    replay_lag_seconds: float | None  # 0 when caught up, else now() - last replayed xact time
+    replay_paused: bool
+    last_msg_age_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    slot_name: str
+    slot_type: str
+    active: bool
+    wal_status: str | None  # reserved, extended, unreserved, lost
+    retained_bytes: int | None
+    database: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A client backend from pg_stat_activity (dbops' own sessions excluded)."""
+
+    pid: int
+    usename: str | None
+    application_name: str
+    client_addr: str | None
+    database: str | None
+    state: str | None  # active, idle, idle in transaction, ...
+    wait_event_type: str | None
+    wait_event: str | None
+    query: str
+    query_age_seconds: float | None
+    xact_age_seconds: float | None
+    state_age_seconds: float | None
+    blocked_by: tuple[int, ...] = ()  # pg_blocking_pids, only computed for waiting sessions
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """pg_stat_statements row with deltas since the previous poll."""
+
+    queryid: int
+    query: str
+    calls: int
+    total_ms: float
+    mean_ms: float
+    rows: int
+    calls_delta: int
+    total_ms_delta: float
+
+
+@dataclass(frozen=True, slots=True)
+class Archiver:
+    archived_count: int
+    failed_count: int
+    last_archived_wal: str | None
+    last_archived_age_seconds: float | None
+    last_failed_wal: str | None
+    last_failed_age_seconds: float | None
+    archive_mode: str  # on, off, always
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRow:
+    """PgBouncer SHOW POOLS joined with the pool size from SHOW DATABASES/CONFIG."""
+
+    database: str
+    user: str
+    cl_active: int
+    cl_waiting: int
+    sv_active: int
+    sv_idle: int
+    sv_used: int
+    maxwait_seconds: float
+    pool_size: int | None
+    pool_mode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PgBouncerData:
+    pools: tuple[PoolRow, ...]
+    stats: tuple[tuple[str, int, int, int], ...]  # (database, total_xact_count, total_query_count, avg_wait_time_us)
+    error: str | None = None  # set when PgBouncer could not be read; the member data stays valid
+
+
+@dataclass(frozen=True, slots=True)
+class PgMemberData:
+    server_version: str
+    in_recovery: bool
+    timeline: int | None
+    current_lsn: str | None  # pg_current_wal_lsn on a primary, last replayed on a standby
+    max_connections: int
+    connections_by_state: tuple[tuple[str, int], ...]  # (state, count), dbops' own excluded
+    connections_total: int  # all backends counted against max_connections
+    replicas: tuple[ReplicaRow, ...] = ()
+    wal_receiver: WalReceiver | None = None
+    slots: tuple[Slot, ...] = ()
+    sessions: tuple[Session, ...] = ()  # non-idle client sessions
+    statements: tuple[Statement, ...] | None = None  # None: pg_stat_statements not installed
+    statements_note: str | None = None  # why statements is None, for the pane
+    cache_hit_ratio: float | None = None  # percent, over blks_hit / (hit + read)
+    max_xid_age: int | None = None
+    max_xid_age_database: str | None = None
+    archiver: Archiver | None = None
+    pgbouncer: PgBouncerData | None = None
+    extra: dict[str, object] = field(default_factory=dict)
