@@ -1,0 +1,301 @@
+"""Real local servers for the demo, DR drills and integration tests.
+
+Everything lives under ``<state_dir>/sandbox`` (``$DBOPS_STATE_DIR`` moves it). Each engine is a
+module here with a class that knows how to bring its servers up and down; this package picks
+engines by name, keeps one state file (``sandbox.json``) and writes one dbops config
+(``dbops.toml``) covering every engine that is up.
+
+This module stays stdlib-only and cheap to import: the CLI imports it on every start.
+
+Engine class contract (see postgres.PostgresSandbox): ``Engine(root)`` with
+``up(progress) -> (toml_fragment, already_up)``, ``down(progress)``, ``status() -> list[ProcessStatus]``,
+``is_running() -> bool``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "KNOWN_ENGINES",
+    "ProcessStatus",
+    "SandboxError",
+    "UpResult",
+    "config_path",
+    "down",
+    "sandbox_dir",
+    "status",
+    "up",
+]
+
+# name -> (module, class). Adding an engine is one line here plus its module.
+_ENGINES: dict[str, tuple[str, str]] = {
+    "postgres": ("dbops.sandbox.postgres", "PostgresSandbox"),
+}
+KNOWN_ENGINES: tuple[str, ...] = tuple(_ENGINES)
+
+STATE_FILE = "sandbox.json"
+CONFIG_FILE = "dbops.toml"
+
+Progress = Callable[[str], None]
+
+
+class SandboxError(Exception):
+    """A problem the user can act on; the message is shown as is, without a traceback."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    engine: str
+    name: str
+    role: str
+    running: bool
+    port: int | None
+    pid: int | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class UpResult:
+    config_path: Path
+    already_up: bool
+    engines: tuple[str, ...]
+
+
+def _quiet(_: str) -> None:
+    """Default progress sink: say nothing."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and state
+
+
+def sandbox_dir(root: Path | None = None) -> Path:
+    """The sandbox directory: `root` when given (tests), else <state_dir>/sandbox."""
+    if root is not None:
+        return Path(root)
+    from dbops.config import state_dir
+
+    return state_dir() / "sandbox"
+
+
+def read_state(root: Path) -> dict[str, Any]:
+    path = root / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SandboxError(f"sandbox state file {path} cannot be read ({exc}); run `dbops sandbox down --purge`") from None
+    if not isinstance(data, dict):
+        raise SandboxError(f"sandbox state file {path} is not a JSON object; run `dbops sandbox down --purge`")
+    return data
+
+
+def write_engine_state(root: Path, engine: str, data: dict[str, Any] | None) -> None:
+    """Replace one engine's section of the state file (None removes it). Written atomically, 0600
+    because it holds the generated passwords."""
+    state = read_state(root)
+    engines = state.setdefault("engines", {})
+    if data is None:
+        engines.pop(engine, None)
+    else:
+        engines[engine] = data
+    tmp = root / (STATE_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, root / STATE_FILE)
+
+
+def engine_state(root: Path, engine: str) -> dict[str, Any] | None:
+    return read_state(root).get("engines", {}).get(engine)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small process helpers shared by engine modules
+
+
+def pid_alive(pid: int | None, needle: str | None = None) -> bool:
+    """True if `pid` is a live (non-zombie) process whose command line contains `needle`.
+
+    Zombies count as dead: in containers PID 1 often does not reap, and a killed server that
+    lingers as a zombie must not look up. The needle guards against a recycled pid.
+    """
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user: still alive, go on to the /proc checks
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        # not Linux (or /proc hidden): kill(0) is all we can know
+        return True
+    try:
+        stat = (proc / "stat").read_text()
+        state = stat[stat.rindex(")") + 2 :].split()[0]
+        if state in ("Z", "X"):
+            return False
+        if needle is not None:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            return needle in cmdline
+    except FileNotFoundError:
+        return False  # exited between the checks
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 8) -> str:
+    """The last lines of a log, indented, for an error message ('' if it cannot be read)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    last = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join("    " + ln for ln in last)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine-independent operations the CLI and tests call
+
+
+def _engine(name: str, root: Path) -> Any:
+    try:
+        module_name, class_name = _ENGINES[name]
+    except KeyError:
+        raise SandboxError(f"unknown sandbox engine {name!r}; known engines: {', '.join(KNOWN_ENGINES)}") from None
+    return getattr(importlib.import_module(module_name), class_name)(root)
+
+
+def _validate_engines(engines: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(e.strip() for e in engines if e.strip()))
+    if not names:
+        raise SandboxError(f"no sandbox engine given; known engines: {', '.join(KNOWN_ENGINES)}")
+    unknown = [n for n in names if n not in _ENGINES]
+    if unknown:
+        raise SandboxError(
+            f"unknown sandbox engine{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known engines: {', '.join(KNOWN_ENGINES)}"
+        )
+    return names
+
+
+def up(engines: Iterable[str] = ("postgres",), *, root: Path | None = None, progress: Progress | None = None) -> UpResult:
+    """Bring the named engines up (each is left alone if already up) and write dbops.toml."""
+    names = _validate_engines(engines)
+    say = progress or _quiet
+    root = sandbox_dir(root)
+    fragments: list[str] = []
+    all_already = True
+    for name in names:
+        fragment, already = _engine(name, root).up(say)
+        fragments.append(fragment)
+        all_already = all_already and already
+    # Engines started earlier with another --engines list stay in the config too.
+    for name in read_state(root).get("engines", {}):
+        if name not in names and name in _ENGINES:
+            eng = _engine(name, root)
+            if eng.is_running():
+                fragments.append(eng.config_fragment())
+    path = _write_config(root, fragments)
+    return UpResult(path, all_already, names)
+
+
+def _write_config(root: Path, fragments: list[str]) -> Path:
+    text = (
+        "# Written by `dbops sandbox up`; rewritten on every `up`, so edit a copy instead.\n"
+        "# Literal passwords are allowed here only because this environment is marked sandbox = true.\n"
+        "\n"
+        "[environments.sandbox]\n"
+        "sandbox = true\n"
+        'mode = "operator"\n'
+        "\n" + "\n".join(fragments)
+    )
+    path = root / CONFIG_FILE
+    tmp = root / (CONFIG_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    # A config the console itself rejects would be a bug here, not the user's problem: say so.
+    from dbops.config import ConfigError, load
+
+    try:
+        load(tmp)
+    except ConfigError as exc:
+        raise SandboxError(f"internal error: the sandbox config written to {tmp} does not validate:\n{exc}") from None
+    os.replace(tmp, path)
+    return path
+
+
+def down(*, root: Path | None = None, purge: bool = False, progress: Progress | None = None) -> None:
+    """Stop every sandbox server this sandbox started; safe to repeat. `purge` also deletes the
+    sandbox directory (data, logs, archive, config)."""
+    say = progress or _quiet
+    root = sandbox_dir(root)
+    if not root.exists():
+        return
+    started = list(read_state(root).get("engines", {}))
+    # Engines without a state entry still get a chance: an `up` interrupted before it wrote its
+    # state may have left a server running from the sandbox directory.
+    for name in dict.fromkeys(started + list(KNOWN_ENGINES)):
+        _engine(name, root).down(say)
+    if purge:
+        say(f"removing {root}")
+        shutil.rmtree(root)
+
+
+def status(*, root: Path | None = None) -> list[ProcessStatus]:
+    """One row per server of every engine that has been brought up here ([] if none)."""
+    root = sandbox_dir(root)
+    rows: list[ProcessStatus] = []
+    for name in read_state(root).get("engines", {}):
+        if name in _ENGINES:
+            rows.extend(_engine(name, root).status())
+    return rows
+
+
+def config_path(*, root: Path | None = None) -> Path:
+    """The dbops.toml of a running sandbox; SandboxError if no sandbox is up."""
+    root = sandbox_dir(root)
+    path = root / CONFIG_FILE
+    running = [n for n in read_state(root).get("engines", {}) if n in _ENGINES and _engine(n, root).is_running()]
+    if not running or not path.exists():
+        raise SandboxError(f"no sandbox is up under {root}; start one with `dbops sandbox up`")
+    return path

@@ -1,0 +1,60 @@
+# dbops: `make demo` opens the console on a local sandbox of real servers; `make test` runs
+# every test against real servers. Both install what they need on a fresh Debian machine.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DBOPS := $(VENV)/bin/dbops
+# Debian packages the sandbox and the tests run: PostgreSQL 15 (with pg_stat_statements) and PgBouncer.
+APT_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer tmux
+# The demo's state (sandbox data, audit log) must be reachable by the postgres user, which a
+# home directory of root's is not; override DEMO_STATE_DIR to keep it elsewhere.
+DEMO_STATE_DIR ?= /var/tmp/dbops-demo
+
+.PHONY: help deps venv test lint unit demo demo-down bench clean
+
+help:
+	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer) and open the console"
+	@echo "make test   - set up, then run lint-imports and every test (unit, integration, UI)"
+	@echo "make bench  - start-up benchmarks (ratios against 'import textual.app')"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+test: deps venv lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest -q tests/unit tests/ui
+
+demo: deps venv
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines postgres
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) --config "$$(DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox config)"
+
+demo-down: venv
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox down
+
+bench: deps venv
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) benchmarks/startup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,166 @@
+"""`dbops audit verify` and `dbops audit show`.
+
+verify exits 0 when the chain and its head file agree, 1 when they do not (naming the first
+bad record), 2 when the log cannot be read at all. rich is imported inside `show` only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dbops.audit import LOG_NAME, AuditError, VerifyResult, read_records, verify
+
+EXIT_INTACT = 0
+EXIT_TAMPERED = 1
+EXIT_UNREADABLE = 2
+
+_PATH = click.argument(
+    "path",
+    required=False,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+
+
+def _default_path() -> Path:
+    from dbops.config import state_dir
+
+    return state_dir() / LOG_NAME
+
+
+def _verify_or_exit(path: Path) -> VerifyResult:
+    """verify(path), or a message on stderr and exit 2 when the log cannot be read."""
+    if not path.exists():
+        click.echo(f"audit log {path} does not exist", err=True)
+        raise SystemExit(EXIT_UNREADABLE)
+    try:
+        return verify(path)
+    except IsADirectoryError:
+        click.echo(f"audit log {path} is a directory, not a file", err=True)
+        raise SystemExit(EXIT_UNREADABLE) from None
+    except OSError as exc:
+        click.echo(f"cannot read audit log {path}: {exc.strerror or exc}", err=True)
+        raise SystemExit(EXIT_UNREADABLE) from None
+
+
+def _line_text(path: Path, number: int, limit: int = 400) -> str | None:
+    """The text of line `number` (1-based) for display, shortened; None past the end."""
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh, start=1):
+            if i == number:
+                text = raw.rstrip(b"\n").decode("utf-8", "replace")
+                return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return None
+
+
+@click.group(name="audit")
+def audit() -> None:
+    """Check and read the tamper-evident audit log."""
+
+
+@audit.command(name="verify")
+@_PATH
+def verify_cmd(path: Path | None) -> None:
+    """Verify the hash chain of the audit log (default: the state directory's log).
+
+    Exit 0: intact. Exit 1: tampered or damaged (the first bad record is named). Exit 2: the
+    log is missing or unreadable.
+    """
+    path = path or _default_path()
+    result = _verify_or_exit(path)
+    if result.ok:
+        click.echo(f"{path}: {result.summary()}")
+        return
+    click.echo(f"{path}: {result.summary()}")
+    if result.first_bad_line is not None:
+        try:
+            text = _line_text(path, result.first_bad_line)
+        except OSError as exc:
+            text = None
+            click.echo(f"(cannot re-read line {result.first_bad_line}: {exc.strerror or exc})", err=True)
+        if text is not None:
+            click.echo(f"line {result.first_bad_line}: {text}")
+    click.echo(f"{result.count} record(s) before it verified.")
+    raise SystemExit(EXIT_TAMPERED)
+
+
+def _target(rec: dict) -> str:
+    parts = [str(rec.get(k)) for k in ("environment", "cluster", "member") if rec.get(k)]
+    return "/".join(parts)
+
+
+def _operator(rec: dict) -> str:
+    op = rec.get("operator")
+    if not isinstance(op, dict):
+        return ""
+    who = str(op.get("login") or f"uid {op.get('uid')}")
+    if op.get("sudo_user"):
+        who += f" (sudo from {op['sudo_user']})"
+    if op.get("ssh_client"):
+        who += f" @{op['ssh_client']}"
+    return who
+
+
+@audit.command(name="show")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=None, help="Only the newest N records.")
+@_PATH
+def show_cmd(as_json: bool, limit: int | None, path: Path | None) -> None:
+    """Show the audit log, oldest first (with --limit, the newest N), and the verify verdict.
+
+    Exits 0 whenever the log could be read (use `verify` for a pass/fail exit code), 2 when not.
+    """
+    path = path or _default_path()
+    result = _verify_or_exit(path)
+    try:
+        records = read_records(path, strict=False)
+    except AuditError as exc:
+        click.echo(f"cannot read audit log {path}: {exc}", err=True)
+        raise SystemExit(EXIT_UNREADABLE) from None
+    if limit is not None:
+        records = records[-limit:]
+
+    if as_json:
+        for rec in records:
+            click.echo(json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+        if not result.ok:
+            click.echo(result.summary(), err=True)
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=str(path), show_lines=False)
+    for col, kw in (
+        ("seq", {"justify": "right"}),
+        ("ts (UTC)", {}),
+        ("phase", {}),
+        ("operator", {}),
+        ("target", {}),
+        ("action", {}),
+        ("outcome", {}),
+        ("ms", {"justify": "right"}),
+        ("error / reason", {}),
+    ):
+        table.add_column(col, **kw)
+    outcome_style = {"ok": "green", "failed": "red", "declined": "yellow"}
+    for rec in records:
+        outcome = rec.get("outcome")
+        note = rec.get("error") or rec.get("reason") or ""
+        table.add_row(
+            Text(str(rec.get("seq", ""))),
+            Text(str(rec.get("ts", ""))),
+            Text(str(rec.get("phase", ""))),
+            Text(_operator(rec)),
+            Text(_target(rec)),
+            Text(str(rec.get("action", ""))),
+            Text("" if outcome is None else str(outcome), style=outcome_style.get(str(outcome), "")),
+            Text("" if rec.get("duration_ms") is None else str(rec["duration_ms"])),
+            Text(str(note)),
+        )
+    console = Console()
+    console.print(table)
+    console.print(Text(result.summary(), style="bold green" if result.ok else "bold red"))

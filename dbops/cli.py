@@ -1,0 +1,203 @@
+"""Command line entry point. Imports only click at module level so `dbops --help` stays fast;
+each command imports what it needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger("dbops")
+
+
+def _fail_config(exc: Exception, code: int) -> None:
+    from dbops.config import ConfigError
+
+    assert isinstance(exc, ConfigError)
+    for p in exc.problems:
+        click.echo(f"error: {p}", err=True)
+    sys.exit(code)
+
+
+def _load_config(path: str | None, code: int = 2) -> Any:
+    from dbops.config import ConfigError, find_config, load
+
+    try:
+        return load(find_config(path))
+    except ConfigError as exc:
+        _fail_config(exc, code)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", envvar=None, help="Config file (default: $DBOPS_CONFIG, ./dbops.toml, user config dir).")
+@click.option("--allow-writes", is_flag=True, help="Allow server-changing actions in every environment for this session.")
+@click.version_option(package_name="dbops")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, allow_writes: bool) -> None:
+    """dbops: a terminal operations console for database on-call engineers.
+
+    Without a command, opens the console.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+    ctx.obj["allow_writes"] = allow_writes
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(tui)
+
+
+@main.command()
+@click.pass_context
+def tui(ctx: click.Context) -> None:
+    """Open the console (the default command)."""
+    cfg = _load_config(ctx.obj["config_path"])
+    from dbops.config import state_dir
+
+    from dbops.screens.app import DbopsApp
+
+    import os
+
+    bench = os.environ.get("DBOPS_EXIT_AFTER_FIRST_FRAME") == "1"
+    app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench)
+    app.run(headless=bench)
+    if app.return_code:
+        sys.exit(app.return_code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Poll everything once; Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN."""
+    import asyncio
+
+    from dbops.health import sort_worst_first
+    from dbops.model import Severity, human_bytes, human_seconds
+    from dbops.poller import poll_once
+
+    cfg = _load_config(ctx.obj["config_path"], code=3)
+    refs = cfg.clusters()
+    if not refs:
+        click.echo("UNKNOWN: no clusters configured", err=True)
+        sys.exit(3)
+    clusters = sort_worst_first(asyncio.run(poll_once(refs)))
+    overall = Severity.worst([c.severity for c in clusters])
+    if as_json:
+        out = {
+            "severity": overall.name,
+            "clusters": [
+                {
+                    "name": c.name,
+                    "environment": c.environment,
+                    "engine": c.engine,
+                    "severity": c.severity.name,
+                    "problems": [m.message for m in c.metrics if m.severity is not Severity.OK],
+                    "members": [
+                        {
+                            "name": m.name,
+                            "role": m.role,
+                            "reachable": m.snapshot.reachable,
+                            "reachability": m.snapshot.reachability.value,
+                            "severity": m.severity.name,
+                            "lag_bytes": m.lag_bytes,
+                            "lag_seconds": m.lag_seconds,
+                            "problems": m.problems,
+                        }
+                        for m in c.members
+                    ],
+                }
+                for c in clusters
+            ],
+        }
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(f"{overall.name}: {len(clusters)} cluster(s)")
+        for c in clusters:
+            click.echo(f"{c.severity.name:<8} {c.environment}/{c.name} ({c.engine})")
+            for msg in (m.message for m in c.metrics if m.severity is not Severity.OK):
+                click.echo(f"           {msg}")
+            for m in c.members:
+                lag = ""
+                if m.lag_bytes is not None or m.lag_seconds is not None:
+                    lag = f" lag {human_bytes(m.lag_bytes)} / {human_seconds(m.lag_seconds)}"
+                click.echo(f"  {m.severity.name:<8} {m.name:<12} {m.role:<8} {m.snapshot.reachability.value:<7}{lag}")
+                for p in m.problems:
+                    click.echo(f"             - {p}")
+    sys.exit(int(overall))
+
+
+@main.group()
+def config() -> None:
+    """Inspect and validate configuration."""
+
+
+@config.command("validate")
+@click.argument("path", required=False)
+@click.pass_context
+def config_validate(ctx: click.Context, path: str | None) -> None:
+    """Report every problem with file:line and key path; exit 2 on error, 0 when valid."""
+    from dbops.config import ConfigError, find_config, load
+
+    try:
+        target = find_config(path or ctx.obj["config_path"])
+        cfg = load(target)
+    except ConfigError as exc:
+        _fail_config(exc, 2)
+        return
+    n_clusters = len(cfg.clusters())
+    n_members = sum(len(r.cluster.members) for r in cfg.clusters())
+    click.echo(f"{target}: valid ({len(cfg.environments)} environment(s), {n_clusters} cluster(s), {n_members} member(s))")
+
+
+@config.command("path")
+@click.pass_context
+def config_path(ctx: click.Context) -> None:
+    """Print which config file dbops would use."""
+    from dbops.config import ConfigError, find_config
+
+    try:
+        click.echo(find_config(ctx.obj["config_path"]))
+    except ConfigError as exc:
+        _fail_config(exc, 2)
+
+
+def _register_subgroups() -> None:
+    from dbops.audit_cli import audit
+    from dbops.sandbox.cli import sandbox
+
+    main.add_command(audit)
+    main.add_command(sandbox)
+
+
+_register_subgroups()
+
+
+def run() -> None:
+    """Console script: no traceback ever reaches a user; it goes to a crash file instead."""
+    try:
+        main(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        crash = _write_crash_report()
+        click.echo(f"error: unexpected {type(exc).__name__}; details in {crash}", err=True)
+        sys.exit(70)
+
+
+def _write_crash_report() -> Path | str:
+    try:
+        from dbops.config import state_dir
+
+        path = state_dir() / "crash.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(traceback.format_exc())
+        return path
+    except OSError as exc:
+        return f"(could not write crash log: {exc})"

@@ -1,0 +1,154 @@
+"""SQL text for the PostgreSQL adapter. Every statement here runs on a primary and on a standby
+(pg_current_wal_lsn() is only reached when the server is not in recovery) and on PostgreSQL 13-16.
+
+One poll is OVERVIEW (one round trip: every scalar plus replicas, walreceiver, slots,
+connections and sessions as JSON arrays) and, when pg_stat_statements is installed,
+STATEMENT_TOTALS (plus STATEMENT_TEXTS only for top statements whose text is not cached yet).
+"""
+
+# dbops' own connections identify themselves with this application_name and are left out of the
+# activity list and the per-state counts (they still count against max_connections).
+APPLICATION_NAME = "dbops"
+
+# One pg_stat_activity row (alias a) as JSON. pg_blocking_pids() is costly (it takes the lock
+# manager's partition locks), so it runs only for sessions that wait on a heavyweight lock.
+_SESSION_JSON = """
+json_build_object(
+    'pid', a.pid,
+    'usename', a.usename,
+    'application_name', coalesce(a.application_name, ''),
+    'client_addr', host(a.client_addr),
+    'database', a.datname,
+    'state', a.state,
+    'wait_event_type', a.wait_event_type,
+    'wait_event', a.wait_event,
+    'query', coalesce(a.query, ''),
+    'query_age', greatest(0, extract(epoch from now() - a.query_start))::float8,
+    'xact_age', greatest(0, extract(epoch from now() - a.xact_start))::float8,
+    'state_age', greatest(0, extract(epoch from now() - a.state_change))::float8,
+    'blocked_by', CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END
+)"""
+
+OVERVIEW = f"""
+SELECT
+    current_setting('server_version') AS server_version,
+    r.rec AS in_recovery,
+    (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
+    (CASE WHEN r.rec THEN pg_last_wal_replay_lsn() ELSE h.head END)::text AS current_lsn,
+    current_setting('max_connections')::int AS max_connections,
+    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS connections_total,
+    (SELECT coalesce(json_agg(json_build_array(s.state, s.n) ORDER BY s.state), '[]')
+       FROM (SELECT coalesce(state, 'unknown') AS state, count(*)::int AS n
+               FROM pg_stat_activity
+              WHERE backend_type = 'client backend'
+                AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'
+              GROUP BY 1) s) AS connections_by_state,
+    (SELECT coalesce(json_agg(json_build_object(
+                'pid', sr.pid,
+                'application_name', sr.application_name,
+                'client_addr', host(sr.client_addr),
+                'state', sr.state,
+                'sync_state', sr.sync_state,
+                'sent_lsn', sr.sent_lsn::text,
+                'replay_lsn', sr.replay_lsn::text,
+                'write_lag_bytes', pg_wal_lsn_diff(h.head, sr.write_lsn)::bigint,
+                'flush_lag_bytes', pg_wal_lsn_diff(h.head, sr.flush_lsn)::bigint,
+                'replay_lag_bytes', pg_wal_lsn_diff(h.head, sr.replay_lsn)::bigint,
+                'write_lag_seconds', extract(epoch FROM sr.write_lag)::float8,
+                'flush_lag_seconds', extract(epoch FROM sr.flush_lag)::float8,
+                'replay_lag_seconds', extract(epoch FROM sr.replay_lag)::float8,
+                'slot_name', sl.slot_name
+            ) ORDER BY sr.application_name, sr.pid), '[]')
+       FROM pg_stat_replication sr
+       LEFT JOIN pg_replication_slots sl ON sl.active_pid = sr.pid) AS replicas,
+    CASE WHEN r.rec THEN (
+        SELECT json_build_object(
+            'status', w.status,
+            'sender_host', w.sender_host,
+            'sender_port', w.sender_port,
+            'slot_name', w.slot_name,
+            'last_msg_age', extract(epoch FROM now() - w.last_msg_receipt_time)::float8)
+          FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver w ON true
+         LIMIT 1)
+    END AS wal_receiver,
+    CASE WHEN r.rec THEN pg_last_wal_receive_lsn()::text END AS received_lsn,
+    CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text END AS replayed_lsn,
+    CASE WHEN r.rec THEN greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint
+    END AS standby_replay_lag_bytes,
+    CASE WHEN r.rec THEN
+        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+             ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+        END
+    END AS standby_replay_lag_seconds,
+    CASE WHEN r.rec THEN pg_is_wal_replay_paused() ELSE false END AS replay_paused,
+    (SELECT coalesce(json_agg(json_build_object(
+                'slot_name', s.slot_name,
+                'slot_type', s.slot_type,
+                'active', s.active,
+                'wal_status', s.wal_status,
+                'retained_bytes', pg_wal_lsn_diff(h.head, s.restart_lsn)::bigint,
+                'database', s.database
+            ) ORDER BY s.slot_name), '[]')
+       FROM pg_replication_slots s) AS slots,
+    (SELECT coalesce(json_agg({_SESSION_JSON.replace(chr(10), chr(10) + '        ')}
+            ORDER BY coalesce(a.xact_start, a.query_start), a.pid), '[]')
+       FROM (SELECT * FROM pg_stat_activity
+              WHERE backend_type = 'client backend'
+                AND state IS DISTINCT FROM 'idle'
+                AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'
+                AND pid <> pg_backend_pid()
+              ORDER BY coalesce(xact_start, query_start) NULLS LAST
+              LIMIT 500) a) AS sessions,
+    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') AS has_pg_stat_statements,
+    (SELECT CASE WHEN sum(blks_hit) + sum(blks_read) > 0
+                 THEN 100.0 * sum(blks_hit) / (sum(blks_hit) + sum(blks_read)) END
+       FROM pg_stat_database)::float8 AS cache_hit_ratio,
+    x.datname AS max_xid_age_database,
+    x.xid_age AS max_xid_age,
+    ar.archived_count,
+    ar.failed_count,
+    ar.last_archived_wal,
+    greatest(0, extract(epoch FROM now() - ar.last_archived_time))::float8 AS last_archived_age,
+    ar.last_failed_wal,
+    greatest(0, extract(epoch FROM now() - ar.last_failed_time))::float8 AS last_failed_age,
+    current_setting('archive_mode') AS archive_mode
+FROM (SELECT pg_is_in_recovery() AS rec) r
+CROSS JOIN LATERAL (
+    -- the head of WAL this server knows: written on a primary, received on a standby
+    SELECT CASE WHEN r.rec THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END AS head
+) h
+LEFT JOIN LATERAL (
+    SELECT datname, age(datfrozenxid)::bigint AS xid_age FROM pg_database ORDER BY 2 DESC LIMIT 1
+) x ON true
+CROSS JOIN pg_stat_archiver ar
+"""
+
+# One backend by pid, to re-read it just before acting on it (any state, any backend type).
+SESSION = f"""
+SELECT {_SESSION_JSON}
+  FROM pg_stat_activity a
+ WHERE a.pid = $1
+"""
+
+# pg_stat_statements keys rows by (userid, dbid, queryid, toplevel); the pane shows one row per
+# queryid, so totals are summed over users and databases. showtext => false: texts are fetched
+# separately and only for the top statements whose text is not cached yet.
+STATEMENT_TOTALS = """
+SELECT queryid,
+       sum(calls)::bigint AS calls,
+       sum(total_exec_time)::float8 AS total_ms,
+       sum(rows)::bigint AS rows
+  FROM pg_stat_statements(false)
+ WHERE queryid IS NOT NULL
+ GROUP BY queryid
+"""
+
+STATEMENT_TEXTS = """
+SELECT queryid, min(query) AS query
+  FROM pg_stat_statements
+ WHERE queryid = any($1::bigint[])
+ GROUP BY queryid
+"""
+
+CANCEL_BACKEND = "SELECT pg_cancel_backend($1)"
+TERMINATE_BACKEND = "SELECT pg_terminate_backend($1)"

@@ -1,0 +1,303 @@
+"""Pollers: one asyncio loop per member, all on one event loop in a background thread.
+
+Why a thread of its own: the UI's event loop must never wait on a server, not even on a client
+library that parses a large result or blocks in a DNS lookup. The hub's loop owns every adapter
+(and so every connection); the UI reads immutable ClusterHealth values and submits actions to the
+hub's loop with `submit()`.
+
+Each member's loop is sequential (await collect, then sleep), so polls of one member never
+overlap; a slow server delays only its own member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+from dbops.config import ClusterRef, Config, Member
+from dbops.engines import adapter_class
+from dbops.engines.base import Adapter
+from dbops.health import assess_cluster
+from dbops.model import ClusterHealth, Reachability, Snapshot
+
+MAX_BACKOFF_SECONDS = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    ts: float
+    lag_bytes: int | None
+    lag_seconds: float | None
+    connections: int | None
+
+
+def backoff_delay(interval: float, failures: int) -> float:
+    """Delay before the next poll after `failures` consecutive failures (0 = healthy).
+
+    Doubles per failure but is capped so a member that comes back is seen within seconds.
+    """
+    if failures <= 0:
+        return interval
+    return min(interval * (2 ** (failures - 1)), max(interval, MAX_BACKOFF_SECONDS))
+
+
+async def poll_member(adapter: Adapter, ref: ClusterRef, member: Member, previous: Snapshot | None) -> Snapshot:
+    """Collect once under the cluster's timeout and turn the outcome into a Snapshot."""
+    started = time.monotonic()
+    taken_at = time.time()
+    seq = previous.seq + 1 if previous else 1
+    last_good = previous.shown if previous else None
+    last_good_at = None
+    if previous is not None:
+        last_good_at = previous.taken_at if previous.data is not None else previous.last_good_at
+    try:
+        data = await asyncio.wait_for(adapter.collect(), timeout=ref.timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # every failure becomes a visible state, never a crash
+        reach, message = adapter.classify(exc)
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and reach is Reachability.ERROR:
+            reach, message = Reachability.TIMEOUT, f"no answer within {ref.timeout:g}s"
+        # The connection is in an unknown state after a failure: drop it so the next poll reconnects.
+        await close_quietly(adapter)
+        return Snapshot(
+            environment=ref.environment,
+            cluster=ref.name,
+            member=member.name,
+            engine=ref.cluster.engine,
+            reachability=reach,
+            taken_at=taken_at,
+            duration_ms=(time.monotonic() - started) * 1000,
+            error=message,
+            last_good=last_good,
+            last_good_at=last_good_at,
+            seq=seq,
+        )
+    return Snapshot(
+        environment=ref.environment,
+        cluster=ref.name,
+        member=member.name,
+        engine=ref.cluster.engine,
+        reachability=Reachability.UP,
+        taken_at=taken_at,
+        duration_ms=(time.monotonic() - started) * 1000,
+        data=data,
+        seq=seq,
+    )
+
+
+async def close_quietly(adapter: Adapter) -> None:
+    """Close an adapter, bounded in time. A failure to close is logged by the adapter's classify
+    path on the next connect; closing a dead connection is expected to fail."""
+    try:
+        await asyncio.wait_for(adapter.close(), timeout=1.0)
+    except (asyncio.TimeoutError, TimeoutError, OSError):
+        # A hung or already-broken socket: the adapter drops its reference either way.
+        pass
+
+
+def pending_snapshot(ref: ClusterRef, member: Member) -> Snapshot:
+    return Snapshot(
+        environment=ref.environment,
+        cluster=ref.name,
+        member=member.name,
+        engine=ref.cluster.engine,
+        reachability=Reachability.PENDING,
+        taken_at=time.time(),
+    )
+
+
+class PollerHub:
+    """Owns the pollers of every configured member and the judged health of every cluster.
+
+    `on_change` is called from the hub thread after a cluster's health changed; it must be cheap
+    and thread-safe (the TUI passes a function that posts a Textual message). Changes are
+    coalesced: one wake-up per batch, and the consumer reads everything with `drain()`.
+    """
+
+    def __init__(self, config: Config, on_change: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.refs = config.clusters()
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, dict[str, Snapshot]] = {}
+        self._health: dict[str, ClusterHealth] = {}
+        self._history: dict[tuple[str, str], deque[HistoryPoint]] = {}
+        self._dirty: set[str] = set()
+        self._adapters: dict[tuple[str, str], Adapter] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = threading.Event()
+        self._running.set()
+        self._wake: asyncio.Event | None = None
+        self.load_errors: dict[str, str] = {}
+        for ref in self.refs:
+            self._snapshots[ref.key] = {m.name: pending_snapshot(ref, m) for m in ref.cluster.members}
+            self._health[ref.key] = assess_cluster(ref, self._snapshots[ref.key])
+            for m in ref.cluster.members:
+                points = max(1, int(ref.defaults.history_seconds / ref.refresh_interval))
+                self._history[(ref.key, m.name)] = deque(maxlen=points)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._wake = asyncio.Event()
+            ready.set()
+            try:
+                loop.run_until_complete(self._main())
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="dbops-pollers", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        try:
+            fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # Adapters that do not close in time are abandoned; the daemon thread dies with us.
+            pass
+        if self._thread:
+            self._thread.join(timeout)
+
+    async def _main(self) -> None:
+        for ref in self.refs:
+            for member in ref.cluster.members:
+                self._tasks.append(asyncio.create_task(self._member_loop(ref, member), name=f"poll {ref.key}/{member.name}"))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(close_quietly(a) for a in self._adapters.values()), return_exceptions=True)
+
+    # -- polling -----------------------------------------------------------------------------
+
+    def _adapter(self, ref: ClusterRef, member: Member) -> Adapter:
+        key = (ref.key, member.name)
+        if key not in self._adapters:
+            self._adapters[key] = adapter_class(ref.cluster.engine)(ref, member)
+        return self._adapters[key]
+
+    async def _member_loop(self, ref: ClusterRef, member: Member) -> None:
+        failures = 0
+        while True:
+            if not self._running.is_set():
+                await self._wait_resumed()
+            previous = self._snapshots[ref.key][member.name]
+            try:
+                adapter = self._adapter(ref, member)
+            except Exception as exc:  # an engine that cannot load is shown, not raised
+                self.load_errors[ref.key] = f"engine {ref.cluster.engine!r} cannot be loaded: {exc}"
+                return
+            snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
+            failures = 0 if snap.reachable else failures + 1
+            self._record(ref, snap)
+            await asyncio.sleep(backoff_delay(ref.refresh_interval, failures))
+
+    async def _wait_resumed(self) -> None:
+        while not self._running.is_set():
+            await asyncio.sleep(0.2)
+
+    def _record(self, ref: ClusterRef, snap: Snapshot) -> None:
+        with self._lock:
+            self._snapshots[ref.key] = {**self._snapshots[ref.key], snap.member: snap}
+            health = assess_cluster(ref, self._snapshots[ref.key])
+            self._health[ref.key] = health
+            mh = next((m for m in health.members if m.name == snap.member), None)
+            if mh is not None and snap.reachable:
+                conns = getattr(snap.data, "connections_total", None)
+                self._history[(ref.key, snap.member)].append(
+                    HistoryPoint(snap.taken_at, mh.lag_bytes, mh.lag_seconds, conns)
+                )
+            first = not self._dirty
+            self._dirty.add(ref.key)
+        if first and self._on_change is not None:
+            self._on_change()
+
+    # -- reading (any thread) ----------------------------------------------------------------
+
+    def drain(self) -> dict[str, ClusterHealth]:
+        """Health of the clusters that changed since the last drain."""
+        with self._lock:
+            changed = {k: self._health[k] for k in self._dirty}
+            self._dirty.clear()
+        return changed
+
+    def health(self) -> list[ClusterHealth]:
+        with self._lock:
+            return list(self._health.values())
+
+    def cluster_health(self, key: str) -> ClusterHealth:
+        with self._lock:
+            return self._health[key]
+
+    def history(self, key: str, member: str) -> list[HistoryPoint]:
+        with self._lock:
+            return list(self._history.get((key, member), ()))
+
+    def ref(self, key: str) -> ClusterRef:
+        return next(r for r in self.refs if r.key == key)
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[[Adapter], Awaitable[Any]], key: str, member: str) -> concurrent.futures.Future[Any]:
+        """Run `fn(adapter)` on the hub's loop, where the member's connection lives."""
+        if self._loop is None:
+            raise RuntimeError("pollers are not running")
+        ref = self.ref(key)
+        m = next(x for x in ref.cluster.members if x.name == member)
+
+        async def call() -> Any:
+            return await asyncio.wait_for(fn(self._adapter(ref, m)), timeout=ref.timeout * 2)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop)
+
+
+async def poll_once(refs: Iterable[ClusterRef]) -> list[ClusterHealth]:
+    """One poll of every member of every cluster, concurrently (for `dbops check`)."""
+    refs = list(refs)
+
+    async def cluster(ref: ClusterRef) -> ClusterHealth:
+        try:
+            cls = adapter_class(ref.cluster.engine)
+        except Exception as exc:
+            raise RuntimeError(f"{ref.key}: engine {ref.cluster.engine!r} cannot be loaded: {exc}") from None
+        adapters = {m.name: cls(ref, m) for m in ref.cluster.members}
+        try:
+            snaps = await asyncio.gather(*(poll_member(adapters[m.name], ref, m, None) for m in ref.cluster.members))
+        finally:
+            await asyncio.gather(*(close_quietly(a) for a in adapters.values()))
+        return assess_cluster(ref, {s.member: s for s in snaps})
+
+    return list(await asyncio.gather(*(cluster(r) for r in refs)))

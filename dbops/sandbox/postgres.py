@@ -1,0 +1,766 @@
+"""PostgreSQL 15 sandbox: primary pg1, streaming replicas pg2 (slot pg2) and pg3 (no slot),
+WAL archiving, pg_stat_statements, and PgBouncer in front of pg1; all on 127.0.0.1.
+
+Layout under the sandbox directory::
+
+    pg1/data  pg1/postgres.log      (likewise pg2, pg3)
+    archive/                        archive_command target (also restore_command source)
+    run/                            unix sockets, mode 0700
+    pgbouncer/pgbouncer.ini userlist.txt pgbouncer.pid pgbouncer.log
+
+PostgreSQL and PgBouncer refuse to run as root, so when we are root every server command runs
+as the `postgres` OS user and the sandbox directory is owned by it; otherwise everything runs as
+the current user. Only stdlib here: the servers are driven with their own binaries (pg_ctl,
+pg_basebackup, psql), so no driver is needed to bring the sandbox up.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dbops.sandbox import (
+    ProcessStatus,
+    Progress,
+    SandboxError,
+    _quiet,
+    engine_state,
+    free_ports,
+    pid_alive,
+    port_open,
+    sandbox_dir,
+    tail,
+    write_engine_state,
+)
+
+ENGINE = "postgres"
+CLUSTER = "sandbox-pg"
+USER = "postgres"
+DATABASE = "postgres"
+PRIMARY = "pg1"
+# (name, role, replication slot)
+MEMBERS: tuple[tuple[str, str, str | None], ...] = (
+    ("pg1", "primary", None),
+    ("pg2", "replica", "pg2"),
+    ("pg3", "replica", None),
+)
+MEMBER_NAMES = tuple(m[0] for m in MEMBERS)
+PGBOUNCER = "pgbouncer"
+
+PG_BINDIR_DEFAULT = Path("/usr/lib/postgresql/15/bin")
+PG_TOOLS = ("initdb", "pg_ctl", "pg_basebackup", "psql", "postgres")
+START_TIMEOUT = 60  # seconds pg_ctl waits for a server to accept connections
+STREAM_TIMEOUT = 30.0  # seconds to wait for the replicas to stream
+
+# Marks where our settings start in postgresql.conf, so a replica (whose conf is a copy of pg1's
+# made by pg_basebackup) can have them replaced with its own port and name.
+_CONF_MARK = "# ---- dbops sandbox settings (written by `dbops sandbox up`) ----"
+
+StopMode = Literal["smart", "fast", "immediate"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Binaries and the OS user the servers run as
+
+
+def _pg_bindir() -> Path:
+    candidates = []
+    if os.environ.get("DBOPS_PG_BINDIR"):
+        candidates.append(Path(os.environ["DBOPS_PG_BINDIR"]))
+    candidates.append(PG_BINDIR_DEFAULT)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    for d in candidates:
+        if all(os.access(d / tool, os.X_OK) for tool in PG_TOOLS):
+            return d
+    looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise SandboxError(
+        f"PostgreSQL 15 server binaries (initdb, pg_ctl, pg_basebackup, psql) not found in {looked}; "
+        "install the Debian package postgresql-15 (apt-get install postgresql-15), "
+        "or set DBOPS_PG_BINDIR to their directory"
+    )
+
+
+def _pgbouncer_bin() -> Path:
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None)
+    if not found:
+        raise SandboxError("pgbouncer not found on PATH or in /usr/sbin; install the Debian package pgbouncer (apt-get install pgbouncer)")
+    return Path(found)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Who the servers run as: `postgres` when we are root, else ourselves."""
+
+    uid: int
+    gid: int
+    name: str
+    home: str
+    drop: bool
+
+    @classmethod
+    def detect(cls) -> "_Owner":
+        if os.geteuid() != 0:
+            pw = pwd.getpwuid(os.geteuid())
+            return cls(os.geteuid(), os.getegid(), pw.pw_name, pw.pw_dir, False)
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            raise SandboxError(
+                "running as root, the sandbox must run PostgreSQL as the `postgres` OS user, which does not exist; "
+                "install the Debian package postgresql-15 (it creates that user)"
+            ) from None
+        return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, True)
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if not self.drop:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def own(self, path: Path) -> None:
+        if self.drop:
+            os.chown(path, self.uid, self.gid)
+
+
+def _conf_quote(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _shell_quote(path: Path) -> str:
+    """A path for archive_command/restore_command: they go through /bin/sh, and % is special to
+    PostgreSQL's substitution."""
+    return "'" + str(path).replace("'", "'\\''").replace("%", "%%") + "'"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class PostgresSandbox:
+    """The PostgreSQL + PgBouncer part of a sandbox rooted at `root` (the sandbox directory)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = sandbox_dir(root)
+        self.archive_dir = self.root / "archive"
+        self.run_dir = self.root / "run"
+        self.bouncer_dir = self.root / PGBOUNCER
+        self.bouncer_ini = self.bouncer_dir / "pgbouncer.ini"
+        self.bouncer_pidfile = self.bouncer_dir / "pgbouncer.pid"
+        self.bouncer_log = self.bouncer_dir / "pgbouncer.log"
+        self._owner: _Owner | None = None
+        self._bindir: Path | None = None
+
+    # -- paths and recorded state ----------------------------------------------------------
+
+    def member_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def data_dir(self, name: str) -> Path:
+        return self.root / name / "data"
+
+    def log_file(self, name: str) -> Path:
+        if name == PGBOUNCER:
+            return self.bouncer_log
+        return self.root / name / "postgres.log"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        st = engine_state(self.root, ENGINE)
+        if not st:
+            raise SandboxError(f"no PostgreSQL sandbox under {self.root}; start one with `dbops sandbox up`")
+        return st
+
+    @property
+    def password(self) -> str:
+        return str(self.state["password"])
+
+    def port(self, name: str) -> int:
+        if name == PGBOUNCER:
+            return int(self.state["pgbouncer"]["port"])
+        self._check_member(name)
+        return int(self.state["members"][name]["port"])
+
+    def pid(self, name: str) -> int | None:
+        """The live pid of a member's postmaster (or of pgbouncer), None if it is not running."""
+        if name == PGBOUNCER:
+            return self._bouncer_pid()
+        self._check_member(name)
+        return self._postmaster_pid(name)
+
+    def dsn(self, name: str, database: str = DATABASE) -> str:
+        """A libpq/asyncpg URL for a member (or for "pgbouncer") over TCP with the password."""
+        return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port(name)}/{database}"
+
+    def _check_member(self, name: str) -> None:
+        if name not in MEMBER_NAMES and name != PGBOUNCER:
+            raise SandboxError(f"no sandbox member {name!r}; members: {', '.join(MEMBER_NAMES + (PGBOUNCER,))}")
+
+    @property
+    def owner(self) -> _Owner:
+        if self._owner is None:
+            self._owner = _Owner.detect()
+        return self._owner
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            self._bindir = _pg_bindir()
+        return self._bindir
+
+    # -- running commands as the server owner ----------------------------------------------
+
+    def _env(self, password: str | None = None) -> dict[str, str]:
+        # PG* variables from the caller's shell (PGHOST, PGPORT, PGDATA ...) would redirect our
+        # tools to some other server; start from a clean slate.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(LC_ALL="C", LANG="C", HOME=self.owner.home, PGCONNECT_TIMEOUT="3", PGPASSFILE=os.devnull)
+        if password is not None:
+            env["PGPASSWORD"] = password  # never on a command line, where ps would show it
+        return env
+
+    def _run(
+        self,
+        args: Sequence[str | Path],
+        what: str,
+        *,
+        log: Path | None = None,
+        password: str | None = None,
+        timeout: float = 120,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            cp = subprocess.run(
+                [str(a) for a in args],
+                capture_output=True,
+                text=True,
+                cwd=self.root,
+                env=self._env(password),
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                **self.owner.popen_kwargs(),
+            )
+        except subprocess.TimeoutExpired:
+            raise SandboxError(f"{what}: did not finish within {timeout:.0f} s" + self._log_hint(log)) from None
+        except OSError as exc:
+            raise SandboxError(f"{what}: cannot run {args[0]}: {exc}") from None
+        if check and cp.returncode != 0:
+            out = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-6:]
+            detail = ("\n" + "\n".join("    " + ln for ln in out)) if out else ""
+            raise SandboxError(f"{what} failed (exit {cp.returncode}){detail}" + self._log_hint(log))
+        return cp
+
+    @staticmethod
+    def _log_hint(log: Path | None) -> str:
+        if log is None:
+            return ""
+        last = tail(log)
+        return f"\n  see {log}" + (f"; it ends with:\n{last}" if last else "")
+
+    def _mkdir(self, path: Path) -> None:
+        path.mkdir(mode=0o700, parents=False, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
+        self.owner.own(path)
+
+    def _write(self, path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        self.owner.own(path)
+
+    def psql(self, name: str, sql: str, *, database: str = DATABASE, timeout: float = 15) -> str:
+        """Run SQL with psql and return its unaligned, tuples-only output (fields split by |).
+
+        Members are reached over their unix socket (trusted locally); "pgbouncer" over TCP with
+        the password, which also works for its admin console (database "pgbouncer"), where only
+        the simple query protocol is spoken.
+        """
+        if name == PGBOUNCER:
+            host, password = "127.0.0.1", self.password
+        else:
+            host, password = str(self.run_dir), None
+        return self._run(
+            [self.bindir / "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+             "-h", host, "-p", str(self.port(name)), "-U", USER, "-d", database, "-c", sql],
+            f"psql on {name}",
+            password=password,
+            timeout=timeout,
+        ).stdout.strip()
+
+    # -- process state ---------------------------------------------------------------------
+
+    def _postmaster_pid(self, name: str) -> int | None:
+        try:
+            first = (self.data_dir(name) / "postmaster.pid").read_text().splitlines()[0]
+            pid = int(first)
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+        return pid if pid_alive(pid, "postgres") else None
+
+    def _bouncer_pid(self) -> int | None:
+        try:
+            pid = int(self.bouncer_pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        # The ini path in its command line proves it is this sandbox's pgbouncer, not a recycled pid.
+        return pid if pid_alive(pid, str(self.bouncer_ini)) else None
+
+    def _names_with_data(self) -> list[str]:
+        return [n for n in MEMBER_NAMES if (self.data_dir(n) / "PG_VERSION").exists()]
+
+    def is_running(self) -> bool:
+        return any(self._postmaster_pid(n) for n in self._names_with_data()) or self._bouncer_pid() is not None
+
+    def _running_map(self) -> dict[str, bool]:
+        out = {n: self._postmaster_pid(n) is not None for n in MEMBER_NAMES}
+        out[PGBOUNCER] = self._bouncer_pid() is not None
+        return out
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
+        """Bring pg1..pg3 and pgbouncer up; returns (config fragment, already_up)."""
+        self._prerequisites()
+        if engine_state(self.root, ENGINE):
+            running = self._running_map()
+            if all(running.values()):
+                progress("postgres sandbox is already up")
+                return self.config_fragment(), True
+            if any(running.values()):
+                down_names = ", ".join(n for n, r in running.items() if not r)
+                raise SandboxError(
+                    f"the postgres sandbox under {self.root} is partly running ({down_names} down), perhaps "
+                    "after a drill; run `dbops sandbox down` and then `dbops sandbox up` for a fresh one"
+                )
+        # Nothing of ours is running: start fresh. down() first in case an interrupted `up`
+        # left a server behind without recording it.
+        self.down(progress)
+        self._wipe()
+        try:
+            self._create(progress)
+        except BaseException as exc:
+            # Leave nothing running behind a failed `up`; keep the logs for the error message.
+            try:
+                self.down(_quiet)
+            except SandboxError as cleanup:
+                exc.add_note(f"while cleaning up after that: {cleanup.message}")
+            raise
+        return self.config_fragment(), False
+
+    def _prerequisites(self) -> None:
+        _ = self.bindir
+        _pgbouncer_bin()
+        owner = self.owner
+        created = not self.root.exists()
+        if created:
+            self.root.mkdir(parents=True, mode=0o700)
+        self.root.chmod(0o700)  # it will hold passwords
+        owner.own(self.root)
+        if owner.drop:
+            # The servers run as `postgres`; it must reach the sandbox directory. Ask the kernel
+            # rather than guess from modes (ACLs, parents we cannot see).
+            probe = subprocess.run(
+                ["test", "-w", str(self.root), "-a", "-x", str(self.root)],
+                cwd="/", **owner.popen_kwargs(), check=False,
+            )
+            if probe.returncode != 0:
+                if created:
+                    self.root.rmdir()  # do not leave an unusable empty directory behind
+                raise SandboxError(
+                    f"the postgres OS user cannot reach {self.root} (a parent directory is not traversable, "
+                    "e.g. /root is mode 700); set DBOPS_STATE_DIR to a directory it can reach, "
+                    "e.g. `export DBOPS_STATE_DIR=/var/tmp/dbops`"
+                )
+        # A unix socket path is limited to 107 bytes.
+        sock = self.run_dir / ".s.PGSQL.65535.lock"
+        if len(str(sock).encode()) > 107:
+            raise SandboxError(
+                f"the sandbox directory {self.root} is too deep for PostgreSQL's unix sockets "
+                "(path limit 107 bytes); set DBOPS_STATE_DIR to a shorter path, e.g. /var/tmp/dbops"
+            )
+
+    def _wipe(self) -> None:
+        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER):
+            path = self.root / name
+            if path.exists():
+                shutil.rmtree(path)
+        write_engine_state(self.root, ENGINE, None)
+
+    def _create(self, progress: Progress) -> None:
+        t0 = time.monotonic()
+        password = secrets.token_urlsafe(18)
+        ports = free_ports(len(MEMBERS) + 1)
+        members = {
+            name: {
+                "port": ports[i],
+                "role": role,
+                "slot": slot,
+                "data_dir": str(self.data_dir(name)),
+                "log": str(self.log_file(name)),
+            }
+            for i, (name, role, slot) in enumerate(MEMBERS)
+        }
+        # Recorded before anything starts so that `down` knows about a half-built sandbox.
+        state = {
+            "cluster": CLUSTER,
+            "password": password,
+            "members": members,
+            "pgbouncer": {"port": ports[-1], "ini": str(self.bouncer_ini), "pidfile": str(self.bouncer_pidfile),
+                          "log": str(self.bouncer_log)},
+            "archive_dir": str(self.archive_dir),
+            "socket_dir": str(self.run_dir),
+            "bindir": str(self.bindir),
+        }
+        write_engine_state(self.root, ENGINE, state)
+        for d in (self.archive_dir, self.run_dir, self.bouncer_dir, *(self.member_dir(n) for n in MEMBER_NAMES)):
+            self._mkdir(d)
+
+        progress(f"initdb {PRIMARY}")
+        pwfile = self.member_dir(PRIMARY) / "pwfile"
+        self._write(pwfile, password + "\n")
+        try:
+            self._run(
+                [self.bindir / "initdb", "-D", self.data_dir(PRIMARY), "-U", USER, f"--pwfile={pwfile}",
+                 "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C",
+                 "--no-sync", "--no-instructions"],
+                f"initdb of {PRIMARY}",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._write_conf(PRIMARY)
+        self._write(self.data_dir(PRIMARY) / "pg_hba.conf", _HBA)
+
+        progress(f"start {PRIMARY} on port {members[PRIMARY]['port']}")
+        self._pg_start(PRIMARY)
+        self.psql(PRIMARY, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+        for name, role, slot in MEMBERS:
+            if role != "replica":
+                continue
+            progress(f"pg_basebackup {name}" + (f" (slot {slot})" if slot else ""))
+            self._basebackup(name, slot, password)
+            self._write_conf(name)
+            self._write_primary_conninfo(name, password)
+        for name, role, _ in MEMBERS:
+            if role == "replica":
+                progress(f"start {name} on port {members[name]['port']}")
+                self._pg_start(name)
+
+        progress("wait for pg2 and pg3 to stream from pg1")
+        self.wait_streaming()
+
+        progress(f"start pgbouncer on port {ports[-1]}")
+        self._write_bouncer_files(password)
+        self._bouncer_start()
+        progress(f"postgres sandbox up in {time.monotonic() - t0:.1f} s")
+
+    def _conf_section(self, name: str) -> str:
+        port = self.state["members"][name]["port"]
+        archive = _shell_quote(self.archive_dir)
+        return "\n".join([
+            _CONF_MARK,
+            "listen_addresses = '127.0.0.1'",
+            f"port = {port}",
+            f"unix_socket_directories = {_conf_quote(str(self.run_dir))}",
+            "unix_socket_permissions = 0700  # local trust auth is safe only because of this",
+            f"cluster_name = {_conf_quote(name)}",
+            "max_connections = 50",
+            "shared_buffers = 16MB",
+            "wal_level = replica",
+            "max_wal_senders = 10",
+            "max_replication_slots = 10",
+            "wal_keep_size = 64MB  # pg3 has no slot",
+            "hot_standby = on",
+            "hot_standby_feedback = on",
+            "wal_receiver_status_interval = 1s",
+            "wal_retrieve_retry_interval = 1s  # replicas reconnect quickly after a drill restarts pg1",
+            "archive_mode = on",
+            "archive_command = " + _conf_quote(f"test ! -f {archive}/%f && cp %p {archive}/%f"),
+            "restore_command = " + _conf_quote(f"cp {archive}/%f %p"),
+            "shared_preload_libraries = 'pg_stat_statements'",
+            "track_io_timing = on",
+            "password_encryption = scram-sha-256",
+            "fsync = off  # sandbox: speed over crash safety of the host",
+            "logging_collector = off",
+            "log_line_prefix = '%m [%p] %q%u@%d '",
+            "",
+        ])
+
+    def _write_conf(self, name: str) -> None:
+        conf = self.data_dir(name) / "postgresql.conf"
+        base = conf.read_text(encoding="utf-8").split(_CONF_MARK)[0].rstrip("\n")
+        self._write(conf, base + "\n\n" + self._conf_section(name))
+
+    def _basebackup(self, name: str, slot: str | None, password: str) -> None:
+        args: list[str | Path] = [
+            self.bindir / "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port(PRIMARY)), "-U", USER,
+            "-D", self.data_dir(name), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync",
+        ]
+        if slot:
+            args += ["-C", "-S", slot]
+        self._run(args, f"pg_basebackup for {name}", password=password, log=self.log_file(PRIMARY))
+
+    def _write_primary_conninfo(self, name: str, password: str) -> None:
+        # -R wrote a primary_conninfo without application_name; pg_stat_replication on pg1 must
+        # name each replica, so replace it. The password is here because the replica connects
+        # over TCP with scram like any client (the data dir is 0700).
+        auto = self.data_dir(name) / "postgresql.auto.conf"
+        kept = [ln for ln in auto.read_text(encoding="utf-8").splitlines() if not ln.startswith("primary_conninfo")]
+        conninfo = (f"host=127.0.0.1 port={self.port(PRIMARY)} user={USER} password={password} "
+                    f"application_name={name} connect_timeout=2")
+        kept.append(f"primary_conninfo = {_conf_quote(conninfo)}")
+        self._write(auto, "\n".join(kept) + "\n")
+
+    def _pg_start(self, name: str) -> None:
+        log = self.log_file(name)
+        self._run(
+            [self.bindir / "pg_ctl", "-D", self.data_dir(name), "-l", log, "-w", "-t", str(START_TIMEOUT), "start"],
+            f"starting {name}",
+            log=log,
+            timeout=START_TIMEOUT + 10,
+        )
+        self._record_pid(name)
+
+    def _record_pid(self, name: str) -> None:
+        st = self.state
+        if name == PGBOUNCER:
+            st["pgbouncer"]["pid"] = self._bouncer_pid()
+        else:
+            st["members"][name]["pid"] = self._postmaster_pid(name)
+        write_engine_state(self.root, ENGINE, st)
+
+    def wait_streaming(self, names: Sequence[str] = ("pg2", "pg3"), timeout: float = STREAM_TIMEOUT) -> None:
+        """Poll pg_stat_replication on pg1 until every name in `names` streams."""
+        want = set(names)
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        last_error = ""
+        while True:
+            try:
+                out = self.psql(PRIMARY, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                                timeout=5)
+                seen = set(out.split())
+                last_error = ""
+            except SandboxError as exc:
+                # pg1 may still be coming up after a restart; keep polling until the deadline.
+                last_error = exc.message
+            if want <= seen:
+                return
+            if time.monotonic() >= deadline:
+                missing = sorted(want - seen)
+                logs = ", ".join(str(self.log_file(n)) for n in missing)
+                why = f"; last error: {last_error}" if last_error else ""
+                raise SandboxError(
+                    f"{', '.join(missing)} not streaming from {PRIMARY} after {timeout:.0f} s{why}; see {logs}"
+                )
+            time.sleep(0.1)
+
+    # -- pgbouncer ---------------------------------------------------------------------------
+
+    def _write_bouncer_files(self, password: str) -> None:
+        port = self.state["pgbouncer"]["port"]
+        # A plain password in the userlist lets pgbouncer do SCRAM both with clients and with pg1.
+        self._write(self.bouncer_dir / "userlist.txt", f'"{USER}" "{password}"\n')
+        self._write(self.bouncer_ini, "\n".join([
+            "; written by `dbops sandbox up`",
+            "[databases]",
+            f"{DATABASE} = host=127.0.0.1 port={self.port(PRIMARY)} dbname={DATABASE}",
+            "",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {port}",
+            f"unix_socket_dir = {self.run_dir}",
+            "auth_type = scram-sha-256",
+            f"auth_file = {self.bouncer_dir / 'userlist.txt'}",
+            f"admin_users = {USER}",
+            f"stats_users = {USER}",
+            "pool_mode = transaction",
+            "max_client_conn = 200",
+            "default_pool_size = 10",
+            "ignore_startup_parameters = extra_float_digits,options",
+            f"logfile = {self.bouncer_log}",
+            f"pidfile = {self.bouncer_pidfile}",
+            "",
+        ]))
+
+    def _bouncer_start(self) -> None:
+        if self._bouncer_pid() is not None:
+            return
+        self.bouncer_pidfile.unlink(missing_ok=True)  # stale: its pid is not our pgbouncer
+        self._run([_pgbouncer_bin(), "-d", "-q", self.bouncer_ini], "starting pgbouncer", log=self.bouncer_log, timeout=30)
+        port = self.port(PGBOUNCER)
+        deadline = time.monotonic() + 10
+        while not (self._bouncer_pid() and port_open(port)):
+            if time.monotonic() >= deadline:
+                raise SandboxError(f"pgbouncer did not listen on port {port} within 10 s" + self._log_hint(self.bouncer_log))
+            time.sleep(0.05)
+        self._record_pid(PGBOUNCER)
+
+    def _bouncer_stop(self) -> None:
+        pid = self._bouncer_pid()
+        if pid is None:
+            self.bouncer_pidfile.unlink(missing_ok=True)
+            return
+        # SIGTERM is pgbouncer's immediate shutdown (SIGINT would wait for clients to finish).
+        os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+            if not self._wait_gone(pid, 5):
+                raise SandboxError(f"pgbouncer (pid {pid}) did not exit after SIGTERM and SIGKILL")
+        self.bouncer_pidfile.unlink(missing_ok=True)
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    # -- single members ----------------------------------------------------------------------
+
+    def stop_member(self, name: str, mode: StopMode = "immediate") -> None:
+        """Stop one member (pg_ctl stop -m mode) or pgbouncer; a no-op if it is not running."""
+        self._check_member(name)
+        if mode not in ("smart", "fast", "immediate"):
+            raise SandboxError(f"unknown stop mode {mode!r}; use smart, fast or immediate")
+        if name == PGBOUNCER:
+            self._bouncer_stop()
+            return
+        if self._postmaster_pid(name) is None:
+            return
+        self._run(
+            [self.bindir / "pg_ctl", "-D", self.data_dir(name), "-m", mode, "-w", "-t", "60", "stop"],
+            f"stopping {name}",
+            log=self.log_file(name),
+            timeout=70,
+        )
+
+    def start_member(self, name: str) -> None:
+        """Start one stopped member (or pgbouncer); returns once it accepts connections."""
+        self._check_member(name)
+        if name == PGBOUNCER:
+            self._bouncer_start()
+            return
+        if not (self.data_dir(name) / "PG_VERSION").exists():
+            raise SandboxError(f"{name} has no data directory at {self.data_dir(name)}; run `dbops sandbox up`")
+        if self._postmaster_pid(name) is None:
+            self._pg_start(name)
+
+    # -- down and status ---------------------------------------------------------------------
+
+    def down(self, progress: Progress = _quiet) -> None:
+        """Stop pgbouncer, then replicas, then pg1 -- only servers started from this sandbox
+        directory, found by their pid files. Safe to repeat."""
+        if not self.root.exists():
+            return
+        if self._bouncer_pid() is not None:
+            progress("stop pgbouncer")
+        self._bouncer_stop()
+        # Replicas first, so pg1's fast shutdown does not have to wait on their walsenders and
+        # they do not log a burst of reconnect failures.
+        for name in reversed(MEMBER_NAMES):
+            if self._postmaster_pid(name) is not None:
+                progress(f"stop {name}")
+                self.stop_member(name, "fast")
+        if engine_state(self.root, ENGINE):
+            st = self.state
+            for m in st["members"].values():
+                m["pid"] = None
+            st["pgbouncer"]["pid"] = None
+            write_engine_state(self.root, ENGINE, st)
+
+    def status(self) -> list[ProcessStatus]:
+        st = engine_state(self.root, ENGINE)
+        if not st:
+            return []
+        rows = []
+        for name, m in st["members"].items():
+            pid = self._postmaster_pid(name)
+            detail = ""
+            role = m["role"]
+            if pid is not None:
+                try:
+                    recovering = self.psql(name, "SELECT pg_is_in_recovery()", timeout=5) == "t"
+                    role = "replica" if recovering else "primary"
+                    if role != m["role"]:
+                        detail = f"started as {m['role']}"
+                except SandboxError:
+                    detail = "running but not answering"
+            rows.append(ProcessStatus(ENGINE, name, role, pid is not None, m["port"], pid, detail or f"log {m['log']}"))
+        pid = self._bouncer_pid()
+        rows.append(ProcessStatus(ENGINE, PGBOUNCER, f"pooler for {PRIMARY}", pid is not None,
+                                  st["pgbouncer"]["port"], pid, f"log {self.bouncer_log}"))
+        return rows
+
+    # -- dbops config --------------------------------------------------------------------------
+
+    def config_fragment(self) -> str:
+        st = self.state
+        pw = _toml_str(st["password"])
+        head = f"[environments.sandbox.clusters.{CLUSTER}]"
+        lines = [
+            head,
+            'engine = "postgres"',
+            'description = "local sandbox: pg1 primary, pg2 (slot) and pg3 replicas, PgBouncer"',
+            f"database = {_toml_str(DATABASE)}",
+            f"user = {_toml_str(USER)}",
+            f"password = {{ value = {pw} }}",
+            "refresh_interval = 2.0",
+            "timeout = 3.0",
+            f'pgbouncer = {{ host = "127.0.0.1", port = {st["pgbouncer"]["port"]}, user = {_toml_str(USER)}, '
+            f"password = {{ value = {pw} }} }}",
+            "",
+        ]
+        for name, m in st["members"].items():
+            lines += [
+                f"[[environments.sandbox.clusters.{CLUSTER}.members]]",
+                f"name = {_toml_str(name)}",
+                'host = "127.0.0.1"',
+                f"port = {m['port']}",
+                f"role = {_toml_str(m['role'])}",
+                f"application_name = {_toml_str(name)}",
+                "",
+            ]
+        return "\n".join(lines)
+
+
+_HBA = """\
+# written by `dbops sandbox up`
+# Local sockets are trusted: the socket directory and the sockets are mode 0700, so only the
+# server's own OS user (and root) can reach them. Everything over TCP needs the password.
+local   all          all                          trust
+local   replication  all                          trust
+host    all          all          127.0.0.1/32    scram-sha-256
+host    replication  all          127.0.0.1/32    scram-sha-256
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Module-level shortcuts on the default sandbox (<state_dir>/sandbox)
+
+
+def stop_member(name: str, mode: StopMode = "immediate", *, root: Path | None = None) -> None:
+    PostgresSandbox(root).stop_member(name, mode)
+
+
+def start_member(name: str, *, root: Path | None = None) -> None:
+    PostgresSandbox(root).start_member(name)
+
+
+def wait_streaming(names: Sequence[str] = ("pg2", "pg3"), timeout: float = STREAM_TIMEOUT, *, root: Path | None = None) -> None:
+    PostgresSandbox(root).wait_streaming(names, timeout)

@@ -1,0 +1,147 @@
+"""The dbops Textual application: owns the poller hub and routes health updates to screens."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+
+from dbops.audit import AuditLog
+from dbops.config import ClusterRef, Config
+from dbops.model import ClusterHealth
+
+
+class HealthChanged(Message):
+    """Posted from the pollers' thread (post_message is thread-safe); carries nothing, the
+    handler drains the hub, so a burst of polls costs one UI update."""
+
+
+def operator_name() -> str:
+    user = getpass.getuser()
+    sudo = os.environ.get("SUDO_USER")
+    return f"{sudo} (as {user})" if sudo and sudo != user else user
+
+
+class DbopsApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "dbops"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("p", "toggle_pause", "Pause"),
+        Binding("A", "audit", "Audit log", key_display="A"),
+    ]
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        allow_writes: bool = False,
+        state_dir: Path,
+        hub: Any | None = None,
+        clock: Callable[[], float] = time.time,
+        exit_after_first_frame: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.allow_writes = allow_writes
+        self.state_dir = state_dir
+        self.clock = clock
+        self.audit = AuditLog(state_dir / "audit.jsonl")
+        self.operator = operator_name()
+        self._hub = hub
+        self._exit_after_first_frame = exit_after_first_frame  # benchmarks/startup.py
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def hub(self) -> Any:
+        return self._hub
+
+    def on_mount(self) -> None:
+        from .overview import OverviewScreen
+
+        if self._hub is None:
+            # Imported here: the poller pulls in the engine registry, which the first frame does not need.
+            from dbops.poller import PollerHub
+
+            self._hub = PollerHub(self.config, on_change=lambda: self.post_message(HealthChanged()))
+        self._hub.start()
+        self.sub_title = f"operator {self.operator}"
+        self.push_screen(OverviewScreen())
+        if self._exit_after_first_frame:
+            self.call_after_refresh(self.exit)
+
+    def on_unmount(self) -> None:
+        if self._hub is not None:
+            self._hub.stop()
+
+    def on_health_changed(self, _: HealthChanged) -> None:
+        changed = self._hub.drain()
+        if not changed:
+            return
+        with self.batch_update():
+            for screen in self.screen_stack:
+                handler = getattr(screen, "health_changed", None)
+                if handler is not None:
+                    handler(changed)
+
+    # -- helpers for screens -----------------------------------------------------------------
+
+    def refs(self) -> list[ClusterRef]:
+        return self._hub.refs
+
+    def health(self) -> list[ClusterHealth]:
+        return self._hub.health()
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        from .help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_pause(self) -> None:
+        if self._hub.paused:
+            self._hub.resume()
+            self.notify("Refresh resumed")
+        else:
+            self._hub.pause()
+            self.notify("Refresh paused: values are frozen until you press p again", severity="warning")
+        for screen in self.screen_stack:
+            handler = getattr(screen, "pause_changed", None)
+            if handler is not None:
+                handler(self._hub.paused)
+
+    def action_audit(self) -> None:
+        from .audit import AuditScreen
+
+        if not isinstance(self.screen, AuditScreen):
+            self.push_screen(AuditScreen(self.audit.path))
+
+    def open_cluster(self, key: str) -> None:
+        from .postgres import PostgresScreen
+
+        ref = self._hub.ref(key)
+        if ref.cluster.engine == "postgres":
+            self.push_screen(PostgresScreen(key))
+        else:
+            self.notify(f"no pane for engine {ref.cluster.engine!r} yet", severity="error")
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for ref in self._hub.refs if self._hub else ():
+            yield SystemCommand(
+                f"Open {ref.name}", f"{ref.cluster.engine} cluster in {ref.environment}", lambda k=ref.key: self.open_cluster(k)
+            )
+        yield SystemCommand("Audit log", "Show the audit log and verify its hash chain", self.action_audit)
+        yield SystemCommand("Pause / resume refresh", "Freeze or unfreeze the live values", self.action_toggle_pause)
+        yield SystemCommand("Help", "Keys and what the colours mean", self.action_help)

@@ -1,0 +1,60 @@
+"""`?`: what every key does and what the colours mean."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+KEYS = (
+    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("q", "quit")]),
+    ("Overview", [("↑ ↓", "move"), ("enter", "open the cluster's pane")]),
+    (
+        "PostgreSQL pane",
+        [
+            ("escape", "back to the overview (or close the filter)"),
+            ("enter on a member", "show that member's activity, statements, slots"),
+            ("m", "next member"),
+            ("1-5", "tabs: activity, blocking, statements, slots, health"),
+            ("/", "filter activity by pid, user, db, state or query text"),
+            ("s", "sort activity: age, pid, state, user"),
+            ("c", "cancel the selected query (pg_cancel_backend)"),
+            ("k", "terminate the selected backend (pg_terminate_backend); production asks for the pid"),
+        ],
+    ),
+)
+
+COLOURS = (
+    ("OK", "bold green", "within every threshold"),
+    ("WARN", "bold yellow", "past a warning threshold: look soon"),
+    ("CRIT", "bold white on red", "past a critical threshold, or a member is unreachable"),
+    ("UNKNOWN", "bold magenta", "not polled yet, or a value could not be read"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("question_mark", "dismiss", "Close", show=False), Binding("q", "dismiss", "Close", show=False)]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-dialog"):
+            for title, rows in KEYS:
+                t = Table(title=title, title_justify="left", show_header=False, box=None, expand=True)
+                t.add_column(style="bold cyan", width=18)
+                t.add_column()
+                for k, what in rows:
+                    t.add_row(k, what)
+                yield Static(t)
+            legend = Text("\nSeverity: ")
+            for name, style, what in COLOURS:
+                legend.append(f" {name} ", style=style)
+                legend.append(f" {what}\n          ")
+            legend.append("\nRead-only environments grey out actions that change a server; start with --allow-writes\n"
+                          "or set mode = \"operator\" for that environment. Every action is audited.", style="dim")
+            yield Static(legend)
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

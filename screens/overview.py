@@ -1,0 +1,134 @@
+"""Overview: every cluster on one line, worst severity first."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from dbops.actions import writes_allowed
+from dbops.engines.postgres.summary import summarize
+from dbops.health import sort_worst_first
+from dbops.model import ClusterHealth, Reachability, human_bytes, human_seconds
+
+from .render import severity_text
+from .widgets import EnvBanner
+
+COLUMNS = (
+    ("status", "Status"),
+    ("cluster", "Cluster"),
+    ("topology", "Topology"),
+    ("lag", "Worst lag"),
+    ("conns", "Conns"),
+    ("long", "Long"),
+    ("archiver", "Archiver"),
+    ("env", "Env"),
+)
+
+
+def topology_text(summary) -> Text:
+    t = Text()
+    for i, entry in enumerate(summary.topology):
+        if i:
+            t.append(" ")
+        if entry.reachability is Reachability.UP:
+            style = "bold" if entry.role == "primary" else ""
+        elif entry.reachability is Reachability.PENDING:
+            style = "dim"
+        else:
+            style = "bold red"
+        mark = "▲" if entry.role == "primary" else ""
+        if entry.reachability not in (Reachability.UP, Reachability.PENDING):
+            mark += "✗"
+        t.append(f"{entry.name}{mark}", style=style)
+    return t
+
+
+class OverviewScreen(Screen[None]):
+    BINDINGS = [Binding("enter", "open", "Open cluster", show=True)]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield EnvBanner(id="banner")
+        yield Static("", id="problems")
+        yield DataTable(id="clusters", cursor_type="row", zebra_stripes=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#clusters", DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        self._refresh_banner()
+        self.redraw(self.app.health())
+        table.focus()
+
+    def _refresh_banner(self) -> None:
+        envs = []
+        for name, env in self.app.config.environments.items():
+            writable = self.app.allow_writes or env.mode == "operator"
+            envs.append((name, env.is_production(name), writable))
+        self.query_one(EnvBanner).show(envs, self.app.hub.paused, self.app.operator)
+
+    def pause_changed(self, paused: bool) -> None:
+        self._refresh_banner()
+
+    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
+        self.redraw(self.app.health())
+
+    def on_screen_resume(self) -> None:
+        self._refresh_banner()
+        self.redraw(self.app.health())
+
+    def redraw(self, clusters: list[ClusterHealth]) -> None:
+        table = self.query_one("#clusters", DataTable)
+        ordered = sort_worst_first(clusters)
+        wanted = [f"{c.environment}/{c.name}" for c in ordered]
+        current = [str(k.value) for k in table.rows]
+        if current != wanted:
+            # Order changed (a cluster got worse): rebuild, keeping the cursor on the same cluster.
+            selected = current[table.cursor_row] if current and 0 <= table.cursor_row < len(current) else None
+            table.clear()
+            for c in ordered:
+                table.add_row(*self._cells(c), key=f"{c.environment}/{c.name}")
+            if selected in wanted:
+                table.move_cursor(row=wanted.index(selected))
+        else:
+            for c in ordered:
+                key = f"{c.environment}/{c.name}"
+                for (col, _), value in zip(COLUMNS, self._cells(c)):
+                    table.update_cell(key, col, value)
+        problems = [f"{c.name}: {p}" for c in ordered for p in c.problems][:3]
+        self.query_one("#problems", Static).update(
+            Text("\n".join(problems), style="yellow") if problems else Text("no problems", style="green")
+        )
+
+    def _cells(self, c: ClusterHealth) -> list:
+        ref = self.app.hub.ref(f"{c.environment}/{c.name}")
+        s = summarize(ref, c)
+        lag = "-"
+        if s.worst_lag_bytes is not None or s.worst_lag_seconds is not None:
+            lag = f"{human_bytes(s.worst_lag_bytes)} / {human_seconds(s.worst_lag_seconds)}"
+        conns = f"{s.connections_pct:.0f}%" if s.connections_pct is not None else "-"
+        arch_style = {"ok": "green", "failing": "bold red", "off": "dim"}.get(s.archiver, "magenta")
+        return [
+            severity_text(c.severity),
+            Text(c.name, style="bold"),
+            topology_text(s),
+            lag,
+            conns,
+            str(s.long_running + s.idle_in_transaction) if (s.long_running or s.idle_in_transaction) else "0",
+            Text(s.archiver, style=arch_style),
+            Text(c.environment, style="bold red" if ref.production else ""),
+        ]
+
+    def action_open(self) -> None:
+        table = self.query_one("#clusters", DataTable)
+        if table.row_count == 0:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        self.app.open_cluster(str(key))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.app.open_cluster(str(event.row_key.value))

@@ -1,0 +1,488 @@
+"""The PostgreSQL pane: topology and lag, activity, blocking tree, statements, slots, health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+
+from dbops.actions import BackendAction, ReadOnly, decline, perform, read_only_reason, writes_allowed
+from dbops.config import ClusterRef
+from dbops.engines.postgres.data import PgMemberData, Session
+from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
+
+from .modals import ConfirmBackendModal
+from .render import SEVERITY_STYLE, one_line, reach_text, severity_text, sparkline
+from .widgets import EnvBanner
+
+TOPOLOGY_COLUMNS = (
+    ("sev", "Sev"),
+    ("member", "Member"),
+    ("role", "Role"),
+    ("state", "State"),
+    ("lag_b", "Lag"),
+    ("lag_s", "Lag time"),
+    ("trend", "Trend"),
+    ("sync", "Sync"),
+    ("conns", "Conns"),
+    ("seen", "Seen"),
+)
+
+ACTIVITY_COLUMNS = (
+    ("pid", "PID"),
+    ("user", "User"),
+    ("db", "DB"),
+    ("state", "State"),
+    ("wait", "Wait"),
+    ("age", "Age"),
+    ("blocked", "Blocked by"),
+    ("query", "Query"),
+)
+SORTS = ("age", "pid", "state", "user")
+
+
+def session_matches(s: Session, needle: str) -> bool:
+    if not needle:
+        return True
+    hay = " ".join(
+        str(x) for x in (s.pid, s.usename, s.database, s.state, s.application_name, s.wait_event, s.query) if x
+    ).lower()
+    return needle.lower() in hay
+
+
+def blocking_tree(sessions: tuple[Session, ...]) -> Text:
+    """Roots are sessions that block others and wait on no one; children indented below."""
+    by_pid = {s.pid: s for s in sessions}
+    children: dict[int, list[int]] = {}
+    for s in sessions:
+        for b in s.blocked_by:
+            children.setdefault(b, []).append(s.pid)
+    if not children:
+        return Text("No session is waiting on a lock held by another.", style="green")
+    waiting = {s.pid for s in sessions if s.blocked_by}
+    roots = [pid for pid in children if pid not in waiting] or list(children)
+    out = Text()
+
+    def line(pid: int, depth: int, seen: set[int]) -> None:
+        s = by_pid.get(pid)
+        prefix = "  " * depth + ("└─ " if depth else "")
+        if s is None:
+            out.append(f"{prefix}pid {pid} (not visible: another user's or an ended backend)\n", style="dim")
+        else:
+            age = human_seconds(s.xact_age_seconds if depth == 0 else s.query_age_seconds)
+            style = "bold red" if depth == 0 else ""
+            out.append(f"{prefix}pid {pid} ", style=style)
+            out.append(f"[{s.state or '-'} {age}] {s.usename or '-'}@{s.database or '-'}: ", style="dim")
+            out.append(one_line(s.query, 70) + "\n")
+        if pid in seen:
+            return
+        for child in sorted(children.get(pid, [])):
+            line(child, depth + 1, seen | {pid})
+
+    for root in sorted(roots):
+        line(root, 0, set())
+    return out
+
+
+class PostgresScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("m", "next_member", "Member"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("s", "sort", "Sort"),
+        Binding("c", "cancel_backend", "Cancel query"),
+        Binding("k", "terminate_backend", "Terminate"),
+        Binding("1", "tab('activity')", "Activity", show=False),
+        Binding("2", "tab('blocking')", "Blocking", show=False),
+        Binding("3", "tab('statements')", "Statements", show=False),
+        Binding("4", "tab('slots')", "Slots", show=False),
+        Binding("5", "tab('health')", "Health", show=False),
+    ]
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.member: str | None = None  # whose activity/statements are shown
+        self.filter_text = ""
+        self.sort_index = 0
+        self._activity_cells: dict[int, tuple[Any, ...]] = {}
+        self._sessions: dict[int, Session] = {}
+
+    @property
+    def ref(self) -> ClusterRef:
+        return self.app.hub.ref(self.key)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield EnvBanner(id="banner")
+        yield DataTable(id="topology", cursor_type="row")
+        with TabbedContent(id="tabs", initial="activity"):
+            with TabPane("1 Activity", id="activity"):
+                yield Input(placeholder="filter: pid, user, db, state, query…", id="filter")
+                yield DataTable(id="activity-table", cursor_type="row")
+            with TabPane("2 Blocking", id="blocking"):
+                yield Static(id="blocking-tree")
+            with TabPane("3 Statements", id="statements"):
+                yield Static(id="statements-note")
+                yield DataTable(id="statements-table", cursor_type="row")
+            with TabPane("4 Slots", id="slots"):
+                yield DataTable(id="slots-table", cursor_type="row")
+            with TabPane("5 Health", id="health"):
+                yield Static(id="health-text")
+        yield Static(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        ref = self.ref
+        self.title = f"{ref.name} · PostgreSQL"
+        topo = self.query_one("#topology", DataTable)
+        for key, label in TOPOLOGY_COLUMNS:
+            topo.add_column(label, key=key)
+        act = self.query_one("#activity-table", DataTable)
+        for key, label in ACTIVITY_COLUMNS:
+            act.add_column(label, key=key)
+        stm = self.query_one("#statements-table", DataTable)
+        for key, label in (("calls_d", "Calls Δ"), ("total_d", "Time Δ ms"), ("mean", "Mean ms"), ("calls", "Calls"), ("query", "Query")):
+            stm.add_column(label, key=key)
+        slots = self.query_one("#slots-table", DataTable)
+        for key, label in (("name", "Slot"), ("type", "Type"), ("active", "Active"), ("wal", "WAL status"), ("retained", "Retained")):
+            slots.add_column(label, key=key)
+        self.query_one("#filter", Input).display = False
+        writable = writes_allowed(ref, self.app.allow_writes)
+        self.query_one(EnvBanner).show([(ref.environment, ref.production, writable)], self.app.hub.paused, self.app.operator)
+        self.redraw(self.app.hub.cluster_health(self.key))
+        act.focus()
+
+    # -- updates -----------------------------------------------------------------------------
+
+    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
+        if self.key in changed:
+            self.redraw(changed[self.key])
+
+    def pause_changed(self, paused: bool) -> None:
+        ref = self.ref
+        self.query_one(EnvBanner).show([(ref.environment, ref.production, writes_allowed(ref, self.app.allow_writes))], paused, self.app.operator)
+
+    def _member_health(self, health: ClusterHealth) -> MemberHealth | None:
+        if self.member is None:
+            primary = next((m for m in health.members if m.role == "primary" and m.snapshot.reachable), None)
+            chosen = primary or next((m for m in health.members if m.snapshot.shown is not None), None) or health.members[0]
+            self.member = chosen.name
+        return next((m for m in health.members if m.name == self.member), None)
+
+    def redraw(self, health: ClusterHealth) -> None:
+        self._draw_topology(health)
+        mh = self._member_health(health)
+        data = mh.snapshot.shown if mh else None
+        if isinstance(data, PgMemberData):
+            self._draw_activity(data)
+            self.query_one("#blocking-tree", Static).update(blocking_tree(data.sessions))
+            self._draw_statements(data)
+            self._draw_slots(data)
+        self.query_one("#health-text", Static).update(self._health_text(health, mh))
+        self._draw_status(health, mh)
+
+    def _draw_topology(self, health: ClusterHealth) -> None:
+        table = self.query_one("#topology", DataTable)
+        now = self.app.clock()
+        for m in health.members:
+            data = m.snapshot.shown
+            sync = "-"
+            conns = "-"
+            if isinstance(data, PgMemberData):
+                conns = f"{data.connections_total}/{data.max_connections}"
+            primary = next((x.snapshot.shown for x in health.members if x.role == "primary" and isinstance(x.snapshot.shown, PgMemberData)), None)
+            if primary is not None and m.role == "replica":
+                row = next((r for r in primary.replicas if r.application_name in (m.name, self._app_name(m.name))), None)
+                if row is not None:
+                    sync = row.sync_state
+            age = m.snapshot.age_of_shown(now)
+            seen = "now" if m.snapshot.reachable else (f"{human_seconds(age)} ago" if age is not None else "never")
+            history = self.app.hub.history(self.key, m.name)
+            cells = [
+                severity_text(m.severity),
+                Text(m.name, style="bold" if m.role == "primary" else ""),
+                m.role,
+                reach_text(m.snapshot.reachability),
+                human_bytes(m.lag_bytes) if m.lag_bytes is not None else "-",
+                human_seconds(m.lag_seconds) if m.lag_seconds is not None else "-",
+                sparkline([p.lag_bytes for p in history]) if m.role == "replica" else "",
+                sync,
+                conns,
+                Text(seen, style="" if m.snapshot.reachable else "bold red"),
+            ]
+            if m.name in {str(k.value) for k in table.rows}:
+                for (col, _), value in zip(TOPOLOGY_COLUMNS, cells):
+                    table.update_cell(m.name, col, value)
+            else:
+                table.add_row(*cells, key=m.name)
+
+    def _app_name(self, member: str) -> str:
+        m = next((x for x in self.ref.cluster.members if x.name == member), None)
+        return (m.application_name or m.name) if m else member
+
+    def _activity_row(self, s: Session) -> tuple[Any, ...]:
+        age = s.query_age_seconds if s.state == "active" else s.state_age_seconds
+        th = self.ref.cluster.thresholds
+        state_style = ""
+        if s.state and s.state.startswith("idle in transaction"):
+            state_style = "bold yellow" if (s.state_age_seconds or 0) > th.idle_in_transaction_seconds_warn else "yellow"
+        age_style = "bold yellow" if s.state == "active" and (age or 0) > th.long_query_seconds else ""
+        wait = f"{s.wait_event_type}:{s.wait_event}" if s.wait_event_type else ""
+        return (
+            s.pid,
+            s.usename or "",
+            s.database or "",
+            Text(s.state or "", style=state_style),
+            wait,
+            Text(human_seconds(age), style=age_style),
+            Text(",".join(map(str, s.blocked_by)), style="bold red") if s.blocked_by else "",
+            one_line(s.query, 200),
+        )
+
+    def _draw_activity(self, data: PgMemberData) -> None:
+        table = self.query_one("#activity-table", DataTable)
+        shown = [s for s in data.sessions if session_matches(s, self.filter_text)]
+        self._sessions = {s.pid: s for s in data.sessions}
+        wanted = {s.pid for s in shown}
+        for pid in list(self._activity_cells):
+            if pid not in wanted:
+                table.remove_row(str(pid))
+                del self._activity_cells[pid]
+        for s in shown:
+            cells = self._activity_row(s)
+            old = self._activity_cells.get(s.pid)
+            if old is None:
+                table.add_row(*cells, key=str(s.pid))
+            elif old != cells:
+                # Update only the cells that changed: keeps the cursor and avoids a full repaint.
+                for (col, _), new, before in zip(ACTIVITY_COLUMNS, cells, old):
+                    if new != before:
+                        table.update_cell(str(s.pid), col, new)
+            self._activity_cells[s.pid] = cells
+        self._sort_activity()
+
+    def _sort_activity(self) -> None:
+        table = self.query_one("#activity-table", DataTable)
+        how = SORTS[self.sort_index]
+        if how == "age":
+            key = lambda pid: -(self._age(int(pid)) or 0)  # noqa: E731
+        elif how == "pid":
+            key = lambda pid: int(pid)  # noqa: E731
+        elif how == "state":
+            key = lambda pid: str(self._sessions[int(pid)].state or "")  # noqa: E731
+        else:
+            key = lambda pid: str(self._sessions[int(pid)].usename or "")  # noqa: E731
+        table.sort("pid", key=lambda pid: key(pid))
+
+    def _age(self, pid: int) -> float | None:
+        s = self._sessions.get(pid)
+        if s is None:
+            return None
+        return s.query_age_seconds if s.state == "active" else s.state_age_seconds
+
+    def _draw_statements(self, data: PgMemberData) -> None:
+        table = self.query_one("#statements-table", DataTable)
+        note = self.query_one("#statements-note", Static)
+        table.clear()
+        if data.statements is None:
+            note.update(Text(data.statements_note or "pg_stat_statements not installed", style="yellow"))
+            return
+        note.update(Text(f"top statements on {self.member} by time since the previous refresh", style="dim"))
+        for st in data.statements:
+            table.add_row(
+                str(st.calls_delta), f"{st.total_ms_delta:.1f}", f"{st.mean_ms:.2f}", str(st.calls), one_line(st.query, 200), key=str(st.queryid)
+            )
+
+    def _draw_slots(self, data: PgMemberData) -> None:
+        table = self.query_one("#slots-table", DataTable)
+        table.clear()
+        th = self.ref.cluster.thresholds
+        for sl in data.slots:
+            retained_style = ""
+            if not sl.active and (sl.retained_bytes or 0) > th.inactive_slot_retained_bytes_warn:
+                retained_style = "bold yellow"
+            if sl.wal_status == "lost":
+                retained_style = "bold red"
+            table.add_row(
+                sl.slot_name,
+                sl.slot_type,
+                Text("yes" if sl.active else "no", style="" if sl.active else "yellow"),
+                sl.wal_status or "-",
+                Text(human_bytes(sl.retained_bytes), style=retained_style),
+                key=sl.slot_name,
+            )
+
+    def _health_text(self, health: ClusterHealth, mh: MemberHealth | None) -> Text:
+        out = Text()
+        out.append(f"{health.name}: ", style="bold")
+        out.append_text(severity_text(health.severity))
+        out.append("\n")
+        for metric in health.metrics:
+            if metric.severity is not Severity.OK:
+                out.append(f"  {metric.message}\n", style=SEVERITY_STYLE[metric.severity])
+        for m in health.members:
+            bad = [x for x in m.metrics if x.severity is not Severity.OK]
+            for x in bad:
+                out.append(f"  {m.name}: {x.message}\n", style=SEVERITY_STYLE[x.severity])
+        data = mh.snapshot.shown if mh else None
+        if isinstance(data, PgMemberData):
+            out.append(f"\n{self.member} (PostgreSQL {data.server_version}, timeline {data.timeline})\n", style="bold")
+            a = data.archiver
+            if a is not None:
+                out.append(
+                    f"  archiver: mode {a.archive_mode}, archived {a.archived_count}, failed {a.failed_count}, "
+                    f"last archived {human_seconds(a.last_archived_age_seconds)} ago"
+                )
+                if a.last_failed_wal:
+                    out.append(f", last failed {a.last_failed_wal} {human_seconds(a.last_failed_age_seconds)} ago", style="red")
+                out.append("\n")
+            if data.max_xid_age is not None:
+                out.append(f"  wraparound: max xid age {data.max_xid_age:,} ({data.max_xid_age_database})\n")
+            if data.cache_hit_ratio is not None:
+                out.append(f"  cache hit ratio {data.cache_hit_ratio:.2f}%\n")
+            states = ", ".join(f"{state} {n}" for state, n in data.connections_by_state)
+            out.append(f"  connections {data.connections_total}/{data.max_connections}: {states}\n")
+            if data.wal_receiver is not None:
+                w = data.wal_receiver
+                out.append(
+                    f"  wal receiver: {w.status or 'not running'} from {w.sender_host}:{w.sender_port}, "
+                    f"received {w.received_lsn} replayed {w.replayed_lsn}{' (REPLAY PAUSED)' if w.replay_paused else ''}\n"
+                )
+            if data.pgbouncer is not None:
+                pb = data.pgbouncer
+                if pb.error:
+                    out.append(f"  pgbouncer: {pb.error}\n", style="red")
+                for p in pb.pools:
+                    size = f"/{p.pool_size}" if p.pool_size else ""
+                    style = "bold yellow" if p.cl_waiting else ""
+                    out.append(
+                        f"  pgbouncer {p.database}/{p.user}: clients active {p.cl_active} waiting {p.cl_waiting}, "
+                        f"servers active {p.sv_active}{size} idle {p.sv_idle}, maxwait {p.maxwait_seconds:.1f}s\n",
+                        style=style,
+                    )
+        return out
+
+    def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
+        ref = self.ref
+        parts = Text()
+        parts.append(f"member {self.member}", style="bold")
+        if mh is not None and not mh.snapshot.reachable and mh.snapshot.reachability is not Reachability.PENDING:
+            age = mh.snapshot.age_of_shown(self.app.clock())
+            parts.append(f"  {mh.snapshot.reachability.value}: {mh.snapshot.error}", style="bold red")
+            if age is not None:
+                parts.append(f" (values from {human_seconds(age)} ago)", style="red")
+        parts.append(f"  sort: {SORTS[self.sort_index]}", style="dim")
+        if self.filter_text:
+            parts.append(f"  filter: {self.filter_text!r}", style="yellow")
+        if not writes_allowed(ref, self.app.allow_writes):
+            parts.append("  read-only: cancel/terminate disabled (--allow-writes or mode = \"operator\")", style="dim italic")
+        self.query_one("#status", Static).update(parts)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("cancel_backend", "terminate_backend"):
+            # Shown greyed out, never hidden: the operator should see the action exists and why not.
+            return True if writes_allowed(self.ref, self.app.allow_writes) else None
+        return True
+
+    def action_back(self) -> None:
+        inp = self.query_one("#filter", Input)
+        if inp.display and inp.has_focus:
+            inp.display = False
+            self.query_one("#activity-table", DataTable).focus()
+            return
+        self.app.pop_screen()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
+
+    def action_next_member(self) -> None:
+        names = [m.name for m in self.ref.cluster.members]
+        i = names.index(self.member) if self.member in names else -1
+        self.member = names[(i + 1) % len(names)]
+        self._reset_activity()
+        self.redraw(self.app.hub.cluster_health(self.key))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "topology":
+            self.member = str(event.row_key.value)
+            self._reset_activity()
+            self.redraw(self.app.hub.cluster_health(self.key))
+
+    def _reset_activity(self) -> None:
+        self.query_one("#activity-table", DataTable).clear()
+        self._activity_cells.clear()
+
+    def action_filter(self) -> None:
+        self.action_tab("activity")
+        inp = self.query_one("#filter", Input)
+        inp.display = True
+        inp.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.filter_text = event.value.strip()
+            self.redraw(self.app.hub.cluster_health(self.key))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self.query_one("#activity-table", DataTable).focus()
+
+    def action_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self._sort_activity()
+        self._draw_status(self.app.hub.cluster_health(self.key), self._member_health(self.app.hub.cluster_health(self.key)))
+
+    def action_cancel_backend(self) -> None:
+        self._signal(terminate=False)
+
+    def action_terminate_backend(self) -> None:
+        self._signal(terminate=True)
+
+    def _selected_session(self) -> Session | None:
+        table = self.query_one("#activity-table", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self._sessions.get(int(str(key)))
+
+    def _signal(self, terminate: bool) -> None:
+        ref = self.ref
+        if not writes_allowed(ref, self.app.allow_writes):
+            self.notify(read_only_reason(ref), severity="error")
+            return
+        session = self._selected_session()
+        if session is None:
+            self.notify("select a session in the Activity tab first", severity="warning")
+            return
+        blocks = tuple(sorted(s.pid for s in self._sessions.values() if session.pid in s.blocked_by))
+        act = BackendAction(ref, self.member or "", session.pid, terminate, session.query, blocks)
+        self.app.push_screen(ConfirmBackendModal(act, session), callback=lambda ok: self._after_confirm(act, bool(ok)))
+
+    def _after_confirm(self, act: BackendAction, confirmed: bool) -> None:
+        self._run_action(act, confirmed)
+
+    @work(thread=True, exclusive=False, group="actions")
+    def _run_action(self, act: BackendAction, confirmed: bool) -> None:
+        # A thread: the audit fsync and the wait on the pollers' loop must not stall the UI.
+        app = self.app
+        try:
+            if not confirmed:
+                decline(app.audit, act)
+                app.call_from_thread(app.notify, f"declined: nothing was sent to {act.member} (recorded in the audit log)")
+                return
+            outcome = perform(app.audit, app.hub, act, app.allow_writes)
+        except ReadOnly as exc:
+            app.call_from_thread(app.notify, str(exc), severity="error")
+            return
+        except Exception as exc:  # audit write failures and the like: shown, never swallowed
+            app.call_from_thread(app.notify, f"{act.action} not done: {exc}", severity="error", timeout=15)
+            return
+        app.call_from_thread(app.notify, outcome.message, severity="information" if outcome.ok else "error", timeout=10)

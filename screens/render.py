@@ -1,0 +1,55 @@
+"""Small rendering helpers shared by the screens: severity colours, sparklines, ages."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from dbops.model import Reachability, Severity
+
+SEVERITY_STYLE = {
+    Severity.OK: "bold green",
+    Severity.WARN: "bold yellow",
+    Severity.CRIT: "bold white on red",
+    Severity.UNKNOWN: "bold magenta",
+}
+
+REACH_STYLE = {
+    Reachability.UP: "green",
+    Reachability.PENDING: "dim",
+}
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def severity_text(sev: Severity) -> Text:
+    return Text(f" {sev.name} ", style=SEVERITY_STYLE[sev])
+
+
+def reach_text(reach: Reachability) -> Text:
+    return Text(reach.value, style=REACH_STYLE.get(reach, "bold red"))
+
+
+def sparkline(values: list[float | int | None], width: int = 12) -> str:
+    """A text sparkline of the last `width` values; gaps (None) show as spaces.
+
+    Scaled from zero so a flat non-zero lag does not look like a full bar of noise.
+    """
+    tail = values[-width:]
+    known = [v for v in tail if v is not None]
+    if not known:
+        return " " * width
+    top = max(known)
+    out = []
+    for v in tail:
+        if v is None:
+            out.append(" ")
+        elif top <= 0:
+            out.append(_BARS[0])
+        else:
+            out.append(_BARS[min(len(_BARS) - 1, int(v / top * (len(_BARS) - 1)))])
+    return "".join(out).rjust(width)
+
+
+def one_line(query: str, width: int = 80) -> str:
+    q = " ".join(query.split())
+    return q if len(q) <= width else q[: width - 1] + "…"

@@ -1,0 +1,151 @@
+"""Frozen data for UI tests: a hub with the PollerHub interface that serves fixed snapshots.
+
+Only dbops' own hub is replaced: the snapshots are judged by the real assessment code, and the
+screens render them exactly as they would live. Integration tests drive the UI on real servers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+from dbops.config import Config, parse
+from dbops.engines.postgres.data import Archiver, PgMemberData, ReplicaRow, Session, Slot, Statement, WalReceiver
+from dbops.health import assess_cluster
+from dbops.model import ClusterHealth, Reachability, Snapshot
+from dbops.poller import HistoryPoint
+
+NOW = 1_790_000_000.0
+
+CONFIG = """
+[environments.production]
+mode = "read-only"
+[environments.production.clusters.orders-db]
+engine = "postgres"
+password = { env = "X" }
+members = [
+  { name = "pg1", host = "10.0.0.1", role = "primary" },
+  { name = "pg2", host = "10.0.0.2", role = "replica" },
+  { name = "pg3", host = "10.0.0.3", role = "replica" },
+]
+[environments.staging]
+mode = "operator"
+[environments.staging.clusters.billing]
+engine = "postgres"
+password = { env = "X" }
+members = [{ name = "b1", host = "10.1.0.1", role = "primary" }]
+"""
+
+MiB = 1024 * 1024
+
+
+def replica_row(name: str, lag: int, secs: float) -> ReplicaRow:
+    return ReplicaRow(
+        pid=900 + len(name), application_name=name, client_addr="10.0.0.9", state="streaming", sync_state="async",
+        sent_lsn="0/9000000", replay_lsn="0/8000000", write_lag_bytes=0, flush_lag_bytes=0, replay_lag_bytes=lag,
+        write_lag_seconds=0.0, flush_lag_seconds=0.0, replay_lag_seconds=secs, slot_name=name if name == "pg2" else None,
+    )
+
+
+def sessions() -> tuple[Session, ...]:
+    return (
+        Session(101, "app", "orders", "10.0.5.1", "orders", "idle in transaction", "Client", "ClientRead",
+                "UPDATE orders SET state = 'paid' WHERE id = 42", 300.0, 320.0, 300.0),
+        Session(102, "app", "orders", "10.0.5.2", "orders", "active", "Lock", "transactionid",
+                "UPDATE orders SET state = 'shipped' WHERE id = 42", 95.0, 96.0, 95.0, blocked_by=(101,)),
+        Session(103, "report", "psql", "10.0.5.3", "orders", "active", None, None,
+                "SELECT count(*) FROM order_lines JOIN orders USING (order_id) GROUP BY region", 130.0, 130.0, 130.0),
+        Session(104, "app", "orders", "10.0.5.4", "orders", "active", None, None, "SELECT 1", 0.01, 0.01, 0.01),
+    )
+
+
+def primary_data() -> PgMemberData:
+    return PgMemberData(
+        server_version="15.18", in_recovery=False, timeline=3, current_lsn="0/9000000", max_connections=100,
+        connections_by_state=(("active", 3), ("idle", 10), ("idle in transaction", 1)), connections_total=17,
+        replicas=(replica_row("pg2", 2 * MiB, 0.4), replica_row("pg3", 40 * MiB, 14.0)),
+        slots=(Slot("pg2", "physical", True, "reserved", 2 * MiB), Slot("old_etl", "logical", False, "extended", 3 * 1024 * MiB, "orders")),
+        sessions=sessions(),
+        statements=(
+            Statement(1, "UPDATE orders SET state = $1 WHERE id = $2", 5400, 81000.0, 15.0, 5400, 120, 1800.0),
+            Statement(2, "SELECT * FROM orders WHERE customer_id = $1", 99000, 45000.0, 0.45, 99000, 2200, 990.0),
+        ),
+        cache_hit_ratio=99.7, max_xid_age=210_000_000, max_xid_age_database="orders",
+        archiver=Archiver(5200, 0, "000000030000000000000008", 12.0, None, None, "on"),
+    )
+
+
+def replica_data(lag: int, secs: float) -> PgMemberData:
+    return PgMemberData(
+        server_version="15.18", in_recovery=True, timeline=3, current_lsn="0/8000000", max_connections=100,
+        connections_by_state=(("active", 1),), connections_total=6,
+        wal_receiver=WalReceiver("streaming", "10.0.0.1", 5432, None, "0/9000000", "0/8000000", lag, secs, False, 0.2),
+        sessions=(), statements=None, statements_note="pg_stat_statements not installed",
+        cache_hit_ratio=99.9, max_xid_age=210_000_000, max_xid_age_database="orders",
+    )
+
+
+def snap(ref, member: str, data: Any, reach: Reachability = Reachability.UP, error: str | None = None) -> Snapshot:
+    if reach is Reachability.UP:
+        return Snapshot(ref.environment, ref.name, member, "postgres", reach, NOW, 12.0, data=data, seq=5)
+    return Snapshot(ref.environment, ref.name, member, "postgres", reach, NOW, 3000.0, error=error,
+                    last_good=data, last_good_at=NOW - 42, seq=5)
+
+
+class FrozenHub:
+    """PollerHub's interface over fixed snapshots; records submitted actions."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or parse(CONFIG)
+        self.refs = self.config.clusters()
+        self._paused = False
+        orders, billing = self.refs
+        self._health: dict[str, ClusterHealth] = {
+            orders.key: assess_cluster(orders, {
+                "pg1": snap(orders, "pg1", primary_data()),
+                "pg2": snap(orders, "pg2", replica_data(2 * MiB, 0.4)),
+                "pg3": snap(orders, "pg3", replica_data(40 * MiB, 14.0)),
+            }),
+            billing.key: assess_cluster(billing, {
+                "b1": snap(billing, "b1", None, Reachability.DOWN, "connection refused at 10.1.0.1:5432"),
+            }),
+        }
+        self.submitted: list[tuple[str, str]] = []
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def drain(self) -> dict[str, ClusterHealth]:
+        return {}
+
+    def health(self) -> list[ClusterHealth]:
+        return list(self._health.values())
+
+    def cluster_health(self, key: str) -> ClusterHealth:
+        return self._health[key]
+
+    def history(self, key: str, member: str) -> list[HistoryPoint]:
+        lag = [i * MiB for i in (1, 2, 4, 8, 12, 16, 20, 26, 30, 34, 38, 40)] if member == "pg3" else [2 * MiB] * 12
+        return [HistoryPoint(NOW - 2 * (12 - i), v, None, None) for i, v in enumerate(lag)]
+
+    def ref(self, key: str):
+        return next(r for r in self.refs if r.key == key)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def submit(self, fn, key: str, member: str) -> concurrent.futures.Future:
+        self.submitted.append((key, member))
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_result(True)
+        return fut

@@ -1,0 +1,170 @@
+"""Config: every problem reported with file:line, key path and a suggestion; secrets never echoed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dbops.cli import main
+from dbops.config import ConfigError, find_config, load, locate_keys, parse
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+[environments.staging]
+mode = "operator"
+
+[environments.staging.clusters.db1]
+engine = "postgres"
+password = { env = "PGPASS_TEST" }
+
+[[environments.staging.clusters.db1.members]]
+name = "a"
+host = "10.0.0.1"
+role = "primary"
+
+[[environments.staging.clusters.db1.members]]
+name = "b"
+host = "10.0.0.2"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "dbops.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_config_is_valid_and_documents_every_threshold():
+    cfg = load(REPO / "config.example.toml")
+    assert [r.key for r in cfg.clusters()] == ["production/orders-db", "staging/orders-staging"]
+    from dbops.config import PostgresThresholds
+
+    text = (REPO / "config.example.toml").read_text()
+    for key in PostgresThresholds.model_fields:
+        assert f"{key} =" in text, f"config.example.toml does not document thresholds.{key}"
+
+
+def test_defaults_are_the_product_briefs():
+    cfg = parse(GOOD)
+    ref = cfg.clusters()[0]
+    th = ref.cluster.thresholds
+    assert (th.lag_bytes_warn, th.lag_bytes_crit) == (16 * 2**20, 100 * 2**20)
+    assert (th.lag_seconds_warn, th.lag_seconds_crit) == (10, 60)
+    assert (th.connections_pct_warn, th.connections_pct_crit) == (80, 95)
+    assert th.cache_hit_ratio_warn == 99
+    assert (th.xid_age_warn, th.xid_age_crit) == (500_000_000, 1_500_000_000)
+    assert th.inactive_slot_retained_bytes_warn == 2**30
+    assert ref.refresh_interval == 2.0
+    assert ref.cluster.members[1].port == 5432
+
+
+def test_mistyped_key_reports_file_line_path_and_suggestion(tmp_path):
+    bad = GOOD.replace('role = "primary"', 'rol = "primary"')
+    p = write(tmp_path, bad)
+    result = CliRunner().invoke(main, ["config", "validate", str(p)])
+    assert result.exit_code == 2
+    assert f"{p}:11: environments.staging.clusters.db1.members.0.rol: unknown key (did you mean 'role'?)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    bad = GOOD.replace('mode = "operator"', 'mode = "yolo"').replace('host = "10.0.0.2"', 'host = "10.0.0.2"\nport = 99999')
+    bad = bad.replace("[environments.staging.clusters.db1]\n", "[environments.staging.clusters.db1]\nrefresh_intervall = 3\n")
+    with pytest.raises(ConfigError) as err:
+        parse(bad, "x.toml")
+    text = str(err.value)
+    assert "x.toml:2: environments.staging.mode" in text
+    assert "refresh_intervall: unknown key (did you mean 'refresh_interval'?)" in text
+    assert "members.1.port" in text and "65535" in text
+    assert len(err.value.problems) == 3
+
+
+def test_missing_required_key_names_the_path():
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD.replace('host = "10.0.0.1"\n', ""), "x.toml")
+    assert "environments.staging.clusters.db1.members.0.host: required key is missing" in str(err.value)
+
+
+def test_invalid_toml_names_the_line(tmp_path):
+    p = write(tmp_path, GOOD + "\nthis is not toml\n")
+    result = CliRunner().invoke(main, ["config", "validate", str(p)])
+    assert result.exit_code == 2
+    assert "not valid TOML" in result.output and "dbops.toml:17: not valid TOML" in result.output
+
+
+def test_literal_password_refused_outside_sandbox_and_never_printed(tmp_path):
+    p = write(tmp_path, GOOD.replace('{ env = "PGPASS_TEST" }', '{ value = "hunter2-s3cret" }'))
+    result = CliRunner().invoke(main, ["config", "validate", str(p)])
+    assert result.exit_code == 2
+    assert "only allowed in a sandbox environment" in result.output
+    assert "hunter2-s3cret" not in result.output
+
+
+def test_wrongly_typed_password_is_not_echoed(tmp_path):
+    p = write(tmp_path, GOOD.replace('{ env = "PGPASS_TEST" }', '"hunter2-s3cret"'))
+    result = CliRunner().invoke(main, ["config", "validate", str(p)])
+    assert result.exit_code == 2
+    assert "password" in result.output
+    assert "hunter2-s3cret" not in result.output
+
+
+def test_literal_password_allowed_in_sandbox():
+    cfg = parse(GOOD.replace('mode = "operator"', 'mode = "operator"\nsandbox = true').replace('{ env = "PGPASS_TEST" }', '{ value = "pw" }'))
+    assert cfg.clusters()[0].cluster.password.value == "pw"
+
+
+def test_valid_config_exit_0(tmp_path):
+    p = write(tmp_path, GOOD)
+    result = CliRunner().invoke(main, ["config", "validate", str(p)])
+    assert result.exit_code == 0, result.output
+    assert "valid (1 environment(s), 1 cluster(s), 2 member(s))" in result.output
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["config", "validate", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    assert "file does not exist" in result.output
+
+
+def test_lookup_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("DBOPS_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="no configuration found"):
+        find_config(None)
+    user = tmp_path / "xdg" / "dbops" / "dbops.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text(GOOD)
+    assert find_config(None) == user
+    (tmp_path / "dbops.toml").write_text(GOOD)
+    assert find_config(None) == Path("dbops.toml")
+    monkeypatch.setenv("DBOPS_CONFIG", "/from/env.toml")
+    assert find_config(None) == Path("/from/env.toml")
+    assert find_config("/explicit.toml") == Path("/explicit.toml")
+
+
+def test_locate_keys_follows_arrays_of_tables():
+    lines = locate_keys(GOOD)
+    assert lines[("environments", "staging", "clusters", "db1", "members", "1", "host")] == 15
+    assert lines[("environments", "staging", "clusters", "db1", "password")] == 6
+
+
+def test_secret_references_resolve_and_never_print(tmp_path, monkeypatch):
+    from dbops.config import SecretRef
+    from dbops.secrets import SecretError, resolve
+
+    monkeypatch.setenv("PW_VAR", "topsecret")
+    s = resolve(SecretRef(env="PW_VAR"))
+    assert s.reveal() == "topsecret"
+    assert "topsecret" not in f"{s} {s!r} {[s]}"
+    f = tmp_path / "pw"
+    f.write_text("filesecret\n")
+    assert resolve(SecretRef(file=str(f))).reveal() == "filesecret"
+    with pytest.raises(SecretError, match="NOPE_VAR is not set"):
+        resolve(SecretRef(env="NOPE_VAR"))
+    with pytest.raises(SecretError, match="does not exist"):
+        resolve(SecretRef(file=str(tmp_path / "missing")))
