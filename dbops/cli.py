@@ -201,3 +201,7 @@ def _write_crash_report() -> Path | str:
         return path
     except OSError as exc:
         return f"(could not write crash log: {exc})"
+
+
+if __name__ == "__main__":
+    run()

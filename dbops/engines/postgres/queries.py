@@ -10,9 +10,18 @@ STATEMENT_TOTALS (plus STATEMENT_TEXTS only for top statements whose text is not
 # activity list and the per-state counts (they still count against max_connections).
 APPLICATION_NAME = "dbops"
 
+
+def _age(ts: str) -> str:
+    """Seconds from a timestamp to now(), never negative, NULL when the timestamp is NULL.
+
+    (greatest() ignores NULLs, so greatest(0, NULL) would turn "no value" into 0.)
+    """
+    return f"CASE WHEN {ts} IS NOT NULL THEN greatest(0, extract(epoch FROM now() - {ts}))::float8 END"
+
+
 # One pg_stat_activity row (alias a) as JSON. pg_blocking_pids() is costly (it takes the lock
 # manager's partition locks), so it runs only for sessions that wait on a heavyweight lock.
-_SESSION_JSON = """
+_SESSION_JSON = f"""
 json_build_object(
     'pid', a.pid,
     'usename', a.usename,
@@ -23,9 +32,9 @@ json_build_object(
     'wait_event_type', a.wait_event_type,
     'wait_event', a.wait_event,
     'query', coalesce(a.query, ''),
-    'query_age', greatest(0, extract(epoch from now() - a.query_start))::float8,
-    'xact_age', greatest(0, extract(epoch from now() - a.xact_start))::float8,
-    'state_age', greatest(0, extract(epoch from now() - a.state_change))::float8,
+    'query_age', {_age('a.query_start')},
+    'xact_age', {_age('a.xact_start')},
+    'state_age', {_age('a.state_change')},
     'blocked_by', CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END
 )"""
 
@@ -67,17 +76,18 @@ SELECT
             'sender_host', w.sender_host,
             'sender_port', w.sender_port,
             'slot_name', w.slot_name,
-            'last_msg_age', extract(epoch FROM now() - w.last_msg_receipt_time)::float8)
+            'last_msg_age', {_age('w.last_msg_receipt_time')})
           FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver w ON true
          LIMIT 1)
     END AS wal_receiver,
     CASE WHEN r.rec THEN pg_last_wal_receive_lsn()::text END AS received_lsn,
     CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text END AS replayed_lsn,
-    CASE WHEN r.rec THEN greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint
+    CASE WHEN r.rec AND pg_last_wal_receive_lsn() IS NOT NULL
+         THEN greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint
     END AS standby_replay_lag_bytes,
     CASE WHEN r.rec THEN
-        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
-             ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+        CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::float8
+             ELSE {_age('pg_last_xact_replay_timestamp()')}
         END
     END AS standby_replay_lag_seconds,
     CASE WHEN r.rec THEN pg_is_wal_replay_paused() ELSE false END AS replay_paused,
@@ -90,7 +100,7 @@ SELECT
                 'database', s.database
             ) ORDER BY s.slot_name), '[]')
        FROM pg_replication_slots s) AS slots,
-    (SELECT coalesce(json_agg({_SESSION_JSON.replace(chr(10), chr(10) + '        ')}
+    (SELECT coalesce(json_agg({_SESSION_JSON}
             ORDER BY coalesce(a.xact_start, a.query_start), a.pid), '[]')
        FROM (SELECT * FROM pg_stat_activity
               WHERE backend_type = 'client backend'
@@ -108,9 +118,9 @@ SELECT
     ar.archived_count,
     ar.failed_count,
     ar.last_archived_wal,
-    greatest(0, extract(epoch FROM now() - ar.last_archived_time))::float8 AS last_archived_age,
+    {_age('ar.last_archived_time')} AS last_archived_age,
     ar.last_failed_wal,
-    greatest(0, extract(epoch FROM now() - ar.last_failed_time))::float8 AS last_failed_age,
+    {_age('ar.last_failed_time')} AS last_failed_age,
     current_setting('archive_mode') AS archive_mode
 FROM (SELECT pg_is_in_recovery() AS rec) r
 CROSS JOIN LATERAL (

@@ -1,0 +1,460 @@
+"""PostgreSQL adapter: one asyncpg connection per member, a poll in two round trips, and the
+backend actions runbooks and the sessions pane call.
+
+asyncpg is imported on first connect, in a worker thread, so the UI's first paint never waits
+for it. The connection is reused across polls and dropped after any failure that may have left
+it unusable (lost connection, timeout, cancelled poll); the next poll reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import ssl
+import sys
+from dataclasses import replace
+from typing import Any
+
+from dbops.config import ClusterRef, Member
+from dbops.engines.base import Adapter
+from dbops.engines.postgres import queries as Q
+from dbops.engines.postgres.data import (
+    Archiver,
+    PgBouncerData,
+    PgMemberData,
+    ReplicaRow,
+    Session,
+    Slot,
+    Statement,
+    WalReceiver,
+)
+from dbops.engines.postgres.pgbouncer import PgBouncerReader
+from dbops.model import Reachability
+from dbops.secrets import Secret, SecretError, redact, resolve
+
+log = logging.getLogger(__name__)
+
+TOP_STATEMENTS = 20
+STATEMENTS_MISSING = (
+    "pg_stat_statements not installed (add it to shared_preload_libraries and CREATE EXTENSION pg_stat_statements)"
+)
+
+_asyncpg: Any = None
+
+
+async def load_asyncpg() -> Any:
+    """Import asyncpg off the event loop's thread, once."""
+    global _asyncpg
+    if _asyncpg is None:
+        _asyncpg = await asyncio.to_thread(importlib.import_module, "asyncpg")
+    return _asyncpg
+
+
+class TLSConfigError(Exception):
+    """The TLS settings cannot be turned into an SSL context (missing CA file, bad key ...)."""
+
+
+def _short(text: str) -> str:
+    """First line of a server or library message, without a trailing period."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.rstrip(".")
+
+
+def _pgbouncer_member(cluster: ClusterRef) -> Member:
+    members = cluster.cluster.members
+    return next((m for m in members if m.role == "primary"), members[0])
+
+
+class PostgresAdapter(Adapter):
+    kind = "postgres"
+
+    def __init__(self, cluster: ClusterRef, member: Member) -> None:
+        super().__init__(cluster, member)
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._secret: Secret | None = None
+        self._prev_statements: dict[int, tuple[int, float, int]] | None = None
+        self._texts: dict[int, str] = {}
+        self._pgbouncer: PgBouncerReader | None = None
+        self.collects_pgbouncer = cluster.cluster.pgbouncer is not None and _pgbouncer_member(cluster).name == member.name
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return f"{self.member.host}:{self.member.port}"
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server pid of dbops' own connection, when connected."""
+        return self._conn.get_server_pid() if self._conn is not None and not self._conn.is_closed() else None
+
+    def _ssl(self) -> Any:
+        tls = self.cluster.cluster.tls
+        if tls.mode == "disable":
+            return False
+        if tls.mode in ("prefer", "require"):
+            return tls.mode
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+            if tls.cert_file:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except FileNotFoundError as exc:
+            raise TLSConfigError(f"TLS file {exc.filename} does not exist") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(f"TLS files cannot be loaded: {_short(str(exc)) or type(exc).__name__}") from None
+        ctx.check_hostname = tls.mode == "verify-full"
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    async def _connect(self) -> Any:
+        asyncpg = await load_asyncpg()
+        cluster = self.cluster.cluster
+        self._secret = resolve(cluster.password)
+        timeout = self.cluster.timeout
+        return await asyncpg.connect(
+            host=self.member.host,
+            port=self.member.port,
+            user=cluster.user,
+            database=cluster.database,
+            password=self._secret.reveal() if self._secret is not None else None,
+            ssl=self._ssl(),
+            timeout=timeout,
+            server_settings={
+                "application_name": Q.APPLICATION_NAME,
+                "statement_timeout": str(int(timeout * 1000)),
+                "lock_timeout": "1000",
+                "idle_in_transaction_session_timeout": "60000",
+            },
+        )
+
+    async def _ensure(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            self._conn = await self._connect()
+        return self._conn
+
+    def _keeps_connection(self, exc: BaseException) -> bool:
+        """True when the server answered with an error and the connection is still usable."""
+        asyncpg = sys.modules.get("asyncpg")
+        if asyncpg is None or self._conn is None or self._conn.is_closed():
+            return False
+        if not isinstance(exc, asyncpg.PostgresError):
+            return False
+        if isinstance(exc, asyncpg.QueryCanceledError):  # statement_timeout or a cancel: still usable
+            return True
+        return not isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError))
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def _run(self, fn: Any) -> Any:
+        """Run fn(conn) on the member's connection, one operation at a time."""
+        async with self._lock:
+            return await self._run_locked(fn)
+
+    async def _run_locked(self, fn: Any) -> Any:
+        try:
+            conn = await self._ensure()
+            return await fn(conn)
+        except BaseException as exc:
+            if not self._keeps_connection(exc):
+                self._drop()
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            if self._lock.locked():
+                conn.terminate()  # a poll or action is using it: do not wait for it
+            else:
+                try:
+                    await conn.close(timeout=1.0)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.debug("closing the connection to %s: %r", self.where, exc)
+                    conn.terminate()
+        bouncer, self._pgbouncer = self._pgbouncer, None
+        if bouncer is not None:
+            await bouncer.close()
+
+    # -- collect ---------------------------------------------------------------------------------
+
+    async def collect(self) -> PgMemberData:
+        async with self._lock:
+            bouncer_task: asyncio.Task[PgBouncerData] | None = None
+            if self.collects_pgbouncer:
+                # PgBouncer is read on its own connection, beside the member's queries.
+                bouncer_task = asyncio.create_task(self._bouncer().read())
+            try:
+                data = await self._run_locked(self._collect)
+            except BaseException:
+                if bouncer_task is not None:
+                    bouncer_task.cancel()
+                    await asyncio.wait([bouncer_task])
+                raise
+            if bouncer_task is not None:
+                data = replace(data, pgbouncer=await bouncer_task)
+            return data
+
+    def _bouncer(self) -> "PgBouncerReader | _FailedReader":
+        if self._pgbouncer is None:
+            pb = self.cluster.cluster.pgbouncer
+            assert pb is not None
+            try:
+                password = resolve(pb.password)
+            except SecretError as exc:
+                return _FailedReader(f"PgBouncer password: {exc}")
+            # Half the poll timeout: PgBouncer runs beside the member's queries and a slow
+            # PgBouncer must not make the member's poll time out.
+            self._pgbouncer = PgBouncerReader(pb.host, pb.port, pb.user, password, self.cluster.timeout / 2)
+        return self._pgbouncer
+
+    async def _collect(self, conn: Any) -> PgMemberData:
+        row = await conn.fetchrow(Q.OVERVIEW)
+        if row["has_pg_stat_statements"]:
+            statements, note = await self._statements(conn)
+        else:
+            self._prev_statements, self._texts = None, {}
+            statements, note = None, STATEMENTS_MISSING
+        return build_member_data(row, statements, note)
+
+    async def _statements(self, conn: Any) -> tuple[tuple[Statement, ...] | None, str | None]:
+        asyncpg = await load_asyncpg()
+        try:
+            totals = await conn.fetch(Q.STATEMENT_TOTALS)
+        except asyncpg.ObjectNotInPrerequisiteStateError:
+            self._prev_statements = None
+            return None, "pg_stat_statements is installed but not loaded (add it to shared_preload_libraries and restart)"
+        except asyncpg.InsufficientPrivilegeError:
+            self._prev_statements = None
+            return None, f"no permission to read pg_stat_statements (GRANT pg_read_all_stats TO {self.cluster.cluster.user})"
+        current = {r["queryid"]: (r["calls"], r["total_ms"], r["rows"]) for r in totals}
+        ranked = rank_statements(current, self._prev_statements)[:TOP_STATEMENTS]
+        self._prev_statements = current
+        missing = [qid for qid, *_ in ranked if qid not in self._texts]
+        if missing:
+            for r in await conn.fetch(Q.STATEMENT_TEXTS, missing):
+                self._texts[r["queryid"]] = r["query"]
+        # Keep texts only for statements that still exist, so the cache stays bounded.
+        self._texts = {qid: text for qid, text in self._texts.items() if qid in current}
+        out = []
+        for qid, calls, total_ms, rows, calls_delta, total_ms_delta in ranked:
+            out.append(
+                Statement(
+                    queryid=qid,
+                    query=self._texts.get(qid, ""),
+                    calls=calls,
+                    total_ms=total_ms,
+                    mean_ms=total_ms / calls if calls else 0.0,
+                    rows=rows,
+                    calls_delta=calls_delta,
+                    total_ms_delta=total_ms_delta,
+                )
+            )
+        return tuple(out), None
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    async def session(self, pid: int) -> Session | None:
+        """Re-read one backend (any state) just before acting on it; None when it is gone."""
+        raw = await self._run(lambda conn: conn.fetchval(Q.SESSION, pid))
+        return _session(json.loads(raw)) if raw is not None else None
+
+    async def cancel_backend(self, pid: int) -> bool:
+        return bool(await self._run(lambda conn: conn.fetchval(Q.CANCEL_BACKEND, pid)))
+
+    async def terminate_backend(self, pid: int) -> bool:
+        return bool(await self._run(lambda conn: conn.fetchval(Q.TERMINATE_BACKEND, pid)))
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def classify(self, exc: BaseException) -> tuple[Reachability, str]:
+        reach, message = self._classify(exc)
+        return reach, redact(message, self._secret)
+
+    def _classify(self, exc: BaseException) -> tuple[Reachability, str]:
+        where = self.where
+        user = self.cluster.cluster.user
+        if isinstance(exc, SecretError):
+            return Reachability.AUTH, f"password for {user}: {exc}"
+        if isinstance(exc, TLSConfigError):
+            return Reachability.TLS, str(exc)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return Reachability.TLS, f"TLS certificate of {where} not trusted: {exc.verify_message or _short(str(exc))}"
+        if isinstance(exc, ssl.SSLError):
+            return Reachability.TLS, f"TLS handshake with {where} failed: {exc.reason or _short(str(exc))}"
+        asyncpg = sys.modules.get("asyncpg")
+        if asyncpg is not None:
+            exs = asyncpg.exceptions
+            if isinstance(exc, (exs.InvalidPasswordError, exs.InvalidAuthorizationSpecificationError)):
+                return Reachability.AUTH, f"{where} rejected user {user}: {_short(str(exc))}"
+            if isinstance(exc, exs.QueryCanceledError):
+                return Reachability.TIMEOUT, f"{where} did not finish the poll within {self.cluster.timeout:g}s"
+            if isinstance(exc, exs.CannotConnectNowError):
+                return Reachability.DOWN, f"{where} is not accepting connections: {_short(str(exc))}"
+            if isinstance(exc, (exs.PostgresConnectionError, exs.OperatorInterventionError)):
+                return Reachability.DOWN, f"connection to {where} lost: {_short(str(exc))}"
+            if isinstance(exc, (exs.ConnectionDoesNotExistError, exs.InterfaceError)) and "closed" in str(exc).lower():
+                return Reachability.DOWN, f"connection to {where} was closed"
+            if isinstance(exc, exs.TooManyConnectionsError):
+                return Reachability.ERROR, f"{where} has no free connection slot: {_short(str(exc))}"
+            if isinstance(exc, exs.InvalidCatalogNameError):
+                return Reachability.ERROR, f"{where}: {_short(str(exc))}"
+            if isinstance(exc, exs.PostgresError):
+                return Reachability.ERROR, f"{where} answered an error: {_short(str(exc))}"
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return Reachability.TIMEOUT, f"no answer from {where} within {self.cluster.timeout:g}s"
+        if isinstance(exc, ConnectionRefusedError):
+            return Reachability.DOWN, f"connection refused at {where}"
+        if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+            return Reachability.TLS, f"{where} does not accept TLS (tls.mode = {self.cluster.cluster.tls.mode})"
+        if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
+            return Reachability.DOWN, f"connection to {where} lost: {_short(str(exc)) or type(exc).__name__}"
+        if isinstance(exc, OSError):
+            text = str(exc)
+            if text.startswith("Multiple exceptions") and text.count("[Errno 111]") == text.count("[Errno"):
+                # every address of the host name refused (e.g. localhost -> ::1 and 127.0.0.1)
+                return Reachability.DOWN, f"connection refused at {where}"
+            if exc.__class__.__name__ == "gaierror":
+                return Reachability.DOWN, f"cannot resolve host {self.member.host}: {exc.strerror or exc}"
+            return Reachability.DOWN, f"cannot reach {where}: {exc.strerror or _short(str(exc)) or type(exc).__name__}"
+        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+
+
+class _FailedReader:
+    """Stands in for a PgBouncerReader whose credentials cannot be resolved."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    async def read(self) -> PgBouncerData:
+        return PgBouncerData(pools=(), stats=(), error=self.error)
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Row -> dataclasses (pure)
+
+
+def rank_statements(
+    current: dict[int, tuple[int, float, int]], previous: dict[int, tuple[int, float, int]] | None
+) -> list[tuple[int, int, float, int, int, float]]:
+    """(queryid, calls, total_ms, rows, calls_delta, total_ms_delta), busiest first.
+
+    First poll (previous is None): every delta is 0. A statement new since the last poll, or one
+    whose counters went backwards (pg_stat_statements_reset), counts its whole total as delta.
+    """
+    out = []
+    for qid, (calls, total_ms, rows) in current.items():
+        if previous is None:
+            dc, dt = 0, 0.0
+        else:
+            prev = previous.get(qid)
+            if prev is None or calls < prev[0] or total_ms < prev[1]:
+                dc, dt = calls, total_ms
+            else:
+                dc, dt = calls - prev[0], total_ms - prev[1]
+        out.append((qid, calls, total_ms, rows, dc, dt))
+    out.sort(key=lambda r: (r[5], r[2]), reverse=True)
+    return out
+
+
+def _session(d: dict[str, Any]) -> Session:
+    return Session(
+        pid=d["pid"],
+        usename=d["usename"],
+        application_name=d["application_name"] or "",
+        client_addr=d["client_addr"],
+        database=d["database"],
+        state=d["state"],
+        wait_event_type=d["wait_event_type"],
+        wait_event=d["wait_event"],
+        query=d["query"] or "",
+        query_age_seconds=d["query_age"],
+        xact_age_seconds=d["xact_age"],
+        state_age_seconds=d["state_age"],
+        blocked_by=tuple(d["blocked_by"] or ()),
+    )
+
+
+def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: str | None) -> PgMemberData:
+    in_recovery = bool(row["in_recovery"])
+    replicas = tuple(
+        ReplicaRow(
+            pid=r["pid"],
+            application_name=r["application_name"] or "",
+            client_addr=r["client_addr"],
+            state=r["state"],
+            sync_state=r["sync_state"],
+            sent_lsn=r["sent_lsn"],
+            replay_lsn=r["replay_lsn"],
+            write_lag_bytes=r["write_lag_bytes"],
+            flush_lag_bytes=r["flush_lag_bytes"],
+            replay_lag_bytes=r["replay_lag_bytes"],
+            write_lag_seconds=r["write_lag_seconds"],
+            flush_lag_seconds=r["flush_lag_seconds"],
+            replay_lag_seconds=r["replay_lag_seconds"],
+            slot_name=r["slot_name"],
+        )
+        for r in json.loads(row["replicas"])
+    )
+    wal_receiver = None
+    if in_recovery:
+        w = json.loads(row["wal_receiver"]) if row["wal_receiver"] is not None else {}
+        wal_receiver = WalReceiver(
+            status=w.get("status"),
+            sender_host=w.get("sender_host"),
+            sender_port=w.get("sender_port"),
+            slot_name=w.get("slot_name"),
+            received_lsn=row["received_lsn"],
+            replayed_lsn=row["replayed_lsn"],
+            replay_lag_bytes=row["standby_replay_lag_bytes"],
+            replay_lag_seconds=row["standby_replay_lag_seconds"],
+            replay_paused=bool(row["replay_paused"]),
+            last_msg_age_seconds=w.get("last_msg_age"),
+        )
+    slots = tuple(
+        Slot(
+            slot_name=s["slot_name"],
+            slot_type=s["slot_type"],
+            active=bool(s["active"]),
+            wal_status=s["wal_status"],
+            retained_bytes=s["retained_bytes"],
+            database=s["database"],
+        )
+        for s in json.loads(row["slots"])
+    )
+    archiver = Archiver(
+        archived_count=row["archived_count"],
+        failed_count=row["failed_count"],
+        last_archived_wal=row["last_archived_wal"],
+        last_archived_age_seconds=row["last_archived_age"],
+        last_failed_wal=row["last_failed_wal"],
+        last_failed_age_seconds=row["last_failed_age"],
+        archive_mode=row["archive_mode"],
+    )
+    return PgMemberData(
+        server_version=row["server_version"],
+        in_recovery=in_recovery,
+        timeline=row["timeline"],
+        current_lsn=row["current_lsn"],
+        max_connections=row["max_connections"],
+        connections_by_state=tuple((state, n) for state, n in json.loads(row["connections_by_state"])),
+        connections_total=row["connections_total"],
+        replicas=replicas,
+        wal_receiver=wal_receiver,
+        slots=slots,
+        sessions=tuple(_session(s) for s in json.loads(row["sessions"])),
+        statements=statements,
+        statements_note=note,
+        cache_hit_ratio=row["cache_hit_ratio"],
+        max_xid_age=row["max_xid_age"],
+        max_xid_age_database=row["max_xid_age_database"],
+        archiver=archiver,
+    )

@@ -1,0 +1,156 @@
+"""The console on frozen data, driven with Pilot as a user drives it: keys in, screen text out."""
+
+from __future__ import annotations
+
+import json
+
+from textual.widgets import Button, DataTable, Input
+
+from dbops.audit import verify
+from dbops.screens.app import DbopsApp
+from dbops.screens.modals import ConfirmBackendModal
+from dbops.screens.postgres import PostgresScreen
+
+from .frozen import NOW, FrozenHub
+
+
+def make_app(tmp_path, allow_writes=False) -> DbopsApp:
+    hub = FrozenHub()
+    return DbopsApp(hub.config, allow_writes=allow_writes, state_dir=tmp_path, hub=hub, clock=lambda: NOW)
+
+
+def table_text(table: DataTable) -> str:
+    return "\n".join(" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
+
+
+def audit_records(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_overview_lists_worst_cluster_first_with_banner(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = app.screen.query_one("#clusters", DataTable)
+        rows = table_text(table)
+        first, second = rows.splitlines()
+        assert "billing" in first and "CRIT" in first  # b1 is down
+        assert "orders-db" in second and "WARN" in second  # pg3 lags 40 MiB / 14 s
+        assert "40.0 MiB / 14s" in second
+        banner = str(app.screen.query_one("#banner").render())
+        assert "PRODUCTION" in banner and "read-only" in banner and "staging" in banner
+
+
+async def test_enter_opens_pane_with_topology_lag_and_blocking(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, PostgresScreen)
+        topo = table_text(app.screen.query_one("#topology", DataTable))
+        assert "pg1" in topo and "primary" in topo
+        assert "pg3" in topo and "40.0 MiB" in topo and "14s" in topo
+        activity = table_text(app.screen.query_one("#activity-table", DataTable))
+        assert "101" in activity and "idle in transaction" in activity and "103" in activity
+        await pilot.press("2")
+        await pilot.pause()
+        tree = str(app.screen.query_one("#blocking-tree").render())
+        assert "pid 101" in tree and "└─ pid 102" in tree
+        await pilot.press("5")
+        await pilot.pause()
+        health = str(app.screen.query_one("#health-text").render())
+        assert "old_etl" in health  # inactive slot retaining 3 GiB
+        assert "max xid age 210,000,000" in health
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, PostgresScreen)
+
+
+async def test_filter_narrows_activity_and_escape_closes_it(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        await pilot.press("slash")
+        await pilot.press(*"region")
+        await pilot.pause()
+        table = app.screen.query_one("#activity-table", DataTable)
+        assert table.row_count == 1 and "103" in table_text(table)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not app.screen.query_one("#filter", Input).display
+
+
+async def test_read_only_environment_greys_out_cancel_and_says_why(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        assert app.screen.check_action("cancel_backend", ()) is None  # visible but disabled
+        status = str(app.screen.query_one("#status").render())
+        assert "read-only" in status
+        await pilot.press("c")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmBackendModal)
+        assert audit_records(tmp_path) == []
+
+
+async def test_production_terminate_needs_the_pid_typed_and_is_audited(tmp_path):
+    app = make_app(tmp_path, allow_writes=True)
+    async with app.run_test(size=(120, 34)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        # sorted by age: 101 (idle in transaction 300 s) is first, and it blocks 102
+        await pilot.press("k")
+        await pilot.pause()
+        modal = app.screen
+        assert isinstance(modal, ConfirmBackendModal)
+        assert modal.act.pid == 101 and modal.act.blocks == (102,)
+        go = modal.query_one("#go", Button)
+        assert go.disabled
+        await pilot.press("y")  # a reflex `y` does nothing here: it types into the pid box
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmBackendModal)
+        await pilot.press("backspace", *"101")
+        await pilot.pause()
+        assert not go.disabled
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.hub.submitted == [("production/orders-db", "pg1")]
+        recs = audit_records(tmp_path)
+        assert [r["phase"] for r in recs] == ["intent", "result"]
+        assert recs[0]["action"] == "postgres.terminate_backend" and recs[0]["params"]["pid"] == 101
+        assert recs[1]["outcome"] == "ok"
+        assert verify(tmp_path / "audit.jsonl").ok
+
+
+async def test_declined_cancel_sends_nothing_and_records_an_abort(tmp_path):
+    app = make_app(tmp_path, allow_writes=True)
+    async with app.run_test(size=(120, 34)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmBackendModal)
+        await pilot.press("escape")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.hub.submitted == []
+        recs = audit_records(tmp_path)
+        assert [(r["phase"], r["outcome"]) for r in recs] == [("abort", "declined")]
+
+
+async def test_help_and_pause(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "HelpScreen" in type(app.screen).__name__
+        await pilot.press("escape")
+        await pilot.press("p")
+        await pilot.pause()
+        assert app.hub.paused
+        assert "PAUSED" in str(app.screen.query_one("#banner").render())

@@ -1,0 +1,112 @@
+"""Poller mechanics with a scripted adapter (the engine side is tested against real servers in
+tests/integration): timeouts, last-good carry-over, recovery, backoff, never overlapping."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dbops.config import parse
+from dbops.engines.base import Adapter
+from dbops.model import Reachability
+from dbops.poller import MAX_BACKOFF_SECONDS, backoff_delay, poll_member
+
+CONFIG = """
+[environments.t]
+[environments.t.clusters.c]
+engine = "postgres"
+timeout = 0.2
+members = [{ name = "m", host = "127.0.0.1" }]
+"""
+
+
+class Scripted(Adapter):
+    """Plays a list of outcomes: a value to return, an exception to raise, or "hang"."""
+
+    kind = "scripted"
+
+    def __init__(self, ref, member, script):
+        super().__init__(ref, member)
+        self.script = list(script)
+        self.running = 0
+        self.max_running = 0
+        self.closed = 0
+
+    async def collect(self):
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            step = self.script.pop(0)
+            if step == "hang":
+                await asyncio.Event().wait()
+            if isinstance(step, BaseException):
+                raise step
+            return step
+        finally:
+            self.running -= 1
+
+    async def close(self):
+        self.closed += 1
+
+    def classify(self, exc):
+        if isinstance(exc, ConnectionRefusedError):
+            return Reachability.DOWN, "connection refused"
+        return Reachability.ERROR, str(exc)
+
+
+def ref_member():
+    ref = parse(CONFIG).clusters()[0]
+    return ref, ref.cluster.members[0]
+
+
+async def test_failure_keeps_last_good_values_and_their_time():
+    ref, m = ref_member()
+    a = Scripted(ref, m, [{"v": 1}, ConnectionRefusedError(), "hang", {"v": 2}])
+    s1 = await poll_member(a, ref, m, None)
+    assert s1.reachability is Reachability.UP and s1.data == {"v": 1}
+    s2 = await poll_member(a, ref, m, s1)
+    assert s2.reachability is Reachability.DOWN and s2.error == "connection refused"
+    assert s2.data is None and s2.shown == {"v": 1} and s2.last_good_at == s1.taken_at
+    s3 = await poll_member(a, ref, m, s2)
+    assert s3.reachability is Reachability.TIMEOUT and "0.2s" in s3.error
+    assert s3.shown == {"v": 1} and s3.last_good_at == s1.taken_at  # still the first poll's values
+    assert a.closed == 2  # the connection is dropped after each failure so the next poll reconnects
+    s4 = await poll_member(a, ref, m, s3)
+    assert s4.reachability is Reachability.UP and s4.shown == {"v": 2} and s4.seq == 4
+
+
+async def test_hub_loop_never_overlaps_polls_of_one_member(monkeypatch):
+    from dbops import poller
+
+    ref, m = ref_member()
+    a = Scripted(ref, m, [{"v": i} for i in range(5)] + ["hang"] * 5)
+    hub = poller.PollerHub(parse(CONFIG))
+    monkeypatch.setattr(hub, "_adapter", lambda r, mm: a)
+    monkeypatch.setattr(poller, "backoff_delay", lambda interval, failures: 0.0)
+    task = asyncio.create_task(hub._member_loop(ref, m))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not a.script:
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert a.max_running == 1
+    health = hub.cluster_health(ref.key)
+    assert health.members[0].snapshot.reachability is Reachability.TIMEOUT
+    assert health.members[0].snapshot.shown == {"v": 4}
+
+
+def test_backoff_grows_and_is_capped():
+    assert backoff_delay(2.0, 0) == 2.0
+    assert backoff_delay(2.0, 1) == 2.0
+    assert backoff_delay(2.0, 2) == 4.0
+    assert backoff_delay(2.0, 3) == 8.0
+    assert backoff_delay(2.0, 10) == MAX_BACKOFF_SECONDS
+
+
+def test_history_holds_an_hour_at_the_default_interval():
+    from dbops.poller import PollerHub
+
+    cfg = parse(CONFIG.replace("timeout = 0.2", ""))
+    hub = PollerHub(cfg)
+    ref = cfg.clusters()[0]
+    assert hub._history[(ref.key, "m")].maxlen == 1800
