@@ -65,6 +65,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from dbops.secrets import Secret
+
 GENESIS = "0" * 64
 PHASES = ("intent", "result", "abort")
 LOG_NAME = "audit.jsonl"
@@ -146,15 +148,20 @@ SECRET_KEY_WORDS = (
 REDACTED = "***"
 
 # Credentials embedded in strings: URL userinfo (postgresql://user:pw@host) and libpq
-# key=value connection strings (password=pw).
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)([^@\s/]*)@")
+# key=value connection strings (password=pw). Both match greedily to the end of the
+# whitespace-delimited token: a password may contain '@', '/' or '&', and cutting too much
+# from a message is better than leaving half a password in it.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(\S*)@")
 _KV_PASSWORD = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;&]+)"
+    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
 )
+
+# SQL text (a query from pg_stat_activity): ALTER ROLE ... [ENCRYPTED] PASSWORD 'literal'.
+_SQL_PASSWORD = re.compile(r"(?i)\b(password\s+)(E?'(?:[^']|'')*'?)")
 
 
 def _is_secret(value: Any) -> bool:
-    return type(value).__name__ == "Secret" and hasattr(value, "reveal")
+    return isinstance(value, Secret)
 
 
 def is_secret_key(key: str) -> bool:
@@ -163,8 +170,10 @@ def is_secret_key(key: str) -> bool:
 
 
 def scrub_text(text: str) -> str:
-    """Remove credentials written inside a string (connection URLs, ``password=...``)."""
+    """Remove credentials written inside a string: connection URLs, ``password=...``, and SQL
+    ``PASSWORD '...'`` (a query text from pg_stat_activity)."""
     text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    text = _SQL_PASSWORD.sub(lambda m: m.group(1) + "'" + REDACTED + "'", text)
     return _KV_PASSWORD.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 
@@ -279,9 +288,32 @@ def _parse_line(number: int, raw: bytes, terminated: bool) -> _Line:
     return _Line(number, raw, record, None)
 
 
-def _read_lines(path: Path) -> list[_Line]:
-    data = path.read_bytes()
-    return [_parse_line(n, raw, term) for n, raw, term in _split_lines(data)]
+@dataclass(frozen=True)
+class _Snapshot:
+    lines: list[_Line]
+    head: bytes | None  # the head file's bytes; None when there is none
+
+
+def _snapshot(path: Path) -> _Snapshot:
+    """The log and its head, read together under a shared lock.
+
+    Appenders hold the exclusive lock from reading the tail to renaming the head into place,
+    so a reader never sees half an append, nor a record that the head does not yet cover.
+    Raises OSError when the log cannot be read.
+    """
+    with open(path, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        data = fh.read()
+        try:
+            head: bytes | None = head_path_for(path).read_bytes()
+        except FileNotFoundError:
+            head = None
+    # closing the file released the lock
+    return _Snapshot([_parse_line(n, raw, term) for n, raw, term in _split_lines(data)], head)
+
+
+def _records_of(lines: list[_Line]) -> list[dict[str, Any]]:
+    return [line.record for line in lines if line.record is not None]
 
 
 def read_records(path: Path, *, strict: bool = True) -> list[dict[str, Any]]:
@@ -291,19 +323,16 @@ def read_records(path: Path, *, strict: bool = True) -> list[dict[str, Any]]:
     such lines out (for display next to a verify verdict, which reports them).
     """
     try:
-        lines = _read_lines(path)
+        lines = _snapshot(path).lines
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise AuditError(f"cannot read audit log {path}: {exc.strerror or exc}") from exc
-    out = []
-    for line in lines:
-        if line.record is None:
-            if strict:
+    if strict:
+        for line in lines:
+            if line.record is None:
                 raise AuditError(f"audit log {path} line {line.number}: {line.problem}")
-            continue
-        out.append(line.record)
-    return out
+    return _records_of(lines)
 
 
 @dataclass(frozen=True)
@@ -317,6 +346,12 @@ def _read_head(path: Path) -> _Head | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        return None
+    return _parse_head(path, data)
+
+
+def _parse_head(path: Path, data: bytes | None) -> _Head | None:
+    if data is None:
         return None
     try:
         obj = json.loads(data.decode("utf-8"))
@@ -410,7 +445,21 @@ def verify(path: Path) -> VerifyResult:
     read; everything wrong *inside* the files is reported in the result, first problem only.
     """
     path = Path(path)
-    lines = _read_lines(path)
+    return _verify(path, _snapshot(path))
+
+
+def verify_and_read(path: Path) -> tuple[VerifyResult, list[dict[str, Any]]]:
+    """verify() and the records that parse (read_records(strict=False)), from one read.
+
+    Raises OSError when the log cannot be read.
+    """
+    path = Path(path)
+    snap = _snapshot(path)
+    return _verify(path, snap), _records_of(snap.lines)
+
+
+def _verify(path: Path, snap: _Snapshot) -> VerifyResult:
+    lines = snap.lines
     head_file = head_path_for(path)
     prev_hash = GENESIS
     count = 0
@@ -426,7 +475,7 @@ def verify(path: Path) -> VerifyResult:
         count += 1
 
     try:
-        head = _read_head(head_file)
+        head = _parse_head(head_file, snap.head)
     except ValueError as exc:
         return _bad(count, None, None, str(exc))
     if head is None:
@@ -434,8 +483,8 @@ def verify(path: Path) -> VerifyResult:
             return VerifyResult(True, 0, None, None, None)
         return _bad(
             count,
-            count + 1,
-            count,
+            None,
+            None,
             f"head file {head_file.name} is missing, so removal of the newest records cannot be ruled out",
         )
     if last_seq is None:

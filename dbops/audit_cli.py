@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from dbops.audit import LOG_NAME, AuditError, VerifyResult, read_records, verify
+from dbops.audit import LOG_NAME, VerifyResult, verify_and_read
 
 EXIT_INTACT = 0
 EXIT_TAMPERED = 1
@@ -30,13 +30,13 @@ def _default_path() -> Path:
     return state_dir() / LOG_NAME
 
 
-def _verify_or_exit(path: Path) -> VerifyResult:
-    """verify(path), or a message on stderr and exit 2 when the log cannot be read."""
+def _read_or_exit(path: Path) -> tuple[VerifyResult, list[dict]]:
+    """The verdict and the records, or a message on stderr and exit 2 when the log cannot be read."""
     if not path.exists():
         click.echo(f"audit log {path} does not exist", err=True)
         raise SystemExit(EXIT_UNREADABLE)
     try:
-        return verify(path)
+        return verify_and_read(path)
     except IsADirectoryError:
         click.echo(f"audit log {path} is a directory, not a file", err=True)
         raise SystemExit(EXIT_UNREADABLE) from None
@@ -69,7 +69,7 @@ def verify_cmd(path: Path | None) -> None:
     log is missing or unreadable.
     """
     path = path or _default_path()
-    result = _verify_or_exit(path)
+    result, _records = _read_or_exit(path)
     if result.ok:
         click.echo(f"{path}: {result.summary()}")
         return
@@ -113,12 +113,7 @@ def show_cmd(as_json: bool, limit: int | None, path: Path | None) -> None:
     Exits 0 whenever the log could be read (use `verify` for a pass/fail exit code), 2 when not.
     """
     path = path or _default_path()
-    result = _verify_or_exit(path)
-    try:
-        records = read_records(path, strict=False)
-    except AuditError as exc:
-        click.echo(f"cannot read audit log {path}: {exc}", err=True)
-        raise SystemExit(EXIT_UNREADABLE) from None
+    result, records = _read_or_exit(path)
     if limit is not None:
         records = records[-limit:]
 
@@ -129,26 +124,30 @@ def show_cmd(as_json: bool, limit: int | None, path: Path | None) -> None:
             click.echo(result.summary(), err=True)
         return
 
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=str(path), show_lines=False)
+    table = Table(title=str(path), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    # fold, never ellipsis: an audit display must not hide part of a value
     for col, kw in (
-        ("seq", {"justify": "right"}),
-        ("ts (UTC)", {}),
+        ("seq", {"justify": "right", "no_wrap": True}),
+        ("ts (UTC)", {"no_wrap": True}),
         ("phase", {}),
         ("operator", {}),
         ("target", {}),
         ("action", {}),
         ("outcome", {}),
-        ("ms", {"justify": "right"}),
         ("error / reason", {}),
     ):
-        table.add_column(col, **kw)
+        table.add_column(col, overflow="fold", **kw)
     outcome_style = {"ok": "green", "failed": "red", "declined": "yellow"}
     for rec in records:
         outcome = rec.get("outcome")
+        outcome_text = "" if outcome is None else str(outcome)
+        if rec.get("duration_ms") is not None:
+            outcome_text += f" {rec['duration_ms']}ms"
         note = rec.get("error") or rec.get("reason") or ""
         table.add_row(
             Text(str(rec.get("seq", ""))),
@@ -157,8 +156,7 @@ def show_cmd(as_json: bool, limit: int | None, path: Path | None) -> None:
             Text(_operator(rec)),
             Text(_target(rec)),
             Text(str(rec.get("action", ""))),
-            Text("" if outcome is None else str(outcome), style=outcome_style.get(str(outcome), "")),
-            Text("" if rec.get("duration_ms") is None else str(rec["duration_ms"])),
+            Text(outcome_text, style=outcome_style.get(str(outcome), "")),
             Text(str(note)),
         )
     console = Console()

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
-from dbops.audit import VerifyResult, read_records, verify
+from dbops.audit import VerifyResult, verify_and_read
 
 _OUTCOME_STYLE = {"ok": "green", "failed": "red", "declined": "yellow", "refused": "yellow"}
 _PHASE_STYLE = {"intent": "cyan", "result": "", "abort": "yellow"}
@@ -36,8 +36,8 @@ def load_audit(path: Path) -> AuditView:
     """Blocking read + verify; runs in a worker thread. OSError propagates to the worker."""
     if not path.exists():
         return AuditView(path, None, [])
-    result = verify(path)
-    return AuditView(path, result, read_records(path, strict=False))
+    result, records = verify_and_read(path)
+    return AuditView(path, result, records)
 
 
 def _cell(value: Any, style: str = "") -> Text:

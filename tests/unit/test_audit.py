@@ -19,7 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbops import audit as audit_mod
-from dbops.audit import GENESIS, AuditError, AuditLog, canonical, read_records, record_hash, verify
+from dbops.audit import (
+    GENESIS,
+    AuditError,
+    AuditLog,
+    canonical,
+    read_records,
+    record_hash,
+    verify,
+    verify_and_read,
+)
 from dbops.secrets import Secret
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -270,6 +279,11 @@ def test_appends_from_two_processes_keep_the_chain(tmp_path: Path) -> None:
     procs = [ctx.Process(target=_append_many, args=(str(path), tag, 40)) for tag in ("a", "b")]
     for p in procs:
         p.start()
+    # A reader racing the writers never sees half an append or a head that lags the log.
+    while any(p.is_alive() for p in procs):
+        if path.exists():
+            during = verify(path)
+            assert during.ok, during.summary()
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
@@ -319,24 +333,28 @@ def test_params_are_redacted(tmp_path: Path) -> None:
             "nested": {"client_secret": "s3", "list": [{"sslkey": "k"}]},
             "dsn": "postgresql://app:pw1@db/x",
             "url": "postgresql://app:pw2@db/x",
+            "url2": "postgres://app:p@w/8x@db:5432/x",
             "conn": "host=db password=pw3 user=app",
             "secret_obj": Secret("pw4"),
             "pid": 4242,
             "query": "select 1",
+            "sql": "ALTER ROLE app WITH LOGIN ENCRYPTED PASSWORD 'it''s pw8' VALID UNTIL 'infinity'",
         },
         reason="retry with password=pw5",
     )
     res = log.result(rec, outcome="failed", error="FATAL for postgresql://app:pw6@db", detail={"token": "pw7"})
     data = (tmp_path / "a.jsonl").read_text()
-    for secret in ("hunter2", "hunter3", "123456789", "s3", '"k"', "pw1", "pw2", "pw3", "pw4", "pw5", "pw6", "pw7"):
+    for secret in ("hunter2", "hunter3", "123456789", "s3", '"k"', "pw1", "pw2", "pw3", "pw4", "pw5", "pw6", "pw7", "w/8x", "pw8"):
         assert secret not in data, secret
     p = rec["params"]
     assert p["password"] == p["PGPASSWORD"] == p["api_key"] == p["auth_token"] == p["dsn"] == "***"
     assert p["nested"] == {"client_secret": "***", "list": [{"sslkey": "***"}]}
     assert p["url"] == "postgresql://app:***@db/x"
+    assert p["url2"] == "postgres://app:***@db:5432/x"
     assert p["conn"] == "host=db password=*** user=app"
     assert p["secret_obj"] == "***"
     assert p["pid"] == 4242 and p["query"] == "select 1"
+    assert p["sql"] == "ALTER ROLE app WITH LOGIN ENCRYPTED PASSWORD '***' VALID UNTIL 'infinity'"
     assert res["error"] == "FATAL for postgresql://app:***@db"
     assert res["detail"] == {"token": "***"}
 
@@ -379,6 +397,16 @@ def test_untouched_and_empty_logs_verify(tmp_path: Path) -> None:
     _make(path, 5)
     res = verify(path)
     assert res.ok and res.count == 5 and res.summary() == "chain intact: 5 records"
+
+
+def test_verify_and_read_returns_the_verdict_and_the_parsable_records(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _make(path, 3)
+    with open(path, "ab") as fh:
+        fh.write(b"junk\n")
+    res, recs = verify_and_read(path)
+    assert (res.ok, res.first_bad_line) == (False, 4)
+    assert [r["seq"] for r in recs] == [0, 1, 2]
 
 
 def test_verify_of_a_missing_file_raises(tmp_path: Path) -> None:
