@@ -111,8 +111,13 @@ class _Owner:
     @classmethod
     def detect(cls) -> "_Owner":
         if os.geteuid() != 0:
-            pw = pwd.getpwuid(os.geteuid())
-            return cls(os.geteuid(), os.getegid(), pw.pw_name, pw.pw_dir, False)
+            try:
+                pw = pwd.getpwuid(os.geteuid())
+                name, home = pw.pw_name, pw.pw_dir
+            except KeyError:
+                # containers often run with a uid that has no passwd entry
+                name, home = str(os.geteuid()), os.environ.get("HOME", "/")
+            return cls(os.geteuid(), os.getegid(), name, home, False)
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
@@ -302,19 +307,23 @@ class PostgresSandbox:
 
     # -- process state ---------------------------------------------------------------------
 
-    def _postmaster_pid(self, name: str) -> int | None:
+    @staticmethod
+    def _read_pidfile(path: Path) -> int | None:
         try:
-            first = (self.data_dir(name) / "postmaster.pid").read_text().splitlines()[0]
-            pid = int(first)
-        except (FileNotFoundError, IndexError, ValueError):
+            return int(path.read_text().splitlines()[0])
+        except (FileNotFoundError, NotADirectoryError, IndexError, ValueError):
             return None
+        except PermissionError:
+            raise SandboxError(
+                f"cannot read {path}: permission denied; the sandbox belongs to another user, run dbops as that user"
+            ) from None
+
+    def _postmaster_pid(self, name: str) -> int | None:
+        pid = self._read_pidfile(self.data_dir(name) / "postmaster.pid")
         return pid if pid_alive(pid, "postgres") else None
 
     def _bouncer_pid(self) -> int | None:
-        try:
-            pid = int(self.bouncer_pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        pid = self._read_pidfile(self.bouncer_pidfile)
         # The ini path in its command line proves it is this sandbox's pgbouncer, not a recycled pid.
         return pid if pid_alive(pid, str(self.bouncer_ini)) else None
 
