@@ -1,0 +1,45 @@
+"""The architecture contracts in pyproject.toml cover every module that exists on disk, and the
+core's start-up imports stay light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def contracts():
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return {c["name"]: c for c in data["tool"]["importlinter"]["contracts"]}
+
+
+def test_textual_contract_lists_every_core_module():
+    listed = set(contracts()["The core never imports textual"]["source_modules"])
+    on_disk = {
+        f"dbops.{p.stem}" for p in (REPO / "dbops").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())
+    }
+    assert on_disk - listed == set(), "add these core modules to the import-linter contract"
+
+
+def test_engine_independence_contract_lists_every_engine():
+    listed = set(contracts()["Engines never import each other"]["modules"])
+    engines = {f"dbops.engines.{p.name}" for p in (REPO / "dbops" / "engines").iterdir() if (p / "__init__.py").exists()}
+    assert engines == listed
+
+
+def test_cli_import_pulls_in_no_ui_and_no_client_library():
+    code = "import sys, dbops.cli; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('textual','asyncpg','pydantic','rich'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [], f"`dbops --help` would import {out}"
+
+
+def test_screens_install_as_dbops_screens():
+    import dbops.runbooks
+    import dbops.screens
+
+    assert Path(dbops.screens.__file__).parent == REPO / "screens"
+    assert Path(dbops.runbooks.__file__).parent == REPO / "runbooks"
