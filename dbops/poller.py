@@ -135,7 +135,7 @@ class PollerHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = threading.Event()
         self._running.set()
-        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
         self.load_errors: dict[str, str] = {}
         for ref in self.refs:
             self._snapshots[ref.key] = {m.name: pending_snapshot(ref, m) for m in ref.cluster.members}
@@ -153,7 +153,7 @@ class PollerHub:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
-            self._wake = asyncio.Event()
+            self._stopping = asyncio.Event()
             ready.set()
             try:
                 loop.run_until_complete(self._main())
@@ -166,26 +166,27 @@ class PollerHub:
         ready.wait()
 
     def stop(self, timeout: float = 5.0) -> None:
-        loop = self._loop
-        if loop is None or not loop.is_running():
+        """Stop polling, close every connection, end the thread. Bounded by `timeout`."""
+        loop, stopping = self._loop, self._stopping
+        if loop is None or stopping is None or loop.is_closed():
             return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
         try:
-            fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            # Adapters that do not close in time are abandoned; the daemon thread dies with us.
-            pass
+            loop.call_soon_threadsafe(stopping.set)
+        except RuntimeError:
+            # The loop closed between the check and the call: the thread has already ended.
+            return
         if self._thread:
+            # A server that does not let go within the timeout is abandoned with the daemon thread.
             self._thread.join(timeout)
 
     async def _main(self) -> None:
+        assert self._stopping is not None
         for ref in self.refs:
             for member in ref.cluster.members:
                 self._tasks.append(asyncio.create_task(self._member_loop(ref, member), name=f"poll {ref.key}/{member.name}"))
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _shutdown(self) -> None:
+        await self._stopping.wait()
+        # Cleanup runs here, inside the loop's lifetime, so no close() is left pending when
+        # the loop is closed.
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
