@@ -12,8 +12,10 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import ssl
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -78,6 +80,7 @@ class PostgresAdapter(Adapter):
         self._prev_statements: dict[int, tuple[int, float, int]] | None = None
         self._texts: dict[int, str] = {}
         self._pgbouncer: PgBouncerReader | None = None
+        self._caught_up_at: float | None = None  # last poll at which this standby had replayed all it received
         self.collects_pgbouncer = cluster.cluster.pgbouncer is not None and _pgbouncer_member(cluster).name == member.name
 
     # -- connection ------------------------------------------------------------------------------
@@ -97,12 +100,13 @@ class PostgresAdapter(Adapter):
             return False
         if tls.mode in ("prefer", "require"):
             return tls.mode
+        for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+            if path and not os.path.exists(path):
+                raise TLSConfigError(f"tls.{key} {path} does not exist")
         try:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
             if tls.cert_file:
                 ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except FileNotFoundError as exc:
-            raise TLSConfigError(f"TLS file {exc.filename} does not exist") from None
         except (OSError, ssl.SSLError) as exc:
             raise TLSConfigError(f"TLS files cannot be loaded: {_short(str(exc)) or type(exc).__name__}") from None
         ctx.check_hostname = tls.mode == "verify-full"
@@ -174,8 +178,8 @@ class PostgresAdapter(Adapter):
             else:
                 try:
                     await conn.close(timeout=1.0)
-                except (OSError, asyncio.TimeoutError) as exc:
-                    log.debug("closing the connection to %s: %r", self.where, exc)
+                except Exception as exc:  # noqa: BLE001 - a dead peer cannot say goodbye; drop the socket
+                    log.debug("closing the connection to %s failed, terminating it: %r", self.where, exc)
                     conn.terminate()
         bouncer, self._pgbouncer = self._pgbouncer, None
         if bouncer is not None:
@@ -220,7 +224,8 @@ class PostgresAdapter(Adapter):
         else:
             self._prev_statements, self._texts = None, {}
             statements, note = None, STATEMENTS_MISSING
-        return build_member_data(row, statements, note)
+        data, self._caught_up_at = bound_standby_lag(build_member_data(row, statements, note), self._caught_up_at, time.time())
+        return data
 
     async def _statements(self, conn: Any) -> tuple[tuple[Statement, ...] | None, str | None]:
         asyncpg = await load_asyncpg()
@@ -237,7 +242,7 @@ class PostgresAdapter(Adapter):
         self._prev_statements = current
         missing = [qid for qid, *_ in ranked if qid not in self._texts]
         if missing:
-            for r in await conn.fetch(Q.STATEMENT_TEXTS, missing):
+            for r in await conn.fetch(Q.STATEMENT_TEXTS, ",".join(str(qid) for qid in missing)):
                 self._texts[r["queryid"]] = r["query"]
         # Keep texts only for statements that still exist, so the cache stays bounded.
         self._texts = {qid: text for qid, text in self._texts.items() if qid in current}
@@ -284,9 +289,9 @@ class PostgresAdapter(Adapter):
         if isinstance(exc, TLSConfigError):
             return Reachability.TLS, str(exc)
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return Reachability.TLS, f"TLS certificate of {where} not trusted: {exc.verify_message or _short(str(exc))}"
+            return Reachability.TLS, f"TLS certificate of {where} not trusted: {getattr(exc, 'verify_message', None) or _short(str(exc))}"
         if isinstance(exc, ssl.SSLError):
-            return Reachability.TLS, f"TLS handshake with {where} failed: {exc.reason or _short(str(exc))}"
+            return Reachability.TLS, f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or _short(str(exc))}"
         asyncpg = sys.modules.get("asyncpg")
         if asyncpg is not None:
             exs = asyncpg.exceptions
@@ -458,3 +463,25 @@ def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: 
         max_xid_age_database=row["max_xid_age_database"],
         archiver=archiver,
     )
+
+
+def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float) -> tuple[PgMemberData, float | None]:
+    """Cap a standby's replay lag in seconds by how long it has been behind.
+
+    "now - last replayed commit" alone cries wolf after a quiet spell: the first few KB of WAL
+    after an hour without commits would read as an hour of lag. A standby that this adapter saw
+    fully caught up at `caught_up_at` cannot be further behind than `now - caught_up_at`, so
+    the smaller of the two is reported. A standby that has been behind since before dbops
+    started keeps the server's figure. Returns the data and the new caught-up time.
+    """
+    w = data.wal_receiver
+    if w is None:
+        return data, None
+    if not w.replay_lag_bytes:
+        return data, now
+    if caught_up_at is None or w.replay_lag_seconds is None:
+        return data, caught_up_at
+    behind_for = max(0.0, now - caught_up_at)
+    if w.replay_lag_seconds > behind_for:
+        data = replace(data, wal_receiver=replace(w, replay_lag_seconds=behind_for))
+    return data, caught_up_at

@@ -156,9 +156,11 @@ SELECT queryid,
 STATEMENT_TEXTS = """
 SELECT queryid, min(query) AS query
   FROM pg_stat_statements
- WHERE queryid = any($1::bigint[])
+ WHERE queryid = any(string_to_array($1::text, ',')::bigint[])
  GROUP BY queryid
 """
+# (The ids travel as one comma-separated text: a bigint[] parameter would make asyncpg spend a
+# round trip introspecting the array type on every new connection.)
 
 CANCEL_BACKEND = "SELECT pg_cancel_backend($1)"
 TERMINATE_BACKEND = "SELECT pg_terminate_backend($1)"

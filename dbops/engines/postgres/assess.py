@@ -1,0 +1,365 @@
+"""Judge a PostgreSQL cluster from its members' snapshots: pure functions, no I/O.
+
+Every rule compares with the cluster's PostgresThresholds and is strict: a value equal to a
+threshold is still fine, one past it is not ("lag > warn", "cache hit ratio < warn").
+Each Metric.message is one short sentence for the engineer reading it at 3 a.m.
+
+Metric names (stable, for panes and tests): reachability, streaming, replay_paused, lag_bytes,
+lag_seconds, connections, cache_hit_ratio, archiver, xid_age, slots / slot:<name>,
+long_queries, idle_in_transaction, pgbouncer; on the cluster: primary.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from dbops.config import ClusterRef, Member, PostgresThresholds
+from dbops.engines.postgres.data import PgMemberData, Session
+from dbops.model import (
+    ClusterHealth,
+    MemberHealth,
+    Metric,
+    Reachability,
+    Severity,
+    Snapshot,
+    human_bytes,
+    human_seconds,
+)
+
+OK, WARN, CRIT, UNKNOWN = Severity.OK, Severity.WARN, Severity.CRIT, Severity.UNKNOWN
+
+IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
+
+
+def human_count(n: int) -> str:
+    if n >= 1_000_000_000:
+        return f"{n / 1_000_000_000:.2f}B"
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.0f}M"
+    if n >= 1_000:
+        return f"{n / 1_000:.0f}k"
+    return str(n)
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1f}%" if x != int(x) else f"{x:.0f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# Baseline (the caller keeps it; assess only reads it)
+
+
+def update_baseline(baseline: dict[str, dict[str, Any]] | None, snapshots: dict[str, Snapshot]) -> dict[str, dict[str, Any]]:
+    """Return a copy of `baseline` with the first observed archiver failed_count of every member
+    that has data and no baseline yet. Keep the result and pass it to assess_cluster."""
+    out = {name: dict(values) for name, values in (baseline or {}).items()}
+    for name, snap in snapshots.items():
+        data = snap.data
+        if isinstance(data, PgMemberData) and data.archiver is not None:
+            out.setdefault(name, {}).setdefault("archiver_failed_count", data.archiver.failed_count)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Member rules
+
+
+def _role(member: Member, snap: Snapshot | None) -> str:
+    data = snap.shown if snap is not None else None
+    if isinstance(data, PgMemberData):
+        return "replica" if data.in_recovery else "primary"
+    if member.role in ("primary", "replica"):
+        return member.role
+    return "unknown"
+
+
+def _threshold(name: str, value: float, warn: float, crit: float | None, text: str, fmt: Any) -> Metric:
+    if crit is not None and value > crit:
+        return Metric(name, CRIT, f"{text} {fmt(value)} > crit {fmt(crit)}", value)
+    if value > warn:
+        return Metric(name, WARN, f"{text} {fmt(value)} > warn {fmt(warn)}", value)
+    return Metric(name, OK, f"{text} {fmt(value)}", value)
+
+
+def _worst_of(values: Iterable[float | int | None]) -> Any:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData]) -> tuple[int | None, float | None]:
+    """The worst of the standby's own view and every primary's pg_stat_replication row for it."""
+    names = {n for n in (member.application_name, member.name) if n}
+    rows = [r for p in primaries for r in p.replicas if r.application_name in names]
+    wr = data.wal_receiver
+    lag_bytes = _worst_of([wr.replay_lag_bytes if wr else None] + [r.replay_lag_bytes for r in rows])
+    lag_seconds = _worst_of([wr.replay_lag_seconds if wr else None] + [r.replay_lag_seconds for r in rows])
+    return lag_bytes, lag_seconds
+
+
+def _replica_metrics(
+    t: PostgresThresholds, member: Member, data: PgMemberData, primaries: list[PgMemberData]
+) -> tuple[list[Metric], int | None, float | None]:
+    metrics = []
+    wr = data.wal_receiver
+    if wr is None or wr.status != "streaming":
+        status = wr.status if wr is not None and wr.status else "no walreceiver running"
+        metrics.append(Metric("streaming", CRIT, f"not streaming from the primary ({status})", status))
+    else:
+        source = f"{wr.sender_host}:{wr.sender_port}" if wr.sender_host else "the primary"
+        metrics.append(Metric("streaming", OK, f"streaming from {source}", wr.status))
+    if wr is not None and wr.replay_paused:
+        metrics.append(Metric("replay_paused", WARN, "WAL replay is paused (SELECT pg_wal_replay_resume() resumes it)", True))
+    lag_bytes, lag_seconds = replica_lag(member, data, primaries)
+    if lag_bytes is not None:
+        metrics.append(_threshold("lag_bytes", lag_bytes, t.lag_bytes_warn, t.lag_bytes_crit, "replay lag", human_bytes))
+    if lag_seconds is not None:
+        metrics.append(
+            _threshold("lag_seconds", lag_seconds, t.lag_seconds_warn, t.lag_seconds_crit, "replay lag", human_seconds)
+        )
+    return metrics, lag_bytes, lag_seconds
+
+
+def _connections(t: PostgresThresholds, data: PgMemberData) -> Metric:
+    if data.max_connections <= 0:
+        return Metric("connections", UNKNOWN, "max_connections unknown", None)
+    pct = 100.0 * data.connections_total / data.max_connections
+    text = f"connections {data.connections_total}/{data.max_connections} ({pct:.0f}%)"
+    if pct > t.connections_pct_crit:
+        return Metric("connections", CRIT, f"{text} > crit {_pct(t.connections_pct_crit)}", pct)
+    if pct > t.connections_pct_warn:
+        return Metric("connections", WARN, f"{text} > warn {_pct(t.connections_pct_warn)}", pct)
+    return Metric("connections", OK, text, pct)
+
+
+def _cache(t: PostgresThresholds, data: PgMemberData) -> Metric:
+    ratio = data.cache_hit_ratio
+    if ratio is None:
+        return Metric("cache_hit_ratio", OK, "cache hit ratio: no reads yet", None)
+    if ratio < t.cache_hit_ratio_warn:
+        return Metric("cache_hit_ratio", WARN, f"cache hit ratio {ratio:.1f}% < warn {_pct(t.cache_hit_ratio_warn)}", ratio)
+    return Metric("cache_hit_ratio", OK, f"cache hit ratio {ratio:.1f}%", ratio)
+
+
+def _archiver(t: PostgresThresholds, data: PgMemberData, base: dict[str, Any] | None) -> Metric:
+    a = data.archiver
+    if a is None:
+        return Metric("archiver", UNKNOWN, "archiver state unknown", None)
+    if a.archive_mode == "off":
+        return Metric("archiver", OK, "archiving off", a.failed_count)
+    # Stateless signal: the latest attempt failed (its failure is newer than the last success).
+    if a.last_failed_age_seconds is not None and (
+        a.last_archived_age_seconds is None or a.last_failed_age_seconds < a.last_archived_age_seconds
+    ):
+        return Metric(
+            "archiver",
+            WARN,
+            f"archiving failing: last failed {a.last_failed_wal} {human_seconds(a.last_failed_age_seconds)} ago "
+            f"({a.failed_count} failures)",
+            a.failed_count,
+        )
+    first = base.get("archiver_failed_count") if base else None
+    if first is not None and a.failed_count - first > t.archiver_failures_warn:
+        return Metric(
+            "archiver",
+            WARN,
+            f"{a.failed_count - first} archive failures since dbops started watching "
+            f"(last failed {a.last_failed_wal} {human_seconds(a.last_failed_age_seconds)} ago)",
+            a.failed_count,
+        )
+    if a.last_archived_wal is None:
+        return Metric("archiver", OK, "nothing archived yet", a.failed_count)
+    return Metric(
+        "archiver", OK, f"last archived {a.last_archived_wal} {human_seconds(a.last_archived_age_seconds)} ago", a.failed_count
+    )
+
+
+def _xid(t: PostgresThresholds, data: PgMemberData) -> Metric | None:
+    age = data.max_xid_age
+    if age is None:
+        return None
+    where = f" in database {data.max_xid_age_database}" if data.max_xid_age_database else ""
+    return _threshold("xid_age", age, t.xid_age_warn, t.xid_age_crit, f"oldest xid age{where}", human_count)
+
+
+def _slots(t: PostgresThresholds, data: PgMemberData) -> list[Metric]:
+    out = []
+    for s in data.slots:
+        name = f"slot:{s.slot_name}"
+        if s.wal_status == "lost":
+            out.append(Metric(name, CRIT, f"slot {s.slot_name} lost WAL its consumer needs (wal_status lost)", s.wal_status))
+        elif not s.active and s.retained_bytes is not None and s.retained_bytes > t.inactive_slot_retained_bytes_warn:
+            out.append(
+                Metric(
+                    name,
+                    WARN,
+                    f"inactive slot {s.slot_name} retains {human_bytes(s.retained_bytes)} "
+                    f"> warn {human_bytes(t.inactive_slot_retained_bytes_warn)}",
+                    s.retained_bytes,
+                )
+            )
+        elif s.wal_status == "unreserved":
+            out.append(
+                Metric(name, WARN, f"slot {s.slot_name} is past max_slot_wal_keep_size: its WAL may be removed", s.wal_status)
+            )
+    if not out:
+        text = f"{len(data.slots)} replication slot{'s' if len(data.slots) != 1 else ''}, none retaining too much WAL"
+        out.append(Metric("slots", OK, text if data.slots else "no replication slots", len(data.slots)))
+    return out
+
+
+def _longest(sessions: list[Session], age: Any) -> Session:
+    return max(sessions, key=age)
+
+
+def _long_queries(t: PostgresThresholds, data: PgMemberData) -> Metric:
+    long = [
+        s for s in data.sessions
+        if s.state == "active" and s.query_age_seconds is not None and s.query_age_seconds > t.long_query_seconds
+    ]
+    if not long:
+        return Metric("long_queries", OK, f"no query running > {human_seconds(t.long_query_seconds)}", 0)
+    worst = _longest(long, lambda s: s.query_age_seconds)
+    n = len(long)
+    return Metric(
+        "long_queries",
+        WARN,
+        f"{n} quer{'ies' if n != 1 else 'y'} running > {human_seconds(t.long_query_seconds)} "
+        f"(longest {human_seconds(worst.query_age_seconds)}, pid {worst.pid})",
+        n,
+    )
+
+
+def _idle_in_transaction(t: PostgresThresholds, data: PgMemberData) -> Metric:
+    idle = [
+        s for s in data.sessions
+        if s.state in IDLE_IN_TRANSACTION
+        and s.state_age_seconds is not None
+        and s.state_age_seconds > t.idle_in_transaction_seconds_warn
+    ]
+    if not idle:
+        return Metric(
+            "idle_in_transaction", OK, f"no session idle in transaction > {human_seconds(t.idle_in_transaction_seconds_warn)}", 0
+        )
+    worst = _longest(idle, lambda s: s.state_age_seconds)
+    n = len(idle)
+    crit = worst.state_age_seconds is not None and worst.state_age_seconds > t.idle_in_transaction_seconds_crit
+    limit = t.idle_in_transaction_seconds_crit if crit else t.idle_in_transaction_seconds_warn
+    return Metric(
+        "idle_in_transaction",
+        CRIT if crit else WARN,
+        f"{n} session{'s' if n != 1 else ''} idle in transaction > {'crit' if crit else 'warn'} {human_seconds(limit)} "
+        f"(longest {human_seconds(worst.state_age_seconds)}, pid {worst.pid})",
+        n,
+    )
+
+
+def assess_member(
+    ref: ClusterRef,
+    member: Member,
+    snap: Snapshot | None,
+    primaries: list[PgMemberData],
+    baseline: dict[str, dict[str, Any]] | None = None,
+    now: float | None = None,
+) -> MemberHealth:
+    t = ref.cluster.thresholds
+    if snap is None:
+        snap = Snapshot(ref.environment, ref.name, member.name, "postgres", Reachability.PENDING, taken_at=0.0)
+    role = _role(member, snap)
+    if snap.reachability is Reachability.PENDING:
+        return MemberHealth(snap, role, UNKNOWN, (Metric("reachability", UNKNOWN, "not polled yet", "PENDING"),))
+    if snap.reachability is not Reachability.UP or not isinstance(snap.data, PgMemberData):
+        now = time.time() if now is None else now
+        seen = (
+            f"last seen {human_seconds(max(0.0, now - snap.last_good_at))} ago"
+            if snap.last_good_at is not None
+            else "never reached"
+        )
+        error = snap.error or "no data"
+        return MemberHealth(
+            snap, role, CRIT, (Metric("reachability", CRIT, f"{snap.reachability.value}: {error} ({seen})", snap.reachability.value),)
+        )
+
+    data: PgMemberData = snap.data
+    metrics: list[Metric] = [Metric("reachability", OK, f"up, {role}, PostgreSQL {data.server_version.split()[0]}", "UP")]
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    if data.in_recovery:
+        replica, lag_bytes, lag_seconds = _replica_metrics(t, member, data, primaries)
+        metrics.extend(replica)
+    metrics.append(_connections(t, data))
+    metrics.append(_cache(t, data))
+    metrics.append(_archiver(t, data, (baseline or {}).get(member.name)))
+    xid = _xid(t, data)
+    if xid is not None:
+        metrics.append(xid)
+    metrics.extend(_slots(t, data))
+    metrics.append(_long_queries(t, data))
+    metrics.append(_idle_in_transaction(t, data))
+    if data.pgbouncer is not None and data.pgbouncer.error:
+        metrics.append(Metric("pgbouncer", WARN, f"PgBouncer unreadable: {data.pgbouncer.error}", None))
+    elif data.pgbouncer is not None:
+        waiting = sum(p.cl_waiting for p in data.pgbouncer.pools)
+        metrics.append(Metric("pgbouncer", OK, f"PgBouncer: {len(data.pgbouncer.pools)} pools, {waiting} clients waiting", waiting))
+    severity = Severity.worst([m.severity for m in metrics], default=OK)
+    return MemberHealth(snap, role, severity, tuple(metrics), lag_bytes, lag_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster
+
+
+def assess_cluster(
+    ref: ClusterRef,
+    snapshots: dict[str, Snapshot],
+    baseline: dict[str, dict[str, Any]] | None = None,
+    now: float | None = None,
+) -> ClusterHealth:
+    """Judge every configured member (a member without a snapshot is PENDING) and the cluster."""
+    now = time.time() if now is None else now
+    members = ref.cluster.members
+    up_primaries = [
+        (m.name, s.data)
+        for m in members
+        if (s := snapshots.get(m.name)) is not None
+        and s.reachability is Reachability.UP
+        and isinstance(s.data, PgMemberData)
+        and not s.data.in_recovery
+    ]
+    primaries_data = [d for _, d in up_primaries]
+    healths = tuple(assess_member(ref, m, snapshots.get(m.name), primaries_data, baseline, now) for m in members)
+
+    cluster_metrics: list[Metric] = []
+    pending = all(
+        (s := snapshots.get(m.name)) is None or s.reachability is Reachability.PENDING for m in members
+    )
+    if pending:
+        cluster_metrics.append(Metric("primary", UNKNOWN, "waiting for the first poll", None))
+    elif not up_primaries:
+        last_known = [
+            h for h in healths if h.role == "primary" and isinstance(h.snapshot.last_good, PgMemberData)
+        ]
+        detail = ""
+        if last_known:
+            h = last_known[0]
+            age = h.snapshot.age_of_shown(now)
+            detail = f" ({h.name} was primary, last seen {human_seconds(age)} ago)" if age is not None else f" ({h.name} was primary)"
+        cluster_metrics.append(Metric("primary", CRIT, f"no reachable primary{detail}", None))
+    elif len(up_primaries) > 1:
+        names = ", ".join(name for name, _ in up_primaries)
+        timelines = ", ".join(str(d.timeline) for _, d in up_primaries)
+        cluster_metrics.append(
+            Metric("primary", CRIT, f"split brain: {names} are all primaries (timelines {timelines})", [n for n, _ in up_primaries])
+        )
+    else:
+        cluster_metrics.append(Metric("primary", OK, f"primary {up_primaries[0][0]}", up_primaries[0][0]))
+
+    severity = Severity.worst([h.severity for h in healths] + [m.severity for m in cluster_metrics], default=OK)
+    return ClusterHealth(
+        environment=ref.environment,
+        name=ref.name,
+        engine="postgres",
+        severity=severity,
+        members=healths,
+        metrics=tuple(cluster_metrics),
+    )

@@ -1,0 +1,672 @@
+"""The PostgreSQL collector, actions, PgBouncer reader and assessment against real servers.
+
+Uses the shared sandbox (conftest.pg_sandbox: pg1 primary, pg2 with slot pg2 and pg3
+streaming, PgBouncer in front of pg1). Every test restores what it changes; waits are bounded
+polling loops and nothing asserts a wall-clock duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dbops.config import ClusterRef, Member, SecretRef, load, parse
+from dbops.engines import adapter_class
+from dbops.engines.postgres.adapter import STATEMENTS_MISSING, PostgresAdapter, rank_statements
+from dbops.engines.postgres.assess import assess_cluster, update_baseline
+from dbops.engines.postgres.data import PgMemberData
+from dbops.model import Reachability, Severity, Snapshot
+from dbops.secrets import Secret, SecretError
+
+KiB = 1024
+MiB = 1024 * KiB
+TEST_APP = "dbops-it"  # application_name of the tests' own connections (dbops' are "dbops")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def cluster_ref(pg_sandbox: Any, **thresholds: Any) -> ClusterRef:
+    cfg = load(pg_sandbox.config_path)
+    ref = next(
+        r for r in cfg.clusters()
+        if r.cluster.engine == "postgres" and {"pg1", "pg2", "pg3"} <= {m.name for m in r.cluster.members}
+    )
+    if thresholds:
+        ref = with_cluster(ref, thresholds=ref.cluster.thresholds.model_copy(update=thresholds))
+    return ref
+
+
+def with_cluster(ref: ClusterRef, **update: Any) -> ClusterRef:
+    return dataclasses.replace(ref, cluster=ref.cluster.model_copy(update=update))
+
+
+def member(ref: ClusterRef, name: str) -> Member:
+    return next(m for m in ref.cluster.members if m.name == name)
+
+
+@contextlib.asynccontextmanager
+async def adapters(ref: ClusterRef, *names: str) -> AsyncIterator[list[PostgresAdapter]]:
+    made = [PostgresAdapter(ref, member(ref, n)) for n in names]
+    try:
+        yield made
+    finally:
+        for a in made:
+            await a.close()
+
+
+@contextlib.asynccontextmanager
+async def connection(pg_sandbox: Any, name: str = "pg1", **kw: Any) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(pg_sandbox.dsn(name), timeout=10, server_settings={"application_name": TEST_APP}, **kw)
+    try:
+        yield conn
+    finally:
+        await conn.close(timeout=5)
+
+
+def snapshot(ref: ClusterRef, name: str, data: PgMemberData) -> Snapshot:
+    return Snapshot(ref.environment, ref.name, name, "postgres", Reachability.UP, time.time(), data=data)
+
+
+async def collect_all(ref: ClusterRef, ads: list[PostgresAdapter]) -> dict[str, Snapshot]:
+    return {a.member.name: snapshot(ref, a.member.name, await a.collect()) for a in ads}
+
+
+def metric(health: Any, member_name: str, name: str) -> Any:
+    m = next(h for h in health.members if h.name == member_name)
+    found = [x for x in m.metrics if x.name == name]
+    assert found, f"{member_name} has no metric {name}: {[(x.name, x.message) for x in m.metrics]}"
+    return found[0]
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], what: str, attempts: int = 150, delay: float = 0.1) -> Any:
+    """Call check until it returns something truthy; fail after a bounded number of attempts."""
+    last = None
+    for _ in range(attempts):
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(delay)
+    pytest.fail(f"gave up waiting for {what} (last value: {last!r})")
+
+
+async def emit_wal(pg_sandbox: Any, total_bytes: int, chunk: int = MiB) -> None:
+    """Write about total_bytes of WAL on pg1 without touching any table."""
+    async with connection(pg_sandbox) as conn:
+        left = total_bytes
+        while left > 0:
+            n = min(chunk, left)
+            await conn.execute(f"SELECT pg_logical_emit_message(false, 'dbops-it', repeat('x', {n}))")
+            left -= n
+
+
+async def ready(pg_sandbox: Any) -> None:
+    """pg1 primary with both replicas streaming (another module may have restarted members)."""
+    await asyncio.to_thread(pg_sandbox.wait_streaming)
+
+
+# ---------------------------------------------------------------------------------------------
+# No server needed
+
+
+def test_adapter_module_does_not_import_asyncpg() -> None:
+    code = (
+        "import sys, dbops.engines.postgres.adapter, dbops.engines.postgres.assess;"
+        "assert 'asyncpg' not in sys.modules, 'asyncpg imported eagerly'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_finds_the_adapter() -> None:
+    assert adapter_class("postgres") is PostgresAdapter
+    assert PostgresAdapter.kind == "postgres"
+
+
+def test_rank_statements_deltas() -> None:
+    first = rank_statements({1: (10, 100.0, 10), 2: (1, 500.0, 1)}, None)
+    assert [(r[0], r[4], r[5]) for r in first] == [(2, 0, 0.0), (1, 0, 0.0)]  # by total when no deltas
+    second = rank_statements({1: (15, 160.0, 15), 2: (1, 500.0, 1), 3: (2, 20.0, 2)}, {1: (10, 100.0, 10), 2: (1, 500.0, 1)})
+    assert [(r[0], r[4], r[5]) for r in second] == [(1, 5, 60.0), (3, 2, 20.0), (2, 0, 0.0)]
+    reset = rank_statements({1: (2, 3.0, 2)}, {1: (10, 100.0, 10)})  # pg_stat_statements_reset()
+    assert reset[0][4:] == (2, 3.0)
+
+
+CLASSIFY_CONFIG = """
+[environments.prod.clusters.db]
+engine = "postgres"
+password = { env = "DBOPS_IT_UNSET_PASSWORD_VAR" }
+[[environments.prod.clusters.db.members]]
+name = "db1"
+host = "10.9.9.9"
+port = 5433
+"""
+
+
+@pytest.fixture
+def offline_adapter() -> PostgresAdapter:
+    ref = parse(CLASSIFY_CONFIG).clusters()[0]
+    return PostgresAdapter(ref, ref.cluster.members[0])
+
+
+@pytest.mark.parametrize(
+    "exc, reach, text",
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), Reachability.DOWN, "connection refused at 10.9.9.9:5433"),
+        (
+            OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5433, 0, 0), "
+                    "[Errno 111] Connect call failed ('127.0.0.1', 5433)"),
+            Reachability.DOWN,
+            "connection refused at 10.9.9.9:5433",
+        ),
+        (OSError(113, "No route to host"), Reachability.DOWN, "cannot reach 10.9.9.9:5433: No route to host"),
+        (socket.gaierror(-2, "Name or service not known"), Reachability.DOWN, "cannot resolve host 10.9.9.9"),
+        (asyncio.TimeoutError(), Reachability.TIMEOUT, "no answer from 10.9.9.9:5433 within 3s"),
+        (TimeoutError(), Reachability.TIMEOUT, "no answer from 10.9.9.9:5433 within 3s"),
+        (SecretError("environment variable X is not set"), Reachability.AUTH, "password for postgres: environment variable X"),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), Reachability.TLS, "TLS certificate of 10.9.9.9:5433"),
+        (ssl.SSLError(1, "wrong version number"), Reachability.TLS, "TLS handshake with 10.9.9.9:5433 failed"),
+        (ConnectionError('PostgreSQL server at "10.9.9.9:5433" rejected SSL upgrade'), Reachability.TLS, "does not accept TLS"),
+        (asyncpg.InvalidPasswordError("password authentication failed for user \"postgres\""), Reachability.AUTH,
+         "10.9.9.9:5433 rejected user postgres: password authentication failed"),
+        (asyncpg.InvalidAuthorizationSpecificationError("no pg_hba.conf entry for host"), Reachability.AUTH,
+         "rejected user postgres: no pg_hba.conf entry"),
+        (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), Reachability.DOWN,
+         "connection to 10.9.9.9:5433 lost"),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), Reachability.DOWN, "not accepting connections"),
+        (asyncpg.AdminShutdownError("terminating connection due to administrator command"), Reachability.DOWN,
+         "connection to 10.9.9.9:5433 lost"),
+        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), Reachability.TIMEOUT,
+         "did not finish the poll within 3s"),
+        (asyncpg.UndefinedFunctionError("function foo() does not exist"), Reachability.ERROR, "answered an error"),
+        (ValueError("odd\nsecond line"), Reachability.ERROR, "10.9.9.9:5433: ValueError: odd"),
+    ],
+)
+def test_classify(offline_adapter: PostgresAdapter, exc: BaseException, reach: Reachability, text: str) -> None:
+    got, message = offline_adapter.classify(exc)
+    assert got is reach, message
+    assert message.startswith(text) or text in message, message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_classify_never_shows_the_password(offline_adapter: PostgresAdapter) -> None:
+    offline_adapter._secret = Secret("hunter2-secret")
+    _, message = offline_adapter.classify(asyncpg.PostgresError("bad value hunter2-secret in dsn"))
+    assert "hunter2-secret" not in message and "***" in message
+
+
+async def test_unresolvable_password_is_auth(offline_adapter: PostgresAdapter) -> None:
+    with pytest.raises(SecretError) as ei:
+        await offline_adapter.collect()
+    assert offline_adapter.classify(ei.value) == (
+        Reachability.AUTH,
+        "password for postgres: environment variable DBOPS_IT_UNSET_PASSWORD_VAR is not set",
+    )
+    await offline_adapter.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Collect
+
+
+async def test_primary_sees_streaming_replicas(pg_sandbox: Any) -> None:
+    await ready(pg_sandbox)
+    ref = cluster_ref(pg_sandbox)
+    async with adapters(ref, "pg1") as (a,):
+        d = await a.collect()
+    assert not d.in_recovery and d.wal_receiver is None
+    assert d.server_version.startswith("15")
+    assert isinstance(d.timeline, int) and d.current_lsn and "/" in d.current_lsn
+    rows = {r.application_name: r for r in d.replicas}
+    assert {"pg2", "pg3"} <= set(rows), rows
+    for name in ("pg2", "pg3"):
+        r = rows[name]
+        assert r.state == "streaming" and r.sync_state == "async"
+        for v in (r.write_lag_bytes, r.flush_lag_bytes, r.replay_lag_bytes):
+            assert isinstance(v, int) and v >= 0
+        for v in (r.write_lag_seconds, r.flush_lag_seconds, r.replay_lag_seconds):
+            assert v is None or (isinstance(v, float) and v >= 0)
+        assert r.sent_lsn and r.replay_lsn
+    assert rows["pg2"].slot_name == "pg2" and rows["pg3"].slot_name is None
+    slot = next(s for s in d.slots if s.slot_name == "pg2")
+    assert slot.active and slot.slot_type == "physical" and slot.wal_status in ("reserved", "extended")
+    assert isinstance(slot.retained_bytes, int)
+    assert d.max_connections == 50 and d.connections_total >= 1
+    assert d.archiver is not None and d.archiver.archive_mode == "on"
+    assert d.max_xid_age is not None and d.max_xid_age > 0 and d.max_xid_age_database
+    assert d.cache_hit_ratio is None or 0 <= d.cache_hit_ratio <= 100
+    assert d.statements is not None and d.statements_note is None
+
+
+async def test_standby_sees_its_walreceiver(pg_sandbox: Any) -> None:
+    await ready(pg_sandbox)
+    ref = cluster_ref(pg_sandbox)
+    async with adapters(ref, "pg3") as (a,):
+        d = await a.collect()
+    assert d.in_recovery
+    wr = d.wal_receiver
+    assert wr is not None and wr.status == "streaming"
+    assert wr.sender_port == pg_sandbox.port("pg1") and wr.slot_name is None
+    assert wr.received_lsn and wr.replayed_lsn and d.current_lsn == wr.replayed_lsn
+    assert isinstance(wr.replay_lag_bytes, int) and wr.replay_lag_bytes >= 0
+    # None until this standby has replayed a commit (pg_last_xact_replay_timestamp() is NULL)
+    assert (wr.replay_lag_seconds is None or wr.replay_lag_seconds >= 0) and not wr.replay_paused
+    assert d.replicas == () and d.pgbouncer is None  # PgBouncer is read on pg1 only
+    assert d.archiver is not None
+
+
+async def test_statements_report_deltas_between_polls(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    async with adapters(ref, "pg1") as (a,), connection(pg_sandbox) as conn:
+        first = await a.collect()
+        assert first.statements is not None
+        assert all(s.calls_delta == 0 and s.total_ms_delta == 0 for s in first.statements)
+        for _ in range(5):
+            await conn.execute("SELECT pg_sleep(0.02), 'dbops-it statements', 4242")
+        second = await a.collect()
+    assert second.statements is not None and len(second.statements) <= 20
+    deltas = [s.total_ms_delta for s in second.statements]
+    assert deltas == sorted(deltas, reverse=True)
+    ours = [s for s in second.statements if "pg_sleep" in s.query and s.calls_delta >= 5]
+    assert ours, [(s.query[:60], s.calls_delta) for s in second.statements]
+    assert ours[0].total_ms_delta >= 5 * 20 * 0.9 and ours[0].mean_ms > 0
+
+
+async def test_statements_note_when_extension_missing(pg_sandbox: Any) -> None:
+    # template1 has no pg_stat_statements extension (it is created in "postgres" only)
+    ref = with_cluster(cluster_ref(pg_sandbox), database="template1")
+    async with adapters(ref, "pg1") as (a,):
+        d = await a.collect()
+    assert d.statements is None and d.statements_note == STATEMENTS_MISSING
+
+
+async def test_dbops_own_sessions_never_listed(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    async with adapters(ref, "pg1", "pg1") as (a, b):
+        await b.collect()  # a second dbops instance, connected
+        d = await a.collect()
+        own = {a.backend_pid, b.backend_pid}
+    assert None not in own
+    assert not own & {s.pid for s in d.sessions}
+    assert all(s.application_name != "dbops" for s in d.sessions)
+    # ...nor counted by state, though they count against max_connections
+    assert sum(n for _, n in d.connections_by_state) <= d.connections_total - 2
+
+
+async def test_replay_pause_turns_lag_warn_then_crit(pg_sandbox: Any) -> None:
+    await ready(pg_sandbox)
+    # Small byte thresholds so a few MiB of WAL cross them; seconds thresholds out of the way.
+    ref = cluster_ref(
+        pg_sandbox, lag_bytes_warn=256 * KiB, lag_bytes_crit=8 * MiB, lag_seconds_warn=1e9, lag_seconds_crit=1e9
+    )
+    async with adapters(ref, "pg1", "pg2", "pg3") as ads:
+        health = assess_cluster(ref, await collect_all(ref, ads))
+        assert metric(health, "pg3", "lag_bytes").severity is Severity.OK
+
+        async def lag_metric(minimum: int) -> Any:
+            h = assess_cluster(ref, await collect_all(ref, ads))
+            m = metric(h, "pg3", "lag_bytes")
+            return (h, m) if m.value > minimum else None
+
+        await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_pause()")
+        try:
+            await emit_wal(pg_sandbox, 1 * MiB)
+            health, m = await wait_until(lambda: lag_metric(256 * KiB), "pg3 lag past 256 KiB")
+            assert m.severity is Severity.WARN, m.message
+            assert metric(health, "pg3", "replay_paused").severity is Severity.WARN
+            pg3 = next(h for h in health.members if h.name == "pg3")
+            assert pg3.lag_bytes == m.value and pg3.severity is Severity.WARN
+
+            # pg2 keeps replaying: once pg1 has pg2's next status reply, pg2 is fine, pg3 still WARN.
+            async def pg2_fine() -> Any:
+                h = assess_cluster(ref, await collect_all(ref, ads))
+                return h if metric(h, "pg2", "lag_bytes").severity is Severity.OK else None
+
+            health = await wait_until(pg2_fine, "pg2 to report it replayed the WAL")
+            assert metric(health, "pg3", "lag_bytes").severity is Severity.WARN
+
+            await emit_wal(pg_sandbox, 10 * MiB)
+            health, m = await wait_until(lambda: lag_metric(8 * MiB), "pg3 lag past 8 MiB")
+            assert m.severity is Severity.CRIT and m.message.startswith("replay lag ") and "> crit 8.0 MiB" in m.message
+            assert health.severity is Severity.CRIT
+        finally:
+            await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_resume()")
+
+        async def caught_up() -> bool:
+            d = await ads[2].collect()
+            return d.wal_receiver is not None and not d.wal_receiver.replay_paused and d.wal_receiver.replay_lag_bytes == 0
+
+        await wait_until(caught_up, "pg3 to replay what it received")
+
+
+async def test_idle_in_transaction_is_flagged(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox, idle_in_transaction_seconds_warn=0.3, idle_in_transaction_seconds_crit=3600)
+    async with adapters(ref, "pg1") as (a,), connection(pg_sandbox) as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.fetchval("SELECT 1")
+            pid = conn.get_server_pid()
+
+            async def flagged() -> Any:
+                d = await a.collect()
+                mine = [s for s in d.sessions if s.pid == pid]
+                if mine and mine[0].state == "idle in transaction" and (mine[0].state_age_seconds or 0) > 0.3:
+                    return d, mine[0]
+                return None
+
+            d, s = await wait_until(flagged, "the session to be idle in transaction for 0.3 s")
+            assert s.application_name == TEST_APP and s.xact_age_seconds is not None and s.blocked_by == ()
+            m = metric(assess_cluster(ref, {"pg1": snapshot(ref, "pg1", d)}), "pg1", "idle_in_transaction")
+            assert m.severity is Severity.WARN and f"pid {pid}" in m.message
+        finally:
+            await tx.rollback()
+
+
+async def test_inactive_slot_retaining_wal_is_flagged(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox, inactive_slot_retained_bytes_warn=1 * MiB)
+    slot = "dbops_it_inactive"
+    drop = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1"
+    await pg_sandbox.fetch("pg1", drop, slot)  # a leftover of an interrupted run
+    await pg_sandbox.fetch("pg1", "SELECT pg_create_physical_replication_slot($1, true)", slot)
+    try:
+        await emit_wal(pg_sandbox, 2 * MiB)
+        async with adapters(ref, "pg1") as (a,):
+
+            async def retained() -> Any:
+                d = await a.collect()
+                s = next(s for s in d.slots if s.slot_name == slot)
+                return d if s.retained_bytes is not None and s.retained_bytes > MiB else None
+
+            d = await wait_until(retained, f"slot {slot} to retain more than 1 MiB")
+        s = next(s for s in d.slots if s.slot_name == slot)
+        assert not s.active and s.wal_status in ("reserved", "extended")
+        m = metric(assess_cluster(ref, {"pg1": snapshot(ref, "pg1", d)}), "pg1", f"slot:{slot}")
+        assert m.severity is Severity.WARN and m.message.startswith(f"inactive slot {slot} retains ")
+    finally:
+        await pg_sandbox.fetch("pg1", drop, slot)
+
+
+async def test_failing_archive_command_is_flagged(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    (setting,) = await pg_sandbox.fetch("pg1", "SELECT setting, sourcefile FROM pg_settings WHERE name = 'archive_command'")
+    async with adapters(ref, "pg1") as (a,):
+        first = await a.collect()
+        assert first.archiver is not None
+        baseline = update_baseline(None, {"pg1": snapshot(ref, "pg1", first)})
+        await pg_sandbox.fetch("pg1", "ALTER SYSTEM SET archive_command = 'false'")
+        await pg_sandbox.fetch("pg1", "SELECT pg_reload_conf()")
+        try:
+            switched_at = -1
+
+            async def failing() -> Any:
+                nonlocal switched_at
+                d = await a.collect()
+                if d.archiver.failed_count > first.archiver.failed_count:
+                    return d
+                tick = int(time.monotonic() // 5)  # the reload may land after a switch: switch again, rarely
+                if tick != switched_at:
+                    switched_at = tick
+                    await emit_wal(pg_sandbox, 64 * KiB)
+                    await pg_sandbox.fetch("pg1", "SELECT pg_switch_wal()")
+                return None
+
+            d = await wait_until(failing, "archive_command 'false' to fail", attempts=300)
+            health = assess_cluster(ref, {"pg1": snapshot(ref, "pg1", d)}, baseline)
+            m = metric(health, "pg1", "archiver")
+            assert m.severity is Severity.WARN
+            assert m.message.startswith(f"archiving failing: last failed {d.archiver.last_failed_wal} ")
+        finally:
+            if setting["sourcefile"] and setting["sourcefile"].endswith("postgresql.auto.conf"):
+                (stmt,) = await pg_sandbox.fetch("pg1", "SELECT format('ALTER SYSTEM SET archive_command = %L', $1::text)",
+                                                 setting["setting"])
+                await pg_sandbox.fetch("pg1", stmt[0])
+            else:
+                await pg_sandbox.fetch("pg1", "ALTER SYSTEM RESET archive_command")
+            await pg_sandbox.fetch("pg1", "SELECT pg_reload_conf()")
+
+        # The restored command archives the segment that failed; the stateless rule clears.
+        async def recovered() -> Any:
+            d = await a.collect()
+            return metric(assess_cluster(ref, {"pg1": snapshot(ref, "pg1", d)}), "pg1", "archiver").severity is Severity.OK
+
+        try:
+            await wait_until(recovered, "archiving to recover", attempts=600)
+        finally:
+            # failed_count is cumulative: zero the archiver's counters so other modules start clean
+            await pg_sandbox.fetch("pg1", "SELECT pg_stat_reset_shared('archiver')")
+    (now,) = await pg_sandbox.fetch("pg1", "SELECT setting FROM pg_settings WHERE name = 'archive_command'")
+    assert now["setting"] == setting["setting"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions and actions
+
+
+async def test_long_query_visible_and_cancel_ends_it(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox, long_query_seconds=0.2)
+    async with adapters(ref, "pg1") as (a,), connection(pg_sandbox) as conn:
+        pid = conn.get_server_pid()
+        task = asyncio.create_task(conn.fetchval("SELECT pg_sleep(60)"))
+        try:
+
+            async def running() -> Any:
+                d = await a.collect()
+                s = next((s for s in d.sessions if s.pid == pid), None)
+                ok = s is not None and s.state == "active" and "pg_sleep" in s.query and (s.query_age_seconds or 0) > 0.2
+                return (d, s) if ok else None
+
+            d, s = await wait_until(running, "pg_sleep to show as a long-running query")
+            assert s.wait_event == "PgSleep" and s.blocked_by == ()
+            m = metric(assess_cluster(ref, {"pg1": snapshot(ref, "pg1", d)}), "pg1", "long_queries")
+            assert m.severity is Severity.WARN and f"pid {pid}" in m.message
+
+            again = await a.session(pid)
+            assert again is not None and again.pid == pid and again.state == "active"
+            assert await a.cancel_backend(pid) is True
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await asyncio.wait_for(task, 10)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+        after = await a.session(pid)
+        assert after is not None and after.state == "idle"  # cancelled, not disconnected
+
+
+async def test_terminate_backend(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    async with adapters(ref, "pg1") as (a,):
+        conn = await asyncpg.connect(pg_sandbox.dsn("pg1"), timeout=10, server_settings={"application_name": TEST_APP})
+        try:
+            pid = conn.get_server_pid()
+            assert await a.terminate_backend(pid) is True
+
+            async def gone() -> bool:
+                return await a.session(pid) is None
+
+            await wait_until(gone, f"backend {pid} to exit")
+            with pytest.raises((asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError, asyncpg.InterfaceError)):
+                await conn.fetchval("SELECT 1")
+            assert await a.cancel_backend(pid) is False  # no such backend any more (the server warns, returns false)
+        finally:
+            conn.terminate()
+
+
+async def test_blocked_session_names_its_blocker(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    table = "dbops_it_lock"
+    await pg_sandbox.fetch("pg1", f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, v int)")
+    try:
+        await pg_sandbox.fetch("pg1", f"INSERT INTO {table} VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+        async with adapters(ref, "pg1") as (a,), connection(pg_sandbox) as holder, connection(pg_sandbox) as waiter:
+            tx = holder.transaction()
+            await tx.start()
+            waiting: asyncio.Task[Any] | None = None
+            try:
+                await holder.fetch(f"SELECT * FROM {table} WHERE id = 1 FOR UPDATE")
+                waiting = asyncio.create_task(waiter.execute(f"UPDATE {table} SET v = v + 1 WHERE id = 1"))
+
+                async def blocked() -> Any:
+                    d = await a.collect()
+                    s = next((s for s in d.sessions if s.pid == waiter.get_server_pid()), None)
+                    return d if s is not None and s.blocked_by else None
+
+                d = await wait_until(blocked, "the UPDATE to wait on the row lock")
+                by_pid = {s.pid: s for s in d.sessions}
+                b = by_pid[waiter.get_server_pid()]
+                assert b.blocked_by == (holder.get_server_pid(),)
+                assert b.wait_event_type == "Lock" and b.state == "active"
+                assert by_pid[holder.get_server_pid()].blocked_by == ()  # not waiting on a lock
+            finally:
+                await tx.rollback()
+                if waiting is not None:
+                    await asyncio.wait_for(waiting, 10)
+    finally:
+        await pg_sandbox.fetch("pg1", f"DROP TABLE IF EXISTS {table}")
+
+
+# ---------------------------------------------------------------------------------------------
+# PgBouncer
+
+
+async def test_pgbouncer_pools_are_read(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    assert ref.cluster.pgbouncer is not None
+    # A client through PgBouncer (transaction pooling: no named prepared statements).
+    client = await asyncpg.connect(pg_sandbox.dsn("pgbouncer"), timeout=10, statement_cache_size=0)
+    try:
+        assert await client.fetchval("SELECT 1") == 1
+        async with adapters(ref, "pg1", "pg2") as (pg1, pg2):
+            assert pg1.collects_pgbouncer and not pg2.collects_pgbouncer
+            d = await pg1.collect()
+            assert (await pg2.collect()).pgbouncer is None
+    finally:
+        await client.close()
+    pb = d.pgbouncer
+    assert pb is not None and pb.error is None, pb
+    pool = next(p for p in pb.pools if p.database == "postgres" and p.user == "postgres")
+    assert pool.cl_active >= 1 and pool.cl_waiting == 0
+    assert pool.pool_size == 10 and pool.pool_mode == "transaction"
+    assert pool.maxwait_seconds >= 0
+    assert all(p.database != "pgbouncer" for p in pb.pools)  # the admin console (dbops itself) is left out
+    stats = {s[0]: s for s in pb.stats}
+    assert stats["postgres"][1] >= 1 and stats["postgres"][2] >= 1
+
+
+async def test_pgbouncer_failure_does_not_fail_the_poll(pg_sandbox: Any) -> None:
+    ref = cluster_ref(pg_sandbox)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ref = with_cluster(ref, pgbouncer=ref.cluster.pgbouncer.model_copy(update={"port": port}))
+    async with adapters(ref, "pg1") as (a,):
+        d = await a.collect()
+    assert not d.in_recovery
+    assert d.pgbouncer is not None and d.pgbouncer.pools == ()
+    assert d.pgbouncer.error == f"PgBouncer refused the connection at 127.0.0.1:{port}"
+
+    bad = cluster_ref(pg_sandbox)
+    bad = with_cluster(bad, pgbouncer=bad.cluster.pgbouncer.model_copy(update={"password": SecretRef(value="wrong-pw")}))
+    async with adapters(bad, "pg1") as (a,):
+        d = await a.collect()
+    assert d.pgbouncer is not None and d.pgbouncer.error is not None
+    assert "rejected user" in d.pgbouncer.error and "wrong-pw" not in d.pgbouncer.error
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults
+
+
+async def test_stopped_member_is_down(pg_sandbox: Any) -> None:
+    await ready(pg_sandbox)
+    ref = cluster_ref(pg_sandbox)
+    port = pg_sandbox.port("pg3")
+    async with adapters(ref, "pg3") as (a,):
+        await a.collect()  # connected
+        await asyncio.to_thread(pg_sandbox.stop_member, "pg3")
+        try:
+            with pytest.raises(Exception) as ei:
+                await a.collect()
+            reach, message = a.classify(ei.value)
+            assert reach is Reachability.DOWN, message
+            # the next poll reconnects, and is refused
+            with pytest.raises(Exception) as ei:
+                await a.collect()
+            assert a.classify(ei.value) == (Reachability.DOWN, f"connection refused at 127.0.0.1:{port}")
+        finally:
+            await asyncio.to_thread(pg_sandbox.start_member, "pg3")
+            await asyncio.to_thread(pg_sandbox.wait_streaming, ("pg3",))
+        d = await a.collect()  # and recovers once the server is back
+        assert d.in_recovery
+
+
+async def test_wrong_password_is_auth(pg_sandbox: Any) -> None:
+    ref = with_cluster(cluster_ref(pg_sandbox), password=SecretRef(value="definitely-wrong"))
+    async with adapters(ref, "pg1") as (a,):
+        with pytest.raises(Exception) as ei:
+            await a.collect()
+        reach, message = a.classify(ei.value)
+    assert reach is Reachability.AUTH, message
+    assert message.startswith(f"127.0.0.1:{pg_sandbox.port('pg1')} rejected user postgres: password authentication failed")
+    assert "definitely-wrong" not in message
+
+
+async def test_tls_required_but_server_has_none(pg_sandbox: Any) -> None:
+    (ssl_on,) = await pg_sandbox.fetch("pg1", "SELECT setting FROM pg_settings WHERE name = 'ssl'")
+    if ssl_on["setting"] == "on":
+        pytest.fail("the sandbox now serves TLS: this test needs a server without it")
+    ref = cluster_ref(pg_sandbox)
+    ref = with_cluster(ref, tls=ref.cluster.tls.model_copy(update={"mode": "require"}))
+    async with adapters(ref, "pg1") as (a,):
+        with pytest.raises(Exception) as ei:
+            await a.collect()
+        assert a.classify(ei.value)[0] is Reachability.TLS
+
+    ref = with_cluster(ref, tls=ref.cluster.tls.model_copy(update={"mode": "verify-full", "ca_file": "/nonexistent/ca.pem"}))
+    async with adapters(ref, "pg1") as (a,):
+        with pytest.raises(Exception) as ei:
+            await a.collect()
+        assert a.classify(ei.value) == (Reachability.TLS, "tls.ca_file /nonexistent/ca.pem does not exist")
+
+
+async def test_blackholed_port_times_out() -> None:
+    release = asyncio.Event()
+    writers = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await release.wait()  # accept, then never answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        ref = parse(CLASSIFY_CONFIG).clusters()[0]
+        ref = with_cluster(
+            ref,
+            password=SecretRef(value="x"),
+            timeout=0.5,
+            members=[ref.cluster.members[0].model_copy(update={"host": "127.0.0.1", "port": port})],
+        )
+        async with adapters(ref, "db1") as (a,):
+            with pytest.raises((asyncio.TimeoutError, TimeoutError)) as ei:
+                await asyncio.wait_for(a.collect(), timeout=2.0)
+            assert a.classify(ei.value) == (Reachability.TIMEOUT, f"no answer from 127.0.0.1:{port} within 0.5s")
+        assert writers, "the adapter never connected to the blackhole"
+    finally:
+        release.set()
+        for w in writers:
+            w.close()
+        server.close()
+        await server.wait_closed()
