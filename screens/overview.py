@@ -8,12 +8,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from dbops.actions import writes_allowed
 from dbops.engines.postgres.summary import summarize
 from dbops.health import sort_worst_first
-from dbops.model import ClusterHealth, Reachability, human_bytes, human_seconds
+from dbops.model import ClusterHealth, Reachability, Severity, human_bytes, human_seconds
 
-from .render import severity_text
+from .render import SEVERITY_STYLE, severity_text
 from .widgets import EnvBanner
 
 COLUMNS = (
@@ -44,6 +43,25 @@ def topology_text(summary) -> Text:
             mark += "✗"
         t.append(f"{entry.name}{mark}", style=style)
     return t
+
+
+def problem_lines(clusters: list[ClusterHealth], limit: int) -> Text:
+    """The worst problems across all clusters, one line each, worst first."""
+    found: list[tuple[Severity, str]] = []
+    for c in clusters:
+        found += [(m.severity, f"{c.name}: {m.message}") for m in c.metrics if m.severity is not Severity.OK]
+        for mh in c.members:
+            found += [(x.severity, f"{c.name}/{mh.name}: {x.message}") for x in mh.metrics if x.severity is not Severity.OK]
+    if not found:
+        return Text("no problems", style="green")
+    found.sort(key=lambda p: -p[0].rank)
+    out = Text(no_wrap=True, overflow="ellipsis")
+    for i, (sev, msg) in enumerate(found[:limit]):
+        out.append(("\n" if i else "") + f"{sev.name:<5} ", style=SEVERITY_STYLE[sev])
+        out.append(msg)
+    if len(found) > limit:
+        out.append(f"  (+{len(found) - limit} more: open the cluster, tab 5)", style="dim")
+    return out
 
 
 class OverviewScreen(Screen[None]):
@@ -98,11 +116,8 @@ class OverviewScreen(Screen[None]):
             for c in ordered:
                 key = f"{c.environment}/{c.name}"
                 for (col, _), value in zip(COLUMNS, self._cells(c)):
-                    table.update_cell(key, col, value)
-        problems = [f"{c.name}: {p}" for c in ordered for p in c.problems][:3]
-        self.query_one("#problems", Static).update(
-            Text("\n".join(problems), style="yellow") if problems else Text("no problems", style="green")
-        )
+                    table.update_cell(key, col, value, update_width=True)
+        self.query_one("#problems", Static).update(problem_lines(ordered, limit=3))
 
     def _cells(self, c: ClusterHealth) -> list:
         ref = self.app.hub.ref(f"{c.environment}/{c.name}")

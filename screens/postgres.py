@@ -30,7 +30,6 @@ TOPOLOGY_COLUMNS = (
     ("trend", "Trend"),
     ("sync", "Sync"),
     ("conns", "Conns"),
-    ("seen", "Seen"),
 )
 
 ACTIVITY_COLUMNS = (
@@ -201,24 +200,26 @@ class PostgresScreen(Screen[None]):
                 row = next((r for r in primary.replicas if r.application_name in (m.name, self._app_name(m.name))), None)
                 if row is not None:
                     sync = row.sync_state
-            age = m.snapshot.age_of_shown(now)
-            seen = "now" if m.snapshot.reachable else (f"{human_seconds(age)} ago" if age is not None else "never")
+            # State and the age of the shown values in one cell: "DOWN 42s" says both at 80 columns.
+            state = reach_text(m.snapshot.reachability)
+            if not m.snapshot.reachable and m.snapshot.reachability is not Reachability.PENDING:
+                age = m.snapshot.age_of_shown(now)
+                state.append(f" {human_seconds(age)}" if age is not None else " never seen")
             history = self.app.hub.history(self.key, m.name)
             cells = [
                 severity_text(m.severity),
                 Text(m.name, style="bold" if m.role == "primary" else ""),
                 m.role,
-                reach_text(m.snapshot.reachability),
+                state,
                 human_bytes(m.lag_bytes) if m.lag_bytes is not None else "-",
                 human_seconds(m.lag_seconds) if m.lag_seconds is not None else "-",
-                sparkline([p.lag_bytes for p in history]) if m.role == "replica" else "",
+                sparkline([p.lag_bytes for p in history], width=8) if m.role == "replica" else "",
                 sync,
                 conns,
-                Text(seen, style="" if m.snapshot.reachable else "bold red"),
             ]
             if m.name in {str(k.value) for k in table.rows}:
                 for (col, _), value in zip(TOPOLOGY_COLUMNS, cells):
-                    table.update_cell(m.name, col, value)
+                    table.update_cell(m.name, col, value, update_width=True)
             else:
                 table.add_row(*cells, key=m.name)
 
@@ -334,7 +335,8 @@ class PostgresScreen(Screen[None]):
         if isinstance(data, PgMemberData):
             out.append(f"\n{self.member} (PostgreSQL {data.server_version}, timeline {data.timeline})\n", style="bold")
             a = data.archiver
-            if a is not None:
+            # A standby archives only with archive_mode = always; otherwise its counters are noise.
+            if a is not None and (not data.in_recovery or a.archive_mode == "always"):
                 out.append(
                     f"  archiver: mode {a.archive_mode}, archived {a.archived_count}, failed {a.failed_count}, "
                     f"last archived {human_seconds(a.last_archived_age_seconds)} ago"
@@ -346,18 +348,19 @@ class PostgresScreen(Screen[None]):
                 out.append(f"  wraparound: max xid age {data.max_xid_age:,} ({data.max_xid_age_database})\n")
             if data.cache_hit_ratio is not None:
                 out.append(f"  cache hit ratio {data.cache_hit_ratio:.2f}%\n")
-            states = ", ".join(f"{state} {n}" for state, n in data.connections_by_state)
+            states = ", ".join(f"{state} {n}" for state, n in data.connections_by_state) or "no clients besides dbops"
             out.append(f"  connections {data.connections_total}/{data.max_connections}: {states}\n")
             if data.wal_receiver is not None:
                 w = data.wal_receiver
-                out.append(
-                    f"  wal receiver: {w.status or 'not running'} from {w.sender_host}:{w.sender_port}, "
-                    f"received {w.received_lsn} replayed {w.replayed_lsn}{' (REPLAY PAUSED)' if w.replay_paused else ''}\n"
-                )
+                source = f" from {w.sender_host}:{w.sender_port}" if w.sender_host else ""
+                out.append(f"  wal receiver: {w.status or 'NOT RUNNING'}{source}, received {w.received_lsn} replayed {w.replayed_lsn}")
+                out.append(" REPLAY PAUSED\n" if w.replay_paused else "\n", style="bold yellow")
             if data.pgbouncer is not None:
                 pb = data.pgbouncer
                 if pb.error:
                     out.append(f"  pgbouncer: {pb.error}\n", style="red")
+                elif not pb.pools:
+                    out.append("  pgbouncer: reachable, no pool in use yet\n")
                 for p in pb.pools:
                     size = f"/{p.pool_size}" if p.pool_size else ""
                     style = "bold yellow" if p.cl_waiting else ""

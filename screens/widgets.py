@@ -19,10 +19,10 @@ class EnvBanner(Static):
         for name, production, writable in envs:
             style = "bold white on red" if production else "bold black on green"
             text.append(f" {name.upper() if production else name} ", style=style)
-            text.append(" operator " if writable else " read-only ", style="bold yellow" if writable else "dim")
+            text.append(" writes enabled " if writable else " read-only ", style="bold yellow" if writable else "dim")
             text.append(" ")
         if paused:
             text.append(" PAUSED ", style="bold black on yellow")
             text.append(" ")
-        text.append(f"operator: {operator}", style="italic")
+        text.append(f"user {operator}", style="italic")
         self.update(text)

@@ -362,7 +362,7 @@ def test_cache_hit_ratio(ref, ratio, severity):
     m = metric(h, "pg1", "cache_hit_ratio")
     assert m.severity is severity
     if ratio is None:
-        assert "no reads yet" in m.message
+        assert "too few block reads" in m.message
 
 
 @pytest.mark.parametrize(

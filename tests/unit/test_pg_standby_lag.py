@@ -38,3 +38,16 @@ def test_primary_has_nothing_to_bound():
 
     data = primary_data()
     assert bound_standby_lag(data, 5.0, now=10.0) == (data, None)
+
+
+def test_cache_hit_ratio_is_judged_over_recent_reads_only():
+    from dbops.engines.postgres.adapter import CacheHitWindow
+
+    w = CacheHitWindow()
+    # a cold start left the cumulative ratio at 50 %: none of that counts
+    assert w.update(1_000_000, 1_000_000) is None
+    assert w.update(1_000_100, 1_000_000) is None  # 100 blocks: too few to judge
+    assert w.update(1_009_900, 1_000_100) == 99.0  # 10 000 blocks since the window opened
+    assert w.update(1_009_910, 1_000_100) == 99.0  # kept until the next full window
+    assert w.update(1_014_900, 1_005_100) == 50.0
+    assert w.update(10, 10) == 50.0  # stats reset: start over, keep the last judgement

@@ -81,6 +81,7 @@ class PostgresAdapter(Adapter):
         self._texts: dict[int, str] = {}
         self._pgbouncer: PgBouncerReader | None = None
         self._caught_up_at: float | None = None  # last poll at which this standby had replayed all it received
+        self._cache = CacheHitWindow()
         self.collects_pgbouncer = cluster.cluster.pgbouncer is not None and _pgbouncer_member(cluster).name == member.name
 
     # -- connection ------------------------------------------------------------------------------
@@ -224,7 +225,9 @@ class PostgresAdapter(Adapter):
         else:
             self._prev_statements, self._texts = None, {}
             statements, note = None, STATEMENTS_MISSING
-        data, self._caught_up_at = bound_standby_lag(build_member_data(row, statements, note), self._caught_up_at, time.time())
+        data = build_member_data(row, statements, note)
+        data = replace(data, cache_hit_ratio=self._cache.update(row["blks_hit"], row["blks_read"]))
+        data, self._caught_up_at = bound_standby_lag(data, self._caught_up_at, time.time())
         return data
 
     async def _statements(self, conn: Any) -> tuple[tuple[Statement, ...] | None, str | None]:
@@ -458,7 +461,7 @@ def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: 
         sessions=tuple(_session(s) for s in json.loads(row["sessions"])),
         statements=statements,
         statements_note=note,
-        cache_hit_ratio=row["cache_hit_ratio"],
+        cache_hit_ratio=None,  # a rate over the last polls, filled in by CacheHitWindow
         max_xid_age=row["max_xid_age"],
         max_xid_age_database=row["max_xid_age_database"],
         archiver=archiver,
@@ -485,3 +488,31 @@ def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float
     if w.replay_lag_seconds > behind_for:
         data = replace(data, wal_receiver=replace(w, replay_lag_seconds=behind_for))
     return data, caught_up_at
+
+
+class CacheHitWindow:
+    """Cache hit ratio over recent activity, not since the last stats reset.
+
+    The cumulative ratio in pg_stat_database remembers a cold start for months and hides a
+    working set that stopped fitting in memory an hour ago. This measures the blocks accessed
+    since the window opened and judges only once MIN_BLOCKS have been accessed, so a nearly idle
+    server is not judged on a handful of reads; the last judged ratio is kept meanwhile.
+    """
+
+    MIN_BLOCKS = 10_000
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float] | None = None
+        self.ratio: float | None = None
+
+    def update(self, hit: float | None, read: float | None) -> float | None:
+        if hit is None or read is None:
+            return self.ratio
+        if self._start is None or hit < self._start[0] or read < self._start[1]:
+            self._start = (hit, read)  # first poll, or the counters were reset
+            return self.ratio
+        d_hit, d_read = hit - self._start[0], read - self._start[1]
+        if d_hit + d_read >= self.MIN_BLOCKS:
+            self.ratio = 100.0 * d_hit / (d_hit + d_read)
+            self._start = (hit, read)
+        return self.ratio

@@ -135,7 +135,7 @@ def _connections(t: PostgresThresholds, data: PgMemberData) -> Metric:
 def _cache(t: PostgresThresholds, data: PgMemberData) -> Metric:
     ratio = data.cache_hit_ratio
     if ratio is None:
-        return Metric("cache_hit_ratio", OK, "cache hit ratio: no reads yet", None)
+        return Metric("cache_hit_ratio", OK, "cache hit ratio: too few block reads since dbops started watching to judge", None)
     if ratio < t.cache_hit_ratio_warn:
         return Metric("cache_hit_ratio", WARN, f"cache hit ratio {ratio:.1f}% < warn {_pct(t.cache_hit_ratio_warn)}", ratio)
     return Metric("cache_hit_ratio", OK, f"cache hit ratio {ratio:.1f}%", ratio)

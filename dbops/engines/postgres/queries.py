@@ -110,9 +110,8 @@ SELECT
               ORDER BY coalesce(xact_start, query_start) NULLS LAST
               LIMIT 500) a) AS sessions,
     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') AS has_pg_stat_statements,
-    (SELECT CASE WHEN sum(blks_hit) + sum(blks_read) > 0
-                 THEN 100.0 * sum(blks_hit) / (sum(blks_hit) + sum(blks_read)) END
-       FROM pg_stat_database)::float8 AS cache_hit_ratio,
+    (SELECT sum(blks_hit) FROM pg_stat_database)::float8 AS blks_hit,
+    (SELECT sum(blks_read) FROM pg_stat_database)::float8 AS blks_read,
     x.datname AS max_xid_age_database,
     x.xid_age AS max_xid_age,
     ar.archived_count,
