@@ -7,6 +7,7 @@ the same ClusterHealth.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from dbops.config import ClusterRef
 from dbops.model import ClusterHealth, Snapshot
@@ -16,9 +17,20 @@ from dbops.model import ClusterHealth, Snapshot
 _ASSESSORS = {"postgres": "dbops.engines.postgres.assess"}
 
 
-def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot]) -> ClusterHealth:
-    module = importlib.import_module(_ASSESSORS[ref.cluster.engine])
-    return module.assess_cluster(ref, snapshots)
+def _assessor(ref: ClusterRef) -> Any:
+    return importlib.import_module(_ASSESSORS[ref.cluster.engine])
+
+
+def assess_cluster(
+    ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: dict[str, Any] | None = None, now: float | None = None
+) -> ClusterHealth:
+    """`baseline` holds what a long-running watcher saw first (e.g. archive failure counters);
+    `now` is the clock ages are measured against (frozen in tests)."""
+    return _assessor(ref).assess_cluster(ref, snapshots, baseline, now)
+
+
+def update_baseline(ref: ClusterRef, baseline: dict[str, Any] | None, snapshots: dict[str, Snapshot]) -> dict[str, Any]:
+    return _assessor(ref).update_baseline(baseline, snapshots)
 
 
 def sort_worst_first(clusters: list[ClusterHealth]) -> list[ClusterHealth]:

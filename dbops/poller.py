@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from dbops.config import ClusterRef, Config, Member
 from dbops.engines import adapter_class
 from dbops.engines.base import Adapter
-from dbops.health import assess_cluster
+from dbops.health import assess_cluster, update_baseline
 from dbops.model import ClusterHealth, Reachability, Snapshot
 
 MAX_BACKOFF_SECONDS = 15.0
@@ -129,6 +129,7 @@ class PollerHub:
         self._health: dict[str, ClusterHealth] = {}
         self._history: dict[tuple[str, str], deque[HistoryPoint]] = {}
         self._dirty: set[str] = set()
+        self._baseline: dict[str, dict[str, Any]] = {}
         self._adapters: dict[tuple[str, str], Adapter] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -222,8 +223,10 @@ class PollerHub:
 
     def _record(self, ref: ClusterRef, snap: Snapshot) -> None:
         with self._lock:
-            self._snapshots[ref.key] = {**self._snapshots[ref.key], snap.member: snap}
-            health = assess_cluster(ref, self._snapshots[ref.key])
+            snaps = {**self._snapshots[ref.key], snap.member: snap}
+            self._snapshots[ref.key] = snaps
+            self._baseline[ref.key] = update_baseline(ref, self._baseline.get(ref.key), snaps)
+            health = assess_cluster(ref, snaps, self._baseline[ref.key])
             self._health[ref.key] = health
             mh = next((m for m in health.members if m.name == snap.member), None)
             if mh is not None and snap.reachable:

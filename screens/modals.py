@@ -43,12 +43,12 @@ class ConfirmBackendModal(ModalScreen[bool]):
             details.append("query age ", style="dim")
             details.append(human_seconds(s.query_age_seconds))
             if s.xact_age_seconds is not None:
-                details.append("  xact age ", style="dim")
+                details.append("  transaction age ", style="dim")
                 details.append(human_seconds(s.xact_age_seconds))
             yield Static(details)
             yield Static(Text(one_line(s.query, 400)), id="confirm-query")
             if a.blocks:
-                yield Static(Text(f"It blocks {len(a.blocks)} session(s): {', '.join(map(str, a.blocks))}", style="yellow"))
+                yield Static(Text(f"It blocks {len(a.blocks)} other session{'s' if len(a.blocks) != 1 else ''}: pid {', '.join(map(str, a.blocks))}", style="yellow"))
             else:
                 yield Static(Text("It blocks no other session.", style="dim"))
             yield Static(Text.assemble(("Will run: ", "dim"), (a.sql, "bold cyan")))

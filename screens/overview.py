@@ -15,15 +15,17 @@ from dbops.model import ClusterHealth, Reachability, Severity, human_bytes, huma
 from .render import SEVERITY_STYLE, severity_text
 from .widgets import EnvBanner
 
+# Fits 80 columns: the environment comes second because with several environments it is what
+# tells two similarly named clusters apart.
 COLUMNS = (
     ("status", "Status"),
+    ("env", "Env"),
     ("cluster", "Cluster"),
     ("topology", "Topology"),
     ("lag", "Worst lag"),
     ("conns", "Conns"),
     ("long", "Long"),
-    ("archiver", "Archiver"),
-    ("env", "Env"),
+    ("archiver", "Archive"),
 )
 
 
@@ -124,18 +126,18 @@ class OverviewScreen(Screen[None]):
         s = summarize(ref, c)
         lag = "-"
         if s.worst_lag_bytes is not None or s.worst_lag_seconds is not None:
-            lag = f"{human_bytes(s.worst_lag_bytes)} / {human_seconds(s.worst_lag_seconds)}"
+            lag = f"{human_bytes(s.worst_lag_bytes)}/{human_seconds(s.worst_lag_seconds)}"
         conns = f"{s.connections_pct:.0f}%" if s.connections_pct is not None else "-"
         arch_style = {"ok": "green", "failing": "bold red", "off": "dim"}.get(s.archiver, "magenta")
         return [
             severity_text(c.severity),
+            Text(c.environment, style="bold red" if ref.production else ""),
             Text(c.name, style="bold"),
             topology_text(s),
             lag,
             conns,
             str(s.long_running + s.idle_in_transaction) if (s.long_running or s.idle_in_transaction) else "0",
             Text(s.archiver, style=arch_style),
-            Text(c.environment, style="bold red" if ref.production else ""),
         ]
 
     def action_open(self) -> None:

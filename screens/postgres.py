@@ -32,16 +32,19 @@ TOPOLOGY_COLUMNS = (
     ("conns", "Conns"),
 )
 
+# What an on-call reads first comes first: at 80 columns the query must be on screen, so the
+# wait event and database go to the right of it.
 ACTIVITY_COLUMNS = (
     ("pid", "PID"),
-    ("user", "User"),
-    ("db", "DB"),
-    ("state", "State"),
-    ("wait", "Wait"),
     ("age", "Age"),
+    ("state", "State"),
     ("blocked", "Blocked by"),
+    ("user", "User"),
     ("query", "Query"),
+    ("wait", "Wait"),
+    ("db", "DB"),
 )
+SHORT_STATES = {"idle in transaction": "idle in tx", "idle in transaction (aborted)": "idle in tx (aborted)"}
 SORTS = ("age", "pid", "state", "user")
 
 
@@ -235,15 +238,16 @@ class PostgresScreen(Screen[None]):
             state_style = "bold yellow" if (s.state_age_seconds or 0) > th.idle_in_transaction_seconds_warn else "yellow"
         age_style = "bold yellow" if s.state == "active" and (age or 0) > th.long_query_seconds else ""
         wait = f"{s.wait_event_type}:{s.wait_event}" if s.wait_event_type else ""
+        query_width = max(30, self.app.size.width - 48)
         return (
             s.pid,
-            s.usename or "",
-            s.database or "",
-            Text(s.state or "", style=state_style),
-            wait,
             Text(human_seconds(age), style=age_style),
+            Text(SHORT_STATES.get(s.state or "", s.state or ""), style=state_style),
             Text(",".join(map(str, s.blocked_by)), style="bold red") if s.blocked_by else "",
-            one_line(s.query, 200),
+            s.usename or "",
+            one_line(s.query, query_width),
+            wait,
+            s.database or "",
         )
 
     def _draw_activity(self, data: PgMemberData) -> None:
@@ -374,17 +378,17 @@ class PostgresScreen(Screen[None]):
     def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
         ref = self.ref
         parts = Text()
-        parts.append(f"member {self.member}", style="bold")
+        parts.append(f"member {self.member} ", style="bold")
         if mh is not None and not mh.snapshot.reachable and mh.snapshot.reachability is not Reachability.PENDING:
             age = mh.snapshot.age_of_shown(self.app.clock())
             parts.append(f"  {mh.snapshot.reachability.value}: {mh.snapshot.error}", style="bold red")
             if age is not None:
                 parts.append(f" (values from {human_seconds(age)} ago)", style="red")
-        parts.append(f"  sort: {SORTS[self.sort_index]}", style="dim")
+        parts.append(f" sort: {SORTS[self.sort_index]}", style="dim")
         if self.filter_text:
             parts.append(f"  filter: {self.filter_text!r}", style="yellow")
         if not writes_allowed(ref, self.app.allow_writes):
-            parts.append("  read-only: cancel/terminate disabled (--allow-writes or mode = \"operator\")", style="dim italic")
+            parts.append("  read-only: c/k disabled", style="dim italic")
         self.query_one("#status", Static).update(parts)
 
     # -- actions -----------------------------------------------------------------------------

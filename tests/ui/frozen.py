@@ -105,10 +105,10 @@ class FrozenHub:
                 "pg1": snap(orders, "pg1", primary_data()),
                 "pg2": snap(orders, "pg2", replica_data(2 * MiB, 0.4)),
                 "pg3": snap(orders, "pg3", replica_data(40 * MiB, 14.0)),
-            }),
+            }, now=NOW),
             billing.key: assess_cluster(billing, {
-                "b1": snap(billing, "b1", None, Reachability.DOWN, "connection refused at 10.1.0.1:5432"),
-            }),
+                "b1": snap(billing, "b1", primary_data(), Reachability.DOWN, "connection refused at 10.1.0.1:5432"),
+            }, now=NOW),
         }
         self.submitted: list[tuple[str, str]] = []
 

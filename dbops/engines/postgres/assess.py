@@ -144,6 +144,8 @@ def _cache(t: PostgresThresholds, data: PgMemberData) -> Metric:
 def _archiver(t: PostgresThresholds, data: PgMemberData, base: dict[str, Any] | None) -> Metric:
     a = data.archiver
     if a is None:
+        if data.in_recovery:
+            return Metric("archiver", OK, "standby: WAL is archived by the primary", None)
         return Metric("archiver", UNKNOWN, "archiver state unknown", None)
     if a.archive_mode == "off":
         return Metric("archiver", OK, "archiving off", a.failed_count)
