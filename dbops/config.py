@@ -11,32 +11,26 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from dbops.schema import Invalid, Model, limits
 
 ENGINES = ("postgres",)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(_Strict):
+@dataclass(frozen=True)
+class SecretRef(Model):
     """Where a credential lives: exactly one of env, file or value (value: sandbox only)."""
 
     env: str | None = None
     file: str | None = None
-    value: str | None = Field(default=None, repr=False)
+    value: str | None = field(default=None, repr=False)
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "SecretRef":
+    def check(self) -> list[str]:
         given = [k for k in ("env", "file", "value") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of env, file or value")
-        return self
+        return [] if len(given) == 1 else ["give exactly one of env, file or value"]
 
     def describe(self) -> str:
         if self.env is not None:
@@ -46,14 +40,16 @@ class SecretRef(_Strict):
         return "literal (sandbox)"
 
 
-class TLS(_Strict):
+@dataclass(frozen=True)
+class TLS(Model):
     mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
 
 
-class PostgresThresholds(_Strict):
+@dataclass(frozen=True)
+class PostgresThresholds(Model):
     """Defaults are the product brief's."""
 
     lag_bytes_warn: int = 16 * 1024 * 1024
@@ -71,73 +67,83 @@ class PostgresThresholds(_Strict):
     idle_in_transaction_seconds_warn: float = 60.0
     idle_in_transaction_seconds_crit: float = 600.0
 
+    def check(self) -> list[str]:
+        pairs = [
+            ("lag_bytes", self.lag_bytes_warn, self.lag_bytes_crit),
+            ("lag_seconds", self.lag_seconds_warn, self.lag_seconds_crit),
+            ("connections_pct", self.connections_pct_warn, self.connections_pct_crit),
+            ("xid_age", self.xid_age_warn, self.xid_age_crit),
+            ("idle_in_transaction_seconds", self.idle_in_transaction_seconds_warn, self.idle_in_transaction_seconds_crit),
+        ]
+        return [f"{name}_warn ({warn:g}) is above {name}_crit ({crit:g})" for name, warn, crit in pairs if warn > crit]
 
-class Member(_Strict):
+
+@dataclass(frozen=True)
+class Member(Model):
     name: str
     host: str
-    port: int = Field(default=5432, ge=1, le=65535)
+    port: int = field(default=5432, metadata=limits(ge=1, le=65535))
     role: Literal["primary", "replica", "any"] = "any"
     # The name this member's walreceiver reports to the primary; matching it to a row of
     # pg_stat_replication is how a replica's lag is read from the primary's side.
     application_name: str | None = None
 
 
-class PgBouncer(_Strict):
+@dataclass(frozen=True)
+class PgBouncer(Model):
     host: str
-    port: int = Field(default=6432, ge=1, le=65535)
+    port: int = field(default=6432, metadata=limits(ge=1, le=65535))
     user: str = "pgbouncer"
     password: SecretRef | None = None
 
 
-class Cluster(_Strict):
+@dataclass(frozen=True)
+class Cluster(Model):
     engine: Literal["postgres"]
-    members: list[Member] = Field(min_length=1)
+    members: list[Member] = field(metadata=limits(min_length=1))
     database: str = "postgres"
     user: str = "postgres"
     password: SecretRef | None = None
     tls: TLS = TLS()
-    refresh_interval: float | None = Field(default=None, gt=0)
-    timeout: float | None = Field(default=None, gt=0)
+    refresh_interval: float | None = field(default=None, metadata=limits(gt=0))
+    timeout: float | None = field(default=None, metadata=limits(gt=0))
     thresholds: PostgresThresholds = PostgresThresholds()
     pgbouncer: PgBouncer | None = None
     description: str = ""
 
-    @field_validator("members")
-    @classmethod
-    def _unique_names(cls, members: list[Member]) -> list[Member]:
-        seen: set[str] = set()
-        for m in members:
-            if m.name in seen:
-                raise ValueError(f"member name {m.name!r} is used twice")
-            seen.add(m.name)
-        return members
+    def check(self) -> list[str]:
+        names = [m.name for m in self.members]
+        return [f"member name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
 
 
-class Environment(_Strict):
+@dataclass(frozen=True)
+class Environment(Model):
     mode: Literal["read-only", "operator"] = "read-only"
     # Production gets the red banner and the strictest confirmations.
     production: bool | None = None
     # Only a sandbox environment may hold literal credentials in the file.
     sandbox: bool = False
-    clusters: dict[str, Cluster] = Field(default_factory=dict)
+    clusters: dict[str, Cluster] = field(default_factory=dict)
 
     def is_production(self, name: str) -> bool:
         return self.production if self.production is not None else name.lower() in ("production", "prod")
 
 
-class Defaults(_Strict):
-    refresh_interval: float = Field(default=2.0, gt=0)
-    timeout: float = Field(default=3.0, gt=0)
-    history_seconds: int = Field(default=3600, ge=60)
+@dataclass(frozen=True)
+class Defaults(Model):
+    refresh_interval: float = field(default=2.0, metadata=limits(gt=0))
+    timeout: float = field(default=3.0, metadata=limits(gt=0))
+    history_seconds: int = field(default=3600, metadata=limits(ge=60))
 
 
-class Config(_Strict):
+@dataclass(frozen=True)
+class Config(Model):
     defaults: Defaults = Defaults()
     operator: str | None = None
-    environments: dict[str, Environment] = Field(default_factory=dict)
+    environments: dict[str, Environment] = field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _literal_secrets_only_in_sandbox(self) -> "Config":
+    def check(self) -> list[str]:
+        problems = []
         for env_name, env in self.environments.items():
             if env.sandbox:
                 continue
@@ -147,11 +153,11 @@ class Config(_Strict):
                     refs.append(("pgbouncer.password", cluster.pgbouncer.password))
                 for key, ref in refs:
                     if ref is not None and ref.value is not None:
-                        raise ValueError(
+                        problems.append(
                             f"environments.{env_name}.clusters.{cname}.{key}: a literal credential is only "
                             "allowed in a sandbox environment; use { env = \"VAR\" } or { file = \"/path\" }"
                         )
-        return self
+        return problems
 
     # -- convenience -------------------------------------------------------------------------
 
@@ -273,57 +279,34 @@ def _line_for(path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int |
     return None
 
 
-def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at `path` (for did-you-mean on unknown keys)."""
+def _model_at(path: tuple[str, ...]) -> type[Model] | None:
+    """The model that owns the key at `path` (for did-you-mean on unknown keys)."""
     model: Any = Config
     i = 0
     while i < len(path) - 1:
-        part = path[i]
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
+        if not (isinstance(model, type) and issubclass(model, Model)):
             return None
-        ann = field.annotation
+        ann = model.hints().get(path[i])
+        if ann is None:
+            return None
         origin = getattr(ann, "__origin__", None)
         args = getattr(ann, "__args__", ())
-        if origin is dict:
-            model = args[1]
-            i += 2
-        elif origin is list:
-            model = args[0]
+        if origin in (dict, list):
+            model = args[-1]
             i += 2
         else:
             # Optional[Model] -> Model
-            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, Model)), ann)
             i += 1
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return model if isinstance(model, type) and issubclass(model, Model) else None
 
 
-def _suggest(path: tuple[Any, ...]) -> str:
+def _suggest(path: tuple[str, ...]) -> str:
     owner = _model_at(path)
     if owner is None:
         return ""
-    close = difflib.get_close_matches(str(path[-1]), list(owner.model_fields), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(path[-1]), owner.field_names(), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-_SECRET_KEYS = {"value", "password"}
-
-
-def _message(err: dict[str, Any], path: tuple[Any, ...]) -> str:
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown key" + _suggest(path)
-    if kind == "missing":
-        return "required key is missing"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    # pydantic quotes the input in some messages; never let a credential through.
-    if any(str(p) in _SECRET_KEYS for p in path):
-        return msg
-    if "input" in err and isinstance(err["input"], (str, int, float, bool)) and kind != "value_error":
-        return f"{msg} (got {err['input']!r})"
-    return msg
 
 
 def parse(text: str, file: str = "<config>") -> Config:
@@ -334,12 +317,12 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError([Problem(file, int(m.group(1)) if m else None, "", f"not valid TOML: {exc}")]) from None
     lines = locate_keys(text)
     try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
+        return Config.validate(raw)
+    except Invalid as exc:
         problems = []
-        for err in exc.errors(include_url=False):
-            path = tuple(str(p) for p in err["loc"])
-            problems.append(Problem(file, _line_for(path, lines), ".".join(path), _message(err, path)))
+        for err in exc.errors:
+            message = err.message + (_suggest(err.loc) if err.kind == "unknown" else "")
+            problems.append(Problem(file, _line_for(err.loc, lines), ".".join(err.loc), message))
         raise ConfigError(problems) from None
 
 

@@ -73,7 +73,9 @@ class DbopsApp(App[None]):
             from dbops.poller import PollerHub
 
             self._hub = PollerHub(self.config, on_change=lambda: self.post_message(HealthChanged()))
-        self._hub.start()
+        # Pollers start after the first frame: their thread imports the client libraries, and
+        # holding the GIL for that would delay the first paint.
+        self.call_after_refresh(self._hub.start)
         self.sub_title = f"operator {self.operator}"
         self.push_screen(OverviewScreen())
         if self._exit_after_first_frame:

@@ -45,12 +45,12 @@ def cluster_ref(pg_sandbox: Any, **thresholds: Any) -> ClusterRef:
         if r.cluster.engine == "postgres" and {"pg1", "pg2", "pg3"} <= {m.name for m in r.cluster.members}
     )
     if thresholds:
-        ref = with_cluster(ref, thresholds=ref.cluster.thresholds.model_copy(update=thresholds))
+        ref = with_cluster(ref, thresholds=dataclasses.replace(ref.cluster.thresholds, **thresholds))
     return ref
 
 
 def with_cluster(ref: ClusterRef, **update: Any) -> ClusterRef:
-    return dataclasses.replace(ref, cluster=ref.cluster.model_copy(update=update))
+    return dataclasses.replace(ref, cluster=dataclasses.replace(ref.cluster, **update))
 
 
 def member(ref: ClusterRef, name: str) -> Member:
@@ -570,7 +570,7 @@ async def test_pgbouncer_failure_does_not_fail_the_poll(pg_sandbox: Any) -> None
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ref = with_cluster(ref, pgbouncer=ref.cluster.pgbouncer.model_copy(update={"port": port}))
+    ref = with_cluster(ref, pgbouncer=dataclasses.replace(ref.cluster.pgbouncer, **{"port": port}))
     async with adapters(ref, "pg1") as (a,):
         d = await a.collect()
     assert not d.in_recovery
@@ -578,7 +578,7 @@ async def test_pgbouncer_failure_does_not_fail_the_poll(pg_sandbox: Any) -> None
     assert d.pgbouncer.error == f"PgBouncer refused the connection at 127.0.0.1:{port}"
 
     bad = cluster_ref(pg_sandbox)
-    bad = with_cluster(bad, pgbouncer=bad.cluster.pgbouncer.model_copy(update={"password": SecretRef(value="wrong-pw")}))
+    bad = with_cluster(bad, pgbouncer=dataclasses.replace(bad.cluster.pgbouncer, **{"password": SecretRef(value="wrong-pw")}))
     async with adapters(bad, "pg1") as (a,):
         d = await a.collect()
     assert d.pgbouncer is not None and d.pgbouncer.error is not None
@@ -628,13 +628,13 @@ async def test_tls_required_but_server_has_none(pg_sandbox: Any) -> None:
     if ssl_on["setting"] == "on":
         pytest.fail("the sandbox now serves TLS: this test needs a server without it")
     ref = cluster_ref(pg_sandbox)
-    ref = with_cluster(ref, tls=ref.cluster.tls.model_copy(update={"mode": "require"}))
+    ref = with_cluster(ref, tls=dataclasses.replace(ref.cluster.tls, **{"mode": "require"}))
     async with adapters(ref, "pg1") as (a,):
         with pytest.raises(Exception) as ei:
             await a.collect()
         assert a.classify(ei.value)[0] is Reachability.TLS
 
-    ref = with_cluster(ref, tls=ref.cluster.tls.model_copy(update={"mode": "verify-full", "ca_file": "/nonexistent/ca.pem"}))
+    ref = with_cluster(ref, tls=dataclasses.replace(ref.cluster.tls, **{"mode": "verify-full", "ca_file": "/nonexistent/ca.pem"}))
     async with adapters(ref, "pg1") as (a,):
         with pytest.raises(Exception) as ei:
             await a.collect()
@@ -657,7 +657,7 @@ async def test_blackholed_port_times_out() -> None:
             ref,
             password=SecretRef(value="x"),
             timeout=0.5,
-            members=[ref.cluster.members[0].model_copy(update={"host": "127.0.0.1", "port": port})],
+            members=[dataclasses.replace(ref.cluster.members[0], **{"host": "127.0.0.1", "port": port})],
         )
         async with adapters(ref, "db1") as (a,):
             with pytest.raises((asyncio.TimeoutError, TimeoutError)) as ei:

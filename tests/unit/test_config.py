@@ -44,7 +44,7 @@ def test_example_config_is_valid_and_documents_every_threshold():
     from dbops.config import PostgresThresholds
 
     text = (REPO / "config.example.toml").read_text()
-    for key in PostgresThresholds.model_fields:
+    for key in PostgresThresholds.field_names():
         assert f"{key} =" in text, f"config.example.toml does not document thresholds.{key}"
 
 
@@ -168,3 +168,58 @@ def test_secret_references_resolve_and_never_print(tmp_path, monkeypatch):
         resolve(SecretRef(env="NOPE_VAR"))
     with pytest.raises(SecretError, match="does not exist"):
         resolve(SecretRef(file=str(tmp_path / "missing")))
+
+
+def test_wrong_types_say_what_was_expected(tmp_path):
+    bad = GOOD.replace('host = "10.0.0.2"', 'host = "10.0.0.2"\nport = "5432"').replace(
+        'mode = "operator"', 'mode = "operator"\nproduction = "yes"'
+    )
+    with pytest.raises(ConfigError) as err:
+        parse(bad, "x.toml")
+    text = str(err.value)
+    assert "members.1.port: expected a whole number (got '5432')" in text
+    assert "environments.staging.production: expected true or false (got 'yes')" in text
+
+
+def test_warn_above_crit_and_duplicate_members_are_refused():
+    bad = GOOD.replace('password = { env = "PGPASS_TEST" }', 'password = { env = "PGPASS_TEST" }\nthresholds = { lag_bytes_warn = 200, lag_bytes_crit = 100 }')
+    bad = bad.replace('name = "b"', 'name = "a"')
+    with pytest.raises(ConfigError) as err:
+        parse(bad, "x.toml")
+    text = str(err.value)
+    assert "lag_bytes_warn (200) is above lag_bytes_crit (100)" in text
+    assert "member name 'a' is used twice" in text
+
+
+def test_empty_members_and_two_secret_sources():
+    bad = GOOD.replace('{ env = "PGPASS_TEST" }', '{ env = "A", file = "/b" }')
+    with pytest.raises(ConfigError) as err:
+        parse(bad, "x.toml")
+    assert "password: give exactly one of env, file or value" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse('[environments.e.clusters.c]\nengine = "postgres"\nmembers = []\n', "x.toml")
+    assert "x.toml:3: environments.e.clusters.c.members: needs at least 1 entry" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse('[environments.e.clusters.c]\nengine = "mysql"\nmembers = [{ name = "a", host = "h" }]\n', "x.toml")
+    assert "engine: must be one of 'postgres' (got 'mysql')" in str(err.value)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 70000), st.floats(allow_nan=False), st.text(max_size=8))
+_keys = st.sampled_from(["environments", "clusters", "members", "engine", "postgres", "name", "host", "port", "role",
+                         "password", "env", "file", "value", "thresholds", "mode", "sandbox", "tls", "defaults", "x"])
+_toml_like = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=4)), max_leaves=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_keys, _toml_like, max_size=4))
+def test_any_document_yields_a_config_or_clean_problems(doc):
+    from dbops.config import Config
+    from dbops.schema import Invalid
+
+    try:
+        Config.validate(doc)
+    except Invalid as exc:
+        assert exc.errors and all(e.message for e in exc.errors)

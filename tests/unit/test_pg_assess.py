@@ -58,7 +58,7 @@ def ref():
 
 
 def with_thresholds(ref, **kw):
-    cluster = ref.cluster.model_copy(update={"thresholds": ref.cluster.thresholds.model_copy(update=kw)})
+    cluster = dataclasses.replace(ref.cluster, thresholds=dataclasses.replace(ref.cluster.thresholds, **kw))
     return dataclasses.replace(ref, cluster=cluster)
 
 
