@@ -70,40 +70,67 @@ class ActionOutcome:
 
 
 def decline(audit: "AuditLog", act: BackendAction) -> None:
+    _abort(audit, act, "declined")
+
+
+def _abort(audit: "AuditLog", act: BackendAction, outcome: str, reason: str | None = None) -> None:
     audit.abort(
         action=act.action,
         environment=act.ref.environment,
         cluster=act.ref.name,
         member=act.member,
         params=act.params(),
-        outcome="declined",
+        outcome=outcome,
+        reason=reason,
     )
+
+
+def _finish(audit: "AuditLog", intent: dict[str, Any], ok: bool, message: str, **result: Any) -> ActionOutcome:
+    """Write the result record. If that fails after the server was already told, say both."""
+    from dbops.audit import AuditError
+
+    try:
+        audit.result(intent, **result)
+    except AuditError as exc:
+        return ActionOutcome(ok, f"{message}; but the audit result record could not be written: {exc}")
+    return ActionOutcome(ok, message)
 
 
 def perform(audit: "AuditLog", hub: "PollerHub", act: BackendAction, allow_writes: bool) -> ActionOutcome:
+    """Signal one backend: re-read it, write the intent, signal, write the result."""
     if not writes_allowed(act.ref, allow_writes):
         raise ReadOnly(read_only_reason(act.ref))
-    intent = audit.intent(
-        action=act.action,
-        environment=act.ref.environment,
-        cluster=act.ref.name,
-        member=act.member,
-        params=act.params(),
-    )
-    method = "terminate_backend" if act.terminate else "cancel_backend"
-    future = hub.submit(lambda adapter: getattr(adapter, method)(act.pid), act.ref.key, act.member)
+    key, member, pid = act.ref.key, act.member, act.pid
+    # The row the operator confirmed is up to one refresh old. A pooled connection's pid may be
+    # running something else by now: re-read it and refuse if it is not what was confirmed.
     try:
-        signalled = bool(future.result())
-    except (concurrent.futures.TimeoutError, TimeoutError) as exc:
-        audit.result(intent, outcome="failed", error=f"no answer from {act.member}: {type(exc).__name__}")
-        return ActionOutcome(False, f"{act.member} did not answer; the backend may or may not have been signalled")
+        current = hub.submit(lambda adapter: adapter.session(pid), key, member).result()
     except Exception as exc:
-        adapter_msg = str(exc) or type(exc).__name__
-        audit.result(intent, outcome="failed", error=adapter_msg)
-        return ActionOutcome(False, f"{method.replace('_', ' ')} {act.pid} failed: {adapter_msg}")
+        _abort(audit, act, "target-unreadable", reason=_describe(exc))
+        return ActionOutcome(False, f"could not re-read backend {pid} on {member} ({_describe(exc)}); nothing was sent")
+    if current is None:
+        _abort(audit, act, "target-gone")
+        return ActionOutcome(False, f"backend {pid} has already ended; nothing was sent")
+    if current.query != act.query:
+        _abort(audit, act, "target-changed", reason=f"now running: {current.query[:300]}")
+        return ActionOutcome(False, f"backend {pid} is now running a different query; nothing was sent (look again and re-select)")
+
+    intent = audit.intent(action=act.action, environment=act.ref.environment, cluster=act.ref.name, member=member, params=act.params())
+    method = "terminate_backend" if act.terminate else "cancel_backend"
+    try:
+        signalled = bool(hub.submit(lambda adapter: getattr(adapter, method)(pid), key, member).result())
+    except (concurrent.futures.TimeoutError, TimeoutError) as exc:
+        return _finish(
+            audit, intent, False, f"{member} did not answer; backend {pid} may or may not have been signalled",
+            outcome="unknown", error=f"no answer from {member}: {_describe(exc)}",
+        )
+    except Exception as exc:
+        return _finish(audit, intent, False, f"{method.replace('_', ' ')} {pid} failed: {_describe(exc)}", outcome="failed", error=_describe(exc))
     if not signalled:
-        audit.result(intent, outcome="no-such-backend", detail={"returned": False})
-        return ActionOutcome(False, f"backend {act.pid} was not signalled (it had already ended)")
-    audit.result(intent, outcome="ok", detail={"returned": True})
+        return _finish(audit, intent, False, f"backend {pid} was not signalled (it had already ended)", outcome="no-such-backend", detail={"returned": False})
     verb = "terminated" if act.terminate else "cancelled"
-    return ActionOutcome(True, f"backend {act.pid} {verb} on {act.member}")
+    return _finish(audit, intent, True, f"backend {pid} {verb} on {member}", outcome="ok", detail={"returned": True})
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

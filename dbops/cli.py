@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import traceback
-from pathlib import Path
 from typing import Any
 
 import click
@@ -64,6 +62,8 @@ def tui(ctx: click.Context) -> None:
     bench = os.environ.get("DBOPS_EXIT_AFTER_FIRST_FRAME") == "1"
     app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench)
     app.run(headless=bench)
+    if app.crash_message:
+        click.echo(f"error: {app.crash_message}", err=True)
     if app.return_code:
         sys.exit(app.return_code)
 
@@ -185,22 +185,11 @@ def run() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
-        crash = _write_crash_report()
+        from dbops.crash import write_crash_report
+
+        crash = write_crash_report(exc, "dbops " + " ".join(sys.argv[1:2]))
         click.echo(f"error: unexpected {type(exc).__name__}; details in {crash}", err=True)
         sys.exit(70)
-
-
-def _write_crash_report() -> Path | str:
-    try:
-        from dbops.config import state_dir
-
-        path = state_dir() / "crash.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(traceback.format_exc())
-        return path
-    except OSError as exc:
-        return f"(could not write crash log: {exc})"
 
 
 if __name__ == "__main__":

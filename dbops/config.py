@@ -142,8 +142,8 @@ class Config(Model):
     operator: str | None = None
     environments: dict[str, Environment] = field(default_factory=dict)
 
-    def check(self) -> list[str]:
-        problems = []
+    def check(self) -> list[Any]:
+        problems: list[Any] = []
         for env_name, env in self.environments.items():
             if env.sandbox:
                 continue
@@ -153,10 +153,10 @@ class Config(Model):
                     refs.append(("pgbouncer.password", cluster.pgbouncer.password))
                 for key, ref in refs:
                     if ref is not None and ref.value is not None:
-                        problems.append(
-                            f"environments.{env_name}.clusters.{cname}.{key}: a literal credential is only "
-                            "allowed in a sandbox environment; use { env = \"VAR\" } or { file = \"/path\" }"
-                        )
+                        problems.append((
+                            ("environments", env_name, "clusters", cname, *key.split(".")),
+                            'a literal credential is only allowed in a sandbox environment; use { env = "VAR" } or { file = "/path" }',
+                        ))
         return problems
 
     # -- convenience -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import concurrent.futures
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable
 
 from dbops.config import ClusterRef, Config, Member
@@ -137,7 +137,6 @@ class PollerHub:
         self._running = threading.Event()
         self._running.set()
         self._stopping: asyncio.Event | None = None
-        self.load_errors: dict[str, str] = {}
         for ref in self.refs:
             self._snapshots[ref.key] = {m.name: pending_snapshot(ref, m) for m in ref.cluster.members}
             self._health[ref.key] = assess_cluster(ref, self._snapshots[ref.key])
@@ -166,7 +165,7 @@ class PollerHub:
         self._thread.start()
         ready.wait()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         """Stop polling, close every connection, end the thread. Bounded by `timeout`."""
         loop, stopping = self._loop, self._stopping
         if loop is None or stopping is None or loop.is_closed():
@@ -209,13 +208,45 @@ class PollerHub:
             previous = self._snapshots[ref.key][member.name]
             try:
                 adapter = self._adapter(ref, member)
-            except Exception as exc:  # an engine that cannot load is shown, not raised
-                self.load_errors[ref.key] = f"engine {ref.cluster.engine!r} cannot be loaded: {exc}"
-                return
-            snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
+                snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
+                self._record(ref, snap)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug of ours (an engine that cannot load, an assessment that raised) must not
+                # freeze the member looking healthy: show it, keep the details, keep polling.
+                from dbops.crash import write_crash_report
+
+                where = write_crash_report(exc, f"poller {ref.key}/{member.name}")
+                snap = replace(
+                    previous,
+                    reachability=Reachability.ERROR,
+                    taken_at=time.time(),
+                    data=None,
+                    error=f"dbops could not poll this member ({type(exc).__name__}: {exc}); details in {where}",
+                    last_good=previous.shown,
+                    last_good_at=previous.taken_at if previous.data is not None else previous.last_good_at,
+                    seq=previous.seq + 1,
+                )
+                self._record_unassessed(ref, snap)
             failures = 0 if snap.reachable else failures + 1
-            self._record(ref, snap)
             await asyncio.sleep(backoff_delay(ref.refresh_interval, failures))
+
+    def _record_unassessed(self, ref: ClusterRef, snap: Snapshot) -> None:
+        """Record a snapshot when assessing it may be what failed: the cluster's health keeps its
+        members but this one is marked ERROR/CRIT without running the engine's rules."""
+        from dbops.model import MemberHealth, Metric, Severity
+
+        with self._lock:
+            self._snapshots[ref.key] = {**self._snapshots[ref.key], snap.member: snap}
+            old = self._health[ref.key]
+            broken = MemberHealth(snap, "unknown", Severity.CRIT, (Metric("internal", Severity.CRIT, snap.error or "internal error"),))
+            members = tuple(broken if m.name == snap.member else m for m in old.members)
+            self._health[ref.key] = replace(old, members=members, severity=Severity.CRIT)
+            first = not self._dirty
+            self._dirty.add(ref.key)
+        if first and self._on_change is not None:
+            self._on_change()
 
     async def _wait_resumed(self) -> None:
         while not self._running.is_set():

@@ -13,6 +13,7 @@ field's metadata: `field(default=1, metadata=limits(ge=1, le=65535))`. A model m
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class Model:
 
     _hints_cache: ClassVar[dict[type, dict[str, Any]]] = {}
 
-    def check(self) -> list[str]:
+    def check(self) -> list[Any]:
+        """Rules across fields: messages, or (sub-path tuple, message) pairs."""
         return []
 
     @classmethod
@@ -128,6 +130,9 @@ def _convert(tp: Any, value: Any, loc: Loc, errors: list[Error]) -> Any:
         return None
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                errors.append(Error(loc, "value", f"must be a finite number{_show(value, loc)}"))
+                return None
             return float(value)
         errors.append(Error(loc, "type", f"expected a number{_show(value, loc)}"))
         return None
@@ -182,6 +187,8 @@ def _convert_model(cls: type[Model], value: Any, loc: Loc, errors: list[Error]) 
     # Built even when a nested model reported a cross-field problem, so this model's own
     # rules are checked too and every problem is reported in one run.
     instance = cls(**kwargs)
-    for message in instance.check():
-        errors.append(Error(loc, "value", message))
+    for problem in instance.check():
+        # check() returns a message, or (sub-path, message) to point at the key at fault.
+        sub, message = problem if isinstance(problem, tuple) else ((), problem)
+        errors.append(Error(loc + tuple(sub), "value", message))
     return instance

@@ -55,9 +55,11 @@ class DbopsApp(App[None]):
         self.state_dir = state_dir
         self.clock = clock
         self.audit = AuditLog(state_dir / "audit.jsonl")
-        self.operator = operator_name()
+        self.operator = config.operator or operator_name()
         self._hub = hub
         self._exit_after_first_frame = exit_after_first_frame  # benchmarks/startup.py
+        self._crash: BaseException | None = None
+        self.crash_message: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -94,6 +96,22 @@ class DbopsApp(App[None]):
                 handler = getattr(screen, "health_changed", None)
                 if handler is not None:
                     handler(changed)
+
+    def _handle_exception(self, error: Exception) -> None:
+        self._crash = error
+        super()._handle_exception(error)
+
+    def _fatal_error(self) -> None:
+        # Textual's crash output is a traceback with local variables, which can include a
+        # connection's parameters. Write the traceback to the crash file instead and leave one
+        # line for the terminal (printed by the CLI after the screen is restored).
+        from dbops.crash import write_crash_report
+
+        error = self._crash or RuntimeError("unknown error")
+        where = write_crash_report(error, "console")
+        self.crash_message = f"the console stopped on an unexpected {type(error).__name__}; details in {where}"
+        self.bell()
+        self._close_messages_no_wait()
 
     # -- helpers for screens -----------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -18,6 +18,7 @@ from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, hum
 
 from .modals import ConfirmBackendModal
 from .render import SEVERITY_STYLE, one_line, reach_text, severity_text, sparkline
+from .tables import cursor_key, sync_rows
 from .widgets import EnvBanner
 
 TOPOLOGY_COLUMNS = (
@@ -46,6 +47,8 @@ ACTIVITY_COLUMNS = (
 )
 SHORT_STATES = {"idle in transaction": "idle in tx", "idle in transaction (aborted)": "idle in tx (aborted)"}
 SORTS = ("age", "pid", "state", "user")
+STATEMENT_COLUMNS = (("queryid", "Query id"), ("calls_d", "Calls Δ"), ("total_d", "Time Δ ms"), ("mean", "Mean ms"), ("calls", "Calls"), ("query", "Query"))
+SLOT_COLUMNS = (("name", "Slot"), ("type", "Type"), ("active", "Active"), ("wal", "WAL status"), ("retained", "Retained"))
 
 
 def session_matches(s: Session, needle: str) -> bool:
@@ -112,7 +115,9 @@ class PostgresScreen(Screen[None]):
         self.member: str | None = None  # whose activity/statements are shown
         self.filter_text = ""
         self.sort_index = 0
-        self._activity_cells: dict[int, tuple[Any, ...]] = {}
+        self._activity_cells: dict[str, tuple[Any, ...]] = {}
+        self._statement_cells: dict[str, tuple[Any, ...]] = {}
+        self._slot_cells: dict[str, tuple[Any, ...]] = {}
         self._sessions: dict[int, Session] = {}
 
     @property
@@ -149,10 +154,10 @@ class PostgresScreen(Screen[None]):
         for key, label in ACTIVITY_COLUMNS:
             act.add_column(label, key=key)
         stm = self.query_one("#statements-table", DataTable)
-        for key, label in (("calls_d", "Calls Δ"), ("total_d", "Time Δ ms"), ("mean", "Mean ms"), ("calls", "Calls"), ("query", "Query")):
+        for key, label in STATEMENT_COLUMNS:
             stm.add_column(label, key=key)
         slots = self.query_one("#slots-table", DataTable)
-        for key, label in (("name", "Slot"), ("type", "Type"), ("active", "Active"), ("wal", "WAL status"), ("retained", "Retained")):
+        for key, label in SLOT_COLUMNS:
             slots.add_column(label, key=key)
         self.query_one("#filter", Input).display = False
         writable = writes_allowed(ref, self.app.allow_writes)
@@ -252,38 +257,22 @@ class PostgresScreen(Screen[None]):
 
     def _draw_activity(self, data: PgMemberData) -> None:
         table = self.query_one("#activity-table", DataTable)
-        shown = [s for s in data.sessions if session_matches(s, self.filter_text)]
         self._sessions = {s.pid: s for s in data.sessions}
-        wanted = {s.pid for s in shown}
-        for pid in list(self._activity_cells):
-            if pid not in wanted:
-                table.remove_row(str(pid))
-                del self._activity_cells[pid]
-        for s in shown:
-            cells = self._activity_row(s)
-            old = self._activity_cells.get(s.pid)
-            if old is None:
-                table.add_row(*cells, key=str(s.pid))
-            elif old != cells:
-                # Update only the cells that changed: keeps the cursor and avoids a full repaint.
-                for (col, _), new, before in zip(ACTIVITY_COLUMNS, cells, old):
-                    if new != before:
-                        table.update_cell(str(s.pid), col, new)
-            self._activity_cells[s.pid] = cells
-        self._sort_activity()
+        rows = {str(s.pid): self._activity_row(s) for s in data.sessions if session_matches(s, self.filter_text)}
+        sync_rows(table, ACTIVITY_COLUMNS, rows, self._activity_cells, order=self._activity_order)
 
-    def _sort_activity(self) -> None:
-        table = self.query_one("#activity-table", DataTable)
+    def _activity_order(self, key: str) -> Any:
+        s = self._sessions.get(int(key))
         how = SORTS[self.sort_index]
+        if s is None:
+            return (0, 0)
         if how == "age":
-            key = lambda pid: -(self._age(int(pid)) or 0)  # noqa: E731
-        elif how == "pid":
-            key = lambda pid: int(pid)  # noqa: E731
-        elif how == "state":
-            key = lambda pid: str(self._sessions[int(pid)].state or "")  # noqa: E731
-        else:
-            key = lambda pid: str(self._sessions[int(pid)].usename or "")  # noqa: E731
-        table.sort("pid", key=lambda pid: key(pid))
+            return (-(self._age(s.pid) or 0), s.pid)
+        if how == "pid":
+            return (s.pid, 0)
+        if how == "state":
+            return (s.state or "", s.pid)
+        return (s.usename or "", s.pid)
 
     def _age(self, pid: int) -> float | None:
         s = self._sessions.get(pid)
@@ -294,34 +283,38 @@ class PostgresScreen(Screen[None]):
     def _draw_statements(self, data: PgMemberData) -> None:
         table = self.query_one("#statements-table", DataTable)
         note = self.query_one("#statements-note", Static)
-        table.clear()
         if data.statements is None:
             note.update(Text(data.statements_note or "pg_stat_statements not installed", style="yellow"))
+            sync_rows(table, STATEMENT_COLUMNS, {}, self._statement_cells)
             return
         note.update(Text(f"top statements on {self.member} by time since the previous refresh", style="dim"))
-        for st in data.statements:
-            table.add_row(
-                str(st.calls_delta), f"{st.total_ms_delta:.1f}", f"{st.mean_ms:.2f}", str(st.calls), one_line(st.query, 200), key=str(st.queryid)
+        rank = {str(st.queryid): i for i, st in enumerate(data.statements)}
+        rows = {
+            str(st.queryid): (
+                str(st.queryid), str(st.calls_delta), f"{st.total_ms_delta:.1f}", f"{st.mean_ms:.2f}", str(st.calls), one_line(st.query, 200)
             )
+            for st in data.statements
+        }
+        sync_rows(table, STATEMENT_COLUMNS, rows, self._statement_cells, order=lambda k: rank.get(k, 0))
 
     def _draw_slots(self, data: PgMemberData) -> None:
         table = self.query_one("#slots-table", DataTable)
-        table.clear()
         th = self.ref.cluster.thresholds
+        rows = {}
         for sl in data.slots:
             retained_style = ""
             if not sl.active and (sl.retained_bytes or 0) > th.inactive_slot_retained_bytes_warn:
                 retained_style = "bold yellow"
             if sl.wal_status == "lost":
                 retained_style = "bold red"
-            table.add_row(
+            rows[sl.slot_name] = (
                 sl.slot_name,
                 sl.slot_type,
                 Text("yes" if sl.active else "no", style="" if sl.active else "yellow"),
                 sl.wal_status or "-",
                 Text(human_bytes(sl.retained_bytes), style=retained_style),
-                key=sl.slot_name,
             )
+        sync_rows(table, SLOT_COLUMNS, rows, self._slot_cells, order=lambda k: k)
 
     def _health_text(self, health: ClusterHealth, mh: MemberHealth | None) -> Text:
         out = Text()
@@ -354,6 +347,12 @@ class PostgresScreen(Screen[None]):
                 out.append(f"  cache hit ratio {data.cache_hit_ratio:.2f}%\n")
             states = ", ".join(f"{state} {n}" for state, n in data.connections_by_state) or "no clients besides dbops"
             out.append(f"  connections {data.connections_total}/{data.max_connections}: {states}\n")
+            for r in data.replicas:
+                out.append(
+                    f"  replica {r.application_name} ({r.state}, {r.sync_state}): lag write {human_bytes(r.write_lag_bytes)}/"
+                    f"{human_seconds(r.write_lag_seconds)} flush {human_bytes(r.flush_lag_bytes)}/{human_seconds(r.flush_lag_seconds)} "
+                    f"replay {human_bytes(r.replay_lag_bytes)}/{human_seconds(r.replay_lag_seconds)}\n"
+                )
             if data.wal_receiver is not None:
                 w = data.wal_receiver
                 source = f" from {w.sender_host}:{w.sender_port}" if w.sender_host else ""
@@ -365,6 +364,8 @@ class PostgresScreen(Screen[None]):
                     out.append(f"  pgbouncer: {pb.error}\n", style="red")
                 elif not pb.pools:
                     out.append("  pgbouncer: reachable, no pool in use yet\n")
+                for database, xacts, queries, avg_wait_us in pb.stats:
+                    out.append(f"  pgbouncer stats {database}: {xacts} transactions, {queries} queries, avg wait {avg_wait_us / 1000:.1f} ms\n", style="dim")
                 for p in pb.pools:
                     size = f"/{p.pool_size}" if p.pool_size else ""
                     style = "bold yellow" if p.cl_waiting else ""
@@ -392,6 +393,13 @@ class PostgresScreen(Screen[None]):
         self.query_one("#status", Static).update(parts)
 
     # -- actions -----------------------------------------------------------------------------
+
+    def on_key(self, event: events.Key) -> None:
+        # Greyed-out bindings do not run their action, so a press would otherwise be silent:
+        # say why instead.
+        if event.key in ("c", "k") and not writes_allowed(self.ref, self.app.allow_writes):
+            event.stop()
+            self.notify(read_only_reason(self.ref), severity="error")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("cancel_backend", "terminate_backend"):
@@ -424,8 +432,10 @@ class PostgresScreen(Screen[None]):
             self.redraw(self.app.hub.cluster_health(self.key))
 
     def _reset_activity(self) -> None:
-        self.query_one("#activity-table", DataTable).clear()
-        self._activity_cells.clear()
+        # Another member: its rows share no keys with the previous member's.
+        for table_id, cache in (("#activity-table", self._activity_cells), ("#statements-table", self._statement_cells), ("#slots-table", self._slot_cells)):
+            self.query_one(table_id, DataTable).clear()
+            cache.clear()
 
     def action_filter(self) -> None:
         self.action_tab("activity")
@@ -444,7 +454,7 @@ class PostgresScreen(Screen[None]):
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
-        self._sort_activity()
+        self.redraw(self.app.hub.cluster_health(self.key))
         self._draw_status(self.app.hub.cluster_health(self.key), self._member_health(self.app.hub.cluster_health(self.key)))
 
     def action_cancel_backend(self) -> None:
@@ -454,16 +464,18 @@ class PostgresScreen(Screen[None]):
         self._signal(terminate=True)
 
     def _selected_session(self) -> Session | None:
-        table = self.query_one("#activity-table", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        return self._sessions.get(int(str(key)))
+        key = cursor_key(self.query_one("#activity-table", DataTable))
+        return self._sessions.get(int(key)) if key is not None else None
 
     def _signal(self, terminate: bool) -> None:
         ref = self.ref
         if not writes_allowed(ref, self.app.allow_writes):
             self.notify(read_only_reason(ref), severity="error")
+            return
+        mh = self._member_health(self.app.hub.cluster_health(self.key))
+        if mh is None or not mh.snapshot.reachable:
+            state = mh.snapshot.reachability.value if mh else "unknown"
+            self.notify(f"{self.member} is {state}: the sessions shown are old values; nothing can be signalled", severity="error")
             return
         session = self._selected_session()
         if session is None:

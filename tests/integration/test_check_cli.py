@@ -15,14 +15,13 @@ import pytest
 from dbops.config import load
 from dbops.model import Reachability
 
-# Thresholds that make the scenarios quick on a small sandbox while keeping every rule active;
-# cache hit ratio is off because a freshly started server has read everything from disk.
+# Byte thresholds small enough for a quick scenario on a small sandbox; the seconds thresholds
+# stay at their defaults (a healthy replica must not trip them). Cache hit ratio is off because
+# the scenarios' bulk inserts read from disk.
 TEST_THRESHOLDS = """
 [environments.sandbox.clusters.sandbox-pg.thresholds]
 lag_bytes_warn = 2097152
 lag_bytes_crit = 12582912
-lag_seconds_warn = 100000.0
-lag_seconds_crit = 200000.0
 cache_hit_ratio_warn = 0.0
 idle_in_transaction_seconds_warn = 1.0
 idle_in_transaction_seconds_crit = 100000.0
@@ -124,6 +123,36 @@ async def test_idle_in_transaction_and_inactive_slot_are_flagged_in_json(pg_sand
         await conn.close()
         await pg_sandbox.fetch("pg1", "SELECT pg_drop_replication_slot('check_unused')")
         await pg_sandbox.fetch("pg1", "DROP TABLE IF EXISTS check_wal")
+
+
+async def test_failing_archive_command_is_flagged_in_json_and_clears(pg_sandbox, check_config):
+    await pg_sandbox.fetch("pg1", "ALTER SYSTEM SET archive_command = 'false'")
+    await pg_sandbox.fetch("pg1", "SELECT pg_reload_conf()")
+    try:
+        await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS check_wal (v text)")
+        await pg_sandbox.fetch("pg1", "INSERT INTO check_wal VALUES ('x')")
+        await pg_sandbox.fetch("pg1", "SELECT pg_switch_wal()")
+        for _ in range(60):
+            r = run_check(check_config, "--json")
+            problems = " | ".join(member(json.loads(r.stdout), "pg1")["problems"])
+            if "archiving failing" in problems:
+                break
+            await asyncio.sleep(0.5)
+        assert "archiving failing" in problems, problems
+        assert r.returncode == 1
+    finally:
+        await pg_sandbox.fetch("pg1", "ALTER SYSTEM RESET archive_command")
+        await pg_sandbox.fetch("pg1", "SELECT pg_reload_conf()")
+        await pg_sandbox.fetch("pg1", "DROP TABLE IF EXISTS check_wal")
+    # the archiver retries the segment with the restored command, and the problem clears
+    for _ in range(60):
+        await pg_sandbox.fetch("pg1", "SELECT pg_switch_wal()")
+        r = run_check(check_config, "--json")
+        if not member(json.loads(r.stdout), "pg1")["problems"]:
+            break
+        await asyncio.sleep(1.0)
+    assert member(json.loads(r.stdout), "pg1")["problems"] == []
+    await pg_sandbox.fetch("pg1", "SELECT pg_stat_reset_shared('archiver')")
 
 
 async def test_killed_primary_is_down_and_recovers_by_itself(pg_sandbox, check_config):

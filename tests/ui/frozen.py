@@ -6,7 +6,9 @@ screens render them exactly as they would live. Integration tests drive the UI o
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import dataclasses
 from typing import Any
 
 from dbops.config import Config, parse
@@ -111,6 +113,7 @@ class FrozenHub:
             }, now=NOW),
         }
         self.submitted: list[tuple[str, str]] = []
+        self.adapter = FrozenAdapter()
 
     def start(self) -> None:
         pass
@@ -145,7 +148,31 @@ class FrozenHub:
         self._paused = False
 
     def submit(self, fn, key: str, member: str) -> concurrent.futures.Future:
+        """Run `fn` against FrozenAdapter, as PollerHub runs it against the member's adapter."""
         self.submitted.append((key, member))
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        fut.set_result(True)
+        try:
+            fut.set_result(asyncio.run(fn(self.adapter)))
+        except Exception as exc:
+            fut.set_exception(exc)
         return fut
+
+
+class FrozenAdapter:
+    """The adapter calls actions make, over the frozen sessions. `now_running` replaces a pid's
+    query (a pooled connection reused between the refresh and the confirmation)."""
+
+    def __init__(self) -> None:
+        self.sessions = {s.pid: s for s in sessions()}
+        self.signalled: list[tuple[str, int]] = []
+
+    async def session(self, pid: int):
+        return self.sessions.get(pid)
+
+    async def cancel_backend(self, pid: int) -> bool:
+        self.signalled.append(("cancel", pid))
+        return pid in self.sessions
+
+    async def terminate_backend(self, pid: int) -> bool:
+        self.signalled.append(("terminate", pid))
+        return self.sessions.pop(pid, None) is not None

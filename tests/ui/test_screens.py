@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from textual.widgets import Button, DataTable, Input
@@ -94,6 +95,7 @@ async def test_read_only_environment_greys_out_cancel_and_says_why(tmp_path):
         await pilot.press("c")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmBackendModal)
+        assert any("read-only" in n.message and "--allow-writes" in n.message for n in app._notifications)
         assert audit_records(tmp_path) == []
 
 
@@ -119,7 +121,7 @@ async def test_production_terminate_needs_the_pid_typed_and_is_audited(tmp_path)
         await pilot.press("enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert app.hub.submitted == [("production/orders-db", "pg1")]
+        assert app.hub.adapter.signalled == [("terminate", 101)]
         recs = audit_records(tmp_path)
         assert [r["phase"] for r in recs] == ["intent", "result"]
         assert recs[0]["action"] == "postgres.terminate_backend" and recs[0]["params"]["pid"] == 101
@@ -143,6 +145,27 @@ async def test_declined_cancel_sends_nothing_and_records_an_abort(tmp_path):
         assert [(r["phase"], r["outcome"]) for r in recs] == [("abort", "declined")]
 
 
+async def test_backend_reused_for_another_query_is_not_signalled(tmp_path):
+    app = make_app(tmp_path, allow_writes=True)
+    async with app.run_test(size=(120, 34)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmBackendModal) and app.screen.act.pid == 101
+        # between the refresh and the confirmation, pid 101 moved on to another query
+        adapter = app.hub.adapter
+        adapter.sessions[101] = dataclasses.replace(adapter.sessions[101], query="SELECT * FROM invoices")
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert adapter.signalled == []
+        assert any("now running a different query" in n.message for n in app._notifications)
+        recs = audit_records(tmp_path)
+        assert [(r["phase"], r["outcome"]) for r in recs] == [("abort", "target-changed")]
+        assert "SELECT * FROM invoices" in recs[0]["reason"]
+
+
 async def test_help_and_pause(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -154,3 +177,21 @@ async def test_help_and_pause(tmp_path):
         await pilot.pause()
         assert app.hub.paused
         assert "PAUSED" in str(app.screen.query_one("#banner").render())
+
+
+async def test_an_unexpected_error_leaves_one_line_and_a_crash_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DBOPS_STATE_DIR", str(tmp_path))
+    app = make_app(tmp_path)
+
+    def boom() -> None:
+        raise ZeroDivisionError("simulated bug")
+
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.call_later(boom)
+            await pilot.pause()
+    except ZeroDivisionError:
+        pass  # run_test re-raises the app's error for the test; `dbops` prints crash_message instead
+    assert app.crash_message and "ZeroDivisionError" in app.crash_message and "crash.log" in app.crash_message
+    assert "simulated bug" in (tmp_path / "crash.log").read_text()

@@ -223,3 +223,17 @@ def test_any_document_yields_a_config_or_clean_problems(doc):
         Config.validate(doc)
     except Invalid as exc:
         assert exc.errors and all(e.message for e in exc.errors)
+
+
+def test_non_finite_numbers_are_refused():
+    with pytest.raises(ConfigError) as err:
+        parse("[defaults]\nrefresh_interval = nan\ntimeout = inf\n", "x.toml")
+    text = str(err.value)
+    assert "x.toml:2: defaults.refresh_interval: must be a finite number" in text
+    assert "x.toml:3: defaults.timeout: must be a finite number" in text
+
+
+def test_literal_credential_problem_points_at_its_line():
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD.replace('{ env = "PGPASS_TEST" }', '{ value = "pw" }'), "x.toml")
+    assert "x.toml:6: environments.staging.clusters.db1.password: a literal credential is only allowed" in str(err.value)

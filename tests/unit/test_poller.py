@@ -110,3 +110,31 @@ def test_history_holds_an_hour_at_the_default_interval():
     hub = PollerHub(cfg)
     ref = cfg.clusters()[0]
     assert hub._history[(ref.key, "m")].maxlen == 1800
+
+
+async def test_a_bug_in_assessment_shows_the_member_as_error_and_keeps_polling(monkeypatch, tmp_path):
+    from dbops import poller
+
+    monkeypatch.setenv("DBOPS_STATE_DIR", str(tmp_path))
+    ref, m = ref_member()
+    a = Scripted(ref, m, [{"v": 1}, {"v": 2}, "hang"])
+    hub = poller.PollerHub(parse(CONFIG))
+    monkeypatch.setattr(hub, "_adapter", lambda r, mm: a)
+    monkeypatch.setattr(poller, "backoff_delay", lambda interval, failures: 0.0)
+
+    def broken(ref, snaps, baseline=None, now=None):
+        raise KeyError("a rule that assumed a field")
+
+    monkeypatch.setattr(poller, "assess_cluster", broken)
+    task = asyncio.create_task(hub._member_loop(ref, m))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if not a.script:
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    member = hub.cluster_health(ref.key).members[0]
+    assert member.snapshot.reachability is Reachability.ERROR
+    assert "KeyError" in member.snapshot.error and "crash.log" in member.snapshot.error
+    assert a.script == []  # it kept polling after the first failure
+    assert "a rule that assumed a field" in (tmp_path / "crash.log").read_text()
