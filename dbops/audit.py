@@ -65,7 +65,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from dbops.secrets import Secret
+from dbops.secrets import REDACTED, Secret, scrub_text
 
 GENESIS = "0" * 64
 PHASES = ("intent", "result", "abort")
@@ -145,19 +145,8 @@ SECRET_KEY_WORDS = (
     "dsn",
     "conninfo",
 )
-REDACTED = "***"
-
-# Credentials embedded in strings: URL userinfo (postgresql://user:pw@host) and libpq
-# key=value connection strings (password=pw). Both match greedily to the end of the
-# whitespace-delimited token: a password may contain '@', '/' or '&', and cutting too much
-# from a message is better than leaving half a password in it.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(\S*)@")
-_KV_PASSWORD = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)"
-)
-
-# SQL text (a query from pg_stat_activity): ALTER ROLE ... [ENCRYPTED] PASSWORD 'literal'.
-_SQL_PASSWORD = re.compile(r"(?i)\b(password\s+)(E?'(?:[^']|'')*'?)")
+# Credentials written inside strings (URLs, password=..., SQL PASSWORD '...') are removed by
+# dbops.secrets.scrub_text: the PostgreSQL adapter scrubs query texts with the same function.
 
 
 def _is_secret(value: Any) -> bool:
@@ -167,14 +156,6 @@ def _is_secret(value: Any) -> bool:
 def is_secret_key(key: str) -> bool:
     lowered = key.lower()
     return any(word in lowered for word in SECRET_KEY_WORDS)
-
-
-def scrub_text(text: str) -> str:
-    """Remove credentials written inside a string: connection URLs, ``password=...``, and SQL
-    ``PASSWORD '...'`` (a query text from pg_stat_activity)."""
-    text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
-    text = _SQL_PASSWORD.sub(lambda m: m.group(1) + "'" + REDACTED + "'", text)
-    return _KV_PASSWORD.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 
 def redact(value: Any) -> Any:

@@ -59,7 +59,7 @@ class PostgresThresholds(Model):
     connections_pct_warn: float = 80.0
     connections_pct_crit: float = 95.0
     cache_hit_ratio_warn: float = 99.0
-    archiver_failures_warn: int = 0  # WARN when failed_count rose above this since dbops started watching
+    archiver_failures_warn: int = 0  # WARN when failures since archiving was last healthy exceed this
     xid_age_warn: int = 500_000_000
     xid_age_crit: int = 1_500_000_000
     inactive_slot_retained_bytes_warn: int = 1024 * 1024 * 1024

@@ -8,7 +8,11 @@ so that str(), repr(), f-strings and logging print `***` instead of the value.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+
+REDACTED = "***"
 
 
 class SecretError(Exception):
@@ -70,6 +74,93 @@ def redact(text: str, *secrets: Secret | None) -> str:
         if s is not None and s.reveal():
             text = text.replace(s.reveal(), "***")
     return text
+
+
+# Credentials embedded in strings: URL userinfo (postgresql://user:pw@host) and libpq
+# key=value connection strings (password=pw). Both match greedily to the end of the
+# whitespace-delimited token: a password may contain '@', '/' or '&', and cutting too much
+# from a message is better than leaving half a password in it. A quoted value (libpq's
+# password='a b\'c', or '' doubled inside SQL) is removed up to its closing quote.
+# (The scheme starts where no scheme character precedes it: trying every position inside a
+# long word would make the scan quadratic, and a query text is untrusted and can be as long as
+# track_activity_query_size, up to 1 MB.)
+_URL_PASSWORD = re.compile(r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(\S*)@")
+_KV_WORDS = ("password", "passwd", "pwd", "secret", "token", "api")  # where a _KV_PASSWORD match can start
+_KV_PASSWORD = re.compile(
+    r"(?is)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)"
+    r"('(?:[^'\\]|\\.|'')*(?:'|\\?\Z)|\"(?:[^\"\\]|\\.)*(?:\"|\\?\Z)|\S+)"
+)
+
+# SQL text (pg_stat_activity.query, pg_stat_statements keep utility statements verbatim):
+# [ENCRYPTED] PASSWORD <literal> in CREATE/ALTER ROLE, and `password '<x>'` in the OPTIONS of
+# CREATE/ALTER USER MAPPING and SERVER. The literal may follow the keyword with no space at all
+# (PASSWORD'x' is valid SQL) or after comments. Literal forms:
+#   '...' / E'...' / U&'...'  quotes doubled ('') or, in E'' strings (and in plain ones under
+#                             standard_conforming_strings = off), escaped with a backslash:
+#                             both escapes are honoured everywhere, so a literal is never cut
+#                             short (over-redacting is the safe side);
+#   $$...$$ / $tag$...$tag$   dollar quoting;
+#   "..."                     an identifier, not a valid password, but the failed statement's
+#                             text stays in pg_stat_activity all the same.
+# An unterminated literal (query text truncated at track_activity_query_size) is removed up
+# to the end of the text. `'password'` (the word inside a string) is not a keyword: a quote
+# right before it leaves it alone, so `WHERE method = 'password'` stays readable.
+_SQL_LITERAL = (
+    r"(?:[Ee]|[Uu]&)?'(?:[^'\\]|\\.|'')*(?:'|\\?\Z)"
+    r"|\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*|)\$(?:.*?\$(?P=tag)\$|.*\Z)"
+    r'|"(?:[^"]|"")*(?:"|\Z)'
+)
+_SQL_PASSWORD = re.compile(
+    rf"(?is)(?<!['\w])(password)((?:\s|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*)(?:{_SQL_LITERAL})"
+)
+
+
+def _sub_at_words(
+    pattern: re.Pattern[str], words: tuple[str, ...], text: str, lowered: str, repl: Callable[[re.Match[str]], str]
+) -> str:
+    """pattern.sub(repl, text) for a pattern whose every match starts with one of `words`
+    (case-insensitive): the pattern is tried only where a word occurs. Query texts are scrubbed
+    on every poll, and Python's regex engine tries a case-insensitive pattern at every position
+    of the text, at many times the cost of str.find over the lowered text."""
+    if len(lowered) != len(text):  # a character whose lower case is longer: positions differ
+        return pattern.sub(repl, text)
+    starts = sorted({i for w in words for i in _find_all(lowered, w)})
+    out: list[str] = []
+    last = 0
+    for i in starts:
+        if i < last:
+            continue
+        m = pattern.match(text, i)  # lookbehinds and \b still see text[i - 1]
+        if m is not None:
+            out += (text[last:i], repl(m))
+            last = m.end()
+    return "".join(out) + text[last:] if out else text
+
+
+def _find_all(haystack: str, needle: str) -> list[int]:
+    found, i = [], haystack.find(needle)
+    while i != -1:
+        found.append(i)
+        i = haystack.find(needle, i + 1)
+    return found
+
+
+def _sql_repl(m: re.Match[str]) -> str:
+    return m.group(1) + (m.group(2) or " ") + "'" + REDACTED + "'"
+
+
+def _kv_repl(m: re.Match[str]) -> str:
+    return m.group(1) + m.group(2) + REDACTED
+
+
+def scrub_text(text: str) -> str:
+    """Remove credentials written inside a string: connection URLs, ``password=...``, and SQL
+    ``[ENCRYPTED] PASSWORD '...'`` (query texts from pg_stat_activity / pg_stat_statements,
+    audit messages). Every removed value becomes ``***`` (in SQL: the literal ``'***'``)."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    text = _sub_at_words(_SQL_PASSWORD, ("password",), text, text.lower(), _sql_repl)
+    return _sub_at_words(_KV_PASSWORD, _KV_WORDS, text, text.lower(), _kv_repl)
 
 
 class SecretRefLike:  # pragma: no cover - typing aid only

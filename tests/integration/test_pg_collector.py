@@ -26,6 +26,7 @@ from dbops.engines import adapter_class
 from dbops.engines.postgres.adapter import STATEMENTS_MISSING, PostgresAdapter, rank_statements
 from dbops.engines.postgres.assess import assess_cluster, update_baseline
 from dbops.engines.postgres.data import PgMemberData
+from dbops.engines.postgres.queries import REPLAY_WAITING_FOR_WAL
 from dbops.model import Reachability, Severity, Snapshot
 from dbops.secrets import Secret, SecretError
 
@@ -291,6 +292,48 @@ async def test_statements_note_when_extension_missing(pg_sandbox: Any) -> None:
     assert d.statements is None and d.statements_note == STATEMENTS_MISSING
 
 
+async def test_password_in_query_text_never_reaches_the_data(pg_sandbox: Any) -> None:
+    """pg_stat_activity and pg_stat_statements keep `ALTER ROLE ... PASSWORD '...'` verbatim: the
+    adapter scrubs every query text, so no screen, check or audit record gets the literal."""
+    ref = cluster_ref(pg_sandbox)
+    role, secret = "dbops_it_pw_role", "TopSecret-123"
+    await pg_sandbox.fetch("pg1", f"DROP ROLE IF EXISTS {role}")  # a leftover of an interrupted run
+    await pg_sandbox.fetch("pg1", f"CREATE ROLE {role}")
+    try:
+        async with adapters(ref, "pg1") as (a,), connection(pg_sandbox) as conn:
+            await a.collect()  # the statements' previous totals: the ALTER is then a fresh delta
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                for _ in range(3):  # a busy statement ranks among the top ones
+                    await conn.execute(f"ALTER ROLE {role} PASSWORD '{secret}'")
+                pid = conn.get_server_pid()
+
+                async def both_seen() -> Any:
+                    d = await a.collect()
+                    session = next((s for s in d.sessions if s.pid == pid), None)
+                    statement = next((s for s in d.statements or () if role in s.query), None)
+                    return (d, session, statement) if session is not None and statement is not None else None
+
+                # idle in transaction: pg_stat_activity keeps the ALTER as the session's query
+                d, session, statement = await wait_until(both_seen, "the ALTER ROLE in sessions and statements")
+                assert session.query == f"ALTER ROLE {role} PASSWORD '***'", session.query
+                assert statement.query == f"ALTER ROLE {role} PASSWORD '***'", statement.query
+                assert secret not in repr(d)
+                again = await a.session(pid)  # the re-read before an action goes the same way
+                assert again is not None and secret not in repr(again)
+            finally:
+                await tx.rollback()
+    finally:
+        await pg_sandbox.fetch("pg1", f"DROP ROLE IF EXISTS {role}")
+        # pg_stat_statements would keep the literal on the server: forget that entry only
+        await pg_sandbox.fetch(
+            "pg1",
+            "SELECT pg_stat_statements_reset(0, 0, queryid) FROM pg_stat_statements WHERE query LIKE $1",
+            f"%{role}%PASSWORD%",
+        )
+
+
 async def test_dbops_own_sessions_never_listed(pg_sandbox: Any) -> None:
     ref = cluster_ref(pg_sandbox)
     async with adapters(ref, "pg1", "pg1") as (a, b):
@@ -306,10 +349,10 @@ async def test_dbops_own_sessions_never_listed(pg_sandbox: Any) -> None:
 
 async def test_replay_pause_turns_lag_warn_then_crit(pg_sandbox: Any) -> None:
     await ready(pg_sandbox)
-    # Small byte thresholds so a few MiB of WAL cross them; seconds thresholds out of the way.
-    ref = cluster_ref(
-        pg_sandbox, lag_bytes_warn=256 * KiB, lag_bytes_crit=8 * MiB, lag_seconds_warn=1e9, lag_seconds_crit=1e9
-    )
+    await settled(pg_sandbox)
+    # Small byte thresholds so a few MiB of WAL cross them; the seconds thresholds keep their
+    # defaults (the paused standby's seconds lag grows too: judged in the next test).
+    ref = cluster_ref(pg_sandbox, lag_bytes_warn=256 * KiB, lag_bytes_crit=8 * MiB)
     async with adapters(ref, "pg1", "pg2", "pg3") as ads:
         health = assess_cluster(ref, await collect_all(ref, ads))
         assert metric(health, "pg3", "lag_bytes").severity is Severity.OK
@@ -326,7 +369,7 @@ async def test_replay_pause_turns_lag_warn_then_crit(pg_sandbox: Any) -> None:
             assert m.severity is Severity.WARN, m.message
             assert metric(health, "pg3", "replay_paused").severity is Severity.WARN
             pg3 = next(h for h in health.members if h.name == "pg3")
-            assert pg3.lag_bytes == m.value and pg3.severity is Severity.WARN
+            assert pg3.lag_bytes == m.value and pg3.severity.rank >= Severity.WARN.rank
 
             # pg2 keeps replaying: once pg1 has pg2's next status reply, pg2 is fine, pg3 still WARN.
             async def pg2_fine() -> Any:
@@ -348,6 +391,142 @@ async def test_replay_pause_turns_lag_warn_then_crit(pg_sandbox: Any) -> None:
             return d.wal_receiver is not None and not d.wal_receiver.replay_paused and d.wal_receiver.replay_lag_bytes == 0
 
         await wait_until(caught_up, "pg3 to replay what it received")
+
+
+def replica_row(data: PgMemberData, name: str) -> Any:
+    return next((r for r in data.replicas if r.application_name == name), None)
+
+
+async def settled(pg_sandbox: Any) -> None:
+    """Both replicas replayed all pg1 sent, and pg1's walsenders forgot the lag they measured
+    during an earlier test (replay_lag turns NULL after two caught-up status replies)."""
+
+    async def quiet() -> bool:
+        rows = await pg_sandbox.fetch(
+            "pg1",
+            "SELECT application_name, replay_lsn = sent_lsn AS caught_up, replay_lag FROM pg_stat_replication",
+        )
+        by_name = {r["application_name"]: r for r in rows}
+        return all(n in by_name and by_name[n]["caught_up"] and by_name[n]["replay_lag"] is None for n in ("pg2", "pg3"))
+
+    await wait_until(quiet, "pg2 and pg3 to be caught up and idle", attempts=300)
+
+
+async def test_paused_replay_lag_seconds_come_from_the_primary_and_grow(pg_sandbox: Any) -> None:
+    """A stuck apply position reads as a growing lag in the primary's pg_stat_replication (the
+    walsender interpolates between its WAL timing samples on every status reply of the standby),
+    so the primary's view, which dbops uses, turns WARN and then CRIT."""
+    await ready(pg_sandbox)
+    await settled(pg_sandbox)
+    ref = cluster_ref(pg_sandbox, lag_seconds_warn=2.0, lag_seconds_crit=5.0)
+    async with adapters(ref, "pg1", "pg3") as ads:
+
+        async def lag(severity: Severity) -> Any:
+            snaps = await collect_all(ref, ads)
+            h = assess_cluster(ref, snaps)
+            m = metric(h, "pg3", "lag_seconds")
+            if m.severity.rank > severity.rank:
+                pytest.fail(f"lag_seconds went past {severity.name} without being seen there: {m.message}")
+            if m.severity is not severity:
+                return None
+            # paused with WAL to replay: not waiting for WAL, and the figure judged is the
+            # primary's replay_lag, whatever the standby thinks of itself
+            assert snaps["pg3"].data.extra[REPLAY_WAITING_FOR_WAL] is False
+            row = replica_row(snaps["pg1"].data, "pg3")
+            assert row is not None and m.value == row.replay_lag_seconds, (m.value, row)
+            return h, m
+
+        await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_pause()")
+        try:
+            await emit_wal(pg_sandbox, 64 * KiB)  # one burst; nothing more is written
+            h, m = await wait_until(lambda: lag(Severity.WARN), "pg3 lag_seconds past 2s", attempts=300)
+            assert m.message.startswith("replay lag ") and m.message.endswith("> warn 2.0s"), m.message
+            assert metric(h, "pg3", "replay_paused").severity is Severity.WARN
+            h, m = await wait_until(lambda: lag(Severity.CRIT), "pg3 lag_seconds past 5s", attempts=300)
+            assert m.message.endswith("> crit 5.0s") and m.value > 5.0, m.message
+            assert next(x for x in h.members if x.name == "pg3").lag_seconds == m.value
+        finally:
+            await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_resume()")
+    await settled(pg_sandbox)
+
+
+async def test_long_transaction_on_the_primary_is_not_replica_lag(pg_sandbox: Any) -> None:
+    """One transaction writes WAL, sleeps 12 s, writes more: no commit reaches the replicas for
+    12 s+, so `now() - pg_last_xact_replay_timestamp()` on them keeps growing, but they replay
+    the WAL as it arrives. With the default thresholds (10 s / 60 s) pg3 must stay OK."""
+    await ready(pg_sandbox)
+    await settled(pg_sandbox)
+    ref = cluster_ref(pg_sandbox)
+    t = ref.cluster.thresholds
+    assert (t.lag_seconds_warn, t.lag_seconds_crit) == (10, 60), "the sandbox must keep the default thresholds"
+    table = "dbops_it_long_tx"
+    insert = f"INSERT INTO {table} (pad) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 5000) g"  # ~6 MiB WAL
+    await pg_sandbox.fetch("pg1", f"CREATE TABLE IF NOT EXISTS {table} (id bigserial, pad text)")
+    seen: list[tuple[str, float | None, Any]] = []  # (phase, lag_seconds, lag_seconds metric)
+    standby_cries_wolf = 0  # polls where the standby's own estimate alone would have been WARN
+
+    waiting: list[bool] = []  # pg3's startup process waiting for WAL, per poll of the sleep
+
+    def judge(phase: str, snaps: dict[str, Snapshot]) -> None:
+        h = assess_cluster(ref, snaps)
+        pg3 = next(x for x in h.members if x.name == "pg3")
+        seen.append((phase, pg3.lag_seconds, metric(h, "pg3", "lag_seconds")))
+        if phase == "sleep":
+            waiting.append(snaps["pg3"].data.extra[REPLAY_WAITING_FOR_WAL])
+
+    try:
+        async with adapters(ref, "pg1", "pg3") as ads, connection(pg_sandbox) as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(insert)
+                sleeper = asyncio.create_task(conn.execute("SELECT pg_sleep(12)"))
+                try:
+                    for _ in range(1000):  # bounded: ends when pg_sleep does
+                        judge("sleep", await collect_all(ref, ads))
+                        if sleeper.done():
+                            break
+                        await asyncio.sleep(0.2)
+                    await asyncio.wait_for(sleeper, 30)
+                finally:
+                    if not sleeper.done():
+                        sleeper.cancel()
+                        await asyncio.wait([sleeper])
+                # Writes again, and meanwhile polls: the long-running adapters, and each round a
+                # freshly started one (dbops started, or reconnected, during the load job), which
+                # has not seen the standby caught up and so cannot bound the standby's estimate.
+                # Rounds go on until such a poll caught pg3 with WAL not yet replayed a few times:
+                # then the standby's estimate is now() - its last replayed commit (> 12 s), the
+                # figure that used to turn a healthy replica WARN.
+                for _ in range(30):
+                    writer = asyncio.create_task(conn.execute(insert))
+                    try:
+                        snaps = await collect_all(ref, ads)
+                        judge("writes", snaps)
+                        async with adapters(ref, "pg3") as (fresh,):
+                            late = snapshot(ref, "pg3", await fresh.collect())
+                        judge("writes, new dbops", {**snaps, "pg3": late})
+                        wr = late.data.wal_receiver
+                        if wr is not None and (wr.replay_lag_seconds or 0.0) > t.lag_seconds_warn:
+                            standby_cries_wolf += 1
+                    finally:
+                        await asyncio.wait_for(writer, 30)
+                    if standby_cries_wolf >= 3:
+                        break
+            finally:
+                await tx.rollback()
+    finally:
+        await pg_sandbox.fetch("pg1", f"DROP TABLE IF EXISTS {table}")
+    assert {p for p, _, _ in seen} == {"sleep", "writes", "writes, new dbops"}
+    assert standby_cries_wolf, "no poll caught pg3 with WAL not yet replayed: the case was not exercised"
+    # Idle in the transaction, pg3 has replayed all it can: the signal that keeps the primary's
+    # replay_lag from counting a record pg1 has not finished writing out (the WAL of the insert
+    # before the sleep ends mid-record at a page boundary, which pg1 flushed).
+    assert any(waiting), waiting
+    bad = [(p, m.message) for p, _, m in seen if m.severity is not Severity.OK]
+    assert not bad, bad
+    worst = max(v for _, v, _ in seen if v is not None)
+    assert worst < 5.0, [(p, v) for p, v, _ in seen]
 
 
 async def test_idle_in_transaction_is_flagged(pg_sandbox: Any) -> None:

@@ -11,17 +11,20 @@ import dataclasses
 import pytest
 
 from dbops.config import parse
+from dbops.engines.postgres.adapter import bound_standby_lag
 from dbops.engines.postgres.assess import assess_cluster, human_count, update_baseline
 from dbops.engines.postgres.data import (
     Archiver,
     PgBouncerData,
     PgMemberData,
+    PoolRow,
     ReplicaRow,
     Session,
     Slot,
     WalReceiver,
 )
-from dbops.model import Reachability, Severity, Snapshot
+from dbops.engines.postgres.queries import REPLAY_WAITING_FOR_WAL
+from dbops.model import Reachability, Severity, Snapshot, human_seconds
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -278,12 +281,13 @@ def test_replica_lag_message(ref):
     "lag, severity", [(10.0, Severity.OK), (10.5, Severity.WARN), (60.0, Severity.WARN), (60.5, Severity.CRIT)]
 )
 def test_replica_lag_seconds_thresholds(ref, lag, severity):
-    h = assess_cluster(ref, healthy(pg3=snap("pg3", standby(wal_receiver=receiver(replay_lag_seconds=lag)))), now=NOW)
+    p = primary(replicas=[replica_row("walrcv_pg2"), replica_row("pg3", replay_bytes=1000, replay_seconds=lag)])
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", p)), now=NOW)
     assert metric(h, "pg3", "lag_seconds").severity is severity
     assert member(h, "pg3").lag_seconds == lag
 
 
-def test_replica_lag_is_worst_of_own_and_primary_view(ref):
+def test_replica_lag_bytes_is_worst_of_own_and_primary_view(ref):
     # pg2 reports itself caught up, but the primary's row for its application_name says 50 MiB / 70 s
     p = primary(replicas=[replica_row("walrcv_pg2", replay_bytes=50 * MiB, replay_seconds=70.0), replica_row("pg3")])
     h = assess_cluster(ref, healthy(pg1=snap("pg1", p)), now=NOW)
@@ -293,6 +297,92 @@ def test_replica_lag_is_worst_of_own_and_primary_view(ref):
     assert metric(h, "pg2", "lag_seconds").severity is Severity.CRIT
     # pg3 is matched by member name (no application_name configured) and stays fine
     assert member(h, "pg3").lag_bytes == 0
+    # and the standby's own byte view counts when it is the worse one
+    s = snap("pg3", standby(wal_receiver=receiver(replay_lag_bytes=30 * MiB)))
+    assert member(assess_cluster(ref, healthy(pg1=snap("pg1", p), pg3=s), now=NOW), "pg3").lag_bytes == 30 * MiB
+
+
+def test_lag_seconds_comes_from_the_primary_not_the_standbys_last_commit(ref):
+    # One long transaction on the primary: WAL flows, no commit is replayed, so the standby's
+    # now() - pg_last_xact_replay_timestamp() says 700 s while the walsender measures 0.2 s.
+    long_tx = snap("pg3", standby(wal_receiver=receiver(replay_lag_bytes=8192, replay_lag_seconds=700.0)))
+    p = primary(replicas=[replica_row("walrcv_pg2"), replica_row("pg3", replay_bytes=8192, replay_seconds=0.2)])
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", p), pg3=long_tx), now=NOW)
+    assert member(h, "pg3").lag_seconds == 0.2
+    assert metric(h, "pg3", "lag_seconds").severity is Severity.OK
+    assert member(h, "pg3").severity is Severity.OK
+
+
+def test_null_replay_lag_on_the_primary_means_caught_up(ref):
+    # The walsender clears replay_lag once the standby has replayed all it was sent (idle).
+    p = primary(replicas=[replica_row("walrcv_pg2", replay_seconds=None), replica_row("pg3", replay_seconds=None)])
+    own = snap("pg3", standby(wal_receiver=receiver(replay_lag_seconds=None)))
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", p), pg3=own), now=NOW)
+    assert member(h, "pg2").lag_seconds == 0.0 and member(h, "pg3").lag_seconds == 0.0
+    assert metric(h, "pg3", "lag_seconds").severity is Severity.OK
+
+
+def test_lag_seconds_falls_back_to_the_standby_without_a_primary_view(ref):
+    stuck = snap("pg3", standby(wal_receiver=receiver(replay_lag_bytes=MiB, replay_lag_seconds=75.0)))
+    # the primary is down
+    down = snap("pg1", reach=Reachability.DOWN, error="connection refused", last_good=primary(), last_good_at=NOW - 5)
+    h = assess_cluster(ref, healthy(pg1=down, pg3=stuck), now=NOW)
+    assert member(h, "pg3").lag_seconds == 75.0
+    assert metric(h, "pg3", "lag_seconds").severity is Severity.CRIT
+    # the primary is up but has no row for pg3 (pg3 is not connected to it)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[replica_row("walrcv_pg2")])), pg3=stuck), now=NOW)
+    assert member(h, "pg3").lag_seconds == 75.0
+    # the primary has not been polled yet
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", reach=Reachability.PENDING), pg3=stuck), now=NOW)
+    assert member(h, "pg3").lag_seconds == 75.0
+
+
+def waiting_for_wal(data, waiting=True):
+    return dataclasses.replace(data, extra={REPLAY_WAITING_FOR_WAL: waiting})
+
+
+def test_standby_waiting_for_wal_is_behind_by_its_flush_lag_only(ref):
+    # A transaction wrote WAL and paused: the primary wrote out WAL up to a page boundary in the
+    # middle of a record. pg3 replayed everything before that record and waits for the rest; the
+    # walsender counts the record as unreplayed and replay_lag grows (12 s), flush_lag does not.
+    row = replica_row("pg3", replay_bytes=3000, replay_seconds=12.0, flush_lag_seconds=0.0005)
+    p = primary(replicas=[replica_row("walrcv_pg2"), row])
+    pg3 = snap("pg3", waiting_for_wal(standby(wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=0.0))))
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", p), pg3=pg3), now=NOW)
+    assert member(h, "pg3").lag_seconds == 0.0005
+    assert metric(h, "pg3", "lag_seconds").severity is Severity.OK
+    assert member(h, "pg3").lag_bytes == 3000  # bytes still as the primary and the standby see them
+    # a flush lag of its own (WAL slow to arrive) still counts, NULL is none
+    slow = dataclasses.replace(row, flush_lag_seconds=42.0)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[slow])), pg3=pg3), now=NOW)
+    assert member(h, "pg3").lag_seconds == 42.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+    idle = dataclasses.replace(row, flush_lag_seconds=None)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[idle])), pg3=pg3), now=NOW)
+    assert member(h, "pg3").lag_seconds == 0.0
+
+
+def test_standby_not_waiting_for_wal_keeps_the_replay_lag(ref):
+    # paused (or blocked by a conflict): the startup process is not waiting for WAL
+    row = replica_row("pg3", replay_bytes=3000, replay_seconds=12.0, flush_lag_seconds=0.0005)
+    for data in (standby(), waiting_for_wal(standby(), waiting=False)):
+        h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", data)), now=NOW)
+        assert member(h, "pg3").lag_seconds == 12.0
+        assert metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+
+
+def test_bound_standby_lag_counts_waiting_for_wal_as_caught_up():
+    data = waiting_for_wal(standby(wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=0.0)))
+    assert bound_standby_lag(data, 100.0, now=200.0) == (data, 200.0)
+    busy = waiting_for_wal(standby(wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=900.0)), waiting=False)
+    out, at = bound_standby_lag(busy, 200.0, now=203.0)
+    assert out.wal_receiver.replay_lag_seconds == 3.0 and at == 200.0
+
+
+def test_split_brain_lag_seconds_is_the_worst_primary_row(ref):
+    a = primary(replicas=[replica_row("pg3", replay_seconds=3.0)])
+    b = primary(timeline=2, replicas=[replica_row("pg3", replay_seconds=None)])
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", a), pg2=snap("pg2", b)), now=NOW)
+    assert member(h, "pg3").lag_seconds == 3.0
 
 
 def test_primary_row_matched_by_member_name_too(ref):
@@ -452,22 +542,68 @@ def test_archiver_recovered_when_success_is_newer(ref):
     assert metric(h, "pg1", "archiver").severity is Severity.OK
 
 
-def test_archiver_failures_since_baseline(ref):
-    recovered = archiver(failed_count=3, last_failed_wal="00000001000000000000000A", last_failed_age_seconds=500.0)
-    first = {"pg1": snap("pg1", primary(archiver=archiver(failed_count=2)))}
-    baseline = update_baseline(None, first)
+def hub_assess(ref, baseline, *archivers, **thresholds):
+    """What the poller hub does on every poll: update_baseline, then assess_cluster, same snapshots.
+    Returns the archiver metric of pg1 after each poll and the final baseline."""
+    r = with_thresholds(ref, **thresholds) if thresholds else ref
+    out = []
+    for a in archivers:
+        snaps = healthy(pg1=snap("pg1", primary(archiver=a)))
+        baseline = update_baseline(baseline, snaps)
+        out.append(metric(assess_cluster(r, snaps, baseline, now=NOW), "pg1", "archiver"))
+    return out, baseline
+
+
+FAILED_WAL = "00000001000000000000000A"
+
+
+def test_archiver_baseline_is_taken_on_the_first_look(ref):
+    baseline = update_baseline(None, {"pg1": snap("pg1", primary(archiver=archiver(failed_count=2)))})
     assert baseline["pg1"] == {"archiver_failed_count": 2}
-    # a later poll does not move the baseline
-    assert update_baseline(baseline, {"pg1": snap("pg1", primary(archiver=recovered))}) == baseline
-    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(archiver=recovered))), baseline, now=NOW)
-    m = metric(h, "pg1", "archiver")
-    assert m.severity is Severity.WARN
-    assert m.message.startswith("1 archive failures since dbops started watching")
+    # counters that go backwards (pg_stat_reset_shared('archiver')) start a new baseline
+    assert update_baseline(baseline, {"pg1": snap("pg1", primary(archiver=archiver(failed_count=0)))})["pg1"] == {
+        "archiver_failed_count": 0
+    }
+
+
+def test_archiver_warn_clears_once_archiving_is_healthy_again(ref):
+    healthy_before = archiver(failed_count=2)
+    failing = archiver(failed_count=5, last_failed_wal=FAILED_WAL, last_failed_age_seconds=2.0, last_archived_age_seconds=90.0)
+    # the retry archived the segment 1 s ago: the stateless rule is satisfied, the episode is not over
+    just_recovered = archiver(failed_count=5, last_failed_wal=FAILED_WAL, last_failed_age_seconds=4.0, last_archived_age_seconds=1.0)
+    quiet = archiver(failed_count=5, last_failed_wal=FAILED_WAL, last_failed_age_seconds=301.0, last_archived_age_seconds=20.0)
+    later = archiver(failed_count=5, last_failed_wal=FAILED_WAL, last_failed_age_seconds=900.0, last_archived_age_seconds=20.0)
+    metrics, baseline = hub_assess(ref, None, healthy_before, failing, just_recovered, quiet, later)
+    assert [m.severity for m in metrics] == [Severity.OK, Severity.WARN, Severity.WARN, Severity.OK, Severity.OK]
+    assert metrics[1].message.startswith(f"archiving failing: last failed {FAILED_WAL} 2.0s ago")
+    assert metrics[2].message == f"archiving flaky: 3 failures since it was last healthy (last failed {FAILED_WAL} 4.0s ago)"
+    assert metrics[3].message == "last archived 000000010000000000000009 20s ago"
+    assert baseline["pg1"] == {"archiver_failed_count": 5}
+
+
+def test_archiver_flapping_warns_while_it_lasts(ref):
+    # Every failure is retried successfully before the next poll: the stateless rule never fires.
+    def flap(count, failed_age):
+        return archiver(failed_count=count, last_failed_wal=FAILED_WAL, last_failed_age_seconds=failed_age,
+                        last_archived_age_seconds=0.5)
+
+    metrics, baseline = hub_assess(ref, None, archiver(failed_count=0), flap(1, 1.0), flap(2, 60.0), flap(3, 2.0))
+    assert [m.severity for m in metrics] == [Severity.OK, Severity.WARN, Severity.WARN, Severity.WARN]
+    assert metrics[1].message.startswith("archiving flaky: 1 failure since it was last healthy")
+    assert metrics[3].message.startswith("archiving flaky: 3 failures since")
+    # five quiet minutes after the last failure: over
+    metrics, baseline = hub_assess(ref, baseline, flap(3, 300.0))
+    assert metrics[0].severity is Severity.OK and baseline["pg1"] == {"archiver_failed_count": 3}
+    # and a new failure later is a new episode, counted from there
+    metrics, _ = hub_assess(ref, baseline, flap(4, 1.0))
+    assert metrics[0].message.startswith("archiving flaky: 1 failure since")
+
+
+def test_archiver_failures_allowance(ref):
     # the configured allowance: archiver_failures_warn = 1 tolerates one failure
-    h = assess_cluster(
-        with_thresholds(ref, archiver_failures_warn=1), healthy(pg1=snap("pg1", primary(archiver=recovered))), baseline, now=NOW
-    )
-    assert metric(h, "pg1", "archiver").severity is Severity.OK
+    flap = archiver(failed_count=1, last_failed_wal=FAILED_WAL, last_failed_age_seconds=5.0, last_archived_age_seconds=1.0)
+    metrics, _ = hub_assess(ref, None, archiver(failed_count=0), flap, archiver_failures_warn=1)
+    assert [m.severity for m in metrics] == [Severity.OK, Severity.OK]
 
 
 def test_archiver_failing_with_nothing_archived_ever(ref):
@@ -494,6 +630,80 @@ def test_pgbouncer_error_is_warn(ref):
     m = metric(h, "pg1", "pgbouncer")
     assert m.severity is Severity.WARN
     assert m.message == "PgBouncer unreadable: PgBouncer refused the connection at 10.0.0.9:6432"
+
+
+def pool(database="app", user="app", cl_waiting=0, maxwait=0.0, sv_active=2, pool_size=20, **kw):
+    base = dict(
+        database=database, user=user, cl_active=5, cl_waiting=cl_waiting, sv_active=sv_active, sv_idle=0, sv_used=0,
+        maxwait_seconds=maxwait, pool_size=pool_size, pool_mode="transaction",
+    )
+    base.update(kw)
+    return PoolRow(**base)
+
+
+def pool_metrics(ref, *pools):
+    pb = PgBouncerData(pools=tuple(pools), stats=())
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(pgbouncer=pb))), now=NOW)
+    return h, [m for m in member(h, "pg1").metrics if m.name.startswith("pgbouncer")]
+
+
+def test_pgbouncer_healthy_pools_are_ok(ref):
+    h, ms = pool_metrics(
+        ref,
+        pool(),
+        pool(database="b", cl_waiting=3, maxwait=0.9),  # a short queue, capacity left
+        pool(database="c", sv_active=20, pool_size=20),  # busy but nobody waits
+        pool(database="d", cl_waiting=2, maxwait=0.5, sv_active=20, pool_size=None),  # size unknown
+        pool(database="e", cl_waiting=2, maxwait=0.5, sv_active=5, pool_size=0),
+    )
+    assert [(m.name, m.severity) for m in ms] == [("pgbouncer", Severity.OK)]
+    assert ms[0].message == "PgBouncer: 5 pools, 7 clients waiting"
+    assert h.severity is Severity.OK
+
+
+@pytest.mark.parametrize(
+    "maxwait, severity",
+    [(0.99, None), (1.0, Severity.WARN), (3.2, Severity.WARN), (9.99, Severity.WARN), (10.0, Severity.CRIT), (42.0, Severity.CRIT)],
+)
+def test_pgbouncer_clients_waiting(ref, maxwait, severity):
+    h, ms = pool_metrics(ref, pool(database="shop", user="api", cl_waiting=4, maxwait=maxwait))
+    found = [m for m in ms if m.name == "pgbouncer:shop/api"]
+    if severity is None:
+        assert found == [] and member(h, "pg1").severity is Severity.OK
+        return
+    (m,) = found
+    assert m.severity is severity and member(h, "pg1").severity is severity
+    assert m.message == f"pool shop/api: 4 clients waiting, longest {human_seconds(maxwait)}"
+    assert m.value == maxwait
+
+
+def test_pgbouncer_waiting_message(ref):
+    _, ms = pool_metrics(ref, pool(cl_waiting=1, maxwait=3.2))
+    assert ms[1].message == "pool app/app: 1 client waiting, longest 3.2s"
+
+
+def test_pgbouncer_pool_saturated(ref):
+    h, ms = pool_metrics(ref, pool(cl_waiting=5, maxwait=0.2, sv_active=20, pool_size=20))
+    m = ms[1]
+    assert (m.name, m.severity) == ("pgbouncer:app/app", Severity.WARN)
+    assert m.message == "pool app/app saturated (20/20 server connections, 5 waiting)"
+    assert h.severity is Severity.WARN
+    # saturated and waiting long: one metric per pool, the wait decides between WARN and CRIT
+    _, ms = pool_metrics(ref, pool(cl_waiting=5, maxwait=12.0, sv_active=20, pool_size=20))
+    assert [m.name for m in ms] == ["pgbouncer", "pgbouncer:app/app"]
+    assert ms[1].severity is Severity.CRIT
+    assert ms[1].message == "pool app/app saturated (20/20 server connections), 5 clients waiting, longest 12s"
+
+
+def test_pgbouncer_one_metric_per_troubled_pool(ref):
+    h, ms = pool_metrics(
+        ref, pool(database="a", cl_waiting=1, maxwait=2.0), pool(database="b"), pool(database="c", user="x", cl_waiting=9, maxwait=11.0)
+    )
+    assert [(m.name, m.severity) for m in ms] == [
+        ("pgbouncer", Severity.OK), ("pgbouncer:a/app", Severity.WARN), ("pgbouncer:c/x", Severity.CRIT)
+    ]
+    assert member(h, "pg1").severity is Severity.CRIT
+    assert "pg1: pool c/x: 9 clients waiting, longest 11s" in h.problems
 
 
 def test_custom_thresholds_apply(ref):

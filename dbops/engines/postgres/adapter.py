@@ -34,7 +34,7 @@ from dbops.engines.postgres.data import (
 )
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
 from dbops.model import Reachability
-from dbops.secrets import Secret, SecretError, redact, resolve
+from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,9 @@ class PostgresAdapter(Adapter):
         missing = [qid for qid, *_ in ranked if qid not in self._texts]
         if missing:
             for r in await conn.fetch(Q.STATEMENT_TEXTS, ",".join(str(qid) for qid in missing)):
-                self._texts[r["queryid"]] = r["query"]
+                # Utility statements are kept verbatim (ALTER ROLE ... PASSWORD '...'): scrubbed
+                # here, before the text is cached, so no consumer ever holds the literal.
+                self._texts[r["queryid"]] = scrub_text(r["query"] or "")
         # Keep texts only for statements that still exist, so the cache stays bounded.
         self._texts = {qid: text for qid, text in self._texts.items() if qid in current}
         out = []
@@ -383,7 +385,8 @@ def _session(d: dict[str, Any]) -> Session:
         state=d["state"],
         wait_event_type=d["wait_event_type"],
         wait_event=d["wait_event"],
-        query=d["query"] or "",
+        # pg_stat_activity shows a statement as the client sent it, passwords included.
+        query=scrub_text(d["query"] or ""),
         query_age_seconds=d["query_age"],
         xact_age_seconds=d["xact_age"],
         state_age_seconds=d["state_age"],
@@ -465,11 +468,16 @@ def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: 
         max_xid_age=row["max_xid_age"],
         max_xid_age_database=row["max_xid_age_database"],
         archiver=archiver,
+        # (data.py's WalReceiver has no field for it yet; assess.replica_lag reads it from here)
+        extra={Q.REPLAY_WAITING_FOR_WAL: bool(row[Q.REPLAY_WAITING_FOR_WAL])} if in_recovery else {},
     )
 
 
 def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float) -> tuple[PgMemberData, float | None]:
-    """Cap a standby's replay lag in seconds by how long it has been behind.
+    """Cap a standby's own replay lag in seconds by how long it has been behind.
+
+    The assessment judges a standby's seconds lag from the primary's pg_stat_replication when
+    it has it (assess.replica_lag); this own estimate counts only without a primary view.
 
     "now - last replayed commit" alone cries wolf after a quiet spell: the first few KB of WAL
     after an hour without commits would read as an hour of lag. A standby that this adapter saw
@@ -480,8 +488,8 @@ def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float
     w = data.wal_receiver
     if w is None:
         return data, None
-    if not w.replay_lag_bytes:
-        return data, now
+    if not w.replay_lag_bytes or data.extra.get(Q.REPLAY_WAITING_FOR_WAL) is True:
+        return data, now  # nothing left it could replay: caught up
     if caught_up_at is None or w.replay_lag_seconds is None:
         return data, caught_up_at
     behind_for = max(0.0, now - caught_up_at)

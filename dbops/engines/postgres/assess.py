@@ -1,12 +1,21 @@
 """Judge a PostgreSQL cluster from its members' snapshots: pure functions, no I/O.
 
 Every rule compares with the cluster's PostgresThresholds and is strict: a value equal to a
-threshold is still fine, one past it is not ("lag > warn", "cache hit ratio < warn").
+threshold is still fine, one past it is not ("lag > warn", "cache hit ratio < warn"). The one
+exception, PgBouncer's wait limits (module constants), says why where they are defined.
 Each Metric.message is one short sentence for the engineer reading it at 3 a.m.
 
 Metric names (stable, for panes and tests): reachability, streaming, replay_paused, lag_bytes,
 lag_seconds, connections, cache_hit_ratio, archiver, xid_age, slots / slot:<name>,
-long_queries, idle_in_transaction, pgbouncer; on the cluster: primary.
+long_queries, idle_in_transaction, pgbouncer, pgbouncer:<database>/<user> (one per pool with a
+problem); on the cluster: primary.
+
+Replica lag: lag_bytes is the worst of the standby's own view and the primary's; lag_seconds
+comes from the primary's pg_stat_replication row whenever the primary is reachable and has one
+for the standby (replay_lag; flush_lag while the standby waits for WAL), and from the standby's
+own estimate only without one (replica_lag says why). The archiver's "flaky" rule and ARCHIVER_QUIET_SECONDS, and the PgBouncer pool
+limits POOL_WAIT_WARN_SECONDS / POOL_WAIT_CRIT_SECONDS, are module constants (PostgresThresholds
+has no field for them).
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ import time
 from typing import Any, Iterable
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
-from dbops.engines.postgres.data import PgMemberData, Session
+from dbops.engines.postgres.data import Archiver, PgMemberData, PoolRow, Session
+from dbops.engines.postgres.queries import REPLAY_WAITING_FOR_WAL
 from dbops.model import (
     ClusterHealth,
     MemberHealth,
@@ -50,14 +60,41 @@ def _pct(x: float) -> str:
 # Baseline (the caller keeps it; assess only reads it)
 
 
+# An archive failure followed by a success is history once no failure has happened for this
+# long: the archiver's failure counter is then re-baselined and the "flaky" WARN clears. While
+# failures keep coming closer together than this (a flaky archive_command whose retries
+# succeed), the WARN stays. Seconds, compared with the server's own last_failed_time.
+ARCHIVER_QUIET_SECONDS = 300.0
+
+
+def _archiving_recovered(a: Archiver) -> bool:
+    """The last archive attempt succeeded and the last failure is ARCHIVER_QUIET_SECONDS old."""
+    if a.last_archived_age_seconds is None:
+        return False
+    if a.last_failed_age_seconds is None:
+        return True
+    return a.last_archived_age_seconds < a.last_failed_age_seconds and a.last_failed_age_seconds >= ARCHIVER_QUIET_SECONDS
+
+
 def update_baseline(baseline: dict[str, dict[str, Any]] | None, snapshots: dict[str, Snapshot]) -> dict[str, dict[str, Any]]:
-    """Return a copy of `baseline` with the first observed archiver failed_count of every member
-    that has data and no baseline yet. Keep the result and pass it to assess_cluster."""
+    """Return a copy of `baseline` updated from this poll's snapshots; keep the result and pass it
+    to assess_cluster (the hub calls this, then assess_cluster, with the same snapshots).
+
+    archiver_failed_count: pg_stat_archiver.failed_count when archiving was last seen healthy.
+    Set on the first look at a member, and moved to the current count when archiving has
+    recovered (see ARCHIVER_QUIET_SECONDS) or the counter went backwards (stats reset, restart).
+    So the "flaky" rule counts failures of the current episode only and clears by itself.
+    """
     out = {name: dict(values) for name, values in (baseline or {}).items()}
     for name, snap in snapshots.items():
         data = snap.data
-        if isinstance(data, PgMemberData) and data.archiver is not None:
-            out.setdefault(name, {}).setdefault("archiver_failed_count", data.archiver.failed_count)
+        if not isinstance(data, PgMemberData) or data.archiver is None:
+            continue
+        a = data.archiver
+        entry = out.setdefault(name, {})
+        first = entry.get("archiver_failed_count")
+        if first is None or a.failed_count < first or _archiving_recovered(a):
+            entry["archiver_failed_count"] = a.failed_count
     return out
 
 
@@ -88,12 +125,42 @@ def _worst_of(values: Iterable[float | int | None]) -> Any:
 
 
 def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData]) -> tuple[int | None, float | None]:
-    """The worst of the standby's own view and every primary's pg_stat_replication row for it."""
+    """(lag_bytes, lag_seconds) of a replica.
+
+    Bytes: the worst of the standby's own view (received - replayed) and every reachable
+    primary's pg_stat_replication row for it (matched by application_name, else member name).
+
+    Seconds: from the primary's row whenever a reachable primary has one for this standby.
+    The walsender times each WAL position it sends and reads the time back when the standby
+    reports it replayed; with no position crossed it interpolates, so a stuck apply position
+    (paused replay, replay blocked by a conflict) shows a lag that keeps growing with every
+    status reply of the standby (wal_receiver_status_interval), while a standby that replays a
+    long transaction's WAL as it arrives stays near zero. A NULL means the standby replayed all
+    it was sent (caught up, or idle): 0.
+    - replay_lag, normally.
+    - flush_lag when the standby's startup process waits for WAL (extra[REPLAY_WAITING_FOR_WAL]):
+      it has replayed every complete record it received, so it is behind only by the time the
+      WAL takes to reach it. Here replay_lag would count the unfinished record at the end of
+      what the primary has written out (see queries.REPLAY_WAITING_FOR_WAL) as growing lag.
+    - several primaries (split brain): the worst of their rows.
+
+    The standby's own estimate, now() - last replayed commit, grows one-for-one with any long
+    transaction (no commit to replay) on a replica a fraction of a second behind. It is used
+    only without a primary view (primary down or not polled yet, or no row: the standby is not
+    connected to it), capped by the adapter (bound_standby_lag) to how long the standby has
+    been behind.
+    """
     names = {n for n in (member.application_name, member.name) if n}
     rows = [r for p in primaries for r in p.replicas if r.application_name in names]
     wr = data.wal_receiver
     lag_bytes = _worst_of([wr.replay_lag_bytes if wr else None] + [r.replay_lag_bytes for r in rows])
-    lag_seconds = _worst_of([wr.replay_lag_seconds if wr else None] + [r.replay_lag_seconds for r in rows])
+    if rows and data.extra.get(REPLAY_WAITING_FOR_WAL) is True:
+        # Replayed every complete record it has: behind only by what it has not received yet.
+        lag_seconds: float | None = max(r.flush_lag_seconds or 0.0 for r in rows)
+    elif rows:
+        lag_seconds = max(r.replay_lag_seconds or 0.0 for r in rows)
+    else:
+        lag_seconds = wr.replay_lag_seconds if wr else None
     return lag_bytes, lag_seconds
 
 
@@ -160,12 +227,16 @@ def _archiver(t: PostgresThresholds, data: PgMemberData, base: dict[str, Any] | 
             f"({a.failed_count} failures)",
             a.failed_count,
         )
+    # Stateful signal (the baseline): failures whose retries succeeded between two polls, which
+    # the stateless rule never sees. Counted since archiving was last healthy, so it clears once
+    # no failure has happened for ARCHIVER_QUIET_SECONDS (update_baseline moves the baseline).
     first = base.get("archiver_failed_count") if base else None
     if first is not None and a.failed_count - first > t.archiver_failures_warn:
+        n = a.failed_count - first
         return Metric(
             "archiver",
             WARN,
-            f"{a.failed_count - first} archive failures since dbops started watching "
+            f"archiving flaky: {n} failure{'s' if n != 1 else ''} since it was last healthy "
             f"(last failed {a.last_failed_wal} {human_seconds(a.last_failed_age_seconds)} ago)",
             a.failed_count,
         )
@@ -256,6 +327,42 @@ def _idle_in_transaction(t: PostgresThresholds, data: PgMemberData) -> Metric:
     )
 
 
+# PgBouncer pools. PostgresThresholds (dbops.config) has no PgBouncer fields yet, so these are
+# fixed here. Unlike the threshold rules above they are "at least" limits: PgBouncer before
+# 1.8 reports maxwait in whole seconds, where 1 already means a client waited a second or more.
+POOL_WAIT_WARN_SECONDS = 1.0  # a client waiting this long for a server connection: WARN
+POOL_WAIT_CRIT_SECONDS = 10.0  # ... this long: CRIT
+
+
+def _pool(p: PoolRow) -> Metric | None:
+    """One pool's problem, or None when it has none.
+
+    Waiting: clients queue (cl_waiting > 0) and the oldest has waited POOL_WAIT_WARN_SECONDS
+    (WARN) or POOL_WAIT_CRIT_SECONDS (CRIT). Saturated: every server connection the pool may
+    open is busy (sv_active >= pool_size, when the pool size is known) and clients queue: WARN
+    even before the wait gets long, since the next burst has nowhere to go.
+    """
+    if p.cl_waiting <= 0:
+        return None
+    name = f"pgbouncer:{p.database}/{p.user}"
+    where = f"pool {p.database}/{p.user}"
+    wait = p.maxwait_seconds
+    saturated = p.pool_size is not None and p.pool_size > 0 and p.sv_active >= p.pool_size
+    waits_long = wait >= POOL_WAIT_WARN_SECONDS
+    if not (saturated or waits_long):
+        return None
+    severity = CRIT if wait >= POOL_WAIT_CRIT_SECONDS else WARN
+    n = p.cl_waiting
+    clients = f"{n} client{'s' if n != 1 else ''} waiting, longest {human_seconds(wait)}"
+    if saturated and waits_long:
+        text = f"{where} saturated ({p.sv_active}/{p.pool_size} server connections), {clients}"
+    elif saturated:
+        text = f"{where} saturated ({p.sv_active}/{p.pool_size} server connections, {n} waiting)"
+    else:
+        text = f"{where}: {clients}"
+    return Metric(name, severity, text, wait)
+
+
 def assess_member(
     ref: ClusterRef,
     member: Member,
@@ -303,6 +410,7 @@ def assess_member(
     elif data.pgbouncer is not None:
         waiting = sum(p.cl_waiting for p in data.pgbouncer.pools)
         metrics.append(Metric("pgbouncer", OK, f"PgBouncer: {len(data.pgbouncer.pools)} pools, {waiting} clients waiting", waiting))
+        metrics.extend(m for p in data.pgbouncer.pools if (m := _pool(p)) is not None)
     severity = Severity.worst([m.severity for m in metrics], default=OK)
     return MemberHealth(snap, role, severity, tuple(metrics), lag_bytes, lag_seconds)
 

@@ -19,6 +19,19 @@ def _age(ts: str) -> str:
     return f"CASE WHEN {ts} IS NOT NULL THEN greatest(0, extract(epoch FROM now() - {ts}))::float8 END"
 
 
+# OVERVIEW column, and key of PgMemberData.extra on a standby: True when the standby's startup
+# process is idle waiting for WAL, i.e. it has replayed every complete WAL record it received.
+# What it received but has not replayed is then the unfinished tail of a record: the primary
+# writes out WAL only up to the last full page until a commit, a full page or the bgwriter's
+# running-xacts record (every 15 s) forces more out, so during a transaction that pauses after
+# writing, a standby can hold a partial record for up to ~15 s (seen in the sandbox: 13 s). The
+# primary's pg_stat_replication.replay_lag counts that as growing lag; assess.replica_lag does not.
+REPLAY_WAITING_FOR_WAL = "replay_waiting_for_wal"
+# The startup process's wait events while it waits for WAL from the walreceiver
+# (RecoveryWalStream) or for WAL from any source before retrying (RecoveryRetrieveRetryInterval).
+_WAITING_FOR_WAL = "('RecoveryWalStream', 'RecoveryRetrieveRetryInterval')"
+
+
 # One pg_stat_activity row (alias a) as JSON. pg_blocking_pids() is costly (it takes the lock
 # manager's partition locks), so it runs only for sessions that wait on a heavyweight lock.
 _SESSION_JSON = f"""
@@ -85,11 +98,17 @@ SELECT
     CASE WHEN r.rec AND pg_last_wal_receive_lsn() IS NOT NULL
          THEN greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint
     END AS standby_replay_lag_bytes,
+    -- The standby's own seconds estimate: only a fallback for when no primary's
+    -- pg_stat_replication row is at hand (assess.replica_lag). It is wrong during one long
+    -- transaction (no commit to replay, so it grows with the transaction). 0 when the standby
+    -- has nothing it could replay: all received WAL replayed, or the startup process waiting
+    -- for more (what is left is the unfinished tail of a record).
     CASE WHEN r.rec THEN
-        CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::float8
+        CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() OR sw.waiting THEN 0::float8
              ELSE {_age('pg_last_xact_replay_timestamp()')}
         END
     END AS standby_replay_lag_seconds,
+    sw.waiting AS {REPLAY_WAITING_FOR_WAL},
     CASE WHEN r.rec THEN pg_is_wal_replay_paused() ELSE false END AS replay_paused,
     (SELECT coalesce(json_agg(json_build_object(
                 'slot_name', s.slot_name,
@@ -129,6 +148,15 @@ CROSS JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT datname, age(datfrozenxid)::bigint AS xid_age FROM pg_database ORDER BY 2 DESC LIMIT 1
 ) x ON true
+CROSS JOIN LATERAL (
+    -- A standby whose startup process waits for WAL to arrive has replayed every complete
+    -- record it received (NULL on a primary; false when this role may not see the startup
+    -- process's wait event: grant pg_monitor or pg_read_all_stats).
+    SELECT CASE WHEN r.rec THEN EXISTS (
+        SELECT 1 FROM pg_stat_activity
+         WHERE backend_type = 'startup' AND wait_event IN {_WAITING_FOR_WAL}
+    ) END AS waiting
+) sw
 CROSS JOIN pg_stat_archiver ar
 """
 
