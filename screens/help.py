@@ -43,8 +43,9 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-dialog"):
             for title, rows in KEYS:
                 t = Table(title=title, title_justify="left", show_header=False, box=None, expand=True)
-                t.add_column(style="bold cyan", width=18)
-                t.add_column()
+                # Fixed key column so the three tables line up.
+                t.add_column(style="bold cyan", width=20, min_width=20, max_width=20, no_wrap=True)
+                t.add_column(ratio=1)
                 for k, what in rows:
                     t.add_row(k, what)
                 yield Static(t)

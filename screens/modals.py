@@ -57,6 +57,8 @@ class ConfirmBackendModal(ModalScreen[bool]):
             if a.needs_typed_pid:
                 yield Label(Text(f"Production: type the pid {a.pid} to confirm", style="bold red"))
                 yield Input(placeholder=str(a.pid), id="typed-pid")
+            keys = "type the pid and press enter; escape declines" if a.needs_typed_pid else "y confirms; n or escape declines"
+            yield Static(Text(f"{keys} (declining sends nothing and is audited)", style="dim"))
             with Horizontal(id="confirm-buttons"):
                 yield Button(f"{verb} {a.pid}", variant="error" if a.terminate else "warning", id="go", disabled=a.needs_typed_pid)
                 yield Button("Decline", id="decline")
