@@ -59,6 +59,10 @@ def tui(ctx: click.Context) -> None:
 
     import os
 
+    # Log records must not be written over the screen: they go to a file beside the audit log.
+    log_dir = state_dir()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=log_dir / "dbops.log", level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bench = os.environ.get("DBOPS_EXIT_AFTER_FIRST_FRAME") == "1"
     app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench)
     app.run(headless=bench)

@@ -10,7 +10,6 @@ import logging
 import os
 import time
 import traceback
-from pathlib import Path
 
 log = logging.getLogger("dbops")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections import deque
@@ -24,6 +25,8 @@ from dbops.engines import adapter_class
 from dbops.engines.base import Adapter
 from dbops.health import assess_cluster, update_baseline
 from dbops.model import ClusterHealth, Reachability, Snapshot
+
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 15.0
 
@@ -96,9 +99,10 @@ async def close_quietly(adapter: Adapter) -> None:
     path on the next connect; closing a dead connection is expected to fail."""
     try:
         await asyncio.wait_for(adapter.close(), timeout=1.0)
-    except (asyncio.TimeoutError, TimeoutError, OSError):
-        # A hung or already-broken socket: the adapter drops its reference either way.
-        pass
+    except (asyncio.TimeoutError, TimeoutError, OSError) as exc:
+        # A hung or already-broken socket: expected after a failed poll, and the adapter drops
+        # its reference either way. Logged, not shown: the member's state already says why.
+        log.debug("closing %s/%s: %r", adapter.cluster.key, adapter.member.name, exc)
 
 
 def pending_snapshot(ref: ClusterRef, member: Member) -> Snapshot:
@@ -178,6 +182,8 @@ class PollerHub:
         if self._thread:
             # A server that does not let go within the timeout is abandoned with the daemon thread.
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("pollers did not stop within %.0fs; abandoning their connections", timeout)
 
     async def _main(self) -> None:
         assert self._stopping is not None

@@ -3,7 +3,6 @@ replay is really stuck."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from dbops.engines.postgres.adapter import bound_standby_lag
 
