@@ -171,9 +171,11 @@ def config_path(ctx: click.Context) -> None:
 
 def _register_subgroups() -> None:
     from dbops.audit_cli import audit
+    from dbops.runbook.cli import runbook
     from dbops.sandbox.cli import sandbox
 
     main.add_command(audit)
+    main.add_command(runbook)
     main.add_command(sandbox)
 
 

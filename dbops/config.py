@@ -140,6 +140,8 @@ class Defaults(Model):
 class Config(Model):
     defaults: Defaults = Defaults()
     operator: str | None = None
+    # Directories of a team's own runbooks (*.py files exposing RUNBOOK or RUNBOOKS).
+    runbook_dirs: list[str] = field(default_factory=list)
     environments: dict[str, Environment] = field(default_factory=dict)
 
     def check(self) -> list[Any]:

@@ -43,3 +43,14 @@ def test_screens_install_as_dbops_screens():
 
     assert Path(dbops.screens.__file__).parent == REPO / "screens"
     assert Path(dbops.runbooks.__file__).parent == REPO / "runbooks"
+
+
+def test_runbooks_never_import_the_ui():
+    """import-linter reads dbops/ only; runbooks/ (installed as dbops.runbooks) is checked here."""
+    import ast
+
+    for path in (REPO / "runbooks").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("textual", "dbops.screens")), f"{path} imports {name}"

@@ -115,6 +115,12 @@ class PostgresAdapter(Adapter):
         return ctx
 
     async def _connect(self) -> Any:
+        return await self.open_connection()
+
+    async def open_connection(self, application_name: str = Q.APPLICATION_NAME, statement_timeout: float | None = None) -> Any:
+        """A new asyncpg connection to this member with the cluster's credentials and TLS, not
+        managed by the adapter (runbooks own theirs: another application_name, longer timeouts).
+        The caller closes it."""
         asyncpg = await load_asyncpg()
         cluster = self.cluster.cluster
         self._secret = resolve(cluster.password)
@@ -128,8 +134,8 @@ class PostgresAdapter(Adapter):
             ssl=self._ssl(),
             timeout=timeout,
             server_settings={
-                "application_name": Q.APPLICATION_NAME,
-                "statement_timeout": str(int(timeout * 1000)),
+                "application_name": application_name,
+                "statement_timeout": str(int((statement_timeout or timeout) * 1000)),
                 "lock_timeout": "1000",
                 "idle_in_transaction_session_timeout": "60000",
             },
@@ -524,3 +530,18 @@ class CacheHitWindow:
             self.ratio = 100.0 * d_hit / (d_hit + d_read)
             self._start = (hit, read)
         return self.ratio
+
+
+async def connect_primary(ref: ClusterRef, application_name: str) -> Any | None:
+    """A connection to whichever member is primary right now (asked, not taken from the config's
+    role hints, which go stale after a switchover); None when no member answers as primary."""
+    for member in ref.cluster.members:
+        try:
+            conn = await PostgresAdapter(ref, member).open_connection(application_name)
+        except Exception as exc:  # an unreachable member is expected here: try the next one
+            log.debug("connect_primary: %s unreachable: %s", member.name, type(exc).__name__)
+            continue
+        if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+            return conn
+        await conn.close()
+    return None

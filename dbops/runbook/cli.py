@@ -1,0 +1,384 @@
+"""`dbops runbook list | plan | run | resume`.
+
+Exit codes: 0 success, 1 refused (pre-check, parameters, read-only, cluster locked),
+2 a step failed, 3 aborted (a confirmation was declined).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import click
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _config(ctx: click.Context) -> Any:
+    from dbops.cli import _load_config
+
+    return _load_config(ctx.obj.get("config_path"))
+
+
+def _books(cfg: Any) -> dict[str, Any]:
+    from dbops.runbook.registry import load
+
+    books, problems = load(cfg.runbook_dirs)
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
+    return books
+
+
+def _cluster(cfg: Any, name: str) -> Any:
+    refs = cfg.clusters()
+    matches = [r for r in refs if name in (r.name, r.key)]
+    if not matches:
+        _fail(f"no cluster {name!r}; configured: {', '.join(r.key for r in refs) or 'none'}")
+    if len(matches) > 1:
+        _fail(f"cluster name {name!r} is in several environments; say which: {', '.join(r.key for r in matches)}")
+    return matches[0]
+
+
+def _params(book: Any, raw: tuple[str, ...]) -> dict[str, Any]:
+    known = {p.name: p for p in book.params}
+    values: dict[str, Any] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--param {item!r}: expected NAME=VALUE")
+        if key not in known:
+            _fail(f"{book.id} has no parameter {key!r}; parameters: {', '.join(known) or 'none'}")
+        try:
+            values[key] = known[key].parse(value)
+        except ValueError as exc:
+            _fail(str(exc))
+    for p in book.params:
+        if p.name not in values:
+            if p.required:
+                _fail(f"{book.id} needs --param {p.name}=... ({p.description})")
+            values[p.name] = p.default
+    return values
+
+
+def _overrides(raw: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in raw:
+        check, sep, reason = item.partition("=")
+        if not sep or not reason.strip():
+            _fail(f"--override {item!r}: expected CHECK=REASON; the reason is recorded in the audit log")
+        out[check] = reason.strip()
+    return out
+
+
+@click.group()
+def runbook() -> None:
+    """Scripted operations: pre-checks, a plan, confirmations, a journal, an audit trail."""
+
+
+@runbook.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_(ctx: click.Context, as_json: bool) -> None:
+    """Every runbook, built-in and from runbook_dirs."""
+    books = _books(_config(ctx))
+    if as_json:
+        click.echo(json.dumps([
+            {"id": b.id, "engine": b.engine, "title": b.title, "description": b.description,
+             "params": [{"name": p.name, "description": p.description, "required": p.required, "default": p.default} for p in b.params],
+             "changes_servers": b.changes_servers}
+            for b in sorted(books.values(), key=lambda b: b.id)
+        ], indent=2))
+        return
+    for b in sorted(books.values(), key=lambda b: b.id):
+        click.echo(f"{b.id:<34} {b.title}")
+
+
+def _print_plan(plan: Any, params: dict[str, Any]) -> None:
+    rb = plan.runbook
+    click.echo(f"{rb.id}: {rb.title}")
+    if params:
+        click.echo("parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    click.echo("\npre-checks:")
+    for c in plan.checks:
+        mark = "ok  " if c.verdict.ok else ("OVERRIDDEN" if c.overridden_by else "FAIL")
+        click.echo(f"  [{mark}] {c.check.title}: {c.verdict.detail}")
+        if c.overridden_by:
+            click.echo(f"         reason: {c.overridden_by}")
+        elif not c.verdict.ok and c.check.overridable:
+            click.echo(f"         (override with --override {c.check.id}=REASON)")
+    click.echo("\nsteps:")
+    for i, p in enumerate(plan.steps, start=1):
+        s = p.step
+        flags = [s.kind.value]
+        if s.destructive:
+            flags.append("DESTRUCTIVE")
+        if s.confirm.value != "none":
+            flags.append(f"confirm: {s.confirm.value}")
+        flags.append(f"timeout {s.timeout:g}s")
+        click.echo(f"  {i}. {s.title}  [{', '.join(flags)}]")
+        click.echo(f"     {s.description}")
+        for cmd in p.commands:
+            click.echo(f"       $ {cmd}")
+        if s.on_failure:
+            click.echo(f"     if it fails: {s.on_failure}")
+
+
+async def _with_resources(book: Any, context: Any, fn: Any) -> Any:
+    if book.setup is not None:
+        await book.setup(context)
+    try:
+        return await fn()
+    finally:
+        if book.teardown is not None:
+            await book.teardown(context)
+
+
+async def _check_choices(book: Any, context: Any) -> None:
+    for p in book.params:
+        if p.choices is not None and context.params.get(p.name) is not None:
+            allowed = await p.choices(context)
+            if context.params[p.name] not in allowed:
+                _fail(f"--param {p.name}={context.params[p.name]}: not one of {', '.join(allowed) or '(none available now)'}")
+
+
+@runbook.command()
+@click.argument("runbook_id")
+@click.option("--cluster", "cluster_name", required=True)
+@click.option("--param", "raw_params", multiple=True, metavar="NAME=VALUE")
+@click.option("--override", "raw_overrides", multiple=True, metavar="CHECK=REASON")
+@click.pass_context
+def plan(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tuple[str, ...], raw_overrides: tuple[str, ...]) -> None:
+    """Run the read-only pre-checks and print every step with its exact commands. Changes nothing."""
+    from dbops.audit import AuditLog
+    from dbops.config import state_dir
+    from dbops.runbook.executor import Executor
+    from dbops.runbook.journal import new_run_id
+    from dbops.runbook.model import Context
+
+    cfg = _config(ctx)
+    book = _get(cfg, runbook_id)
+    ref = _cluster(cfg, cluster_name)
+    context = Context(ref, _params(book, raw_params), run_id=new_run_id())
+    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=_NoConfirm())
+
+    async def go() -> Any:
+        await _check_choices(book, context)
+        return await ex.plan(_overrides(raw_overrides))
+
+    result = asyncio.run(_with_resources(book, context, go))
+    _print_plan(result, context.params)
+    if result.refused:
+        click.echo(f"\nrefused: {len(result.refused)} pre-check(s) failed; `run` would stop here.")
+        sys.exit(1)
+    click.echo("\nall pre-checks pass; nothing was changed.")
+
+
+def _get(cfg: Any, runbook_id: str) -> Any:
+    books = _books(cfg)
+    if runbook_id not in books:
+        import difflib
+
+        close = difflib.get_close_matches(runbook_id, list(books), n=1)
+        _fail(f"no runbook {runbook_id!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + "; see `dbops runbook list`")
+    return books[runbook_id]
+
+
+class _NoConfirm:
+    async def confirm(self, step: Any, commands: list[str], ctx: Any) -> bool:
+        return False
+
+    async def manual_done(self, step: Any, commands: list[str], ctx: Any) -> bool:
+        return False
+
+
+class CliConfirmer:
+    """--yes answers yes/no confirmations; a step that asks for the cluster's name needs
+    --confirm NAME. In a terminal without those flags, the operator is asked."""
+
+    def __init__(self, yes: bool, confirm_name: str | None, interactive: bool) -> None:
+        self.yes = yes
+        self.confirm_name = confirm_name
+        self.interactive = interactive
+
+    async def confirm(self, step: Any, commands: list[str], ctx: Any) -> bool:
+        from dbops.runbook.model import Confirm
+
+        name = ctx.ref.name
+        if step.confirm is Confirm.TYPE_CLUSTER:
+            if self.confirm_name is not None:
+                if self.confirm_name == name:
+                    return True
+                click.echo(f"--confirm {self.confirm_name!r} does not name this cluster ({name}); refusing", err=True)
+                return False
+            if not self.interactive:
+                click.echo(f"'{step.title}' needs --confirm {name} (it is destructive); refusing", err=True)
+                return False
+            typed = await asyncio.to_thread(click.prompt, f"Type the cluster name ({name}) to run '{step.title}'", default="", show_default=False)
+            return typed.strip() == name
+        if self.yes:
+            return True
+        if not self.interactive:
+            click.echo(f"'{step.title}' needs a confirmation: pass --yes (or run in a terminal); refusing", err=True)
+            return False
+        return await asyncio.to_thread(click.confirm, f"Run '{step.title}'?", default=False)
+
+    async def manual_done(self, step: Any, commands: list[str], ctx: Any) -> bool:
+        click.echo(f"\nMANUAL STEP: {step.title}\n{step.description}\nRun these on the host, then confirm:")
+        for c in commands:
+            click.echo(f"  $ {c}")
+        if not self.interactive:
+            click.echo("a manual step needs an operator at a terminal; stopping here (resume later)", err=True)
+            return False
+        answer = await asyncio.to_thread(click.prompt, "Type 'done' when finished (anything else stops the run)", default="", show_default=False)
+        return answer.strip().lower() == "done"
+
+
+def _observer(event: str, **data: Any) -> None:
+    step = data.get("step")
+    if event == "check":
+        v = data["verdict"]
+        mark = "ok" if v.ok else ("overridden" if data.get("overridden_by") else "FAIL")
+        click.echo(f"  check [{mark}] {data['check'].title}: {v.detail}")
+    elif event == "started":
+        click.echo(f"\n▶ {step.title}")
+        for c in data.get("commands", []):
+            click.echo(f"    $ {c}")
+    elif event == "done":
+        click.echo(f"  ✓ {step.title} ({data['seconds']:.1f}s)")
+    elif event == "verified":
+        v = data["verdict"]
+        click.echo(f"  {'✓' if v.ok else '✗'} verify: {v.detail}")
+    elif event == "failed":
+        click.echo(f"  ✗ {step.title}: {data['error']}")
+    elif event == "skipped":
+        click.echo(f"  · {step.title}: already done")
+    elif event == "reverified":
+        v = data["verdict"]
+        click.echo(f"  interrupted step '{step.title}' re-verified: {'done' if v.ok else 'not done, running it again'} ({v.detail})")
+    elif event == "resumed":
+        click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
+
+
+def _lock(ref: Any, run_id: str) -> Any:
+    from dbops.config import state_dir
+    from dbops.runbook.locks import LocalLock, PostgresAdvisoryLock, me
+
+    holder = me(run_id)
+    if ref.cluster.engine == "postgres":
+        from dbops.engines.postgres.adapter import connect_primary
+
+        async def connect(application_name: str) -> Any:
+            conn = await connect_primary(ref, application_name)
+            if conn is None:
+                raise _NoPrimary()
+            return conn
+
+        return _FallbackLock(PostgresAdvisoryLock(connect, ref.key, holder), LocalLock(state_dir(), ref.key, holder))
+    return LocalLock(state_dir(), ref.key, holder)
+
+
+class _NoPrimary(Exception):
+    pass
+
+
+class _FallbackLock:
+    """The cluster's advisory lock when a primary answers (failover: none does), else the local lock."""
+
+    def __init__(self, primary: Any, local: Any) -> None:
+        self.primary, self.local, self.used = primary, local, None
+
+    async def acquire(self) -> None:
+        try:
+            await self.primary.acquire()
+            self.used = self.primary
+        except _NoPrimary:
+            click.echo("note: no primary answers; using this host's lock file instead of the cluster's advisory lock", err=True)
+            await self.local.acquire()
+            self.used = self.local
+
+    async def release(self) -> None:
+        if self.used is not None:
+            await self.used.release()
+
+
+def _finish(result: Any) -> None:
+    click.echo(f"\n{result.message}")
+    if result.durations:
+        click.echo("durations: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.durations.items()) + f"; total {sum(result.durations.values()):.1f}s")
+    click.echo(f"run id: {result.run_id}")
+    sys.exit(int(result.code))
+
+
+@runbook.command()
+@click.argument("runbook_id")
+@click.option("--cluster", "cluster_name", required=True)
+@click.option("--param", "raw_params", multiple=True, metavar="NAME=VALUE")
+@click.option("--override", "raw_overrides", multiple=True, metavar="CHECK=REASON", help="Run despite a failed overridable pre-check; the reason is audited.")
+@click.option("--yes", is_flag=True, help="Answer yes to yes/no confirmations.")
+@click.option("--confirm", "confirm_name", metavar="CLUSTER", help="Confirm steps that ask for the cluster's name.")
+@click.pass_context
+def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tuple[str, ...], raw_overrides: tuple[str, ...], yes: bool, confirm_name: str | None) -> None:
+    """Run a runbook: pre-checks, then each step with its confirmation, journaled and audited."""
+    from dbops.audit import AuditLog
+    from dbops.config import state_dir
+    from dbops.runbook.executor import Executor
+    from dbops.runbook.journal import Journal, new_run_id
+    from dbops.runbook.locks import LockHeld
+    from dbops.runbook.model import Context
+
+    cfg = _config(ctx)
+    book = _get(cfg, runbook_id)
+    ref = _cluster(cfg, cluster_name)
+    context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"))
+    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
+    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
+    overrides = _overrides(raw_overrides)
+    click.echo(f"{book.id} on {ref.key}, run {context.run_id}")
+
+    async def go() -> Any:
+        await _check_choices(book, context)
+        return await ex.run(Journal.create(state_dir(), context.run_id), _lock(ref, context.run_id), overrides)
+
+    try:
+        result = asyncio.run(_with_resources(book, context, go))
+    except LockHeld as exc:
+        _fail(str(exc))
+    _finish(result)
+
+
+@runbook.command()
+@click.argument("run_id")
+@click.option("--yes", is_flag=True)
+@click.option("--confirm", "confirm_name", metavar="CLUSTER")
+@click.pass_context
+def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None) -> None:
+    """Continue a run after a crash, from its last completed step (re-verifying it first)."""
+    from dbops.audit import AuditLog
+    from dbops.config import state_dir
+    from dbops.runbook.executor import Executor
+    from dbops.runbook.journal import Journal, JournalError
+    from dbops.runbook.locks import LockHeld
+    from dbops.runbook.model import Context
+
+    cfg = _config(ctx)
+    try:
+        journal = Journal.open(state_dir(), run_id)
+        record = journal.read()
+    except JournalError as exc:
+        _fail(str(exc))
+    book = _get(cfg, record.runbook)
+    ref = _cluster(cfg, f"{record.environment}/{record.cluster}")
+    context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"))
+    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
+    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
+    click.echo(f"resuming {book.id} on {ref.key}, run {run_id}")
+    try:
+        result = asyncio.run(_with_resources(book, context, lambda: ex.resume(record, journal, _lock(ref, run_id))))
+    except LockHeld as exc:
+        _fail(str(exc))
+    _finish(result)

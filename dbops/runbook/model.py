@@ -1,0 +1,123 @@
+"""What a runbook is: typed parameters, read-only pre-checks, and an ordered list of steps.
+
+A runbook never talks to a UI. Each step says in words what it does and renders the exact
+commands it will issue (secrets redacted) before anything runs, so `plan` can show every step
+and change nothing. State a step produces (an LSN to wait for, a row count to compare) goes in
+`ctx.state`, which is journaled: after a crash, `resume` rebuilds it from disk.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from dbops.config import ClusterRef
+
+
+class Kind(str, enum.Enum):
+    CHECK = "check"  # reads only
+    ACTION = "action"  # changes a server
+    WAIT = "wait"  # polls until a condition holds
+    MANUAL = "manual"  # a human runs the shown commands on a host dbops cannot reach
+
+
+class Confirm(str, enum.Enum):
+    NONE = "none"
+    YES_NO = "yes-no"
+    TYPE_CLUSTER = "type-cluster"  # the operator types the cluster's name
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Context:
+    """Everything a step sees. `state` survives a crash (journaled after every step)."""
+
+    ref: ClusterRef
+    params: dict[str, Any]
+    run_id: str
+    state: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = lambda line: None
+    resources: dict[str, Any] = field(default_factory=dict)  # connections etc.; not journaled
+
+
+Renderer = Callable[[Context], list[str]]
+StepFn = Callable[[Context], Awaitable[None]]
+CheckFn = Callable[[Context], Awaitable[Verdict]]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    description: str
+    type: type = str
+    required: bool = False
+    default: Any = None
+    # Offered values from live state (e.g. the cluster's replicas); validation refuses others.
+    choices: Callable[[Context], Awaitable[list[str]]] | None = None
+
+    def parse(self, raw: str) -> Any:
+        if self.type is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"--param {self.name}: expected true or false, got {raw!r}")
+        try:
+            return self.type(raw)
+        except ValueError:
+            raise ValueError(f"--param {self.name}: expected {self.type.__name__}, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Check:
+    """A read-only pre-check. An overridable check may be overridden with a recorded reason."""
+
+    id: str
+    title: str
+    run: CheckFn
+    overridable: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    title: str
+    description: str  # what it does, in words
+    kind: Kind
+    commands: Renderer  # the exact commands it will issue, rendered for the plan
+    run: StepFn | None = None  # None for MANUAL steps
+    verify: CheckFn | None = None  # checked after run, and again on resume before moving on
+    destructive: bool = False
+    confirm: Confirm = Confirm.NONE
+    timeout: float = 60.0
+    on_failure: str = ""  # what the operator should do if it fails
+
+    def __post_init__(self) -> None:
+        if self.kind is not Kind.MANUAL and self.run is None:
+            raise ValueError(f"step {self.id}: only manual steps may have no run function")
+        if self.destructive and self.confirm is Confirm.NONE:
+            raise ValueError(f"step {self.id}: a destructive step needs a confirmation")
+
+
+@dataclass(frozen=True)
+class Runbook:
+    id: str  # e.g. "postgres.promote-replica"
+    engine: str
+    title: str
+    description: str
+    params: tuple[Param, ...] = ()
+    prechecks: tuple[Check, ...] = ()
+    steps: tuple[Step, ...] = ()
+    # Opens ctx.resources (connections) before prechecks, closes them at the end.
+    setup: Callable[[Context], Awaitable[None]] | None = None
+    teardown: Callable[[Context], Awaitable[None]] | None = None
+
+    @property
+    def changes_servers(self) -> bool:
+        return any(s.kind in (Kind.ACTION, Kind.MANUAL) for s in self.steps)

@@ -1,0 +1,61 @@
+"""Where runbooks come from: the built-in package dbops.runbooks (the repository's runbooks/),
+then the directories named by `runbook_dirs` in the config (a team's own). A module exposes
+RUNBOOK or RUNBOOKS. A module that fails to load is reported by name; the others still load."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from pathlib import Path
+from typing import Iterable
+
+from dbops.runbook.model import Runbook
+
+
+class UnknownRunbook(Exception):
+    pass
+
+
+def _from_module(module: object) -> list[Runbook]:
+    found = list(getattr(module, "RUNBOOKS", ()))
+    if hasattr(module, "RUNBOOK"):
+        found.append(getattr(module, "RUNBOOK"))
+    return [r for r in found if isinstance(r, Runbook)]
+
+
+def load(extra_dirs: Iterable[str] = ()) -> tuple[dict[str, Runbook], list[str]]:
+    """All runbooks by id, and the problems met while loading (one line each)."""
+    import dbops.runbooks as builtin
+
+    books: dict[str, Runbook] = {}
+    problems: list[str] = []
+
+    def add(items: list[Runbook], origin: str) -> None:
+        for rb in items:
+            if rb.id in books:
+                problems.append(f"{origin}: runbook {rb.id} is already defined; this one is ignored")
+            else:
+                books[rb.id] = rb
+
+    for info in pkgutil.walk_packages(builtin.__path__, builtin.__name__ + "."):
+        try:
+            add(_from_module(importlib.import_module(info.name)), info.name)
+        except Exception as exc:  # a broken runbook module must not hide the others
+            problems.append(f"{info.name}: cannot be loaded: {type(exc).__name__}: {exc}")
+    for d in extra_dirs:
+        path = Path(d).expanduser()
+        if not path.is_dir():
+            problems.append(f"runbook_dirs: {path} is not a directory")
+            continue
+        for file in sorted(path.glob("*.py")):
+            name = f"dbops_user_runbooks.{file.stem}"
+            try:
+                spec = importlib.util.spec_from_file_location(name, file)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                add(_from_module(module), str(file))
+            except Exception as exc:
+                problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
+    return books, problems
