@@ -156,11 +156,30 @@ class DbopsApp(App[None]):
         else:
             self.notify(f"no pane for engine {ref.cluster.engine!r} yet", severity="error")
 
+    def open_runbooks(self, key: str) -> None:
+        """Pick a runbook for this cluster's engine, then open the wizard on it."""
+        from dbops.runbook.registry import load
+
+        from .runbook import PickRunbook, RunbookScreen
+
+        ref = self._hub.ref(key)
+        books, problems = load(self.config.runbook_dirs)
+        mine = sorted((b for b in books.values() if b.engine == ref.cluster.engine), key=lambda b: b.id)
+
+        def picked(book_id: str | None) -> None:
+            if book_id is not None:
+                self.push_screen(RunbookScreen(books[book_id], ref))
+
+        self.push_screen(PickRunbook(mine, problems), callback=picked)
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for ref in self._hub.refs if self._hub else ():
             yield SystemCommand(
                 f"Open {ref.name}", f"{ref.cluster.engine} cluster in {ref.environment}", lambda k=ref.key: self.open_cluster(k)
+            )
+            yield SystemCommand(
+                f"Runbooks for {ref.name}", "Promote, restore, back up … with a plan first", lambda k=ref.key: self.open_runbooks(k)
             )
         yield SystemCommand("Audit log", "Show the audit log and verify its hash chain", self.action_audit)
         yield SystemCommand("Pause / resume refresh", "Freeze or unfreeze the live values", self.action_toggle_pause)

@@ -102,6 +102,7 @@ class PostgresScreen(Screen[None]):
         Binding("s", "sort", "Sort"),
         Binding("c", "cancel_backend", "Cancel query"),
         Binding("k", "terminate_backend", "Terminate"),
+        Binding("r", "runbooks", "Runbooks"),
         Binding("1", "tab('activity')", "Activity", show=False),
         Binding("2", "tab('blocking')", "Blocking", show=False),
         Binding("3", "tab('statements')", "Statements", show=False),
@@ -456,6 +457,9 @@ class PostgresScreen(Screen[None]):
         self.sort_index = (self.sort_index + 1) % len(SORTS)
         self.redraw(self.app.hub.cluster_health(self.key))
         self._draw_status(self.app.hub.cluster_health(self.key), self._member_health(self.app.hub.cluster_health(self.key)))
+
+    def action_runbooks(self) -> None:
+        self.app.open_runbooks(self.key)
 
     def action_cancel_backend(self) -> None:
         self._signal(terminate=False)

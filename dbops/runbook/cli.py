@@ -266,44 +266,9 @@ def _observer(event: str, **data: Any) -> None:
 
 def _lock(ref: Any, run_id: str) -> Any:
     from dbops.config import state_dir
-    from dbops.runbook.locks import LocalLock, PostgresAdvisoryLock, me
+    from dbops.runbook.locks import lock_for
 
-    holder = me(run_id)
-    if ref.cluster.engine == "postgres":
-        from dbops.engines.postgres.adapter import connect_primary
-
-        async def connect(application_name: str) -> Any:
-            conn = await connect_primary(ref, application_name)
-            if conn is None:
-                raise _NoPrimary()
-            return conn
-
-        return _FallbackLock(PostgresAdvisoryLock(connect, ref.key, holder), LocalLock(state_dir(), ref.key, holder))
-    return LocalLock(state_dir(), ref.key, holder)
-
-
-class _NoPrimary(Exception):
-    pass
-
-
-class _FallbackLock:
-    """The cluster's advisory lock when a primary answers (failover: none does), else the local lock."""
-
-    def __init__(self, primary: Any, local: Any) -> None:
-        self.primary, self.local, self.used = primary, local, None
-
-    async def acquire(self) -> None:
-        try:
-            await self.primary.acquire()
-            self.used = self.primary
-        except _NoPrimary:
-            click.echo("note: no primary answers; using this host's lock file instead of the cluster's advisory lock", err=True)
-            await self.local.acquire()
-            self.used = self.local
-
-    async def release(self) -> None:
-        if self.used is not None:
-            await self.used.release()
+    return lock_for(ref, run_id, state_dir(), note=lambda line: click.echo(f"note: {line}", err=True))
 
 
 def _finish(result: Any) -> None:

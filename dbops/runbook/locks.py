@@ -133,3 +133,46 @@ class PostgresAdvisoryLock:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await conn.close()  # closing the session releases the advisory lock
+
+
+class _NoPrimary(Exception):
+    pass
+
+
+class FallbackLock:
+    """The cluster's advisory lock when a primary answers (in a failover none does), else this
+    host's lock file; `note` says which was used when it is not the first."""
+
+    def __init__(self, primary: ClusterLock, local: ClusterLock, note: Callable[[str], None]) -> None:
+        self.primary, self.local, self.note = primary, local, note
+        self.used: ClusterLock | None = None
+
+    async def acquire(self) -> None:
+        try:
+            await self.primary.acquire()
+            self.used = self.primary
+        except _NoPrimary:
+            self.note("no primary answers; using this host's lock file instead of the cluster's advisory lock")
+            await self.local.acquire()
+            self.used = self.local
+
+    async def release(self) -> None:
+        if self.used is not None:
+            await self.used.release()
+
+
+def lock_for(ref: Any, run_id: str, state: Path, note: Callable[[str], None]) -> ClusterLock:
+    """The lock backend for a cluster: PostgreSQL clusters lock on the cluster itself."""
+    holder = me(run_id)
+    local = LocalLock(state, ref.key, holder)
+    if ref.cluster.engine != "postgres":
+        return local
+    from dbops.engines.postgres.adapter import connect_primary
+
+    async def connect(application_name: str) -> Any:
+        conn = await connect_primary(ref, application_name)
+        if conn is None:
+            raise _NoPrimary()
+        return conn
+
+    return FallbackLock(PostgresAdvisoryLock(connect, ref.key, holder), local, note)

@@ -1,0 +1,336 @@
+"""The runbook wizard: pick a runbook, fill its parameters, see the plan with the pre-check
+verdicts, run it step by step with confirmations, a live log and a summary.
+
+The executor runs in a thread with its own event loop: its steps wait on servers and fsync the
+audit log, and the UI must not wait on either. It reaches the UI only through TuiConfirmer
+(modals) and the observer (events posted to this screen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, OptionList, ProgressBar, RichLog, Static
+
+from dbops.config import ClusterRef
+from dbops.runbook.executor import Executor, ExitCode, Plan, RunResult
+from dbops.runbook.model import Confirm, Context, Runbook, Step
+
+from .widgets import EnvBanner
+
+ICONS = {"pending": "○", "running": "▶", "done": "✓", "failed": "✗", "skipped": "·", "declined": "⊘"}
+ICON_STYLE = {"pending": "dim", "running": "bold cyan", "done": "bold green", "failed": "bold red", "skipped": "dim", "declined": "bold yellow"}
+
+
+class PickRunbook(ModalScreen[str | None]):
+    """The runbooks for this cluster's engine."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
+
+    def __init__(self, books: list[Runbook], problems: list[str]) -> None:
+        super().__init__()
+        self.books = books
+        self.problems = problems
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="pick-dialog"):
+            yield Label(Text("Runbooks (enter to open, escape to close)", style="bold"))
+            if self.books:
+                yield OptionList(*[f"{b.id}  {b.title}" for b in self.books], id="pick-list")
+            else:
+                yield Static("No runbook for this engine yet.")
+            for p in self.problems:
+                yield Static(Text(p, style="yellow"))
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.books[event.option_index].id)
+
+
+class ConfirmStep(ModalScreen[bool]):
+    """A step's confirmation: what it does, its exact commands, yes/no or the cluster's name typed."""
+
+    BINDINGS = [Binding("escape", "decline", "Decline")]
+
+    def __init__(self, step: Step, commands: list[str], cluster: str, manual: bool = False) -> None:
+        super().__init__()
+        self.step, self.commands, self.cluster, self.manual = step, commands, cluster, manual
+
+    @property
+    def typed(self) -> bool:
+        return self.step.confirm is Confirm.TYPE_CLUSTER
+
+    def compose(self) -> ComposeResult:
+        s = self.step
+        with Vertical(id="confirm-dialog"):
+            head = "MANUAL STEP: run these on the host, then confirm" if self.manual else f"Run step: {s.title}"
+            yield Label(Text(head, style="bold red" if s.destructive else "bold"))
+            yield Static(s.description)
+            yield Static(Text("\n".join(f"$ {c}" for c in self.commands), style="bold cyan"), id="confirm-query")
+            if s.destructive:
+                yield Static(Text("Destructive.", style="bold red"))
+            if self.typed:
+                yield Label(Text(f"Type the cluster name {self.cluster} to confirm", style="bold red"))
+                yield Input(placeholder=self.cluster, id="typed-name")
+            hint = "type the name and press enter" if self.typed else "y confirms"
+            yield Static(Text(f"{hint}; escape declines (the run stops; declining is audited)", style="dim"))
+            with Horizontal(id="confirm-buttons"):
+                yield Button("Done" if self.manual else "Run step", variant="error" if s.destructive else "primary", id="go", disabled=self.typed)
+                yield Button("Decline", id="decline")
+
+    def on_mount(self) -> None:
+        (self.query_one("#typed-name", Input) if self.typed else self.query_one("#decline", Button)).focus()
+
+    def key_y(self) -> None:
+        if not self.typed:
+            self.dismiss(True)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one("#go", Button).disabled = event.value.strip() != self.cluster
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip() == self.cluster:
+            self.dismiss(True)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "go")
+
+    def action_decline(self) -> None:
+        self.dismiss(False)
+
+
+class TuiConfirmer:
+    """Called on the executor's thread; shows a modal on the UI thread and waits for the answer."""
+
+    def __init__(self, screen: "RunbookScreen") -> None:
+        self.screen = screen
+
+    async def _ask(self, modal: ConfirmStep) -> bool:
+        answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        app = self.screen.app
+        app.call_from_thread(app.push_screen, modal, lambda ok: answer.set_result(bool(ok)))
+        return await asyncio.wrap_future(answer)
+
+    async def confirm(self, step: Step, commands: list[str], ctx: Context) -> bool:
+        return await self._ask(ConfirmStep(step, commands, ctx.ref.name))
+
+    async def manual_done(self, step: Step, commands: list[str], ctx: Context) -> bool:
+        return await self._ask(ConfirmStep(step, commands, ctx.ref.name, manual=True))
+
+
+class RunbookScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("ctrl+l", "plan", "Plan"),
+        Binding("ctrl+r", "run", "Run"),
+    ]
+
+    def __init__(self, book: Runbook, ref: ClusterRef) -> None:
+        super().__init__()
+        self.book = book
+        self.ref = ref
+        self.plan: Plan | None = None
+        self.status: dict[str, str] = {s.id: "pending" for s in book.steps}
+        self.running = False
+        self.result: RunResult | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield EnvBanner(id="banner")
+        with VerticalScroll(id="rb-params"):
+            yield Static(Text.assemble((f"{self.book.id}", "bold"), f": {self.book.title}\n", (self.book.description, "dim")))
+            for p in self.book.params:
+                label = f"{p.name}{' (required)' if p.required else ''}: {p.description}"
+                yield Label(label)
+                yield Input(value="" if p.default is None else str(p.default), id=f"param-{p.name}")
+        yield DataTable(id="rb-checks", cursor_type="none")
+        yield DataTable(id="rb-steps", cursor_type="row")
+        yield ProgressBar(id="rb-progress", total=len(self.book.steps), show_eta=True)
+        yield RichLog(id="rb-log", wrap=True, markup=False, max_lines=500)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"{self.ref.name} · runbook"
+        from dbops.actions import writes_allowed
+
+        self.query_one(EnvBanner).show([(self.ref.environment, self.ref.production, writes_allowed(self.ref, self.app.allow_writes))], self.app.hub.paused, self.app.operator)
+        checks = self.query_one("#rb-checks", DataTable)
+        checks.add_column("", key="icon")
+        checks.add_column("Pre-check", key="title")
+        checks.add_column("Verdict", key="detail")
+        steps = self.query_one("#rb-steps", DataTable)
+        steps.add_column("", key="icon")
+        steps.add_column("Step", key="title")
+        steps.add_column("Kind", key="kind")
+        steps.add_column("Commands", key="commands")
+        for s in self.book.steps:
+            kind = s.kind.value + (" DESTRUCTIVE" if s.destructive else "")
+            steps.add_row(self._icon(s.id), s.title, kind, "", key=s.id)
+        self.log_line("Fill the parameters, then ctrl+l for the plan (read-only) and ctrl+r to run.")
+
+    def _icon(self, step_id: str) -> Text:
+        st = self.status[step_id]
+        return Text(ICONS[st], style=ICON_STYLE[st])
+
+    def log_line(self, text: str, style: str = "") -> None:
+        self.query_one("#rb-log", RichLog).write(Text(text, style=style))
+
+    # -- parameters --------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, Any] | None:
+        values: dict[str, Any] = {}
+        for p in self.book.params:
+            raw = self.query_one(f"#param-{p.name}", Input).value.strip()
+            if not raw:
+                if p.required:
+                    self.notify(f"{p.name} is required: {p.description}", severity="error")
+                    return None
+                values[p.name] = p.default
+                continue
+            try:
+                values[p.name] = p.parse(raw)
+            except ValueError as exc:
+                self.notify(str(exc), severity="error")
+                return None
+        return values
+
+    def _executor(self, params: dict[str, Any], run_id: str) -> Executor:
+        ctx = Context(self.ref, params, run_id=run_id, log=lambda line: self.app.call_from_thread(self.log_line, f"    {line}"))
+        return Executor(
+            self.book, ctx, audit=self.app.audit, confirmer=TuiConfirmer(self),
+            observer=lambda event, **data: self.app.call_from_thread(self.on_runbook_event, event, data),
+            allow_writes=self.app.allow_writes,
+        )
+
+    # -- plan --------------------------------------------------------------------------------
+
+    def action_plan(self) -> None:
+        if self.running:
+            return
+        params = self._params()
+        if params is not None:
+            self.log_line("planning: running the read-only pre-checks…", "dim")
+            self._plan(params)
+
+    @work(thread=True, exclusive=True, group="runbook")
+    def _plan(self, params: dict[str, Any]) -> None:
+        from dbops.runbook.journal import new_run_id
+
+        ex = self._executor(params, new_run_id())
+
+        async def go() -> Plan:
+            if self.book.setup is not None:
+                await self.book.setup(ex.ctx)
+            try:
+                return await ex.plan()
+            finally:
+                if self.book.teardown is not None:
+                    await self.book.teardown(ex.ctx)
+
+        try:
+            plan = asyncio.run(go())
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, f"plan failed: {exc}", severity="error")
+            return
+        self.app.call_from_thread(self._show_plan, plan)
+
+    def _show_plan(self, plan: Plan) -> None:
+        self.plan = plan
+        checks = self.query_one("#rb-checks", DataTable)
+        checks.clear()
+        for c in plan.checks:
+            icon = Text("✓", style="bold green") if c.verdict.ok else Text("✗", style="bold red")
+            checks.add_row(icon, c.check.title, c.verdict.detail)
+        steps = self.query_one("#rb-steps", DataTable)
+        for p in plan.steps:
+            steps.update_cell(p.step.id, "commands", " ; ".join(p.commands), update_width=True)
+        verdict = "pre-checks refused: the run would stop" if plan.refused else "all pre-checks pass"
+        self.log_line(f"plan ready: {verdict}. Nothing was changed.", "bold red" if plan.refused else "bold green")
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def action_run(self) -> None:
+        if self.running:
+            self.notify("a run is in progress", severity="warning")
+            return
+        if self.plan is None:
+            self.notify("plan first (ctrl+l): see what will run before running it", severity="warning")
+            return
+        params = self._params()
+        if params is not None:
+            self.running = True
+            self._run(params)
+
+    @work(thread=True, exclusive=True, group="runbook")
+    def _run(self, params: dict[str, Any]) -> None:
+        from dbops.runbook.journal import Journal, new_run_id
+        from dbops.runbook.locks import LockHeld, lock_for
+
+        run_id = new_run_id()
+        ex = self._executor(params, run_id)
+        state = self.app.state_dir
+        lock = lock_for(self.ref, run_id, state, note=lambda line: self.app.call_from_thread(self.log_line, f"note: {line}", "yellow"))
+
+        async def go() -> RunResult:
+            if self.book.setup is not None:
+                await self.book.setup(ex.ctx)
+            try:
+                return await ex.run(Journal.create(state, run_id), lock)
+            finally:
+                if self.book.teardown is not None:
+                    await self.book.teardown(ex.ctx)
+
+        try:
+            result = asyncio.run(go())
+        except LockHeld as exc:
+            result = RunResult(run_id, ExitCode.REFUSED, str(exc))
+        except Exception as exc:  # shown, and the journal says where it stopped
+            result = RunResult(run_id, ExitCode.STEP_FAILED, f"the run stopped: {exc}")
+        self.app.call_from_thread(self._finished, result)
+
+    def on_runbook_event(self, event: str, data: dict[str, Any]) -> None:
+        step: Step | None = data.get("step")
+        steps = self.query_one("#rb-steps", DataTable)
+        if step is not None and event in ("started", "done", "failed", "skipped", "aborted"):
+            self.status[step.id] = {"started": "running", "aborted": "declined"}.get(event, event)
+            steps.update_cell(step.id, "icon", self._icon(step.id))
+            if event == "started":
+                steps.move_cursor(row=steps.get_row_index(step.id))
+        if event == "started" and step is not None:
+            self.log_line(f"▶ {step.title}", "bold")
+            for c in data.get("commands", []):
+                self.log_line(f"    $ {c}", "cyan")
+        elif event == "done" and step is not None:
+            self.log_line(f"✓ {step.title} ({data['seconds']:.1f}s)", "green")
+            self.query_one("#rb-progress", ProgressBar).advance(1)
+        elif event == "verified":
+            v = data["verdict"]
+            self.log_line(f"    verify: {v.detail}", "green" if v.ok else "red")
+        elif event == "failed" and step is not None:
+            self.log_line(f"✗ {step.title}: {data['error']}", "bold red")
+        elif event == "check":
+            pass  # shown in the pre-check table by the plan
+
+    def _finished(self, result: RunResult) -> None:
+        self.running = False
+        self.result = result
+        style = "bold green" if result.code is ExitCode.OK else "bold red"
+        self.log_line(f"\n{result.message}", style)
+        if result.durations:
+            total = sum(result.durations.values())
+            self.log_line("summary: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.durations.items()) + f"; total {total:.1f}s")
+        self.log_line(f"run id {result.run_id} (resume with `dbops runbook resume {result.run_id}`)", "dim")
+        self.notify(result.message.splitlines()[0], severity="information" if result.code is ExitCode.OK else "error", timeout=10)
+
+    def action_back(self) -> None:
+        if self.running:
+            self.notify("a run is in progress: wait for it to finish (or for a confirmation to decline)", severity="warning")
+            return
+        self.app.pop_screen()

@@ -1,0 +1,100 @@
+"""The runbook wizard driven by keys: pick, plan, run with confirmations, decline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, OptionList
+
+from dbops.audit import verify
+from dbops.config import parse
+from dbops.screens.app import DbopsApp
+from dbops.screens.runbook import ConfirmStep, PickRunbook, RunbookScreen
+
+from .frozen import CONFIG, NOW, FrozenHub
+
+FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "runbook_fixtures"
+
+
+def make_app(tmp_path) -> DbopsApp:
+    # the staging environment is in operator mode: writes allowed there
+    cfg = parse(f'runbook_dirs = ["{FIXTURES}"]\n' + CONFIG)
+    hub = FrozenHub(cfg)
+    return DbopsApp(cfg, state_dir=tmp_path, hub=hub, clock=lambda: NOW)
+
+
+async def settle(pilot, predicate, what, attempts=100):
+    for _ in range(attempts):
+        await pilot.pause(0.05)
+        if predicate():
+            return
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def open_wizard(app, pilot, work: Path) -> RunbookScreen:
+    app.open_cluster("staging/billing")
+    await pilot.pause()
+    await pilot.press("r")
+    await settle(pilot, lambda: isinstance(app.screen, PickRunbook), "the runbook picker")
+    option_list = app.screen.query_one(OptionList)
+    index = next(i for i in range(option_list.option_count) if "test.files" in str(option_list.get_option_at_index(i).prompt))
+    option_list.highlighted = index
+    await pilot.press("enter")
+    await settle(pilot, lambda: isinstance(app.screen, RunbookScreen), "the wizard")
+    screen = app.screen
+    screen.query_one("#param-dir", Input).value = str(work)
+    return screen
+
+
+def log_text(screen) -> str:
+    return "\n".join(str(line.text) for line in screen.query_one("#rb-log").lines)
+
+
+async def test_plan_then_run_with_confirmations_and_summary(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "go").touch()
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_wizard(app, pilot, work)
+        await pilot.press("ctrl+r")  # refused: no plan yet
+        await pilot.pause()
+        assert any("plan first" in n.message for n in app._notifications)
+        await pilot.press("ctrl+l")
+        await settle(pilot, lambda: screen.plan is not None, "the plan")
+        checks = screen.query_one("#rb-checks", DataTable)
+        assert checks.row_count == 2 and "all pre-checks pass" in log_text(screen)
+        assert list(work.iterdir()) == [work / "go"]  # planning changed nothing
+        await pilot.press("ctrl+r")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "step b's confirmation")
+        await pilot.press("y")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmStep) and app.screen.typed, "step c's typed confirmation")
+        await pilot.press(*"billing", "enter")
+        await settle(pilot, lambda: screen.result is not None, "the end of the run")
+        assert screen.result.code == 0, screen.result.message
+        assert [screen.status[s] for s in "abc"] == ["done", "done", "done"]
+        assert "summary:" in log_text(screen)
+    recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in recs][:2] == [("intent", "a"), ("result", "a")]
+    assert verify(tmp_path / "audit.jsonl").ok
+
+
+async def test_declining_stops_the_run_and_is_audited(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "go").touch()
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_wizard(app, pilot, work)
+        await pilot.press("ctrl+l")
+        await settle(pilot, lambda: screen.plan is not None, "the plan")
+        await pilot.press("ctrl+r")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "step b's confirmation")
+        await pilot.press("escape")
+        await settle(pilot, lambda: screen.result is not None, "the end of the run")
+        assert screen.result.code == 3
+        assert [screen.status[s] for s in "abc"] == ["done", "declined", "pending"]
+    assert not (work / "b").exists()
+    recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert recs[-1]["phase"] == "abort" and recs[-1]["outcome"] == "declined" and recs[-1]["step"] == "b"
