@@ -168,7 +168,7 @@ class DbopsApp(App[None]):
 
         def picked(book_id: str | None) -> None:
             if book_id is not None:
-                self.push_screen(RunbookScreen(books[book_id], ref))
+                self.push_screen(RunbookScreen(books[book_id].for_cluster(ref), ref))
 
         self.push_screen(PickRunbook(mine, problems), callback=picked)
 

@@ -161,8 +161,8 @@ def plan(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tup
     from dbops.runbook.model import Context
 
     cfg = _config(ctx)
-    book = _get(cfg, runbook_id)
     ref = _cluster(cfg, cluster_name)
+    book = _get(cfg, runbook_id).for_cluster(ref)
     context = Context(ref, _params(book, raw_params), run_id=new_run_id())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=_NoConfirm())
 
@@ -297,8 +297,8 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
     from dbops.runbook.model import Context
 
     cfg = _config(ctx)
-    book = _get(cfg, runbook_id)
     ref = _cluster(cfg, cluster_name)
+    book = _get(cfg, runbook_id).for_cluster(ref)
     context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"))
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
@@ -336,8 +336,8 @@ def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None)
         record = journal.read()
     except JournalError as exc:
         _fail(str(exc))
-    book = _get(cfg, record.runbook)
     ref = _cluster(cfg, f"{record.environment}/{record.cluster}")
+    book = _get(cfg, record.runbook).for_cluster(ref)
     context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"))
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))

@@ -130,7 +130,7 @@ class Executor:
             used = {c.check.id: c.overridden_by for c in plan.checks if c.overridden_by}
             journal.write(
                 event="start", run_id=self.ctx.run_id, runbook=self.runbook.id, environment=ref.environment,
-                cluster=ref.name, params=self.ctx.params, overrides=used,
+                cluster=ref.name, params=self.ctx.params, overrides=used, state=self.ctx.state,
             )
             result = await self._steps(journal, plan.steps, done=set(), overrides=used)
             result.plan = plan
@@ -156,6 +156,11 @@ class Executor:
                 step = next(s for s in self.runbook.steps if s.id == record.interrupted)
                 if step.verify is not None:
                     verdict = await self._verify(step)
+                    missing = [k for k in step.produces if k not in self.ctx.state]
+                    if verdict.ok and missing:
+                        # Its effect is there but not what it found (journaled only at step-done):
+                        # run it again, which every step must tolerate.
+                        verdict = Verdict(False, f"{verdict.detail}, but {', '.join(missing)} was not recorded before the crash")
                     self.observe("reverified", step=step, verdict=verdict)
                     if verdict.ok:
                         journal.write(event="step-done", step=step.id, state=self.ctx.state, reverified=True)
@@ -218,6 +223,8 @@ class Executor:
                     error = f"verification failed: {verdict.detail}"
         except (asyncio.TimeoutError, TimeoutError):
             error = f"did not finish within {step.timeout:g}s"
+        except KeyError as exc:
+            error = f"state from an earlier step is missing: {exc.args[0]} (the runbook should list it in that step's produces)"
         except Exception as exc:  # a step's failure is reported and journaled, never a crash
             error = scrub_text(str(exc)) or type(exc).__name__
         elapsed = time.monotonic() - started

@@ -93,7 +93,10 @@ class Journal:
         if not entries or entries[0].get("event") != "start":
             raise JournalError(f"{self.path} does not begin with a start entry")
         s = entries[0]
-        rec = RunRecord(s["run_id"], s["runbook"], s["environment"], s["cluster"], s["params"], overrides=s.get("overrides", {}))
+        # What the pre-checks found (the primary, its timeline) is in the start entry, so a run
+        # that dies during its first step resumes with it.
+        rec = RunRecord(s["run_id"], s["runbook"], s["environment"], s["cluster"], s["params"],
+                        overrides=s.get("overrides", {}), state=s.get("state", {}))
         for e in entries[1:]:
             ev = e.get("event")
             if ev == "step-started":

@@ -97,6 +97,9 @@ class Step:
     confirm: Confirm = Confirm.NONE
     timeout: float = 60.0
     on_failure: str = ""  # what the operator should do if it fails
+    # ctx.state keys this step writes and later steps read. After a crash mid-step, the step
+    # counts as done only if its verification passes AND these exist; otherwise it runs again.
+    produces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind is not Kind.MANUAL and self.run is None:
@@ -117,6 +120,13 @@ class Runbook:
     # Opens ctx.resources (connections) before prechecks, closes them at the end.
     setup: Callable[[Context], Awaitable[None]] | None = None
     teardown: Callable[[Context], Awaitable[None]] | None = None
+    # A variant for one cluster (e.g. an automatic step where dbops manages the servers, a
+    # manual one elsewhere); None keeps this runbook.
+    specialize: Callable[[ClusterRef], "Runbook | None"] | None = None
+
+    def for_cluster(self, ref: ClusterRef) -> "Runbook":
+        variant = self.specialize(ref) if self.specialize is not None else None
+        return variant if variant is not None else self
 
     @property
     def changes_servers(self) -> bool:

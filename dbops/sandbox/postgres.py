@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -489,6 +490,7 @@ class PostgresSandbox:
             "max_connections = 50",
             "shared_buffers = 16MB",
             "wal_level = replica",
+            "wal_log_hints = on  # pg_rewind needs it to rejoin an old primary after a switchover",
             "max_wal_senders = 10",
             "max_replication_slots = 10",
             "wal_keep_size = 64MB  # pg3 has no slot",
@@ -670,6 +672,154 @@ class PostgresSandbox:
         if self._postmaster_pid(name) is None:
             self._pg_start(name)
 
+    # -- rejoin after a switchover -------------------------------------------------------------
+
+    def _upstream_conninfo(self, upstream: str, name: str, password: str) -> str:
+        return (f"host=127.0.0.1 port={self.port(upstream)} user={USER} password={password} "
+                f"application_name={name} connect_timeout=2")
+
+    def _rewind_source(self, new_primary: str) -> str:
+        # No password here: pg_rewind gets it from PGPASSWORD, never from its command line.
+        return f"host=127.0.0.1 port={self.port(new_primary)} user={USER} dbname={DATABASE} connect_timeout=5"
+
+    def _rewind_args(self, name: str, new_primary: str) -> list[str | Path]:
+        # --restore-target-wal: WAL the target needs from before the divergence and no longer has
+        # in pg_wal is fetched with its own restore_command (the sandbox archive).
+        return [self.bindir / "pg_rewind", f"--target-pgdata={self.data_dir(name)}",
+                f"--source-server={self._rewind_source(new_primary)}", "--restore-target-wal", "--no-sync"]
+
+    def _check_rejoin(self, name: str, new_primary: str) -> None:
+        for n in (name, new_primary):
+            self._check_member(n)
+            if n == PGBOUNCER:
+                raise SandboxError("pgbouncer is not a PostgreSQL member")
+        if name == new_primary:
+            raise SandboxError(f"{name} cannot rejoin as a replica of itself")
+
+    def _controldata(self, name: str) -> dict[str, str]:
+        out = self._run([self.bindir / "pg_controldata", "-D", self.data_dir(name)], f"pg_controldata of {name}").stdout
+        return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines()) if v}
+
+    def show_rejoin_commands(self, name: str, new_primary: str) -> list[str]:
+        """The commands `rejoin_as_replica` runs, as shell lines (run as the server's OS user;
+        the password shown as ***), for the plan shown to the operator."""
+        self._check_rejoin(name, new_primary)
+        data = self.data_dir(name)
+        slot = self.state["members"][name].get("slot")
+        conninfo = self._upstream_conninfo(new_primary, name, "***")
+        keep = " ".join(_REWIND_KEEP)
+        lines = [f"# as the {self.owner.name} OS user",
+                 f"psql -h {self.run_dir} -p {self.port(new_primary)} -U {USER} -d {DATABASE} -c CHECKPOINT"
+                 "  # the new timeline reaches pg_control, where pg_rewind reads it"]
+        if slot:
+            lines.append(f"psql -h {self.run_dir} -p {self.port(new_primary)} -U {USER} -d {DATABASE} -c "
+                         + shlex.quote(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+                         + "  # if missing")
+        lines += [
+            shlex.join(str(a) for a in [self.bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop"]),
+            f"# keep {name}'s own {keep}: pg_rewind copies the new primary's",
+            "PGPASSWORD=*** " + shlex.join(str(a) for a in self._rewind_args(name, new_primary)),
+            f"# put {keep} back; in postgresql.auto.conf drop primary_conninfo, primary_slot_name and "
+            "default_transaction_read_only (the fence), then add:",
+            f"#   primary_conninfo = '{conninfo}'",
+        ]
+        if slot:
+            lines.append(f"#   primary_slot_name = '{slot}'")
+        lines += [
+            shlex.join(["touch", str(data / "standby.signal")]),
+            shlex.join(str(a) for a in [self.bindir / "pg_ctl", "-D", data, "-l", self.log_file(name), "-w", "-t",
+                                        str(START_TIMEOUT), "start"]),
+            f"# then wait until pg_stat_replication on {new_primary} shows {name} streaming",
+        ]
+        return lines
+
+    def rejoin_as_replica(self, name: str, new_primary: str, progress: Progress = _quiet,
+                          timeout: float = STREAM_TIMEOUT) -> None:
+        """Turn `name` (an old primary, or any member) into a streaming replica of `new_primary`:
+        fast stop, pg_rewind from the new primary (as the server's OS user), this member's own
+        configuration files put back (pg_rewind copies the source's), standby.signal and a
+        primary_conninfo naming it (application_name = name; its slot if it has one, created on
+        the new primary when missing), the fence (default_transaction_read_only) removed, start,
+        and wait until it streams. Records the new roles in the sandbox state.
+
+        Safe to repeat: a member that is already a replica is rewound again (pg_rewind says
+        "no rewind required" when it has not diverged).
+        """
+        self._check_rejoin(name, new_primary)
+        password = self.password
+        if self.psql(new_primary, "SELECT pg_is_in_recovery()", timeout=10) != "f":
+            raise SandboxError(f"{new_primary} is in recovery: it is not a primary {name} could rejoin")
+        ctl = self._controldata(name)
+        if ctl.get("wal_log_hints setting") != "on" and ctl.get("Data page checksum version", "0") == "0":
+            raise SandboxError(
+                f"{name} has neither wal_log_hints = on nor data checksums, which pg_rewind needs; this sandbox "
+                "predates them: recreate it with `dbops sandbox down` and `dbops sandbox up`"
+            )
+        # A just-promoted primary writes its new timeline into pg_control only at its first
+        # checkpoint; until then pg_rewind reads the old timeline there and says "no rewind
+        # required" for a member that has diverged.
+        self.psql(new_primary, "CHECKPOINT", timeout=300)
+        slot = self.state["members"][name].get("slot")
+        if slot:
+            self.psql(new_primary, f"SELECT pg_create_physical_replication_slot('{slot}', true) "
+                                   f"WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
+        progress(f"stop {name}")
+        self.stop_member(name, "fast")
+        data = self.data_dir(name)
+        saved = {f: (data / f).read_text(encoding="utf-8") for f in _REWIND_KEEP if (data / f).exists()}
+        progress(f"pg_rewind {name} from {new_primary}")
+        try:
+            self._run(self._rewind_args(name, new_primary), f"pg_rewind of {name} from {new_primary}",
+                      password=password, log=self.log_file(name), timeout=600)
+        except SandboxError as exc:
+            raise SandboxError(
+                f"{exc.message}\n  {name} is stopped; its data directory may be unusable after a failed pg_rewind: "
+                "recreate the sandbox (`dbops sandbox down`, `dbops sandbox up`)"
+            ) from None
+        for f, text in saved.items():
+            self._write(data / f, text)
+        auto = data / "postgresql.auto.conf"
+        kept = [ln for ln in auto.read_text(encoding="utf-8").splitlines()
+                if ln.split("=", 1)[0].strip() not in _REJOIN_DROP]
+        kept.append(f"primary_conninfo = {_conf_quote(self._upstream_conninfo(new_primary, name, password))}")
+        if slot:
+            kept.append(f"primary_slot_name = {_conf_quote(slot)}")
+        self._write(auto, "\n".join(kept) + "\n")
+        self._write(data / "standby.signal", "")
+        progress(f"start {name} as a replica of {new_primary}")
+        self._pg_start(name)
+        st = self.state
+        st["members"][name]["role"] = "replica"
+        st["members"][new_primary]["role"] = "primary"
+        write_engine_state(self.root, ENGINE, st)
+        progress(f"wait for {name} to stream from {new_primary}")
+        self.wait_streaming_from(new_primary, (name,), timeout)
+
+    def wait_streaming_from(self, upstream: str, names: Sequence[str], timeout: float = STREAM_TIMEOUT) -> None:
+        """Poll pg_stat_replication on `upstream` until every name in `names` streams."""
+        want = set(names)
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        last_error = ""
+        while True:
+            try:
+                out = self.psql(upstream, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                                timeout=5)
+                seen = set(out.split())
+                last_error = ""
+            except SandboxError as exc:
+                last_error = exc.message
+            if want <= seen:
+                return
+            if time.monotonic() >= deadline:
+                missing = sorted(want - seen)
+                logs = ", ".join(str(self.log_file(n)) for n in missing)
+                why = f"; last error: {last_error}" if last_error else ""
+                raise SandboxError(
+                    f"{', '.join(missing)} not streaming from {upstream} after {timeout:.0f} s{why}; see {logs}"
+                )
+            time.sleep(0.1)
+
     # -- down and status ---------------------------------------------------------------------
 
     def down(self, progress: Progress = _quiet) -> None:
@@ -748,6 +898,12 @@ class PostgresSandbox:
         return "\n".join(lines)
 
 
+# Configuration files of a member that pg_rewind would replace with the source's; rejoin puts
+# the member's own back.
+_REWIND_KEEP = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
+# Settings of postgresql.auto.conf that rejoin replaces: the old upstream, and the fence.
+_REJOIN_DROP = frozenset({"primary_conninfo", "primary_slot_name", "default_transaction_read_only"})
+
 _HBA = """\
 # written by `dbops sandbox up`
 # Local sockets are trusted: the socket directory and the sockets are mode 0700, so only the
@@ -773,3 +929,19 @@ def start_member(name: str, *, root: Path | None = None) -> None:
 
 def wait_streaming(names: Sequence[str] = ("pg2", "pg3"), timeout: float = STREAM_TIMEOUT, *, root: Path | None = None) -> None:
     PostgresSandbox(root).wait_streaming(names, timeout)
+
+
+def rejoin_as_replica(name: str, new_primary: str, *, root: Path | None = None,
+                      progress: Progress = _quiet, timeout: float = STREAM_TIMEOUT) -> None:
+    """Rejoin sandbox member `name` as a streaming replica of `new_primary` (pg_rewind)."""
+    PostgresSandbox(root).rejoin_as_replica(name, new_primary, progress, timeout)
+
+
+def show_rejoin_commands(name: str, new_primary: str, *, root: Path | None = None) -> list[str]:
+    """The shell commands `rejoin_as_replica` runs, password redacted."""
+    return PostgresSandbox(root).show_rejoin_commands(name, new_primary)
+
+
+def wait_streaming_from(upstream: str, names: Sequence[str], timeout: float = STREAM_TIMEOUT, *,
+                        root: Path | None = None) -> None:
+    PostgresSandbox(root).wait_streaming_from(upstream, names, timeout)

@@ -15,7 +15,7 @@ from dbops.screens.modals import ConfirmBackendModal
 from dbops.screens.postgres import PostgresScreen
 
 
-async def settle(pilot, predicate, what: str, attempts: int = 80):
+async def settle(pilot, predicate, what: str, attempts: int = 300):
     for _ in range(attempts):
         await pilot.pause(0.1)
         if predicate():

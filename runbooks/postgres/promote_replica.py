@@ -1,0 +1,313 @@
+"""postgres.promote-replica: a planned switchover when the primary answers, a failover when not.
+
+Switchover: checkpoint -> point the other replicas at the candidate (they cascade from it while
+it is still a standby, so they follow its promotion instead of replaying WAL the new timeline
+does not have) -> fence the old primary (read-only, client sessions ended) -> wait until the
+candidate has replayed the old primary's final LSN -> pg_promote -> verify (out of recovery,
+timeline + 1, a write probe) -> confirm the replicas stream from the new primary past the probe
+-> rejoin the old primary as a replica (pg_rewind; automatic in the sandbox, which dbops manages,
+a manual step with the exact commands elsewhere).
+
+Failover (no member answers as primary): the fencing steps have nothing to fence and say so;
+the candidate must be the most advanced replica by received LSN, or be overridden with a reason.
+
+Every step is safe to run again after a crash (resume re-verifies the interrupted one first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from dbops.engines.postgres import switchover as sw
+from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
+
+LOCK_NOTE = "the run holds the cluster's runbook lock; a second console is refused until it ends"
+
+
+# -- resources ---------------------------------------------------------------------------------
+
+
+async def setup(ctx: Context) -> None:
+    ctx.resources["conns"] = {m.name: sw.Conn.for_member(ctx.ref, m) for m in ctx.ref.cluster.members}
+
+
+async def teardown(ctx: Context) -> None:
+    await asyncio.gather(*(c.close() for c in ctx.resources.get("conns", {}).values()), return_exceptions=True)
+
+
+def conn(ctx: Context, name: str) -> sw.Conn:
+    return ctx.resources["conns"][name]
+
+
+def member(ctx: Context, name: str) -> Any:
+    return next(m for m in ctx.ref.cluster.members if m.name == name)
+
+
+def app_name(ctx: Context, name: str) -> str:
+    return member(ctx, name).application_name or name
+
+
+def candidate(ctx: Context) -> str:
+    return str(ctx.params["candidate"])
+
+
+def others(ctx: Context) -> list[str]:
+    """Replicas to repoint: every member but the candidate and the old primary."""
+    skip = {candidate(ctx), ctx.state.get("primary")}
+    return [m.name for m in ctx.ref.cluster.members if m.name not in skip]
+
+
+# -- pre-checks --------------------------------------------------------------------------------
+
+
+async def _precheck(ctx: Context) -> sw.PromotionPrecheck:
+    """One read of every member, shared by the pre-check rows; the facts go to ctx.state."""
+    if "precheck" not in ctx.resources:
+        result = await sw.precheck(ctx.resources["conns"], candidate(ctx), int(ctx.params["max_lag_bytes"]))
+        ctx.resources["precheck"] = result
+        ctx.state.update(
+            mode=result.mode, primary=result.primary, timeline=result.timeline, primary_lsn=result.primary_lsn
+        )
+    return ctx.resources["precheck"]
+
+
+def _verdict_check(check_id: str, title: str, names: tuple[str, ...], overridable: bool = False) -> Check:
+    async def run(ctx: Context) -> Verdict:
+        pre = await _precheck(ctx)
+        mine = [v for v in pre.verdicts if _covers(names, v.name)]
+        if not mine:
+            return Verdict(True, "not applicable")
+        bad = [v for v in mine if not v.ok]
+        return Verdict(not bad, "; ".join(v.detail for v in (bad or mine)))
+
+    return Check(check_id, title, run, overridable=overridable)
+
+
+def _covers(names: tuple[str, ...], verdict: str) -> bool:
+    return any(verdict == n or verdict.startswith(n + ":") for n in names)
+
+
+KNOWN = (
+    "candidate-known", "candidate-reachable", "candidate-in-recovery", "single-primary", "candidate-streaming",
+    "primary-unreachable", "replay-not-paused", "same-timeline", "lag", "most-advanced", "no-promotion-running",
+)
+
+
+async def _unlisted(ctx: Context) -> Verdict:
+    """A verdict no row above shows must still stop the run, never pass unseen."""
+    pre = await _precheck(ctx)
+    bad = [v for v in pre.verdicts if not v.ok and not _covers(KNOWN, v.name)]
+    return Verdict(not bad, "; ".join(f"{v.name}: {v.detail}" for v in bad) or "nothing else to report")
+
+
+async def _replicas(ctx: Context) -> list[str]:
+    pre = await _precheck(ctx)
+    return [m.name for m in pre.members if m.reachable and m.in_recovery]
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+def _switchover(ctx: Context) -> bool:
+    return ctx.state.get("mode") == "switchover"
+
+
+async def do_checkpoint(ctx: Context) -> None:
+    if not _switchover(ctx):
+        ctx.log("failover: no primary to checkpoint")
+        return
+    r = await sw.checkpoint(conn(ctx, ctx.state["primary"]))
+    ctx.log(f"checkpoint on {r.member} done in {r.seconds:.1f}s at {r.lsn}")
+
+
+async def do_fence(ctx: Context) -> None:
+    if not _switchover(ctx):
+        ctx.log("failover: the old primary is unreachable; make sure it cannot come back as a primary (stop it, fence it at the network)")
+        return
+    r = await sw.fence_primary(conn(ctx, ctx.state["primary"]))
+    ctx.state["final_lsn"] = r.final_lsn
+    ctx.log(f"{r.member} is read-only; {r.terminated} client session(s) ended; final LSN {r.final_lsn}")
+    for s in r.terminated_sessions:
+        ctx.log(f"  ended: {s}")
+
+
+async def verify_fenced(ctx: Context) -> Verdict:
+    if not _switchover(ctx):
+        return Verdict(True, "failover: nothing to fence")
+    value = await conn(ctx, ctx.state["primary"]).fetchval("SELECT current_setting('default_transaction_read_only')")
+    return Verdict(value == "on", f"default_transaction_read_only = {value} on {ctx.state['primary']}")
+
+
+async def do_wait_replayed(ctx: Context) -> None:
+    if not _switchover(ctx):
+        ctx.log("failover: promoting with what the candidate has received")
+        return
+    r = await sw.wait_replayed(conn(ctx, candidate(ctx)), ctx.state["final_lsn"], timeout=120)
+    ctx.log(f"{r.member} replayed up to {r.replay_lsn} (target {r.target_lsn}) in {r.seconds:.1f}s")
+
+
+async def do_promote(ctx: Context) -> None:
+    r = await sw.promote(conn(ctx, candidate(ctx)), timeout=60)
+    ctx.state["new_timeline"] = r.timeline
+    ctx.log(f"{r.member} promoted: timeline {r.timeline}" + (" (it was already primary)" if r.already_primary else ""))
+
+
+async def verify_promoted(ctx: Context) -> Verdict:
+    in_recovery = await conn(ctx, candidate(ctx)).fetchval("SELECT pg_is_in_recovery()")
+    return Verdict(in_recovery is False, f"{candidate(ctx)} {'is still in recovery' if in_recovery else 'is out of recovery'}")
+
+
+async def do_verify_new_primary(ctx: Context) -> None:
+    expected = int(ctx.state["timeline"]) + 1
+    r = await sw.verify_new_primary(conn(ctx, candidate(ctx)), expected)
+    ctx.state["probe_lsn"] = r.probe_lsn
+    ctx.log(f"{r.member}: timeline {r.timeline}, write probe {r.probe_ms:.1f} ms at {r.probe_lsn}")
+
+
+async def do_repoint(ctx: Context) -> None:
+    new = conn(ctx, candidate(ctx))
+    for name in others(ctx):
+        replica = conn(ctx, name)
+        slot = await replica.fetchval("SELECT nullif(current_setting('primary_slot_name'), '')")
+        if slot:
+            s = await sw.ensure_slot(new, slot)
+            ctx.log(f"slot {s.slot_name} on {s.member}: {'created' if s.created else 'already there'}")
+        r = await sw.repoint_replica(replica, new.host, new.port, app_name(ctx, name), slot)
+        ctx.log(f"{name} now points at {new.name}" + ("" if r.changed else " (already did)"))
+        w = await sw.wait_streaming_from(new, app_name(ctx, name), timeout=60)
+        ctx.log(f"{name} streams from {new.name} (replayed {w.replay_lsn})")
+
+
+async def do_follow(ctx: Context) -> None:
+    new = conn(ctx, candidate(ctx))
+    for name in others(ctx):
+        w = await sw.wait_streaming_from(new, app_name(ctx, name), timeout=60, caught_up_to=ctx.state.get("probe_lsn"))
+        ctx.log(f"{name} follows {new.name} on the new timeline (replayed {w.replay_lsn})")
+
+
+async def verify_repointed(ctx: Context) -> Verdict:
+    new = conn(ctx, candidate(ctx))
+    streaming = {r["application_name"] for r in await new.fetch("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")}
+    missing = [n for n in others(ctx) if app_name(ctx, n) not in streaming]
+    return Verdict(not missing, f"not streaming from {new.name}: {', '.join(missing)}" if missing else f"all replicas stream from {new.name}")
+
+
+def _managed(ctx: Context) -> bool:
+    """dbops manages the servers of a sandbox environment, and only those."""
+    return ctx.ref.env.sandbox
+
+
+async def do_rejoin(ctx: Context) -> None:
+    old = ctx.state.get("primary")
+    if not old:
+        ctx.log("failover: the old primary is down; rejoin it later with pg_rewind (commands in the plan)")
+        return
+    from dbops.config import state_dir
+    from dbops.sandbox import postgres as sandbox
+
+    # pg_ctl and pg_rewind are blocking processes: run them off the event loop.
+    await asyncio.to_thread(sandbox.rejoin_as_replica, old, candidate(ctx), root=state_dir() / "sandbox")
+    ctx.log(f"{old} rewound and restarted as a replica of {candidate(ctx)}")
+
+
+async def verify_rejoined(ctx: Context) -> Verdict:
+    old = ctx.state.get("primary")
+    if not old:
+        return Verdict(True, "failover: nothing to rejoin now")
+    w = await sw.wait_streaming_from(conn(ctx, candidate(ctx)), app_name(ctx, old), timeout=60)
+    return Verdict(True, f"{old} streams from {w.member}")
+
+
+def rejoin_cmds(ctx: Context) -> list[str]:
+    old = ctx.state.get("primary") or "<old primary>"
+    new = member(ctx, candidate(ctx))
+    if _managed(ctx):
+        from dbops.config import state_dir
+        from dbops.sandbox import postgres as sandbox
+
+        if ctx.state.get("primary"):
+            try:
+                return sandbox.show_rejoin_commands(old, new.name, root=state_dir() / "sandbox")
+            except Exception as exc:  # the plan still renders; the step itself will fail clearly
+                return [f"# sandbox rejoin commands unavailable: {exc}"]
+    return sw.rejoin_commands(
+        data_dir=f"<data directory of {old}>", new_primary_host=new.host, new_primary_port=new.port,
+        application_name=app_name(ctx, old) if old in [m.name for m in ctx.ref.cluster.members] else old,
+        user=ctx.ref.cluster.user,
+    )
+
+
+STEPS = (
+    Step("checkpoint", "Checkpoint the primary", "Shortens the promotion: the candidate's restartpoint has less to do.",
+         Kind.ACTION, lambda ctx: sw.describe_checkpoint(), do_checkpoint, timeout=600),
+    Step("repoint", "Point the other replicas at the candidate", "Each other replica streams from the candidate "
+         "(its slot created there first) and will follow it through the promotion; nothing is fenced yet.", Kind.ACTION,
+         lambda ctx: [line for n in others(ctx) for line in sw.describe_repoint(member(ctx, candidate(ctx)).host,
+                                                                                   member(ctx, candidate(ctx)).port, app_name(ctx, n))],
+         do_repoint, verify_repointed, timeout=180),
+    Step("fence", "Fence the old primary", "Makes the old primary read-only and ends client sessions so no write lands "
+         "after the candidate's promotion point.", Kind.ACTION, lambda ctx: sw.describe_fence(), do_fence, verify_fenced,
+         destructive=True, confirm=Confirm.TYPE_CLUSTER, timeout=120, produces=("final_lsn",),
+         on_failure="give writes back to the old primary: ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf();"),
+    Step("wait-replayed", "Wait for the candidate to replay the final LSN", "No committed transaction is left behind.",
+         Kind.WAIT, lambda ctx: sw.describe_wait_replayed(ctx.state.get("final_lsn", "<final LSN from the fence>")),
+         do_wait_replayed, timeout=150,
+         on_failure="the candidate is not catching up: resume to wait again, or unfence the old primary (see the fence step)"),
+    Step("promote", "Promote the candidate", "pg_promote, then poll to a definite outcome.", Kind.ACTION,
+         lambda ctx: sw.describe_promote(), do_promote, verify_promoted, confirm=Confirm.YES_NO, timeout=120, produces=("new_timeline",),
+         on_failure="check the candidate's log; `dbops runbook resume` re-checks whether it became primary before anything else"),
+    Step("verify", "Verify the new primary", "Out of recovery, timeline + 1, and a write probe succeeds.", Kind.CHECK,
+         lambda ctx: sw.describe_verify(), do_verify_new_primary, timeout=60, produces=("probe_lsn",)),
+    Step("follow", "Confirm the replicas follow the new primary", "Each other replica streams from the new primary "
+         "and has replayed past the write probe.", Kind.WAIT,
+         lambda ctx: [line for n in others(ctx) for line in sw.describe_wait_streaming_from(app_name(ctx, n), ctx.state.get("probe_lsn", "<probe LSN>"))],
+         do_follow, verify_repointed, timeout=120,
+         on_failure="a replica that replayed WAL of the old timeline cannot follow: rejoin it with pg_rewind (the rejoin step's commands)"),
+)
+
+REJOIN_AUTOMATIC = Step(
+    "rejoin", "Rejoin the old primary as a replica", "pg_rewind against the new primary, then start it as a standby "
+    "(dbops manages this sandbox's servers).", Kind.ACTION, rejoin_cmds, do_rejoin, verify_rejoined, timeout=300,
+    on_failure="run the shown commands by hand; the new primary is already serving",
+)
+
+REJOIN_MANUAL = Step(
+    "rejoin", "Rejoin the old primary as a replica (manual)", "dbops cannot reach the old primary's host: run these "
+    "commands there as the postgres OS user, then confirm; dbops then checks it streams.", Kind.MANUAL, rejoin_cmds,
+    None, verify_rejoined, timeout=3600,
+)
+
+
+def _book(steps: tuple[Step, ...]) -> Runbook:
+    return Runbook(
+        id="postgres.promote-replica",
+        engine="postgres",
+        title="Promote a replica (switchover, or failover when the primary is down)",
+        description=__doc__.strip().splitlines()[0],
+        params=(
+            Param("candidate", "the replica to promote", required=True, choices=_replicas),
+            Param("max_lag_bytes", "refuse when the candidate is further behind (bytes)", type=int, default=sw.DEFAULT_MAX_LAG_BYTES),
+        ),
+        prechecks=(
+            _verdict_check("topology", "one primary (or none: failover), candidate is a streaming replica",
+                           ("candidate-known", "candidate-reachable", "candidate-in-recovery", "single-primary",
+                            "candidate-streaming", "primary-unreachable")),
+            _verdict_check("paused", "replay is not paused on the candidate", ("replay-not-paused",)),
+            _verdict_check("timeline", "candidate is on the primary's timeline", ("same-timeline",)),
+            _verdict_check("lag", "candidate lag within max_lag_bytes", ("lag",), overridable=True),
+            _verdict_check("most-advanced", "failover: candidate is the most advanced replica", ("most-advanced",), overridable=True),
+            _verdict_check("no-promotion", "no other promotion is running", ("no-promotion-running",)),
+            Check("other", "nothing else stands in the way", _unlisted),
+        ),
+        steps=steps,
+        setup=setup,
+        teardown=teardown,
+    )
+
+
+# The sandbox's servers are dbops' own, so the rejoin is automatic there; everywhere else it is a
+# manual step. Which one applies is decided per cluster when the runbook is built for it.
+MANAGED = _book(STEPS + (REJOIN_AUTOMATIC,))
+RUNBOOK = dataclasses.replace(_book(STEPS + (REJOIN_MANUAL,)), specialize=lambda ref: MANAGED if ref.env.sandbox else None)

@@ -1,0 +1,155 @@
+"""postgres.promote-replica through `dbops runbook`, on the sandbox's real servers.
+
+The sandbox is shared by the whole session: the switchover test switches back to pg1 at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from dbops.audit import verify
+
+
+def dbops(pg_sandbox, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+async def role_and_timeline(pg_sandbox, member):
+    row = (await pg_sandbox.fetch(member, "SELECT pg_is_in_recovery() AS r, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS tl "
+                                          "WHERE NOT pg_is_in_recovery() UNION ALL SELECT true, NULL WHERE pg_is_in_recovery()"))[0]
+    return ("replica" if row["r"] else "primary"), row["tl"]
+
+
+def audit_intents(pg_sandbox):
+    path = pg_sandbox.state_dir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["phase"] == "intent"]
+
+
+async def streaming_from(pg_sandbox, member):
+    rows = await pg_sandbox.fetch(member, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1")
+    return [r["application_name"] for r in rows]
+
+
+async def test_plan_changes_nothing(pg_sandbox):
+    before = await role_and_timeline(pg_sandbox, "pg1")
+    intents = len(audit_intents(pg_sandbox))
+    r = dbops(pg_sandbox, "runbook", "plan", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for text in ("Fence the old primary", "pg_promote(wait => true", "pg_rewind", "nothing was changed", "[ok  ] candidate lag within"):
+        assert text in r.stdout
+    assert "password=***" in r.stdout and pg_sandbox.password not in r.stdout
+    assert await role_and_timeline(pg_sandbox, "pg1") == before
+    assert len(audit_intents(pg_sandbox)) == intents
+
+
+async def test_lagging_candidate_is_refused_without_override(pg_sandbox):
+    await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_pause()")
+    try:
+        await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS promote_lag (v text)")
+        await pg_sandbox.fetch("pg1", "INSERT INTO promote_lag SELECT repeat('x', 1024) FROM generate_series(1, 3000)")
+        r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg3",
+                  "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "pre-checks refused" in r.stdout and "paused" in r.stdout
+        assert (await role_and_timeline(pg_sandbox, "pg1"))[0] == "primary"
+    finally:
+        await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_resume()")
+        await pg_sandbox.fetch("pg1", "DROP TABLE IF EXISTS promote_lag")
+    pg_sandbox.wait_streaming()
+
+
+async def test_switchover_to_pg2_and_back(pg_sandbox):
+    await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS promote_rows (id int PRIMARY KEY)")
+    await pg_sandbox.fetch("pg1", "INSERT INTO promote_rows SELECT generate_series(1, 100) ON CONFLICT DO NOTHING")
+    _, timeline = await role_and_timeline(pg_sandbox, "pg1")
+    try:
+        r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg2",
+                  "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert await role_and_timeline(pg_sandbox, "pg2") == ("primary", timeline + 1)
+        assert await streaming_from(pg_sandbox, "pg2") == ["pg1", "pg3"]
+        assert (await pg_sandbox.fetch("pg2", "SELECT count(*) FROM promote_rows"))[0][0] == 100  # nothing lost
+        await pg_sandbox.fetch("pg2", "INSERT INTO promote_rows VALUES (101)")
+        check = subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "check", "--json"],
+                               capture_output=True, text=True, timeout=60)
+        roles = {m["name"]: m["role"] for m in json.loads(check.stdout)["clusters"][0]["members"]}
+        assert roles == {"pg1": "replica", "pg2": "primary", "pg3": "replica"}, check.stdout
+        assert verify(pg_sandbox.state_dir / "audit.jsonl").ok
+        steps = [x["step"] for x in audit_intents(pg_sandbox) if x["action"].startswith("postgres.promote-replica")]
+        assert steps[-5:] == ["checkpoint", "repoint", "fence", "promote", "rejoin"]
+    finally:
+        # back to the shared sandbox's shape: pg1 primary, pg2 and pg3 streaming from it
+        r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1",
+                  "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert (await role_and_timeline(pg_sandbox, "pg1"))[0] == "primary"
+    assert (await pg_sandbox.fetch("pg1", "SELECT count(*) FROM promote_rows"))[0][0] == 101
+    pg_sandbox.wait_streaming()
+    await pg_sandbox.fetch("pg1", "DROP TABLE promote_rows")
+
+
+async def test_kill_9_after_every_step_then_resume_ends_consistent(pg_sandbox):
+    """For each step boundary: start a switchover, kill -9 dbops as soon as the journal records that
+    step as done, resume, and check the cluster: one primary, everyone else streaming from it,
+    no committed row lost, the audit chain intact."""
+    import asyncio
+    import signal
+    import time
+
+    env = {**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)}
+    await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS crash_rows (id int PRIMARY KEY)")
+    primary, rows = "pg1", 0
+    for boundary in ("checkpoint", "repoint", "fence", "wait-replayed", "promote", "verify", "follow"):
+        rows += 1
+        await pg_sandbox.fetch(primary, f"INSERT INTO crash_rows VALUES ({rows})")
+        candidate = "pg2" if primary == "pg1" else "pg1"
+        runs = pg_sandbox.state_dir / "runs"
+        before = set(runs.glob("*.jsonl")) if runs.exists() else set()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "runbook", "run", "postgres.promote-replica",
+             "--cluster", "sandbox-pg", "--param", f"candidate={candidate}", "--yes", "--confirm", "sandbox-pg"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL,
+        )
+        journal = None
+        for _ in range(3000):
+            new = set(runs.glob("*.jsonl")) - before if runs.exists() else set()
+            if new:
+                journal = new.pop()
+                if f'"event": "step-done", "state"' in journal.read_text() and f'"step": "{boundary}"' in journal.read_text().split('"event": "step-done"')[-1]:
+                    break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+        assert journal is not None, out
+        r = subprocess.run(
+            [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "runbook", "resume", journal.stem, "--yes", "--confirm", "sandbox-pg"],
+            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL,
+        )
+        assert r.returncode in (0, 1), f"killed after {boundary}: {out}\n---\n{r.stdout}{r.stderr}"  # 1: the run had already finished
+        primaries = [m for m in ("pg1", "pg2", "pg3") if (await role_and_timeline(pg_sandbox, m))[0] == "primary"]
+        assert primaries == [candidate], f"after a kill at {boundary}: primaries {primaries}\n{r.stdout}"
+        for _ in range(100):
+            if await streaming_from(pg_sandbox, candidate) == sorted({"pg1", "pg2", "pg3"} - {candidate}):
+                break
+            await asyncio.sleep(0.1)
+        assert await streaming_from(pg_sandbox, candidate) == sorted({"pg1", "pg2", "pg3"} - {candidate}), boundary
+        assert (await pg_sandbox.fetch(candidate, "SELECT count(*) FROM crash_rows"))[0][0] == rows, boundary
+        primary = candidate
+    if primary != "pg1":  # back to the shared sandbox's shape
+        r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1",
+                  "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert verify(pg_sandbox.state_dir / "audit.jsonl").ok
+    pg_sandbox.wait_streaming()
+    await pg_sandbox.fetch("pg1", "DROP TABLE crash_rows")
