@@ -17,7 +17,7 @@ DEMO_STATE_DIR ?= /var/tmp/dbops-demo
 help:
 	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer) and open the console"
 	@echo "make test   - set up, then run lint-imports and every test (unit, integration, UI)"
-	@echo "make bench  - start-up benchmarks (ratios against 'import textual.app')"
+	@echo "make bench  - start-up (ratios against importing textual) and switchover write-unavailability benchmarks"
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -60,6 +60,7 @@ demo-down: venv
 bench: deps venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/switchover.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
