@@ -145,7 +145,7 @@ class RunbookScreen(Screen[None]):
         yield Header()
         yield EnvBanner(id="banner")
         with VerticalScroll(id="rb-params"):
-            yield Static(Text.assemble((f"{self.book.id}", "bold"), f": {self.book.title}\n", (self.book.description, "dim")))
+            yield Static(Text.assemble((f"{self.book.id}", "bold"), f": {self.book.title}"))
             for p in self.book.params:
                 label = f"{p.name}{' (required)' if p.required else ''}: {p.description}"
                 yield Label(label)
@@ -174,6 +174,10 @@ class RunbookScreen(Screen[None]):
             kind = s.kind.value + (" DESTRUCTIVE" if s.destructive else "")
             steps.add_row(self._icon(s.id), s.title, kind, "", key=s.id)
         self.log_line("Fill the parameters, then ctrl+l for the plan (read-only) and ctrl+r to run.")
+        # Typing starts in the first parameter: a stray letter must not reach the app's bindings.
+        inputs = self.query(Input)
+        if inputs:
+            inputs.first().focus()
 
     def _icon(self, step_id: str) -> Text:
         st = self.status[step_id]

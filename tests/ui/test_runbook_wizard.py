@@ -43,7 +43,11 @@ async def open_wizard(app, pilot, work: Path) -> RunbookScreen:
     await pilot.press("enter")
     await settle(pilot, lambda: isinstance(app.screen, RunbookScreen), "the wizard")
     screen = app.screen
-    screen.query_one("#param-dir", Input).value = str(work)
+    # typed, as an operator does: the first parameter has the focus, so no key reaches a binding
+    await pilot.press(*str(work))
+    await pilot.pause()
+    assert screen.query_one("#param-dir", Input).value == str(work)
+    assert not app.hub.paused  # a 'p' in the path did not toggle the pause binding
     return screen
 
 
