@@ -216,7 +216,12 @@ async def verify_rejoined(ctx: Context) -> Verdict:
     old = ctx.state.get("primary")
     if not old:
         return Verdict(True, "failover: nothing to rejoin now")
-    w = await sw.wait_streaming_from(conn(ctx, candidate(ctx)), app_name(ctx, old), timeout=60)
+    # A quick look, not a wait: the rejoin itself waits until the member streams, and on resume
+    # after a crash mid-rejoin a long wait here would only delay re-running it.
+    try:
+        w = await sw.wait_streaming_from(conn(ctx, candidate(ctx)), app_name(ctx, old), timeout=3)
+    except sw.SwitchoverError as exc:
+        return Verdict(False, str(exc))
     return Verdict(True, f"{old} streams from {w.member}")
 
 
