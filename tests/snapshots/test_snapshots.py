@@ -6,7 +6,6 @@ the report before committing the new SVGs.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from dbops.screens.app import DbopsApp
@@ -14,23 +13,22 @@ from dbops.screens.app import DbopsApp
 from ..ui.frozen import NOW, FrozenHub
 
 
-def frozen_app(allow_writes: bool = False) -> DbopsApp:
+def frozen_app(state: Path, allow_writes: bool = False) -> DbopsApp:
     hub = FrozenHub()
-    state = Path(tempfile.mkdtemp(prefix="dbops-snap-"))
     return DbopsApp(hub.config, allow_writes=allow_writes, state_dir=state, hub=hub, clock=lambda: NOW)
 
 
-def test_overview_80x24(snap_compare):
-    assert snap_compare(frozen_app(), terminal_size=(80, 24), press=["_"])
+def test_overview_80x24(snap_compare, tmp_path):
+    assert snap_compare(frozen_app(tmp_path), terminal_size=(80, 24), press=["_"])
 
 
-def test_postgres_pane_80x24(snap_compare):
-    assert snap_compare(frozen_app(), terminal_size=(80, 24), press=["down", "enter", "_"])
+def test_postgres_pane_80x24(snap_compare, tmp_path):
+    assert snap_compare(frozen_app(tmp_path), terminal_size=(80, 24), press=["down", "enter", "_"])
 
 
-def test_blocking_tree_80x24(snap_compare):
-    assert snap_compare(frozen_app(), terminal_size=(80, 24), press=["down", "enter", "2", "_"])
+def test_blocking_tree_80x24(snap_compare, tmp_path):
+    assert snap_compare(frozen_app(tmp_path), terminal_size=(80, 24), press=["down", "enter", "2", "_"])
 
 
-def test_terminate_confirmation_on_production_80x24(snap_compare):
-    assert snap_compare(frozen_app(allow_writes=True), terminal_size=(80, 24), press=["down", "enter", "k", "_"])
+def test_terminate_confirmation_on_production_80x24(snap_compare, tmp_path):
+    assert snap_compare(frozen_app(tmp_path, allow_writes=True), terminal_size=(80, 24), press=["down", "enter", "k", "_"])
