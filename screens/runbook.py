@@ -178,6 +178,41 @@ class RunbookScreen(Screen[None]):
         inputs = self.query(Input)
         if inputs:
             inputs.first().focus()
+        if any(p.choices is not None for p in self.book.params):
+            self._offer_choices()
+
+    @work(thread=True, group="choices")
+    def _offer_choices(self) -> None:
+        """Ask the cluster which values each parameter can take (e.g. its replicas) and show them."""
+        from dbops.runbook.journal import new_run_id
+
+        ctx = Context(self.ref, {p.name: p.default for p in self.book.params}, run_id=new_run_id())
+
+        async def go() -> dict[str, list[str]]:
+            if self.book.setup is not None:
+                await self.book.setup(ctx)
+            try:
+                found = {}
+                for p in self.book.params:
+                    if p.choices is not None:
+                        found[p.name] = await p.choices(ctx)
+                return found
+            finally:
+                if self.book.teardown is not None:
+                    await self.book.teardown(ctx)
+
+        try:
+            found = asyncio.run(go())
+        except Exception as exc:
+            self.app.call_from_thread(self.log_line, f"could not list the choices: {exc}", "yellow")
+            return
+        self.app.call_from_thread(self._show_choices, found)
+
+    def _show_choices(self, found: dict[str, list[str]]) -> None:
+        for name, values in found.items():
+            field = self.query_one(f"#param-{name}", Input)
+            field.placeholder = "one of: " + ", ".join(values) if values else "nothing available now"
+            self.log_line(f"{name}: {', '.join(values) or 'nothing available now'}", "dim")
 
     def _icon(self, step_id: str) -> Text:
         st = self.status[step_id]

@@ -103,8 +103,17 @@ async def _unlisted(ctx: Context) -> Verdict:
 
 
 async def _replicas(ctx: Context) -> list[str]:
-    pre = await _precheck(ctx)
-    return [m.name for m in pre.members if m.reachable and m.in_recovery]
+    """Members that answer and are in recovery: the candidates a promotion can pick from."""
+
+    async def is_replica(name: str, c: sw.Conn) -> str | None:
+        try:
+            return name if await c.fetchval("SELECT pg_is_in_recovery()") else None
+        except Exception as exc:  # an unreachable member is simply not offered; say why
+            ctx.log(f"{name} not offered: {c.error(exc)}")
+            return None
+
+    found = await asyncio.gather(*(is_replica(n, c) for n, c in ctx.resources["conns"].items()))
+    return [n for n in found if n]
 
 
 # -- steps -------------------------------------------------------------------------------------

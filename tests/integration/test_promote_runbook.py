@@ -164,3 +164,9 @@ async def test_kill_9_after_every_step_then_resume_ends_consistent(pg_sandbox):
     assert verify(pg_sandbox.state_dir / "audit.jsonl").ok
     pg_sandbox.wait_streaming()
     await pg_sandbox.fetch("pg1", "DROP TABLE crash_rows")
+
+
+async def test_candidate_must_be_a_live_replica(pg_sandbox):
+    r = dbops(pg_sandbox, "runbook", "plan", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1")
+    assert r.returncode == 1
+    assert "--param candidate=pg1: not one of pg2, pg3" in r.stderr
