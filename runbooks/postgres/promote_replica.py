@@ -54,8 +54,9 @@ def candidate(ctx: Context) -> str:
 
 
 def others(ctx: Context) -> list[str]:
-    """Replicas to repoint: every member but the candidate and the old primary."""
-    skip = {candidate(ctx), ctx.state.get("primary")}
+    """Replicas to repoint: every member but the candidate, the old primary and the members that
+    did not answer at the pre-checks (in a failover, the dead primary is one of those)."""
+    skip = {candidate(ctx), ctx.state.get("primary"), *ctx.state.get("unreachable", ())}
     return [m.name for m in ctx.ref.cluster.members if m.name not in skip]
 
 
@@ -68,6 +69,7 @@ async def _precheck(ctx: Context) -> sw.PromotionPrecheck:
         result = await sw.precheck(ctx.resources["conns"], candidate(ctx), int(ctx.params["max_lag_bytes"]))
         ctx.resources["precheck"] = result
         ctx.state.update(
+            unreachable=[m.name for m in result.members if not m.reachable],
             mode=result.mode, primary=result.primary, timeline=result.timeline, primary_lsn=result.primary_lsn
         )
     return ctx.resources["precheck"]

@@ -5,6 +5,7 @@ The sandbox is shared by the whole session: the switchover test switches back to
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -170,3 +171,40 @@ async def test_candidate_must_be_a_live_replica(pg_sandbox):
     r = dbops(pg_sandbox, "runbook", "plan", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1")
     assert r.returncode == 1
     assert "--param candidate=pg1: not one of pg2, pg3" in r.stderr
+
+
+async def test_failover_when_the_primary_is_dead(pg_sandbox):
+    """pg1 killed: promote pg2 (the most advanced replica), pg3 follows it; then pg1 is rewound
+    into a replica and a switchover puts the shared sandbox back as it was."""
+    from dbops.sandbox import postgres as sandbox
+
+    await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS failover_rows (id int PRIMARY KEY)")
+    await pg_sandbox.fetch("pg1", "INSERT INTO failover_rows SELECT generate_series(1, 50) ON CONFLICT DO NOTHING")
+    pg_sandbox.wait_streaming()
+    for _ in range(100):  # both replicas have replayed the rows before the primary dies
+        counts = [(await pg_sandbox.fetch(m, "SELECT count(*) FROM failover_rows"))[0][0] for m in ("pg2", "pg3")]
+        if counts == [50, 50]:
+            break
+        await asyncio.sleep(0.1)
+    pg_sandbox.stop_member("pg1", "immediate")
+    try:
+        r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg2",
+                  "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "failover" in r.stdout
+        assert (await role_and_timeline(pg_sandbox, "pg2"))[0] == "primary"
+        assert await streaming_from(pg_sandbox, "pg2") == ["pg3"]
+        assert (await pg_sandbox.fetch("pg2", "SELECT count(*) FROM failover_rows"))[0][0] == 50
+    finally:
+        if (await role_and_timeline(pg_sandbox, "pg2"))[0] == "primary":
+            # pg1 must never come back as a second primary: rewind it into a replica of pg2 first
+            await asyncio.to_thread(sandbox.rejoin_as_replica, "pg1", "pg2", root=pg_sandbox.root)
+        else:  # the run failed before promoting: pg1 is still the only primary
+            pg_sandbox.start_member("pg1")
+    assert sorted(await streaming_from(pg_sandbox, "pg2")) == ["pg1", "pg3"]
+    r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1",
+              "--yes", "--confirm", "sandbox-pg")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pg_sandbox.wait_streaming()
+    assert (await pg_sandbox.fetch("pg1", "SELECT count(*) FROM failover_rows"))[0][0] == 50
+    await pg_sandbox.fetch("pg1", "DROP TABLE failover_rows")
