@@ -93,8 +93,10 @@ class DbopsApp(App[None]):
             return
         with self.batch_update():
             for screen in self.screen_stack:
+                # A screen pushed but not yet composed has no widgets to update; it reads the
+                # whole state in its own on_mount, so it misses nothing by being skipped here.
                 handler = getattr(screen, "health_changed", None)
-                if handler is not None:
+                if handler is not None and screen.is_mounted:
                     handler(changed)
 
     def _handle_exception(self, error: Exception) -> None:
@@ -138,7 +140,7 @@ class DbopsApp(App[None]):
             self.notify("Refresh paused: values are frozen until you press p again", severity="warning")
         for screen in self.screen_stack:
             handler = getattr(screen, "pause_changed", None)
-            if handler is not None:
+            if handler is not None and screen.is_mounted:
                 handler(self._hub.paused)
 
     def action_audit(self) -> None:

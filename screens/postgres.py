@@ -114,6 +114,7 @@ class PostgresScreen(Screen[None]):
         super().__init__()
         self.key = key
         self.member: str | None = None  # whose activity/statements are shown
+        self.member_pinned = False  # True once the operator picked a member
         self.filter_text = ""
         self.sort_index = 0
         self._activity_cells: dict[str, tuple[Any, ...]] = {}
@@ -177,10 +178,17 @@ class PostgresScreen(Screen[None]):
         self.query_one(EnvBanner).show([(ref.environment, ref.production, writes_allowed(ref, self.app.allow_writes))], paused, self.app.operator)
 
     def _member_health(self, health: ClusterHealth) -> MemberHealth | None:
-        if self.member is None:
-            primary = next((m for m in health.members if m.role == "primary" and m.snapshot.reachable), None)
-            chosen = primary or next((m for m in health.members if m.snapshot.shown is not None), None) or health.members[0]
-            self.member = chosen.name
+        if not self.member_pinned:
+            # Until the operator picks a member, show the primary: the one answering as primary
+            # now (it follows a switchover), else the one the config names, never whichever
+            # replica's first poll happened to land first.
+            live = next((m for m in health.members if m.role == "primary" and m.snapshot.reachable), None)
+            hinted = next((m for m in health.members if m.role == "primary"), None)
+            chosen = (live or hinted or health.members[0]).name
+            if chosen != self.member:
+                if self.member is not None:
+                    self._reset_activity()
+                self.member = chosen
         return next((m for m in health.members if m.name == self.member), None)
 
     def redraw(self, health: ClusterHealth) -> None:
@@ -423,12 +431,14 @@ class PostgresScreen(Screen[None]):
         names = [m.name for m in self.ref.cluster.members]
         i = names.index(self.member) if self.member in names else -1
         self.member = names[(i + 1) % len(names)]
+        self.member_pinned = True
         self._reset_activity()
         self.redraw(self.app.hub.cluster_health(self.key))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "topology":
             self.member = str(event.row_key.value)
+            self.member_pinned = True
             self._reset_activity()
             self.redraw(self.app.hub.cluster_health(self.key))
 

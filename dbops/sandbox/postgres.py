@@ -5,6 +5,8 @@ Layout under the sandbox directory::
 
     pg1/data  pg1/postgres.log      (likewise pg2, pg3)
     archive/                        archive_command target (also restore_command source)
+    pgbackrest.conf                 pgBackRest settings for stanza sandbox-pg (pass --config)
+    pgbackrest/repo log lock spool  its POSIX repository and its working directories
     run/                            unix sockets, mode 0700
     pgbouncer/pgbouncer.ini userlist.txt pgbouncer.pid pgbouncer.log
 
@@ -57,6 +59,10 @@ MEMBERS: tuple[tuple[str, str, str | None], ...] = (
 MEMBER_NAMES = tuple(m[0] for m in MEMBERS)
 PGBOUNCER = "pgbouncer"
 
+# pgBackRest: one stanza named like the cluster, pg1..pg3 as its members (pgBackRest finds the
+# primary among them), a POSIX repository inside the sandbox.
+PGBACKREST_STANZA = CLUSTER
+
 PG_BINDIR_DEFAULT = Path("/usr/lib/postgresql/15/bin")
 PG_TOOLS = ("initdb", "pg_ctl", "pg_basebackup", "psql", "postgres")
 START_TIMEOUT = 60  # seconds pg_ctl waits for a server to accept connections
@@ -96,6 +102,14 @@ def _pgbouncer_bin() -> Path:
     found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None)
     if not found:
         raise SandboxError("pgbouncer not found on PATH or in /usr/sbin; install the Debian package pgbouncer (apt-get install pgbouncer)")
+    return Path(found)
+
+
+def _pgbackrest_bin() -> Path:
+    found = shutil.which("pgbackrest") or ("/usr/bin/pgbackrest" if os.access("/usr/bin/pgbackrest", os.X_OK) else None)
+    if not found:
+        raise SandboxError("pgbackrest not found on PATH or in /usr/bin; install the Debian package pgbackrest "
+                           "(apt-get install pgbackrest)")
     return Path(found)
 
 
@@ -167,6 +181,8 @@ class PostgresSandbox:
         self.bouncer_ini = self.bouncer_dir / "pgbouncer.ini"
         self.bouncer_pidfile = self.bouncer_dir / "pgbouncer.pid"
         self.bouncer_log = self.bouncer_dir / "pgbouncer.log"
+        self.pgbackrest_dir = self.root / "pgbackrest"
+        self.pgbackrest_conf = self.root / "pgbackrest.conf"
         self._owner: _Owner | None = None
         self._bindir: Path | None = None
 
@@ -373,6 +389,7 @@ class PostgresSandbox:
     def _prerequisites(self) -> None:
         _ = self.bindir
         _pgbouncer_bin()
+        _pgbackrest_bin()
         owner = self.owner
         created = not self.root.exists()
         if created:
@@ -403,10 +420,13 @@ class PostgresSandbox:
             )
 
     def _wipe(self) -> None:
-        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER):
+        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER, "pgbackrest"):
             path = self.root / name
             if path.exists():
                 shutil.rmtree(path)
+        # pgbackrest/ went above with the data directories: a repository of an earlier sandbox
+        # belongs to another system identifier, and stanza-create would refuse it.
+        self.pgbackrest_conf.unlink(missing_ok=True)
         write_engine_state(self.root, ENGINE, None)
 
     def _create(self, progress: Progress) -> None:
@@ -433,10 +453,16 @@ class PostgresSandbox:
             "archive_dir": str(self.archive_dir),
             "socket_dir": str(self.run_dir),
             "bindir": str(self.bindir),
+            # What a runbook needs to drive pgBackRest here: run it as `os_user` with --config.
+            "pgbackrest": {"config": str(self.pgbackrest_conf), "stanza": PGBACKREST_STANZA,
+                           "repo_path": str(self.pgbackrest_dir / "repo"), "os_user": self.owner.name,
+                           "bin": str(_pgbackrest_bin())},
         }
         write_engine_state(self.root, ENGINE, state)
-        for d in (self.archive_dir, self.run_dir, self.bouncer_dir, *(self.member_dir(n) for n in MEMBER_NAMES)):
+        for d in (self.archive_dir, self.run_dir, self.bouncer_dir, *(self.member_dir(n) for n in MEMBER_NAMES),
+                  self.pgbackrest_dir, *(self.pgbackrest_dir / d for d in _PGBACKREST_DIRS)):
             self._mkdir(d)
+        self._write_pgbackrest_conf()
 
         progress(f"initdb {PRIMARY}")
         pwfile = self.member_dir(PRIMARY) / "pwfile"
@@ -456,6 +482,10 @@ class PostgresSandbox:
         progress(f"start {PRIMARY} on port {members[PRIMARY]['port']}")
         self._pg_start(PRIMARY)
         self.psql(PRIMARY, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        # Before the base backups: their WAL switches are the first segments pg1 archives, and
+        # archive-push fails until the stanza exists (the archive_command retries until then).
+        progress(f"pgbackrest stanza-create {PGBACKREST_STANZA}")
+        self.pgbackrest("stanza-create", timeout=120)
 
         for name, role, slot in MEMBERS:
             if role != "replica":
@@ -499,7 +529,7 @@ class PostgresSandbox:
             "wal_receiver_status_interval = 1s",
             "wal_retrieve_retry_interval = 1s  # replicas reconnect quickly after a drill restarts pg1",
             "archive_mode = on",
-            "archive_command = " + _conf_quote(f"test ! -f {archive}/%f && cp %p {archive}/%f"),
+            "archive_command = " + _conf_quote(self._archive_command(name)),
             "restore_command = " + _conf_quote(f"cp {archive}/%f %p"),
             "shared_preload_libraries = 'pg_stat_statements'",
             "track_io_timing = on",
@@ -509,6 +539,72 @@ class PostgresSandbox:
             "log_line_prefix = '%m [%p] %q%u@%d '",
             "",
         ])
+
+    def _archive_command(self, name: str) -> str:
+        """Copy into archive/ (restore_command and pg_rewind read it there) and push to pgBackRest.
+
+        --pg1-path names this member's own data directory: archive-push refuses to run from a
+        working directory other than pg1-path, and after a switchover the archiving primary is
+        another member than the configuration's pg1.
+
+        The copy is idempotent: an identical file already there counts as copied. PostgreSQL
+        retries a failed archive_command with the same segment, and without that a push that
+        failed after the copy (the stanza not created yet, a full repository) would fail the
+        retry at the copy forever, stopping archiving for good. A different file is still an error.
+        """
+        archive = _shell_quote(self.archive_dir)
+        copy = f"test ! -f {archive}/%f && cp %p {archive}/%f || cmp -s %p {archive}/%f"
+        push = (f"{_shell_quote(_pgbackrest_bin())} --config={_shell_quote(self.pgbackrest_conf)} "
+                f"--stanza={PGBACKREST_STANZA} --pg1-path={_shell_quote(self.data_dir(name))} archive-push %p")
+        return f"{{ {copy}; }} && {push}"
+
+    def _write_pgbackrest_conf(self) -> None:
+        members = self.state["members"]
+        b = self.pgbackrest_dir
+        lines = [
+            "# written by `dbops sandbox up`; every pgbackrest command here takes --config=<this file>",
+            "[global]",
+            f"repo1-path={b / 'repo'}",
+            # (pgBackRest has no end-of-line comments: each comment is a line of its own)
+            "# the sandbox's disk is bounded; expire runs after each backup",
+            "repo1-retention-full=2",
+            f"log-path={b / 'log'}",
+            f"lock-path={b / 'lock'}",
+            f"spool-path={b / 'spool'}",
+            "# stdout carries only a command's output (info --output=json); problems go to stderr",
+            "log-level-console=off",
+            "log-level-stderr=warn",
+            "log-level-file=info",
+            "# a sandbox backup starts at once instead of waiting for a scheduled checkpoint",
+            "start-fast=y",
+            "compress-type=lz4",
+            "archive-timeout=30",
+            "",
+            f"[{PGBACKREST_STANZA}]",
+        ]
+        for i, name in enumerate(MEMBER_NAMES, start=1):
+            lines += [
+                f"pg{i}-path={self.data_dir(name)}",
+                f"pg{i}-port={members[name]['port']}",
+                f"pg{i}-socket-path={self.run_dir}",
+                f"pg{i}-user={USER}",
+            ]
+        self._write(self.pgbackrest_conf, "\n".join(lines) + "\n")
+
+    def pgbackrest(self, *args: str, timeout: float = 600) -> str:
+        """Run `pgbackrest --config=<sandbox conf> --stanza=sandbox-pg ARGS` as the servers' OS
+        user (its repository and logs belong to that user); returns stdout."""
+        if not self.pgbackrest_conf.exists():
+            raise SandboxError(f"no pgBackRest configuration at {self.pgbackrest_conf}; this sandbox predates "
+                               "pgBackRest: recreate it with `dbops sandbox down` and `dbops sandbox up`")
+        # pgBackRest logs each command to <log-path>/<stanza>-<command>.log; options come first.
+        command = next((a for a in reversed(args) if not a.startswith("-")), "help")
+        return self._run(
+            [_pgbackrest_bin(), f"--config={self.pgbackrest_conf}", f"--stanza={PGBACKREST_STANZA}", *args],
+            f"pgbackrest {' '.join(args)}",
+            log=self.pgbackrest_dir / "log" / f"{PGBACKREST_STANZA}-{command}.log",
+            timeout=timeout,
+        ).stdout
 
     def _write_conf(self, name: str) -> None:
         conf = self.data_dir(name) / "postgresql.conf"
@@ -897,6 +993,9 @@ class PostgresSandbox:
             ]
         return "\n".join(lines)
 
+
+# Working directories of pgBackRest under <sandbox>/pgbackrest.
+_PGBACKREST_DIRS = ("repo", "log", "lock", "spool")
 
 # Configuration files of a member that pg_rewind would replace with the source's; rejoin puts
 # the member's own back.

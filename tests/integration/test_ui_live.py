@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import asyncpg
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 
 from dbops.audit import verify
 from dbops.config import load
@@ -15,12 +15,20 @@ from dbops.screens.modals import ConfirmBackendModal
 from dbops.screens.postgres import PostgresScreen
 
 
-async def settle(pilot, predicate, what: str, attempts: int = 300):
+async def settle(pilot, predicate, what: str, attempts: int = 300, show=lambda: ""):
     for _ in range(attempts):
         await pilot.pause(0.1)
         if predicate():
             return
-    raise AssertionError(f"gave up waiting for {what}")
+    raise AssertionError(f"gave up waiting for {what}; on screen: {show()}")
+
+
+async def filter_activity(pilot, pane, text: str) -> DataTable:
+    await pilot.press("slash")
+    # As an operator does: type once the filter box is there, or the letters go to the pane's keys.
+    await settle(pilot, lambda: pane.query_one("#filter", Input).has_focus, "the filter box")
+    await pilot.press(*text, "enter")
+    return pane.query_one("#activity-table", DataTable)
 
 
 def rows(table: DataTable) -> str:
@@ -44,9 +52,9 @@ async def test_cancel_a_real_long_query_through_the_modal(pg_sandbox, tmp_path):
             topo = pane.query_one("#topology", DataTable)
             await settle(pilot, lambda: rows(topo).count("streaming") == 2 or "replica" in rows(topo), "topology")
             assert "pg1" in rows(topo) and "primary" in rows(topo)
-            await pilot.press("slash", *"dbops-ui-victim", "enter")
-            table = pane.query_one("#activity-table", DataTable)
-            await settle(pilot, lambda: table.row_count == 1 and "pg_sleep" in rows(table), "the victim in activity")
+            table = await filter_activity(pilot, pane, "dbops-ui-victim")
+            await settle(pilot, lambda: table.row_count == 1 and "pg_sleep" in rows(table), "the victim in activity",
+                         show=lambda: f"filter {pane.filter_text!r}, member {pane.member}, rows {rows(table)!r}, screen {app.screen!r}")
             pid = int(str(table.get_row_at(0)[0]))
             await pilot.press("c")
             await settle(pilot, lambda: isinstance(app.screen, ConfirmBackendModal), "the confirm modal")
@@ -77,9 +85,9 @@ async def test_decline_leaves_the_query_running_and_records_an_abort(pg_sandbox,
     try:
         async with app.run_test(size=(120, 36)) as pilot:
             pane = await open_pane(pilot, app)
-            await pilot.press("slash", *"dbops-ui-decline", "enter")
-            table = pane.query_one("#activity-table", DataTable)
-            await settle(pilot, lambda: table.row_count == 1, "the query in activity")
+            table = await filter_activity(pilot, pane, "dbops-ui-decline")
+            await settle(pilot, lambda: table.row_count == 1, "the query in activity",
+                         show=lambda: f"filter {pane.filter_text!r}, member {pane.member}, rows {rows(table)!r}, screen {app.screen!r}")
             await pilot.press("k")
             await settle(pilot, lambda: isinstance(app.screen, ConfirmBackendModal), "the confirm modal")
             await pilot.press("n")

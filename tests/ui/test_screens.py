@@ -195,3 +195,14 @@ async def test_an_unexpected_error_leaves_one_line_and_a_crash_file(tmp_path, mo
         pass  # run_test re-raises the app's error for the test; `dbops` prints crash_message instead
     assert app.crash_message and "ZeroDivisionError" in app.crash_message and "crash.log" in app.crash_message
     assert "simulated bug" in (tmp_path / "crash.log").read_text()
+
+
+async def test_pane_shows_the_primary_until_a_member_is_picked(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        assert app.screen.member == "pg1"
+        await pilot.press("m")
+        await pilot.pause()
+        assert app.screen.member == "pg2" and app.screen.member_pinned

@@ -1,0 +1,240 @@
+"""pgBackRest, the standard PostgreSQL backup tool, driven through its command line.
+
+Each operation runs `pgbackrest --config=CONF --stanza=STANZA ...` as an asyncio subprocess (the
+event loop keeps serving the UI while a backup runs for hours) and as the OS user that owns the
+repository (`os_user`; the servers' user, normally `postgres`): files pgBackRest writes as root
+(its logs, locks, repository files) would lock that user out of its own repository afterwards.
+Each has a `describe_*` twin giving the exact command line, for the plan shown before anything runs.
+
+A failure raises PgBackRestError carrying pgBackRest's own stderr (credentials scrubbed).
+Cancelling an operation (a runbook step's timeout) stops pgBackRest: SIGTERM, which it handles
+by stopping cleanly and releasing its lock, then SIGKILL if it does not exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import shlex
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from dbops.secrets import scrub_text
+
+BackupType = Literal["full", "incr", "diff"]
+BACKUP_TYPES: tuple[str, ...] = ("full", "incr", "diff")
+DEFAULT_BINARY = "pgbackrest"
+# Stanza status codes from `pgbackrest info`; 2 (a stanza without a backup yet) can be backed up.
+STATUS_OK = 0
+STATUS_NO_BACKUP = 2
+_TERM_GRACE = 10.0  # seconds pgBackRest gets to stop after SIGTERM before SIGKILL
+
+
+class PgBackRestError(Exception):
+    """pgBackRest failed or could not be run; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Backup:
+    label: str
+    type: str  # full, incr or diff
+    start: datetime
+    stop: datetime
+    size: int  # bytes of the database at backup time
+    delta: int  # bytes this backup copied
+    repo_size: int  # bytes in the repository (compressed)
+    wal_start: str | None
+    wal_stop: str | None
+    error: bool  # a page checksum error was found during the backup
+
+    @classmethod
+    def from_json(cls, b: dict[str, Any]) -> "Backup":
+        ts, info, archive = b.get("timestamp", {}), b.get("info", {}), b.get("archive", {}) or {}
+        repo = info.get("repository", {})
+        return cls(
+            label=str(b["label"]), type=str(b["type"]),
+            start=datetime.fromtimestamp(int(ts["start"]), tz=timezone.utc),
+            stop=datetime.fromtimestamp(int(ts["stop"]), tz=timezone.utc),
+            size=int(info.get("size", 0)), delta=int(info.get("delta", 0)), repo_size=int(repo.get("size", 0)),
+            wal_start=archive.get("start"), wal_stop=archive.get("stop"), error=bool(b.get("error", False)),
+        )
+
+
+@dataclass(frozen=True)
+class StanzaInfo:
+    """One stanza of `pgbackrest info --output=json`; `raw` is that stanza's parsed JSON."""
+
+    name: str
+    status_code: int
+    status_message: str
+    backups: tuple[Backup, ...]  # oldest first, as pgBackRest lists them
+    wal_min: str | None  # WAL archive of the current database (the last `db` entry)
+    wal_max: str | None
+    backup_running: bool
+    raw: dict[str, Any]
+
+    @property
+    def newest(self) -> Backup | None:
+        return self.backups[-1] if self.backups else None
+
+    @property
+    def usable(self) -> bool:
+        """The stanza exists and its repository answers (with or without backups yet)."""
+        return self.status_code in (STATUS_OK, STATUS_NO_BACKUP)
+
+    @classmethod
+    def from_json(cls, stanza: dict[str, Any]) -> "StanzaInfo":
+        status = stanza.get("status", {})
+        db_ids = [d.get("id") for d in stanza.get("db", [])]
+        current = db_ids[-1] if db_ids else None
+        archives = [a for a in stanza.get("archive", []) if a.get("database", {}).get("id") == current]
+        backup_lock = status.get("lock", {}).get("backup", {})
+        return cls(
+            name=str(stanza.get("name")),
+            status_code=int(status.get("code", 99)),
+            status_message=str(status.get("message", "")),
+            backups=tuple(Backup.from_json(b) for b in stanza.get("backup", [])),
+            wal_min=archives[-1].get("min") if archives else None,
+            wal_max=archives[-1].get("max") if archives else None,
+            backup_running=bool(backup_lock.get("held", False)),
+            raw=stanza,
+        )
+
+
+# -- running pgBackRest --------------------------------------------------------------------
+
+
+def _command(conf: str, stanza: str, args: list[str], binary: str) -> list[str]:
+    return [binary, f"--config={conf}", f"--stanza={stanza}", *args]
+
+
+def _describe(conf: str, stanza: str, args: list[str], os_user: str | None, binary: str) -> list[str]:
+    line = shlex.join(_command(conf, stanza, args, binary))
+    return ([f"# as the {os_user} OS user"] if os_user else []) + [line]
+
+
+def _user_kwargs(os_user: str | None) -> tuple[dict[str, Any], str]:
+    """subprocess arguments to run as `os_user`, and that user's home directory."""
+    me = os.geteuid()
+    if not os_user:
+        return {}, os.environ.get("HOME", "/")
+    try:
+        pw = pwd.getpwnam(os_user)
+    except KeyError:
+        raise PgBackRestError(f"OS user {os_user!r}, which pgBackRest must run as, does not exist") from None
+    if pw.pw_uid == me:
+        return {}, pw.pw_dir
+    if me != 0:
+        # Only root can switch users; running as ourselves would leave files in the repository
+        # its owner cannot use, so refuse instead.
+        raise PgBackRestError(f"pgBackRest must run as the {os_user} OS user; run dbops as {os_user} or as root")
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}, pw.pw_dir
+
+
+def _env(home: str) -> dict[str, str]:
+    # PGBACKREST_* variables override the configuration file and PG* ones redirect libpq: a
+    # caller's shell must not point pgBackRest at another repository or server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PGBACKREST_"))}
+    env.update(LC_ALL="C", LANG="C", HOME=home)
+    return env
+
+
+def _failure(what: str, code: int | None, stderr: str, stdout: str) -> PgBackRestError:
+    lines = [ln for ln in (stderr.strip() or stdout.strip()).splitlines() if ln.strip()][-8:]
+    detail = scrub_text("\n".join(lines)) if lines else "no output"
+    return PgBackRestError(f"{what} failed (exit {code}): {detail}")
+
+
+async def _run(conf: str, stanza: str, args: list[str], *, os_user: str | None, timeout: float,
+               binary: str) -> tuple[str, str]:
+    what = f"pgbackrest {' '.join(args)}"
+    kwargs, home = _user_kwargs(os_user)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_command(conf, stanza, args, binary),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd="/", env=_env(home), **kwargs,  # cwd: the caller's may be unreadable to os_user
+        )
+    except FileNotFoundError:
+        raise PgBackRestError(f"{binary} not found; install the Debian package pgbackrest (apt-get install pgbackrest)") from None
+    except OSError as exc:
+        raise PgBackRestError(f"cannot run {binary}: {exc}") from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except BaseException:
+        # Timeout or cancellation: never leave a backup running behind the caller's back.
+        await _stop(proc)
+        raise
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    if proc.returncode != 0:
+        raise _failure(what, proc.returncode, stderr, stdout)
+    return stdout, stderr
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    try:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=_TERM_GRACE)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+    except ProcessLookupError:
+        return  # it exited between the check and the signal
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+def _backup_args(type: str) -> list[str]:
+    if type not in BACKUP_TYPES:
+        raise PgBackRestError(f"backup type must be one of {', '.join(BACKUP_TYPES)}, not {type!r}")
+    return [f"--type={type}", "backup"]
+
+
+async def backup(conf: str, stanza: str, type: BackupType = "incr", *, os_user: str | None = None,
+                 timeout: float = 4 * 3600, binary: str = DEFAULT_BINARY) -> str:
+    """Take a backup. pgBackRest turns an incr or diff without a prior full into a full (and says
+    so on stderr, which is returned: its warnings, if any)."""
+    _, stderr = await _run(conf, stanza, _backup_args(type), os_user=os_user, timeout=timeout, binary=binary)
+    return scrub_text(stderr.strip())
+
+
+def describe_backup(conf: str, stanza: str, type: str = "incr", *, os_user: str | None = None,
+                    binary: str = DEFAULT_BINARY) -> list[str]:
+    return _describe(conf, stanza, _backup_args(type), os_user, binary)
+
+
+async def info(conf: str, stanza: str, *, os_user: str | None = None, timeout: float = 60,
+               binary: str = DEFAULT_BINARY) -> StanzaInfo:
+    """`pgbackrest info --output=json` for one stanza. Read-only."""
+    stdout, _ = await _run(conf, stanza, ["--output=json", "info"], os_user=os_user, timeout=timeout, binary=binary)
+    try:
+        data = json.loads(stdout)
+    except ValueError as exc:
+        raise PgBackRestError(f"pgbackrest info printed something that is not JSON ({exc}): {scrub_text(stdout[:200])}") from None
+    found = [s for s in data if isinstance(s, dict) and s.get("name") == stanza] if isinstance(data, list) else []
+    if not found:
+        raise PgBackRestError(f"pgbackrest info does not list stanza {stanza!r}")
+    return StanzaInfo.from_json(found[0])
+
+
+def describe_info(conf: str, stanza: str, *, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
+    return _describe(conf, stanza, ["--output=json", "info"], os_user, binary)
+
+
+async def check(conf: str, stanza: str, *, os_user: str | None = None, timeout: float = 120,
+                binary: str = DEFAULT_BINARY) -> None:
+    """`pgbackrest check`: the configuration, the repository, and that WAL archiving reaches it.
+    Not read-only: it creates a restore point on the primary and switches to a new WAL segment,
+    then waits until that segment is in the repository."""
+    await _run(conf, stanza, ["check"], os_user=os_user, timeout=timeout, binary=binary)
+
+
+def describe_check(conf: str, stanza: str, *, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
+    return _describe(conf, stanza, ["check"], os_user, binary)
