@@ -651,29 +651,7 @@ class PostgresSandbox:
 
     def wait_streaming(self, names: Sequence[str] = ("pg2", "pg3"), timeout: float = STREAM_TIMEOUT) -> None:
         """Poll pg_stat_replication on pg1 until every name in `names` streams."""
-        want = set(names)
-        deadline = time.monotonic() + timeout
-        seen: set[str] = set()
-        last_error = ""
-        while True:
-            try:
-                out = self.psql(PRIMARY, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
-                                timeout=5)
-                seen = set(out.split())
-                last_error = ""
-            except SandboxError as exc:
-                # pg1 may still be coming up after a restart; keep polling until the deadline.
-                last_error = exc.message
-            if want <= seen:
-                return
-            if time.monotonic() >= deadline:
-                missing = sorted(want - seen)
-                logs = ", ".join(str(self.log_file(n)) for n in missing)
-                why = f"; last error: {last_error}" if last_error else ""
-                raise SandboxError(
-                    f"{', '.join(missing)} not streaming from {PRIMARY} after {timeout:.0f} s{why}; see {logs}"
-                )
-            time.sleep(0.1)
+        self.wait_streaming_from(PRIMARY, names, timeout)
 
     # -- pgbouncer ---------------------------------------------------------------------------
 
@@ -904,6 +882,7 @@ class PostgresSandbox:
                 seen = set(out.split())
                 last_error = ""
             except SandboxError as exc:
+                # The upstream may still be coming up after a restart; keep polling until the deadline.
                 last_error = exc.message
             if want <= seen:
                 return
