@@ -98,6 +98,53 @@ class PgBouncer(Model):
 
 
 @dataclass(frozen=True)
+class PgBackRest(Model):
+    """How dbops runs pgBackRest for a cluster, on the host where dbops runs (a repository host
+    or a restore host): backups, `info`, and restores into a new data directory there."""
+
+    stanza: str
+    config: str = "/etc/pgbackrest/pgbackrest.conf"
+    # pgBackRest and restored servers run as the repository's owner; files root wrote would
+    # lock that user out of its own repository.
+    os_user: str | None = "postgres"
+    bin: str = "pgbackrest"
+    # New data directories for restores go here, one per run (the operator may name another).
+    restore_root: str = "/var/tmp/dbops-restores"
+    # PostgreSQL's binaries for a restored copy; default /usr/lib/postgresql/<major>/bin.
+    pg_bindir: str | None = None
+
+
+@dataclass(frozen=True)
+class S3Location(Model):
+    """An S3 bucket (and key prefix) holding a cluster's backups. endpoint_url points boto3 at
+    an S3-compatible store (MinIO, the sandbox's moto server)."""
+
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    # Without keys boto3 finds credentials as usual (instance profile, AWS_* variables, ~/.aws).
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+
+    def check(self) -> list[str]:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            return ["give both access_key_id and secret_access_key, or neither"]
+        return []
+
+
+@dataclass(frozen=True)
+class Backups(Model):
+    """Where a cluster's logical backups live, and how fresh backups must be."""
+
+    s3: S3Location | None = None
+    # The newest backup may be this old before verify-backups refuses it (daily backups + slack).
+    max_age_seconds: float = field(default=26 * 3600, metadata=limits(gt=0))
+    # Recovery point objective: the newest archived WAL may be this old.
+    rpo_seconds: float = field(default=900, metadata=limits(gt=0))
+
+
+@dataclass(frozen=True)
 class Cluster(Model):
     engine: Literal["postgres"]
     members: list[Member] = field(metadata=limits(min_length=1))
@@ -109,6 +156,8 @@ class Cluster(Model):
     timeout: float | None = field(default=None, metadata=limits(gt=0))
     thresholds: PostgresThresholds = PostgresThresholds()
     pgbouncer: PgBouncer | None = None
+    pgbackrest: PgBackRest | None = None
+    backups: Backups = Backups()
     description: str = ""
 
     def check(self) -> list[str]:
@@ -153,6 +202,9 @@ class Config(Model):
                 refs = [("password", cluster.password)]
                 if cluster.pgbouncer:
                     refs.append(("pgbouncer.password", cluster.pgbouncer.password))
+                if cluster.backups.s3:
+                    refs += [("backups.s3.access_key_id", cluster.backups.s3.access_key_id),
+                             ("backups.s3.secret_access_key", cluster.backups.s3.secret_access_key)]
                 for key, ref in refs:
                     if ref is not None and ref.value is not None:
                         problems.append((

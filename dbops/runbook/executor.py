@@ -103,8 +103,11 @@ class Executor:
         overrides = overrides or {}
         checks = []
         for check in self.runbook.prechecks:
+            limit = check.timeout if check.timeout is not None else max(self.ctx.ref.timeout * 3, 10)
             try:
-                verdict = await asyncio.wait_for(check.run(self.ctx), timeout=max(self.ctx.ref.timeout * 3, 10))
+                verdict = await asyncio.wait_for(check.run(self.ctx), timeout=limit)
+            except (asyncio.TimeoutError, TimeoutError):
+                verdict = Verdict(False, f"could not be checked within {limit:g}s")
             except Exception as exc:  # a check that cannot run is a failed check, never a crash
                 verdict = Verdict(False, f"could not be checked: {scrub_text(str(exc)) or type(exc).__name__}")
             reason = overrides.get(check.id) if (check.overridable and not verdict.ok) else None

@@ -82,6 +82,9 @@ class Check:
     title: str
     run: CheckFn
     overridable: bool = False
+    # None: three times the cluster's timeout (at least 10 s). Checks that read a whole backup
+    # repository need more.
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)

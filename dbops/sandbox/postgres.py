@@ -7,6 +7,7 @@ Layout under the sandbox directory::
     archive/                        archive_command target (also restore_command source)
     pgbackrest.conf                 pgBackRest settings for stanza sandbox-pg (pass --config)
     pgbackrest/repo log lock spool  its POSIX repository and its working directories
+    restores/<run>/                 data directories of postgres.restore's restored copies
     run/                            unix sockets, mode 0700
     pgbouncer/pgbouncer.ini userlist.txt pgbouncer.pid pgbouncer.log
 
@@ -183,6 +184,7 @@ class PostgresSandbox:
         self.bouncer_log = self.bouncer_dir / "pgbouncer.log"
         self.pgbackrest_dir = self.root / "pgbackrest"
         self.pgbackrest_conf = self.root / "pgbackrest.conf"
+        self.restores_dir = self.root / "restores"  # postgres.restore's new data directories
         self._owner: _Owner | None = None
         self._bindir: Path | None = None
 
@@ -420,7 +422,7 @@ class PostgresSandbox:
             )
 
     def _wipe(self) -> None:
-        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER, "pgbackrest"):
+        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER, "pgbackrest", "restores"):
             path = self.root / name
             if path.exists():
                 shutil.rmtree(path)
@@ -460,7 +462,7 @@ class PostgresSandbox:
         }
         write_engine_state(self.root, ENGINE, state)
         for d in (self.archive_dir, self.run_dir, self.bouncer_dir, *(self.member_dir(n) for n in MEMBER_NAMES),
-                  self.pgbackrest_dir, *(self.pgbackrest_dir / d for d in _PGBACKREST_DIRS)):
+                  self.pgbackrest_dir, *(self.pgbackrest_dir / d for d in _PGBACKREST_DIRS), self.restores_dir):
             self._mkdir(d)
         self._write_pgbackrest_conf()
 
@@ -911,12 +913,32 @@ class PostgresSandbox:
             if self._postmaster_pid(name) is not None:
                 progress(f"stop {name}")
                 self.stop_member(name, "fast")
+        self._stop_restored(progress)
         if engine_state(self.root, ENGINE):
             st = self.state
             for m in st["members"].values():
                 m["pid"] = None
             st["pgbouncer"]["pid"] = None
             write_engine_state(self.root, ENGINE, st)
+
+    def restored_copies(self) -> list[tuple[Path, int | None]]:
+        """Data directories postgres.restore made under restores/, with the pid of the server
+        running on each (None when stopped)."""
+        if not self.restores_dir.is_dir():
+            return []
+        found = []
+        for data in sorted(p for p in self.restores_dir.iterdir() if (p / "PG_VERSION").exists()):
+            pid = self._read_pidfile(data / "postmaster.pid")
+            found.append((data, pid if pid_alive(pid, "postgres") else None))
+        return found
+
+    def _stop_restored(self, progress: Progress) -> None:
+        # Copies a restore started are servers of this sandbox too: `down` leaves nothing running.
+        for data, pid in self.restored_copies():
+            if pid is not None:
+                progress(f"stop the restored copy in {data}")
+                self._run([self.bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop"],
+                          f"stopping the restored copy in {data}", timeout=70)
 
     def status(self) -> list[ProcessStatus]:
         st = engine_state(self.root, ENGINE)
@@ -960,6 +982,17 @@ class PostgresSandbox:
             f"password = {{ value = {pw} }} }}",
             "",
         ]
+        b = st.get("pgbackrest")
+        if b:
+            lines += [
+                f"[environments.sandbox.clusters.{CLUSTER}.pgbackrest]",
+                f"stanza = {_toml_str(b['stanza'])}",
+                f"config = {_toml_str(b['config'])}",
+                f"os_user = {_toml_str(b['os_user'])}",
+                f"bin = {_toml_str(b['bin'])}",
+                f"restore_root = {_toml_str(str(self.restores_dir))}",
+                "",
+            ]
         for name, m in st["members"].items():
             lines += [
                 f"[[environments.sandbox.clusters.{CLUSTER}.members]]",

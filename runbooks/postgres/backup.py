@@ -8,101 +8,29 @@ long backup starts; it writes a restore point and switches WAL, so it is a step,
 pre-check) -> backup -> verify that `pgbackrest info` lists a new backup of the requested type
 (or full: pgBackRest turns the first incr/diff into a full) and record its label.
 
-For now the pgBackRest settings (configuration file, stanza, OS user) are known only for the
-sandbox, which records them in its state; other clusters are refused at the pre-check.
+pgBackRest settings (configuration file, stanza, OS user) come from the cluster's `pgbackrest`
+section of the config (the sandbox writes its own); a cluster without one is refused at the pre-check.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-from typing import Any
-
 from dbops.engines.postgres import pgbackrest as pb
-from dbops.engines.postgres import switchover as sw
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
+from dbops.runbooks.postgres import common
 
-NOT_CONFIGURABLE = "pgBackRest settings for non-sandbox clusters are not configurable yet"
 BACKUP_TIMEOUT = 6 * 3600.0  # a production-sized full backup takes hours
-
-
-@dataclass(frozen=True)
-class Settings:
-    conf: str
-    stanza: str
-    os_user: str | None
-    binary: str
-
-
-def _settings_from_sandbox(ctx: Context) -> Settings:
-    """The sandbox records where its pgBackRest configuration is; raises ValueError with a
-    message for the operator when it cannot be used."""
-    if not ctx.ref.env.sandbox:
-        raise ValueError(NOT_CONFIGURABLE)
-    from dbops.config import state_dir
-    from dbops.sandbox import SandboxError, engine_state
-
-    root = state_dir() / "sandbox"
-    try:
-        st = engine_state(root, "postgres")
-    except SandboxError as exc:
-        raise ValueError(exc.message) from None
-    if not st:
-        raise ValueError(f"no PostgreSQL sandbox under {root}; start one with `dbops sandbox up`")
-    if st.get("cluster") != ctx.ref.name:
-        raise ValueError(f"the sandbox under {root} runs cluster {st.get('cluster')!r}, not {ctx.ref.name!r}")
-    b = st.get("pgbackrest")
-    if not b:
-        raise ValueError(f"the sandbox under {root} predates pgBackRest: recreate it with `dbops sandbox down` and `dbops sandbox up`")
-    return Settings(conf=str(b["config"]), stanza=str(b["stanza"]), os_user=b.get("os_user"), binary=str(b.get("bin", pb.DEFAULT_BINARY)))
-
-
-def settings(ctx: Context) -> Settings:
-    found = ctx.resources.get("pgbackrest")
-    if isinstance(found, Settings):
-        return found
-    raise RuntimeError(str(found or "pgBackRest settings were not resolved"))
-
-
-def _kw(ctx: Context) -> dict[str, Any]:
-    s = settings(ctx)
-    return {"os_user": s.os_user, "binary": s.binary}
 
 
 def backup_type(ctx: Context) -> str:
     return str(ctx.params["type"])
 
 
-# -- resources -------------------------------------------------------------------------------
-
-
-async def setup(ctx: Context) -> None:
-    try:
-        ctx.resources["pgbackrest"] = _settings_from_sandbox(ctx)
-    except ValueError as exc:
-        # Kept as the reason: the "settings" pre-check shows it and refuses the run there, and the
-        # plan still renders every step (with placeholders).
-        ctx.resources["pgbackrest"] = str(exc)
-    ctx.resources["conns"] = {m.name: sw.Conn.for_member(ctx.ref, m) for m in ctx.ref.cluster.members}
-
-
-async def teardown(ctx: Context) -> None:
-    await asyncio.gather(*(c.close() for c in ctx.resources.get("conns", {}).values()), return_exceptions=True)
-
-
 # -- pre-checks (read-only) ------------------------------------------------------------------
 
 
-async def check_settings(ctx: Context) -> Verdict:
-    found = ctx.resources.get("pgbackrest")
-    if not isinstance(found, Settings):
-        return Verdict(False, str(found))
-    return Verdict(True, f"stanza {found.stanza}, configuration {found.conf}")
-
-
 async def check_stanza(ctx: Context) -> Verdict:
-    s = settings(ctx)
-    i = await pb.info(s.conf, s.stanza, **_kw(ctx))
+    s = common.settings(ctx)
+    i = await pb.info(s.config, s.stanza, **common.run_kw(ctx))
     if not i.usable:
         return Verdict(False, f"stanza {s.stanza}: {i.status_message} (pgBackRest status {i.status_code}); "
                               "create it with `pgbackrest stanza-create` or fix the repository settings")
@@ -118,19 +46,8 @@ async def check_stanza(ctx: Context) -> Verdict:
     return Verdict(True, f"stanza {s.stanza}: {len(i.backups)} backup(s), newest {newest.label} ({newest.type}, {newest.stop:%Y-%m-%d %H:%M:%S} UTC)")
 
 
-async def _primary(ctx: Context) -> sw.Conn:
-    problems = []
-    for name, c in ctx.resources["conns"].items():
-        try:
-            if await c.fetchval("SELECT NOT pg_is_in_recovery()"):
-                return c
-        except Exception as exc:  # another member may be the primary; say why this one was skipped
-            problems.append(f"{name}: {c.error(exc)}")
-    raise RuntimeError("no member answers as primary" + (f" ({'; '.join(problems)})" if problems else ""))
-
-
 async def check_archiving(ctx: Context) -> Verdict:
-    primary = await _primary(ctx)
+    primary = await common.primary(ctx)
     row = (await primary.fetch(
         "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time, "
         "current_setting('archive_mode') AS mode FROM pg_stat_archiver"))[0]
@@ -152,30 +69,23 @@ async def check_archiving(ctx: Context) -> Verdict:
 # -- steps -----------------------------------------------------------------------------------
 
 
-def _cmds(ctx: Context, describe: Any, *args: Any) -> list[str]:
-    found = ctx.resources.get("pgbackrest")
-    if not isinstance(found, Settings):
-        return [f"# pgBackRest settings unknown: {found}"]
-    return describe(found.conf, found.stanza, *args, os_user=found.os_user, binary=found.binary)
-
-
 async def do_check(ctx: Context) -> None:
-    s = settings(ctx)
-    await pb.check(s.conf, s.stanza, **_kw(ctx))
+    s = common.settings(ctx)
+    await pb.check(s.config, s.stanza, **common.run_kw(ctx))
     ctx.log(f"pgbackrest check: stanza {s.stanza} is configured and WAL archiving reaches the repository")
 
 
 async def do_backup(ctx: Context) -> None:
-    s = settings(ctx)
+    s = common.settings(ctx)
     ctx.log(f"{backup_type(ctx)} backup of stanza {s.stanza} started (pgBackRest log: its log-path, {s.stanza}-backup.log)")
-    warnings = await pb.backup(s.conf, s.stanza, backup_type(ctx), timeout=BACKUP_TIMEOUT, **_kw(ctx))  # type: ignore[arg-type]
+    warnings = await pb.backup(s.config, s.stanza, backup_type(ctx), timeout=BACKUP_TIMEOUT, **common.run_kw(ctx))  # type: ignore[arg-type]
     for line in warnings.splitlines():
         ctx.log(f"pgBackRest: {line}")
 
 
 async def _new_backup(ctx: Context) -> tuple[pb.Backup | None, str]:
-    s = settings(ctx)
-    newest = (await pb.info(s.conf, s.stanza, **_kw(ctx))).newest
+    s = common.settings(ctx)
+    newest = (await pb.info(s.config, s.stanza, **common.run_kw(ctx))).newest
     before_label, before_stop = ctx.state.get("before_label"), ctx.state.get("before_stop")
     if newest is None:
         return None, "pgbackrest info lists no backup"
@@ -222,16 +132,16 @@ async def _types(ctx: Context) -> list[str]:
 STEPS = (
     Step("check", "Check the stanza end to end", "pgbackrest check: the configuration and repository, and that WAL "
          "archiving reaches the repository (it writes a restore point and switches WAL on the primary).", Kind.ACTION,
-         lambda ctx: _cmds(ctx, pb.describe_check), do_check, timeout=180,
+         lambda ctx: common.cmds(ctx, pb.describe_check), do_check, timeout=180,
          on_failure="fix archiving first (the primary's log shows archive_command failures); a backup would not be restorable"),
     Step("backup", "Take the backup", "pgbackrest backup of the requested type from the primary (a fast checkpoint "
-         "starts it at once).", Kind.ACTION, lambda ctx: _cmds(ctx, pb.describe_backup, backup_type(ctx)), do_backup,
+         "starts it at once).", Kind.ACTION, lambda ctx: common.cmds(ctx, pb.describe_backup, backup_type(ctx)), do_backup,
          verify_backup_exists, confirm=Confirm.YES_NO, timeout=BACKUP_TIMEOUT,
          on_failure="read the pgBackRest backup log (log-path in its configuration); the next backup resumes or cleans up "
                     "a failed one, and nothing in the database changed"),
     Step("verify", "Verify the backup is in the repository", "pgbackrest info lists a new backup, of the requested "
          "type or full, without errors; its label is recorded.", Kind.CHECK,
-         lambda ctx: _cmds(ctx, pb.describe_info), do_verify, verify_recorded, timeout=120, produces=("backup_label",)),
+         lambda ctx: common.cmds(ctx, pb.describe_info), do_verify, verify_recorded, timeout=120, produces=("backup_label",)),
 )
 
 RUNBOOK = Runbook(
@@ -242,12 +152,12 @@ RUNBOOK = Runbook(
     params=(Param("type", "backup type: full, incr or diff (pgBackRest makes the first incr or diff a full)",
                   default="incr", choices=_types),),
     prechecks=(
-        Check("settings", "pgBackRest settings are known for this cluster", check_settings),
+        Check("settings", "pgBackRest settings are known for this cluster", common.check_settings),
         Check("stanza", "the stanza exists and its repository answers", check_stanza),
         Check("archiving", "WAL archiving works", check_archiving),
     ),
     steps=STEPS,
-    setup=setup,
-    teardown=teardown,
+    setup=common.setup,
+    teardown=common.teardown,
 )
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from dbops.audit import verify
-from dbops.sandbox import STATE_FILE
 
 from .conftest import make_state_dir
 
@@ -24,7 +23,7 @@ STANZA = "sandbox-pg"
 def dbops(pg_sandbox, *args, state_dir: Path | None = None):
     state = state_dir or pg_sandbox.state_dir
     return subprocess.run(
-        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), *args],
+        [sys.executable, "-m", "dbops.cli", *([] if "--config" in args else ["--config", str(pg_sandbox.config_path)]), *args],
         capture_output=True, text=True, timeout=600, env={**os.environ, "DBOPS_STATE_DIR": str(state)},
         stdin=subprocess.DEVNULL,
     )
@@ -105,33 +104,50 @@ async def test_full_then_incr_backup(pg_sandbox):
 
 
 async def test_broken_stanza_is_refused_at_precheck(pg_sandbox):
-    """A private state directory whose sandbox state names a private copy of the pgBackRest
-    configuration, pointing at a repository that does not exist."""
+    """A private copy of the dbops config whose pgbackrest section names a private copy of the
+    pgBackRest configuration, pointing at a repository that does not exist."""
     before = info(pg_sandbox)
     private = make_state_dir("dbops-it-pgbr-")
     try:
-        (private / "sandbox").mkdir(mode=0o700)
-        state = json.loads((pg_sandbox.root / STATE_FILE).read_text())
-        conf = private / "pgbackrest.conf"
-        real = Path(state["engines"]["postgres"]["pgbackrest"]["config"])
+        real = Path(pg_sandbox.pg.state["pgbackrest"]["config"])
         text = real.read_text()
         assert "repo1-path=" in text
+        conf = private / "pgbackrest.conf"
         conf.write_text("\n".join(f"repo1-path={private / 'no-such-repo'}" if line.startswith("repo1-path=") else line
                                   for line in text.splitlines()) + "\n")
         conf.chmod(0o644)  # pgBackRest reads it as the servers' OS user
-        state["engines"]["postgres"]["pgbackrest"]["config"] = str(conf)
-        fd = os.open(private / "sandbox" / STATE_FILE, os.O_WRONLY | os.O_CREAT, 0o600)  # it holds the password
-        with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh)
+        config = pg_sandbox.config_path.read_text()
+        assert f'config = "{real}"' in config
+        private_config = private / "dbops.toml"
+        private_config.write_text(config.replace(f'config = "{real}"', f'config = "{conf}"'))
 
-        r = dbops(pg_sandbox, "runbook", "run", "postgres.backup", "--cluster", STANZA, "--param", "type=full", "--yes",
-                  state_dir=private)
+        r = dbops(pg_sandbox, "--config", str(private_config), "runbook", "run", "postgres.backup", "--cluster", STANZA,
+                  "--param", "type=full", "--yes", state_dir=private)
         assert r.returncode == 1, r.stdout + r.stderr
         assert "pre-checks refused" in r.stdout and "missing stanza path" in r.stdout, r.stdout
         records = audit_records(private)
         assert not [x for x in records if x["phase"] == "intent"]
         assert [x["outcome"] for x in records] == ["precheck-refused"]
         assert info(pg_sandbox)["backup"] == before["backup"]
+    finally:
+        shutil.rmtree(private)
+
+
+async def test_cluster_without_pgbackrest_settings_is_refused(pg_sandbox):
+    private = make_state_dir("dbops-it-pgbr-")
+    try:
+        config = pg_sandbox.config_path.read_text()
+        head = "[environments.sandbox.clusters.sandbox-pg.pgbackrest]"
+        start = config.index(head)
+        end = config.index("\n\n", start)
+        private_config = private / "dbops.toml"
+        private_config.write_text(config[:start] + config[end + 2:])
+        for runbook in ("postgres.backup", "postgres.restore"):
+            r = dbops(pg_sandbox, "--config", str(private_config), "runbook", "plan", runbook, "--cluster", STANZA,
+                      state_dir=private)
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "no pgBackRest settings for cluster sandbox-pg" in r.stdout, r.stdout
+            assert "Traceback" not in r.stdout + r.stderr
     finally:
         shutil.rmtree(private)
 
@@ -155,8 +171,9 @@ async def test_backup_after_a_switchover(pg_sandbox):
         expire_new(pg_sandbox, before)
 
 
-async def test_non_sandbox_cluster_is_refused_at_precheck(pg_sandbox, tmp_path):
-    """Outside a sandbox environment the runbook does not know where pgBackRest's settings are."""
+async def test_non_sandbox_cluster_uses_the_configured_pgbackrest_settings(pg_sandbox, tmp_path):
+    """Outside a sandbox environment (credentials from the environment), the pgbackrest section
+    of the config is all the runbooks need."""
     import re
 
     text = pg_sandbox.config_path.read_text().replace("sandbox = true", "sandbox = false")
@@ -168,5 +185,6 @@ async def test_non_sandbox_cluster_is_refused_at_precheck(pg_sandbox, tmp_path):
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
         env={**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir), "DBOPS_IT_PGBR_PW": pg_sandbox.password},
     )
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "pgBackRest settings for non-sandbox clusters are not configurable yet" in r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[ok  ] pgBackRest settings are known for this cluster: stanza sandbox-pg" in r.stdout, r.stdout
+    assert "all pre-checks pass; nothing was changed." in r.stdout

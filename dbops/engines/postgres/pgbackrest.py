@@ -116,7 +116,7 @@ def _describe(conf: str, stanza: str, args: list[str], os_user: str | None, bina
     return ([f"# as the {os_user} OS user"] if os_user else []) + [line]
 
 
-def _user_kwargs(os_user: str | None) -> tuple[dict[str, Any], str]:
+def user_kwargs(os_user: str | None) -> tuple[dict[str, Any], str]:
     """subprocess arguments to run as `os_user`, and that user's home directory."""
     me = os.geteuid()
     if not os_user:
@@ -134,7 +134,7 @@ def _user_kwargs(os_user: str | None) -> tuple[dict[str, Any], str]:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}, pw.pw_dir
 
 
-def _env(home: str) -> dict[str, str]:
+def clean_env(home: str) -> dict[str, str]:
     # PGBACKREST_* variables override the configuration file and PG* ones redirect libpq: a
     # caller's shell must not point pgBackRest at another repository or server.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PGBACKREST_"))}
@@ -151,12 +151,12 @@ def _failure(what: str, code: int | None, stderr: str, stdout: str) -> PgBackRes
 async def _run(conf: str, stanza: str, args: list[str], *, os_user: str | None, timeout: float,
                binary: str) -> tuple[str, str]:
     what = f"pgbackrest {' '.join(args)}"
-    kwargs, home = _user_kwargs(os_user)
+    kwargs, home = user_kwargs(os_user)
     try:
         proc = await asyncio.create_subprocess_exec(
             *_command(conf, stanza, args, binary),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd="/", env=_env(home), **kwargs,  # cwd: the caller's may be unreadable to os_user
+            cwd="/", env=clean_env(home), **kwargs,  # cwd: the caller's may be unreadable to os_user
         )
     except FileNotFoundError:
         raise PgBackRestError(f"{binary} not found; install the Debian package pgbackrest (apt-get install pgbackrest)") from None
@@ -238,3 +238,75 @@ async def check(conf: str, stanza: str, *, os_user: str | None = None, timeout: 
 
 def describe_check(conf: str, stanza: str, *, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
     return _describe(conf, stanza, ["check"], os_user, binary)
+
+
+def _target_text(target: datetime) -> str:
+    # recovery_target_time syntax; always UTC with an explicit offset so the server's TimeZone
+    # cannot change its meaning.
+    return target.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+def _restore_args(pg_path: str, label: str | None, target: datetime | None, delta: bool) -> list[str]:
+    args = [f"--pg1-path={pg_path}"]
+    if label:
+        args.append(f"--set={label}")
+    if target is None:
+        args.append("--type=default")  # replay all archived WAL, then promote
+    else:
+        args += ["--type=time", f"--target={_target_text(target)}", "--target-action=promote"]
+    if delta:
+        args.append("--delta")  # over an existing data directory: only changed files are fetched
+    else:
+        # A copy must not push WAL into the repository of the cluster it was restored from.
+        args.append("--archive-mode=off")
+    return [*args, "restore"]
+
+
+async def restore(conf: str, stanza: str, pg_path: str, *, label: str | None = None, target: datetime | None = None,
+                  delta: bool = False, os_user: str | None = None, timeout: float = 6 * 3600,
+                  binary: str = DEFAULT_BINARY) -> str:
+    """Restore backup `label` (None: the newest that can reach `target`) into `pg_path`, set up
+    to recover to `target` (None: the end of the archived WAL) and promote. Returns stderr
+    (pgBackRest's warnings)."""
+    _, stderr = await _run(conf, stanza, _restore_args(pg_path, label, target, delta), os_user=os_user,
+                           timeout=timeout, binary=binary)
+    return scrub_text(stderr.strip())
+
+
+def describe_restore(conf: str, stanza: str, pg_path: str, *, label: str | None = None, target: datetime | None = None,
+                     delta: bool = False, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
+    return _describe(conf, stanza, _restore_args(pg_path, label, target, delta), os_user, binary)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    invalid_backups: tuple[str, ...]  # labels pgBackRest found damaged
+    problems: tuple[str, ...]  # its report lines, as printed
+
+
+_VERIFY_ARGS = ["--log-level-console=info", "--log-level-stderr=off", "verify"]
+
+
+def parse_verify(output: str) -> VerifyReport:
+    """pgBackRest 2.45 exits 0 even when files are damaged and prints a per-stanza report at
+    INFO level only when something is wrong ("status: error", then "backup: LABEL, status:
+    invalid" and the kinds of damage), so the report is what tells."""
+    lines = [ln.split(" INFO: ", 1)[-1].strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("verify command")]
+    bad = tuple(ln.split(",")[0].removeprefix("backup:").strip() for ln in lines
+                if ln.startswith("backup:") and "status: invalid" in ln)
+    failed = any(ln == "status: error" for ln in lines) or bool(bad)
+    return VerifyReport(ok=not failed, invalid_backups=bad, problems=tuple(lines) if failed else ())
+
+
+async def verify(conf: str, stanza: str, *, os_user: str | None = None, timeout: float = 3600,
+                 binary: str = DEFAULT_BINARY) -> VerifyReport:
+    """`pgbackrest verify`: re-reads every backup file and archived WAL segment in the
+    repository and checks them against their recorded checksums. Read-only."""
+    stdout, _ = await _run(conf, stanza, _VERIFY_ARGS, os_user=os_user, timeout=timeout, binary=binary)
+    return parse_verify(scrub_text(stdout))
+
+
+def describe_verify(conf: str, stanza: str, *, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
+    return _describe(conf, stanza, _VERIFY_ARGS, os_user, binary)

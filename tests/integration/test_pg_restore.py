@@ -1,0 +1,210 @@
+"""postgres.restore through `dbops runbook`, on the sandbox's real pgBackRest stanza.
+
+Each test restores into a new copy under the sandbox's restores/ directory and removes it at the
+end; the live cluster is only written to (rows to recover) and never restored over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dbops.audit import verify
+from dbops.engines.postgres import restore as rs
+
+from .conftest import pg_exec
+
+STANZA = "sandbox-pg"
+
+
+def dbops(pg_sandbox, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_id(stdout: str) -> str:
+    return next(line.split()[-1] for line in stdout.splitlines() if line.startswith("run id:"))
+
+
+def copy_paths(pg_sandbox, rid: str) -> rs.CopyPaths:
+    return rs.paths_for(pg_sandbox.root / "restores", STANZA, rid)
+
+
+def copy_port(pg_sandbox, rid: str) -> int:
+    text = (copy_paths(pg_sandbox, rid).data / "postgresql.auto.conf").read_text()
+    return int(re.findall(r"^port = (\d+)$", text, re.M)[-1])
+
+
+async def copy_fetch(pg_sandbox, rid: str, sql: str) -> list:
+    dsn = f"postgresql://postgres:{pg_sandbox.password}@127.0.0.1:{copy_port(pg_sandbox, rid)}/postgres"
+    return await pg_exec(dsn, sql)
+
+
+async def remove_copy(pg_sandbox, rid: str) -> None:
+    await rs.remove(pg_sandbox.pg.bindir, copy_paths(pg_sandbox, rid), pg_sandbox.pg.owner.name, rid)
+    assert not copy_paths(pg_sandbox, rid).root.exists()
+
+
+def audit_records(pg_sandbox) -> list[dict]:
+    path = pg_sandbox.state_dir / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def backed_up(pg_sandbox):
+    """A full backup to restore from, and a table of rows with known commit times."""
+    pg_sandbox.pg.pgbackrest("--type=full", "backup", timeout=600)
+    pg_sandbox.psql("pg1", "CREATE TABLE IF NOT EXISTS restore_rows (id int PRIMARY KEY)")
+    yield pg_sandbox
+    pg_sandbox.psql("pg1", "DROP TABLE IF EXISTS restore_rows")
+
+
+async def commit_archived(pg_sandbox, primary: str = "pg1") -> None:
+    """Close the current WAL segment and wait until the primary has archived it."""
+    seg = (await pg_sandbox.fetch(primary, "SELECT pg_walfile_name(pg_switch_wal())"))[0][0]
+    for _ in range(300):
+        done = (await pg_sandbox.fetch(primary, "SELECT last_archived_wal FROM pg_stat_archiver"))[0][0]
+        if done is not None and done >= seg:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{seg} was not archived")
+
+
+async def two_commits_with_a_time_between(pg_sandbox, first: int, second: int) -> str:
+    """Commit row `first`, take the server's clock, commit row `second`; returns that time."""
+    await pg_sandbox.fetch("pg1", f"INSERT INTO restore_rows VALUES ({first})")
+    await asyncio.sleep(0.3)
+    between = (await pg_sandbox.fetch("pg1", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || 'Z'"))[0][0]
+    await asyncio.sleep(0.3)
+    await pg_sandbox.fetch("pg1", f"INSERT INTO restore_rows VALUES ({second})")
+    await commit_archived(pg_sandbox)
+    return between
+
+
+async def test_restore_to_a_time_between_two_commits_yields_exactly_the_rows_before_it(backed_up):
+    sb = backed_up
+    before = {r[0] for r in await sb.fetch("pg1", "SELECT id FROM restore_rows")}
+    target = await two_commits_with_a_time_between(sb, 101, 102)
+    r = dbops(sb, "runbook", "run", "postgres.restore", "--cluster", STANZA, "--param", f"target={target}",
+              "--param", "canary=restore_rows", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rid = run_id(r.stdout)
+    try:
+        rows = {row[0] for row in await copy_fetch(sb, rid, "SELECT id FROM restore_rows")}
+        assert rows == before | {101}  # 101 committed before the target, 102 after it
+        assert tuple((await copy_fetch(sb, rid, "SELECT current_setting('archive_mode'), pg_is_in_recovery()"))[0]) == ("off", False)
+        assert "target reached: first commit after it" in r.stdout
+        assert f"canary rows: restore_rows {len(before) + 1}" in r.stdout
+        assert re.search(r"RTO: \d+\.\ds from the first step to a verified copy", r.stdout)
+        # The live cluster still has both rows and was not touched otherwise.
+        assert {101, 102} <= {row[0] for row in await sb.fetch("pg1", "SELECT id FROM restore_rows")}
+        mine = [(x["phase"], x["step"], x.get("outcome")) for x in audit_records(sb) if x.get("run_id") == rid]
+        for step in ("prepare", "restore", "configure", "start"):
+            assert ("intent", step, None) in mine and ("result", step, "ok") in mine, mine
+        assert verify(sb.state_dir / "audit.jsonl").ok
+        assert sb.password not in r.stdout + r.stderr
+    finally:
+        await remove_copy(sb, rid)
+
+
+async def test_restore_latest_has_every_archived_commit(backed_up):
+    sb = backed_up
+    await sb.fetch("pg1", "INSERT INTO restore_rows VALUES (201)")
+    await commit_archived(sb)
+    r = dbops(sb, "runbook", "run", "postgres.restore", "--cluster", STANZA, "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rid = run_id(r.stdout)
+    try:
+        assert 201 in {row[0] for row in await copy_fetch(sb, rid, "SELECT id FROM restore_rows")}
+        assert "replayed all archived WAL" in r.stdout
+    finally:
+        await remove_copy(sb, rid)
+
+
+async def test_target_past_the_archived_wal_is_refused_and_changes_nothing(backed_up):
+    sb = backed_up
+    await sb.fetch("pg1", "INSERT INTO restore_rows VALUES (301)")  # in the current, unarchived segment
+    now = (await sb.fetch("pg1", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || 'Z'"))[0][0]
+    copies = set((sb.root / "restores").iterdir())
+    r = dbops(sb, "runbook", "run", "postgres.restore", "--cluster", STANZA, "--param", f"target={now}", "--yes")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "WAL after the target is not archived yet" in r.stdout and "pg_switch_wal()" in r.stdout
+    assert set((sb.root / "restores").iterdir()) == copies
+
+
+async def test_bad_targets_are_refused_with_a_clear_message(backed_up):
+    r = dbops(backed_up, "runbook", "plan", "postgres.restore", "--cluster", STANZA, "--param", "target=2026-11-22 01:00")
+    assert r.returncode == 1 and "has no UTC offset" in r.stdout, r.stdout
+    r = dbops(backed_up, "runbook", "plan", "postgres.restore", "--cluster", STANZA, "--param", "target=yesterday")
+    assert r.returncode == 1 and "neither 'latest' nor an ISO 8601 time" in r.stdout, r.stdout
+    r = dbops(backed_up, "runbook", "plan", "postgres.restore", "--cluster", STANZA, "--param", "target=2000-01-01T00:00:00Z")
+    assert r.returncode == 1 and "no backup ends before" in r.stdout, r.stdout
+
+
+def journal_done(path: Path) -> list[str]:
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if rec.get("event") == "step-done":
+            steps.append(rec["step"])
+    return steps
+
+
+async def test_kill_9_between_every_pair_of_steps_then_resume(backed_up):
+    """For each step boundary: kill -9 dbops as soon as the journal records that step as done,
+    resume, and check the copy holds exactly the rows before the target; the audit chain verifies."""
+    sb = backed_up
+    env = {**os.environ, "DBOPS_STATE_DIR": str(sb.state_dir)}
+    runs = sb.state_dir / "runs"
+    for n, boundary in enumerate(("prepare", "restore", "configure", "start", "recover")):
+        expected = {row[0] for row in await sb.fetch("pg1", "SELECT id FROM restore_rows")} | {400 + n}
+        target = await two_commits_with_a_time_between(sb, 400 + n, 500 + n)
+        before = set(runs.glob("*.jsonl")) if runs.exists() else set()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dbops.cli", "--config", str(sb.config_path), "runbook", "run", "postgres.restore",
+             "--cluster", STANZA, "--param", f"target={target}", "--yes"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL,
+        )
+        journal = None
+        for _ in range(6000):
+            new = set(runs.glob("*.jsonl")) - before if runs.exists() else set()
+            if new:
+                journal = next(iter(new))
+                if boundary in journal_done(journal):
+                    break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+        assert journal is not None, out
+        rid = journal.stem
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "dbops.cli", "--config", str(sb.config_path), "runbook", "resume", rid, "--yes"],
+                capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL,
+            )
+            # 1: the killed run had already finished before the kill landed
+            assert r.returncode in (0, 1), f"killed after {boundary}: {out}\n---\n{r.stdout}{r.stderr}"
+            if r.returncode == 1:
+                assert "already finished" in r.stdout + r.stderr, r.stdout + r.stderr
+            rows = {row[0] for row in await copy_fetch(sb, rid, "SELECT id FROM restore_rows")}
+            assert rows == expected, f"killed after {boundary}"
+        finally:
+            await remove_copy(sb, rid)
+    assert verify(sb.state_dir / "audit.jsonl").ok
