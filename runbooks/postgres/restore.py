@@ -56,14 +56,14 @@ def parse_target(raw: str) -> datetime | None:
 
 
 def target(ctx: Context) -> datetime | None:
-    return parse_target(str(ctx.params["target"]))
+    return parse_target(str(ctx.params.get("target", LATEST)))
 
 
 def _target_words(ctx: Context) -> str:
     try:
         t = target(ctx)
     except ValueError:
-        return str(ctx.params["target"])
+        return str(ctx.params.get("target"))
     return "the end of the archived WAL" if t is None else f"{t.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f} UTC"
 
 

@@ -28,7 +28,7 @@ STANZA = "sandbox-pg"
 
 def dbops(pg_sandbox, *args):
     return subprocess.run(
-        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), *args],
+        [sys.executable, "-m", "dbops.cli", *([] if "--config" in args else ["--config", str(pg_sandbox.config_path)]), *args],
         capture_output=True, text=True, timeout=600, env={**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)},
         stdin=subprocess.DEVNULL,
     )
@@ -208,3 +208,34 @@ async def test_kill_9_between_every_pair_of_steps_then_resume(backed_up):
         finally:
             await remove_copy(sb, rid)
     assert verify(sb.state_dir / "audit.jsonl").ok
+
+
+async def test_verify_backups_restores_a_scratch_copy_and_removes_it(backed_up):
+    sb = backed_up
+    await sb.fetch("pg1", "INSERT INTO restore_rows VALUES (601)")
+    await commit_archived(sb)
+    copies = set((sb.root / "restores").iterdir())
+    r = dbops(sb, "runbook", "run", "postgres.verify-backups", "--cluster", STANZA, "--param", "canary=restore_rows", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = (await sb.fetch("pg1", "SELECT count(*) FROM restore_rows"))[0][0]
+    assert f"canary rows: restore_rows {rows}" in r.stdout
+    assert "[ok] the newest backup is recent enough" in r.stdout and "[ok] WAL archiving is within the RPO" in r.stdout
+    assert "stopped and removed" in r.stdout
+    assert set((sb.root / "restores").iterdir()) == copies  # nothing left behind
+
+
+async def test_verify_backups_refuses_stale_backups(backed_up, tmp_path):
+    sb = backed_up
+    config = tmp_path / "stale.toml"
+    text = sb.config_path.read_text()
+    head = "[environments.sandbox.clusters.sandbox-pg.backups]"
+    if head in text:  # the sandbox wrote one (its S3 location): tighten it in place
+        text = text.replace(head, head + "\nmax_age_seconds = 1")
+    else:
+        text += f"\n{head}\nmax_age_seconds = 1\n"
+    config.write_text(text)
+    await asyncio.sleep(1.1)
+    r = dbops(sb, "--config", str(config), "runbook", "run", "postgres.verify-backups", "--cluster", STANZA, "--yes")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "[FAIL] the newest backup is recent enough" in r.stdout and "limit 1s" in r.stdout, r.stdout
+    assert "pre-checks refused" in r.stdout
