@@ -871,6 +871,57 @@ class PostgresSandbox:
         progress(f"wait for {name} to stream from {new_primary}")
         self.wait_streaming_from(new_primary, (name,), timeout)
 
+    # -- restore over a member (postgres.restore-in-place) ---------------------------------------
+
+    def _saved_conf_dir(self, name: str) -> Path:
+        return self.member_dir(name) / "conf-before-restore"
+
+    def restore_over(self, name: str, restore_args: Sequence[str], timeout: float = 6 * 3600) -> None:
+        """`pgbackrest restore --delta` over stopped member `name`'s data directory, keeping the
+        member's own configuration: the backup holds the configuration files of whichever member
+        it was taken from (its port, its name), so they are saved first and put back after, with
+        pgBackRest's recovery settings added to this member's postgresql.auto.conf.
+
+        Safe to repeat after a crash: the configuration saved by the first attempt is kept (the
+        data directory may by then hold the backup's), and removed only once it is put back.
+        """
+        self._check_member(name)
+        if self._postmaster_pid(name) is not None:
+            raise SandboxError(f"{name} is running; stop it before restoring over it")
+        data, saved_dir = self.data_dir(name), self._saved_conf_dir(name)
+        if not saved_dir.exists():
+            tmp = saved_dir.with_name(saved_dir.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self._mkdir(tmp)
+            for f in _REWIND_KEEP:
+                if (data / f).exists():
+                    self._write(tmp / f, (data / f).read_text(encoding="utf-8"))
+            tmp.rename(saved_dir)
+        self.pgbackrest(f"--pg1-path={data}", *restore_args, timeout=timeout)
+        pgbackrest_lines = [ln for ln in (data / "postgresql.auto.conf").read_text(encoding="utf-8").splitlines()
+                            if ln.split("=", 1)[0].strip() in _RECOVERY_KEYS or ln.startswith("# Recovery settings")]
+        for f in _REWIND_KEEP:
+            if (saved_dir / f).exists():
+                self._write(data / f, (saved_dir / f).read_text(encoding="utf-8"))
+        auto = data / "postgresql.auto.conf"
+        kept = [ln for ln in auto.read_text(encoding="utf-8").splitlines()
+                if ln.split("=", 1)[0].strip() not in _REJOIN_DROP | _RECOVERY_KEYS]
+        self._write(auto, "\n".join(kept + pgbackrest_lines) + "\n")
+        (data / "standby.signal").unlink(missing_ok=True)  # it comes back as the primary
+        st = self.state
+        for n, m in st["members"].items():
+            m["role"] = "primary" if n == name else "replica"
+        write_engine_state(self.root, ENGINE, st)
+        shutil.rmtree(saved_dir)
+
+    def clear_recovery_target(self, name: str) -> None:
+        """Drop the recovery target settings a point-in-time restore left in postgresql.auto.conf:
+        were this member ever to become a standby, replay would stop at that old target."""
+        for key in sorted(_RECOVERY_KEYS - {"restore_command"}):
+            self.psql(name, f"ALTER SYSTEM RESET {key}", timeout=30)
+        self.psql(name, "SELECT pg_reload_conf()", timeout=30)
+
     def wait_streaming_from(self, upstream: str, names: Sequence[str], timeout: float = STREAM_TIMEOUT) -> None:
         """Poll pg_stat_replication on `upstream` until every name in `names` streams."""
         want = set(names)
@@ -1014,6 +1065,10 @@ _PGBACKREST_DIRS = ("repo", "log", "lock", "spool")
 _REWIND_KEEP = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
 # Settings of postgresql.auto.conf that rejoin replaces: the old upstream, and the fence.
 _REJOIN_DROP = frozenset({"primary_conninfo", "primary_slot_name", "default_transaction_read_only"})
+# Settings pgBackRest's restore writes into postgresql.auto.conf.
+_RECOVERY_KEYS = frozenset({"restore_command", "recovery_target_time", "recovery_target_action", "recovery_target",
+                            "recovery_target_lsn", "recovery_target_xid", "recovery_target_name",
+                            "recovery_target_inclusive", "recovery_target_timeline"})
 
 _HBA = """\
 # written by `dbops sandbox up`

@@ -239,3 +239,55 @@ async def test_verify_backups_refuses_stale_backups(backed_up, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "[FAIL] the newest backup is recent enough" in r.stdout and "limit 1s" in r.stdout, r.stdout
     assert "pre-checks refused" in r.stdout
+
+
+async def test_restore_in_place_goes_back_to_the_target_and_rebuilds_the_replicas(backed_up):
+    """Over the live cluster: after the run, pg1 (primary) and both replicas hold exactly the rows
+    committed before the target, and the replicas stream from pg1 again."""
+    sb = backed_up
+    before = {r[0] for r in await sb.fetch("pg1", "SELECT id FROM restore_rows")}
+    target = await two_commits_with_a_time_between(sb, 701, 702)
+    args = ("runbook", "run", "postgres.restore-in-place", "--cluster", STANZA, "--param", f"target={target}",
+            "--param", "canary=restore_rows", "--yes")
+    r = dbops(sb, *args)  # without --confirm naming the cluster, a destructive step refuses
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert {r[0] for r in await sb.fetch("pg1", "SELECT id FROM restore_rows")} == before | {701, 702}
+
+    r = dbops(sb, *args, "--confirm", STANZA)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "target reached: first commit after it" in r.stdout
+    sb.wait_streaming()
+    for m in ("pg1", "pg2", "pg3"):
+        for _ in range(100):
+            rows = {row[0] for row in await sb.fetch(m, "SELECT id FROM restore_rows")}
+            if rows == before | {701}:
+                break
+            await asyncio.sleep(0.1)
+        assert rows == before | {701}, m
+    assert [m for m in ("pg1", "pg2", "pg3") if not (await sb.fetch(m, "SELECT pg_is_in_recovery()"))[0][0]] == ["pg1"]
+    left = await sb.fetch("pg1", "SELECT name FROM pg_file_settings WHERE name LIKE 'recovery_target%'")
+    assert not left
+    # The repository goes on: archiving of the new timeline works, and a backup can be taken.
+    await commit_archived(sb)
+    assert verify(sb.state_dir / "audit.jsonl").ok
+
+
+async def test_restore_in_place_elsewhere_shows_manual_host_steps(backed_up, tmp_path):
+    """Outside the sandbox dbops does not manage the database hosts: stop, restore, start and
+    rejoin are manual steps with exact commands; the plan changes nothing."""
+    sb = backed_up
+    text = sb.config_path.read_text().replace("sandbox = true", "sandbox = false")
+    text = re.sub(r'password = \{ value = "[^"]*" \}', 'password = { env = "DBOPS_IT_RESTORE_PW" }', text)
+    config = tmp_path / "staging.toml"
+    config.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "dbops.cli", "--config", str(config), "runbook", "plan", "postgres.restore-in-place",
+         "--cluster", STANZA],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env={**os.environ, "DBOPS_STATE_DIR": str(sb.state_dir), "DBOPS_IT_RESTORE_PW": sb.password},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    for text in ("Stop every member (manual)", "Restore the backup over the member (manual)", "pg_rewind",
+                 f"--pg1-path={sb.pg.data_dir('pg1')}", "--delta restore", "nothing was changed"):
+        assert text in r.stdout, text
+    assert sb.password not in r.stdout

@@ -246,7 +246,7 @@ def _target_text(target: datetime) -> str:
     return target.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
-def _restore_args(pg_path: str, label: str | None, target: datetime | None, delta: bool) -> list[str]:
+def restore_args(pg_path: str, label: str | None, target: datetime | None, delta: bool) -> list[str]:
     args = [f"--pg1-path={pg_path}"]
     if label:
         args.append(f"--set={label}")
@@ -268,14 +268,14 @@ async def restore(conf: str, stanza: str, pg_path: str, *, label: str | None = N
     """Restore backup `label` (None: the newest that can reach `target`) into `pg_path`, set up
     to recover to `target` (None: the end of the archived WAL) and promote. Returns stderr
     (pgBackRest's warnings)."""
-    _, stderr = await _run(conf, stanza, _restore_args(pg_path, label, target, delta), os_user=os_user,
+    _, stderr = await _run(conf, stanza, restore_args(pg_path, label, target, delta), os_user=os_user,
                            timeout=timeout, binary=binary)
     return scrub_text(stderr.strip())
 
 
 def describe_restore(conf: str, stanza: str, pg_path: str, *, label: str | None = None, target: datetime | None = None,
                      delta: bool = False, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
-    return _describe(conf, stanza, _restore_args(pg_path, label, target, delta), os_user, binary)
+    return _describe(conf, stanza, restore_args(pg_path, label, target, delta), os_user, binary)
 
 
 @dataclass(frozen=True)
