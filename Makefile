@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	  echo "installing python3-venv"; rm -rf $(VENV); \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,sandbox]'
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -9,7 +9,7 @@ This module stays stdlib-only and cheap to import: the CLI imports it on every s
 
 Engine class contract (see postgres.PostgresSandbox): ``Engine(root)`` with
 ``up(progress) -> (toml_fragment, already_up)``, ``down(progress)``, ``status() -> list[ProcessStatus]``,
-``is_running() -> bool``.
+``is_running() -> bool``, ``config_fragment() -> str`` (the fragment of an engine that is already up).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_ENGINES",
     "KNOWN_ENGINES",
     "ProcessStatus",
     "SandboxError",
@@ -39,8 +40,20 @@ __all__ = [
 # name -> (module, class). Adding an engine is one line here plus its module.
 _ENGINES: dict[str, tuple[str, str]] = {
     "postgres": ("dbops.sandbox.postgres", "PostgresSandbox"),
+    "s3": ("dbops.sandbox.s3", "S3Sandbox"),
 }
 KNOWN_ENGINES: tuple[str, ...] = tuple(_ENGINES)
+DEFAULT_ENGINES: tuple[str, ...] = ("s3", "postgres")
+
+# Engines others depend on come up first and go down last, whatever order they are named in:
+# the postgres sandbox attaches the s3 sandbox's bucket to its cluster when s3 is up.
+_START_ORDER: tuple[str, ...] = ("s3", "postgres")
+
+
+def _start_order(names: Iterable[str]) -> list[str]:
+    """`names` in the order to start them (engines not in _START_ORDER last, as given)."""
+    rank = {name: i for i, name in enumerate(_START_ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
 
 STATE_FILE = "sandbox.json"
 CONFIG_FILE = "dbops.toml"
@@ -217,15 +230,28 @@ def _validate_engines(engines: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
-def up(engines: Iterable[str] = ("postgres",), *, root: Path | None = None, progress: Progress | None = None) -> UpResult:
+def up(engines: Iterable[str] = DEFAULT_ENGINES, *, root: Path | None = None, progress: Progress | None = None) -> UpResult:
     """Bring the named engines up (each is left alone if already up) and write dbops.toml."""
     names = _validate_engines(engines)
     say = progress or _quiet
     root = sandbox_dir(root)
     fragments: list[str] = []
     all_already = True
-    for name in names:
-        fragment, already = _engine(name, root).up(say)
+    started: list[str] = []
+    for name in _start_order(names):
+        try:
+            fragment, already = _engine(name, root).up(say)
+        except BaseException as exc:
+            # An engine cleans up after its own failed `up`; the ones this call started before
+            # it would be left running for nothing (their dependant is missing): stop them too.
+            for earlier in reversed(started):
+                try:
+                    _engine(earlier, root).down(_quiet)
+                except SandboxError as cleanup:
+                    exc.add_note(f"while stopping {earlier} after that: {cleanup.message}")
+            raise
+        if not already:
+            started.append(name)
         fragments.append(fragment)
         all_already = all_already and already
     # Engines started earlier with another --engines list stay in the config too.
@@ -274,7 +300,7 @@ def down(*, root: Path | None = None, purge: bool = False, progress: Progress | 
     started = list(read_state(root).get("engines", {}))
     # Engines without a state entry still get a chance: an `up` interrupted before it wrote its
     # state may have left a server running from the sandbox directory.
-    for name in dict.fromkeys(started + list(KNOWN_ENGINES)):
+    for name in reversed(_start_order(dict.fromkeys(started + list(KNOWN_ENGINES)))):
         _engine(name, root).down(say)
     if purge:
         say(f"removing {root}")

@@ -55,7 +55,7 @@ def _print_status(rows: list[sb.ProcessStatus]) -> None:
 
 @click.group()
 def sandbox() -> None:
-    """Real local servers (PostgreSQL primary + 2 replicas + PgBouncer) to try dbops against.
+    """Real local servers (PostgreSQL primary + 2 replicas + PgBouncer, S3 via moto) to try dbops against.
 
     Lives under $DBOPS_STATE_DIR/sandbox (default: the user state directory).
     """
@@ -65,7 +65,7 @@ def sandbox() -> None:
 @click.option(
     "--engines",
     multiple=True,
-    default=("postgres",),
+    default=sb.DEFAULT_ENGINES,
     show_default=True,
     help=f"Engines to start, comma-separated or repeated; known: {', '.join(sb.KNOWN_ENGINES)}.",
 )
