@@ -51,7 +51,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit tests/ui
 
 demo: deps venv
-	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines postgres
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres
 	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) --config "$$(DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox config)"
 
 demo-down: venv

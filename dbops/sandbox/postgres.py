@@ -1044,6 +1044,16 @@ class PostgresSandbox:
                 f"restore_root = {_toml_str(str(self.restores_dir))}",
                 "",
             ]
+        s3 = engine_state(self.root, "s3")
+        if s3:  # the sandbox's S3 endpoint (moto) holds this cluster's pg_dump backups
+            lines += [
+                f"[environments.sandbox.clusters.{CLUSTER}.backups]",
+                f"s3 = {{ bucket = {_toml_str(s3['bucket'])}, prefix = {_toml_str('dumps/')}, "
+                f"region = {_toml_str(s3['region'])}, endpoint_url = {_toml_str(s3['endpoint_url'])}, "
+                f"access_key_id = {{ value = {_toml_str(s3['access_key_id'])} }}, "
+                f"secret_access_key = {{ value = {_toml_str(s3['secret_access_key'])} }} }}",
+                "",
+            ]
         for name, m in st["members"].items():
             lines += [
                 f"[[environments.sandbox.clusters.{CLUSTER}.members]]",

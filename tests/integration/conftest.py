@@ -1,4 +1,4 @@
-"""Integration fixtures: one real sandbox (PostgreSQL 15 x3 + PgBouncer) per test session.
+"""Integration fixtures: one real sandbox (PostgreSQL 15 x3 + PgBouncer, S3) per test session.
 
 If the sandbox cannot start, every test using it ERRORS with the sandbox's message: a missing
 server must never turn into a silently skipped suite.
@@ -90,7 +90,8 @@ class PgSandbox:
 
 def start_sandbox(state_dir: Path) -> PgSandbox:
     root = state_dir / "sandbox"
-    result = sandbox.up(("postgres",), root=root)
+    # s3 first: the cluster's config names its bucket (pg_dump backups).
+    result = sandbox.up(("s3", "postgres"), root=root)
     return PgSandbox(state_dir, root, result.config_path, PostgresSandbox(root))
 
 
