@@ -73,7 +73,9 @@ class ConfirmStep(ModalScreen[bool]):
             head = "MANUAL STEP: run these on the host, then confirm" if self.manual else f"Run step: {s.title}"
             yield Label(Text(head, style="bold red" if s.destructive else "bold"))
             yield Static(s.description)
-            yield Static(Text("\n".join(f"$ {c}" for c in self.commands), style="bold cyan"), id="confirm-query")
+            # Every command must be readable before it is confirmed: long plans scroll, never clip.
+            with VerticalScroll(id="step-commands"):
+                yield Static(Text("\n".join(f"$ {c}" for c in self.commands), style="bold cyan"))
             if s.destructive:
                 yield Static(Text("Destructive.", style="bold red"))
             if self.typed:

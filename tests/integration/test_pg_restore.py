@@ -277,7 +277,7 @@ async def test_restore_in_place_elsewhere_shows_manual_host_steps(backed_up, tmp
     rejoin are manual steps with exact commands; the plan changes nothing."""
     sb = backed_up
     text = sb.config_path.read_text().replace("sandbox = true", "sandbox = false")
-    text = re.sub(r'password = \{ value = "[^"]*" \}', 'password = { env = "DBOPS_IT_RESTORE_PW" }', text)
+    text = re.sub(r'\{ value = "[^"]*" \}', '{ env = "DBOPS_IT_RESTORE_PW" }', text)  # every credential, S3's too
     config = tmp_path / "staging.toml"
     config.write_text(text)
     r = subprocess.run(

@@ -177,7 +177,7 @@ async def test_non_sandbox_cluster_uses_the_configured_pgbackrest_settings(pg_sa
     import re
 
     text = pg_sandbox.config_path.read_text().replace("sandbox = true", "sandbox = false")
-    text = re.sub(r'password = \{ value = "[^"]*" \}', 'password = { env = "DBOPS_IT_PGBR_PW" }', text)
+    text = re.sub(r'\{ value = "[^"]*" \}', '{ env = "DBOPS_IT_PGBR_PW" }', text)  # every credential, S3's too
     config = tmp_path / "staging.toml"
     config.write_text(text)
     r = subprocess.run(
