@@ -664,7 +664,7 @@ class PostgresSandbox:
         self._write(self.bouncer_ini, "\n".join([
             "; written by `dbops sandbox up`",
             "[databases]",
-            f"{DATABASE} = host=127.0.0.1 port={self.port(PRIMARY)} dbname={DATABASE}",
+            self._bouncer_database_line(PRIMARY),
             "",
             "[pgbouncer]",
             "listen_addr = 127.0.0.1",
@@ -682,6 +682,27 @@ class PostgresSandbox:
             f"pidfile = {self.bouncer_pidfile}",
             "",
         ]))
+
+    def _bouncer_database_line(self, upstream: str) -> str:
+        return f"{DATABASE} = host=127.0.0.1 port={self.port(upstream)} dbname={DATABASE}"
+
+    def repoint_pgbouncer(self, new_primary: str) -> None:
+        """Point PgBouncer's database at `new_primary` and RELOAD: new server connections go
+        there, and PgBouncer closes the old ones as they are released (clients stay connected)."""
+        self._check_member(new_primary)
+        lines = self.bouncer_ini.read_text(encoding="utf-8").splitlines()
+        prefix = f"{DATABASE} = "
+        self._write(self.bouncer_ini, "\n".join(self._bouncer_database_line(new_primary) if ln.startswith(prefix) else ln
+                                                for ln in lines) + "\n")
+        self.psql(PGBOUNCER, "RELOAD", database="pgbouncer", timeout=15)
+        st = self.state
+        st["pgbouncer"]["upstream"] = new_primary
+        write_engine_state(self.root, ENGINE, st)
+
+    def show_repoint_pgbouncer(self, new_primary: str) -> list[str]:
+        return [f"# in {self.bouncer_ini}, [databases]:",
+                self._bouncer_database_line(new_primary),
+                f"{self.bindir / 'psql'} -h 127.0.0.1 -p {self.port(PGBOUNCER)} -U {USER} -d pgbouncer -c RELOAD"]
 
     def _bouncer_start(self) -> None:
         if self._bouncer_pid() is not None:
@@ -1010,7 +1031,7 @@ class PostgresSandbox:
                     detail = "running but not answering"
             rows.append(ProcessStatus(ENGINE, name, role, pid is not None, m["port"], pid, detail or f"log {m['log']}"))
         pid = self._bouncer_pid()
-        rows.append(ProcessStatus(ENGINE, PGBOUNCER, f"pooler for {PRIMARY}", pid is not None,
+        rows.append(ProcessStatus(ENGINE, PGBOUNCER, f"pooler for {st['pgbouncer'].get('upstream', PRIMARY)}", pid is not None,
                                   st["pgbouncer"]["port"], pid, f"log {self.bouncer_log}"))
         return rows
 

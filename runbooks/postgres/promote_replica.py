@@ -283,6 +283,76 @@ STEPS = (
          on_failure="a replica that replayed WAL of the old timeline cannot follow: rejoin it with pg_rewind (the rejoin step's commands)"),
 )
 
+# -- PgBouncer follows the new primary ---------------------------------------------------------
+
+
+async def _pooler_upstream(ctx: Context) -> tuple[str, int] | None:
+    """(host, port) PgBouncer's admin console (SHOW DATABASES) gives for the cluster's database."""
+    from dbops.engines.postgres.pgbouncer import SimpleQueryClient
+    from dbops.secrets import resolve
+
+    pb = ctx.ref.cluster.pgbouncer
+    assert pb is not None
+    client = SimpleQueryClient(pb.host, pb.port, pb.user, resolve(pb.password))
+    try:
+        await asyncio.wait_for(client.connect(), timeout=ctx.ref.timeout + 2)
+        (rows,) = await asyncio.wait_for(client.query_many("SHOW DATABASES"), timeout=ctx.ref.timeout + 2)
+    finally:
+        await client.close()
+    row = next((r for r in rows if r.get("name") == ctx.ref.cluster.database), None)
+    return (str(row.get("host")), int(row.get("port") or 0)) if row else None
+
+
+async def do_repoint_pooler(ctx: Context) -> None:
+    from dbops.config import state_dir
+    from dbops.sandbox.postgres import PostgresSandbox
+
+    await asyncio.to_thread(PostgresSandbox(state_dir() / "sandbox").repoint_pgbouncer, candidate(ctx))
+    ctx.log(f"PgBouncer now sends new server connections to {candidate(ctx)}")
+
+
+async def verify_pooler(ctx: Context) -> Verdict:
+    new = member(ctx, candidate(ctx))
+    upstream = await _pooler_upstream(ctx)
+    if upstream is None:
+        return Verdict(False, f"PgBouncer lists no database {ctx.ref.cluster.database}")
+    ok = upstream[1] == new.port and upstream[0] in (new.host, "localhost" if new.host == "127.0.0.1" else new.host)
+    return Verdict(ok, f"PgBouncer's {ctx.ref.cluster.database} points at {upstream[0]}:{upstream[1]}"
+                       + ("" if ok else f", not at {candidate(ctx)} ({new.host}:{new.port})"))
+
+
+def pooler_cmds(ctx: Context) -> list[str]:
+    pb = ctx.ref.cluster.pgbouncer
+    new = member(ctx, candidate(ctx)) if candidate(ctx) in {m.name for m in ctx.ref.cluster.members} else None
+    if pb is None or new is None:
+        return ["# known once the candidate is known"]
+    if ctx.ref.env.sandbox:
+        try:
+            from dbops.config import state_dir
+            from dbops.sandbox.postgres import PostgresSandbox
+
+            return PostgresSandbox(state_dir() / "sandbox").show_repoint_pgbouncer(candidate(ctx))
+        except Exception as exc:  # the plan still renders; the step itself reports the problem
+            return [f"# sandbox PgBouncer commands unavailable: {exc}"]
+    db = ctx.ref.cluster.database
+    return [f"# on the PgBouncer host ({pb.host}:{pb.port}): in pgbouncer.ini, [databases], point {db} at the new primary:",
+            f"{db} = host={new.host} port={new.port} dbname={db}",
+            f"psql -h {pb.host} -p {pb.port} -U {pb.user} -d pgbouncer -c RELOAD"]
+
+
+POOLER_AUTOMATIC = Step(
+    "pooler", "Point PgBouncer at the new primary", "Its database entry names the new primary, then RELOAD: new "
+    "server connections go there and the old ones close as they are released; clients stay connected.", Kind.ACTION,
+    pooler_cmds, do_repoint_pooler, verify_pooler, timeout=60,
+    on_failure="clients of PgBouncer still reach the old (fenced, read-only) primary: edit pgbouncer.ini and RELOAD by hand",
+)
+
+POOLER_MANUAL = Step(
+    "pooler", "Point PgBouncer at the new primary (manual)", "dbops cannot edit PgBouncer's configuration on its host: "
+    "run these there, then confirm; dbops then checks SHOW DATABASES.", Kind.MANUAL, pooler_cmds, None, verify_pooler,
+    timeout=3600,
+)
+
 REJOIN_AUTOMATIC = Step(
     "rejoin", "Rejoin the old primary as a replica", "pg_rewind against the new primary, then start it as a standby "
     "(dbops manages this sandbox's servers).", Kind.ACTION, rejoin_cmds, do_rejoin, verify_rejoined, timeout=300,
@@ -323,7 +393,18 @@ def _book(steps: tuple[Step, ...]) -> Runbook:
     )
 
 
-# The sandbox's servers are dbops' own, so the rejoin is automatic there; everywhere else it is a
-# manual step. Which one applies is decided per cluster when the runbook is built for it.
-MANAGED = _book(STEPS + (REJOIN_AUTOMATIC,))
-RUNBOOK = dataclasses.replace(_book(STEPS + (REJOIN_MANUAL,)), specialize=lambda ref: MANAGED if ref.env.sandbox else None)
+def _variant(managed: bool, pooler: bool) -> Runbook:
+    steps = list(STEPS)
+    if pooler:  # right after the new primary is verified: writes through the pooler resume there
+        steps.insert([s.id for s in steps].index("verify") + 1, POOLER_AUTOMATIC if managed else POOLER_MANUAL)
+    return _book((*steps, REJOIN_AUTOMATIC if managed else REJOIN_MANUAL))
+
+
+# The sandbox's servers are dbops' own, so the rejoin (and PgBouncer's repointing) is automatic
+# there; everywhere else those are manual steps. A cluster without PgBouncer has no pooler step.
+# Which variant applies is decided per cluster when the runbook is built for it.
+_VARIANTS = {(m, p): _variant(m, p) for m in (True, False) for p in (True, False)}
+RUNBOOK = dataclasses.replace(
+    _VARIANTS[(False, False)],
+    specialize=lambda ref: _VARIANTS[(ref.env.sandbox, ref.cluster.pgbouncer is not None)],
+)

@@ -52,6 +52,28 @@ async def test_plan_changes_nothing(pg_sandbox):
     assert len(audit_intents(pg_sandbox)) == intents
 
 
+async def test_plan_elsewhere_has_manual_pooler_and_rejoin_steps(pg_sandbox, tmp_path):
+    """Outside the sandbox dbops cannot edit PgBouncer's configuration or reach the old primary's
+    host: those steps are manual, with the exact commands."""
+    import re
+
+    text = pg_sandbox.config_path.read_text().replace("sandbox = true", "sandbox = false")
+    text = re.sub(r'\{ value = "[^"]*" \}', '{ env = "DBOPS_IT_PROMOTE_PW" }', text)
+    config = tmp_path / "staging.toml"
+    config.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "dbops.cli", "--config", str(config), "runbook", "plan", "postgres.promote-replica",
+         "--cluster", "sandbox-pg", "--param", "candidate=pg2"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env={**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir), "DBOPS_IT_PROMOTE_PW": pg_sandbox.password},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Point PgBouncer at the new primary (manual)" in r.stdout
+    assert f"postgres = host=127.0.0.1 port={pg_sandbox.port('pg2')} dbname=postgres" in r.stdout
+    assert "Rejoin the old primary as a replica (manual)" in r.stdout
+    assert pg_sandbox.password not in r.stdout
+
+
 async def test_lagging_candidate_is_refused_without_override(pg_sandbox):
     await pg_sandbox.fetch("pg3", "SELECT pg_wal_replay_pause()")
     try:
@@ -86,14 +108,18 @@ async def test_switchover_to_pg2_and_back(pg_sandbox):
         assert roles == {"pg1": "replica", "pg2": "primary", "pg3": "replica"}, check.stdout
         assert verify(pg_sandbox.state_dir / "audit.jsonl").ok
         steps = [x["step"] for x in audit_intents(pg_sandbox) if x["action"].startswith("postgres.promote-replica")]
-        assert steps[-5:] == ["checkpoint", "repoint", "fence", "promote", "rejoin"]
+        assert steps[-6:] == ["checkpoint", "repoint", "fence", "promote", "pooler", "rejoin"]
+        # Clients of PgBouncer write to the new primary without reconnecting anywhere else.
+        via_pooler = pg_sandbox.psql("pgbouncer", "INSERT INTO promote_rows VALUES (102) RETURNING inet_server_port()")
+        assert via_pooler.splitlines()[0] == str(pg_sandbox.port("pg2"))
     finally:
         # back to the shared sandbox's shape: pg1 primary, pg2 and pg3 streaming from it
         r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1",
                   "--yes", "--confirm", "sandbox-pg")
         assert r.returncode == 0, r.stdout + r.stderr
     assert (await role_and_timeline(pg_sandbox, "pg1"))[0] == "primary"
-    assert (await pg_sandbox.fetch("pg1", "SELECT count(*) FROM promote_rows"))[0][0] == 101
+    assert (await pg_sandbox.fetch("pg1", "SELECT count(*) FROM promote_rows"))[0][0] == 102
+    assert pg_sandbox.psql("pgbouncer", "SELECT inet_server_port()") == str(pg_sandbox.port("pg1"))
     pg_sandbox.wait_streaming()
     await pg_sandbox.fetch("pg1", "DROP TABLE promote_rows")
 
