@@ -144,7 +144,11 @@ class Executor:
     async def resume(self, record: RunRecord, journal: Journal, lock: ClusterLock) -> RunResult:
         """Continue after a crash: verify the interrupted step (re-run it if that fails), then go on."""
         if record.end in ("finished", "aborted"):
-            return RunResult(record.run_id, ExitCode.REFUSED, f"run {record.run_id} already {record.end}; nothing to resume")
+            # Audited like any refusal. (It also re-covers the newest record with the audit
+            # head when a kill -9 landed between writing that record and updating the head.)
+            why = f"run {record.run_id} already {record.end}; nothing to resume"
+            self._abort("resume-refused", reason=why)
+            return RunResult(record.run_id, ExitCode.REFUSED, why)
         ref = self.ctx.ref
         if self.runbook.changes_servers and not writes_allowed(ref, self.allow_writes):
             return RunResult(record.run_id, ExitCode.REFUSED, read_only_reason(ref))

@@ -4,6 +4,7 @@ settings from the config, one connection per member, and finding the primary."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable
 
 from dbops.config import PgBackRest
@@ -60,3 +61,39 @@ async def primary(ctx: Context) -> sw.Conn:
         except Exception as exc:  # another member may be the primary; say why this one was skipped
             problems.append(f"{name}: {c.error(exc)}")
     raise RuntimeError("no member answers as primary" + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+# -- verifying what a restore brought back -----------------------------------------------------
+
+
+def canary_tables(ctx: Context) -> list[str]:
+    return [t.strip() for t in str(ctx.params.get("canary") or "").split(",") if t.strip()]
+
+
+def quote_table(name: str) -> str:
+    """schema.table as quoted identifiers (a canary named by the operator is never SQL)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+async def count_canaries(ctx: Context, conn: sw.Conn) -> tuple[list[str], list[str]]:
+    """Row counts of the canary tables on `conn`: (problems, facts); counts go in ctx.state."""
+    problems, counts = [], {}
+    for table in canary_tables(ctx):
+        try:
+            counts[table] = int(await conn.fetchval(f"SELECT count(*) FROM {quote_table(table)}", timeout=600))
+        except Exception as exc:  # a missing table is a finding about the restore, not a crash
+            problems.append(f"canary {table}: {conn.error(exc)}")
+    if counts:
+        ctx.state["canary_counts"] = counts
+    return problems, ["canary rows: " + ", ".join(f"{k} {v}" for k, v in counts.items())] if counts else []
+
+
+def finish_verification(ctx: Context, problems: list[str], facts: list[str], rto_what: str) -> None:
+    """Fail with every problem, or log the facts and the measured RTO (from ctx.state's
+    rto_started, set by the run's first step and kept across a resume)."""
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    for line in facts:
+        ctx.log(line)
+    ctx.state["rto_seconds"] = round(time.time() - float(ctx.state.get("rto_started") or time.time()), 1)
+    ctx.log(f"RTO: {ctx.state['rto_seconds']:.1f}s {rto_what}")

@@ -67,10 +67,6 @@ def _target_words(ctx: Context) -> str:
     return "the end of the archived WAL" if t is None else f"{t.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f} UTC"
 
 
-def canary_tables(ctx: Context) -> list[str]:
-    return [t.strip() for t in str(ctx.params.get("canary") or "").split(",") if t.strip()]
-
-
 def paths(ctx: Context) -> rs.CopyPaths:
     return rs.paths_for(common.settings(ctx).restore_root, ctx.ref.name, ctx.run_id)
 
@@ -341,10 +337,6 @@ async def verify_recovered(ctx: Context) -> Verdict:
     return Verdict(not recovering, "out of recovery" if not recovering else "still in recovery")
 
 
-def _quote_table(name: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
-
-
 async def _findings(ctx: Context) -> tuple[list[str], list[str]]:
     """(problems, facts) about the copy; no problems means verified."""
     conn = _copy_member(ctx)
@@ -370,29 +362,17 @@ async def _findings(ctx: Context) -> tuple[list[str], list[str]]:
     else:
         facts.append(f"target reached: first commit after it (transaction {outcome.stop_xid}, "
                      f"{outcome.stop_time:%Y-%m-%d %H:%M:%S.%f} UTC) not applied; last commit applied: {last}")
-    counts = {}
-    for table in canary_tables(ctx):
-        try:
-            counts[table] = int(await conn.fetchval(f"SELECT count(*) FROM {_quote_table(table)}", timeout=600))
-        except Exception as exc:
-            problems.append(f"canary {table}: {conn.error(exc)}")
-    if counts:
-        ctx.state["canary_counts"] = counts
-        facts.append("canary rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    more_problems, more_facts = await common.count_canaries(ctx, conn)
+    problems += more_problems
+    facts += more_facts
     return problems, facts
 
 
 async def do_verify(ctx: Context) -> None:
     problems, facts = await _findings(ctx)
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    for line in facts:
-        ctx.log(line)
-    started = float(ctx.state.get("rto_started") or time.time())
-    ctx.state["rto_seconds"] = round(time.time() - started, 1)
+    common.finish_verification(ctx, problems, facts, "from the first step to a verified copy")
     p = paths(ctx)
     s = common.settings(ctx)
-    ctx.log(f"RTO: {ctx.state['rto_seconds']:.1f}s from the first step to a verified copy")
     ctx.log(f"the copy runs on 127.0.0.1:{ctx.state['port']} ({ctx.ref.cluster.database}, as {ctx.ref.cluster.user}), data {p.data}")
     as_user = f" (as the {s.os_user} OS user)" if s.os_user else ""
     ctx.log(f"stop it{as_user} with: " + rs.describe_stop(_bindir(ctx), p, None)[-1])
@@ -432,7 +412,7 @@ STEPS = (
          "log: the first commit after the target not applied, the last one before it applied), canary row counts; "
          "reports the RTO.", Kind.CHECK,
          lambda ctx: ["SELECT pg_is_in_recovery(), current_setting('archive_mode')  -- on the copy",
-                      *(f"SELECT count(*) FROM {_quote_table(t)}  -- canary, on the copy" for t in canary_tables(ctx))],
+                      *(f"SELECT count(*) FROM {common.quote_table(t)}  -- canary, on the copy" for t in common.canary_tables(ctx))],
          do_verify, verify_verified, timeout=1800, produces=("rto_seconds",)),
 )
 

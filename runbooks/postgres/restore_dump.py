@@ -91,6 +91,7 @@ async def check_new_database(ctx: Context) -> Verdict:
     if await primary.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
         return Verdict(False, f"database {name} already exists on {primary.name}; restore-dump only creates new "
                               "databases: choose another with --param into=NAME")
+    ctx.state["into_absent"] = True
     return Verdict(True, f"restore into new database {name} on {primary.name}")
 
 
@@ -129,19 +130,37 @@ async def _exists(ctx: Context) -> bool:
     return bool(await primary.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", new_database(ctx)))
 
 
+def _marker(ctx: Context) -> str:
+    return f"restored by dbops run {ctx.run_id} (postgres.restore-dump)"
+
+
+async def _comment(ctx: Context) -> str | None:
+    primary = ctx.resources["conns"][ctx.state["primary"]]
+    return await primary.fetchval("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+                                  new_database(ctx))
+
+
 async def do_create(ctx: Context) -> None:
     primary = ctx.resources["conns"][ctx.state["primary"]]
-    if await _exists(ctx):
-        if not ctx.state.get("created_by_run"):
-            raise RuntimeError(f"database {new_database(ctx)} appeared since the pre-checks; it is left alone")
+    name = _quote(new_database(ctx))
+    if not await _exists(ctx):
+        await primary.execute(f"CREATE DATABASE {name}")
+    elif await _comment(ctx) == _marker(ctx):
+        return  # made by this run, before a crash
+    elif await _comment(ctx) is None and ctx.state.get("into_absent") and not await _user_tables(ctx):
+        # dbops was killed between CREATE DATABASE and marking it: it did not exist at the
+        # pre-check, is empty and unmarked, so it is this run's.
+        ctx.log(f"database {new_database(ctx)} was created by this run's interrupted attempt; marking it")
     else:
-        await primary.execute(f"CREATE DATABASE {_quote(new_database(ctx))}")
-    ctx.state["created_by_run"] = True
+        raise RuntimeError(f"database {new_database(ctx)} appeared since the pre-checks and is not this run's; it is left alone")
+    # The marker is how a resumed run knows the database is its own to drop and recreate.
+    await primary.execute(f"COMMENT ON DATABASE {name} IS '{_marker(ctx)}'")
 
 
 async def verify_created(ctx: Context) -> Verdict:
-    ok = await _exists(ctx)
-    return Verdict(ok, f"database {new_database(ctx)} exists" if ok else f"database {new_database(ctx)} does not exist")
+    ok = await _exists(ctx) and await _comment(ctx) == _marker(ctx)
+    return Verdict(ok, f"database {new_database(ctx)} exists, made by this run" if ok
+                   else f"database {new_database(ctx)} does not exist, or is not this run's")
 
 
 async def _user_tables(ctx: Context) -> int:
@@ -155,11 +174,14 @@ async def _user_tables(ctx: Context) -> int:
 
 async def do_restore(ctx: Context) -> None:
     conn = ctx.resources["conns"][ctx.state["primary"]]
+    if await _comment(ctx) != _marker(ctx):
+        raise RuntimeError(f"database {new_database(ctx)} is not marked as this run's; not restoring into it")
     if await _user_tables(ctx):
         # This run created the database (create step) and an earlier attempt was cut off
         # mid-restore: drop its half-restored contents with it and start from an empty one.
         await conn.execute(f"DROP DATABASE IF EXISTS {_quote(new_database(ctx))} WITH (FORCE)")
         await conn.execute(f"CREATE DATABASE {_quote(new_database(ctx))}")
+        await conn.execute(f"COMMENT ON DATABASE {_quote(new_database(ctx))} IS '{_marker(ctx)}'")
         ctx.log(f"database {new_database(ctx)} held a partial restore from an interrupted attempt: recreated it empty")
     await dp.restore(_target(ctx), str(local_file(ctx)), jobs(ctx), RESTORE_TIMEOUT)
     ctx.state["restored"] = True
@@ -187,13 +209,9 @@ async def _findings(ctx: Context) -> tuple[list[str], list[str]]:
             problems.append(f"tables of the archive missing after the restore: {', '.join(missing[:10])}")
         elif tables:
             facts.append(f"all {len(tables)} table(s) of the archive are present")
-        for table in restore_rb.canary_tables(ctx):
-            try:
-                n = await conn.fetchval(f"SELECT count(*) FROM {restore_rb._quote_table(table)}", timeout=600)
-                facts.append(f"canary {table}: {n} rows")
-                ctx.state.setdefault("canary_counts", {})[table] = int(n)
-            except Exception as exc:
-                problems.append(f"canary {table}: {conn.error(exc)}")
+        more_problems, more_facts = await common.count_canaries(ctx, conn)
+        problems += more_problems
+        facts += more_facts
     finally:
         await conn.close()
     return problems, facts
@@ -201,14 +219,9 @@ async def _findings(ctx: Context) -> tuple[list[str], list[str]]:
 
 async def do_verify(ctx: Context) -> None:
     problems, facts = await _findings(ctx)
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    for line in facts:
-        ctx.log(line)
+    common.finish_verification(ctx, problems, facts, f"from the download to a verified database {new_database(ctx)} "
+                                                     f"on {ctx.state['primary']}")
     await asyncio.to_thread(shutil.rmtree, dump_rb.staging_dir(ctx), True)
-    ctx.state["rto_seconds"] = round(time.time() - float(ctx.state.get("rto_started") or time.time()), 1)
-    ctx.log(f"RTO: {ctx.state['rto_seconds']:.1f}s from the download to a verified database {new_database(ctx)} "
-            f"on {ctx.state['primary']}")
 
 
 async def verify_verified(ctx: Context) -> Verdict:
@@ -217,7 +230,8 @@ async def verify_verified(ctx: Context) -> Verdict:
 
 
 def _create_cmds(ctx: Context) -> list[str]:
-    return [f"CREATE DATABASE {_quote(new_database(ctx) or '<new database>')}  -- on the primary"]
+    name = _quote(new_database(ctx) or "<new database>")
+    return [f"CREATE DATABASE {name}  -- on the primary", f"COMMENT ON DATABASE {name} IS '{_marker(ctx)}'"]
 
 
 def _restore_cmds(ctx: Context) -> list[str]:
@@ -233,15 +247,15 @@ STEPS = (
          lambda ctx: [f"GET s3://{dump_rb._bucket(ctx)}/{ctx.state.get('key', '<key>')} -> {local_file(ctx)}"],
          do_download, verify_downloaded, timeout=RESTORE_TIMEOUT),
     Step("create", "Create the new database", "A new, empty database on the primary; an existing one is never "
-         "reused.", Kind.ACTION, _create_cmds, do_create, verify_created, confirm=Confirm.YES_NO, timeout=300,
-         produces=("created_by_run",)),
+         "reused; marked as this run's (a comment), which is how a resumed run knows it may recreate it.", Kind.ACTION,
+         _create_cmds, do_create, verify_created, confirm=Confirm.YES_NO, timeout=300),
     Step("restore", "Restore with pg_restore -j", "Parallel restore into the new database; stops at the first error.",
          Kind.ACTION, _restore_cmds, do_restore, None, timeout=RESTORE_TIMEOUT, produces=("restored",),
          on_failure="pg_restore's message says why; `dbops runbook resume` recreates the new database and restores again"),
     Step("verify", "Verify the new database", "Every table of the archive exists; canary row counts; removes the "
          "staging file and reports the RTO.", Kind.CHECK,
          lambda ctx: ["SELECT schema, table FROM pg_class ...  -- compared with pg_restore --list",
-                      *(f"SELECT count(*) FROM {restore_rb._quote_table(t)}" for t in restore_rb.canary_tables(ctx))],
+                      *(f"SELECT count(*) FROM {common.quote_table(t)}" for t in common.canary_tables(ctx))],
          do_verify, verify_verified, timeout=3600, produces=("rto_seconds",)),
 )
 

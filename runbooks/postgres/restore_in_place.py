@@ -231,22 +231,15 @@ async def _findings(ctx: Context) -> tuple[list[str], list[str]]:
             facts.append(f"target reached: first commit after it (transaction {outcome.stop_xid}) not applied")
     else:
         facts.append("the server log is on the database host: check there that recovery stopped at the target")
-    for table in restore_rb.canary_tables(ctx):
-        try:
-            facts.append(f"canary {table}: {int(await conn.fetchval(f'SELECT count(*) FROM {restore_rb._quote_table(table)}', timeout=600))} rows")
-        except Exception as exc:
-            problems.append(f"canary {table}: {conn.error(exc)}")
+    more_problems, more_facts = await common.count_canaries(ctx, conn)
+    problems += more_problems
+    facts += more_facts
     return problems, [f for f in facts if f]
 
 
 async def do_verify(ctx: Context) -> None:
     problems, facts = await _findings(ctx)
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    for line in facts:
-        ctx.log(line)
-    ctx.state["rto_seconds"] = round(time.time() - float(ctx.state.get("rto_started") or time.time()), 1)
-    ctx.log(f"RTO: {ctx.state['rto_seconds']:.1f}s from stopping the cluster to a verified primary")
+    common.finish_verification(ctx, problems, facts, "from stopping the cluster to a verified primary")
 
 
 async def verify_verified(ctx: Context) -> Verdict:
@@ -347,7 +340,7 @@ def _steps(managed: bool) -> tuple[Step, ...]:
         Step("verify", "Verify the restored primary", "Out of recovery, the recovery target reached (from its log, "
              "where dbops can read it), canary row counts; reports the RTO.", Kind.CHECK,
              lambda ctx: ["SELECT pg_is_in_recovery()",
-                          *(f"SELECT count(*) FROM {restore_rb._quote_table(t)}" for t in restore_rb.canary_tables(ctx))],
+                          *(f"SELECT count(*) FROM {common.quote_table(t)}" for t in common.canary_tables(ctx))],
              do_verify, verify_verified, timeout=1800, produces=("rto_seconds",)),
         Step("clear-target", "Clear the recovery target", "Removes the recovery target from postgresql.auto.conf, so "
              "that replay would not stop there if this member is ever demoted to a standby.", Kind.ACTION,

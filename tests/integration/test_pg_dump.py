@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ import pytest
 from dbops.audit import verify
 from dbops.config import load
 from dbops.platform import s3
+
+from .crash import resume, run_killed_after
 
 STANZA = "sandbox-pg"
 
@@ -81,7 +81,7 @@ async def test_restore_dump_into_a_new_database_has_every_row(dumped):
               "--param", "into=dump_copy", "--param", "jobs=2", "--param", "canary=dump_orders,dump_items", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     try:
-        assert "canary dump_orders: 5000 rows" in r.stdout and "canary dump_items: 20000 rows" in r.stdout
+        assert "canary rows: dump_orders 5000, dump_items 20000" in r.stdout
         rows = await sb.fetch("pg1", "SELECT count(*), sum(length(ref)) FROM dump_orders", database="dump_copy")
         assert tuple(rows[0]) == (5000, 5000 * 32)
         assert "RTO:" in r.stdout
@@ -132,49 +132,14 @@ async def test_no_s3_location_is_a_clear_refusal(pg_sandbox, tmp_path):
         assert "Traceback" not in r.stdout + r.stderr
 
 
-def _done(path: Path) -> list[str]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # cut short by the kill
-        if rec.get("event") == "step-done":
-            out.append(rec["step"])
-    return out
-
-
 async def test_kill_9_between_every_pair_of_restore_dump_steps_then_resume(dumped):
     sb, key, _ = dumped
-    env = {**os.environ, "DBOPS_STATE_DIR": str(sb.state_dir)}
-    runs = sb.state_dir / "runs"
     for n, boundary in enumerate(("download", "create", "restore")):
         into = f"dump_kill_{n}"
-        before = set(runs.glob("*.jsonl"))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dbops.cli", "--config", str(sb.config_path), "runbook", "run", "postgres.restore-dump",
-             "--cluster", STANZA, "--param", f"key={key}", "--param", f"into={into}", "--yes"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL)
-        journal = None
-        for _ in range(6000):
-            new = set(runs.glob("*.jsonl")) - before
-            if new:
-                journal = next(iter(new))
-                if boundary in _done(journal):
-                    break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        out = proc.communicate()[0]
-        assert journal is not None, out
+        journal, out = run_killed_after(sb.config_path, sb.state_dir, ["postgres.restore-dump", "--cluster", STANZA,
+                                        "--param", f"key={key}", "--param", f"into={into}", "--yes"], boundary)
         try:
-            r = subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(sb.config_path), "runbook", "resume",
-                                journal.stem, "--yes"], capture_output=True, text=True, env=env, timeout=600,
-                               stdin=subprocess.DEVNULL)
-            assert r.returncode in (0, 1), f"killed after {boundary}: {out}\n---\n{r.stdout}{r.stderr}"
-            if r.returncode == 1:
-                assert "already finished" in r.stdout + r.stderr
+            resume(sb.config_path, sb.state_dir, journal.stem, "--yes")
             rows = await sb.fetch("pg1", "SELECT (SELECT count(*) FROM dump_orders), (SELECT count(*) FROM dump_items)",
                                   database=into)
             assert tuple(rows[0]) == (5000, 20000), boundary

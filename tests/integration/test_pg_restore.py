@@ -10,11 +10,8 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -22,6 +19,7 @@ from dbops.audit import verify
 from dbops.engines.postgres import restore as rs
 
 from .conftest import pg_exec
+from .crash import resume, run_killed_after
 
 STANZA = "sandbox-pg"
 
@@ -153,56 +151,18 @@ async def test_bad_targets_are_refused_with_a_clear_message(backed_up):
     assert r.returncode == 1 and "no backup ends before" in r.stdout, r.stdout
 
 
-def journal_done(path: Path) -> list[str]:
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the kill
-        if rec.get("event") == "step-done":
-            steps.append(rec["step"])
-    return steps
-
-
 async def test_kill_9_between_every_pair_of_steps_then_resume(backed_up):
     """For each step boundary: kill -9 dbops as soon as the journal records that step as done,
     resume, and check the copy holds exactly the rows before the target; the audit chain verifies."""
     sb = backed_up
-    env = {**os.environ, "DBOPS_STATE_DIR": str(sb.state_dir)}
-    runs = sb.state_dir / "runs"
     for n, boundary in enumerate(("prepare", "restore", "configure", "start", "recover")):
         expected = {row[0] for row in await sb.fetch("pg1", "SELECT id FROM restore_rows")} | {400 + n}
         target = await two_commits_with_a_time_between(sb, 400 + n, 500 + n)
-        before = set(runs.glob("*.jsonl")) if runs.exists() else set()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dbops.cli", "--config", str(sb.config_path), "runbook", "run", "postgres.restore",
-             "--cluster", STANZA, "--param", f"target={target}", "--yes"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL,
-        )
-        journal = None
-        for _ in range(6000):
-            new = set(runs.glob("*.jsonl")) - before if runs.exists() else set()
-            if new:
-                journal = next(iter(new))
-                if boundary in journal_done(journal):
-                    break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        out = proc.communicate()[0]
-        assert journal is not None, out
+        journal, out = run_killed_after(sb.config_path, sb.state_dir, ["postgres.restore", "--cluster", STANZA,
+                                        "--param", f"target={target}", "--yes"], boundary)
         rid = journal.stem
         try:
-            r = subprocess.run(
-                [sys.executable, "-m", "dbops.cli", "--config", str(sb.config_path), "runbook", "resume", rid, "--yes"],
-                capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL,
-            )
-            # 1: the killed run had already finished before the kill landed
-            assert r.returncode in (0, 1), f"killed after {boundary}: {out}\n---\n{r.stdout}{r.stderr}"
-            if r.returncode == 1:
-                assert "already finished" in r.stdout + r.stderr, r.stdout + r.stderr
+            resume(sb.config_path, sb.state_dir, rid, "--yes")
             rows = {row[0] for row in await copy_fetch(sb, rid, "SELECT id FROM restore_rows")}
             assert rows == expected, f"killed after {boundary}"
         finally:

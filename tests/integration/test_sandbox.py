@@ -159,12 +159,14 @@ def test_up_again_reports_already_up_and_changes_nothing(pg_sandbox: PgSandbox) 
     assert result.already_up
     assert {m: pg_sandbox.pid(m) for m in pids} == pids
     rows = sandbox.status(root=pg_sandbox.root)
-    assert [(r.name, r.role, r.running, r.pid) for r in rows] == [
+    assert [(r.name, r.role, r.running, r.pid) for r in rows if r.engine == "postgres"] == [
         ("pg1", "primary", True, pids["pg1"]),
         ("pg2", "replica", True, pids["pg2"]),
         ("pg3", "replica", True, pids["pg3"]),
         ("pgbouncer", "pooler for pg1", True, pids["pgbouncer"]),
     ]
+    # The session's sandbox also runs S3 (moto), untouched by bringing postgres up again.
+    assert [(r.engine, r.running) for r in rows if r.engine != "postgres"] == [("s3", True)]
 
 
 def test_unknown_engine_is_refused_with_the_known_ones() -> None:

@@ -17,9 +17,8 @@ import shutil
 from dataclasses import dataclass
 
 from dbops.config import ClusterRef, Member
+from dbops.engines.postgres.pgbackrest import stop_process
 from dbops.secrets import Secret, redact, resolve, scrub_text
-
-_TERM_GRACE = 10.0
 
 
 class DumpError(Exception):
@@ -85,13 +84,7 @@ async def _run(args: list[str], target: Target, what: str, timeout: float) -> st
         out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
     except BaseException:
         # A step's timeout or cancellation: never leave a dump or restore running behind it.
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=_TERM_GRACE)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
         raise
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()][-6:]

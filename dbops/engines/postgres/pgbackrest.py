@@ -166,7 +166,7 @@ async def _run(conf: str, stanza: str, args: list[str], *, os_user: str | None, 
         out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
     except BaseException:
         # Timeout or cancellation: never leave a backup running behind the caller's back.
-        await _stop(proc)
+        await stop_process(proc)
         raise
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
     if proc.returncode != 0:
@@ -174,7 +174,8 @@ async def _run(conf: str, stanza: str, args: list[str], *, os_user: str | None, 
     return stdout, stderr
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (pgBackRest, pg_dump and pg_restore all stop cleanly on it), SIGKILL after a grace."""
     if proc.returncode is not None:
         return
     try:

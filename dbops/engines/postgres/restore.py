@@ -91,9 +91,7 @@ async def _exec(args: list[str], what: str, os_user: str | None, timeout: float 
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
     except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await pb.stop_process(proc)
         raise
     if proc.returncode != 0:
         lines = [ln for ln in (err or out).decode(errors="replace").strip().splitlines() if ln.strip()][-6:]
