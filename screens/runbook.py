@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from typing import Any
 
 from rich.text import Text
@@ -23,6 +24,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Opt
 from dbops.config import ClusterRef
 from dbops.runbook.executor import Executor, ExitCode, Plan, RunResult
 from dbops.runbook.model import Confirm, Context, Runbook, Step
+from dbops.runbook.progress import ProgressLine
 
 from .widgets import EnvBanner
 
@@ -113,12 +115,29 @@ class TuiConfirmer:
 
     def __init__(self, screen: "RunbookScreen") -> None:
         self.screen = screen
+        self.pending: set[concurrent.futures.Future[bool]] = set()
 
     async def _ask(self, modal: ConfirmStep) -> bool:
         answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self.pending.add(answer)
         app = self.screen.app
-        app.call_from_thread(app.push_screen, modal, lambda ok: answer.set_result(bool(ok)))
-        return await asyncio.wrap_future(answer)
+
+        def answered(ok: bool | None) -> None:
+            if not answer.done():
+                answer.set_result(bool(ok))
+
+        try:
+            app.call_from_thread(app.push_screen, modal, answered)
+            return await asyncio.wrap_future(answer)
+        finally:
+            self.pending.discard(answer)
+
+    def decline_pending(self) -> None:
+        """The console is closing with a confirmation open: that is a "no". Without this the
+        run's thread would wait for an answer forever and the console could not exit."""
+        for answer in list(self.pending):
+            if not answer.done():
+                answer.set_result(False)
 
     async def confirm(self, step: Step, commands: list[str], ctx: Context) -> bool:
         return await self._ask(ConfirmStep(step, commands, ctx.ref.name))
@@ -141,6 +160,7 @@ class RunbookScreen(Screen[None]):
         self.plan: Plan | None = None
         self.status: dict[str, str] = {s.id: "pending" for s in book.steps}
         self.running = False
+        self.closing = False  # set when the screen goes: workers stop touching its widgets
         self.result: RunResult | None = None
 
     def compose(self) -> ComposeResult:
@@ -155,11 +175,46 @@ class RunbookScreen(Screen[None]):
         yield DataTable(id="rb-checks", cursor_type="none")
         yield DataTable(id="rb-steps", cursor_type="row")
         yield ProgressBar(id="rb-progress", total=len(self.book.steps), show_eta=True)
+        # Within a long step (a restore, an upload): shown once the step reports progress.
+        with Horizontal(id="rb-step-progress-row"):
+            yield ProgressBar(id="rb-step-progress", show_eta=True)
+            yield Static("", id="rb-step-progress-text")
         yield RichLog(id="rb-log", wrap=True, markup=False, max_lines=500)
         yield Footer()
 
+    @property
+    def run_done(self) -> threading.Event:
+        if not hasattr(self, "_run_done"):
+            self._run_done = threading.Event()
+        return self._run_done
+
+    @property
+    def confirmer(self) -> TuiConfirmer:
+        if not hasattr(self, "_confirmer"):
+            self._confirmer = TuiConfirmer(self)
+        return self._confirmer
+
+    def _from_thread(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Run fn on the UI thread from a worker, unless the screen is closing (its widgets are
+        going away; the run itself goes on to record its end)."""
+        if not self.closing:
+            self.app.call_from_thread(self._if_open, fn, *args, **kwargs)
+
+    def _if_open(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.closing:
+            fn(*args, **kwargs)
+
+    async def on_unmount(self) -> None:
+        self.closing = True
+        self.confirmer.decline_pending()
+        if self.running:
+            # Let the run record the decline (audit abort, journal) before the console goes:
+            # the executor writes both before it reports back.
+            await asyncio.to_thread(self.run_done.wait, 10)
+
     def on_mount(self) -> None:
         self.title = f"{self.ref.name} · runbook"
+        self.query_one("#rb-step-progress-row").display = False
         from dbops.actions import writes_allowed
 
         self.query_one(EnvBanner).show([(self.ref.environment, self.ref.production, writes_allowed(self.ref, self.app.allow_writes))], self.app.hub.paused, self.app.operator)
@@ -206,9 +261,9 @@ class RunbookScreen(Screen[None]):
         try:
             found = asyncio.run(go())
         except Exception as exc:
-            self.app.call_from_thread(self.log_line, f"could not list the choices: {exc}", "yellow")
+            self._from_thread(self.log_line, f"could not list the choices: {exc}", "yellow")
             return
-        self.app.call_from_thread(self._show_choices, found)
+        self._from_thread(self._show_choices, found)
 
     def _show_choices(self, found: dict[str, list[str]]) -> None:
         for name, values in found.items():
@@ -243,10 +298,11 @@ class RunbookScreen(Screen[None]):
         return values
 
     def _executor(self, params: dict[str, Any], run_id: str) -> Executor:
-        ctx = Context(self.ref, params, run_id=run_id, log=lambda line: self.app.call_from_thread(self.log_line, f"    {line}"))
+        ctx = Context(self.ref, params, run_id=run_id, log=lambda line: self._from_thread(self.log_line, f"    {line}"),
+                      progress=lambda done, total, unit: self._from_thread(self.on_step_progress, done, total, unit))
         return Executor(
-            self.book, ctx, audit=self.app.audit, confirmer=TuiConfirmer(self),
-            observer=lambda event, **data: self.app.call_from_thread(self.on_runbook_event, event, data),
+            self.book, ctx, audit=self.app.audit, confirmer=self.confirmer,
+            observer=lambda event, **data: self._from_thread(self.on_runbook_event, event, data),
             allow_writes=self.app.allow_writes,
         )
 
@@ -278,9 +334,9 @@ class RunbookScreen(Screen[None]):
         try:
             plan = asyncio.run(go())
         except Exception as exc:
-            self.app.call_from_thread(self.notify, f"plan failed: {exc}", severity="error")
+            self._from_thread(self.notify, f"plan failed: {exc}", severity="error")
             return
-        self.app.call_from_thread(self._show_plan, plan)
+        self._from_thread(self._show_plan, plan)
 
     def _show_plan(self, plan: Plan) -> None:
         self.plan = plan
@@ -317,7 +373,7 @@ class RunbookScreen(Screen[None]):
         run_id = new_run_id()
         ex = self._executor(params, run_id)
         state = self.app.state_dir
-        lock = lock_for(self.ref, run_id, state, note=lambda line: self.app.call_from_thread(self.log_line, f"note: {line}", "yellow"))
+        lock = lock_for(self.ref, run_id, state, note=lambda line: self._from_thread(self.log_line, f"note: {line}", "yellow"))
 
         async def go() -> RunResult:
             if self.book.setup is not None:
@@ -328,16 +384,30 @@ class RunbookScreen(Screen[None]):
                 if self.book.teardown is not None:
                     await self.book.teardown(ex.ctx)
 
+        self.run_done.clear()
         try:
             result = asyncio.run(go())
         except LockHeld as exc:
             result = RunResult(run_id, ExitCode.REFUSED, str(exc))
         except Exception as exc:  # shown, and the journal says where it stopped
             result = RunResult(run_id, ExitCode.STEP_FAILED, f"the run stopped: {exc}")
-        self.app.call_from_thread(self._finished, result)
+        finally:
+            self.run_done.set()
+        self._from_thread(self._finished, result)  # not when the console closed (the decline is audited)
+
+    def on_step_progress(self, done: float, total: float | None, unit: str) -> None:
+        row = self.query_one("#rb-step-progress-row")
+        if not row.display:
+            row.display = True
+            self._step_progress = ProgressLine(lambda line: self.query_one("#rb-step-progress-text", Static).update(line),
+                                               every=0.5)
+        self.query_one("#rb-step-progress", ProgressBar).update(total=total, progress=done)
+        self._step_progress.report(done, total, unit)
 
     def on_runbook_event(self, event: str, data: dict[str, Any]) -> None:
         step: Step | None = data.get("step")
+        if event == "started":
+            self.query_one("#rb-step-progress-row").display = False  # until the new step reports
         steps = self.query_one("#rb-steps", DataTable)
         if step is not None and event in ("started", "done", "failed", "skipped", "aborted"):
             self.status[step.id] = {"started": "running", "aborted": "declined"}.get(event, event)

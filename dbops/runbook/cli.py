@@ -295,11 +295,13 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
     from dbops.runbook.journal import Journal, new_run_id
     from dbops.runbook.locks import LockHeld
     from dbops.runbook.model import Context
+    from dbops.runbook.progress import ProgressLine
 
     cfg = _config(ctx)
     ref = _cluster(cfg, cluster_name)
     book = _get(cfg, runbook_id).for_cluster(ref)
-    context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"))
+    context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"),
+                      progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
     overrides = _overrides(raw_overrides)
@@ -329,6 +331,7 @@ def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None)
     from dbops.runbook.journal import Journal, JournalError
     from dbops.runbook.locks import LockHeld
     from dbops.runbook.model import Context
+    from dbops.runbook.progress import ProgressLine
 
     cfg = _config(ctx)
     try:
@@ -338,7 +341,8 @@ def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None)
         _fail(str(exc))
     ref = _cluster(cfg, f"{record.environment}/{record.cluster}")
     book = _get(cfg, record.runbook).for_cluster(ref)
-    context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"))
+    context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"),
+                      progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
     click.echo(f"resuming {book.id} on {ref.key}, run {run_id}")

@@ -43,6 +43,9 @@ class Context:
     run_id: str
     state: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = lambda line: None
+    # progress(done, total, unit) from a long step (bytes restored, uploaded ...); total None
+    # when unknown. May be called from any thread; the UI turns it into a bar with an ETA.
+    progress: Callable[[float, float | None, str], None] = lambda done, total, unit: None
     resources: dict[str, Any] = field(default_factory=dict)  # connections etc.; not journaled
 
 

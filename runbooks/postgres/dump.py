@@ -156,7 +156,8 @@ async def do_upload(ctx: Context) -> None:
     key = object_key(ctx)
     meta = {"cluster": ctx.ref.name, "environment": ctx.ref.environment, "database": database(ctx),
             "source": str(ctx.state["source"]), "format": "custom", "tables": str(ctx.state.get("tables", ""))}
-    manifest = await asyncio.to_thread(s3.upload_with_manifest, location(ctx), staging_file(ctx), key, kind=KIND, meta=meta)
+    manifest = await asyncio.to_thread(s3.upload_with_manifest, location(ctx), staging_file(ctx), key, kind=KIND, meta=meta,
+                                       progress=lambda done, total: ctx.progress(done, total, "bytes"))
     ctx.state.update(key=manifest.key, sha256=manifest.sha256)
     ctx.log(f"uploaded s3://{location(ctx).bucket}/{manifest.key} ({human_bytes(manifest.size)}, sha256 {manifest.sha256[:16]}...)")
 
@@ -174,7 +175,8 @@ async def verify_uploaded(ctx: Context) -> Verdict:
 async def do_verify(ctx: Context) -> None:
     from dbops.platform import s3
 
-    manifest = await asyncio.to_thread(s3.verify_object, location(ctx), object_key(ctx))
+    manifest = await asyncio.to_thread(s3.verify_object, location(ctx), object_key(ctx),
+                                       lambda done, total: ctx.progress(done, total, "bytes"))
     if manifest.sha256 != ctx.state.get("sha256", manifest.sha256):
         raise RuntimeError(f"the manifest in S3 names sha256 {manifest.sha256}, the upload recorded {ctx.state['sha256']}")
     ctx.log(f"s3://{location(ctx).bucket}/{manifest.key} read back: {manifest.size} bytes, sha256 matches the manifest")

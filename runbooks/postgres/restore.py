@@ -35,6 +35,7 @@ RESTORE_TIMEOUT = 6 * 3600.0  # copying a production-sized backup takes hours
 RECOVERY_TIMEOUT = 12 * 3600.0  # replaying a day of WAL can take longer than the copy
 VERIFY_TIMEOUT = 4 * 3600.0  # `pgbackrest verify` re-reads the whole repository
 LATEST = "latest"
+PROGRESS_INTERVAL = 2.0  # seconds between progress reports of a restore
 
 
 # -- parameters ------------------------------------------------------------------------------
@@ -249,8 +250,19 @@ async def do_restore(ctx: Context) -> None:
         await asyncio.to_thread(rs.prepare, p, ctx.run_id, s.os_user)
         ctx.log("the data directory held a partial restore from an interrupted attempt; emptied it")
     ctx.log(f"restoring backup {ctx.state['label']} into {p.data} (pgBackRest log: its log-path, {s.stanza}-restore.log)")
-    warnings = await pb.restore(s.config, s.stanza, str(p.data), label=ctx.state["label"], target=target(ctx),
-                                timeout=RESTORE_TIMEOUT, **common.run_kw(ctx))
+    restoring = asyncio.ensure_future(pb.restore(s.config, s.stanza, str(p.data), label=ctx.state["label"],
+                                                 target=target(ctx), timeout=RESTORE_TIMEOUT, **common.run_kw(ctx)))
+    total = float(ctx.state.get("backup_size") or 0) or None
+    try:
+        # The copy fills up to the database's size: that is the progress (and the ETA) of hours of copying.
+        while not restoring.done():
+            await asyncio.wait({restoring}, timeout=PROGRESS_INTERVAL)
+            ctx.progress(float(await asyncio.to_thread(rs.tree_bytes, p.data)), total, "bytes")
+    finally:
+        if not restoring.done():
+            restoring.cancel()  # our own timeout or cancellation: pgBackRest is stopped with it
+            await asyncio.gather(restoring, return_exceptions=True)
+    warnings = restoring.result()
     for line in warnings.splitlines():
         ctx.log(f"pgBackRest: {line}")
     ctx.state["restored"] = True

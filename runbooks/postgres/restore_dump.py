@@ -115,7 +115,8 @@ async def do_download(ctx: Context) -> None:
 
     ctx.state.setdefault("rto_started", time.time())
     dump_rb.staging_dir(ctx).mkdir(parents=True, exist_ok=True, mode=0o700)
-    manifest = await asyncio.to_thread(s3.download_verified, dump_rb.location(ctx), ctx.state["key"], local_file(ctx))
+    manifest = await asyncio.to_thread(s3.download_verified, dump_rb.location(ctx), ctx.state["key"], local_file(ctx),
+                                       lambda done, total: ctx.progress(done, total, "bytes"))
     ctx.log(f"downloaded {manifest.key}: {manifest.size} bytes, SHA-256 matches the manifest")
 
 

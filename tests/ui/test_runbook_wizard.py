@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from textual.widgets import DataTable, Input, OptionList
+from textual.widgets import DataTable, Input, OptionList, Static
 
 from dbops.audit import verify
 from dbops.config import parse
@@ -72,6 +72,9 @@ async def test_plan_then_run_with_confirmations_and_summary(tmp_path):
         assert list(work.iterdir()) == [work / "go"]  # planning changed nothing
         await pilot.press("ctrl+r")
         await settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "step b's confirmation")
+        # step a reported its progress: the step's own bar and its line are shown
+        assert screen.query_one("#rb-step-progress-row").display
+        assert "progress: 100% (2 files of 2 files)" in str(screen.query_one("#rb-step-progress-text", Static).content)
         await pilot.press("y")
         await settle(pilot, lambda: isinstance(app.screen, ConfirmStep) and app.screen.typed, "step c's typed confirmation")
         await pilot.press(*"billing", "enter")
@@ -102,3 +105,23 @@ async def test_declining_stops_the_run_and_is_audited(tmp_path):
     assert not (work / "b").exists()
     recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert recs[-1]["phase"] == "abort" and recs[-1]["outcome"] == "declined" and recs[-1]["step"] == "b"
+
+
+async def test_closing_the_console_during_a_confirmation_declines_it(tmp_path):
+    """Quitting with a confirmation open is a "no": the run stops there (audited) and the
+    console exits instead of waiting for an answer forever."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "go").touch()
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_wizard(app, pilot, work)
+        await pilot.press("ctrl+l")
+        await settle(pilot, lambda: screen.plan is not None, "the plan")
+        await pilot.press("ctrl+r")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "step b's confirmation")
+    # the app has exited with the confirmation open
+    assert not (work / "b").exists()
+    recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert recs[-1]["phase"] == "abort" and recs[-1]["outcome"] == "declined" and recs[-1]["step"] == "b"
+    assert verify(tmp_path / "audit.jsonl").ok

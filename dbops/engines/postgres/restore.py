@@ -77,6 +77,19 @@ def free_bytes(path: str | Path) -> int:
     return shutil.disk_usage(p).free
 
 
+def tree_bytes(path: str | Path) -> int:
+    """Bytes of the files under `path` (a restore's progress: the copy fills up to the backup's
+    size). Files vanishing mid-walk (pgBackRest renames its temporaries) are skipped."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # renamed or removed while we looked
+    return total
+
+
 # -- running commands as the repository's OS user ------------------------------------------
 
 

@@ -12,8 +12,10 @@ from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, S
 def _touch(name: str):
     async def run(ctx: Context) -> None:
         path = Path(ctx.params["dir"]) / name
+        ctx.progress(0, 2, "files")
         with path.open("a") as fh:
             fh.write("ran\n")
+        ctx.progress(2, 2, "files")
         ctx.state[name] = ctx.state.get(name, 0) + 1
 
     return run
