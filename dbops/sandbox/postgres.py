@@ -395,8 +395,11 @@ class PostgresSandbox:
         owner = self.owner
         created = not self.root.exists()
         if created:
-            self.root.mkdir(parents=True, mode=0o700)
-        self.root.chmod(0o700)  # it will hold passwords
+            self.root.mkdir(parents=True, mode=0o711)
+        # Traversable but not listable: other engines' servers (Redis runs as `redis`) reach
+        # their own subdirectory; every file holding a password is 0600 and every directory of
+        # ours 0700, so nothing else is exposed.
+        self.root.chmod(0o711)
         owner.own(self.root)
         if owner.drop:
             # The servers run as `postgres`; it must reach the sandbox directory. Ask the kernel
