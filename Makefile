@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DBOPS := $(VENV)/bin/dbops
-# Debian packages the sandbox and the tests run: PostgreSQL 15 (with pg_stat_statements), PgBouncer, pgBackRest.
+# Debian packages the sandbox and the tests run: PostgreSQL 15 (with pg_stat_statements), PgBouncer, pgBackRest, Redis 7.
 APT_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer pgbackrest redis-server tmux
 # The demo's state (sandbox data, audit log) must be reachable by the postgres user, which a
 # home directory of root's is not; override DEMO_STATE_DIR to keep it elsewhere.
