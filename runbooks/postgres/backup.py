@@ -14,6 +14,8 @@ section of the config (the sandbox writes its own); a cluster without one is ref
 
 from __future__ import annotations
 
+import asyncio
+
 from dbops.engines.postgres import pgbackrest as pb
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.postgres import common
@@ -77,6 +79,15 @@ async def do_check(ctx: Context) -> None:
 
 async def do_backup(ctx: Context) -> None:
     s = common.settings(ctx)
+    orphans = pb.running_backups(s.stanza)
+    if orphans:
+        # dbops was killed while its pgBackRest went on: that backup is this run's work, so wait
+        # for it (a second one would only fail on pgBackRest's lock) and let verify judge it.
+        ctx.log(f"pgBackRest (pid {', '.join(map(str, orphans))}) is still backing up stanza {s.stanza} from the "
+                "interrupted attempt; waiting for it to finish")
+        while pb.running_backups(s.stanza):
+            await asyncio.sleep(1)
+        return
     ctx.log(f"{backup_type(ctx)} backup of stanza {s.stanza} started (pgBackRest log: its log-path, {s.stanza}-backup.log)")
     warnings = await pb.backup(s.config, s.stanza, backup_type(ctx), timeout=BACKUP_TIMEOUT, **common.run_kw(ctx))  # type: ignore[arg-type]
     for line in warnings.splitlines():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 
 def steps_done(journal: Path) -> list[str]:
@@ -23,9 +24,10 @@ def steps_done(journal: Path) -> list[str]:
     return done
 
 
-def run_killed_after(config: Path, state_dir: Path, args: list[str], step: str) -> tuple[Path, str]:
+def run_killed_after(config: Path, state_dir: Path, args: list[str], step: str,
+                     until: Callable[[], bool] | None = None) -> tuple[Path, str]:
     """Start `dbops --config CONFIG runbook run ARGS`, SIGKILL it as soon as its journal records
-    `step` as done (or when it exits by itself); returns its journal and output."""
+    `step` as done and `until()` holds (or when it exits by itself); returns its journal and output."""
     env = {**os.environ, "DBOPS_STATE_DIR": str(state_dir)}
     runs = state_dir / "runs"
     before = set(runs.glob("*.jsonl")) if runs.exists() else set()
@@ -36,7 +38,7 @@ def run_killed_after(config: Path, state_dir: Path, args: list[str], step: str) 
         new = set(runs.glob("*.jsonl")) - before if runs.exists() else set()
         if new:
             journal = next(iter(new))
-            if step in steps_done(journal):
+            if step in steps_done(journal) and (until is None or until()):
                 break
         if proc.poll() is not None:
             break

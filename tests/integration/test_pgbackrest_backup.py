@@ -188,3 +188,25 @@ async def test_non_sandbox_cluster_uses_the_configured_pgbackrest_settings(pg_sa
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[ok  ] pgBackRest settings are known for this cluster: stanza sandbox-pg" in r.stdout, r.stdout
     assert "all pre-checks pass; nothing was changed." in r.stdout
+
+
+async def test_kill_9_during_the_backup_then_resume_takes_exactly_one_backup(pg_sandbox):
+    """dbops killed as the backup step starts: its pgBackRest goes on; the resumed run waits for
+    it instead of starting a second one (which pgBackRest's lock would refuse), then verifies."""
+    from dbops.engines.postgres.pgbackrest import running_backups
+
+    from .crash import resume, run_killed_after
+
+    before = labels(pg_sandbox)
+    try:
+        journal, out = run_killed_after(pg_sandbox.config_path, pg_sandbox.state_dir,
+                                        ["postgres.backup", "--cluster", STANZA, "--param", "type=full", "--yes"], "check",
+                                        until=lambda: bool(running_backups(STANZA)))
+        r = resume(pg_sandbox.config_path, pg_sandbox.state_dir, journal.stem, "--yes")
+        new = [label for label in labels(pg_sandbox) if label not in before]
+        assert len(new) == 1 and new[0].endswith("F"), (new, r.stdout)
+        assert "still backing up stanza sandbox-pg from the interrupted attempt; waiting for it" in r.stdout, r.stdout
+        assert f"new backup {new[0]} (full)" in r.stdout, r.stdout
+        assert verify(pg_sandbox.state_dir / "audit.jsonl").ok
+    finally:
+        expire_new(pg_sandbox, before)

@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import shlex
+from pathlib import Path
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -187,6 +188,27 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
     except ProcessLookupError:
         return  # it exited between the check and the signal
+
+
+def pids_with_args(*args: str) -> list[int]:
+    """pids of the processes whose argument list holds every one of `args` (exact arguments).
+    A pgBackRest whose dbops was killed goes on running; a resumed run must find it, not race it."""
+    wanted = [a.encode() for a in args]
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it exited meanwhile, or is not ours to read
+        if all(w in argv for w in wanted):
+            found.append(int(proc.name))
+    return found
+
+
+def running_backups(stanza: str) -> list[int]:
+    return pids_with_args(f"--stanza={stanza}", "backup")
 
 
 # -- operations ----------------------------------------------------------------------------

@@ -164,18 +164,7 @@ def prepare(paths: CopyPaths, run_id: str, os_user: str | None) -> str:
 def orphaned_restores(paths: CopyPaths) -> list[int]:
     """pids of pgBackRest processes still restoring into this copy: when dbops is killed
     mid-restore, its pgbackrest child goes on writing, and a second attempt must not race it."""
-    needle = f"--pg1-path={paths.data}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # it exited meanwhile, or is not ours to read
-        if needle in args and b"restore" in args:
-            found.append(int(proc.name))
-    return found
+    return pb.pids_with_args(f"--pg1-path={paths.data}", "restore")
 
 
 async def stop_orphaned_restores(paths: CopyPaths, grace: float = 15.0) -> list[int]:
