@@ -167,7 +167,10 @@ class RunbookScreen(Screen[None]):
         yield Header()
         yield EnvBanner(id="banner")
         with VerticalScroll(id="rb-params"):
-            yield Static(Text.assemble((f"{self.book.id}", "bold"), f": {self.book.title}"))
+            # The parameters scroll in a few lines at 80x24: say how many there are.
+            n = len(self.book.params)
+            more = f"  ({n} parameters: tab moves between them)" if n > 1 else ""
+            yield Static(Text.assemble((f"{self.book.id}", "bold"), f": {self.book.title}", (more, "dim")))
             for p in self.book.params:
                 label = f"{p.name}{' (required)' if p.required else ''}: {p.description}"
                 yield Label(label)
