@@ -29,6 +29,7 @@ __all__ = [
     "KNOWN_ENGINES",
     "ProcessStatus",
     "SandboxError",
+    "ServerUser",
     "UpResult",
     "config_path",
     "down",
@@ -142,6 +143,49 @@ def engine_state(root: Path, engine: str) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------------------------
 # Small process helpers shared by engine modules
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """Who an engine's servers run as: a service user when we are root (PostgreSQL and Redis
+    refuse to run as root, and files they write must stay theirs), else ourselves."""
+
+    uid: int
+    gid: int
+    name: str
+    home: str
+    drop: bool  # True: switch to this user for every server command
+
+    @classmethod
+    def detect(cls, candidates: tuple[str, ...], missing: str) -> "ServerUser":
+        """Ourselves when not root; else the first of `candidates` that exists, or SandboxError(missing)."""
+        import pwd
+
+        if os.geteuid() != 0:
+            try:
+                pw = pwd.getpwuid(os.geteuid())
+                name, home = pw.pw_name, pw.pw_dir
+            except KeyError:
+                # containers often run with a uid that has no passwd entry
+                name, home = str(os.geteuid()), os.environ.get("HOME", "/")
+            return cls(os.geteuid(), os.getegid(), name, home, False)
+        for candidate in candidates:
+            try:
+                pw = pwd.getpwnam(candidate)
+            except KeyError:
+                continue
+            return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, True)
+        raise SandboxError(missing)
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if not self.drop:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def own(self, path: Path) -> None:
+        if self.drop:
+            os.chown(path, self.uid, self.gid)
+
 
 
 def pid_alive(pid: int | None, needle: str | None = None) -> bool:

@@ -20,7 +20,6 @@ pg_basebackup, psql), so no driver is needed to bring the sandbox up.
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shlex
 import shutil
@@ -28,7 +27,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +34,7 @@ from dbops.sandbox import (
     ProcessStatus,
     Progress,
     SandboxError,
+    ServerUser,
     _quiet,
     engine_state,
     free_ports,
@@ -114,45 +113,6 @@ def _pgbackrest_bin() -> Path:
     return Path(found)
 
 
-@dataclass(frozen=True)
-class _Owner:
-    """Who the servers run as: `postgres` when we are root, else ourselves."""
-
-    uid: int
-    gid: int
-    name: str
-    home: str
-    drop: bool
-
-    @classmethod
-    def detect(cls) -> "_Owner":
-        if os.geteuid() != 0:
-            try:
-                pw = pwd.getpwuid(os.geteuid())
-                name, home = pw.pw_name, pw.pw_dir
-            except KeyError:
-                # containers often run with a uid that has no passwd entry
-                name, home = str(os.geteuid()), os.environ.get("HOME", "/")
-            return cls(os.geteuid(), os.getegid(), name, home, False)
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            raise SandboxError(
-                "running as root, the sandbox must run PostgreSQL as the `postgres` OS user, which does not exist; "
-                "install the Debian package postgresql-15 (it creates that user)"
-            ) from None
-        return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, True)
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if not self.drop:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def own(self, path: Path) -> None:
-        if self.drop:
-            os.chown(path, self.uid, self.gid)
-
-
 def _conf_quote(value: str) -> str:
     """A postgresql.conf string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
@@ -185,7 +145,7 @@ class PostgresSandbox:
         self.pgbackrest_dir = self.root / "pgbackrest"
         self.pgbackrest_conf = self.root / "pgbackrest.conf"
         self.restores_dir = self.root / "restores"  # postgres.restore's new data directories
-        self._owner: _Owner | None = None
+        self._owner: ServerUser | None = None
         self._bindir: Path | None = None
 
     # -- paths and recorded state ----------------------------------------------------------
@@ -234,9 +194,11 @@ class PostgresSandbox:
             raise SandboxError(f"no sandbox member {name!r}; members: {', '.join(MEMBER_NAMES + (PGBOUNCER,))}")
 
     @property
-    def owner(self) -> _Owner:
+    def owner(self) -> ServerUser:
         if self._owner is None:
-            self._owner = _Owner.detect()
+            self._owner = ServerUser.detect(
+                ("postgres",), "running as root, the sandbox must run PostgreSQL as the `postgres` OS user, which does "
+                "not exist; install the Debian package postgresql-15 (it creates that user)")
         return self._owner
 
     @property

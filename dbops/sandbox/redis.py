@@ -61,7 +61,6 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +69,7 @@ from dbops.sandbox import (
     ProcessStatus,
     Progress,
     SandboxError,
+    ServerUser,
     _quiet,
     engine_state,
     free_ports,
@@ -152,42 +152,6 @@ def _server_version(server: Path) -> str:
     return version
 
 
-@dataclass(frozen=True)
-class _Owner:
-    """Who the servers run as: `redis` (else `nobody`) when we are root, else ourselves."""
-
-    uid: int
-    gid: int
-    name: str
-    drop: bool
-
-    @classmethod
-    def detect(cls) -> _Owner:
-        if os.geteuid() != 0:
-            try:
-                name = pwd.getpwuid(os.geteuid()).pw_name
-            except KeyError:
-                name = str(os.geteuid())  # containers often run with a uid that has no passwd entry
-            return cls(os.geteuid(), os.getegid(), name, False)
-        for candidate in ("redis", "nobody"):
-            try:
-                pw = pwd.getpwnam(candidate)
-            except KeyError:
-                continue
-            return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, True)
-        raise SandboxError(f"running as root, the Redis sandbox needs an OS user to run the servers as, and neither "
-                           f"`redis` nor `nobody` exists; {APT_HINT} (it creates the `redis` user)")
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if not self.drop:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def own(self, path: Path) -> None:
-        if self.drop:
-            os.chown(path, self.uid, self.gid)
-
-
 def _conf_str(value: str) -> str:
     """A redis.conf string argument."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -239,7 +203,7 @@ class RedisSandbox:
         # the configuration path in their process title is how we recognise them.
         self.root = sandbox_dir(root).absolute()
         self.dir = self.root / "redis"
-        self._owner: _Owner | None = None
+        self._owner: ServerUser | None = None
         self._bindir: Path | None = None
 
     # -- paths and recorded state ----------------------------------------------------------
@@ -285,9 +249,11 @@ class RedisSandbox:
             raise SandboxError(f"no Redis sandbox node {name!r}; nodes: {', '.join(NODE_NAMES)}")
 
     @property
-    def owner(self) -> _Owner:
+    def owner(self) -> ServerUser:
         if self._owner is None:
-            self._owner = _Owner.detect()
+            self._owner = ServerUser.detect(
+                ("redis", "nobody"), "running as root, the Redis sandbox needs an OS user to run the servers as, and "
+                f"neither `redis` nor `nobody` exists; {APT_HINT} (it creates the `redis` user)")
         return self._owner
 
     @property
