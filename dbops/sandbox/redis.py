@@ -691,6 +691,14 @@ class RedisSandbox:
             found = [n for n in names if self.role(n)[0] == "master"]
             if len(found) != masters:
                 return f"{len(found)} masters ({', '.join(found) or 'none'}), want {masters}"
+            # Every node's own view too: replica assignments travel by gossip, and until they
+            # arrive a node lists the others as masters without slots.
+            for name in names:
+                flags = [line.split()[2].split(",") for line in self.cli(name, "CLUSTER", "NODES").splitlines() if line.strip()]
+                live = [f for f in flags if "fail" not in f and "fail?" not in f]  # a killed node stays listed
+                seen = sum("master" in f for f in live)
+                if seen != masters or len(live) < len(names):
+                    return f"{name} sees {seen} live masters among {len(live)} live nodes"
             return None
 
         self._wait(f"{CLUSTER_NAME} ok on {', '.join(names)}", missing, timeout, names)
