@@ -350,7 +350,10 @@ class RunbookScreen(Screen[None]):
             checks.add_row(icon, c.check.title, c.verdict.detail)
         steps = self.query_one("#rb-steps", DataTable)
         for p in plan.steps:
-            steps.update_cell(p.step.id, "commands", " ; ".join(p.commands), update_width=True)
+            # What runs first, not the comments around it ("# as the postgres OS user"): the
+            # column is narrow at 80x24; the confirmation shows every line.
+            runs = [c for c in p.commands if not c.lstrip().startswith("#")] or p.commands
+            steps.update_cell(p.step.id, "commands", " ; ".join(runs), update_width=True)
         verdict = "pre-checks refused: the run would stop" if plan.refused else "all pre-checks pass"
         self.log_line(f"plan ready: {verdict}. Nothing was changed.", "bold red" if plan.refused else "bold green")
 

@@ -69,6 +69,8 @@ async def test_plan_then_run_with_confirmations_and_summary(tmp_path):
         await settle(pilot, lambda: screen.plan is not None, "the plan")
         checks = screen.query_one("#rb-checks", DataTable)
         assert checks.row_count == 2 and "all pre-checks pass" in log_text(screen)
+        # the narrow Commands column shows what runs, not the comment line above it
+        assert screen.query_one("#rb-steps", DataTable).get_cell("a", "commands") == f"echo ran >> {work}/a"
         assert list(work.iterdir()) == [work / "go"]  # planning changed nothing
         await pilot.press("ctrl+r")
         await settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "step b's confirmation")

@@ -50,7 +50,7 @@ async def _fail(ctx: Context) -> None:
 
 
 def cmd(name: str):
-    return lambda ctx: [f"echo ran >> {ctx.params['dir']}/{name}"]
+    return lambda ctx: ["# as the test's OS user", f"echo ran >> {ctx.params['dir']}/{name}"]
 
 
 RUNBOOK = Runbook(
