@@ -154,27 +154,44 @@ class Executor:
             return RunResult(record.run_id, ExitCode.REFUSED, read_only_reason(ref))
         self.ctx.state.update(record.state)
         await lock.acquire()
+        resumed: dict | None = None
+        result: RunResult | None = None
         try:
-            journal.write(event="resumed", after=record.done, interrupted=record.interrupted)
-            self.observe("resumed", done=list(record.done), interrupted=record.interrupted)
-            planned = [PlannedStep(s, [scrub_text(c) for c in s.commands(self.ctx)]) for s in self.runbook.steps]
-            done = set(record.done)
-            if record.interrupted is not None:
-                step = next(s for s in self.runbook.steps if s.id == record.interrupted)
-                if step.verify is not None:
-                    verdict = await self._verify(step)
-                    missing = [k for k in step.produces if k not in self.ctx.state]
-                    if verdict.ok and missing:
-                        # Its effect is there but not what it found (journaled only at step-done):
-                        # run it again, which every step must tolerate.
-                        verdict = Verdict(False, f"{verdict.detail}, but {', '.join(missing)} was not recorded before the crash")
-                    self.observe("reverified", step=step, verdict=verdict)
-                    if verdict.ok:
-                        journal.write(event="step-done", step=step.id, state=self.ctx.state, reverified=True)
-                        done.add(step.id)
-            return await self._steps(journal, planned, done=done, overrides=record.overrides)
+            # Resuming is itself audited: who picked the run up, after which steps. (So every
+            # resume appends to the audit log, which also re-covers the newest record with the
+            # head file when the crash fell between writing that record and updating the head.)
+            resumed = self.audit.intent(
+                action=f"{self.runbook.id}:resume", environment=ref.environment, cluster=ref.name,
+                params={"after": list(record.done), "interrupted": record.interrupted}, run_id=record.run_id,
+            )
+            result = await self._resume_steps(record, journal)
+            return result
         finally:
+            if resumed is not None:
+                ok = result is not None and result.code is ExitCode.OK
+                self.audit.result(resumed, outcome="ok" if ok else "failed",
+                                  error=None if ok else (result.message if result else "the resumed run stopped"))
             await lock.release()
+
+    async def _resume_steps(self, record: RunRecord, journal: Journal) -> RunResult:
+        journal.write(event="resumed", after=record.done, interrupted=record.interrupted)
+        self.observe("resumed", done=list(record.done), interrupted=record.interrupted)
+        planned = [PlannedStep(s, [scrub_text(c) for c in s.commands(self.ctx)]) for s in self.runbook.steps]
+        done = set(record.done)
+        if record.interrupted is not None:
+            step = next(s for s in self.runbook.steps if s.id == record.interrupted)
+            if step.verify is not None:
+                verdict = await self._verify(step)
+                missing = [k for k in step.produces if k not in self.ctx.state]
+                if verdict.ok and missing:
+                    # Its effect is there but not what it found (journaled only at step-done):
+                    # run it again, which every step must tolerate.
+                    verdict = Verdict(False, f"{verdict.detail}, but {', '.join(missing)} was not recorded before the crash")
+                self.observe("reverified", step=step, verdict=verdict)
+                if verdict.ok:
+                    journal.write(event="step-done", step=step.id, state=self.ctx.state, reverified=True)
+                    done.add(step.id)
+        return await self._steps(journal, planned, done=done, overrides=record.overrides)
 
     async def _steps(self, journal: Journal, planned: list[PlannedStep], done: set[str], overrides: dict[str, str]) -> RunResult:
         durations: dict[str, float] = {}
@@ -240,10 +257,11 @@ class Executor:
             if intent is not None:
                 self.audit.result(intent, outcome="failed", error=error)
             return False, elapsed, error
-        journal.write(event="step-done", step=step.id, state=self.ctx.state)
-        self.observe("done", step=step, seconds=elapsed)
+        # The audit result first: once the journal says "done", the audit log already says so too.
         if intent is not None:
             self.audit.result(intent, outcome="ok")
+        journal.write(event="step-done", step=step.id, state=self.ctx.state)
+        self.observe("done", step=step, seconds=elapsed)
         return True, elapsed, ""
 
     async def _verify(self, step: Step) -> Verdict:
