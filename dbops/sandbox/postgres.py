@@ -964,7 +964,8 @@ class PostgresSandbox:
         if not self.restores_dir.is_dir():
             return []
         found = []
-        for data in sorted(p for p in self.restores_dir.iterdir() if (p / "PG_VERSION").exists()):
+        # postgres.restore's layout: restores/<cluster>-<run id>/data
+        for data in sorted(p / "data" for p in self.restores_dir.iterdir() if (p / "data" / "PG_VERSION").exists()):
             pid = self._read_pidfile(data / "postmaster.pid")
             found.append((data, pid if pid_alive(pid, "postgres") else None))
         return found

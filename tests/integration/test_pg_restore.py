@@ -102,6 +102,9 @@ async def test_restore_to_a_time_between_two_commits_yields_exactly_the_rows_bef
     try:
         rows = {row[0] for row in await copy_fetch(sb, rid, "SELECT id FROM restore_rows")}
         assert rows == before | {101}  # 101 committed before the target, 102 after it
+        # `dbops sandbox down` finds the running copy (and stops it with the sandbox)
+        running = {data: pid for data, pid in sb.pg.restored_copies()}
+        assert running.get(copy_paths(sb, rid).data) is not None, running
         assert tuple((await copy_fetch(sb, rid, "SELECT current_setting('archive_mode'), pg_is_in_recovery()"))[0]) == ("off", False)
         assert "target reached: first commit after it" in r.stdout
         assert f"canary rows: restore_rows {len(before) + 1}" in r.stdout
