@@ -124,57 +124,24 @@ async def test_switchover_to_pg2_and_back(pg_sandbox):
     await pg_sandbox.fetch("pg1", "DROP TABLE promote_rows")
 
 
-def journal_says_done(journal, step: str) -> bool:
-    for line in journal.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written right now
-        if entry.get("event") == "step-done" and entry.get("step") == step:
-            return True
-    return False
-
-
 async def test_kill_9_after_every_step_then_resume_ends_consistent(pg_sandbox):
     """For each step boundary: start a switchover, kill -9 dbops as soon as the journal records that
     step as done, resume, and check the cluster: one primary, everyone else streaming from it,
     no committed row lost, the audit chain intact."""
     import asyncio
-    import signal
-    import time
 
-    env = {**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)}
+    from .crash import resume, run_killed_after
+
     await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS crash_rows (id int PRIMARY KEY)")
     primary, rows = "pg1", 0
     for boundary in ("checkpoint", "repoint", "fence", "wait-replayed", "promote", "verify", "follow"):
         rows += 1
         await pg_sandbox.fetch(primary, f"INSERT INTO crash_rows VALUES ({rows})")
         candidate = "pg2" if primary == "pg1" else "pg1"
-        runs = pg_sandbox.state_dir / "runs"
-        before = set(runs.glob("*.jsonl")) if runs.exists() else set()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "runbook", "run", "postgres.promote-replica",
-             "--cluster", "sandbox-pg", "--param", f"candidate={candidate}", "--yes", "--confirm", "sandbox-pg"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL,
-        )
-        journal = None
-        for _ in range(3000):
-            new = set(runs.glob("*.jsonl")) - before if runs.exists() else set()
-            if new:
-                journal = new.pop()
-                if journal_says_done(journal, boundary):
-                    break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        out = proc.communicate()[0]
-        assert journal is not None, out
-        r = subprocess.run(
-            [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "runbook", "resume", journal.stem, "--yes", "--confirm", "sandbox-pg"],
-            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL,
-        )
-        assert r.returncode in (0, 1), f"killed after {boundary}: {out}\n---\n{r.stdout}{r.stderr}"  # 1: the run had already finished
+        journal, _ = run_killed_after(pg_sandbox.config_path, pg_sandbox.state_dir,
+                                      ["postgres.promote-replica", "--cluster", "sandbox-pg", "--param", f"candidate={candidate}",
+                                       "--yes", "--confirm", "sandbox-pg"], boundary)
+        r = resume(pg_sandbox.config_path, pg_sandbox.state_dir, journal.stem, "--yes", "--confirm", "sandbox-pg")
         primaries = [m for m in ("pg1", "pg2", "pg3") if (await role_and_timeline(pg_sandbox, m))[0] == "primary"]
         assert primaries == [candidate], f"after a kill at {boundary}: primaries {primaries}\n{r.stdout}"
         for _ in range(100):
