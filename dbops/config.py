@@ -11,13 +11,16 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from dbops.schema import Invalid, Model, limits
 
-ENGINES = ("postgres",)
+ENGINES = ("postgres", "redis")
+
+# A member without a port gets its engine's usual one.
+DEFAULT_PORTS = {"postgres": 5432, "redis": 6379}
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,9 @@ class PostgresThresholds(Model):
 class Member(Model):
     name: str
     host: str
-    port: int = field(default=5432, metadata=limits(ge=1, le=65535))
+    # None: the engine's usual port (DEFAULT_PORTS); the cluster fills it in, so code reading a
+    # member of a loaded config always sees an int.
+    port: int | None = field(default=None, metadata=limits(ge=1, le=65535))
     role: Literal["primary", "replica", "any"] = "any"
     # The name this member's walreceiver reports to the primary; matching it to a row of
     # pg_stat_replication is how a replica's lag is read from the primary's side.
@@ -145,8 +150,65 @@ class Backups(Model):
 
 
 @dataclass(frozen=True)
+class RedisThresholds(Model):
+    """Defaults are the product brief's: memory > 90%, evictions > 0, hit rate < 95%."""
+
+    memory_pct_warn: float = 90.0
+    memory_pct_crit: float = 98.0
+    evictions_warn: int = 0  # WARN when more keys than this were evicted since the last refresh
+    hit_rate_pct_warn: float = 95.0
+    # Judged only over refreshes with at least this many lookups: two misses of three is noise.
+    hit_rate_min_lookups: int = 100
+    fragmentation_warn: float = 1.5
+    lag_bytes_warn: int = 1024 * 1024
+    lag_bytes_crit: int = 64 * 1024 * 1024
+    last_ack_seconds_warn: float = 10.0
+    last_ack_seconds_crit: float = 60.0
+
+    def check(self) -> list[str]:
+        pairs = [
+            ("memory_pct", self.memory_pct_warn, self.memory_pct_crit),
+            ("lag_bytes", self.lag_bytes_warn, self.lag_bytes_crit),
+            ("last_ack_seconds", self.last_ack_seconds_warn, self.last_ack_seconds_crit),
+        ]
+        return [f"{name}_warn ({warn:g}) is above {name}_crit ({crit:g})" for name, warn, crit in pairs if warn > crit]
+
+
+@dataclass(frozen=True)
+class RedisOptions(Model):
+    """How dbops finds a Redis deployment's nodes.
+
+    standalone: `members` are the data nodes (a primary and its replicas; replicas the primary
+    reports are found too). sentinel: `sentinels` are asked for the master `master_name` and its
+    replicas; `members` name known data nodes. cluster: `members` are seed nodes; every node of
+    the cluster is found from their CLUSTER NODES.
+    """
+
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    master_name: str | None = None
+    sentinels: list[Member] = field(default_factory=list)
+    # An ACL user (AUTH user password); None authenticates as the default user with the
+    # cluster's `password` alone, which is also how an ElastiCache AUTH token is given.
+    username: str | None = None
+    # Sentinels with a requirepass of their own; None: the cluster's password.
+    sentinel_password: SecretRef | None = None
+    thresholds: RedisThresholds = RedisThresholds()
+
+    def check(self) -> list[Any]:
+        problems: list[Any] = []
+        if self.mode == "sentinel":
+            if not self.master_name:
+                problems.append((("master_name",), "sentinel mode needs the master name the sentinels monitor"))
+            if not self.sentinels:
+                problems.append((("sentinels",), "sentinel mode needs at least one sentinel address"))
+        elif self.sentinels or self.master_name:
+            problems.append(("sentinels and master_name are for mode = \"sentinel\""))
+        return problems
+
+
+@dataclass(frozen=True)
 class Cluster(Model):
-    engine: Literal["postgres"]
+    engine: Literal["postgres", "redis"]
     members: list[Member] = field(metadata=limits(min_length=1))
     database: str = "postgres"
     user: str = "postgres"
@@ -158,11 +220,25 @@ class Cluster(Model):
     pgbouncer: PgBouncer | None = None
     pgbackrest: PgBackRest | None = None
     backups: Backups = Backups()
+    redis: RedisOptions | None = None
     description: str = ""
 
-    def check(self) -> list[str]:
-        names = [m.name for m in self.members]
-        return [f"member name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    def __post_init__(self) -> None:
+        port = DEFAULT_PORTS[self.engine]
+        members = [m if m is None or m.port is not None else replace(m, port=port) for m in self.members]
+        object.__setattr__(self, "members", members)
+        if self.redis is not None:
+            sentinels = [m if m is None or m.port is not None else replace(m, port=26379) for m in self.redis.sentinels]
+            object.__setattr__(self, "redis", replace(self.redis, sentinels=sentinels))
+        elif self.engine == "redis":
+            object.__setattr__(self, "redis", RedisOptions())
+
+    def check(self) -> list[Any]:
+        names = [m.name for m in [*self.members, *(self.redis.sentinels if self.redis else [])] if m is not None]
+        problems: list[Any] = [f"member name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+        if self.engine != "redis" and self.redis is not None:
+            problems.append((("redis",), f"a [redis] section on an engine = {self.engine!r} cluster"))
+        return problems
 
 
 @dataclass(frozen=True)
@@ -200,6 +276,8 @@ class Config(Model):
                 continue
             for cname, cluster in env.clusters.items():
                 refs = [("password", cluster.password)]
+                if cluster.redis is not None:
+                    refs.append(("redis.sentinel_password", cluster.redis.sentinel_password))
                 if cluster.pgbouncer:
                     refs.append(("pgbouncer.password", cluster.pgbouncer.password))
                 if cluster.backups.s3:
@@ -221,6 +299,9 @@ class Config(Model):
             for cname, cluster in env.clusters.items():
                 out.append(ClusterRef(env_name, env, cname, cluster, self.defaults))
         return out
+
+
+REDIS_UNIT = "nodes"  # the name of a Redis deployment's single poll unit
 
 
 @dataclass(frozen=True)
@@ -248,6 +329,16 @@ class ClusterRef:
     @property
     def key(self) -> str:
         return f"{self.environment}/{self.name}"
+
+    @property
+    def poll_units(self) -> list[Member]:
+        """What the pollers poll, one loop each. A PostgreSQL member is polled on its own; a
+        Redis deployment is polled as one unit (its nodes are discovered, so they are not all in
+        the config), whose collect() reaches every node concurrently with a timeout per node."""
+        if self.cluster.engine == "redis":
+            seed = self.cluster.members[0]
+            return [Member(name=REDIS_UNIT, host=seed.host, port=seed.port)]
+        return list(self.cluster.members)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,9 +142,9 @@ class PollerHub:
         self._running.set()
         self._stopping: asyncio.Event | None = None
         for ref in self.refs:
-            self._snapshots[ref.key] = {m.name: pending_snapshot(ref, m) for m in ref.cluster.members}
+            self._snapshots[ref.key] = {m.name: pending_snapshot(ref, m) for m in ref.poll_units}
             self._health[ref.key] = assess_cluster(ref, self._snapshots[ref.key])
-            for m in ref.cluster.members:
+            for m in ref.poll_units:
                 points = max(1, int(ref.defaults.history_seconds / ref.refresh_interval))
                 self._history[(ref.key, m.name)] = deque(maxlen=points)
 
@@ -188,7 +188,7 @@ class PollerHub:
     async def _main(self) -> None:
         assert self._stopping is not None
         for ref in self.refs:
-            for member in ref.cluster.members:
+            for member in ref.poll_units:
                 self._tasks.append(asyncio.create_task(self._member_loop(ref, member), name=f"poll {ref.key}/{member.name}"))
         await self._stopping.wait()
         # Cleanup runs here, inside the loop's lifetime, so no close() is left pending when
@@ -293,6 +293,12 @@ class PollerHub:
         with self._lock:
             return self._health[key]
 
+    def snapshots(self, key: str) -> dict[str, Snapshot]:
+        """The latest snapshot of each poll unit of a cluster (a Redis deployment has one unit
+        whose data is the whole refresh: topology and slot map)."""
+        with self._lock:
+            return dict(self._snapshots[key])
+
     def history(self, key: str, member: str) -> list[HistoryPoint]:
         with self._lock:
             return list(self._history.get((key, member), ()))
@@ -317,7 +323,7 @@ class PollerHub:
         if self._loop is None:
             raise RuntimeError("pollers are not running")
         ref = self.ref(key)
-        m = next(x for x in ref.cluster.members if x.name == member)
+        m = next(x for x in ref.poll_units if x.name == member)
 
         async def call() -> Any:
             return await asyncio.wait_for(fn(self._adapter(ref, m)), timeout=ref.timeout * 2)
@@ -334,9 +340,9 @@ async def poll_once(refs: Iterable[ClusterRef]) -> list[ClusterHealth]:
             cls = adapter_class(ref.cluster.engine)
         except Exception as exc:
             raise RuntimeError(f"{ref.key}: engine {ref.cluster.engine!r} cannot be loaded: {exc}") from None
-        adapters = {m.name: cls(ref, m) for m in ref.cluster.members}
+        adapters = {m.name: cls(ref, m) for m in ref.poll_units}
         try:
-            snaps = await asyncio.gather(*(poll_member(adapters[m.name], ref, m, None) for m in ref.cluster.members))
+            snaps = await asyncio.gather(*(poll_member(adapters[m.name], ref, m, None) for m in ref.poll_units))
         finally:
             await asyncio.gather(*(close_quietly(a) for a in adapters.values()))
         return assess_cluster(ref, {s.member: s for s in snaps})

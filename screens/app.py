@@ -150,11 +150,15 @@ class DbopsApp(App[None]):
             self.push_screen(AuditScreen(self.audit.path))
 
     def open_cluster(self, key: str) -> None:
-        from .postgres import PostgresScreen
-
         ref = self._hub.ref(key)
         if ref.cluster.engine == "postgres":
+            from .postgres import PostgresScreen
+
             self.push_screen(PostgresScreen(key))
+        elif ref.cluster.engine == "redis":
+            from .redis import RedisScreen
+
+            self.push_screen(RedisScreen(key))
         else:
             self.notify(f"no pane for engine {ref.cluster.engine!r} yet", severity="error")
 

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from dbops.engines.base import Adapter
 
-BUILTIN = {"postgres": "dbops.engines.postgres.adapter:PostgresAdapter"}
+BUILTIN = {
+    "postgres": "dbops.engines.postgres.adapter:PostgresAdapter",
+    "redis": "dbops.engines.redis.adapter:RedisAdapter",
+}
 
 
 class UnknownEngine(Exception):

@@ -1,10 +1,10 @@
 """Redis 7 sandbox: a primary/replica pair watched by three Sentinels, and a six-node Redis
 Cluster; all on 127.0.0.1, all with a password, all real servers from Debian's redis-server.
 
-``sandbox-redis`` (Sentinel)
-    r1 primary, r2 replica of r1; sentinels s1 s2 s3 monitor master name ``sandbox-redis``
+``sandbox-sentinel`` (Sentinel)
+    r1 primary, r2 replica of r1; sentinels s1 s2 s3 monitor master name ``sandbox-sentinel``
     with quorum 2 (down-after 2 s, failover-timeout 10 s, parallel-syncs 1).
-``sandbox-redis-cluster``
+``sandbox-redis`` (Cluster)
     c1..c6, formed with ``redis-cli --cluster create --cluster-replicas 1``: three masters with
     one replica each; cluster-node-timeout 3 s.
 
@@ -25,10 +25,10 @@ Layout under the sandbox directory::
 The state recorded under engine "redis" (other code reads it; keep these keys)::
 
     {"password": "...", "os_user": "redis", "bindir": "/usr/bin", "version": "7.0.15",
-     "standalone": {"master_name": "sandbox-redis", "quorum": 2,
+     "standalone": {"master_name": "sandbox-sentinel", "quorum": 2,
                     "primary": {"name": "r1", "port": P}, "replicas": [{"name": "r2", "port": P}],
                     "sentinels": [{"name": "s1", "port": P}, {"name": "s2", ...}, {"name": "s3", ...}]},
-     "cluster": {"name": "sandbox-redis-cluster", "nodes": [{"name": "c1", "port": P, "bus_port": B}, ...]},
+     "cluster": {"name": "sandbox-redis", "nodes": [{"name": "c1", "port": P, "bus_port": B}, ...]},
      "nodes": {"r1": {"kind": "data" | "sentinel" | "cluster", "port": P, "role": ..., "pid": PID or None,
                       "dir": ..., "conf": ..., "log": ..., "pidfile": ...}, ...}}
 
@@ -83,8 +83,8 @@ from dbops.sandbox import (
 ENGINE = "redis"
 HOST = "127.0.0.1"
 
-MASTER_NAME = "sandbox-redis"  # what the sentinels monitor
-CLUSTER_NAME = "sandbox-redis-cluster"
+MASTER_NAME = "sandbox-sentinel"  # what the sentinels monitor
+CLUSTER_NAME = "sandbox-redis"
 QUORUM = 2
 PRIMARY = "r1"
 REPLICAS: tuple[str, ...] = ("r2",)
@@ -150,6 +150,10 @@ def _server_version(server: Path) -> str:
             f"(Debian 12's redis-server package is 7.0): {APT_HINT}"
         )
     return version
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _conf_str(value: str) -> str:
@@ -347,17 +351,13 @@ class RedisSandbox:
     # -- up ----------------------------------------------------------------------------------
 
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
-        """Bring both deployments up; returns ("", already_up).
-
-        The fragment is empty for now: the config model for Redis clusters is not settled yet;
-        `config_fragment` will be written from the state recorded here.
-        """
+        """Bring both deployments up; returns (their config fragment, already_up)."""
         version = self._prerequisites()
         if self._state():
             running = {n: self._live_pid(n) is not None for n in NODE_NAMES}
             if all(running.values()):
                 progress("redis sandbox is already up")
-                return "", True
+                return self.config_fragment(), True
             if any(running.values()):
                 down_names = ", ".join(n for n, r in running.items() if not r)
                 raise SandboxError(
@@ -377,7 +377,7 @@ class RedisSandbox:
             except SandboxError as cleanup:
                 exc.add_note(f"while cleaning up after that: {cleanup.message}")
             raise
-        return "", False
+        return self.config_fragment(), False
 
     def _prerequisites(self) -> str:
         version = _server_version(self.bindir / "redis-server")
@@ -846,8 +846,41 @@ class RedisSandbox:
     # -- dbops config --------------------------------------------------------------------------
 
     def config_fragment(self) -> str:
-        # Empty until the config model for Redis is settled; it will be built from the state.
-        return ""
+        st = self.state
+        pw = "{ value = " + _toml_str(st["password"]) + " }"
+        sa = st["standalone"]
+        cl = st["cluster"]
+        lines = [
+            f"[environments.sandbox.clusters.{CLUSTER_NAME}]",
+            'engine = "redis"',
+            'description = "local sandbox: Redis Cluster c1..c6, three masters with a replica each"',
+            f"password = {pw}",
+            "refresh_interval = 2.0",
+            "timeout = 3.0",
+            "members = [",
+            *(f'  {{ name = "{n["name"]}", host = "{HOST}", port = {n["port"]} }},' for n in cl["nodes"]),
+            "]",
+            f"[environments.sandbox.clusters.{CLUSTER_NAME}.redis]",
+            'mode = "cluster"',
+            "",
+            f"[environments.sandbox.clusters.{MASTER_NAME}]",
+            'engine = "redis"',
+            'description = "local sandbox: r1 primary, r2 replica, sentinels s1 s2 s3 (quorum 2)"',
+            f"password = {pw}",
+            "refresh_interval = 2.0",
+            "timeout = 3.0",
+            "members = [",
+            *(f'  {{ name = "{n["name"]}", host = "{HOST}", port = {n["port"]} }},' for n in [sa["primary"], *sa["replicas"]]),
+            "]",
+            f"[environments.sandbox.clusters.{MASTER_NAME}.redis]",
+            'mode = "sentinel"',
+            f'master_name = "{sa["master_name"]}"',
+            "sentinels = [",
+            *(f'  {{ name = "{n["name"]}", host = "{HOST}", port = {n["port"]} }},' for n in sa["sentinels"]),
+            "]",
+            "",
+        ]
+        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

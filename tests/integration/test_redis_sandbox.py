@@ -187,7 +187,7 @@ def test_state_records_the_topology_for_config_wiring(redis_sb: RedisHandle) -> 
     port = redis_sb.rs.port
     assert len(st["password"]) >= 16
     assert st["standalone"] == {
-        "master_name": "sandbox-redis",
+        "master_name": "sandbox-sentinel",
         "quorum": 2,
         "primary": {"name": "r1", "port": port("r1")},
         "replicas": [{"name": "r2", "port": port("r2")}],
@@ -250,9 +250,9 @@ def test_persistence_and_memory_settings_are_on(redis_sb: RedisHandle) -> None:
 
 def test_sentinels_name_r1_and_have_a_quorum(redis_sb: RedisHandle) -> None:
     for name in SENTINELS:
-        addr = redis_sb.cli(name, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-redis").splitlines()
+        addr = redis_sb.cli(name, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-sentinel").splitlines()
         assert addr == ["127.0.0.1", str(redis_sb.rs.port("r1"))], name
-        quorum = redis_sb.cli(name, "SENTINEL", "CKQUORUM", "sandbox-redis")
+        quorum = redis_sb.cli(name, "SENTINEL", "CKQUORUM", "sandbox-sentinel")
         assert quorum.startswith("OK 3 usable Sentinels"), (name, quorum)
 
 
@@ -325,7 +325,7 @@ def test_stop_and_start_a_replica_and_a_sentinel(redis_sb: RedisHandle) -> None:
     assert rs.pid("r2") not in (None, old_r2) and rs.pid("s1") not in (None, old_s1)
     rs.wait_replicas_linked(["r2"])
     rs.wait_sentinels_ready()
-    assert redis_sb.cli("s1", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-redis").splitlines()[1] == str(rs.port("r1"))
+    assert redis_sb.cli("s1", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-sentinel").splitlines()[1] == str(rs.port("r1"))
 
 
 def test_unknown_node_or_stop_mode_is_refused(redis_sb: RedisHandle) -> None:
