@@ -200,6 +200,9 @@ class Executor:
             if step.id in done:
                 self.observe("skipped", step=step, reason="done before the crash")
                 continue
+            if step.applies is not None and not step.applies(self.ctx):
+                self.observe("skipped", step=step, reason="nothing to do")
+                continue
             if step.confirm is not Confirm.NONE:
                 self.observe("confirm", step=step, commands=p.commands)
                 if not await self.confirmer.confirm(step, p.commands, self.ctx):

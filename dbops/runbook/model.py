@@ -106,6 +106,9 @@ class Step:
     # ctx.state keys this step writes and later steps read. After a crash mid-step, the step
     # counts as done only if its verification passes AND these exist; otherwise it runs again.
     produces: tuple[str, ...] = ()
+    # False (judged from ctx.state after the pre-checks) when the plan gives this step nothing
+    # to do: it is skipped without a confirmation, and the plan says so.
+    applies: Callable[["Context"], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.kind is not Kind.MANUAL and self.run is None:

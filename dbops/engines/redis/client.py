@@ -52,9 +52,10 @@ def tls_kwargs(ref: ClusterRef) -> dict[str, Any]:
 
 
 def connect(ref: ClusterRef, address: str, *, sentinel: bool = False, timeout: float | None = None,
-            creds: Credentials | None = None) -> Any:
-    """A redis.asyncio.Redis for one node (no I/O until the first command). Replies are str;
-    INFO is returned unparsed (dbops parses it, the same for every server version)."""
+            creds: Credentials | None = None, decode: bool = True) -> Any:
+    """A redis.asyncio.Redis for one node (no I/O until the first command). Replies are str
+    (bytes with decode=False: keys and DUMP payloads); INFO is returned unparsed (dbops parses
+    it, the same for every server version)."""
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -65,7 +66,9 @@ def connect(ref: ClusterRef, address: str, *, sentinel: bool = False, timeout: f
     t = timeout if timeout is not None else ref.timeout
     client = aioredis.Redis(
         host=host, port=int(port), username=None if sentinel else creds.username,
-        password=secret.reveal() if secret is not None else None, decode_responses=True,
+        password=secret.reveal() if secret is not None else None, decode_responses=decode,
+        # SLOWLOG arguments and keys may be binary: shown with replacement characters, never a failed poll.
+        encoding_errors="replace",
         socket_timeout=t, socket_connect_timeout=t, retry_on_timeout=False,
         # No retries: a refused connection is DOWN now, not a TIMEOUT after redis-py's backoff.
         retry=Retry(NoBackoff(), 0),

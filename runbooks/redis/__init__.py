@@ -1,0 +1,1 @@
+"""Runbooks for Redis: Cluster slot repair and moves, Sentinel failover."""
