@@ -427,6 +427,9 @@ class RunbookScreen(Screen[None]):
         elif event == "done" and step is not None:
             self.log_line(f"✓ {step.title} ({data['seconds']:.1f}s)", "green")
             self.query_one("#rb-progress", ProgressBar).advance(1)
+        elif event == "skipped" and step is not None:
+            self.log_line(f"· {step.title}: {data.get('reason') or 'skipped'}", "dim")
+            self.query_one("#rb-progress", ProgressBar).advance(1)
         elif event == "verified":
             v = data["verdict"]
             self.log_line(f"    verify: {v.detail}", "green" if v.ok else "red")

@@ -256,7 +256,7 @@ def _observer(event: str, **data: Any) -> None:
     elif event == "failed":
         click.echo(f"  ✗ {step.title}: {data['error']}")
     elif event == "skipped":
-        click.echo(f"  · {step.title}: already done")
+        click.echo(f"  · {step.title}: {data.get('reason') or 'already done'}")
     elif event == "reverified":
         v = data["verdict"]
         click.echo(f"  interrupted step '{step.title}' re-verified: {'done' if v.ok else 'not done, running it again'} ({v.detail})")

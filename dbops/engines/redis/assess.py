@@ -17,7 +17,7 @@ from typing import Any
 
 from dbops.config import ClusterRef
 from dbops.engines.redis.data import NodeResult, RedisNodeData, RedisTopology, SentinelData
-from dbops.engines.redis.topology import SLOTS, format_ranges
+from dbops.engines.redis.topology import SLOTS, format_ranges, ranges
 from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot, human_bytes, human_seconds
 
 OK, WARN, CRIT, UNKNOWN = Severity.OK, Severity.WARN, Severity.CRIT, Severity.UNKNOWN
@@ -152,6 +152,10 @@ def cluster_metrics(topo: RedisTopology) -> list[Metric]:
         out.append(Metric("coverage", CRIT, f"{missing} of {SLOTS} slots have no owner: {format_ranges(view.uncovered)}", missing))
     else:
         out.append(Metric("coverage", OK, f"all {SLOTS} slots covered"))
+    if view.unclaimed:
+        out.append(Metric("coverage", CRIT, f"{len(view.unclaimed)} slots are served by no node: their owner in the other "
+                                             f"nodes' tables does not claim them ({format_ranges(ranges(list(view.unclaimed)))})",
+                          len(view.unclaimed)))
     if view.open_slots:
         parts = []
         for o in view.open_slots[:4]:

@@ -9,8 +9,9 @@ this does for a group of slots at once, every phase pipelined:
 2. GETKEYSINSLOT for every slot still holding keys, in one pipeline; MIGRATE the keys found in
    batches sized by bytes (the source's average value size sets the key count), the batches of
    one round pipelined on the source connection; repeat until no slot has keys;
-3. SETSLOT NODE on the target first (with one BUMPEPOCH for the group), then on the source and
-   every other master concurrently, each a pipeline. An empty slot skips steps 1 and 2.
+3. SETSLOT NODE on the target first (its epoch bumped once per group, before it claims), then
+   on the source and every other master concurrently, each a pipeline. An empty slot skips
+   steps 1 and 2.
 
 A group's slots are journaled before (open) and after (closed) each phase change, and a crash at
 any point is repaired from the live state: a slot still MIGRATING/IMPORTING is finished in the
@@ -136,14 +137,19 @@ class Mover:
         counts = await _pipeline(src.client, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in group])
         empty = [s for s, n in zip(group, counts) if int(n) == 0]
         full = [s for s, n in zip(group, counts) if int(n) > 0]
-        if empty:
-            # An empty slot has no key to protect: it is handed over directly, target first,
-            # and one BUMPEPOCH on the target makes its claim on all of them win over the
-            # source's in gossip (closing an IMPORTING slot bumps the epoch once per slot, which
-            # is most of a slot's fixed cost). A key written to the source in between makes the
-            # source refuse; such a slot is moved with its keys below.
-            await _pipeline(dst.client, [("CLUSTER", "SETSLOT", s, "NODE", target) for s in empty])
+        if empty or full:
+            # The target's epoch becomes the greatest BEFORE it claims anything: its claims then
+            # win over the source's in gossip, and a PONG the source sends before it lets go
+            # cannot take a slot back (a claim made with the lower epoch could lose that race,
+            # leaving a slot that no node serves). Closing IMPORTING with SETSLOT NODE would bump
+            # the epoch once per slot, which is most of a slot's fixed cost; one bump per group
+            # does the same.
             await _pipeline(dst.client, [("CLUSTER", "BUMPEPOCH")])
+        if empty:
+            # An empty slot has no key to protect: it is handed over directly, target first.
+            # A key written to the source in between makes the source refuse; such a slot is
+            # moved with its keys below.
+            await _pipeline(dst.client, [("CLUSTER", "SETSLOT", s, "NODE", target) for s in empty])
             replies = await _pipeline(src.client, [("CLUSTER", "SETSLOT", s, "NODE", target) for s in empty], raise_on_error=False)
             refused = [s for s, r in zip(empty, replies) if isinstance(r, Exception)]
             if refused:
@@ -154,14 +160,11 @@ class Mover:
             await _pipeline(dst.client, [("CLUSTER", "SETSLOT", s, "IMPORTING", source) for s in full])
             await _pipeline(src.client, [("CLUSTER", "SETSLOT", s, "MIGRATING", target) for s in full])
             await self.drain(source, target, full)
-            # The target takes the slots first. Closing IMPORTING with SETSLOT NODE bumps the
-            # epoch and broadcasts a PONG per slot, which the source then has to process per
-            # slot; STABLE + NODE per slot and one BUMPEPOCH for the group reach the same state.
-            # The pair is one pipeline, which the server runs without another client's command
-            # in between, so no client sees the slot neither importing nor owned.
+            # The target takes the slots first: STABLE + NODE per slot (the epoch was bumped
+            # above). Each pair is sent together, so no client command runs between them.
+            await _pipeline(dst.client, [("CLUSTER", "BUMPEPOCH")])  # still the greatest after the drain
             await _pipeline(dst.client, [c for s in full for c in (("CLUSTER", "SETSLOT", s, "STABLE"),
                                                                     ("CLUSTER", "SETSLOT", s, "NODE", target))])
-            await _pipeline(dst.client, [("CLUSTER", "BUMPEPOCH")])
             await self.assign(target, full, first=[], then=[source, *others])
         self.journal({"event": "closed", "slots": group, "source": source, "target": target})
         self.stats.slots += len(group)

@@ -135,6 +135,7 @@ class ClusterView:
     disagreeing: tuple[str, ...] = ()  # node ids whose slot map differs from the majority's
     failed: tuple[str, ...] = ()  # node ids flagged fail by some node
     pfail: tuple[str, ...] = ()
+    unclaimed: tuple[int, ...] = ()  # slots whose owner (by the majority's tables) does not claim them
 
     def node(self, node_id: str) -> NodeLine | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)
@@ -191,6 +192,9 @@ def judge(views: dict[str, tuple[NodeLine, ...]]) -> ClusterView:
                 for s in range(a, b + 1):
                     claims.setdefault(s, set()).add(n.node_id)
     multiple = {s: tuple(sorted(c)) for s, c in claims.items() if len(c) > 1}
+    # Owned in the tables, but the owner (which answered) does not claim it itself: no node
+    # serves it, as good as uncovered. A move whose epoch lost a gossip race leaves this.
+    unclaimed = tuple(s for s, o in enumerate(majority) if o is not None and o in views and s not in claims)
 
     opened: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
     for n in own.values():
@@ -204,7 +208,7 @@ def judge(views: dict[str, tuple[NodeLine, ...]]) -> ClusterView:
     pfail = sorted({n.node_id for lines in views.values() for n in lines if n.pfail} - set(failed))
     return ClusterView(
         nodes=nodes, owners=majority, uncovered=tuple(ranges([s for s, o in enumerate(majority) if o is None])),
-        multiple_owners=multiple, open_slots=open_slots, disagreeing=disagreeing,
+        multiple_owners=multiple, open_slots=open_slots, disagreeing=disagreeing, unclaimed=unclaimed,
         failed=tuple(failed), pfail=tuple(pfail),
     )
 
