@@ -39,11 +39,12 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_example_config_is_valid_and_documents_every_threshold():
     cfg = load(REPO / "config.example.toml")
-    assert [r.key for r in cfg.clusters()] == ["production/orders-db", "staging/orders-staging"]
-    from dbops.config import PostgresThresholds
+    assert [r.key for r in cfg.clusters()] == ["production/orders-db", "production/sessions", "staging/orders-staging",
+                                               "staging/cache-staging"]
+    from dbops.config import PostgresThresholds, RedisThresholds
 
     text = (REPO / "config.example.toml").read_text()
-    for key in PostgresThresholds.field_names():
+    for key in PostgresThresholds.field_names() + RedisThresholds.field_names():
         assert f"{key} =" in text, f"config.example.toml does not document thresholds.{key}"
 
 
@@ -236,3 +237,30 @@ def test_literal_credential_problem_points_at_its_line():
     with pytest.raises(ConfigError) as err:
         parse(GOOD.replace('{ env = "PGPASS_TEST" }', '{ value = "pw" }'), "x.toml")
     assert "x.toml:6: environments.staging.clusters.db1.password: a literal credential is only allowed" in str(err.value)
+
+
+def test_redis_clusters_get_redis_ports_and_sentinel_mode_needs_its_master():
+    cfg = parse('[environments.e.clusters.r]\nengine = "redis"\nmembers = [{ name = "a", host = "h" }]\n'
+                '[environments.e.clusters.r.redis]\nmode = "sentinel"\nmaster_name = "m"\nsentinels = [{ name = "s", host = "h" }]\n')
+    (ref,) = cfg.clusters()
+    assert ref.cluster.members[0].port == 6379 and ref.cluster.redis.sentinels[0].port == 26379
+    assert [u.name for u in ref.poll_units] == ["nodes"]  # one poll reaches every node
+    pg = parse('[environments.e.clusters.p]\nengine = "postgres"\nmembers = [{ name = "a", host = "h" }]\n')
+    assert pg.clusters()[0].cluster.members[0].port == 5432
+    with pytest.raises(ConfigError) as err:
+        parse('[environments.e.clusters.r]\nengine = "redis"\nmembers = [{ name = "a", host = "h" }]\n'
+              '[environments.e.clusters.r.redis]\nmode = "sentinel"\n', "x.toml")
+    assert "x.toml:4: environments.e.clusters.r.redis.master_name: sentinel mode needs the master name" in str(err.value)
+    assert "environments.e.clusters.r.redis.sentinels: sentinel mode needs at least one sentinel address" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse('[environments.e.clusters.p]\nengine = "postgres"\nmembers = [{ name = "a", host = "h" }]\n'
+              '[environments.e.clusters.p.redis]\nmode = "cluster"\n', "x.toml")
+    assert "a [redis] section on an engine = 'postgres' cluster" in str(err.value)
+
+
+def test_literal_sentinel_password_refused_outside_sandbox():
+    with pytest.raises(ConfigError) as err:
+        parse('[environments.e.clusters.r]\nengine = "redis"\nmembers = [{ name = "a", host = "h" }]\n'
+              '[environments.e.clusters.r.redis]\nsentinel_password = { value = "hunter2" }\n', "x.toml")
+    assert "redis.sentinel_password: a literal credential is only allowed in a sandbox" in str(err.value)
+    assert "hunter2" not in str(err.value)

@@ -69,7 +69,7 @@ def connect(ref: ClusterRef, address: str, *, sentinel: bool = False, timeout: f
         password=secret.reveal() if secret is not None else None, decode_responses=decode,
         # SLOWLOG arguments and keys may be binary: shown with replacement characters, never a failed poll.
         encoding_errors="replace",
-        socket_timeout=t, socket_connect_timeout=t, retry_on_timeout=False,
+        socket_timeout=t, socket_connect_timeout=t,
         # No retries: a refused connection is DOWN now, not a TIMEOUT after redis-py's backoff.
         retry=Retry(NoBackoff(), 0),
         client_name="dbops", **tls_kwargs(ref),

@@ -203,8 +203,14 @@ class Mover:
     async def _busy(self, src: Endpoint, dst: Endpoint, batch: list[str]) -> None:
         """Some keys of `batch` exist on the target. Those still on the source are compared by
         DUMP: equal ones are replaced (same value), differing ones only with replace_differing."""
-        exists = await _pipeline(src.client, [("EXISTS", k) for k in batch])
-        left = [k for k, e in zip(batch, exists) if int(e)]
+        # A key MIGRATE already moved is answered with ASK by the (migrating) source: gone from it.
+        exists = await _pipeline(src.client, [("EXISTS", k) for k in batch], raise_on_error=False)
+        from redis.exceptions import AskError
+
+        asked = [e for e in exists if isinstance(e, Exception) and not isinstance(e, AskError)]
+        if asked:
+            raise SlotMoveError(f"EXISTS on {src.address} failed: {_short(asked[0])}")
+        left = [k for k, e in zip(batch, exists) if not isinstance(e, Exception) and int(e)]
         if not left:
             return
         mine = await _pipeline(src.client, [("DUMP", k) for k in left])

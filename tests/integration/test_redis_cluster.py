@@ -1,0 +1,432 @@
+"""The Redis pane's collector, cluster-fix and cluster-reshard against the real six-node Redis 7
+Cluster of the sandbox: broken states built the way Redis' own cluster tests build them (SETSLOT
+MIGRATING/IMPORTING with keys on both sides, DELSLOTS everywhere, a master stopped or killed),
+seen by one refresh, repaired with every key and value kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from redis.cluster import ClusterNode, RedisCluster
+
+from dbops import sandbox
+from dbops.config import ClusterRef, load
+from dbops.engines.redis.topology import key_slot, parse_nodes
+from dbops.model import ClusterHealth, Reachability, Severity
+from dbops.poller import poll_once
+from dbops.sandbox.redis import RedisSandbox
+
+from .conftest import make_state_dir
+from .crash import resume
+
+MASTERS = ("c1", "c2", "c3")
+TAGS = ("open", "rollback", "uncovered", "conflict")
+
+
+@dataclass
+class Cluster:
+    state_dir: Path
+    config: Path
+    rs: RedisSandbox
+
+    def ref(self, name: str = "sandbox-redis") -> ClusterRef:
+        return next(r for r in load(self.config).clusters() if r.name == name)
+
+    def cli(self, node: str, *args: str) -> str:
+        return self.rs.cli(node, *args)
+
+    def node_id(self, node: str) -> str:
+        return self.cli(node, "CLUSTER", "MYID").strip()
+
+    def owner(self, slot: int) -> str:
+        """The master that claims `slot` in its own CLUSTER NODES line."""
+        for n in self.rs.state["cluster"]["nodes"]:
+            if self.rs.pid(n["name"]) is None:
+                continue
+            me = next(x for x in parse_nodes(self.cli(n["name"], "CLUSTER", "NODES")) if x.myself)
+            if me.is_master and any(a <= slot <= b for a, b in me.slots):
+                return n["name"]
+        raise AssertionError(f"no master claims slot {slot}")
+
+    def client(self) -> RedisCluster:
+        live = next(n for n in MASTERS + ("c4", "c5", "c6") if self.rs.pid(n) is not None)
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", self.rs.port(live))], password=self.rs.password)
+
+    def data(self) -> dict[bytes, bytes]:
+        """Every key and its value, read through a cluster client (the cluster must be healthy)."""
+        c = self.client()
+        try:
+            keys = list(c.scan_iter(count=1000, target_nodes=RedisCluster.PRIMARIES))
+            pipe = c.pipeline()
+            for k in keys:
+                pipe.get(k)
+            return dict(zip(keys, pipe.execute()))
+        finally:
+            c.close()
+
+    def dbops(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(self.config), *args],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "DBOPS_STATE_DIR": str(self.state_dir)})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    state_dir = make_state_dir("dbops-it-rcluster-")
+    root = state_dir / "sandbox"
+    ok = False
+    try:
+        result = sandbox.up(("redis",), root=root)
+        h = Cluster(state_dir, result.config_path, RedisSandbox(root))
+        c = h.client()
+        pipe = c.pipeline()
+        for i in range(20000):
+            pipe.set(f"t:{i}", f"value-{i}-" + "x" * (i % 50))
+        # Ten keys in each slot a test breaks (a hash tag puts them in one slot).
+        for tag in TAGS:
+            for i in range(10):
+                pipe.set(f"{{{tag}}}:{i}", f"{tag}-{i}")
+        pipe.execute()
+        c.close()
+        yield h
+        ok = True
+    finally:
+        try:
+            sandbox.down(root=root)
+        finally:
+            if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
+                shutil.rmtree(state_dir)
+
+
+def health(h: Cluster, name: str = "sandbox-redis") -> ClusterHealth:
+    """One refresh, as the pane and `dbops check` do it."""
+    return asyncio.run(poll_once([h.ref(name)]))[0]
+
+
+def metric(ch: ClusterHealth, name: str) -> list[str]:
+    return [f"{m.severity.name} {m.message}" for m in ch.metrics if m.name == name]
+
+
+def wait_healthy(h: Cluster, timeout: float = 30.0) -> ClusterHealth:
+    """Refresh until the cluster judges OK (gossip settles in a few PONGs) or give up: the
+    caller asserts on what it returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ch = health(h)
+        if ch.severity is Severity.OK or time.monotonic() > deadline:
+            return ch
+        time.sleep(0.2)
+
+
+def slot_with_keys(h: Cluster, tag: str) -> int:
+    slot = key_slot(f"{{{tag}}}")
+    assert int(h.cli(h.owner(slot), "CLUSTER", "COUNTKEYSINSLOT", str(slot))) >= 10
+    return slot
+
+
+# ---------------------------------------------------------------------------------------------
+# The pane's view of a healthy cluster and of the Sentinel group
+
+
+def test_one_refresh_sees_every_node_and_the_whole_slot_map(cluster: Cluster) -> None:
+    ch = wait_healthy(cluster)
+    assert ch.severity is Severity.OK, ch.problems
+    roles = {m.name: m.role for m in ch.members}
+    assert sorted(roles) == ["c1", "c2", "c3", "c4", "c5", "c6"]
+    assert sorted(roles.values()) == ["primary"] * 3 + ["replica"] * 3
+    assert metric(ch, "coverage") == ["OK all 16384 slots covered"]
+    assert metric(ch, "cluster_state") == ["OK cluster_state:ok on every node"]
+    c1 = next(m for m in ch.members if m.name == "c1").snapshot.data
+    assert c1.maxmemory == 64 * 1024 * 1024 and c1.keys > 0 and c1.aof_enabled and c1.rdb_last_bgsave_status == "ok"
+    assert any(c.command == "set" for c in c1.top_commands)
+
+
+def test_sentinel_group_shows_master_quorum_and_replica(cluster: Cluster) -> None:
+    ch = health(cluster, "sandbox-sentinel")
+    assert ch.severity is Severity.OK, ch.problems
+    by = {m.name: m for m in ch.members}
+    assert [by[s].role for s in ("s1", "s2", "s3")] == ["sentinel"] * 3
+    assert all(by[s].snapshot.data.ckquorum_ok for s in ("s1", "s2", "s3"))
+    assert by["r1"].role == "primary" and by["r2"].role == "replica" and by["r2"].lag_bytes is not None
+    assert metric(ch, "sentinel_master") == [f"OK master sandbox-sentinel at 127.0.0.1:{cluster.rs.port('r1')}"]
+
+
+def test_a_refresh_sends_no_keyspace_walk(cluster: Cluster) -> None:
+    before = {n: cluster.cli(n, "INFO", "commandstats") for n in MASTERS}
+    health(cluster)
+    for n in MASTERS:
+        after = cluster.cli(n, "INFO", "commandstats")
+        for cmd in ("keys", "scan", "monitor"):
+            assert before[n].count(f"cmdstat_{cmd}:") == after.count(f"cmdstat_{cmd}:") and \
+                   _calls(before[n], cmd) == _calls(after, cmd), cmd
+
+
+def _calls(text: str, cmd: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(f"cmdstat_{cmd}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken states, seen and repaired
+
+
+def test_open_slot_with_keys_on_both_sides_is_finished_towards_the_importing_node(cluster: Cluster) -> None:
+    h = cluster
+    before = h.data()
+    slot = slot_with_keys(h, "open")
+    src = h.owner(slot)
+    dst = next(m for m in MASTERS if m != src)
+    keys = h.cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
+    assert h.cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", h.node_id(src)) == "OK"
+    assert h.cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", h.node_id(dst)) == "OK"
+    half = keys[: len(keys) // 2]
+    assert h.cli(src, "MIGRATE", "127.0.0.1", str(h.rs.port(dst)), "", "0", "5000", "AUTH", h.rs.password, "KEYS", *half) == "OK"
+
+    seen = metric(health(h), "open_slots")
+    assert seen and seen[0].startswith("WARN 1 open slot(s)") and f"{slot} ({src} migrating to {dst}; {dst} importing from {src})" in seen[0]
+
+    r = h.dbops("runbook", "run", "redis.cluster-fix", "--cluster", "sandbox-redis", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"# slot {slot}: " in r.stdout and f"finish the migration: {src} -> {dst}" in r.stdout
+    assert "Cover slots without an owner: nothing to do" in r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.owner(slot) == dst
+    assert h.data() == before
+
+
+def test_slot_marked_on_one_side_only_is_rolled_back_to_its_owner(cluster: Cluster) -> None:
+    h = cluster
+    before = h.data()
+    slot = slot_with_keys(h, "rollback")
+    src = h.owner(slot)
+    dst = next(m for m in MASTERS if m != src)
+    keys = h.cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
+    h.cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", h.node_id(src))
+    h.cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", h.node_id(dst))
+    h.cli(src, "MIGRATE", "127.0.0.1", str(h.rs.port(dst)), "", "0", "5000", "AUTH", h.rs.password, "KEYS", keys[0])
+    # The owner forgets it was migrating: only the importing side is still marked.
+    assert h.cli(src, "CLUSTER", "SETSLOT", str(slot), "STABLE") == "OK"
+    assert f"{slot} ({dst} importing from {src})" in metric(health(h), "open_slots")[0]
+
+    r = h.dbops("runbook", "run", "redis.cluster-fix", "--cluster", "sandbox-redis", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"roll back to the owner {src} (keys from {dst})" in r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.owner(slot) == src
+    assert h.data() == before
+
+
+def test_slot_with_keys_but_no_owner_goes_to_the_node_holding_them(cluster: Cluster) -> None:
+    h = cluster
+    before = h.data()
+    slot = slot_with_keys(h, "uncovered")
+    holder = h.owner(slot)
+    empty_slot = next(s for s in range(16384) if int(h.cli(h.owner(s), "CLUSTER", "COUNTKEYSINSLOT", str(s))) == 0)
+    for n in ("c1", "c2", "c3", "c4", "c5", "c6"):
+        assert h.cli(n, "CLUSTER", "DELSLOTS", str(slot), str(empty_slot)) == "OK"
+
+    ch = health(h)
+    assert ch.severity is Severity.CRIT
+    assert any(m.startswith("CRIT 2 of 16384 slots have no owner") for m in metric(ch, "coverage")), ch.problems
+    assert any("cluster_state:fail" in m for m in metric(ch, "cluster_state"))
+
+    r = h.dbops("runbook", "run", "redis.cluster-fix", "--cluster", "sandbox-redis", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"# slot {slot}: {holder} " in r.stdout and f"give it to {holder} (holds its keys)" in r.stdout
+    assert f"# slot {empty_slot}: no keys: give it to " in r.stdout and "(no keys anywhere: fewest slots)" in r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.owner(slot) == holder
+    assert h.data() == before
+
+
+def test_differing_values_on_both_sides_are_never_overwritten_without_the_flag(cluster: Cluster) -> None:
+    h = cluster
+    slot = slot_with_keys(h, "conflict")
+    src = h.owner(slot)
+    dst = next(m for m in MASTERS if m != src)
+    key = h.cli(src, "CLUSTER", "GETKEYSINSLOT", str(slot), "1").split()[0]
+    source_value = h.cli(src, "GET", key)
+    h.cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", h.node_id(src))
+    h.cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", h.node_id(dst))
+    # Another copy of the key, with another value, already on the importing side.
+    r = subprocess.run([str(h.rs.bindir / "redis-cli"), "-p", str(h.rs.port(dst))], input=f"ASKING\nSET {key} other\n",
+                       capture_output=True, text=True, env={**os.environ, "REDISCLI_AUTH": h.rs.password})
+    assert r.stdout.split() == ["OK", "OK"], r.stdout + r.stderr
+
+    r = h.dbops("runbook", "run", "redis.cluster-fix", "--cluster", "sandbox-redis", "--yes")
+    assert r.returncode != 0
+    assert "exist on both" in r.stdout and key in r.stdout and "Nothing was overwritten" in r.stdout, r.stdout
+    assert h.cli(src, "GET", key) == source_value  # the source still holds its value
+
+    run_id = r.stdout.split("run id: ")[1].split()[0]
+    r = h.dbops("runbook", "resume", run_id, "--yes")
+    assert r.returncode != 0 and "Nothing was overwritten" in r.stdout
+    r = h.dbops("runbook", "run", "redis.cluster-fix", "--cluster", "sandbox-redis", "--yes", "--param", "replace_differing=true",
+                "--param", "expect_writes=true")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 differing keys replaced as asked" in r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    c = h.client()
+    assert c.get(key).decode() == source_value
+    c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reshard, and kill -9 in the middle of one
+
+
+def test_reshard_moves_the_given_slots_with_every_key(cluster: Cluster) -> None:
+    h = cluster
+    before = h.data()
+    src, dst = "c1", "c3"
+    r = h.dbops("runbook", "run", "redis.cluster-reshard", "--cluster", "sandbox-redis", "--param", "slots=300",
+                "--param", f"source={src}", "--param", f"target={dst}", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "300 slots" in r.stdout and "moved " in r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.data() == before
+
+
+def test_reshard_refuses_slots_the_source_does_not_own(cluster: Cluster) -> None:
+    h = cluster
+    slot = next(s for s in range(16384) if h.owner(s) == "c2")
+    r = h.dbops("runbook", "plan", "redis.cluster-reshard", "--cluster", "sandbox-redis", "--param", f"slots={slot}-{slot}",
+                "--param", "source=c1", "--param", "target=c3")
+    assert r.returncode != 0
+    assert f"1 of the slots are not c1's: {slot}" in r.stdout
+
+
+def test_kill_9_in_the_middle_of_a_reshard_then_resume_loses_no_key(cluster: Cluster) -> None:
+    h = cluster
+    before = h.data()
+    runs = h.state_dir / "runs"
+    old = set(runs.glob("*.slots.log")) if runs.exists() else set()
+    env = {**os.environ, "DBOPS_STATE_DIR": str(h.state_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "dbops.cli", "--config", str(h.config), "runbook", "run",
+                             "redis.cluster-reshard", "--cluster", "sandbox-redis", "--param", "slots=1200",
+                             "--param", "source=c2", "--param", "target=c1", "--param", "throttle=400", "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL)
+    log = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        new = set(runs.glob("*.slots.log")) - old if runs.exists() else set()
+        if new:
+            log = next(iter(new))
+            if '"open"' in log.read_text():
+                time.sleep(0.5)  # keys are moving now (at most 400 a second)
+                break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    out = proc.communicate()[0]
+    assert log is not None, out
+    run_id = log.name.split(".")[0]
+    events = [json.loads(x)["event"] for x in log.read_text().splitlines() if x.strip().endswith("}")]
+    assert events.count("open") > events.count("closed"), f"the kill did not land mid-migration: {events} {out}"
+    assert metric(health(h), "open_slots"), "a slot should be left open by the kill"
+
+    r = resume(h.config, h.state_dir, run_id, "--yes")
+    assert "slots were already at their target" in r.stdout or "moved " in r.stdout, r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.data() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# A stopped master, a dead master (these change the topology: last in the module)
+
+
+def test_a_stopped_master_times_out_alone_and_recovers(cluster: Cluster) -> None:
+    h = cluster
+    pid = h.rs.pid("c3")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ch = health(h)
+        by = {m.name: m.snapshot for m in ch.members}
+        assert by["c3"].reachability is Reachability.TIMEOUT and "no answer" in (by["c3"].error or "")
+        assert all(by[n].reachability is Reachability.UP for n in ("c1", "c2", "c4", "c5", "c6"))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while True:
+        by = {m.name: m.snapshot.reachability for m in health(h).members}
+        if by["c3"] is Reachability.UP or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert by["c3"] is Reachability.UP
+
+
+async def test_the_pane_shows_timeout_for_a_stopped_master_only_and_stays_responsive(cluster: Cluster, tmp_path: Path) -> None:
+    from textual.widgets import DataTable, TabbedContent
+
+    from dbops.screens.app import DbopsApp
+    from dbops.screens.redis import RedisScreen
+
+    from .test_ui_live import rows, settle
+
+    h = cluster
+    app = DbopsApp(load(h.config), state_dir=tmp_path)
+    pid = h.rs.pid("c2")
+    assert pid is not None
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: "sandbox-redis" in rows(app.screen.query_one("#clusters", DataTable)), "overview row")
+        app.open_cluster(next(r.key for r in app.hub.refs if r.name == "sandbox-redis"))
+        await settle(pilot, lambda: isinstance(app.screen, RedisScreen), "the Redis pane")
+        pane = app.screen
+        nodes = pane.query_one("#nodes", DataTable)
+
+        def state_of(name: str) -> str:
+            return str(nodes.get_row(name)[3]) if name in {str(k.value) for k in nodes.rows} else ""
+
+        await settle(pilot, lambda: all(state_of(n) == "UP" for n in ("c1", "c2", "c3", "c4", "c5", "c6")), "every node UP",
+                     show=lambda: rows(nodes))
+        assert "A c1: " in str(pane.query_one("#slot-map").render())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await settle(pilot, lambda: state_of("c2").startswith("TIMEOUT"), "c2 TIMEOUT", show=lambda: rows(nodes))
+            assert all(state_of(n) == "UP" for n in ("c1", "c3", "c4", "c5", "c6")), rows(nodes)
+            # The console answers keys while the node hangs.
+            await pilot.press("5")
+            assert pane.query_one("#tabs", TabbedContent).active == "health"
+            await pilot.press("1")
+            assert pane.query_one("#tabs", TabbedContent).active == "slots"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await settle(pilot, lambda: state_of("c2") == "UP", "c2 UP again", show=lambda: rows(nodes))
+
+
+def test_a_dead_master_shows_down_and_cluster_fix_verifies_every_key_kept(cluster: Cluster) -> None:
+    h = cluster
+    h.rs.wait_cluster_ok()
+    before = h.data()
+    victim = h.owner(0)
+    h.rs.stop_node(victim, "kill")
+    ch = health(h)
+    assert next(m for m in ch.members if m.name == victim).snapshot.reachability is Reachability.DOWN
+    assert ch.severity is Severity.CRIT
+    # The replica takes over within cluster-node-timeout; the pane shows the failed node.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ch = health(h)
+        if any(f"{victim} fail" in m for m in metric(ch, "failed_nodes")) and metric(ch, "coverage") == ["OK all 16384 slots covered"] \
+                and not any("cluster_state:fail" in m for m in metric(ch, "cluster_state")):
+            break
+        time.sleep(0.3)
+    assert any(f"{victim} fail" in m for m in metric(ch, "failed_nodes")), ch.problems
+    r = h.dbops("runbook", "run", "redis.cluster-fix", "--cluster", "sandbox-redis", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nothing to repair" in r.stdout and "every node agrees" in r.stdout
+    assert h.data() == before
+    h.rs.start_node(victim)
