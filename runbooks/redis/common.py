@@ -16,9 +16,14 @@ from dbops.engines.redis.slots import FETCH_KEYS, GROUP_SLOTS, MIGRATE_TIMEOUT_M
 from dbops.engines.redis.topology import SLOTS, ClusterView, format_ranges, ranges
 from dbops.model import human_bytes
 from dbops.runbook.journal import runs_dir
-from dbops.runbook.model import Context, Verdict
+from dbops.runbook.model import Check, Context, Verdict
 
 CONVERGE_SECONDS = 30.0  # how long verification waits for every node to agree
+# MIGRATE of one key blocks both nodes; a key this many bytes per second of cluster-node-timeout
+# is too big (a conservative copy rate, so the check errs on the side of warning).
+MIGRATE_BYTES_PER_SECOND = 20 * 1024 * 1024
+SAMPLE_KEYS_PER_SLOT = 2
+HEADROOM = 0.9  # a target may fill to this share of maxmemory
 
 
 async def setup(ctx: Context) -> None:
@@ -236,3 +241,82 @@ async def execute_moves(ctx: Context, moves: list[dict[str, Any]]) -> None:
     ctx.log(f"moved {st.keys} keys in {st.slots} slots in {secs:.2f}s ({st.batches} MIGRATE batches"
             + (f"; {st.replaced_equal} keys existed on the target with equal values" if st.replaced_equal else "")
             + (f"; {st.replaced_differing} differing keys replaced as asked" if st.replaced_differing else "") + ")")
+
+
+# -- checks of a list of moves (ctx.state["moves"]) -----------------------------------------
+
+
+def emptied_sources(ctx: Context) -> list[str]:
+    """Sources that the moves leave without a slot."""
+    s = session(ctx)
+    assert s.view is not None
+    leaving: dict[str, int] = {}
+    for m in ctx.state.get("moves", []):
+        leaving[m["source"]] = leaving.get(m["source"], 0) + len(m["slots"])
+    return [nid for nid, n in leaving.items() if (line := s.view.node(nid)) is not None and n >= line.slot_count]
+
+
+async def check_replica_migration(ctx: Context) -> Verdict:
+    emptied = emptied_sources(ctx)
+    if not emptied:
+        return Verdict(True, "every source keeps some slots")
+    s = session(ctx)
+    turning = []
+    for nid in emptied:
+        if await s.config_get(ctx.state["addresses"][nid], "cluster-allow-replica-migration") == "yes":
+            turning.append(s.name(nid))
+    if turning:
+        return Verdict(False, f"this empties {', '.join(turning)}, whose cluster-allow-replica-migration is yes: each would "
+                              "turn into a replica. Set it to no first (CONFIG SET cluster-allow-replica-migration no), "
+                              "or override if that is what you want")
+    return Verdict(True, f"{', '.join(s.name(n) for n in emptied)} will stay master(s) with no slots "
+                         "(cluster-allow-replica-migration no)")
+
+
+async def check_big_keys(ctx: Context) -> Verdict:
+    s = session(ctx)
+    big: list[tuple[str, int]] = []
+    for m in ctx.state.get("moves", []):
+        address = ctx.state["addresses"][m["source"]]
+        timeout_ms = int(await s.config_get(address, "cluster-node-timeout") or 15000)
+        limit = int(MIGRATE_BYTES_PER_SECOND * timeout_ms / 1000)
+        client = s.client(address)
+        pipe = client.pipeline(transaction=False)
+        for sl in m["slots"]:
+            pipe.execute_command("CLUSTER", "GETKEYSINSLOT", sl, SAMPLE_KEYS_PER_SLOT)
+        keys = [k for ks in await pipe.execute() for k in ks]
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.execute_command("MEMORY", "USAGE", k)
+        for k, size in zip(keys, await pipe.execute()):
+            if size is not None and int(size) > limit:
+                big.append((k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k), int(size)))
+    if big:
+        shown = ", ".join(f"{k} ({v // 1024 // 1024} MiB)" for k, v in big[:5])
+        return Verdict(False, f"keys that may not MIGRATE within cluster-node-timeout (a blocked node looks dead): {shown}")
+    sampled = sum(len(m["slots"]) for m in ctx.state.get("moves", [])) * SAMPLE_KEYS_PER_SLOT
+    return Verdict(True, f"no big key among up to {sampled} sampled (MEMORY USAGE of {SAMPLE_KEYS_PER_SLOT} per slot)")
+
+
+async def check_headroom(ctx: Context) -> Verdict:
+    s = session(ctx)
+    incoming: dict[str, int] = {}
+    for m in ctx.state.get("moves", []):
+        incoming[m["target"]] = incoming.get(m["target"], 0) + int(m.get("bytes") or 0)
+    problems, notes = [], []
+    for target, extra in incoming.items():
+        info = await s.info(ctx.state["addresses"][target], "memory")
+        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0) or 0)
+        if limit and used + extra > limit * HEADROOM:
+            problems.append(f"{s.name(target)}: {used + extra} bytes after the move > {int(HEADROOM * 100)}% of maxmemory {limit}")
+        notes.append(f"{s.name(target)} {used // 1024 // 1024} MiB + {extra // 1024 // 1024} MiB" + (f" of {limit // 1024 // 1024} MiB" if limit else ""))
+    if problems:
+        return Verdict(False, "; ".join(problems))
+    return Verdict(True, "; ".join(notes) or "nothing moves")
+
+
+MOVE_CHECKS = (
+    Check("replica-migration", "an emptied source stays a master", check_replica_migration, overridable=True),
+    Check("big-keys", "no key too big to MIGRATE within cluster-node-timeout", check_big_keys, overridable=True, timeout=120),
+    Check("headroom", "each target has memory for the keys it receives", check_headroom, overridable=True),
+)

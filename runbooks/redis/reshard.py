@@ -18,13 +18,6 @@ from dbops.engines.redis.topology import format_ranges, parse_slot_list, ranges
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.redis import common
 
-# MIGRATE of one key blocks both nodes; a key this many bytes per second of cluster-node-timeout
-# is too big (a conservative copy rate, so the check errs on the side of warning).
-MIGRATE_BYTES_PER_SECOND = 20 * 1024 * 1024
-SAMPLE_KEYS_PER_SLOT = 2
-HEADROOM = 0.9  # the target may fill to this share of maxmemory
-
-
 async def check_plan(ctx: Context) -> Verdict:
     s = common.session(ctx)
     if s.view is None:
@@ -59,65 +52,8 @@ async def check_plan(ctx: Context) -> Verdict:
     keys = sum(counts.values())
     avg = await s.mover().average_value_bytes(source)
     ctx.state["moves"] = [{"source": source, "target": target, "slots": slots, "keys": keys, "bytes": int(keys * avg)}]
-    ctx.state["emptied"] = source if len(slots) == len(owned) else None
     return Verdict(True, f"{len(slots)} slots {format_ranges(ranges(slots), 4)} from {s.name(source)} to {s.name(target)}: "
                          f"{keys} keys")
-
-
-async def check_replica_migration(ctx: Context) -> Verdict:
-    emptied = ctx.state.get("emptied")
-    if not emptied:
-        return Verdict(True, "the source keeps some slots")
-    s = common.session(ctx)
-    address = ctx.state["addresses"][emptied]
-    value = await s.config_get(address, "cluster-allow-replica-migration")
-    if value == "yes":
-        return Verdict(False, f"this empties {s.name(emptied)} and its cluster-allow-replica-migration is yes: it would "
-                              "turn into a replica of the target. Set it to no first (CONFIG SET cluster-allow-replica-migration no), "
-                              "or override if that is what you want")
-    return Verdict(True, f"{s.name(emptied)} will keep its role with no slots (cluster-allow-replica-migration {value})")
-
-
-async def check_big_keys(ctx: Context) -> Verdict:
-    s = common.session(ctx)
-    big: list[tuple[str, int]] = []
-    for m in ctx.state.get("moves", []):
-        address = ctx.state["addresses"][m["source"]]
-        timeout_ms = int(await s.config_get(address, "cluster-node-timeout") or 15000)
-        limit = int(MIGRATE_BYTES_PER_SECOND * timeout_ms / 1000)
-        client = s.client(address)
-        pipe = client.pipeline(transaction=False)
-        for sl in m["slots"]:
-            pipe.execute_command("CLUSTER", "GETKEYSINSLOT", sl, SAMPLE_KEYS_PER_SLOT)
-        keys = [k for ks in await pipe.execute() for k in ks]
-        pipe = client.pipeline(transaction=False)
-        for k in keys:
-            pipe.execute_command("MEMORY", "USAGE", k)
-        for k, size in zip(keys, await pipe.execute()):
-            if size is not None and int(size) > limit:
-                big.append((k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k), int(size)))
-    if big:
-        shown = ", ".join(f"{k} ({v // 1024 // 1024} MiB)" for k, v in big[:5])
-        return Verdict(False, f"keys that may not MIGRATE within cluster-node-timeout (a blocked node looks dead): {shown}")
-    sampled = sum(len(m["slots"]) for m in ctx.state.get("moves", [])) * SAMPLE_KEYS_PER_SLOT
-    return Verdict(True, f"no big key among up to {sampled} sampled (MEMORY USAGE of {SAMPLE_KEYS_PER_SLOT} per slot)")
-
-
-async def check_headroom(ctx: Context) -> Verdict:
-    s = common.session(ctx)
-    incoming: dict[str, int] = {}
-    for m in ctx.state.get("moves", []):
-        incoming[m["target"]] = incoming.get(m["target"], 0) + int(m.get("bytes") or 0)
-    problems, notes = [], []
-    for target, extra in incoming.items():
-        info = await s.info(ctx.state["addresses"][target], "memory")
-        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0) or 0)
-        if limit and used + extra > limit * HEADROOM:
-            problems.append(f"{s.name(target)}: {used + extra} bytes after the move > {int(HEADROOM * 100)}% of maxmemory {limit}")
-        notes.append(f"{s.name(target)} {used // 1024 // 1024} MiB + {extra // 1024 // 1024} MiB" + (f" of {limit // 1024 // 1024} MiB" if limit else ""))
-    if problems:
-        return Verdict(False, "; ".join(problems))
-    return Verdict(True, "; ".join(notes) or "nothing moves")
 
 
 def commands(ctx: Context) -> list[str]:
@@ -164,9 +100,7 @@ RUNBOOK = Runbook(
         Check("reachable", "every master answers", common.check_reachable),
         Check("healthy", "every slot covered, none open", common.check_healthy),
         Check("plan", "the slots belong to the source; the target is a master", check_plan),
-        Check("replica-migration", "an emptied source stays a master", check_replica_migration, overridable=True),
-        Check("big-keys", "no key too big to MIGRATE within cluster-node-timeout", check_big_keys, overridable=True, timeout=120),
-        Check("headroom", "the target has memory for the keys it receives", check_headroom, overridable=True),
+        *common.MOVE_CHECKS,
     ),
     steps=(
         Step("migrate", "Move the slots", "target IMPORTING, source MIGRATING, keys moved with MIGRATE, then the new "

@@ -343,6 +343,41 @@ def test_kill_9_in_the_middle_of_a_reshard_then_resume_loses_no_key(cluster: Clu
     assert h.data() == before
 
 
+def slot_counts(h: Cluster) -> dict[str, int]:
+    out = {}
+    for n in MASTERS:
+        me = next(x for x in parse_nodes(h.cli(n, "CLUSTER", "NODES")) if x.myself)
+        out[n] = me.slot_count
+    return out
+
+
+def test_rebalance_plans_every_move_then_evens_out_the_masters(cluster: Cluster) -> None:
+    h = cluster
+    before = h.data()
+    counts = slot_counts(h)
+    assert max(counts.values()) - min(counts.values()) > 1000, counts  # the reshards above left it uneven
+    plan = h.dbops("runbook", "plan", "redis.cluster-rebalance", "--cluster", "sandbox-redis")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "moves in" in plan.stdout and " -> " in plan.stdout and "nothing was changed" in plan.stdout
+    assert slot_counts(h) == counts  # a plan moves nothing
+
+    r = h.dbops("runbook", "run", "redis.cluster-rebalance", "--cluster", "sandbox-redis", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = slot_counts(h)
+    assert all(abs(n - 16384 / 3) / (16384 / 3) * 100 <= 2 for n in after.values()), after
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.data() == before
+    again = h.dbops("runbook", "plan", "redis.cluster-rebalance", "--cluster", "sandbox-redis")
+    assert "nothing to move" in again.stdout and "Move the slots: nothing to do" not in again.stdout
+
+
+def test_emptying_a_master_is_refused_while_it_would_turn_into_a_replica(cluster: Cluster) -> None:
+    h = cluster
+    r = h.dbops("runbook", "plan", "redis.cluster-rebalance", "--cluster", "sandbox-redis", "--param", "weights=c3=0")
+    assert r.returncode != 0
+    assert "this empties c3, whose cluster-allow-replica-migration is yes" in r.stdout
+
+
 # ---------------------------------------------------------------------------------------------
 # A stopped master, a dead master (these change the topology: last in the module)
 

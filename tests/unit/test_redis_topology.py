@@ -109,3 +109,24 @@ def test_slot_map_shows_owners_uncovered_and_open_cells_and_a_legend() -> None:
     assert grid[0][0] == "A" and grid[1][-1] == "B" and grid[3][-1] == "·"
     assert "A c1: 5461 slots 0-5460" in legend
     assert "· no owner: 383 slots 16001-16383" in legend
+
+
+def test_rebalance_plan_by_weights_and_threshold() -> None:
+    from dbops.runbooks.redis.rebalance import parse_weights, plan_moves
+
+    owned = {"a": list(range(0, 8192)), "b": list(range(8192, 16384)), "c": []}
+    moves = plan_moves(owned, {"a": 1, "b": 1, "c": 1}, 2.0)
+    got = {(m["source"], m["target"]): len(m["slots"]) for m in moves}
+    assert got == {("a", "c"): 2731, ("b", "c"): 2730} or got == {("b", "c"): 2731, ("a", "c"): 2730}
+    assert {max(m["slots"]) for m in moves} == {8191, 16383}  # each giver's highest slots go first
+    # Within the threshold: nothing moves.
+    assert plan_moves({"a": list(range(0, 8250)), "b": list(range(8250, 16384))}, {"a": 1, "b": 1}, 2.0) == []
+    # Weight 0 empties a master, whatever the threshold.
+    moves = plan_moves({"a": list(range(0, 100)), "b": list(range(100, 16384))}, {"a": 0, "b": 1}, 50.0)
+    assert [(m["source"], m["target"], len(m["slots"])) for m in moves] == [("a", "b", 100)]
+    assert parse_weights("c1=2, c2=0.5") == {"c1": 2.0, "c2": 0.5}
+    for bad in ("c1", "c1=x", "c1=-1"):
+        with pytest.raises(ValueError, match="NODE=NUMBER"):
+            parse_weights(bad)
+    with pytest.raises(ValueError, match="every weight is 0"):
+        plan_moves({"a": [1]}, {"a": 0}, 2.0)
