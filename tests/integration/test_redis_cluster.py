@@ -162,6 +162,46 @@ def test_sentinel_group_shows_master_quorum_and_replica(cluster: Cluster) -> Non
     assert metric(ch, "sentinel_master") == [f"OK master sandbox-sentinel at 127.0.0.1:{cluster.rs.port('r1')}"]
 
 
+def test_sentinel_failover_moves_the_master_and_a_write_lands_on_the_new_one(cluster: Cluster) -> None:
+    h = cluster
+    h.rs.wait_sentinels_ready()
+    old = next(m.name for m in health(h, "sandbox-sentinel").members if m.role == "primary")
+    r = h.dbops("runbook", "run", "redis.sentinel-failover", "--cluster", "sandbox-sentinel", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = "r2" if old == "r1" else "r1"
+    assert f"3 name {new} (127.0.0.1:{h.rs.port(new)}), which answers ROLE master" in r.stdout
+    probe = r.stdout.split("write probe ")[1].split()[0]
+    assert probe.startswith("dbops:failover-probe:") and 0 < int(h.cli(new, "PTTL", probe)) <= 60000
+    for s in ("s1", "s2", "s3"):
+        assert h.cli(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-sentinel").splitlines()[1] == str(h.rs.port(new))
+    deadline = time.monotonic() + 30
+    while True:
+        ch = health(h, "sandbox-sentinel")
+        roles = {m.name: m.role for m in ch.members}
+        if (roles.get(new), roles.get(old)) == ("primary", "replica") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert (roles[new], roles[old]) == ("primary", "replica"), ch.problems
+    assert metric(ch, "sentinel_master") == [f"OK master sandbox-sentinel at 127.0.0.1:{h.rs.port(new)}"]
+
+
+def test_sentinel_failover_is_refused_without_a_replica_that_can_take_over(cluster: Cluster) -> None:
+    h = cluster
+    replica = next(m.name for m in health(h, "sandbox-sentinel").members if m.role == "replica")
+    assert h.cli(replica, "CONFIG", "SET", "replica-priority", "0") == "OK"
+    try:
+        deadline = time.monotonic() + 30  # the sentinels read INFO from replicas every 10 s
+        while True:
+            r = h.dbops("runbook", "plan", "redis.sentinel-failover", "--cluster", "sandbox-sentinel")
+            if "replica-priority 0" in r.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert r.returncode != 0
+        assert f"no replica can take over: {replica} (127.0.0.1:{h.rs.port(replica)}) has replica-priority 0" in r.stdout
+    finally:
+        h.cli(replica, "CONFIG", "SET", "replica-priority", "100")
+
+
 def test_a_refresh_sends_no_keyspace_walk(cluster: Cluster) -> None:
     before = {n: cluster.cli(n, "INFO", "commandstats") for n in MASTERS}
     health(cluster)
