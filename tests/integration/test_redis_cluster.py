@@ -482,6 +482,58 @@ async def test_the_pane_shows_timeout_for_a_stopped_master_only_and_stays_respon
         await settle(pilot, lambda: state_of("c2") == "UP", "c2 UP again", show=lambda: rows(nodes))
 
 
+def test_replace_a_dead_master_whose_replica_may_not_fail_over_by_itself(cluster: Cluster) -> None:
+    h = cluster
+    h.rs.wait_cluster_ok()
+    before = h.data()
+    victim = h.owner(1)
+    victim_id = h.node_id(victim)
+    lines = parse_nodes(h.cli(victim, "CLUSTER", "NODES"))
+    by_port = {h.rs.port(n): n for n in ("c1", "c2", "c3", "c4", "c5", "c6")}
+    replica = by_port[int(next(n for n in lines if n.master_id == victim_id).address.rpartition(":")[2])]
+    # As when automatic failover is off (or its replica cannot win a vote in time): the master
+    # stays dead with its slots until an operator acts.
+    assert h.cli(replica, "CONFIG", "SET", "cluster-replica-no-failover", "yes") == "OK"
+    h.rs.stop_node(victim, "kill")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ch = health(h)
+        if any(f"{victim} fail" in m for m in metric(ch, "failed_nodes")):
+            break
+        time.sleep(0.3)
+    assert any(f"{victim} fail" in m for m in metric(ch, "failed_nodes")), ch.problems
+    assert any("cluster_state:fail" in m for m in metric(ch, "cluster_state")), ch.problems
+
+    r = h.dbops("runbook", "run", "redis.cluster-replace-failed-master", "--cluster", "sandbox-redis",
+                "--param", f"failed={victim}", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"CLUSTER FAILOVER FORCE   # on {replica}" in r.stdout and "nodes forgot" in r.stdout
+    assert "Attach a fresh replica: nothing to do" in r.stdout
+    ch = wait_healthy(h, timeout=10)
+    # The cluster is whole again; only the configured seed on the dead address stays DOWN.
+    assert all(m.severity is Severity.OK for m in ch.metrics), ch.problems
+    assert [m.name for m in ch.members if m.severity is not Severity.OK] == [victim]
+    assert {m.name: m.role for m in ch.members}[replica] == "primary"
+    assert all(victim_id not in h.cli(n, "CLUSTER", "NODES") for n in by_port.values() if n != victim)
+    assert h.data() == before
+
+    # A replacement on the dead one's address: its files gone, as a new machine's would be.
+    node_dir = h.rs.node_dir(victim)
+    for name in ("nodes.conf", "dump.rdb"):
+        (node_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(node_dir / "appendonlydir", ignore_errors=True)
+    h.rs.start_node(victim)
+    fresh = f"127.0.0.1:{h.rs.port(victim)}"
+    assert h.node_id(victim) != victim_id
+    r = h.dbops("runbook", "run", "redis.cluster-replace-failed-master", "--cluster", "sandbox-redis",
+                "--param", f"attach={fresh}", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{fresh} replicates {replica}, link up" in r.stdout
+    assert wait_healthy(h).severity is Severity.OK
+    assert h.data() == before
+    h.cli(replica, "CONFIG", "SET", "cluster-replica-no-failover", "no")
+
+
 def test_a_dead_master_shows_down_and_cluster_fix_verifies_every_key_kept(cluster: Cluster) -> None:
     h = cluster
     h.rs.wait_cluster_ok()

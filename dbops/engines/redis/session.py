@@ -34,6 +34,7 @@ class ClusterSession:
         self.clients: dict[str, Any] = {}  # address -> client (bytes replies)
         self.views: dict[str, tuple[NodeLine, ...]] = {}  # node id -> its CLUSTER NODES
         self.unreachable: dict[str, str] = {}  # address -> why
+        self.strangers: dict[str, str] = {}  # node id -> address: answering nodes that are not in the cluster
         self.view: ClusterView | None = None
 
     def client(self, address: str) -> Any:
@@ -44,7 +45,7 @@ class ClusterSession:
     async def refresh(self) -> ClusterView:
         """Ask every known node (seeds, then whatever they report) for CLUSTER NODES."""
         addresses = list(dict.fromkeys([*self.names, *(n.address for n in (self.view.nodes if self.view else ()))]))
-        self.views, self.unreachable = {}, {}
+        self.views, self.unreachable, self.strangers = {}, {}, {}
         seen: set[str] = set()
         while addresses:
             batch = [a for a in addresses if a not in seen]
@@ -59,6 +60,13 @@ class ClusterSession:
                 if me is not None:
                     self.views[me.node_id] = result
                 addresses += [n.address for n in result if n.address and not n.address.startswith(":") and n.address not in seen]
+        # A node that knows only itself while the others do not know it (a fresh node on a dead
+        # one's address, a node reset by hand) is not part of the cluster: its view is not counted.
+        known = {n.node_id for nid, lines in self.views.items() for n in lines if n.node_id != nid}
+        strangers = [nid for nid, lines in self.views.items() if nid not in known and len(lines) == 1]
+        if len(strangers) < len(self.views):
+            for nid in strangers:
+                self.strangers[nid] = next(n.address for n in self.views.pop(nid))
         if not self.views:
             raise ClusterUnavailable("no node of the cluster answered CLUSTER NODES: " +
                                      "; ".join(f"{a}: {why}" for a, why in self.unreachable.items()))

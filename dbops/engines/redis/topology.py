@@ -27,6 +27,7 @@ class NodeLine:
     slots: tuple[tuple[int, int], ...]  # inclusive ranges
     migrating: tuple[tuple[int, str], ...] = ()  # (slot, to node id): only on the node's own line
     importing: tuple[tuple[int, str], ...] = ()  # (slot, from node id)
+    bus_port: int | None = None  # the cluster bus port (CLUSTER MEET needs it when it is not port + 10000)
 
     @property
     def is_master(self) -> bool:
@@ -55,7 +56,7 @@ def parse_nodes(text: str) -> tuple[NodeLine, ...]:
         parts = raw.split()
         if len(parts) < 8:
             continue
-        addr = parts[1].split("@", 1)[0].split(",", 1)[0]
+        addr, _, bus = parts[1].split(",", 1)[0].partition("@")
         slots: list[tuple[int, int]] = []
         migrating: list[tuple[int, str]] = []
         importing: list[tuple[int, str]] = []
@@ -75,6 +76,7 @@ def parse_nodes(text: str) -> tuple[NodeLine, ...]:
             node_id=parts[0], address=addr, flags=frozenset(parts[2].split(",")),
             master_id=None if parts[3] == "-" else parts[3], config_epoch=int(parts[6]), link_state=parts[7],
             slots=tuple(slots), migrating=tuple(migrating), importing=tuple(importing),
+            bus_port=int(bus) if bus.isdigit() else None,
         ))
     return tuple(out)
 
