@@ -862,6 +862,7 @@ class RedisSandbox:
             "]",
             f"[environments.sandbox.clusters.{CLUSTER_NAME}.redis]",
             'mode = "cluster"',
+            *self._backups_fragment(CLUSTER_NAME),
             "",
             f"[environments.sandbox.clusters.{MASTER_NAME}]",
             'engine = "redis"',
@@ -878,9 +879,23 @@ class RedisSandbox:
             "sentinels = [",
             *(f'  {{ name = "{n["name"]}", host = "{HOST}", port = {n["port"]} }},' for n in sa["sentinels"]),
             "]",
+            *self._backups_fragment(MASTER_NAME),
             "",
         ]
         return "\n".join(lines)
+
+    def _backups_fragment(self, cluster: str) -> list[str]:
+        """The sandbox's S3 endpoint (moto), when it runs, holds this deployment's RDB backups."""
+        s3 = engine_state(self.root, "s3")
+        if not s3:
+            return []
+        return [
+            f"[environments.sandbox.clusters.{cluster}.backups]",
+            f"s3 = {{ bucket = {_toml_str(s3['bucket'])}, prefix = {_toml_str('redis/')}, "
+            f"region = {_toml_str(s3['region'])}, endpoint_url = {_toml_str(s3['endpoint_url'])}, "
+            f"access_key_id = {{ value = {_toml_str(s3['access_key_id'])} }}, "
+            f"secret_access_key = {{ value = {_toml_str(s3['secret_access_key'])} }} }}",
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
