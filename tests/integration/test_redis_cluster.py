@@ -241,6 +241,55 @@ def test_cluster_backup_writes_one_verified_snapshot_per_master(cluster: Cluster
     assert len(counts) == 3 and sum(counts) == sum(int(h.cli(n, "DBSIZE")) for n in MASTERS)
 
 
+# The least an ACL user needs for the pane (README: "A read-only ACL user for the Redis pane").
+PANE_ACL = ["+ping", "+info", "+slowlog|get", "+latency|latest", "+cluster|info", "+cluster|nodes", "+client|setname"]
+
+
+def acl_config(h: Cluster, tmp_path: Path, password_env: str) -> Path:
+    sa = h.rs.state["standalone"]
+    members = ", ".join(f'{{ name = "{n["name"]}", host = "127.0.0.1", port = {n["port"]} }}' for n in [sa["primary"], *sa["replicas"]])
+    sentinels = ", ".join(f'{{ name = "{n["name"]}", host = "127.0.0.1", port = {n["port"]} }}' for n in sa["sentinels"])
+    path = tmp_path / "acl.toml"
+    path.write_text(
+        "[environments.staging.clusters.cache]\n"
+        'engine = "redis"\n'
+        f'password = {{ env = "{password_env}" }}\n'
+        f"members = [{members}]\n"
+        "[environments.staging.clusters.cache.redis]\n"
+        'mode = "sentinel"\nmaster_name = "sandbox-sentinel"\nusername = "pane"\n'
+        'sentinel_password = { env = "DBOPS_IT_SENTINEL_PW" }\n'
+        f"sentinels = [{sentinels}]\n")
+    return path
+
+
+def test_an_acl_user_with_only_the_pane_commands_sees_everything(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = cluster
+    for n in ("r1", "r2"):
+        assert h.cli(n, "ACL", "SETUSER", "pane", "reset", "on", ">pane-secret-1", *PANE_ACL) == "OK"
+    monkeypatch.setenv("DBOPS_IT_PANE_PW", "pane-secret-1")
+    monkeypatch.setenv("DBOPS_IT_SENTINEL_PW", h.rs.password)
+    ref = load(acl_config(h, tmp_path, "DBOPS_IT_PANE_PW")).clusters()[0]
+    ch = asyncio.run(poll_once([ref]))[0]
+    assert ch.severity is Severity.OK, ch.problems
+    assert sorted(m.role for m in ch.members) == ["primary", "replica", "sentinel", "sentinel", "sentinel"]
+    primary = next(m for m in ch.members if m.role == "primary").snapshot.data
+    assert primary.used_memory and primary.top_commands  # INFO reached it
+
+
+def test_a_wrong_password_is_an_auth_state_that_never_shows_the_password(cluster: Cluster, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    h = cluster
+    monkeypatch.setenv("DBOPS_IT_PANE_PW", "not-the-password-7")
+    monkeypatch.setenv("DBOPS_IT_SENTINEL_PW", h.rs.password)
+    ref = load(acl_config(h, tmp_path, "DBOPS_IT_PANE_PW")).clusters()[0]
+    ch = asyncio.run(poll_once([ref]))[0]
+    data_nodes = [m for m in ch.members if m.name in ("r1", "r2")]
+    assert [m.snapshot.reachability for m in data_nodes] == [Reachability.AUTH, Reachability.AUTH]
+    assert all("rejected the credentials" in (m.snapshot.error or "") for m in data_nodes)
+    assert "not-the-password-7" not in repr(ch)
+    assert [m.snapshot.reachability for m in ch.members if m.role == "sentinel"] == [Reachability.UP] * 3
+
+
 def test_a_refresh_sends_no_keyspace_walk(cluster: Cluster) -> None:
     before = {n: cluster.cli(n, "INFO", "commandstats") for n in MASTERS}
     health(cluster)
