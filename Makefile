@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DBOPS := $(VENV)/bin/dbops
-# Debian packages the sandbox and the tests run: PostgreSQL 15 (with pg_stat_statements), PgBouncer, pgBackRest, Redis 7.
-APT_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer pgbackrest redis-server tmux
+# Debian packages the sandbox and the tests run: PostgreSQL 15 (with pg_stat_statements), PgBouncer, pgBackRest,
+# Redis 7 (redis-tools: redis-cli and redis-check-rdb for RDB backups), openssl (the Redis TLS test's certificates).
+APT_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer pgbackrest redis-server redis-tools openssl tmux
 # The demo's state (sandbox data, audit log) must be reachable by the postgres user, which a
 # home directory of root's is not; override DEMO_STATE_DIR to keep it elsewhere.
 DEMO_STATE_DIR ?= /var/tmp/dbops-demo
@@ -15,9 +16,9 @@ DEMO_STATE_DIR ?= /var/tmp/dbops-demo
 .PHONY: help deps venv test lint unit demo demo-down bench clean
 
 help:
-	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer) and open the console"
+	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer, Redis Cluster + Sentinel, S3) and open the console"
 	@echo "make test   - set up, then run lint-imports and every test (unit, integration, UI)"
-	@echo "make bench  - start-up (ratios against importing textual) and switchover write-unavailability benchmarks"
+	@echo "make bench  - start-up, switchover write-unavailability and Redis slot-migration (vs redis-cli) benchmarks"
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -51,7 +52,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit tests/ui
 
 demo: deps venv
-	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres,redis
 	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) --config "$$(DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox config)"
 
 demo-down: venv
@@ -61,6 +62,7 @@ bench: deps venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/switchover.py
+	$(PY) benchmarks/redis_reshard.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -129,6 +129,9 @@ class OverviewScreen(Screen[None]):
             lag = f"{human_bytes(s.worst_lag_bytes)}/{human_seconds(s.worst_lag_seconds)}"
         conns = f"{s.connections_pct:.0f}%" if s.connections_pct is not None else "-"
         arch_style = {"ok": "green", "failing": "bold red", "off": "dim"}.get(s.archiver, "magenta")
+        archiver = s.archiver
+        if ref.cluster.engine != "postgres":
+            archiver, arch_style = "-", "dim"  # WAL archiving is PostgreSQL's
         return [
             severity_text(c.severity),
             Text(c.environment, style="bold red" if ref.production else ""),
@@ -137,7 +140,7 @@ class OverviewScreen(Screen[None]):
             lag,
             conns,
             str(s.long_running + s.idle_in_transaction) if (s.long_running or s.idle_in_transaction) else "0",
-            Text(s.archiver, style=arch_style),
+            Text(archiver, style=arch_style),
         ]
 
     def action_open(self) -> None:

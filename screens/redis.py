@@ -171,6 +171,13 @@ class RedisScreen(Screen[None]):
                                        self.app.hub.paused, self.app.operator)
         self.redraw(self.app.hub.cluster_health(self.key))
         nodes.focus()
+        # Start on the primary: the cursor's first row would otherwise pick a sentinel or replica.
+        self.call_after_refresh(self._cursor_to_node)
+
+    def _cursor_to_node(self) -> None:
+        nodes = self.query_one("#nodes", DataTable)
+        if self.node is not None and self.node in {str(k.value) for k in nodes.rows}:
+            nodes.move_cursor(row=nodes.get_row_index(self.node), animate=False)
 
     # -- updates -------------------------------------------------------------------------------
 
@@ -242,7 +249,7 @@ class RedisScreen(Screen[None]):
 
         if isinstance(d, SentinelData):
             return (m.name, severity_text(m.severity), "sentinel", state, "", "", "", "", "",
-                    "", Text("quorum ok" if d.ckquorum_ok else "NO QUORUM", style="" if d.ckquorum_ok else "bold red"))
+                    "", Text("q ok" if d.ckquorum_ok else "NO QUORUM", style="" if d.ckquorum_ok else "bold red"))
         if not isinstance(d, RedisNodeData):
             return (m.name, severity_text(m.severity), m.role, state, "-", "-", "-", "-", "-", "-", "-")
         mem = f"{d.memory_pct:.0f}%" if d.memory_pct is not None else human_bytes(d.used_memory)
@@ -300,14 +307,14 @@ class RedisScreen(Screen[None]):
                 continue
             d = n.data
             if isinstance(d, SentinelData):
-                out.append(f"  {n.name:<6} ", style="bold")
-                out.append(f"master {d.master_address} [{d.master_flags}], {d.num_replicas} replicas, "
+                out.append(f"  {n.name:<4} ", style="bold")
+                out.append(f"{d.master_address} [{d.master_flags}] {d.num_replicas} replicas, "
                            f"{d.num_other_sentinels + 1} sentinels, quorum {d.quorum}: ")
                 out.append("CKQUORUM OK" if d.ckquorum_ok else f"CKQUORUM: {d.ckquorum_message}",
                            style="green" if d.ckquorum_ok else "bold red")
                 out.append("\n")
                 for addr, flags in d.replicas:
-                    out.append(f"           replica {addr} [{flags}]\n", style="dim")
+                    out.append(f"       replica {addr} [{flags}]\n", style="dim")
             else:
                 out.append(f"  {n.name:<6} {n.reachability.value}: {n.error}\n", style="bold red")
         return out

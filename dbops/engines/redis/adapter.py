@@ -95,7 +95,8 @@ class RedisAdapter(Adapter):
             if cluster is None:
                 notes.append("no node answered CLUSTER NODES: slot ownership is unknown")
         order = {a: i for i, a in enumerate([*self.sentinel_names, *self._known_data])}
-        results.sort(key=lambda r: (r.kind != "sentinel", order.get(r.address, 1 << 30)))
+        # Data nodes first (what an operator reads first), sentinels after them.
+        results.sort(key=lambda r: (r.kind == "sentinel", order.get(r.address, 1 << 30)))
         return RedisTopology(mode=mode, nodes=tuple(results), cluster=cluster, sentinel_master=sentinel_master,
                              notes=tuple(notes))
 
