@@ -8,15 +8,14 @@ from rich.text import Text
 from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
 from dbops.actions import BackendAction, ReadOnly, decline, perform, read_only_reason, writes_allowed
-from dbops.config import ClusterRef
 from dbops.engines.postgres.data import PgMemberData, Session
 from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
 
 from .modals import ConfirmBackendModal
+from .pane import ClusterPane
 from .render import SEVERITY_STYLE, one_line, reach_text, severity_text, sparkline
 from .tables import cursor_key, sync_rows
 from .widgets import EnvBanner
@@ -94,7 +93,7 @@ def blocking_tree(sessions: tuple[Session, ...]) -> Text:
     return out
 
 
-class PostgresScreen(Screen[None]):
+class PostgresScreen(ClusterPane):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("m", "next_member", "Member"),
@@ -111,8 +110,7 @@ class PostgresScreen(Screen[None]):
     ]
 
     def __init__(self, key: str) -> None:
-        super().__init__()
-        self.key = key
+        super().__init__(key)
         self.member: str | None = None  # whose activity/statements are shown
         self.member_pinned = False  # True once the operator picked a member
         self.filter_text = ""
@@ -121,10 +119,6 @@ class PostgresScreen(Screen[None]):
         self._statement_cells: dict[str, tuple[Any, ...]] = {}
         self._slot_cells: dict[str, tuple[Any, ...]] = {}
         self._sessions: dict[int, Session] = {}
-
-    @property
-    def ref(self) -> ClusterRef:
-        return self.app.hub.ref(self.key)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -162,20 +156,11 @@ class PostgresScreen(Screen[None]):
         for key, label in SLOT_COLUMNS:
             slots.add_column(label, key=key)
         self.query_one("#filter", Input).display = False
-        writable = writes_allowed(ref, self.app.allow_writes)
-        self.query_one(EnvBanner).show([(ref.environment, ref.production, writable)], self.app.hub.paused, self.app.operator)
+        self.show_banner()
         self.redraw(self.app.hub.cluster_health(self.key))
         act.focus()
 
     # -- updates -----------------------------------------------------------------------------
-
-    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
-        if self.key in changed:
-            self.redraw(changed[self.key])
-
-    def pause_changed(self, paused: bool) -> None:
-        ref = self.ref
-        self.query_one(EnvBanner).show([(ref.environment, ref.production, writes_allowed(ref, self.app.allow_writes))], paused, self.app.operator)
 
     def _member_health(self, health: ClusterHealth) -> MemberHealth | None:
         if not self.member_pinned:

@@ -9,15 +9,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from dbops.actions import writes_allowed
-from dbops.config import ClusterRef
 from dbops.engines.redis.data import RedisNodeData, RedisTopology, SentinelData
 from dbops.engines.redis.topology import SLOTS, ClusterView, format_ranges, ranges
 from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
 
+from .pane import ClusterPane
 from .render import SEVERITY_STYLE, reach_text, severity_text
 from .tables import sync_rows
 from .widgets import EnvBanner
@@ -106,7 +104,7 @@ def cluster_text(view: ClusterView, names: dict[str, str]) -> Text:
     return out
 
 
-class RedisScreen(Screen[None]):
+class RedisScreen(ClusterPane):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("m", "next_node", "Node"),
@@ -119,16 +117,11 @@ class RedisScreen(Screen[None]):
     ]
 
     def __init__(self, key: str) -> None:
-        super().__init__()
-        self.key = key
+        super().__init__(key)
         self.node: str | None = None  # whose slow log and command stats are shown
         self._node_cells: dict[str, tuple[Any, ...]] = {}
         self._slow_cells: dict[str, tuple[Any, ...]] = {}
         self._order: dict[str, int] = {}
-
-    @property
-    def ref(self) -> ClusterRef:
-        return self.app.hub.ref(self.key)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -167,8 +160,7 @@ class RedisScreen(Screen[None]):
         if mode != "cluster":
             self.query_one("#tabs", TabbedContent).active = "slowlog"
             self.query_one("#tabs", TabbedContent).hide_tab("slots")
-        self.query_one(EnvBanner).show([(ref.environment, ref.production, writes_allowed(ref, self.app.allow_writes))],
-                                       self.app.hub.paused, self.app.operator)
+        self.show_banner()
         self.redraw(self.app.hub.cluster_health(self.key))
         nodes.focus()
         # Start on the primary: the cursor's first row would otherwise pick a sentinel or replica.
@@ -180,14 +172,6 @@ class RedisScreen(Screen[None]):
             nodes.move_cursor(row=nodes.get_row_index(self.node), animate=False)
 
     # -- updates -------------------------------------------------------------------------------
-
-    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
-        if self.key in changed:
-            self.redraw(changed[self.key])
-
-    def pause_changed(self, paused: bool) -> None:
-        ref = self.ref
-        self.query_one(EnvBanner).show([(ref.environment, ref.production, writes_allowed(ref, self.app.allow_writes))], paused, self.app.operator)
 
     def redraw(self, health: ClusterHealth) -> None:
         topo = self._unit_topology()
@@ -291,6 +275,9 @@ class RedisScreen(Screen[None]):
             out.append("  no latency events (latency-monitor-threshold may be 0)\n", style="dim")
         for ev in data.latency:
             out.append(f"  {ev.event:<18} latest {ev.latest_ms} ms, max {ev.max_ms} ms\n")
+        out.append("Clients\n", style="bold")
+        out.append(f"  {data.connected_clients} connected, {data.blocked_clients} blocked, "
+                   f"{data.rejected_connections} rejected since start (maxclients)\n")
         out.append("Memory and persistence\n", style="bold")
         out.append(f"  used {human_bytes(data.used_memory)} of {human_bytes(data.maxmemory) if data.maxmemory else 'no limit'}"
                    f" ({data.maxmemory_policy}), fragmentation {data.fragmentation or 0:.2f}, {data.keys} keys\n")

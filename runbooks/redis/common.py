@@ -78,7 +78,12 @@ class SlotLog:
 
 def mover(ctx: Context, **kw: Any) -> Mover:
     def progress(keys: int, slots: int) -> None:
-        ctx.progress(slots, ctx.state.get("total_slots"), "slots")
+        # Keys when the plan counted them (the ETA follows the data); slots for empty slots.
+        total_keys = sum(int(m.get("keys") or 0) for m in ctx.state.get("moves", []))
+        if total_keys:
+            ctx.progress(keys, max(total_keys, keys), "keys")
+        else:
+            ctx.progress(slots, ctx.state.get("total_slots"), "slots")
 
     return session(ctx).mover(journal=SlotLog(ctx.run_id), progress=progress,
                               replace_differing=bool(ctx.params.get("replace_differing", False)),
@@ -130,17 +135,27 @@ async def check_reachable(ctx: Context) -> Verdict:
     return Verdict(True, f"{len(view.nodes)} nodes, {len(ms)} masters with slots, {ctx.state['keys_before']} keys")
 
 
+def slot_problems(view: ClusterView) -> list[str]:
+    """What is wrong with the slots themselves: uncovered, served by no node, open, claimed twice."""
+    problems = []
+    if view.uncovered:
+        problems.append(f"{sum(b - a + 1 for a, b in view.uncovered)} slots have no owner ({format_ranges(view.uncovered)})")
+    if view.unclaimed:
+        problems.append(f"{len(view.unclaimed)} slots are served by no node ({format_ranges(ranges(list(view.unclaimed)))})")
+    if view.open_slots:
+        problems.append(f"{len(view.open_slots)} slots are open (migrating/importing): "
+                        f"{', '.join(str(o.slot) for o in view.open_slots[:8])}")
+    if view.multiple_owners:
+        problems.append(f"{len(view.multiple_owners)} slots are claimed by two masters: "
+                        f"{', '.join(map(str, list(view.multiple_owners)[:8]))}")
+    return problems
+
+
 async def check_healthy(ctx: Context) -> Verdict:
     view = session(ctx).view
     if view is None:
         return Verdict(False, "the cluster could not be read (see the first pre-check)")
-    problems = []
-    if view.uncovered:
-        problems.append(f"{sum(b - a + 1 for a, b in view.uncovered)} slots have no owner")
-    if view.open_slots:
-        problems.append(f"{len(view.open_slots)} slots are open (migrating/importing): {', '.join(str(o.slot) for o in view.open_slots[:5])}")
-    if view.multiple_owners:
-        problems.append(f"{len(view.multiple_owners)} slots are claimed by two masters")
+    problems = slot_problems(view)
     if problems:
         return Verdict(False, "; ".join(problems) + ": run redis.cluster-fix first")
     return Verdict(True, f"all {SLOTS} slots covered, none open")
@@ -162,13 +177,7 @@ async def wait_converged(ctx: Context, expect: dict[int, str] | None = None) -> 
 async def verify_cluster(ctx: Context, expect: dict[int, str] | None = None) -> Verdict:
     view = await wait_converged(ctx, expect)
     s = session(ctx)
-    problems = []
-    if view.uncovered:
-        problems.append(f"uncovered slots {format_ranges(view.uncovered)}")
-    if view.open_slots:
-        problems.append(f"open slots {', '.join(str(o.slot) for o in view.open_slots[:8])}")
-    if view.multiple_owners:
-        problems.append(f"slots with two owners {', '.join(map(str, list(view.multiple_owners)[:8]))}")
+    problems = slot_problems(view)
     if view.disagreeing:
         problems.append("nodes disagree: " + ", ".join(s.name(n) for n in view.disagreeing))
     wrong = sorted(slot for slot, owner in (expect or {}).items() if view.owners[slot] != owner)

@@ -29,7 +29,6 @@ from typing import Any
 
 from dbops.engines.redis.slots import Mover, masters
 from dbops.engines.redis.topology import ClusterView
-from dbops.model import human_bytes
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.redis import common
 

@@ -12,7 +12,6 @@ cluster-node-timeout, and the target has memory for what it receives.
 
 from __future__ import annotations
 
-from typing import Any
 
 from dbops.engines.redis.topology import format_ranges, parse_slot_list, ranges
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict

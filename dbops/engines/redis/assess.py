@@ -18,7 +18,7 @@ from typing import Any
 from dbops.config import ClusterRef
 from dbops.engines.redis.data import NodeResult, RedisNodeData, RedisTopology, SentinelData
 from dbops.engines.redis.topology import SLOTS, format_ranges, ranges
-from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot, human_bytes, human_seconds
+from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot, human_bytes
 
 OK, WARN, CRIT, UNKNOWN = Severity.OK, Severity.WARN, Severity.CRIT, Severity.UNKNOWN
 
