@@ -104,6 +104,7 @@ def move_commands(ctx: Context, moves: list[dict[str, Any]]) -> list[str]:
             f"# {len(m['slots'])} slots {format_ranges(ranges(m['slots']), 4)}: {sn} -> {dn}, "
             f"{m.get('keys', '?')} keys, about {human_bytes(m.get('bytes'))}",
             f"# in groups of {GROUP_SLOTS} slots, each command pipelined for the whole group:",
+            f"CLUSTER BUMPEPOCH   # on {dn}, until CLUSTER INFO shows its epoch above {sn}'s",
             f"CLUSTER SETSLOT <slot> IMPORTING {src}   # on {dn} ({addr.get(dst, '?')}), target first",
             f"CLUSTER SETSLOT <slot> MIGRATING {dst}   # on {sn} ({addr.get(src, '?')})",
             f"CLUSTER GETKEYSINSLOT <slot> {FETCH_KEYS}   # on {sn}, until every slot is empty",

@@ -173,19 +173,22 @@ def _render(cls: str, commands: list[str]) -> Any:
 
 OPEN_CMDS = [
     "# finish: CLUSTER GETKEYSINSLOT <slot> 1000 + MIGRATE ... AUTH *** KEYS ... on the owner until empty;",
+    "#         CLUSTER BUMPEPOCH on the target until its epoch is above the owner's;",
     "#         CLUSTER SETSLOT <slot> NODE <target> on the target, then every other master",
     "# roll back: MIGRATE the keys of every other node back to the owner; CLUSTER SETSLOT <slot> STABLE on each node",
     "#            that has it open; CLUSTER SETSLOT <slot> NODE <owner> on every master",
 ]
 UNCOVERED_CMDS = [
-    "CLUSTER BUMPEPOCH; CLUSTER SETSLOT <slot> NODE <master>   # on the chosen master",
+    "CLUSTER BUMPEPOCH   # on the chosen master, until its epoch (CLUSTER INFO) is above the listed owner's",
+    "CLUSTER SETSLOT <slot> NODE <master>   # on the chosen master",
     "# keys on other masters: MIGRATE ... AUTH *** KEYS ... to it",
-    "CLUSTER SETSLOT <slot> NODE <master>   # on every other master; CLUSTER BUMPEPOCH on the chosen one",
+    "CLUSTER SETSLOT <slot> NODE <master>   # on every other master",
 ]
 OWNERS_CMDS = [
     "# keys of the other claimants: MIGRATE ... AUTH *** KEYS ... to the kept owner",
     "CLUSTER DELSLOTS <slot>   # on each other claimant",
-    "CLUSTER SETSLOT <slot> NODE <owner>   # on every master; CLUSTER BUMPEPOCH on the owner",
+    "CLUSTER BUMPEPOCH   # on the owner, until its epoch is above every other claimant's",
+    "CLUSTER SETSLOT <slot> NODE <owner>   # on every master",
 ]
 
 
@@ -218,9 +221,9 @@ async def repair(ctx: Context, cls: str) -> None:
                     and item["target"] in mv.endpoints:
                 # SETSLOT NODE rather than ADDSLOTS: it also takes a slot that the target's own
                 # table gives to a node which does not claim it. The epoch first, so the claim wins.
-                client = mv.endpoints[item["target"]].client
-                await client.execute_command("CLUSTER", "BUMPEPOCH")
-                await client.execute_command("CLUSTER", "SETSLOT", item["slot"], "NODE", item["target"])
+                # Its epoch above the node the others' tables name (which may not claim it).
+                await mv.outrank(item["target"], [n for n in (view.owners[item["slot"]],) if n])
+                await mv.endpoints[item["target"]].client.execute_command("CLUSTER", "SETSLOT", item["slot"], "NODE", item["target"])
                 log({"event": "slot", "slot": item["slot"], "phase": "claimed"})
         view = await s.refresh()
     for item in items:
@@ -239,9 +242,11 @@ async def repair(ctx: Context, cls: str) -> None:
         if item["action"] == "finish":
             await mv.drain(item["sources"][0], target, [slot])
             log({"event": "slot", "slot": slot, "phase": "keys-moved"})
+            await mv.outrank(target, item["sources"])
             await mv.assign(target, [slot], first=[target], then=_others(mv, target))
         else:
             if item["action"] == "keep-one":
+                await mv.outrank(target, sources)  # its claim must beat the other claimants'
                 await dst.client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target)
             for src in sources:
                 await mv.drain(src, target, [slot])
@@ -254,7 +259,7 @@ async def repair(ctx: Context, cls: str) -> None:
                     if slot in _own_slots(view, src):
                         await mv.endpoints[src].client.execute_command("CLUSTER", "DELSLOTS", slot)
             await mv.assign(target, [slot], first=[target], then=_others(mv, target))
-            await dst.client.execute_command("CLUSTER", "BUMPEPOCH")
+            await mv.outrank(target, sources)
         log({"event": "slot", "slot": slot, "phase": "done"})
         done += 1
         ctx.progress(done, len(items), "slots")

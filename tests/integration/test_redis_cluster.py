@@ -428,6 +428,63 @@ def test_reshard_moves_the_given_slots_with_every_key(cluster: Cluster) -> None:
     assert h.data() == before
 
 
+def test_slots_moved_back_and_forth_at_once_stay_served(cluster: Cluster) -> None:
+    """A target that claims slots before it hears of the source's newer epoch loses them again
+    to the source's next PONG, and once the source lets go no node serves them: the mover must
+    give the target the greater epoch first, whatever gossip has delivered so far."""
+    from dbops.engines.redis.session import ClusterSession
+
+    h = cluster
+    before = h.data()
+
+    async def back_and_forth() -> None:
+        for _ in range(3):
+            for src, dst in (("c2", "c3"), ("c3", "c2")):
+                s = ClusterSession(h.ref())
+                try:
+                    view = await s.refresh()
+                    a, b = s.resolve(src), s.resolve(dst)
+                    slots = [sl for sl, o in enumerate(view.owners) if o == a][-1000:]
+                    await s.mover().move(a, b, slots)
+                finally:
+                    await s.close()
+
+    asyncio.run(back_and_forth())
+    ch = wait_healthy(h)
+    assert ch.severity is Severity.OK, ch.problems
+    assert h.data() == before
+
+
+def test_a_target_outranks_a_source_that_has_just_bumped_its_epoch(cluster: Cluster) -> None:
+    """BUMPEPOCH on the target right after the source's own bump, before gossip carried it: the
+    target still believes it holds the greatest epoch and does not bump (or bumps too little).
+    Mover.outrank must read the epochs from both nodes and wait for the target to be ahead."""
+    from dbops.engines.redis.session import ClusterSession
+
+    h = cluster
+
+    def epoch(n: str) -> int:
+        return int(next(x for x in h.cli(n, "CLUSTER", "INFO").splitlines() if x.startswith("cluster_my_epoch:")).split(":")[1])
+
+    async def race() -> list[tuple[int, int]]:
+        s = ClusterSession(h.ref())
+        try:
+            await s.refresh()
+            mover = s.mover()
+            out = []
+            for src, dst in (("c2", "c3"), ("c3", "c2")) * 3:
+                a, b = s.resolve(src), s.resolve(dst)
+                await mover.endpoints[a].client.execute_command("CLUSTER", "BUMPEPOCH")
+                await mover.outrank(b, [a])
+                out.append((epoch(dst), epoch(src)))
+            return out
+        finally:
+            await s.close()
+
+    pairs = asyncio.run(race())
+    assert all(target > source for target, source in pairs), pairs
+
+
 def test_reshard_refuses_slots_the_source_does_not_own(cluster: Cluster) -> None:
     h = cluster
     slot = next(s for s in range(16384) if h.owner(s) == "c2")

@@ -12,7 +12,8 @@ from typing import Any
 
 from dbops.config import ClusterRef
 from dbops.engines.redis import client as rc
-from dbops.engines.redis.slots import Endpoint, Mover, masters
+from dbops.engines.redis.slots import GROUPS_IN_FLIGHT, Endpoint, Mover, masters
+from dbops.engines.redis.wire import WirePool
 from dbops.engines.redis.topology import ClusterView, NodeLine, judge, parse_nodes
 
 OP_TIMEOUT = 120.0  # seconds for one command of a runbook (a MIGRATE of a big batch)
@@ -31,7 +32,8 @@ class ClusterSession:
         self.ref = ref
         self.creds = rc.Credentials(ref)
         self.names = {f"{m.host}:{m.port}": m.name for m in ref.cluster.members}
-        self.clients: dict[str, Any] = {}  # address -> client (bytes replies)
+        self.clients: dict[str, Any] = {}  # address -> redis-py client (bytes replies)
+        self.pools: dict[str, WirePool] = {}  # address -> the slot mover's connections
         self.views: dict[str, tuple[NodeLine, ...]] = {}  # node id -> its CLUSTER NODES
         self.unreachable: dict[str, str] = {}  # address -> why
         self.strangers: dict[str, str] = {}  # node id -> address: answering nodes that are not in the cluster
@@ -104,9 +106,14 @@ class ClusterSession:
         known = ", ".join(f"{self.name(n.node_id)} ({n.node_id[:8]})" for n in self.view.nodes if n.is_master)
         raise ValueError(f"no node {text!r} in the cluster; masters: {known}")
 
+    def wires(self, address: str) -> WirePool:
+        if address not in self.pools:
+            self.pools[address] = WirePool(self.ref, address, self.creds, OP_TIMEOUT, GROUPS_IN_FLIGHT + 1)
+        return self.pools[address]
+
     def mover(self, **kw: Any) -> Mover:
         assert self.view is not None
-        endpoints = {n.node_id: Endpoint(n.node_id, n.address, self.client(n.address)) for n in masters(self.view)
+        endpoints = {n.node_id: Endpoint(n.node_id, n.address, self.wires(n.address)) for n in masters(self.view)
                      if n.address not in self.unreachable}
         return Mover(endpoints=endpoints, auth=self.migrate_auth(), **kw)
 
@@ -143,4 +150,5 @@ class ClusterSession:
 
     async def close(self) -> None:
         clients, self.clients = list(self.clients.values()), {}
-        await asyncio.gather(*(rc.close(c) for c in clients))
+        pools, self.pools = list(self.pools.values()), {}
+        await asyncio.gather(*(rc.close(c) for c in clients), *(p.aclose() for p in pools))

@@ -9,9 +9,9 @@ this does for a group of slots at once, every phase pipelined:
 2. GETKEYSINSLOT for every slot still holding keys, in one pipeline; MIGRATE the keys found in
    batches sized by bytes (the source's average value size sets the key count), the batches of
    one round pipelined on the source connection; repeat until no slot has keys;
-3. SETSLOT NODE on the target first (its epoch bumped once per group, before it claims), then
-   on the source and every other master concurrently, each a pipeline. An empty slot skips
-   steps 1 and 2.
+3. SETSLOT NODE on the target first (its config epoch made greater than the source's before it
+   claims anything: see Mover.outrank), then on the source and every other master concurrently,
+   each a pipeline. An empty slot skips steps 1 and 2.
 
 A group's slots are journaled before (open) and after (closed) each phase change, and a crash at
 any point is repaired from the live state: a slot still MIGRATING/IMPORTING is finished in the
@@ -32,6 +32,7 @@ from dbops.engines.redis.topology import ClusterView, NodeLine
 
 GROUP_SLOTS = 256  # slots per pipelined group: amortises round trips, keeps a crash's open set small
 GROUPS_IN_FLIGHT = 3
+EPOCH_WAIT_SECONDS = 15.0  # for the target to hear of the source's epoch (gossip: well under a second)
 FETCH_KEYS = 1000  # GETKEYSINSLOT count per slot and round
 BATCH_BYTES = 4 * 1024 * 1024  # aim for MIGRATE batches of about this many bytes
 MAX_BATCH_KEYS = 1000
@@ -61,8 +62,8 @@ Journal = Callable[[dict[str, Any]], None]
 
 @dataclass
 class Endpoint:
-    """A master: its node id, announced address and an open redis.asyncio client that does not
-    decode replies (keys and DUMP payloads are bytes; a key need not be UTF-8)."""
+    """A master: its node id, announced address and its connections (a WirePool: replies are
+    bytes, keys and DUMP payloads included; a key need not be UTF-8)."""
 
     node_id: str
     address: str
@@ -91,6 +92,8 @@ class Mover:
     progress: Callable[[int, int], None] = lambda keys, slots: None
     stats: MoveStats = field(default_factory=MoveStats)
     _avg_value: dict[str, float] = field(default_factory=dict)
+    _outranked: set[tuple[str, str]] = field(default_factory=set)
+    _outrank_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     # -- planning helpers ------------------------------------------------------------------------
 
@@ -131,20 +134,41 @@ class Mover:
             raise failures[0]
         return self.stats
 
+    async def outrank(self, target: str, rivals: Sequence[str]) -> int:
+        """Make `target`'s config epoch greater than every rival's, before it claims their slots.
+
+        A claim wins in gossip only with the greater epoch; a claim made with a lower one is
+        taken back by the rival's next PONG, and once the rival has let go no node serves the
+        slot. BUMPEPOCH alone is not enough: a node bumps only when it does not already hold the
+        greatest epoch *it knows of*, and a rival's own recent bump reaches it only by gossip. So
+        the epochs are read from the nodes themselves, and the bump repeated until the target's
+        is greater. (Closing IMPORTING with SETSLOT NODE bumps too, once per slot: most of a
+        slot's fixed cost, and subject to the same gossip lag.)"""
+        dst = self.endpoints[target]
+        deadline = time.monotonic() + EPOCH_WAIT_SECONDS
+        while True:
+            await _pipeline(dst.client, [("CLUSTER", "BUMPEPOCH")])
+            mine = await _my_epoch(dst.client)
+            theirs = [await _my_epoch(self.endpoints[r].client) for r in rivals if r in self.endpoints and r != target]
+            if not theirs or mine > max(theirs):
+                return mine
+            if time.monotonic() > deadline:
+                raise SlotMoveError(f"{dst.address} could not get a config epoch above {max(theirs)} (it has {mine}) within "
+                                    f"{EPOCH_WAIT_SECONDS:g}s: it does not hear the other masters (cluster bus)")
+            await asyncio.sleep(0.02)  # until gossip tells the target about the rival's epoch
+
     async def move_group(self, source: str, target: str, group: list[int], others: list[str]) -> None:
         src, dst = self.endpoints[source], self.endpoints[target]
         self.journal({"event": "open", "slots": group, "source": source, "target": target})
         counts = await _pipeline(src.client, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in group])
         empty = [s for s, n in zip(group, counts) if int(n) == 0]
         full = [s for s, n in zip(group, counts) if int(n) > 0]
-        if empty or full:
-            # The target's epoch becomes the greatest BEFORE it claims anything: its claims then
-            # win over the source's in gossip, and a PONG the source sends before it lets go
-            # cannot take a slot back (a claim made with the lower epoch could lose that race,
-            # leaving a slot that no node serves). Closing IMPORTING with SETSLOT NODE would bump
-            # the epoch once per slot, which is most of a slot's fixed cost; one bump per group
-            # does the same.
-            await _pipeline(dst.client, [("CLUSTER", "BUMPEPOCH")])
+        # Once per pair: the source never bumps during a move, so the target stays ahead.
+        if (source, target) not in self._outranked:
+            async with self._outrank_lock:
+                if (source, target) not in self._outranked:
+                    await self.outrank(target, [source])
+                    self._outranked.add((source, target))
         if empty:
             # An empty slot has no key to protect: it is handed over directly, target first.
             # A key written to the source in between makes the source refuse; such a slot is
@@ -160,9 +184,8 @@ class Mover:
             await _pipeline(dst.client, [("CLUSTER", "SETSLOT", s, "IMPORTING", source) for s in full])
             await _pipeline(src.client, [("CLUSTER", "SETSLOT", s, "MIGRATING", target) for s in full])
             await self.drain(source, target, full)
-            # The target takes the slots first: STABLE + NODE per slot (the epoch was bumped
-            # above). Each pair is sent together, so no client command runs between them.
-            await _pipeline(dst.client, [("CLUSTER", "BUMPEPOCH")])  # still the greatest after the drain
+            # The target takes the slots first: STABLE + NODE per slot (its epoch is already the
+            # greatest). Each pair is sent together, so no client command runs between them.
             await _pipeline(dst.client, [c for s in full for c in (("CLUSTER", "SETSLOT", s, "STABLE"),
                                                                     ("CLUSTER", "SETSLOT", s, "NODE", target))])
             await self.assign(target, full, first=[], then=[source, *others])
@@ -205,9 +228,7 @@ class Mover:
         DUMP: equal ones are replaced (same value), differing ones only with replace_differing."""
         # A key MIGRATE already moved is answered with ASK by the (migrating) source: gone from it.
         exists = await _pipeline(src.client, [("EXISTS", k) for k in batch], raise_on_error=False)
-        from redis.exceptions import AskError
-
-        asked = [e for e in exists if isinstance(e, Exception) and not isinstance(e, AskError)]
+        asked = [e for e in exists if isinstance(e, Exception) and not str(e).startswith("ASK ")]
         if asked:
             raise SlotMoveError(f"EXISTS on {src.address} failed: {_short(asked[0])}")
         left = [k for k, e in zip(batch, exists) if not isinstance(e, Exception) and int(e)]
@@ -243,13 +264,13 @@ class Mover:
 
 
 async def _pipeline(client: Any, commands: Sequence[tuple[Any, ...]], raise_on_error: bool = True) -> list[Any]:
-    if not commands:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for c in commands:
-        pipe.execute_command(*c)
-    replies = await pipe.execute(raise_on_error=raise_on_error)
-    return list(replies)
+    """One batch on an endpoint's connections (a WirePool; see dbops.engines.redis.wire)."""
+    return await client.execute(commands, raise_on_error)
+
+
+async def _my_epoch(client: Any) -> int:
+    info = _parse(_text((await _pipeline(client, [("CLUSTER", "INFO")]))[0]))
+    return int(info.get("cluster_my_epoch", 0))
 
 
 def _text(value: Any) -> str:
