@@ -52,6 +52,9 @@ class CheckResult:
     overridden_by: str | None = None  # the recorded reason
 
 
+UNRENDERED = "# the commands cannot be shown: "
+
+
 @dataclass(frozen=True)
 class PlannedStep:
     step: Step
@@ -113,8 +116,16 @@ class Executor:
             reason = overrides.get(check.id) if (check.overridable and not verdict.ok) else None
             checks.append(CheckResult(check, verdict, reason))
             self.observe("check", check=check, verdict=verdict, overridden_by=reason)
-        steps = [PlannedStep(s, [scrub_text(c) for c in s.commands(self.ctx)]) for s in self.runbook.steps]
+        steps = [PlannedStep(s, self._render(s)) for s in self.runbook.steps]
         return Plan(self.runbook, checks, steps)
+
+    def _render(self, step: Step) -> list[str]:
+        """A step's commands for the plan. A renderer that fails (state a failed pre-check did
+        not produce) is a line in the plan, never a crash of the plan itself."""
+        try:
+            return [scrub_text(c) for c in step.commands(self.ctx)]
+        except Exception as exc:  # shown in the plan; the run is refused by the failed pre-check anyway
+            return [f"{UNRENDERED}{scrub_text(str(exc)) or type(exc).__name__} (see the pre-checks)"]
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -130,6 +141,12 @@ class Executor:
                 why = "; ".join(f"{c.check.title}: {c.verdict.detail}" for c in plan.refused)
                 self._abort("precheck-refused", reason=why)
                 return RunResult(self.ctx.run_id, ExitCode.REFUSED, f"pre-checks refused: {why}", plan=plan)
+            unshown = [p.step.title for p in plan.steps if p.commands and p.commands[0].startswith(UNRENDERED)]
+            if unshown:
+                # Nothing runs without a plan that shows exactly what will run.
+                why = f"the commands of {', '.join(unshown)} cannot be shown"
+                self._abort("precheck-refused", reason=why)
+                return RunResult(self.ctx.run_id, ExitCode.REFUSED, f"refused: {why}", plan=plan)
             used = {c.check.id: c.overridden_by for c in plan.checks if c.overridden_by}
             journal.write(
                 event="start", run_id=self.ctx.run_id, runbook=self.runbook.id, environment=ref.environment,

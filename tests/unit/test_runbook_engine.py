@@ -181,3 +181,20 @@ def test_kill_9_mid_run_then_resume_finishes_without_repeating_steps(env):
     assert verify(env["state"] / "audit.jsonl").ok
     r = dbops(env, "resume", run_id, "--yes", "--confirm", "files-db")
     assert r.returncode == 1 and "already finished" in r.stdout
+
+
+def test_a_step_with_nothing_to_do_is_skipped_without_a_confirmation(env):
+    r = dbops(env, "run", "test.plan-shapes", "--cluster", "files-db", "--param", f"dir={env['work']}")
+    assert r.returncode == 0, r.stdout + r.stderr  # no --yes: the skipped step asked nothing
+    assert "· nothing to do here: nothing to do" in r.stdout
+    assert not (env["work"] / "idle").exists() and (env["work"] / "w").exists()
+    assert [rec["action"] for rec in audit(env) if rec["phase"] == "intent"] == ["test.plan-shapes:w"]
+
+
+def test_a_step_whose_commands_cannot_be_shown_refuses_the_run(env):
+    r = dbops(env, "plan", "test.plan-shapes", "--cluster", "files-db", "--param", f"dir={env['work']}", "--param", "broken=true")
+    assert "# the commands cannot be shown: 'never_set' (see the pre-checks)" in r.stdout
+    r = dbops(env, "run", "test.plan-shapes", "--cluster", "files-db", "--param", f"dir={env['work']}", "--param", "broken=true")
+    assert r.returncode == 1
+    assert "refused: the commands of write w cannot be shown" in r.stdout + r.stderr
+    assert not (env["work"] / "w").exists()
