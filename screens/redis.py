@@ -122,6 +122,7 @@ class RedisScreen(ClusterPane):
         self._node_cells: dict[str, tuple[Any, ...]] = {}
         self._slow_cells: dict[str, tuple[Any, ...]] = {}
         self._order: dict[str, int] = {}
+        self._map_key: Any = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -181,11 +182,18 @@ class RedisScreen(ClusterPane):
             self.node = (primary or health.members[0]).name if health.members else None
         mh = next((m for m in health.members if m.name == self.node), None)
         if topo is not None and topo.cluster is not None:
-            names = {n.node_id: self._node_name(topo, n.address) for n in topo.cluster.nodes}
-            t = Text(f"cluster_state, slot owners and open slots as {len(topo.cluster.nodes)} nodes report them\n", style="dim")
-            t.append_text(slot_map(topo.cluster, names))
-            t.append_text(cluster_text(topo.cluster, names))
-            self.query_one("#slot-map", Static).update(t)
+            view = topo.cluster
+            names = {n.node_id: self._node_name(topo, n.address) for n in view.nodes}
+            # Redrawn only when something on it changed (the map is 16384 slots; refreshes are
+            # usually identical).
+            key = (view.owners, view.open_slots, tuple(view.multiple_owners.items()), view.disagreeing, view.failed,
+                   view.pfail, tuple(sorted(names.items())))
+            if key != self._map_key:
+                self._map_key = key
+                t = Text(f"slot owners and open slots as {len(view.nodes)} nodes report them\n", style="dim")
+                t.append_text(slot_map(view, names))
+                t.append_text(cluster_text(view, names))
+                self.query_one("#slot-map", Static).update(t)
         elif topo is not None and topo.mode == "cluster":
             self.query_one("#slot-map", Static).update(Text("No node answered CLUSTER NODES: slot ownership unknown", style="bold red"))
         data = mh.snapshot.shown if mh else None

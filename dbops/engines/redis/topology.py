@@ -157,11 +157,9 @@ class ClusterView:
 def _slot_map(lines: tuple[NodeLine, ...]) -> tuple[str | None, ...]:
     owners: list[str | None] = [None] * SLOTS
     for n in lines:
-        if not n.is_master:
-            continue
-        for a, b in n.slots:
-            for s in range(a, b + 1):
-                owners[s] = n.node_id
+        if n.is_master:
+            for a, b in n.slots:
+                owners[a:b + 1] = [n.node_id] * (b - a + 1)  # a slice per range: this runs every refresh
     return tuple(owners)
 
 
@@ -187,16 +185,19 @@ def judge(views: dict[str, tuple[NodeLine, ...]]) -> ClusterView:
     nodes = tuple(sorted(own.values(), key=lambda n: (n.address, n.node_id)))
 
     # A slot claimed by two masters in their own lines: each believes it owns it.
-    claims: dict[int, set[str]] = {}
+    claimed: list[str | None] = [None] * SLOTS
+    doubles: dict[int, set[str]] = {}
     for n in own.values():
         if n.is_master and n.myself:
             for a, b in n.slots:
-                for s in range(a, b + 1):
-                    claims.setdefault(s, set()).add(n.node_id)
-    multiple = {s: tuple(sorted(c)) for s, c in claims.items() if len(c) > 1}
+                for i, other in enumerate(claimed[a:b + 1]):
+                    if other is not None:
+                        doubles.setdefault(a + i, {other}).add(n.node_id)
+                claimed[a:b + 1] = [n.node_id] * (b - a + 1)
+    multiple = {s: tuple(sorted(c)) for s, c in sorted(doubles.items())}
     # Owned in the tables, but the owner (which answered) does not claim it itself: no node
     # serves it, as good as uncovered. A move whose epoch lost a gossip race leaves this.
-    unclaimed = tuple(s for s, o in enumerate(majority) if o is not None and o in views and s not in claims)
+    unclaimed = tuple(s for s, o in enumerate(majority) if o is not None and o in views and claimed[s] is None)
 
     opened: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
     for n in own.values():
