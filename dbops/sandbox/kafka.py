@@ -1,0 +1,367 @@
+"""Kafka sandbox: ``sandbox-kafka``, a three-node Apache Kafka 3.9 cluster in KRaft mode (each
+node broker and controller), on 127.0.0.1, from Maven Central's jars run with the JDK.
+
+The jars (kafka_2.13 and its runtime dependencies, kafka-tools for the admin commands the tests
+use, slf4j-reload4j for logging) are fetched once with Maven into a cache
+(``$DBOPS_CACHE_DIR`` or the user cache dir, ``maven/kafka-<version>/``), so later runs are
+offline. Each node: ``kafka.tools.StorageTool format`` with one cluster id, then ``kafka.Kafka``
+with a small heap; up waits until every node's log says "Kafka Server started" and the metadata
+quorum has all three voters and a leader.
+
+Layout under the sandbox directory::
+
+    kafka/<node>/server.properties, log4j.properties, kafka.log, data/
+
+State under engine "kafka": {"version", "cluster_id", "lib", "nodes": {"k1": {"node_id", "port",
+"controller_port", "pid", "dir", "log"}, ...}}. The config model for Kafka is issue 5's: until
+then `config_fragment` is empty and the console does not show this cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dbops.sandbox import (
+    ProcessStatus,
+    Progress,
+    SandboxError,
+    _quiet,
+    engine_state,
+    free_ports,
+    pid_alive,
+    port_open,
+    sandbox_dir,
+    tail,
+    write_engine_state,
+)
+
+ENGINE = "kafka"
+HOST = "127.0.0.1"
+CLUSTER_NAME = "sandbox-kafka"
+VERSION = "3.9.1"
+NODES: tuple[str, ...] = ("k1", "k2", "k3")
+HEAP = "-Xmx256m"
+FETCH_TIMEOUT = 900.0  # seconds for Maven to fetch the jars the first time
+START_TIMEOUT = 90.0  # for every node to start and the quorum to form (2 cores, three JVMs)
+STOP_GRACE = 30.0
+APT_HINT = "install Debian's openjdk-17-jre-headless and maven (apt-get install openjdk-17-jre-headless maven)"
+
+# Maven's coordinates of what the sandbox runs: the server, the admin tools, a logging binding.
+ARTIFACTS = (
+    ("org.apache.kafka", "kafka_2.13", VERSION),
+    ("org.apache.kafka", "kafka-tools", VERSION),
+    ("org.slf4j", "slf4j-reload4j", "1.7.36"),
+)
+
+LOG4J = """log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("DBOPS_CACHE_DIR"):
+        return Path(os.environ["DBOPS_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dbops"))
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SandboxError(f"the Kafka sandbox needs `{name}`, which is not installed; {APT_HINT}")
+    return path
+
+
+def kafka_uuid() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. One that starts
+    with '-' would be read as an option by StorageTool, as Kafka's own generator avoids."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def fetch_jars(progress: Progress = _quiet) -> Path:
+    """The directory of jars for VERSION, fetched with Maven the first time (then offline)."""
+    home = cache_dir() / "maven" / f"kafka-{VERSION}"
+    lib = home / "lib"
+    done = home / "complete"
+    if done.exists() and lib.is_dir():
+        return lib
+    mvn = _tool("mvn")
+    _tool("java")
+    home.mkdir(parents=True, exist_ok=True)
+    deps = "".join(f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
+                   for g, a, v in ARTIFACTS)
+    (home / "pom.xml").write_text(
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        "<groupId>dbops.sandbox</groupId><artifactId>kafka-runtime</artifactId><version>1</version>"
+        f"<packaging>pom</packaging><dependencies>{deps}</dependencies></project>\n")
+    shutil.rmtree(lib, ignore_errors=True)
+    progress(f"fetch Kafka {VERSION} jars from Maven Central into {home} (once; later runs are offline)")
+    try:
+        r = subprocess.run([mvn, "-q", "-B", f"-Dmaven.repo.local={home / 'm2'}", "-f", str(home / "pom.xml"),
+                            "dependency:copy-dependencies", f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
+                           capture_output=True, text=True, timeout=FETCH_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise SandboxError(f"Maven did not fetch the Kafka jars within {FETCH_TIMEOUT:.0f} s (is Maven Central reachable?)") from None
+    if r.returncode != 0 or not any(lib.glob("kafka_2.13-*.jar")):
+        last = [line for line in (r.stdout + r.stderr).splitlines() if "ERROR" in line][:3]
+        raise SandboxError("Maven could not fetch the Kafka jars (is Maven Central reachable?):\n  " + "\n  ".join(last or ["no output"]))
+    done.write_text(datetime.now(timezone.utc).isoformat() + "\n")
+    return lib
+
+
+class KafkaSandbox:
+    def __init__(self, root: Path | None = None):
+        self.root = sandbox_dir(root)
+        self.dir = self.root / "kafka"
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any] | None:
+        return engine_state(self.root, ENGINE)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        st = self._state()
+        if st is None:
+            raise SandboxError(f"no Kafka sandbox under {self.root}; start one with `dbops sandbox up --engines kafka`")
+        return st
+
+    def node_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    def port(self, name: str) -> int:
+        return int(self.state["nodes"][name]["port"])
+
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{n['port']}" for n in self.state["nodes"].values())
+
+    def _needle(self, name: str) -> str:
+        # The properties file's absolute path is on the JVM's command line and unique to this node.
+        return str(self.node_dir(name) / "server.properties")
+
+    def pid(self, name: str) -> int | None:
+        st = self._state()
+        pid = st["nodes"][name].get("pid") if st else None
+        return pid if pid_alive(pid, self._needle(name)) else None
+
+    def is_running(self) -> bool:
+        return self._state() is not None and all(self.pid(n) is not None for n in NODES)
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
+        """Bring the three nodes up; returns ("", already_up): no config model for Kafka yet."""
+        if self._state():
+            running = {n: self.pid(n) is not None for n in NODES}
+            if all(running.values()):
+                progress("kafka sandbox is already up")
+                return self.config_fragment(), True
+            if any(running.values()):
+                raise SandboxError(f"the kafka sandbox under {self.root} is partly running "
+                                   f"({', '.join(n for n, r in running.items() if not r)} down); run `dbops sandbox down` "
+                                   "and then `dbops sandbox up` for a fresh one")
+        lib = fetch_jars(progress)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.down(progress)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self._create(lib, progress)
+        except BaseException as exc:
+            try:
+                self.down(_quiet)
+            except SandboxError as cleanup:
+                exc.add_note(f"while cleaning up after that: {cleanup.message}")
+            raise
+        return self.config_fragment(), False
+
+    def _create(self, lib: Path, progress: Progress) -> None:
+        t0 = time.monotonic()
+        ports = free_ports(2 * len(NODES))
+        cluster_id = kafka_uuid()
+        nodes = {name: {"node_id": i + 1, "port": ports[2 * i], "controller_port": ports[2 * i + 1], "pid": None,
+                        "dir": str(self.node_dir(name)), "log": str(self.node_dir(name) / "kafka.log")}
+                 for i, name in enumerate(NODES)}
+        write_engine_state(self.root, ENGINE, {"version": VERSION, "cluster_id": cluster_id, "lib": str(lib), "nodes": nodes})
+        voters = ",".join(f"{n['node_id']}@{HOST}:{n['controller_port']}" for n in nodes.values())
+        for name, n in nodes.items():
+            d = self.node_dir(name)
+            (d / "data").mkdir(parents=True, mode=0o700)
+            (d / "log4j.properties").write_text(LOG4J)
+            (d / "server.properties").write_text("\n".join([
+                "# written by `dbops sandbox up`",
+                "process.roles=broker,controller",
+                f"node.id={n['node_id']}",
+                f"controller.quorum.voters={voters}",
+                f"listeners=PLAINTEXT://{HOST}:{n['port']},CONTROLLER://{HOST}:{n['controller_port']}",
+                f"advertised.listeners=PLAINTEXT://{HOST}:{n['port']}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={d / 'data'}",
+                "num.partitions=3",
+                "default.replication.factor=3",
+                "min.insync.replicas=2",
+                "offsets.topic.replication.factor=3",
+                "transaction.state.log.replication.factor=3",
+                "transaction.state.log.min.isr=2",
+                "group.initial.rebalance.delay.ms=0",
+                "",
+            ]))
+            self._java(lib, name, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(d / "server.properties"))
+        progress(f"start {CLUSTER_NAME}: {', '.join(NODES)} (KRaft, broker+controller each, Kafka {VERSION})")
+        pids = {name: self._spawn(name) for name in NODES}
+        self._wait_started(pids)
+        progress(f"wait for the metadata quorum of {len(NODES)} voters")
+        self.wait_quorum()
+        progress(f"kafka sandbox up in {time.monotonic() - t0:.1f} s")
+
+    def _java(self, lib: Path, name: str, main: str, *args: str) -> str:
+        d = self.node_dir(name)
+        r = subprocess.run([_tool("java"), HEAP, f"-Dlog4j.configuration=file:{d / 'log4j.properties'}", "-cp", f"{lib}/*",
+                            main, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SandboxError(f"{main} {' '.join(args[:1])} failed for {name}:\n{(r.stdout + r.stderr)[-1500:]}")
+        return r.stdout
+
+    def _spawn(self, name: str) -> int:
+        st = self.state
+        d = self.node_dir(name)
+        args = [_tool("java"), HEAP, "-Xms128m", f"-Dlog4j.configuration=file:{d / 'log4j.properties'}",
+                "-cp", f"{st['lib']}/*", "kafka.Kafka", str(d / "server.properties")]
+        log = Path(st["nodes"][name]["log"])
+        with open(log, "ab") as fh:
+            fh.write(f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} dbops sandbox: kafka.Kafka\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=d,
+                                    start_new_session=True)
+        _children[proc.pid] = proc
+        st["nodes"][name]["pid"] = proc.pid
+        write_engine_state(self.root, ENGINE, st)
+        return proc.pid
+
+    def _wait_started(self, pids: dict[str, int]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        waiting = dict(pids)
+        while waiting:
+            for name, pid in list(waiting.items()):
+                log = Path(self.state["nodes"][name]["log"])
+                if not pid_alive(pid):
+                    raise SandboxError(f"{name} (Kafka) exited while starting; see {log}; it ends with:\n{tail(log)}")
+                if "Kafka Server started" in log.read_text(errors="replace") and port_open(self.port(name), HOST):
+                    del waiting[name]
+            if waiting and time.monotonic() >= deadline:
+                raise SandboxError(f"{', '.join(waiting)} did not start within {START_TIMEOUT:.0f} s; see their kafka.log")
+            time.sleep(0.2)
+
+    def quorum(self) -> dict[str, str]:
+        """`kafka-metadata-quorum describe --status` as a dict (LeaderId, CurrentVoters ...)."""
+        st = self.state
+        out = self._java(Path(st["lib"]), NODES[0], "org.apache.kafka.tools.MetadataQuorumCommand",
+                         "--bootstrap-server", self.bootstrap(), "describe", "--status")
+        fields = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        return fields
+
+    def wait_quorum(self, timeout: float = START_TIMEOUT) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, str] | str = {}
+        while True:
+            try:
+                last = self.quorum()
+                voters = last.get("CurrentVoters", "")  # [{"id": 1, ...}, ...]
+                if last.get("LeaderId", "-1") not in ("-1", "") and \
+                        all(f'"id": {n["node_id"]},' in voters for n in self.state["nodes"].values()):
+                    return last
+            except SandboxError as exc:
+                last = exc.message  # brokers still coming up: ask again
+            if time.monotonic() >= deadline:
+                raise SandboxError(f"the Kafka metadata quorum did not form within {timeout:.0f} s: {last}")
+            time.sleep(1.0)
+
+    def wait_quorum_leader_other_than(self, node_id: int, timeout: float = START_TIMEOUT) -> dict[str, str]:
+        """After a node is lost: wait until the remaining voters elect a leader other than it."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, str] | str = {}
+        while True:
+            try:
+                last = self.quorum()
+                if last.get("LeaderId", "-1") not in ("-1", "", str(node_id)):
+                    return last
+            except SandboxError as exc:
+                last = exc.message  # asked a node that is gone or electing: ask again
+            if time.monotonic() >= deadline:
+                raise SandboxError(f"no new Kafka controller leader within {timeout:.0f} s: {last}")
+            time.sleep(0.5)
+
+    # -- stop, start, down, status -----------------------------------------------------------
+
+    def stop_node(self, name: str, kill: bool = True) -> None:
+        pid = self.pid(name)
+        if pid is not None:
+            self._stop({name: pid}, signal.SIGKILL if kill else signal.SIGTERM)
+
+    def start_node(self, name: str) -> None:
+        if self.pid(name) is None:
+            self._wait_started({name: self._spawn(name)})
+
+    def _stop(self, pids: dict[str, int], sig: signal.Signals) -> None:
+        for name, pid in pids.items():
+            if pid_alive(pid, self._needle(name)):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE
+        while True:
+            for pid in pids.values():
+                proc = _children.get(pid)
+                if proc is not None and proc.poll() is not None:
+                    del _children[pid]
+            left = {n: p for n, p in pids.items() if pid_alive(p)}
+            if not left:
+                break
+            if time.monotonic() >= deadline:
+                for p in left.values():
+                    os.kill(p, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
+        st = self._state()
+        if st:
+            for name in pids:
+                st["nodes"][name]["pid"] = None
+            write_engine_state(self.root, ENGINE, st)
+
+    def down(self, progress: Progress = _quiet) -> None:
+        if not self._state():
+            return
+        live = {n: pid for n in NODES if (pid := self.pid(n)) is not None}
+        if live:
+            progress(f"stop kafka nodes {', '.join(live)}")
+            self._stop(live, signal.SIGTERM)
+
+    def status(self) -> list[ProcessStatus]:
+        st = self._state()
+        if not st:
+            return []
+        return [ProcessStatus(ENGINE, name, "broker+controller", self.pid(name) is not None, int(n["port"]), self.pid(name),
+                              f"log {n['log']}") for name, n in st["nodes"].items()]
+
+    def config_fragment(self) -> str:
+        return ""  # the Kafka config model comes with the Kafka pane (issue 5)
