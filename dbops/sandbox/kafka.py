@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dbops.sandbox import maven
 from dbops.sandbox import (
     ProcessStatus,
     Progress,
@@ -50,10 +51,8 @@ CLUSTER_NAME = "sandbox-kafka"
 VERSION = "3.9.1"
 NODES: tuple[str, ...] = ("k1", "k2", "k3")
 HEAP = "-Xmx256m"
-FETCH_TIMEOUT = 900.0  # seconds for Maven to fetch the jars the first time
 START_TIMEOUT = 90.0  # for every node to start and the quorum to form (2 cores, three JVMs)
 STOP_GRACE = 30.0
-APT_HINT = "install Debian's openjdk-17-jre-headless and maven (apt-get install openjdk-17-jre-headless maven)"
 
 # Maven's coordinates of what the sandbox runs: the server, the admin tools, a logging binding.
 ARTIFACTS = (
@@ -71,21 +70,6 @@ log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def cache_dir() -> Path:
-    if os.environ.get("DBOPS_CACHE_DIR"):
-        return Path(os.environ["DBOPS_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("dbops"))
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise SandboxError(f"the Kafka sandbox needs `{name}`, which is not installed; {APT_HINT}")
-    return path
-
-
 def kafka_uuid() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. One that starts
     with '-' would be read as an option by StorageTool, as Kafka's own generator avoids."""
@@ -93,37 +77,6 @@ def kafka_uuid() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
-
-
-def fetch_jars(progress: Progress = _quiet) -> Path:
-    """The directory of jars for VERSION, fetched with Maven the first time (then offline)."""
-    home = cache_dir() / "maven" / f"kafka-{VERSION}"
-    lib = home / "lib"
-    done = home / "complete"
-    if done.exists() and lib.is_dir():
-        return lib
-    mvn = _tool("mvn")
-    _tool("java")
-    home.mkdir(parents=True, exist_ok=True)
-    deps = "".join(f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
-                   for g, a, v in ARTIFACTS)
-    (home / "pom.xml").write_text(
-        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
-        "<groupId>dbops.sandbox</groupId><artifactId>kafka-runtime</artifactId><version>1</version>"
-        f"<packaging>pom</packaging><dependencies>{deps}</dependencies></project>\n")
-    shutil.rmtree(lib, ignore_errors=True)
-    progress(f"fetch Kafka {VERSION} jars from Maven Central into {home} (once; later runs are offline)")
-    try:
-        r = subprocess.run([mvn, "-q", "-B", f"-Dmaven.repo.local={home / 'm2'}", "-f", str(home / "pom.xml"),
-                            "dependency:copy-dependencies", f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
-                           capture_output=True, text=True, timeout=FETCH_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise SandboxError(f"Maven did not fetch the Kafka jars within {FETCH_TIMEOUT:.0f} s (is Maven Central reachable?)") from None
-    if r.returncode != 0 or not any(lib.glob("kafka_2.13-*.jar")):
-        last = [line for line in (r.stdout + r.stderr).splitlines() if "ERROR" in line][:3]
-        raise SandboxError("Maven could not fetch the Kafka jars (is Maven Central reachable?):\n  " + "\n  ".join(last or ["no output"]))
-    done.write_text(datetime.now(timezone.utc).isoformat() + "\n")
-    return lib
 
 
 class KafkaSandbox:
@@ -177,7 +130,7 @@ class KafkaSandbox:
                 raise SandboxError(f"the kafka sandbox under {self.root} is partly running "
                                    f"({', '.join(n for n, r in running.items() if not r)} down); run `dbops sandbox down` "
                                    "and then `dbops sandbox up` for a fresh one")
-        lib = fetch_jars(progress)
+        lib = maven.fetch(f"kafka-{VERSION}", ARTIFACTS, progress)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.down(progress)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -234,7 +187,7 @@ class KafkaSandbox:
 
     def _java(self, lib: Path, name: str, main: str, *args: str) -> str:
         d = self.node_dir(name)
-        r = subprocess.run([_tool("java"), HEAP, f"-Dlog4j.configuration=file:{d / 'log4j.properties'}", "-cp", f"{lib}/*",
+        r = subprocess.run([maven.tool("java"), HEAP, f"-Dlog4j.configuration=file:{d / 'log4j.properties'}", "-cp", f"{lib}/*",
                             main, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise SandboxError(f"{main} {' '.join(args[:1])} failed for {name}:\n{(r.stdout + r.stderr)[-1500:]}")
@@ -243,7 +196,7 @@ class KafkaSandbox:
     def _spawn(self, name: str) -> int:
         st = self.state
         d = self.node_dir(name)
-        args = [_tool("java"), HEAP, "-Xms128m", f"-Dlog4j.configuration=file:{d / 'log4j.properties'}",
+        args = [maven.tool("java"), HEAP, "-Xms128m", f"-Dlog4j.configuration=file:{d / 'log4j.properties'}",
                 "-cp", f"{st['lib']}/*", "kafka.Kafka", str(d / "server.properties")]
         log = Path(st["nodes"][name]["log"])
         with open(log, "ab") as fh:

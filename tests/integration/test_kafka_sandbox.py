@@ -67,5 +67,5 @@ def test_up_again_is_a_no_op_and_down_stops_every_node(kafka: KafkaSandbox) -> N
 def test_without_maven_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("DBOPS_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(sandbox.SandboxError, match=r"needs `mvn`, which is not installed; install Debian's openjdk-17-jre-headless and maven"):
+    with pytest.raises(sandbox.SandboxError, match=r"need `mvn`, which is not installed; install Debian's openjdk-17-jdk-headless and maven"):
         sandbox.up(("kafka",), root=tmp_path / "sandbox")

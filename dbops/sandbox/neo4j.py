@@ -1,0 +1,198 @@
+"""Neo4j sandbox: ``sandbox-neo4j``, a Neo4j 5.26 Community server on 127.0.0.1 with auth on,
+run as an embedded DatabaseManagementService with the Bolt connector by a small Java launcher.
+
+The launcher is sandbox infrastructure, compiled here with javac against Maven Central's
+``org.neo4j:neo4j`` jars (fetched once into the cache, see dbops.sandbox.maven); it sets the
+``neo4j`` user's password from DBOPS_NEO4J_PASSWORD (never on its command line) and prints a line
+when Bolt is up. Layout under the sandbox directory::
+
+    neo4j/Launcher.java, classes/, home/ (the databases), neo4j.log
+
+State under engine "neo4j": {"version", "password", "port", "pid", "dir", "log"}. The config model
+for Neo4j is issue 5's: until then `config_fragment` is empty.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dbops.sandbox import (
+    ProcessStatus,
+    Progress,
+    SandboxError,
+    _quiet,
+    engine_state,
+    free_ports,
+    maven,
+    pid_alive,
+    port_open,
+    sandbox_dir,
+    tail,
+    write_engine_state,
+)
+
+ENGINE = "neo4j"
+HOST = "127.0.0.1"
+NAME = "sandbox-neo4j"
+VERSION = "5.26.2"
+ARTIFACTS = (("org.neo4j", "neo4j", VERSION),)
+HEAP = "-Xmx512m"
+START_TIMEOUT = 120.0
+STOP_GRACE = 30.0
+READY = "dbops-sandbox: neo4j started on"
+
+LAUNCHER = """import java.nio.file.Path;
+import org.neo4j.configuration.GraphDatabaseSettings;
+import org.neo4j.configuration.connectors.BoltConnector;
+import org.neo4j.configuration.helpers.SocketAddress;
+import org.neo4j.dbms.api.DatabaseManagementService;
+import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
+
+/** dbops sandbox infrastructure: Neo4j embedded with Bolt on loopback and auth on. */
+public class Launcher {
+    public static void main(String[] args) throws Exception {
+        Path home = Path.of(args[0]);
+        int port = Integer.parseInt(args[1]);
+        String password = System.getenv("DBOPS_NEO4J_PASSWORD");
+        DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
+            .setConfig(BoltConnector.enabled, true)
+            .setConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
+            .setConfig(GraphDatabaseSettings.auth_enabled, true)
+            .build();
+        Runtime.getRuntime().addShutdownHook(new Thread(dbms::shutdown));
+        dbms.database("system").executeTransactionally(
+            "ALTER USER neo4j SET PASSWORD '" + password + "' CHANGE NOT REQUIRED");
+        System.out.println("dbops-sandbox: neo4j started on 127.0.0.1:" + port);
+        Thread.currentThread().join();
+    }
+}
+"""
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class Neo4jSandbox:
+    def __init__(self, root: Path | None = None):
+        self.root = sandbox_dir(root)
+        self.dir = self.root / "neo4j"
+
+    def _state(self) -> dict[str, Any] | None:
+        return engine_state(self.root, ENGINE)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        st = self._state()
+        if st is None:
+            raise SandboxError(f"no Neo4j sandbox under {self.root}; start one with `dbops sandbox up --engines neo4j`")
+        return st
+
+    @property
+    def port(self) -> int:
+        return int(self.state["port"])
+
+    @property
+    def password(self) -> str:
+        return str(self.state["password"])
+
+    def _needle(self) -> str:
+        return str(self.dir / "home")  # the launcher's first argument: unique to this sandbox
+
+    def pid(self) -> int | None:
+        st = self._state()
+        pid = st.get("pid") if st else None
+        return pid if pid_alive(pid, self._needle()) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
+        """Start the server; returns ("", already_up): no config model for Neo4j yet."""
+        if self.is_running():
+            progress("neo4j sandbox is already up")
+            return self.config_fragment(), True
+        lib = maven.fetch(f"neo4j-{VERSION}", ARTIFACTS, progress)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "classes").mkdir(parents=True, mode=0o700)
+        (self.dir / "Launcher.java").write_text(LAUNCHER)
+        r = subprocess.run([maven.tool("javac"), "-cp", f"{lib}/*", "-d", str(self.dir / "classes"), str(self.dir / "Launcher.java")],
+                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SandboxError(f"compiling the Neo4j launcher failed:\n{(r.stdout + r.stderr)[-1500:]}")
+        port = free_ports(1)[0]
+        write_engine_state(self.root, ENGINE, {"version": VERSION, "password": secrets.token_urlsafe(18), "port": port,
+                                               "pid": None, "dir": str(self.dir), "log": str(self.dir / "neo4j.log"), "lib": str(lib)})
+        progress(f"start {NAME}: Neo4j {VERSION} community, Bolt on {HOST}:{port}, auth on")
+        try:
+            self._wait_started(self._spawn())
+        except BaseException as exc:
+            try:
+                self.down(_quiet)
+            except SandboxError as cleanup:
+                exc.add_note(f"while cleaning up after that: {cleanup.message}")
+            raise
+        return self.config_fragment(), False
+
+    def _spawn(self) -> int:
+        st = self.state
+        log = Path(st["log"])
+        args = [maven.tool("java"), HEAP, "-cp", f"{self.dir / 'classes'}:{st['lib']}/*", "Launcher", self._needle(), str(st["port"])]
+        with open(log, "ab") as fh:
+            fh.write(f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} dbops sandbox: Launcher\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=self.dir,
+                                    start_new_session=True,
+                                    env={**os.environ, "DBOPS_NEO4J_PASSWORD": st["password"]})
+        _children[proc.pid] = proc
+        st["pid"] = proc.pid
+        write_engine_state(self.root, ENGINE, st)
+        return proc.pid
+
+    def _wait_started(self, pid: int) -> None:
+        log = Path(self.state["log"])
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if not pid_alive(pid):
+                raise SandboxError(f"Neo4j exited while starting; see {log}; it ends with:\n{tail(log)}")
+            if READY in log.read_text(errors="replace") and port_open(self.port, HOST):
+                return
+            if time.monotonic() >= deadline:
+                raise SandboxError(f"Neo4j did not start within {START_TIMEOUT:.0f} s; see {log}")
+            time.sleep(0.2)
+
+    def down(self, progress: Progress = _quiet) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        progress("stop neo4j")
+        os.kill(pid, signal.SIGTERM)  # the shutdown hook closes the databases cleanly
+        deadline = time.monotonic() + STOP_GRACE
+        while pid_alive(pid):
+            proc = _children.get(pid)
+            if proc is not None and proc.poll() is not None:
+                del _children[pid]
+                break
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
+        st = self.state
+        st["pid"] = None
+        write_engine_state(self.root, ENGINE, st)
+
+    def status(self) -> list[ProcessStatus]:
+        st = self._state()
+        if not st:
+            return []
+        return [ProcessStatus(ENGINE, "neo4j", "server", self.pid() is not None, int(st["port"]), self.pid(), f"log {st['log']}")]
+
+    def config_fragment(self) -> str:
+        return ""  # the Neo4j config model comes with the Neo4j pane (issue 5)
