@@ -20,13 +20,11 @@ then `config_fragment` is empty and the console does not show this cluster.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import signal
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +64,6 @@ log4j.appender.stdout=org.apache.log4j.ConsoleAppender
 log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
 log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
 """
-
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
 
 def kafka_uuid() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. One that starts
@@ -198,16 +193,10 @@ class KafkaSandbox:
         d = self.node_dir(name)
         args = [maven.tool("java"), HEAP, "-Xms128m", f"-Dlog4j.configuration=file:{d / 'log4j.properties'}",
                 "-cp", f"{st['lib']}/*", "kafka.Kafka", str(d / "server.properties")]
-        log = Path(st["nodes"][name]["log"])
-        with open(log, "ab") as fh:
-            fh.write(f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} dbops sandbox: kafka.Kafka\n".encode())
-            fh.flush()
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=d,
-                                    start_new_session=True)
-        _children[proc.pid] = proc
-        st["nodes"][name]["pid"] = proc.pid
+        pid = maven.spawn(f"kafka.Kafka ({name})", args, Path(st["nodes"][name]["log"]), d)
+        st["nodes"][name]["pid"] = pid
         write_engine_state(self.root, ENGINE, st)
-        return proc.pid
+        return pid
 
     def _wait_started(self, pids: dict[str, int]) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -278,23 +267,7 @@ class KafkaSandbox:
             self._wait_started({name: self._spawn(name)})
 
     def _stop(self, pids: dict[str, int], sig: signal.Signals) -> None:
-        for name, pid in pids.items():
-            if pid_alive(pid, self._needle(name)):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_GRACE
-        while True:
-            for pid in pids.values():
-                proc = _children.get(pid)
-                if proc is not None and proc.poll() is not None:
-                    del _children[pid]
-            left = {n: p for n, p in pids.items() if pid_alive(p)}
-            if not left:
-                break
-            if time.monotonic() >= deadline:
-                for p in left.values():
-                    os.kill(p, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-            time.sleep(0.1)
+        maven.stop({pid: self._needle(name) for name, pid in pids.items()}, sig, STOP_GRACE)
         st = self._state()
         if st:
             for name in pids:

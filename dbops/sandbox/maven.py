@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dbops.sandbox import Progress, SandboxError, _quiet
+from dbops.sandbox import Progress, SandboxError, _quiet, pid_alive
 
 FETCH_TIMEOUT = 900.0  # seconds for the first fetch (Neo4j's jars are ~130 MB)
 APT_HINT = "install Debian's openjdk-17-jdk-headless and maven (apt-get install openjdk-17-jdk-headless maven)"
@@ -61,3 +63,41 @@ def fetch(name: str, artifacts: tuple[tuple[str, str, str], ...], progress: Prog
         raise SandboxError(f"Maven could not fetch the {name} jars (is Maven Central reachable?):\n  " + "\n  ".join(last or ["no output"]))
     done.write_text(datetime.now(timezone.utc).isoformat() + "\n")
     return lib
+
+
+# JVMs this process started, by pid: kept so that a stopped one is reaped, not left a zombie.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn(what: str, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
+    """Start a JVM in a session of its own (Ctrl-C in the terminal that ran `up` must not stop
+    it), its output appended to `log` after a line saying what was started."""
+    with open(log, "ab") as fh:
+        fh.write(f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} dbops sandbox: {what}\n".encode())
+        fh.flush()
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
+                                start_new_session=True, env=env)
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def stop(pids: dict[int, str], sig: signal.Signals, grace: float) -> None:
+    """Send `sig` to each pid still running its own command line (`pids`: pid -> a string of
+    that command line), wait until all are gone, SIGKILL what is left after `grace` seconds."""
+    for pid, needle in pids.items():
+        if pid_alive(pid, needle):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while True:
+        for pid in pids:
+            proc = _children.get(pid)
+            if proc is not None and proc.poll() is not None:
+                del _children[pid]
+        left = [p for p in pids if pid_alive(p)]
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            for p in left:
+                os.kill(p, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+        time.sleep(0.1)

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +74,6 @@ public class Launcher {
     }
 }
 """
-
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
 
 class Neo4jSandbox:
     def __init__(self, root: Path | None = None):
@@ -143,18 +139,11 @@ class Neo4jSandbox:
 
     def _spawn(self) -> int:
         st = self.state
-        log = Path(st["log"])
         args = [maven.tool("java"), HEAP, "-cp", f"{self.dir / 'classes'}:{st['lib']}/*", "Launcher", self._needle(), str(st["port"])]
-        with open(log, "ab") as fh:
-            fh.write(f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} dbops sandbox: Launcher\n".encode())
-            fh.flush()
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=self.dir,
-                                    start_new_session=True,
-                                    env={**os.environ, "DBOPS_NEO4J_PASSWORD": st["password"]})
-        _children[proc.pid] = proc
-        st["pid"] = proc.pid
+        pid = maven.spawn("the Neo4j launcher", args, Path(st["log"]), self.dir, env={**os.environ, "DBOPS_NEO4J_PASSWORD": st["password"]})
+        st["pid"] = pid
         write_engine_state(self.root, ENGINE, st)
-        return proc.pid
+        return pid
 
     def _wait_started(self, pid: int) -> None:
         log = Path(self.state["log"])
@@ -173,17 +162,8 @@ class Neo4jSandbox:
         if pid is None:
             return
         progress("stop neo4j")
-        os.kill(pid, signal.SIGTERM)  # the shutdown hook closes the databases cleanly
-        deadline = time.monotonic() + STOP_GRACE
-        while pid_alive(pid):
-            proc = _children.get(pid)
-            if proc is not None and proc.poll() is not None:
-                del _children[pid]
-                break
-            if time.monotonic() >= deadline:
-                os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-            time.sleep(0.1)
+        # SIGTERM: the launcher's shutdown hook closes the databases cleanly.
+        maven.stop({pid: self._needle()}, signal.SIGTERM, STOP_GRACE)
         st = self.state
         st["pid"] = None
         write_engine_state(self.root, ENGINE, st)

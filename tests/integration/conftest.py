@@ -6,6 +6,7 @@ server must never turn into a silently skipped suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -34,6 +35,25 @@ def make_state_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def running_sandbox(engines: tuple[str, ...], prefix: str) -> Iterator[Path]:
+    """A private sandbox of `engines` for one test module: its root, then down; the directory
+    (logs) is kept when the tests failed or DBOPS_KEEP_SANDBOX is set."""
+    state_dir = make_state_dir(prefix)
+    root = state_dir / "sandbox"
+    ok = False
+    try:
+        sandbox.up(engines, root=root)
+        yield root
+        ok = True
+    finally:
+        try:
+            sandbox.down(root=root)
+        finally:
+            if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
+                shutil.rmtree(state_dir)
 
 
 @dataclass

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -14,24 +12,13 @@ from dbops import sandbox
 from dbops.sandbox.kafka import NODES, KafkaSandbox
 from dbops.sandbox import pid_alive, port_open
 
-from .conftest import make_state_dir
+from .conftest import running_sandbox
 
 
 @pytest.fixture(scope="module")
 def kafka() -> Iterator[KafkaSandbox]:
-    state_dir = make_state_dir("dbops-it-kafka-")
-    root = state_dir / "sandbox"
-    ok = False
-    try:
-        sandbox.up(("kafka",), root=root)
+    with running_sandbox(("kafka",), "dbops-it-kafka-") as root:
         yield KafkaSandbox(root)
-        ok = True
-    finally:
-        try:
-            sandbox.down(root=root)
-        finally:
-            if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
-                shutil.rmtree(state_dir)
 
 
 def test_three_kraft_nodes_form_a_quorum(kafka: KafkaSandbox) -> None:

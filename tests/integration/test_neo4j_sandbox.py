@@ -4,8 +4,6 @@ to it. (The Neo4j pane is issue 5's; this is its sandbox.)"""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -16,24 +14,13 @@ from dbops import sandbox
 from dbops.sandbox import pid_alive
 from dbops.sandbox.neo4j import Neo4jSandbox
 
-from .conftest import make_state_dir
+from .conftest import running_sandbox
 
 
 @pytest.fixture(scope="module")
 def neo() -> Iterator[Neo4jSandbox]:
-    state_dir = make_state_dir("dbops-it-neo4j-")
-    root = state_dir / "sandbox"
-    ok = False
-    try:
-        sandbox.up(("neo4j",), root=root)
+    with running_sandbox(("neo4j",), "dbops-it-neo4j-") as root:
         yield Neo4jSandbox(root)
-        ok = True
-    finally:
-        try:
-            sandbox.down(root=root)
-        finally:
-            if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
-                shutil.rmtree(state_dir)
 
 
 def test_bolt_with_the_password_reaches_neo4j_5_26_community(neo: Neo4jSandbox) -> None:

@@ -27,7 +27,7 @@ from dbops.model import ClusterHealth, Reachability, Severity
 from dbops.poller import poll_once
 from dbops.sandbox.redis import RedisSandbox
 
-from .conftest import make_state_dir
+from .conftest import running_sandbox
 from .crash import resume
 
 MASTERS = ("c1", "c2", "c3")
@@ -83,12 +83,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    state_dir = make_state_dir("dbops-it-rcluster-")
-    root = state_dir / "sandbox"
-    ok = False
-    try:
-        result = sandbox.up(("s3", "redis"), root=root)
-        h = Cluster(state_dir, result.config_path, RedisSandbox(root))
+    with running_sandbox(("s3", "redis"), "dbops-it-rcluster-") as root:
+        h = Cluster(root.parent, sandbox.config_path(root=root), RedisSandbox(root))
         c = h.client()
         pipe = c.pipeline()
         for i in range(20000):
@@ -100,13 +96,6 @@ def cluster() -> Iterator[Cluster]:
         pipe.execute()
         c.close()
         yield h
-        ok = True
-    finally:
-        try:
-            sandbox.down(root=root)
-        finally:
-            if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
-                shutil.rmtree(state_dir)
 
 
 def health(h: Cluster, name: str = "sandbox-redis") -> ClusterHealth:
