@@ -74,8 +74,11 @@ def tui(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--refreshes", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Poll this many times, a refresh interval apart, and judge the last: Kafka consumer lag "
+                   "(STALL/STOP) is judged over kafka.thresholds.lag_window refreshes.")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
+def check(ctx: click.Context, as_json: bool, refreshes: int) -> None:
     """Poll everything once; Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN."""
     import asyncio
 
@@ -88,7 +91,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     if not refs:
         click.echo("UNKNOWN: no clusters configured", err=True)
         sys.exit(3)
-    clusters = sort_worst_first(asyncio.run(poll_once(refs)))
+    clusters = sort_worst_first(asyncio.run(poll_once(refs, refreshes)))
     overall = Severity.worst([c.severity for c in clusters])
     if as_json:
         out = {

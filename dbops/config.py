@@ -17,10 +17,13 @@ from typing import Any, Literal
 
 from dbops.schema import Invalid, Model, limits
 
-ENGINES = ("postgres", "redis")
+ENGINES = ("postgres", "redis", "kafka", "neo4j")
 
 # A member without a port gets its engine's usual one.
-DEFAULT_PORTS = {"postgres": 5432, "redis": 6379}
+DEFAULT_PORTS = {"postgres": 5432, "redis": 6379, "kafka": 9092, "neo4j": 7687}
+# A cluster without a `user` logs in as its engine's usual one (Redis and Kafka log in only
+# when a user is given: redis.username, and SASL for Kafka).
+DEFAULT_USERS = {"postgres": "postgres", "neo4j": "neo4j"}
 
 
 @dataclass(frozen=True)
@@ -207,11 +210,66 @@ class RedisOptions(Model):
 
 
 @dataclass(frozen=True)
+class KafkaThresholds(Model):
+    """Consumer lag is judged Burrow-style over a sliding window of `lag_window` refreshes:
+    OK, WARN (the group consumes but its lag grew at every refresh of the window), STALL (members
+    are in the group but its committed offset has not moved while there is lag), STOP (no member
+    and the offset has not moved while there is lag), ERR (the committed offset is outside the
+    partition's log). Lag in time is judged on its own."""
+
+    lag_window: int = field(default=10, metadata=limits(ge=3, le=1000))
+    lag_seconds_warn: float = 60.0
+    lag_seconds_crit: float = 600.0
+
+    def check(self) -> list[str]:
+        if self.lag_seconds_warn > self.lag_seconds_crit:
+            return [f"lag_seconds_warn ({self.lag_seconds_warn:g}) is above lag_seconds_crit ({self.lag_seconds_crit:g})"]
+        return []
+
+
+@dataclass(frozen=True)
+class KafkaOptions(Model):
+    """How dbops reads a Kafka cluster. `members` are the brokers (all of them, so a stopped one
+    shows as DOWN; any that answers bootstraps). The security protocol follows from the cluster's
+    `tls.mode` (require / verify-ca / verify-full: SSL) and `user` (SASL with `sasl_mechanism`,
+    the password being the cluster's `password`)."""
+
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    # Consumer groups to watch, as shell patterns (fnmatch); empty: every group.
+    groups: list[str] = field(default_factory=list)
+    # Topic and partition configs (min.insync.replicas) are re-read this often, not every refresh.
+    config_refresh_seconds: float = field(default=60.0, metadata=limits(gt=0))
+    thresholds: KafkaThresholds = KafkaThresholds()
+
+
+@dataclass(frozen=True)
+class Neo4jThresholds(Model):
+    """Defaults are the product brief's: a transaction running longer than 500 ms."""
+
+    transaction_ms_warn: float = 500.0
+    transaction_ms_crit: float = 60_000.0
+
+    def check(self) -> list[str]:
+        if self.transaction_ms_warn > self.transaction_ms_crit:
+            return [f"transaction_ms_warn ({self.transaction_ms_warn:g}) is above transaction_ms_crit ({self.transaction_ms_crit:g})"]
+        return []
+
+
+@dataclass(frozen=True)
+class Neo4jOptions(Model):
+    """Neo4j over Bolt: `tls.mode` disable/prefer is bolt://, require is bolt+ssc:// (encrypted,
+    certificate not checked), verify-ca/verify-full is bolt+s:// (with tls.ca_file if given)."""
+
+    thresholds: Neo4jThresholds = Neo4jThresholds()
+
+
+@dataclass(frozen=True)
 class Cluster(Model):
-    engine: Literal["postgres", "redis"]
+    engine: Literal["postgres", "redis", "kafka", "neo4j"]
     members: list[Member] = field(metadata=limits(min_length=1))
     database: str = "postgres"
-    user: str = "postgres"
+    # None: the engine's usual user (DEFAULT_USERS), filled in by __post_init__.
+    user: str | None = None
     password: SecretRef | None = None
     tls: TLS = TLS()
     refresh_interval: float | None = field(default=None, metadata=limits(gt=0))
@@ -221,12 +279,20 @@ class Cluster(Model):
     pgbackrest: PgBackRest | None = None
     backups: Backups = Backups()
     redis: RedisOptions | None = None
+    kafka: KafkaOptions | None = None
+    neo4j: Neo4jOptions | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
         port = DEFAULT_PORTS[self.engine]
         members = [m if m is None or m.port is not None else replace(m, port=port) for m in self.members]
         object.__setattr__(self, "members", members)
+        if self.user is None and self.engine in DEFAULT_USERS:
+            object.__setattr__(self, "user", DEFAULT_USERS[self.engine])
+        if self.engine == "kafka" and self.kafka is None:
+            object.__setattr__(self, "kafka", KafkaOptions())
+        if self.engine == "neo4j" and self.neo4j is None:
+            object.__setattr__(self, "neo4j", Neo4jOptions())
         if self.redis is not None:
             sentinels = [m if m is None or m.port is not None else replace(m, port=26379) for m in self.redis.sentinels]
             object.__setattr__(self, "redis", replace(self.redis, sentinels=sentinels))
@@ -236,8 +302,11 @@ class Cluster(Model):
     def check(self) -> list[Any]:
         names = [m.name for m in [*self.members, *(self.redis.sentinels if self.redis else [])] if m is not None]
         problems: list[Any] = [f"member name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
-        if self.engine != "redis" and self.redis is not None:
-            problems.append((("redis",), f"a [redis] section on an engine = {self.engine!r} cluster"))
+        for section in ("redis", "kafka", "neo4j"):
+            if self.engine != section and getattr(self, section) is not None:
+                problems.append(((section,), f"a [{section}] section on an engine = {self.engine!r} cluster"))
+        if self.engine == "kafka" and self.user is not None and self.password is None:
+            problems.append((("password",), "SASL (a `user` on a Kafka cluster) needs a password"))
         return problems
 
 
@@ -302,6 +371,7 @@ class Config(Model):
 
 
 REDIS_UNIT = "nodes"  # the name of a Redis deployment's single poll unit
+KAFKA_UNIT = "brokers"  # the name of a Kafka cluster's single poll unit
 
 
 @dataclass(frozen=True)
@@ -338,6 +408,10 @@ class ClusterRef:
         if self.cluster.engine == "redis":
             seed = self.cluster.members[0]
             return [Member(name=REDIS_UNIT, host=seed.host, port=seed.port)]
+        if self.cluster.engine == "kafka":
+            # One admin client sees every broker: the brokers are judged from one refresh.
+            seed = self.cluster.members[0]
+            return [Member(name=KAFKA_UNIT, host=seed.host, port=seed.port)]
         return list(self.cluster.members)
 
 

@@ -14,7 +14,12 @@ from dbops.model import ClusterHealth, Snapshot
 
 # Assessment modules are pure Python over the engine's data classes: importing one never pulls
 # in the engine's client library.
-_ASSESSORS = {"postgres": "dbops.engines.postgres.assess", "redis": "dbops.engines.redis.assess"}
+_ASSESSORS = {
+    "postgres": "dbops.engines.postgres.assess",
+    "redis": "dbops.engines.redis.assess",
+    "kafka": "dbops.engines.kafka.assess",
+    "neo4j": "dbops.engines.neo4j.assess",
+}
 
 
 def _assessor(ref: ClusterRef) -> Any:

@@ -331,8 +331,10 @@ class PollerHub:
         return asyncio.run_coroutine_threadsafe(call(), self._loop)
 
 
-async def poll_once(refs: Iterable[ClusterRef]) -> list[ClusterHealth]:
-    """One poll of every member of every cluster, concurrently (for `dbops check`)."""
+async def poll_once(refs: Iterable[ClusterRef], refreshes: int = 1) -> list[ClusterHealth]:
+    """One poll of every member of every cluster, concurrently (for `dbops check`); with
+    refreshes > 1, that many, a refresh interval apart, judged after the last (what is judged
+    over a window, like Kafka consumer lag, needs several)."""
     refs = list(refs)
 
     async def cluster(ref: ClusterRef) -> ClusterHealth:
@@ -342,7 +344,13 @@ async def poll_once(refs: Iterable[ClusterRef]) -> list[ClusterHealth]:
             raise RuntimeError(f"{ref.key}: engine {ref.cluster.engine!r} cannot be loaded: {exc}") from None
         adapters = {m.name: cls(ref, m) for m in ref.poll_units}
         try:
-            snaps = await asyncio.gather(*(poll_member(adapters[m.name], ref, m, None) for m in ref.poll_units))
+            snaps: list[Snapshot] = []
+            for i in range(refreshes):
+                if i:
+                    await asyncio.sleep(ref.refresh_interval)
+                previous = dict(zip((m.name for m in ref.poll_units), snaps))
+                snaps = list(await asyncio.gather(*(poll_member(adapters[m.name], ref, m, previous.get(m.name))
+                                                    for m in ref.poll_units)))
         finally:
             await asyncio.gather(*(close_quietly(a) for a in adapters.values()))
         return assess_cluster(ref, {s.member: s for s in snaps})

@@ -159,6 +159,14 @@ class DbopsApp(App[None]):
             from .redis import RedisScreen
 
             self.push_screen(RedisScreen(key))
+        elif ref.cluster.engine == "kafka":
+            from .kafka import KafkaScreen
+
+            self.push_screen(KafkaScreen(key))
+        elif ref.cluster.engine == "neo4j":
+            from .neo4j import Neo4jScreen
+
+            self.push_screen(Neo4jScreen(key))
         else:
             self.notify(f"no pane for engine {ref.cluster.engine!r} yet", severity="error")
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 BUILTIN = {
     "postgres": "dbops.engines.postgres.adapter:PostgresAdapter",
     "redis": "dbops.engines.redis.adapter:RedisAdapter",
+    "kafka": "dbops.engines.kafka.adapter:KafkaAdapter",
+    "neo4j": "dbops.engines.neo4j.adapter:Neo4jAdapter",
 }
 
 

@@ -243,6 +243,11 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
+def toml_str(value: str) -> str:
+    """A TOML basic string, for the config fragments the sandboxes write."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def tail(path: Path, lines: int = 8) -> str:
     """The last lines of a log, indented, for an error message ('' if it cannot be read)."""
     try:

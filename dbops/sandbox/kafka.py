@@ -13,8 +13,8 @@ Layout under the sandbox directory::
     kafka/<node>/server.properties, log4j.properties, kafka.log, data/
 
 State under engine "kafka": {"version", "cluster_id", "lib", "nodes": {"k1": {"node_id", "port",
-"controller_port", "pid", "dir", "log"}, ...}}. The config model for Kafka is issue 5's: until
-then `config_fragment` is empty and the console does not show this cluster.
+"controller_port", "pid", "dir", "log"}, ...}}. The config
+fragment names the brokers k1..k3 in cluster ``sandbox-kafka``.
 """
 
 from __future__ import annotations
@@ -290,4 +290,15 @@ class KafkaSandbox:
                               f"log {n['log']}") for name, n in st["nodes"].items()]
 
     def config_fragment(self) -> str:
-        return ""  # the Kafka config model comes with the Kafka pane (issue 5)
+        nodes = self.state["nodes"]
+        return "\n".join([
+            f"[environments.sandbox.clusters.{CLUSTER_NAME}]",
+            'engine = "kafka"',
+            f'description = "local sandbox: Kafka {VERSION}, KRaft, {", ".join(NODES)} (broker+controller each)"',
+            "refresh_interval = 2.0",
+            "timeout = 5.0",
+            "members = [",
+            *(f'  {{ name = "{name}", host = "{HOST}", port = {n["port"]} }},' for name, n in nodes.items()),
+            "]",
+            "",
+        ])

@@ -6,10 +6,14 @@ The launcher is sandbox infrastructure, compiled here with javac against Maven C
 ``neo4j`` user's password from DBOPS_NEO4J_PASSWORD (never on its command line) and prints a line
 when Bolt is up. Layout under the sandbox directory::
 
-    neo4j/Launcher.java, classes/, home/ (the databases), neo4j.log
+    neo4j/Launcher.java, classes/, home/ (the databases), neo4j.log,
+          tls/ (public.crt, private.key: a self-signed certificate for 127.0.0.1), tls.conf
 
-State under engine "neo4j": {"version", "password", "port", "pid", "dir", "log"}. The config model
-for Neo4j is issue 5's: until then `config_fragment` is empty.
+Bolt accepts plain and TLS connections on the same port (server.bolt.tls_level OPTIONAL, the
+certificate made here with openssl), so one server serves the plain config and the TLS tests
+(require, verify-ca with tls/public.crt as the CA). State under engine "neo4j": {"version",
+"password", "port", "pid", "dir", "log", "lib", "ca_file"}. The config fragment names the
+server ``n1`` in cluster ``sandbox-neo4j`` and connects without TLS.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dbops.sandbox import (
     port_open,
     sandbox_dir,
     tail,
+    toml_str,
     write_engine_state,
 )
 
@@ -61,11 +66,16 @@ public class Launcher {
         Path home = Path.of(args[0]);
         int port = Integer.parseInt(args[1]);
         String password = System.getenv("DBOPS_NEO4J_PASSWORD");
-        DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
-            .setConfig(BoltConnector.enabled, true)
+        DatabaseManagementServiceBuilder builder = new DatabaseManagementServiceBuilder(home);
+        builder.setConfig(BoltConnector.enabled, true)
             .setConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
-            .setConfig(GraphDatabaseSettings.auth_enabled, true)
-            .build();
+            .setConfig(GraphDatabaseSettings.auth_enabled, true);
+        // The Bolt SSL policy (tls.conf beside home/): TLS optional on the Bolt port.
+        Path tls = home.resolveSibling("tls.conf");
+        if (java.nio.file.Files.exists(tls)) {
+            builder.loadPropertiesFromFile(tls);
+        }
+        DatabaseManagementService dbms = builder.build();
         Runtime.getRuntime().addShutdownHook(new Thread(dbms::shutdown));
         dbms.database("system").executeTransactionally(
             "ALTER USER neo4j SET PASSWORD '" + password + "' CHANGE NOT REQUIRED");
@@ -110,7 +120,7 @@ class Neo4jSandbox:
         return self.pid() is not None
 
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
-        """Start the server; returns ("", already_up): no config model for Neo4j yet."""
+        """Start the server; returns (its config fragment, already_up)."""
         if self.is_running():
             progress("neo4j sandbox is already up")
             return self.config_fragment(), True
@@ -123,9 +133,11 @@ class Neo4jSandbox:
                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise SandboxError(f"compiling the Neo4j launcher failed:\n{(r.stdout + r.stderr)[-1500:]}")
+        ca_file = self._make_tls()
         port = free_ports(1)[0]
         write_engine_state(self.root, ENGINE, {"version": VERSION, "password": secrets.token_urlsafe(18), "port": port,
-                                               "pid": None, "dir": str(self.dir), "log": str(self.dir / "neo4j.log"), "lib": str(lib)})
+                                               "pid": None, "dir": str(self.dir), "log": str(self.dir / "neo4j.log"), "lib": str(lib),
+                                               "ca_file": str(ca_file)})
         progress(f"start {NAME}: Neo4j {VERSION} community, Bolt on {HOST}:{port}, auth on")
         try:
             self._wait_started(self._spawn())
@@ -136,6 +148,35 @@ class Neo4jSandbox:
                 exc.add_note(f"while cleaning up after that: {cleanup.message}")
             raise
         return self.config_fragment(), False
+
+    def _make_tls(self) -> Path:
+        """A self-signed certificate for 127.0.0.1 (its own CA) and the Bolt SSL policy using it."""
+        if shutil.which("openssl") is None:
+            raise SandboxError("openssl is not installed (Debian: apt-get install openssl); the Neo4j sandbox's TLS needs it")
+        tls = self.dir / "tls"
+        for sub in ("trusted", "revoked"):  # the policy's defaults; Neo4j wants them to exist
+            (tls / sub).mkdir(parents=True, mode=0o700)
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tls / "private.key"),
+                            "-out", str(tls / "public.crt"), "-days", "3650", "-subj", "/CN=127.0.0.1",
+                            "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SandboxError(f"making the Neo4j sandbox's TLS certificate failed:\n{(r.stdout + r.stderr)[-1500:]}")
+        (self.dir / "tls.conf").write_text("\n".join([
+            "dbms.ssl.policy.bolt.enabled=true",
+            f"dbms.ssl.policy.bolt.base_directory={tls}",
+            "dbms.ssl.policy.bolt.private_key=private.key",
+            "dbms.ssl.policy.bolt.public_certificate=public.crt",
+            "dbms.ssl.policy.bolt.client_auth=NONE",
+            "server.bolt.tls_level=OPTIONAL",
+            "",
+        ]))
+        return tls / "public.crt"
+
+    @property
+    def ca_file(self) -> Path:
+        """The certificate Bolt's TLS presents (self-signed: it is its own CA)."""
+        return Path(self.state["ca_file"])
 
     def _spawn(self) -> int:
         st = self.state
@@ -175,4 +216,17 @@ class Neo4jSandbox:
         return [ProcessStatus(ENGINE, "neo4j", "server", self.pid() is not None, int(st["port"]), self.pid(), f"log {st['log']}")]
 
     def config_fragment(self) -> str:
-        return ""  # the Neo4j config model comes with the Neo4j pane (issue 5)
+        st = self.state
+        return "\n".join([
+            f"[environments.sandbox.clusters.{NAME}]",
+            'engine = "neo4j"',
+            f'description = "local sandbox: Neo4j {VERSION} community, Bolt on loopback, auth on"',
+            'user = "neo4j"',
+            f"password = {{ value = {toml_str(st['password'])} }}",
+            "refresh_interval = 2.0",
+            "timeout = 5.0",
+            "members = [",
+            f'  {{ name = "n1", host = "{HOST}", port = {st["port"]} }},',
+            "]",
+            "",
+        ])

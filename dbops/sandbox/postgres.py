@@ -42,6 +42,7 @@ from dbops.sandbox import (
     port_open,
     sandbox_dir,
     tail,
+    toml_str,
     write_engine_state,
 )
 
@@ -122,10 +123,6 @@ def _shell_quote(path: Path) -> str:
     """A path for archive_command/restore_command: they go through /bin/sh, and % is special to
     PostgreSQL's substitution."""
     return "'" + str(path).replace("'", "'\\''").replace("%", "%%") + "'"
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1005,18 +1002,18 @@ class PostgresSandbox:
 
     def config_fragment(self) -> str:
         st = self.state
-        pw = _toml_str(st["password"])
+        pw = toml_str(st["password"])
         head = f"[environments.sandbox.clusters.{CLUSTER}]"
         lines = [
             head,
             'engine = "postgres"',
             'description = "local sandbox: pg1 primary, pg2 (slot) and pg3 replicas, PgBouncer"',
-            f"database = {_toml_str(DATABASE)}",
-            f"user = {_toml_str(USER)}",
+            f"database = {toml_str(DATABASE)}",
+            f"user = {toml_str(USER)}",
             f"password = {{ value = {pw} }}",
             "refresh_interval = 2.0",
             "timeout = 3.0",
-            f'pgbouncer = {{ host = "127.0.0.1", port = {st["pgbouncer"]["port"]}, user = {_toml_str(USER)}, '
+            f'pgbouncer = {{ host = "127.0.0.1", port = {st["pgbouncer"]["port"]}, user = {toml_str(USER)}, '
             f"password = {{ value = {pw} }} }}",
             "",
         ]
@@ -1024,31 +1021,31 @@ class PostgresSandbox:
         if b:
             lines += [
                 f"[environments.sandbox.clusters.{CLUSTER}.pgbackrest]",
-                f"stanza = {_toml_str(b['stanza'])}",
-                f"config = {_toml_str(b['config'])}",
-                f"os_user = {_toml_str(b['os_user'])}",
-                f"bin = {_toml_str(b['bin'])}",
-                f"restore_root = {_toml_str(str(self.restores_dir))}",
+                f"stanza = {toml_str(b['stanza'])}",
+                f"config = {toml_str(b['config'])}",
+                f"os_user = {toml_str(b['os_user'])}",
+                f"bin = {toml_str(b['bin'])}",
+                f"restore_root = {toml_str(str(self.restores_dir))}",
                 "",
             ]
         s3 = engine_state(self.root, "s3")
         if s3:  # the sandbox's S3 endpoint (moto) holds this cluster's pg_dump backups
             lines += [
                 f"[environments.sandbox.clusters.{CLUSTER}.backups]",
-                f"s3 = {{ bucket = {_toml_str(s3['bucket'])}, prefix = {_toml_str('dumps/')}, "
-                f"region = {_toml_str(s3['region'])}, endpoint_url = {_toml_str(s3['endpoint_url'])}, "
-                f"access_key_id = {{ value = {_toml_str(s3['access_key_id'])} }}, "
-                f"secret_access_key = {{ value = {_toml_str(s3['secret_access_key'])} }} }}",
+                f"s3 = {{ bucket = {toml_str(s3['bucket'])}, prefix = {toml_str('dumps/')}, "
+                f"region = {toml_str(s3['region'])}, endpoint_url = {toml_str(s3['endpoint_url'])}, "
+                f"access_key_id = {{ value = {toml_str(s3['access_key_id'])} }}, "
+                f"secret_access_key = {{ value = {toml_str(s3['secret_access_key'])} }} }}",
                 "",
             ]
         for name, m in st["members"].items():
             lines += [
                 f"[[environments.sandbox.clusters.{CLUSTER}.members]]",
-                f"name = {_toml_str(name)}",
+                f"name = {toml_str(name)}",
                 'host = "127.0.0.1"',
                 f"port = {m['port']}",
-                f"role = {_toml_str(m['role'])}",
-                f"application_name = {_toml_str(name)}",
+                f"role = {toml_str(m['role'])}",
+                f"application_name = {toml_str(name)}",
                 "",
             ]
         return "\n".join(lines)

@@ -77,6 +77,7 @@ from dbops.sandbox import (
     port_open,
     sandbox_dir,
     tail,
+    toml_str,
     write_engine_state,
 )
 
@@ -150,10 +151,6 @@ def _server_version(server: Path) -> str:
             f"(Debian 12's redis-server package is 7.0): {APT_HINT}"
         )
     return version
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _conf_str(value: str) -> str:
@@ -847,7 +844,7 @@ class RedisSandbox:
 
     def config_fragment(self) -> str:
         st = self.state
-        pw = "{ value = " + _toml_str(st["password"]) + " }"
+        pw = "{ value = " + toml_str(st["password"]) + " }"
         sa = st["standalone"]
         cl = st["cluster"]
         lines = [
@@ -891,10 +888,10 @@ class RedisSandbox:
             return []
         return [
             f"[environments.sandbox.clusters.{cluster}.backups]",
-            f"s3 = {{ bucket = {_toml_str(s3['bucket'])}, prefix = {_toml_str('redis/')}, "
-            f"region = {_toml_str(s3['region'])}, endpoint_url = {_toml_str(s3['endpoint_url'])}, "
-            f"access_key_id = {{ value = {_toml_str(s3['access_key_id'])} }}, "
-            f"secret_access_key = {{ value = {_toml_str(s3['secret_access_key'])} }} }}",
+            f"s3 = {{ bucket = {toml_str(s3['bucket'])}, prefix = {toml_str('redis/')}, "
+            f"region = {toml_str(s3['region'])}, endpoint_url = {toml_str(s3['endpoint_url'])}, "
+            f"access_key_id = {{ value = {toml_str(s3['access_key_id'])} }}, "
+            f"secret_access_key = {{ value = {toml_str(s3['secret_access_key'])} }} }}",
         ]
 
 

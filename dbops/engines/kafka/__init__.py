@@ -1,0 +1,1 @@
+"""Kafka: brokers, partitions and consumer lag through aiokafka (imported only when a Kafka cluster is configured)."""

@@ -1,0 +1,313 @@
+"""The Kafka adapter: one refresh of a whole cluster through one admin client and one consumer.
+
+Per refresh: cluster metadata (brokers, controller, every partition's leader, replicas and ISR);
+ListGroups on every live broker; DescribeGroups and OffsetFetch per coordinator and group; the
+watched groups' partitions' end and start offsets in batched ListOffsets through one consumer
+(one request per partition leader, never a client per partition). Topic configs
+(min.insync.replicas) are re-read every `config_refresh_seconds`. A broker that does not answer
+costs its own short timeout and shows as down; the others still report.
+
+State kept between refreshes: each partition's end offsets (lag in time), each group partition's
+window of (committed, end) samples (the Burrow-style judgement) and each group's lag trend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections import deque
+from typing import Any
+
+from dbops.config import ClusterRef, Member as ConfigMember
+from dbops.engines.base import Adapter
+from dbops.engines.kafka import client as kc
+from dbops.engines.kafka.data import (
+    END_HISTORY,
+    TREND_POINTS,
+    Broker,
+    Group,
+    GroupPartition,
+    KafkaData,
+    LagSample,
+    Member,
+    Partition,
+    Topic,
+    lag_seconds,
+)
+from dbops.model import Reachability
+
+# One broker's or one group's share of the refresh timeout: a stopped broker must leave time
+# for the rest of the refresh.
+NODE_TIMEOUT_SHARE = 0.3
+
+
+def decode_assignment(raw: bytes) -> tuple[tuple[str, int], ...]:
+    """A consumer-protocol member assignment as (topic, partition) pairs; () for other protocols."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    if not raw:
+        return ()
+    try:
+        decoded = ConsumerProtocolMemberAssignment.decode(raw)
+    except (ValueError, EOFError, IndexError, TypeError):
+        # Kafka Connect and other protocols encode assignments their own way.
+        return ()
+    return tuple((topic, p) for topic, parts in decoded.assignment for p in parts)
+
+
+class KafkaAdapter(Adapter):
+    kind = "kafka"
+
+    def __init__(self, cluster: ClusterRef, member: ConfigMember) -> None:
+        super().__init__(cluster, member)
+        opts = cluster.cluster.kafka
+        assert opts is not None
+        self.opts = opts
+        self.names = {f"{m.host}:{m.port}": m.name for m in cluster.cluster.members}
+        self._admin: Any = None
+        self._consumer: Any = None
+        self._creds: kc.Credentials | None = None
+        self._coordinators: dict[str, int] = {}
+        self._ends: dict[tuple[str, int], deque[tuple[float, int]]] = {}
+        self._windows: dict[tuple[str, str, int], deque[LagSample]] = {}
+        self._trends: dict[str, deque[int]] = {}
+        self._min_isr: dict[str, int] = {}
+        self._configs_at: float | None = None
+        self._seen: dict[str, int] = {}  # address -> node id, for brokers that have gone
+
+    @property
+    def node_timeout(self) -> float:
+        return max(0.5, self.cluster.timeout * NODE_TIMEOUT_SHARE)
+
+    @property
+    def where(self) -> str:
+        return f"{self.cluster.name} ({', '.join(kc.bootstrap(self.cluster))})"
+
+    async def _connect(self) -> None:
+        if self._admin is None:
+            self._creds = kc.Credentials(self.cluster)
+            self._admin = await kc.admin(self.cluster, self._creds.password)
+        if self._consumer is None:
+            self._consumer = await kc.consumer(self.cluster, self._creds.password if self._creds else None)
+
+    async def _bounded(self, coro: Any) -> Any:
+        return await asyncio.wait_for(coro, timeout=self.node_timeout)
+
+    async def _from_any_broker(self, call: Any) -> Any:
+        """A metadata request goes to a random known broker; one that has just died (and is still
+        in the metadata until the controller fences it) must not fail the refresh: try others."""
+        from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+
+        attempts = max(2, len(self.names))
+        for attempt in range(attempts):
+            try:
+                return await self._bounded(call())
+            except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError):
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- one refresh -----------------------------------------------------------------------------
+
+    async def collect(self) -> KafkaData:
+        try:
+            return await self._collect()
+        except BaseException:
+            # Reconnect next time: a half-started client or one cancelled mid-request is not reused.
+            await self.close()
+            raise
+
+    async def _collect(self) -> KafkaData:
+        await self._connect()
+        now = time.time()
+        notes: list[str] = []
+        cluster = await self._from_any_broker(self._admin.describe_cluster)
+        topics_raw = await self._from_any_broker(self._admin.describe_topics)
+        brokers = self._brokers(cluster)
+        topics = [self._topic(t) for t in topics_raw]
+        await self._refresh_configs([t.name for t in topics], now, notes)
+        topics = [Topic(t.name, t.internal, t.partitions, self._min_isr.get(t.name)) for t in topics]
+        groups = await self._groups(brokers, {(p.topic, p.partition): p for t in topics for p in t.partitions}, now, notes)
+        return KafkaData(
+            cluster_id=cluster.get("cluster_id"), controller_id=cluster.get("controller_id"), brokers=tuple(brokers),
+            topics=tuple(sorted(topics, key=lambda t: (t.internal, t.name))), groups=tuple(groups), taken_at=now,
+            notes=tuple(notes), configs_at=self._configs_at, window=self.opts.thresholds.lag_window)
+
+    def _brokers(self, cluster: dict[str, Any]) -> list[Broker]:
+        """Configured brokers first (a missing one is down), then any others the cluster names."""
+        found = {f"{b['host']}:{b['port']}": b for b in cluster.get("brokers", [])}
+        for address, b in found.items():
+            self._seen[address] = b["node_id"]
+        out = []
+        for address in [*self.names, *(a for a in self._seen if a not in self.names)]:
+            b = found.get(address)
+            if b is not None:
+                out.append(Broker(b["node_id"], address, self.names.get(address, address), True, b.get("rack")))
+            else:
+                out.append(Broker(self._seen.get(address), address, self.names.get(address, address), False,
+                                  error="not in the cluster's metadata (stopped, fenced or unreachable)"))
+        for address, b in found.items():
+            if address not in self.names and address not in self._seen:
+                out.append(Broker(b["node_id"], address, address, True, b.get("rack")))
+        return out
+
+    @staticmethod
+    def _topic(raw: dict[str, Any]) -> Topic:
+        parts = tuple(sorted((
+            Partition(raw["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]),
+                      tuple(p.get("offline_replicas") or ()), kc.error_name(p["error_code"]) if p["error_code"] else None)
+            for p in raw["partitions"]), key=lambda p: p.partition))
+        return Topic(raw["topic"], bool(raw.get("is_internal")), parts)
+
+    async def _refresh_configs(self, topics: list[str], now: float, notes: list[str]) -> None:
+        """min.insync.replicas per topic, read in one DescribeConfigs now and then."""
+        fresh = self._configs_at is not None and now - self._configs_at < self.opts.config_refresh_seconds
+        if fresh and all(t in self._min_isr for t in topics):
+            return
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        try:
+            responses = await self._bounded(self._admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t, {"min.insync.replicas": None}) for t in topics]))
+        except Exception as exc:  # the rest of the refresh is still worth showing
+            notes.append(f"topic configs not read: {self.classify(exc)[1]}")
+            return
+        for response in responses:
+            for resource in response.resources:
+                error_code, _, _, name, entries = resource[:5]
+                if error_code:
+                    continue
+                for entry in entries:
+                    if entry[0] == "min.insync.replicas" and entry[1] is not None:
+                        self._min_isr[name] = int(entry[1])
+        self._configs_at = now
+
+    async def _groups(self, brokers: list[Broker], partitions: dict[tuple[str, int], Partition],
+                      now: float, notes: list[str]) -> list[Group]:
+        """ListGroups goes to every broker the metadata names, so it doubles as each broker's
+        liveness probe: one that does not answer is marked down (in `brokers`) at once, before
+        the controller fences it."""
+        live = [(i, b) for i, b in enumerate(brokers) if b.up and b.node_id is not None]
+        listed = await asyncio.gather(*(self._bounded(self._admin.list_consumer_groups(broker_ids=[b.node_id])) for _, b in live),
+                                      return_exceptions=True)
+        ids: set[str] = set()
+        for (i, b), result in zip(live, listed):
+            if isinstance(result, BaseException):
+                reach, why = self.classify(result)
+                brokers[i] = Broker(b.node_id, b.address, b.name, False, b.rack,
+                                    f"in the metadata but not answering ({reach.value}): {why}")
+            else:
+                ids.update(g[0] for g in result)
+        patterns = self.opts.groups
+        ids = {g for g in ids if not patterns or any(fnmatch.fnmatchcase(g, p) for p in patterns)}
+        if not ids:
+            return []
+        described, offsets = await self._describe_and_fetch(sorted(ids), notes)
+        wanted = sorted({tp for offs in offsets.values() if isinstance(offs, dict) for tp in offs}
+                        | {tp for d in described.values() for m in d["members"] for tp in m.assignment})
+        # A partition without a leader cannot answer ListOffsets: asking would stall the batch.
+        askable = [tp for tp in wanted if tp in partitions and not partitions[tp].offline]
+        ends, starts = await self._offsets(askable, notes)
+        for tp in askable:
+            if tp in ends:
+                hist = self._ends.setdefault(tp, deque(maxlen=END_HISTORY))
+                hist.append((now, ends[tp]))
+        window = self.opts.thresholds.lag_window
+        out = []
+        for gid in sorted(ids):
+            d = described.get(gid, {"state": "?", "protocol_type": "", "members": (), "error": None})
+            offs = offsets.get(gid)
+            error = d.get("error")
+            if isinstance(offs, BaseException):
+                error = error or f"offsets not read: {self.classify(offs)[1]}"
+                offs = {}
+            owners = {tp: f"{m.client_id}@{m.host}" for m in d["members"] for tp in m.assignment}
+            gparts = []
+            for tp in sorted(set(offs or {}) | set(owners)):
+                committed = offs.get(tp) if offs else None
+                end, start = ends.get(tp), starts.get(tp)
+                win = self._windows.setdefault((gid, *tp), deque(maxlen=window))
+                win.append(LagSample(now, committed, end))
+                secs, at_least = lag_seconds(committed, list(self._ends.get(tp, ())), now) if end is not None else (None, False)
+                gparts.append(GroupPartition(tp[0], tp[1], committed, start, end, secs, at_least, tuple(win), owners.get(tp)))
+            lags = [p.lag for p in gparts if p.lag is not None]
+            trend = self._trends.setdefault(gid, deque(maxlen=TREND_POINTS))
+            if lags:
+                trend.append(sum(lags))
+            out.append(Group(gid, d["state"], d["protocol_type"], self._coordinators.get(gid), tuple(d["members"]),
+                             tuple(gparts), tuple(trend), error))
+        return out
+
+    async def _describe_and_fetch(self, ids: list[str], notes: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """DescribeGroups once per coordinator (all its groups in one request), OffsetFetch per
+        group, concurrently. Coordinators are remembered and looked up again after an error."""
+        missing = [g for g in ids if g not in self._coordinators]
+        found = await asyncio.gather(*(self._bounded(self._admin.find_coordinator(g)) for g in missing), return_exceptions=True)
+        described: dict[str, dict[str, Any]] = {}
+        for gid, node in zip(missing, found):
+            if isinstance(node, BaseException):
+                described[gid] = {"state": "?", "protocol_type": "", "members": (),
+                                  "error": f"no coordinator: {self.classify(node)[1]}"}
+            else:
+                self._coordinators[gid] = node
+        by_node: dict[int, list[str]] = {}
+        for gid in ids:
+            if gid in self._coordinators:
+                by_node.setdefault(self._coordinators[gid], []).append(gid)
+
+        async def describe(node: int, gids: list[str]) -> None:
+            try:
+                responses = await self._bounded(self._admin.describe_consumer_groups(gids, group_coordinator_id=node))
+            except Exception as exc:
+                for gid in gids:
+                    self._coordinators.pop(gid, None)
+                    described[gid] = {"state": "?", "protocol_type": "", "members": (),
+                                      "error": f"not described by broker {node}: {self.classify(exc)[1]}"}
+                return
+            for response in responses:
+                for g in response.to_object()["groups"]:
+                    error = kc.error_name(g["error_code"]) if g["error_code"] else None
+                    if error:
+                        self._coordinators.pop(g["group"], None)  # NOT_COORDINATOR after a move: ask again
+                    members = tuple(Member(m["member_id"], m["client_id"], m["client_host"].lstrip("/"),
+                                           decode_assignment(m["member_assignment"]) if g["protocol_type"] == "consumer" else ())
+                                    for m in g["members"])
+                    described[g["group"]] = {"state": g["state"] or "?", "protocol_type": g["protocol_type"],
+                                             "members": members, "error": error}
+
+        async def fetch(gid: str) -> Any:
+            offs = await self._bounded(self._admin.list_consumer_group_offsets(gid, group_coordinator_id=self._coordinators[gid]))
+            return {(tp.topic, tp.partition): o.offset for tp, o in offs.items() if o.offset >= 0}
+
+        fetched = await asyncio.gather(*(describe(n, g) for n, g in by_node.items()),
+                                       *(fetch(g) for g in ids if g in self._coordinators), return_exceptions=True)
+        offsets = dict(zip([g for g in ids if g in self._coordinators], fetched[len(by_node):]))
+        for gid, result in offsets.items():
+            if isinstance(result, BaseException):
+                self._coordinators.pop(gid, None)
+        return described, offsets
+
+    async def _offsets(self, tps: list[tuple[str, int]], notes: list[str]) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+        """End and start offsets in batched ListOffsets (aiokafka groups them per leader)."""
+        if not tps:
+            return {}, {}
+        from aiokafka import TopicPartition
+
+        parts = [TopicPartition(t, p) for t, p in tps]
+        try:
+            ends, starts = await asyncio.gather(self._bounded(self._consumer.end_offsets(parts)),
+                                                self._bounded(self._consumer.beginning_offsets(parts)))
+        except Exception as exc:
+            notes.append(f"end offsets not read: {self.classify(exc)[1]}")
+            return {}, {}
+        return ({(tp.topic, tp.partition): o for tp, o in ends.items()},
+                {(tp.topic, tp.partition): o for tp, o in starts.items()})
+
+    async def close(self) -> None:
+        admin, consumer = self._admin, self._consumer
+        self._admin = self._consumer = None
+        await asyncio.gather(kc.close(admin), kc.close(consumer))
+
+    def classify(self, exc: BaseException) -> tuple[Reachability, str]:
+        return kc.classify(exc, self.where, self.cluster.timeout, self._creds.password if self._creds else None)

@@ -1,0 +1,156 @@
+"""Connections to a Kafka cluster with its credentials and TLS, and errors turned into states and
+sentences an operator can use. aiokafka is imported here, on first use.
+
+The security protocol follows from the config: `tls.mode` require / verify-ca / verify-full
+means SSL, a `user` means SASL (`kafka.sasl_mechanism`, the cluster's `password`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from typing import Any
+
+from dbops.config import ClusterRef
+from dbops.model import Reachability
+from dbops.secrets import Secret, SecretError, redact, resolve
+
+
+class TLSConfigError(Exception):
+    pass
+
+
+def bootstrap(ref: ClusterRef) -> list[str]:
+    return [f"{m.host}:{m.port}" for m in ref.cluster.members]
+
+
+def security_protocol(ref: ClusterRef) -> str:
+    tls = ref.cluster.tls.mode in ("require", "verify-ca", "verify-full")
+    sasl = ref.cluster.user is not None
+    return {(False, False): "PLAINTEXT", (True, False): "SSL", (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[(tls, sasl)]
+
+
+def ssl_context(ref: ClusterRef) -> ssl.SSLContext | None:
+    tls = ref.cluster.tls
+    if tls.mode not in ("require", "verify-ca", "verify-full"):
+        return None
+    for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+        if path and not os.path.exists(path):
+            raise TLSConfigError(f"tls.{key} {path} does not exist")
+    ctx = ssl.create_default_context(cafile=tls.ca_file)
+    ctx.check_hostname = tls.mode == "verify-full"
+    if tls.mode == "require":
+        ctx.verify_mode = ssl.CERT_NONE  # encrypted, the certificate not checked (like libpq's require)
+    if tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+def client_kwargs(ref: ClusterRef, password: Secret | None) -> dict[str, Any]:
+    """What every aiokafka client of this cluster is built with. Timeouts are the cluster's: a
+    dead broker must cost one timeout, not aiokafka's 40 s default."""
+    kafka = ref.cluster.kafka
+    assert kafka is not None
+    kw: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(ref),
+        "client_id": "dbops",
+        "request_timeout_ms": int(ref.timeout * 1000),
+        "security_protocol": security_protocol(ref),
+        "ssl_context": ssl_context(ref),
+    }
+    if ref.cluster.user is not None:
+        kw.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=ref.cluster.user,
+                  sasl_plain_password=password.reveal() if password is not None else None)
+    return kw
+
+
+async def admin(ref: ClusterRef, password: Secret | None) -> Any:
+    """A started admin client (it bootstraps from the first broker that answers)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = AIOKafkaAdminClient(**client_kwargs(ref, password))
+    try:
+        await client.start()
+    except BaseException:
+        await close(client)
+        raise
+    return client
+
+
+async def consumer(ref: ClusterRef, password: Secret | None, group_id: str | None = None) -> Any:
+    """A started consumer that subscribes to nothing: offsets are asked for explicitly (ListOffsets,
+    batched per partition leader) and, with a group id, committed explicitly."""
+    from aiokafka import AIOKafkaConsumer
+
+    kw = client_kwargs(ref, password)
+    client = AIOKafkaConsumer(**kw, group_id=group_id, enable_auto_commit=False,
+                              # the consumer's own default (40 s) must not outlast the refresh
+                              connections_max_idle_ms=540000)
+    try:
+        await client.start()
+    except BaseException:
+        await close(client)
+        raise
+    return client
+
+
+async def close(client: Any) -> None:
+    """Close a client, bounded: a stopped broker must not hold up the caller."""
+    if client is None:
+        return
+    stop = getattr(client, "close", None) or client.stop
+    try:
+        await asyncio.wait_for(stop(), timeout=2.0)
+    except (asyncio.TimeoutError, TimeoutError, OSError, ConnectionError):
+        # The sockets are dead or stuck; dropping our reference is all that is left to do.
+        pass
+
+
+class Credentials:
+    """A cluster's resolved password (None without SASL). Resolved once per connect."""
+
+    def __init__(self, ref: ClusterRef) -> None:
+        self.password: Secret | None = resolve(ref.cluster.password) if ref.cluster.user is not None else None
+
+
+def _short(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else ""
+
+
+def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | None) -> tuple[Reachability, str]:
+    reach, message = _classify(exc, where, timeout)
+    return reach, redact(message, *secrets)
+
+
+def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
+    if isinstance(exc, SecretError):
+        return Reachability.AUTH, f"password: {exc}"
+    if isinstance(exc, TLSConfigError):
+        return Reachability.TLS, str(exc)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
+    import aiokafka.errors as ke
+
+    if isinstance(exc, (ke.SaslAuthenticationFailed, ke.AuthenticationFailedError, ke.AuthenticationMethodNotSupported)):
+        return Reachability.AUTH, f"{where} rejected the credentials: {_short(str(exc))}"
+    if isinstance(exc, (ke.TopicAuthorizationFailedError, ke.GroupAuthorizationFailedError, ke.ClusterAuthorizationFailedError)):
+        return Reachability.AUTH, f"{where}: not authorized: {type(exc).__name__}"
+    if isinstance(exc, (ke.KafkaTimeoutError, ke.RequestTimedOutError)):
+        return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+        return Reachability.TLS, f"TLS with {where} failed: {_short(str(exc.__cause__ or exc))}"
+    if isinstance(exc, (ke.KafkaConnectionError, ke.NodeNotReadyError)):
+        return Reachability.DOWN, f"no broker of {where} answers: {_short(str(exc)) or type(exc).__name__}"
+    if isinstance(exc, ke.KafkaError):
+        return Reachability.ERROR, f"{where} answered an error: {type(exc).__name__} {_short(str(exc))}".rstrip()
+    if isinstance(exc, (ConnectionError, OSError)):
+        return Reachability.DOWN, f"connection to {where} failed: {_short(str(exc)) or type(exc).__name__}"
+    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+
+
+def error_name(code: int) -> str:
+    """A broker's error code as its Kafka name (e.g. LEADER_NOT_AVAILABLE's class)."""
+    import aiokafka.errors as ke
+
+    return ke.for_code(code).__name__

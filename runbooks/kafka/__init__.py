@@ -1,0 +1,1 @@
+"""Runbooks for Kafka: consumer offsets, leader election, broker-down triage."""
