@@ -1,0 +1,1 @@
+"""Runbooks for Neo4j: terminate transactions, guided restore."""
