@@ -42,10 +42,25 @@ def main(ctx: click.Context, config_path: str | None, allow_writes: bool) -> Non
     Without a command, opens the console.
     """
     ctx.ensure_object(dict)
+    _log_to_file()
     ctx.obj["config_path"] = config_path
     ctx.obj["allow_writes"] = allow_writes
     if ctx.invoked_subcommand is None:
         ctx.invoke(tui)
+
+
+def _log_to_file() -> None:
+    """Log records go to a file beside the audit log: never over the console's screen, and not
+    into a command's output (client libraries log every refused connection of a down server)."""
+    from dbops.config import state_dir
+
+    log_dir = state_dir()
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=log_dir / "dbops.log", level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except OSError as exc:
+        click.echo(f"warning: cannot log to {log_dir / 'dbops.log'}: {exc}; library log records go to stderr", err=True)
 
 
 @main.command()
@@ -59,10 +74,6 @@ def tui(ctx: click.Context) -> None:
 
     import os
 
-    # Log records must not be written over the screen: they go to a file beside the audit log.
-    log_dir = state_dir()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=log_dir / "dbops.log", level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bench = os.environ.get("DBOPS_EXIT_AFTER_FIRST_FRAME") == "1"
     app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench)
     app.run(headless=bench)

@@ -34,6 +34,7 @@ from dbops.engines.kafka.data import (
     Partition,
     Topic,
     lag_seconds,
+    with_inferred_ids,
 )
 from dbops.model import Reachability
 
@@ -54,6 +55,15 @@ def decode_assignment(raw: bytes) -> tuple[tuple[str, int], ...]:
         # Kafka Connect and other protocols encode assignments their own way.
         return ()
     return tuple((topic, p) for topic, parts in decoded.assignment for p in parts)
+
+
+def topic_from_metadata(raw: dict[str, Any]) -> Topic:
+    """A topic of a MetadataResponse (as aiokafka's describe_topics returns it)."""
+    parts = tuple(sorted((
+        Partition(raw["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]),
+                  tuple(p.get("offline_replicas") or ()), kc.error_name(p["error_code"]) if p["error_code"] else None)
+        for p in raw["partitions"]), key=lambda p: p.partition))
+    return Topic(raw["topic"], bool(raw.get("is_internal")), parts)
 
 
 class KafkaAdapter(Adapter):
@@ -124,8 +134,8 @@ class KafkaAdapter(Adapter):
         notes: list[str] = []
         cluster = await self._from_any_broker(self._admin.describe_cluster)
         topics_raw = await self._from_any_broker(self._admin.describe_topics)
-        brokers = self._brokers(cluster)
-        topics = [self._topic(t) for t in topics_raw]
+        topics = [topic_from_metadata(t) for t in topics_raw]
+        brokers = with_inferred_ids(self._brokers(cluster), topics)
         await self._refresh_configs([t.name for t in topics], now, notes)
         topics = [Topic(t.name, t.internal, t.partitions, self._min_isr.get(t.name)) for t in topics]
         groups = await self._groups(brokers, {(p.topic, p.partition): p for t in topics for p in t.partitions}, now, notes)
@@ -152,14 +162,6 @@ class KafkaAdapter(Adapter):
                 out.append(Broker(b["node_id"], address, address, True, b.get("rack")))
         return out
 
-    @staticmethod
-    def _topic(raw: dict[str, Any]) -> Topic:
-        parts = tuple(sorted((
-            Partition(raw["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]),
-                      tuple(p.get("offline_replicas") or ()), kc.error_name(p["error_code"]) if p["error_code"] else None)
-            for p in raw["partitions"]), key=lambda p: p.partition))
-        return Topic(raw["topic"], bool(raw.get("is_internal")), parts)
-
     async def _refresh_configs(self, topics: list[str], now: float, notes: list[str]) -> None:
         """min.insync.replicas per topic, read in one DescribeConfigs now and then."""
         fresh = self._configs_at is not None and now - self._configs_at < self.opts.config_refresh_seconds
@@ -168,7 +170,7 @@ class KafkaAdapter(Adapter):
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
         try:
-            responses = await self._bounded(self._admin.describe_configs(
+            responses = await self._from_any_broker(lambda: self._admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, t, {"min.insync.replicas": None}) for t in topics]))
         except Exception as exc:  # the rest of the refresh is still worth showing
             notes.append(f"topic configs not read: {self.classify(exc)[1]}")

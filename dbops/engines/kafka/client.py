@@ -154,3 +154,70 @@ def error_name(code: int) -> str:
     import aiokafka.errors as ke
 
     return ke.for_code(code).__name__
+
+
+# -- ElectLeaders (KIP-460), which aiokafka's admin client does not offer --------------------------
+
+PREFERRED_ELECTION = 0
+
+
+def elect_leaders_request(partitions: dict[str, list[int]], timeout_ms: int) -> Any:
+    """An ElectLeaders request (API key 43) for the preferred replica of `partitions`; aiokafka
+    negotiates v0 or v1 with the broker (v1 names the election type, v0 is always preferred)."""
+    from aiokafka.protocol.api import Request, RequestStruct, Response
+    from aiokafka.protocol.types import Array, Int8, Int16, Int32, Schema, String
+
+    result = ("replica_election_results", Array(("topic", String("utf-8")), ("partition_result", Array(
+        ("partition_id", Int32), ("error_code", Int16), ("error_message", String("utf-8"))))))
+
+    class ElectLeadersResponse_v0(Response):
+        API_KEY = 43
+        API_VERSION = 0
+        SCHEMA = Schema(("throttle_time_ms", Int32), result)
+
+    class ElectLeadersResponse_v1(Response):
+        API_KEY = 43
+        API_VERSION = 1
+        SCHEMA = Schema(("throttle_time_ms", Int32), ("error_code", Int16), result)
+
+    topic_partitions = ("topic_partitions", Array(("topic", String("utf-8")), ("partitions", Array(Int32))))
+
+    class ElectLeadersRequest_v0(RequestStruct):
+        API_KEY = 43
+        API_VERSION = 0
+        RESPONSE_TYPE = ElectLeadersResponse_v0
+        SCHEMA = Schema(topic_partitions, ("timeout_ms", Int32))
+
+    class ElectLeadersRequest_v1(RequestStruct):
+        API_KEY = 43
+        API_VERSION = 1
+        RESPONSE_TYPE = ElectLeadersResponse_v1
+        SCHEMA = Schema(("election_type", Int8), topic_partitions, ("timeout_ms", Int32))
+
+    class ElectLeadersRequest(Request[ElectLeadersRequest_v0 | ElectLeadersRequest_v1]):
+        API_KEY = 43
+
+        def build(self, request_struct_class: Any) -> Any:
+            tps = [(t, ps) for t, ps in sorted(partitions.items())]
+            if request_struct_class.API_VERSION == 0:
+                return request_struct_class(tps, timeout_ms)
+            return request_struct_class(PREFERRED_ELECTION, tps, timeout_ms)
+
+    return ElectLeadersRequest()
+
+
+async def elect_preferred_leaders(admin_client: Any, partitions: dict[str, list[int]], timeout_ms: int) -> dict[tuple[str, int], str | None]:
+    """Ask the controller to move leadership of `partitions` to their preferred replicas:
+    (topic, partition) -> None when elected (or already the leader), else the error's name."""
+    # The admin client sends controller requests to the broker its metadata names as controller
+    # (in KRaft, a broker that forwards them to the active controller).
+    response = await admin_client._send_to_controller(elect_leaders_request(partitions, timeout_ms))
+    top = getattr(response, "error_code", 0)
+    if top:
+        raise RuntimeError(f"ElectLeaders failed: {error_name(top)}")
+    out: dict[tuple[str, int], str | None] = {}
+    for topic, results in response.replica_election_results:
+        for partition_id, code, message in results:
+            # ELECTION_NOT_NEEDED (84): the preferred replica already leads.
+            out[(topic, partition_id)] = None if code in (0, 84) else f"{error_name(code)}: {message or ''}".rstrip(": ")
+    return out

@@ -148,6 +148,22 @@ class KafkaData:
         return [p for t in self.topics for p in t.partitions]
 
 
+def with_inferred_ids(brokers: list[Broker], topics: list[Topic]) -> list[Broker]:
+    """Give down brokers that were never seen in the metadata their node id, when it can be told:
+    the replica ids no live broker has, one for one (a fresh process sees a stopped broker only
+    as an id in the partitions' replica lists)."""
+    known = {b.node_id for b in brokers if b.node_id is not None}
+    orphans = sorted({r for t in topics for p in t.partitions for r in p.replicas} - known)
+    missing = [i for i, b in enumerate(brokers) if b.node_id is None]
+    if not missing or len(orphans) != len(missing):
+        return brokers
+    out = list(brokers)
+    for i, node_id in zip(missing, orphans):
+        b = out[i]
+        out[i] = Broker(node_id, b.address, b.name, b.up, b.rack, b.error)
+    return out
+
+
 def lag_seconds(committed: int | None, history: list[tuple[float, int]], now: float) -> tuple[float | None, bool]:
     """How long ago the log end was at `committed`; (seconds, is_lower_bound).
 
