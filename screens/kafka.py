@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from dbops.engines.kafka.assess import STATUS_SEVERITY, group_status
+from dbops.engines.kafka.assess import STATUS_SEVERITY, as_seen, group_status
 from dbops.engines.kafka.data import Group, KafkaData, Partition
 from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_seconds
 
@@ -176,8 +176,10 @@ class KafkaScreen(ClusterPane):
     def _draw_partitions(self, data: KafkaData | None) -> None:
         rows, order = {}, {}
         if data is not None:
+            # As the pane's judgement sees them: a broker that does not answer is out of every ISR.
+            seen = {(p.topic, p.partition): p for p in as_seen(data)}
             for t in data.topics:
-                for p in t.partitions:
+                for p in (seen[(x.topic, x.partition)] for x in t.partitions):
                     rank, problem = partition_problem(p, t.min_isr)
                     if not rank and not self.all_partitions:
                         continue
@@ -210,13 +212,12 @@ class KafkaScreen(ClusterPane):
     def _draw_status(self, health: ClusterHealth, data: KafkaData | None) -> None:
         out = Text()
         if data is not None:
-            parts = data.partitions()
+            parts = as_seen(data)
             under = sum(1 for p in parts if p.under_replicated and not p.offline)
             offline = sum(1 for p in parts if p.offline)
             out.append(f"{len(data.topics)} topics, {len(parts)} partitions", style="bold")
             out.append(f"  under-replicated {under}", style="bold yellow" if under else "")
             out.append(f"  offline {offline}", style="bold red" if offline else "")
-            out.append(f"  controller {data.broker_name(data.controller_id) if data.controller_id is not None else '?'}")
         problems = [mt for mt in health.metrics if mt.severity is not Severity.OK]
         if problems:
             out.append(f"  {problems[0].message}", style=SEVERITY_STYLE[problems[0].severity])

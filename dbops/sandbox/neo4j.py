@@ -88,6 +88,7 @@ public class Launcher {
 class Neo4jSandbox:
     def __init__(self, root: Path | None = None):
         self.root = sandbox_dir(root)
+        self._log_from = 0  # the log's size when the launcher was last spawned
         self.dir = self.root / "neo4j"
 
     def _state(self) -> dict[str, Any] | None:
@@ -180,6 +181,9 @@ class Neo4jSandbox:
 
     def _spawn(self) -> int:
         st = self.state
+        log = Path(st["log"])
+        # The log is appended to across starts: only what this start writes counts.
+        self._log_from = log.stat().st_size if log.exists() else 0
         args = [maven.tool("java"), HEAP, "-cp", f"{self.dir / 'classes'}:{st['lib']}/*", "Launcher", self._needle(), str(st["port"])]
         pid = maven.spawn("the Neo4j launcher", args, Path(st["log"]), self.dir, env={**os.environ, "DBOPS_NEO4J_PASSWORD": st["password"]})
         st["pid"] = pid
@@ -192,7 +196,10 @@ class Neo4jSandbox:
         while True:
             if not pid_alive(pid):
                 raise SandboxError(f"Neo4j exited while starting; see {log}; it ends with:\n{tail(log)}")
-            if READY in log.read_text(errors="replace") and port_open(self.port, HOST):
+            with log.open("rb") as fh:
+                fh.seek(self._log_from)
+                started = READY.encode() in fh.read()
+            if started and port_open(self.port, HOST):
                 return
             if time.monotonic() >= deadline:
                 raise SandboxError(f"Neo4j did not start within {START_TIMEOUT:.0f} s; see {log}")

@@ -64,7 +64,7 @@ async def check_read(ctx: Context) -> Verdict:
 
 
 async def do_report(ctx: Context) -> None:
-    brokers, topics, controller, down = ctx.resources["view"]
+    brokers, topics, _, down = ctx.resources["view"]
     live = [b for b in brokers if b.up]
     settings = await _settings(ctx, live)
     parts = [p for t in topics for p in t.partitions]
@@ -116,8 +116,6 @@ async def do_report(ctx: Context) -> None:
                    if auto == "true" else "only by an election (auto.leader.rebalance.enable=false)")
             lines.append(f"    - leadership of {len(led)} partition(s) returns {how}; "
                          "kafka.preferred-leader-election does it at once")
-    if controller is not None:
-        lines.append(f"metadata requests are answered for the controller by {common.broker_label(brokers, controller)}")
     for line in lines:
         ctx.log(line)
     ctx.state["report"] = lines

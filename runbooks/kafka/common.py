@@ -42,8 +42,9 @@ def describe(ctx: Context, exc: BaseException) -> str:
 
 async def metadata(ctx: Context) -> tuple[list[Broker], list[Topic], int | None]:
     """Brokers (configured ones that the metadata lacks are down), topics and the controller id."""
-    cluster = await asyncio.wait_for(admin(ctx).describe_cluster(), timeout=ctx.ref.timeout)
-    topics = await asyncio.wait_for(admin(ctx).describe_topics(), timeout=ctx.ref.timeout)
+    attempts = max(2, len(ctx.ref.cluster.members))
+    cluster = await kc.from_any_broker(admin(ctx).describe_cluster, attempts, ctx.ref.timeout)
+    topics = await kc.from_any_broker(admin(ctx).describe_topics, attempts, ctx.ref.timeout)
     names = {f"{m.host}:{m.port}": m.name for m in ctx.ref.cluster.members}
     found = {f"{b['host']}:{b['port']}": b for b in cluster.get("brokers", [])}
     brokers = [Broker(b["node_id"], a, names.get(a, a), True, b.get("rack")) for a, b in found.items()]

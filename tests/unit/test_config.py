@@ -39,12 +39,13 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_example_config_is_valid_and_documents_every_threshold():
     cfg = load(REPO / "config.example.toml")
-    assert [r.key for r in cfg.clusters()] == ["production/orders-db", "production/sessions", "staging/orders-staging",
-                                               "staging/cache-staging"]
-    from dbops.config import PostgresThresholds, RedisThresholds
+    assert [r.key for r in cfg.clusters()] == ["production/orders-db", "production/sessions", "production/events",
+                                               "production/prod-graph", "staging/orders-staging", "staging/cache-staging"]
+    from dbops.config import KafkaOptions, KafkaThresholds, Neo4jThresholds, PostgresThresholds, RedisThresholds
 
     text = (REPO / "config.example.toml").read_text()
-    for key in PostgresThresholds.field_names() + RedisThresholds.field_names():
+    for key in (PostgresThresholds.field_names() + RedisThresholds.field_names() + KafkaThresholds.field_names()
+                + [k for k in KafkaOptions.field_names() if k != "thresholds"] + Neo4jThresholds.field_names()):
         assert f"{key} =" in text, f"config.example.toml does not document thresholds.{key}"
 
 

@@ -1,7 +1,7 @@
 """The Kafka adapter: one refresh of a whole cluster through one admin client and one consumer.
 
 Per refresh: cluster metadata (brokers, controller, every partition's leader, replicas and ISR);
-ListGroups on every live broker; DescribeGroups and OffsetFetch per coordinator and group; the
+ListGroups on every live broker; DescribeGroups and OffsetFetch per group (from its coordinator); the
 watched groups' partitions' end and start offsets in batched ListOffsets through one consumer
 (one request per partition leader, never a client per partition). Topic configs
 (min.insync.replicas) are re-read every `config_refresh_seconds`. A broker that does not answer
@@ -105,18 +105,7 @@ class KafkaAdapter(Adapter):
         return await asyncio.wait_for(coro, timeout=self.node_timeout)
 
     async def _from_any_broker(self, call: Any) -> Any:
-        """A metadata request goes to a random known broker; one that has just died (and is still
-        in the metadata until the controller fences it) must not fail the refresh: try others."""
-        from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
-
-        attempts = max(2, len(self.names))
-        for attempt in range(attempts):
-            try:
-                return await self._bounded(call())
-            except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError):
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return await kc.from_any_broker(call, max(2, len(self.names)), self.node_timeout)
 
     # -- one refresh -----------------------------------------------------------------------------
 
@@ -242,8 +231,8 @@ class KafkaAdapter(Adapter):
         return out
 
     async def _describe_and_fetch(self, ids: list[str], notes: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-        """DescribeGroups once per coordinator (all its groups in one request), OffsetFetch per
-        group, concurrently. Coordinators are remembered and looked up again after an error."""
+        """DescribeGroups and OffsetFetch per group from its coordinator, concurrently.
+        Coordinators are remembered and looked up again after an error."""
         missing = [g for g in ids if g not in self._coordinators]
         found = await asyncio.gather(*(self._bounded(self._admin.find_coordinator(g)) for g in missing), return_exceptions=True)
         described: dict[str, dict[str, Any]] = {}
@@ -253,19 +242,16 @@ class KafkaAdapter(Adapter):
                                   "error": f"no coordinator: {self.classify(node)[1]}"}
             else:
                 self._coordinators[gid] = node
-        by_node: dict[int, list[str]] = {}
-        for gid in ids:
-            if gid in self._coordinators:
-                by_node.setdefault(self._coordinators[gid], []).append(gid)
-
-        async def describe(node: int, gids: list[str]) -> None:
+        async def describe(node: int, gid: str) -> None:
+            # One group per DescribeGroups request: aiokafka 0.14 decodes a v3 response with the
+            # v2 schema (DescribeGroupsRequest_v3.RESPONSE_TYPE), which only goes unnoticed when
+            # the response holds a single group (the extra authorized_operations field is last).
             try:
-                responses = await self._bounded(self._admin.describe_consumer_groups(gids, group_coordinator_id=node))
+                responses = await self._bounded(self._admin.describe_consumer_groups([gid], group_coordinator_id=node))
             except Exception as exc:
-                for gid in gids:
-                    self._coordinators.pop(gid, None)
-                    described[gid] = {"state": "?", "protocol_type": "", "members": (),
-                                      "error": f"not described by broker {node}: {self.classify(exc)[1]}"}
+                self._coordinators.pop(gid, None)
+                described[gid] = {"state": "?", "protocol_type": "", "members": (),
+                                  "error": f"not described by broker {node}: {self.classify(exc)[1]}"}
                 return
             for response in responses:
                 for g in response.to_object()["groups"]:
@@ -282,9 +268,10 @@ class KafkaAdapter(Adapter):
             offs = await self._bounded(self._admin.list_consumer_group_offsets(gid, group_coordinator_id=self._coordinators[gid]))
             return {(tp.topic, tp.partition): o.offset for tp, o in offs.items() if o.offset >= 0}
 
-        fetched = await asyncio.gather(*(describe(n, g) for n, g in by_node.items()),
-                                       *(fetch(g) for g in ids if g in self._coordinators), return_exceptions=True)
-        offsets = dict(zip([g for g in ids if g in self._coordinators], fetched[len(by_node):]))
+        located = [g for g in ids if g in self._coordinators]
+        fetched = await asyncio.gather(*(describe(self._coordinators[g], g) for g in located),
+                                       *(fetch(g) for g in located), return_exceptions=True)
+        offsets = dict(zip(located, fetched[len(located):]))
         for gid, result in offsets.items():
             if isinstance(result, BaseException):
                 self._coordinators.pop(gid, None)

@@ -17,6 +17,7 @@ under_min_isr, partition_errors, preferred_leaders, group:<id> per group, notes.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from dbops.config import ClusterRef
@@ -99,18 +100,32 @@ def _partition_list(data: KafkaData, parts: list[Partition], limit: int = 4) -> 
     return ", ".join(shown) + (f" and {len(parts) - limit} more" if len(parts) > limit else "")
 
 
+def as_seen(data: KafkaData) -> list[Partition]:
+    """Partitions as they are now, not as the controller last recorded them: a broker that does
+    not answer is taken out of the ISR, and a partition it leads has no leader. The controller
+    does the same only after broker.session.timeout.ms (9 s) or replica.lag.time.max.ms (30 s)."""
+    down = {b.node_id for b in data.brokers if not b.up and b.node_id is not None}
+    if not down:
+        return data.partitions()
+    return [replace(p, isr=tuple(r for r in p.isr if r not in down), leader=-1 if p.leader in down else p.leader)
+            for p in data.partitions()]
+
+
 def cluster_metrics(ref: ClusterRef, data: KafkaData) -> list[Metric]:
     out: list[Metric] = []
-    parts = data.partitions()
+    parts = as_seen(data)
     offline = [p for p in parts if p.offline]
     if offline:
-        out.append(Metric("offline", CRIT, f"{len(offline)} partition(s) have no leader: {_partition_list(data, offline)}", len(offline)))
+        out.append(Metric("offline", CRIT, f"{len(offline)} partition(s) have no leader that answers: "
+                                           f"{_partition_list(data, offline)}", len(offline)))
     under = [p for p in parts if p.under_replicated and not p.offline]
     if under:
         out.append(Metric("under_replicated", WARN, f"{len(under)} under-replicated partition(s): {_partition_list(data, under)}", len(under)))
     else:
         out.append(Metric("under_replicated", OK, f"all {len(parts)} partitions fully replicated", 0))
-    below = [(t, p) for t in data.topics for p in t.under_min_isr()]
+    seen = {(p.topic, p.partition): p for p in parts}
+    below = [(t, seen[(p.topic, p.partition)]) for t in data.topics for p in t.partitions
+             if t.min_isr is not None and not seen[(p.topic, p.partition)].offline and len(seen[(p.topic, p.partition)].isr) < t.min_isr]
     if below:
         t0, p0 = below[0]
         out.append(Metric("under_min_isr", CRIT, f"{len(below)} partition(s) below min.insync.replicas: writes with acks=all fail, "
@@ -157,12 +172,14 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
     members = []
     for b in data.brokers:
         snap = broker_snapshot(unit, b.name, b.up, b.error, data)
-        role = "controller" if b.node_id is not None and b.node_id == data.controller_id else "broker"
+        # Not "controller": in KRaft the metadata's controller id is a random broker (KIP-590),
+        # which need not be the active controller (the quorum leader is visible only to controllers).
+        role = "broker"
         if b.up:
             leads = sum(1 for p in data.partitions() if p.leader == b.node_id)
             members.append(MemberHealth(snap, role, OK, (Metric("leaders", OK, f"leads {leads} partition(s)", leads),)))
         else:
-            members.append(MemberHealth(snap, role, CRIT, (Metric("reachability", CRIT, f"DOWN: {b.error}"),)))
+            members.append(MemberHealth(snap, role, CRIT, (Metric("reachability", CRIT, f"DOWN: {b.error or 'does not answer'}"),)))
     down = [b.name for b in data.brokers if not b.up]
     metrics = [Metric("brokers", CRIT if down else OK,
                       f"{len(down)} of {len(data.brokers)} brokers down: {', '.join(down)}" if down else f"all {len(data.brokers)} brokers up")]

@@ -69,12 +69,9 @@ async def admin(ref: ClusterRef, password: Secret | None) -> Any:
     """A started admin client (it bootstraps from the first broker that answers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    client = AIOKafkaAdminClient(**client_kwargs(ref, password))
-    try:
-        await client.start()
-    except BaseException:
-        await close(client)
-        raise
+    kw = client_kwargs(ref, password)
+    client = AIOKafkaAdminClient(**kw)
+    await _start(client, kw)
     return client
 
 
@@ -87,12 +84,61 @@ async def consumer(ref: ClusterRef, password: Secret | None, group_id: str | Non
     client = AIOKafkaConsumer(**kw, group_id=group_id, enable_auto_commit=False,
                               # the consumer's own default (40 s) must not outlast the refresh
                               connections_max_idle_ms=540000)
+    await _start(client, kw)
+    return client
+
+
+async def _start(client: Any, kw: dict[str, Any]) -> None:
     try:
         await client.start()
-    except BaseException:
+    except BaseException as exc:
         await close(client)
+        from aiokafka.errors import KafkaConnectionError
+
+        if isinstance(exc, KafkaConnectionError) and kw["security_protocol"] != "PLAINTEXT":
+            reason = await _bootstrap_failure(kw)
+            if reason is not None:
+                raise reason  # with the bootstrap error as its __context__
         raise
-    return client
+
+
+async def _bootstrap_failure(kw: dict[str, Any]) -> BaseException | None:
+    """Why no broker could be bootstrapped from: aiokafka only logs each broker's error and raises
+    a bare "Unable to bootstrap", but with TLS or SASL the reason (a certificate, the credentials,
+    a port that does not speak TLS) is what the operator needs. One direct connection to each
+    bootstrap broker, concurrently, each bounded by the request timeout; None if all succeed now."""
+    from aiokafka.conn import create_conn
+
+    async def attempt(address: str) -> None:
+        host, _, port = address.rpartition(":")
+        try:
+            conn = await create_conn(host, int(port), client_id=kw["client_id"], request_timeout_ms=kw["request_timeout_ms"],
+                                     ssl_context=kw["ssl_context"], security_protocol=kw["security_protocol"],
+                                     sasl_mechanism=kw.get("sasl_mechanism"),
+                                     sasl_plain_username=kw.get("sasl_plain_username"),
+                                     sasl_plain_password=kw.get("sasl_plain_password"))
+        except (ConnectionResetError, ConnectionAbortedError, asyncio.IncompleteReadError) as exc:
+            if kw["ssl_context"] is None:
+                raise
+            # Raised by the TLS handshake (aiokafka wraps later failures in KafkaConnectionError):
+            # typically a PLAINTEXT listener, which drops a TLS client's first bytes.
+            raise ssl.SSLError(ssl.SSL_ERROR_EOF, f"{address} closed the connection during the TLS handshake "
+                               f"({type(exc).__name__}); is it a TLS (SSL or SASL_SSL) listener?") from exc
+        conn.close()
+
+    results = await asyncio.gather(*(attempt(a) for a in kw["bootstrap_servers"]), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if not errors:
+        return None
+    import aiokafka.errors as ke
+
+    # The most telling first: the credentials, then TLS, then anything else.
+    for kinds in ((ke.SaslAuthenticationFailed, ke.AuthenticationFailedError, ke.AuthenticationMethodNotSupported,
+                   ke.UnsupportedSaslMechanismError), (ssl.SSLError,)):
+        found = next((e for e in errors if isinstance(e, kinds)), None)
+        if found is not None:
+            return found
+    return errors[0]
 
 
 async def close(client: Any) -> None:
@@ -139,7 +185,8 @@ def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachabil
     if isinstance(exc, (ke.KafkaTimeoutError, ke.RequestTimedOutError)):
         return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
     if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
-        return Reachability.TLS, f"TLS with {where} failed: {_short(str(exc.__cause__ or exc))}"
+        tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+        return Reachability.TLS, f"TLS with {where} failed: {_short(str(tls_error))}"
     if isinstance(exc, (ke.KafkaConnectionError, ke.NodeNotReadyError)):
         return Reachability.DOWN, f"no broker of {where} answers: {_short(str(exc)) or type(exc).__name__}"
     if isinstance(exc, ke.KafkaError):
@@ -147,6 +194,21 @@ def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachabil
     if isinstance(exc, (ConnectionError, OSError)):
         return Reachability.DOWN, f"connection to {where} failed: {_short(str(exc)) or type(exc).__name__}"
     return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+
+
+async def from_any_broker(call: Any, attempts: int, timeout: float) -> Any:
+    """`call()` (a request aiokafka sends to a random known broker) until one answers: a broker
+    that has just died or restarted stays in the metadata for a while and must not fail the
+    request. Each attempt is bounded by `timeout`."""
+    from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+
+    for attempt in range(attempts):
+        try:
+            return await asyncio.wait_for(call(), timeout=timeout)
+        except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError):
+            if attempt == attempts - 1:
+                raise
+    raise ValueError("attempts must be at least 1")
 
 
 def error_name(code: int) -> str:

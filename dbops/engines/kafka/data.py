@@ -60,11 +60,6 @@ class Topic:
     partitions: tuple[Partition, ...]
     min_isr: int | None = None  # min.insync.replicas, when read
 
-    def under_min_isr(self) -> list[Partition]:
-        if self.min_isr is None:
-            return []
-        return [p for p in self.partitions if not p.offline and len(p.isr) < self.min_isr]
-
 
 @dataclass(frozen=True, slots=True)
 class LagSample:
