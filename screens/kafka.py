@@ -14,10 +14,10 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from dbops.engines.kafka.assess import STATUS_SEVERITY, as_seen, group_status
 from dbops.engines.kafka.data import Group, KafkaData, Partition
-from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_seconds
+from dbops.model import ClusterHealth, MemberHealth, Severity, human_seconds
 
 from .pane import ClusterPane
-from .render import SEVERITY_STYLE, reach_text, severity_text, sparkline
+from .render import SEVERITY_STYLE, health_text, severity_text, sparkline, state_text
 from .tables import sync_rows
 from .widgets import EnvBanner
 
@@ -114,7 +114,7 @@ class KafkaScreen(ClusterPane):
         self._draw_groups(data)
         self._draw_group_partitions(data, groups.get(self.group) if self.group else None)
         self._draw_partitions(data)
-        self.query_one("#health-text", Static).update(self._health_text(health))
+        self.query_one("#health-text", Static).update(health_text(health) or Text("nothing to report", style="green"))
         self._draw_status(health, data)
 
     def _sync(self, name: str, table_id: str, columns: Any, rows: dict[str, tuple[Any, ...]], order: dict[str, Any]) -> None:
@@ -132,10 +132,7 @@ class KafkaScreen(ClusterPane):
     @staticmethod
     def _broker_row(m: MemberHealth, data: KafkaData | None, now: float) -> tuple[Any, ...]:
         snap = m.snapshot
-        state = reach_text(snap.reachability)
-        if not snap.reachable and snap.reachability is not Reachability.PENDING:
-            age = snap.age_of_shown(now)
-            state.append(f" {human_seconds(age)}" if age is not None else "")
+        state = state_text(snap, now)
         b = next((b for b in data.brokers if b.name == m.name), None) if data else None
         if data is None or b is None:
             return (m.name, severity_text(m.severity), "-", m.role, state, "-", "-", "-")
@@ -195,19 +192,6 @@ class KafkaScreen(ClusterPane):
             table.border_title = "every partition is fully replicated and led by its preferred replica (a: show all)"
         else:
             table.border_title = "all partitions" if self.all_partitions else "partitions with a problem (a: show all)"
-
-    @staticmethod
-    def _health_text(health: ClusterHealth) -> Text:
-        out = Text()
-        for mt in health.metrics:
-            out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
-            out.append(f" {mt.message}\n")
-        for m in health.members:
-            for mt in m.metrics:
-                if mt.severity is not Severity.OK:
-                    out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
-                    out.append(f" {m.name}: {mt.message}\n")
-        return out or Text("nothing to report", style="green")
 
     def _draw_status(self, health: ClusterHealth, data: KafkaData | None) -> None:
         out = Text()

@@ -17,7 +17,7 @@ from dbops.engines.neo4j.data import Neo4jMemberData, Transaction
 from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
 
 from .pane import ClusterPane
-from .render import SEVERITY_STYLE, one_line, reach_text, severity_text
+from .render import SEVERITY_STYLE, health_text, one_line, severity_text, state_text
 from .tables import sync_rows
 from .widgets import EnvBanner
 
@@ -161,11 +161,7 @@ class Neo4jScreen(ClusterPane):
 
     def _member_row(self, m: MemberHealth, now: float) -> tuple[Any, ...]:
         snap = m.snapshot
-        # State and the age of the shown values in one cell: "DOWN 42s" says both at 80 columns.
-        state = reach_text(snap.reachability)
-        if not snap.reachable and snap.reachability is not Reachability.PENDING:
-            age = snap.age_of_shown(now)
-            state.append(f" {human_seconds(age)}" if age is not None else " never seen")
+        state = state_text(snap, now)
         d = snap.shown
         if not isinstance(d, Neo4jMemberData):
             return (m.name, severity_text(m.severity), state, "-", "-", "-", "-", "-")
@@ -241,14 +237,7 @@ class Neo4jScreen(ClusterPane):
         sync_rows(table, SERVER_COLUMNS, rows, self._server_cells, order=lambda k: k)
 
     def _health_text(self, health: ClusterHealth) -> Text:
-        out = Text()
-        for mt in health.metrics:
-            out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
-            out.append(f" {mt.message}\n")
-        for m in health.members:
-            for mt in m.metrics:
-                out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
-                out.append(f" {m.name}: {mt.message}\n")
+        out = health_text(health, all_member_metrics=True)
         notes = {n for m in health.members if isinstance(m.snapshot.shown, Neo4jMemberData)
                  for n in (m.snapshot.shown.servers_note, m.snapshot.shown.store_note) if n}
         for n in sorted(notes):

@@ -16,7 +16,7 @@ from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, hum
 
 from .modals import ConfirmBackendModal
 from .pane import ClusterPane
-from .render import SEVERITY_STYLE, one_line, reach_text, severity_text, sparkline
+from .render import SEVERITY_STYLE, one_line, severity_text, sparkline, state_text
 from .tables import cursor_key, sync_rows
 from .widgets import EnvBanner
 
@@ -202,11 +202,7 @@ class PostgresScreen(ClusterPane):
                 row = next((r for r in primary.replicas if r.application_name in (m.name, self._app_name(m.name))), None)
                 if row is not None:
                     sync = row.sync_state
-            # State and the age of the shown values in one cell: "DOWN 42s" says both at 80 columns.
-            state = reach_text(m.snapshot.reachability)
-            if not m.snapshot.reachable and m.snapshot.reachability is not Reachability.PENDING:
-                age = m.snapshot.age_of_shown(now)
-                state.append(f" {human_seconds(age)}" if age is not None else " never seen")
+            state = state_text(m.snapshot, now)
             history = self.app.hub.history(self.key, m.name)
             cells = [
                 severity_text(m.severity),

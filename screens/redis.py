@@ -13,10 +13,10 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from dbops.engines.redis.data import RedisNodeData, RedisTopology, SentinelData
 from dbops.engines.redis.topology import SLOTS, ClusterView, format_ranges, ranges
-from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
+from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes
 
 from .pane import ClusterPane
-from .render import SEVERITY_STYLE, reach_text, severity_text
+from .render import SEVERITY_STYLE, health_text, severity_text, state_text
 from .tables import sync_rows
 from .widgets import EnvBanner
 
@@ -201,7 +201,7 @@ class RedisScreen(ClusterPane):
         self.query_one("#commands-text", Static).update(self._commands_text(data))
         if topo is not None and topo.mode == "sentinel":
             self.query_one("#sentinel-text", Static).update(self._sentinel_text(topo, health))
-        self.query_one("#health-text", Static).update(self._health_text(health))
+        self.query_one("#health-text", Static).update(health_text(health) or Text("nothing to report", style="green"))
         self._draw_status(health, mh)
 
     def _unit_topology(self) -> RedisTopology | None:
@@ -228,10 +228,7 @@ class RedisScreen(ClusterPane):
 
     def _node_row(self, m: MemberHealth, now: float) -> tuple[Any, ...]:
         snap = m.snapshot
-        state = reach_text(snap.reachability)
-        if not snap.reachable and snap.reachability is not Reachability.PENDING:
-            age = snap.age_of_shown(now)
-            state.append(f" {human_seconds(age)}" if age is not None else "")
+        state = state_text(snap, now)
         d = snap.shown
         worst = {mt.name: mt.severity for mt in m.metrics}
 
@@ -313,18 +310,6 @@ class RedisScreen(ClusterPane):
             else:
                 out.append(f"  {n.name:<6} {n.reachability.value}: {n.error}\n", style="bold red")
         return out
-
-    def _health_text(self, health: ClusterHealth) -> Text:
-        out = Text()
-        for mt in health.metrics:
-            out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
-            out.append(f" {mt.message}\n")
-        for m in health.members:
-            for mt in m.metrics:
-                if mt.severity is not Severity.OK:
-                    out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
-                    out.append(f" {m.name}: {mt.message}\n")
-        return out or Text("nothing to report", style="green")
 
     def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
         parts = Text()

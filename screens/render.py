@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from dbops.model import Reachability, Severity
+from dbops.model import ClusterHealth, Reachability, Severity, Snapshot, human_seconds
 
 SEVERITY_STYLE = {
     Severity.OK: "bold green",
@@ -27,6 +27,31 @@ def severity_text(sev: Severity) -> Text:
 
 def reach_text(reach: Reachability) -> Text:
     return Text(reach.value, style=REACH_STYLE.get(reach, "bold red"))
+
+
+def state_text(snap: Snapshot, now: float) -> Text:
+    """Reachability and, when the member does not answer, the age of the values shown in one
+    cell: "DOWN 42s" says both at 80 columns."""
+    state = reach_text(snap.reachability)
+    if not snap.reachable and snap.reachability is not Reachability.PENDING:
+        age = snap.age_of_shown(now)
+        state.append(f" {human_seconds(age)}" if age is not None else " never seen")
+    return state
+
+
+def health_text(health: ClusterHealth, all_member_metrics: bool = False) -> Text:
+    """The judged metrics, cluster first, then each member's (only the problems, unless
+    `all_member_metrics`)."""
+    out = Text()
+    for mt in health.metrics:
+        out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
+        out.append(f" {mt.message}\n")
+    for m in health.members:
+        for mt in m.metrics:
+            if all_member_metrics or mt.severity is not Severity.OK:
+                out.append(f" {mt.severity.name:<4} ", style=SEVERITY_STYLE[mt.severity])
+                out.append(f" {m.name}: {mt.message}\n")
+    return out
 
 
 def sparkline(values: list[float | int | None], width: int = 12) -> str:

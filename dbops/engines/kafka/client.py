@@ -8,17 +8,13 @@ means SSL, a `user` means SASL (`kafka.sasl_mechanism`, the cluster's `password`
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
 from dbops.model import Reachability
 from dbops.secrets import Secret, SecretError, redact, resolve
-
-
-class TLSConfigError(Exception):
-    pass
+from dbops.tls import ENCRYPTED, TLSConfigError, client_context
 
 
 def bootstrap(ref: ClusterRef) -> list[str]:
@@ -26,25 +22,13 @@ def bootstrap(ref: ClusterRef) -> list[str]:
 
 
 def security_protocol(ref: ClusterRef) -> str:
-    tls = ref.cluster.tls.mode in ("require", "verify-ca", "verify-full")
+    tls = ref.cluster.tls.mode in ENCRYPTED
     sasl = ref.cluster.user is not None
     return {(False, False): "PLAINTEXT", (True, False): "SSL", (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[(tls, sasl)]
 
 
 def ssl_context(ref: ClusterRef) -> ssl.SSLContext | None:
-    tls = ref.cluster.tls
-    if tls.mode not in ("require", "verify-ca", "verify-full"):
-        return None
-    for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-        if path and not os.path.exists(path):
-            raise TLSConfigError(f"tls.{key} {path} does not exist")
-    ctx = ssl.create_default_context(cafile=tls.ca_file)
-    ctx.check_hostname = tls.mode == "verify-full"
-    if tls.mode == "require":
-        ctx.verify_mode = ssl.CERT_NONE  # encrypted, the certificate not checked (like libpq's require)
-    if tls.cert_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    return ctx
+    return client_context(ref.cluster.tls) if ref.cluster.tls.mode in ENCRYPTED else None
 
 
 def client_kwargs(ref: ClusterRef, password: Secret | None) -> dict[str, Any]:

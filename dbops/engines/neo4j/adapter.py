@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import ssl
 import sys
 from typing import Any
@@ -37,6 +36,7 @@ from dbops.engines.neo4j.data import (
 )
 from dbops.model import Reachability
 from dbops.secrets import Secret, SecretError, redact, resolve
+from dbops.tls import TLSConfigError, client_context
 
 # Marks every statement dbops runs, so SHOW TRANSACTIONS can leave dbops' own out and an
 # operator can tell them apart in the server's query log.
@@ -60,10 +60,6 @@ async def load_driver_module() -> Any:
     return _neo4j
 
 
-class TLSConfigError(Exception):
-    """The TLS settings cannot be turned into an SSL context (missing CA file, bad key ...)."""
-
-
 def _short(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line.rstrip(".")
@@ -81,21 +77,7 @@ def bolt_target(ref: ClusterRef, member: Member) -> tuple[str, dict[str, Any]]:
     custom = tls.mode == "verify-ca" or (tls.mode in ("require", "verify-full") and (tls.ca_file or tls.cert_file))
     if not custom:
         return f"{scheme(ref)}://{address}", {}
-    for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-        if path and not os.path.exists(path):
-            raise TLSConfigError(f"tls.{key} {path} does not exist")
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-        if tls.cert_file:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"TLS files cannot be loaded: {_short(str(exc)) or type(exc).__name__}") from None
-    if tls.mode == "require":
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx.check_hostname = tls.mode == "verify-full"
-        ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx = client_context(tls)
     return f"bolt://{address}", {"encrypted": True, "ssl_context": ctx}
 
 

@@ -12,7 +12,6 @@ import asyncio
 import importlib
 import json
 import logging
-import os
 import ssl
 import sys
 import time
@@ -35,6 +34,7 @@ from dbops.engines.postgres.data import (
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
 from dbops.model import Reachability
 from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
+from dbops.tls import TLSConfigError, client_context
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ async def load_asyncpg() -> Any:
     if _asyncpg is None:
         _asyncpg = await asyncio.to_thread(importlib.import_module, "asyncpg")
     return _asyncpg
-
-
-class TLSConfigError(Exception):
-    """The TLS settings cannot be turned into an SSL context (missing CA file, bad key ...)."""
 
 
 def _short(text: str) -> str:
@@ -101,18 +97,7 @@ class PostgresAdapter(Adapter):
             return False
         if tls.mode in ("prefer", "require"):
             return tls.mode
-        for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-            if path and not os.path.exists(path):
-                raise TLSConfigError(f"tls.{key} {path} does not exist")
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-            if tls.cert_file:
-                ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise TLSConfigError(f"TLS files cannot be loaded: {_short(str(exc)) or type(exc).__name__}") from None
-        ctx.check_hostname = tls.mode == "verify-full"
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+        return client_context(tls)  # verify-ca / verify-full
 
     async def _connect(self) -> Any:
         return await self.open_connection()

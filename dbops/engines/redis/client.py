@@ -4,17 +4,13 @@ states and sentences an operator can use. redis-py is imported here, on first us
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
 from dbops.model import Reachability
 from dbops.secrets import Secret, SecretError, redact, resolve
-
-
-class TLSConfigError(Exception):
-    pass
+from dbops.tls import TLSConfigError, check_files
 
 
 def _raw(response: Any, **options: Any) -> Any:
@@ -38,9 +34,7 @@ def tls_kwargs(ref: ClusterRef) -> dict[str, Any]:
     tls = ref.cluster.tls
     if tls.mode in ("disable", "prefer"):
         return {}
-    for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-        if path and not os.path.exists(path):
-            raise TLSConfigError(f"tls.{key} {path} does not exist")
+    check_files(tls)
     return {
         "ssl": True,
         "ssl_ca_certs": tls.ca_file,
