@@ -26,6 +26,15 @@ KEYS = (
             ("k", "terminate the selected backend (pg_terminate_backend); production asks for the pid"),
         ],
     ),
+    ("Redis pane", [("1-5", "tabs: slot map, slow log, commands, sentinels, health"), ("↑ ↓ / m", "pick the node shown"),
+                    ("r", "runbooks")]),
+    ("Kafka pane", [("1-3", "tabs: consumer groups (with the highlighted group's partitions), partitions, health"),
+                    ("a", "partitions: all, or only those with a problem"), ("r", "runbooks")]),
+    ("Kafka lag status", [("OK", "caught up in the window, or consuming"), ("WARN", "consuming, but lag grew at every refresh"),
+                          ("STALL", "members present, offset not moving, lag"), ("STOP", "no member, offset not moving, lag"),
+                          ("ERR", "committed offset outside the log"), ("…", "judged once the window is full")]),
+    ("Neo4j pane", [("1-4", "tabs: transactions, databases, servers, health"), ("↑ ↓ / m", "pick the server shown"),
+                    ("r", "runbooks")]),
 )
 
 COLOURS = (

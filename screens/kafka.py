@@ -202,6 +202,8 @@ class KafkaScreen(ClusterPane):
             out.append(f"{len(data.topics)} topics, {len(parts)} partitions", style="bold")
             out.append(f"  under-replicated {under}", style="bold yellow" if under else "")
             out.append(f"  offline {offline}", style="bold red" if offline else "")
+            if data.active_controller is not None:
+                out.append(f"  controller {data.broker_name(data.active_controller)}")
         problems = [mt for mt in health.metrics if mt.severity is not Severity.OK]
         if problems:
             out.append(f"  {problems[0].message}", style=SEVERITY_STYLE[problems[0].severity])

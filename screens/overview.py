@@ -128,6 +128,11 @@ class OverviewScreen(Screen[None]):
         if s.worst_lag_bytes is not None or s.worst_lag_seconds is not None:
             lag = f"{human_bytes(s.worst_lag_bytes)}/{human_seconds(s.worst_lag_seconds)}"
         conns = f"{s.connections_pct:.0f}%" if s.connections_pct is not None else "-"
+        long = str(s.long_running + s.idle_in_transaction) if (s.long_running or s.idle_in_transaction) else "0"
+        if ref.cluster.engine == "kafka":
+            lag = self._kafka_lag(c)
+        elif ref.cluster.engine == "neo4j":
+            long = self._neo4j_long(ref, c)
         arch_style = {"ok": "green", "failing": "bold red", "off": "dim"}.get(s.archiver, "magenta")
         archiver = s.archiver
         if ref.cluster.engine != "postgres":
@@ -139,9 +144,29 @@ class OverviewScreen(Screen[None]):
             topology_text(s),
             lag,
             conns,
-            str(s.long_running + s.idle_in_transaction) if (s.long_running or s.idle_in_transaction) else "0",
+            long,
             Text(archiver, style=arch_style),
         ]
+
+    def _kafka_lag(self, c: ClusterHealth) -> str:
+        """The consumer group furthest behind in time: its records behind and how old."""
+        from dbops.engines.kafka.data import KafkaData
+
+        data = next((m.snapshot.shown for m in c.members if isinstance(m.snapshot.shown, KafkaData)), None)
+        groups = [g for g in data.groups if g.max_lag_seconds is not None] if data else []
+        if not groups:
+            return "-"
+        g = max(groups, key=lambda g: g.max_lag_seconds or 0)
+        return f"{g.total_lag} rec/{human_seconds(g.max_lag_seconds)}"
+
+    @staticmethod
+    def _neo4j_long(ref, c: ClusterHealth) -> str:
+        """Transactions running longer than the warning threshold, every server."""
+        from dbops.engines.neo4j.data import Neo4jMemberData
+
+        limit = ref.cluster.neo4j.thresholds.transaction_ms_warn
+        return str(sum(1 for m in c.members if isinstance(m.snapshot.data, Neo4jMemberData)
+                       for t in m.snapshot.data.transactions if t.elapsed_ms > limit))
 
     def action_open(self) -> None:
         table = self.query_one("#clusters", DataTable)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dbops.config import parse
 from dbops.engines.kafka.assess import assess_cluster, partition_status
-from dbops.engines.kafka.data import Broker, Group, GroupPartition, KafkaData, LagSample, Member, Partition, Topic, lag_seconds, with_inferred_ids
+from dbops.engines.kafka.data import (
+    Broker, Group, GroupPartition, KafkaData, LagSample, Member, Partition, Quorum, Topic, lag_seconds, with_inferred_ids,
+)
 from dbops.model import Reachability, Severity, Snapshot
 
 NOW = 1_800_000_000.0
@@ -125,3 +127,15 @@ def test_no_broker_answering_lists_every_configured_broker_as_down() -> None:
     assert health.severity is Severity.CRIT
     assert [m.name for m in health.members] == ["k1", "k2", "k3"]
     assert all("no broker of events answers" in p for p in health.problems)
+
+
+def test_the_quorum_leader_is_the_controller_and_a_leaderless_quorum_is_crit() -> None:
+    from dataclasses import replace
+
+    data = replace(kafka_data(), quorum=Quorum(leader_id=2, high_watermark=500, voters=((1, 500), (2, 500), (3, 420))))
+    health = assess_cluster(ref(), snapshot(data))
+    assert [m.role for m in health.members] == ["voter", "controller", "voter"]
+    metric = next(m for m in health.metrics if m.name == "controller")
+    assert metric.message == "active controller k2; quorum voters k1 (0 behind), k2 (0 behind), k3 (80 behind)"
+    lost = assess_cluster(ref(), snapshot(replace(data, quorum=Quorum(-1, 500, data.quorum.voters))))
+    assert next(m for m in lost.metrics if m.name == "controller").severity is Severity.CRIT

@@ -144,6 +144,26 @@ def cluster_metrics(ref: ClusterRef, data: KafkaData) -> list[Metric]:
     return out
 
 
+def _role(data: KafkaData, node_id: int | None) -> str:
+    """controller (the active one), voter (a broker that is also a quorum voter: combined mode)
+    or broker."""
+    if node_id is not None and node_id == data.active_controller:
+        return "controller"
+    if node_id is not None and data.quorum is not None and any(v == node_id for v, _ in data.quorum.voters):
+        return "voter"
+    return "broker"
+
+
+def quorum_metric(data: KafkaData) -> Metric | None:
+    q = data.quorum
+    if q is None:
+        return None
+    if q.leader_id < 0:
+        return Metric("controller", CRIT, "the KRaft controller quorum has no leader: metadata cannot change")
+    voters = ", ".join(f"{data.broker_name(v)} ({q.behind(v)} behind)" for v, _ in q.voters)
+    return Metric("controller", OK, f"active controller {data.broker_name(q.leader_id)}; quorum voters {voters}", q.leader_id)
+
+
 def broker_snapshot(unit: Snapshot, name: str, up: bool, error: str | None, data: KafkaData) -> Snapshot:
     return Snapshot(
         environment=unit.environment, cluster=unit.cluster, member=name, engine=unit.engine,
@@ -172,9 +192,7 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
     members = []
     for b in data.brokers:
         snap = broker_snapshot(unit, b.name, b.up, b.error, data)
-        # Not "controller": in KRaft the metadata's controller id is a random broker (KIP-590),
-        # which need not be the active controller (the quorum leader is visible only to controllers).
-        role = "broker"
+        role = _role(data, b.node_id)
         if b.up:
             leads = sum(1 for p in data.partitions() if p.leader == b.node_id)
             members.append(MemberHealth(snap, role, OK, (Metric("leaders", OK, f"leads {leads} partition(s)", leads),)))
@@ -183,6 +201,7 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
     down = [b.name for b in data.brokers if not b.up]
     metrics = [Metric("brokers", CRIT if down else OK,
                       f"{len(down)} of {len(data.brokers)} brokers down: {', '.join(down)}" if down else f"all {len(data.brokers)} brokers up")]
+    metrics += [m for m in [quorum_metric(data)] if m is not None]
     metrics += cluster_metrics(ref, data)
     sev = Severity.worst([m.severity for m in members] + [m.severity for m in metrics], OK)
     return ClusterHealth(ref.environment, ref.name, "kafka", sev, tuple(members), tuple(metrics))

@@ -267,3 +267,59 @@ async def elect_preferred_leaders(admin_client: Any, partitions: dict[str, list[
             # ELECTION_NOT_NEEDED (84): the preferred replica already leads.
             out[(topic, partition_id)] = None if code in (0, 84) else f"{error_name(code)}: {message or ''}".rstrip(": ")
     return out
+
+
+# -- DescribeQuorum (KIP-595/836): the KRaft controller quorum, which aiokafka does not offer -------
+
+def describe_quorum_request() -> Any:
+    """DescribeQuorum v0 (API key 55, a flexible version) for __cluster_metadata-0. A broker
+    forwards it to the active controller; the metadata's own controller id is a random broker."""
+    from aiokafka.protocol.api import Request, RequestStruct, Response
+    from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
+
+    replica = CompactArray(("replica_id", Int32), ("log_end_offset", Int64), ("tags", TaggedFields))
+
+    class DescribeQuorumResponse_v0(Response):
+        API_KEY = 55
+        API_VERSION = 0
+        SCHEMA = Schema(
+            ("error_code", Int16),
+            ("topics", CompactArray(
+                ("topic_name", CompactString("utf-8")),
+                ("partitions", CompactArray(
+                    ("partition_index", Int32), ("error_code", Int16), ("leader_id", Int32), ("leader_epoch", Int32),
+                    ("high_watermark", Int64), ("current_voters", replica), ("observers", replica), ("tags", TaggedFields))),
+                ("tags", TaggedFields))),
+            ("tags", TaggedFields))
+
+    class DescribeQuorumRequest_v0(RequestStruct):
+        FLEXIBLE_VERSION = True
+        API_KEY = 55
+        API_VERSION = 0
+        RESPONSE_TYPE = DescribeQuorumResponse_v0
+        SCHEMA = Schema(
+            ("topics", CompactArray(
+                ("topic_name", CompactString("utf-8")),
+                ("partitions", CompactArray(("partition_index", Int32), ("tags", TaggedFields))),
+                ("tags", TaggedFields))),
+            ("tags", TaggedFields))
+
+    class DescribeQuorumRequest(Request[DescribeQuorumRequest_v0]):
+        API_KEY = 55
+
+        def build(self, request_struct_class: Any) -> Any:
+            return request_struct_class([("__cluster_metadata", [(0, {})], {})], {})
+
+    return DescribeQuorumRequest()
+
+
+async def describe_quorum(admin_client: Any) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+    """(leader id, high watermark, ((voter id, log end offset), ...)) of the metadata quorum."""
+    response = await admin_client._send_request(describe_quorum_request())
+    if response.error_code:
+        raise RuntimeError(f"DescribeQuorum failed: {error_name(response.error_code)}")
+    _topic, partitions, _tags = response.topics[0]
+    _index, code, leader, _epoch, hw, voters, _observers, _ptags = partitions[0]
+    if code:
+        raise RuntimeError(f"DescribeQuorum failed: {error_name(code)}")
+    return leader, hw, tuple((v[0], v[1]) for v in voters)

@@ -124,6 +124,19 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class Quorum:
+    """The KRaft metadata quorum: its leader is the active controller."""
+
+    leader_id: int  # -1: no leader
+    high_watermark: int
+    voters: tuple[tuple[int, int], ...]  # (voter id, log end offset)
+
+    def behind(self, voter_id: int) -> int | None:
+        leo = next((leo for v, leo in self.voters if v == voter_id), None)
+        return None if leo is None else max(0, self.high_watermark - leo)
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaData:
     cluster_id: str | None
     controller_id: int | None
@@ -134,6 +147,15 @@ class KafkaData:
     notes: tuple[str, ...] = ()
     configs_at: float | None = None  # when min.insync.replicas was last read
     window: int = field(default=10)  # the lag window this refresh was judged with
+    # KRaft: the quorum (DescribeQuorum). None under ZooKeeper, where controller_id is the real
+    # controller; under KRaft the metadata's controller_id is a random broker and means nothing.
+    quorum: Quorum | None = None
+
+    @property
+    def active_controller(self) -> int | None:
+        if self.quorum is not None:
+            return self.quorum.leader_id if self.quorum.leader_id >= 0 else None
+        return self.controller_id
 
     def broker_name(self, node_id: int) -> str:
         b = next((b for b in self.brokers if b.node_id == node_id), None)
