@@ -78,6 +78,7 @@ class KafkaScreen(ClusterPane):
                 yield DataTable(id="groups-table", cursor_type="row")
                 yield DataTable(id="gparts-table", cursor_type="row")
             with TabPane("2 Partitions", id="partitions"):
+                yield Static(id="parts-note")
                 yield DataTable(id="parts-table", cursor_type="row")
             with TabPane("3 Health", id="health"):
                 with VerticalScroll():
@@ -187,11 +188,15 @@ class KafkaScreen(ClusterPane):
                                  names(p.leader) if not p.offline else "none",
                                  ",".join(names(r) for r in p.replicas), ",".join(names(r) for r in p.isr))
         self._sync("parts", "#parts-table", PART_COLUMNS, rows, order)
-        table = self.query_one("#parts-table", DataTable)
-        if data is not None and not rows:
-            table.border_title = "every partition is fully replicated and led by its preferred replica (a: show all)"
+        if data is None:
+            note = Text("no refresh yet", style="dim")
+        elif self.all_partitions:
+            note = Text("all partitions, problems first (a: only those with a problem)", style="dim")
+        elif not rows:
+            note = Text("all fully replicated and led by their preferred replica (a: show all)", style="green")
         else:
-            table.border_title = "all partitions" if self.all_partitions else "partitions with a problem (a: show all)"
+            note = Text("partitions with a problem (a: show all)", style="dim")
+        self.query_one("#parts-note", Static).update(note)
 
     def _draw_status(self, health: ClusterHealth, data: KafkaData | None) -> None:
         out = Text()

@@ -19,6 +19,7 @@ import importlib
 import sys
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from dbops.config import ClusterRef, Member as ConfigMember
@@ -89,6 +90,7 @@ class KafkaAdapter(Adapter):
         self._configs_at: float | None = None
         self._seen: dict[str, int] = {}  # address -> node id, for brokers that have gone
         self._zookeeper = False  # learnt from a broker that does not know DescribeQuorum
+        self._last_up: dict[str, float] = {}  # address -> when it last answered
 
     @property
     def node_timeout(self) -> float:
@@ -136,6 +138,10 @@ class KafkaAdapter(Adapter):
         topics = [Topic(t.name, t.internal, t.partitions, self._min_isr.get(t.name)) for t in topics]
         groups = await self._groups(brokers, {(p.topic, p.partition): p for t in topics for p in t.partitions}, now, notes)
         quorum = await self._quorum(notes)
+        for b in brokers:
+            if b.up:
+                self._last_up[b.address] = now
+        brokers = [replace(b, last_up_at=self._last_up.get(b.address)) for b in brokers]
         return KafkaData(
             cluster_id=cluster.get("cluster_id"), controller_id=cluster.get("controller_id"), brokers=tuple(brokers),
             topics=tuple(sorted(topics, key=lambda t: (t.internal, t.name))), groups=tuple(groups), taken_at=now,
@@ -154,7 +160,7 @@ class KafkaAdapter(Adapter):
             self._zookeeper = True
             return None
         except Exception as exc:  # the rest of the refresh is still worth showing
-            notes.append(f"controller quorum not read: {self.classify(exc)[1]}")
+            notes.append(f"controller quorum not read: {self._why(exc)}")
             return None
         return Quorum(leader, hw, voters)
 
@@ -187,7 +193,7 @@ class KafkaAdapter(Adapter):
             responses = await self._from_any_broker(lambda: self._admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, t, {"min.insync.replicas": None}) for t in topics]))
         except Exception as exc:  # the rest of the refresh is still worth showing
-            notes.append(f"topic configs not read: {self.classify(exc)[1]}")
+            notes.append(f"topic configs not read: {self._why(exc)}")
             return
         for response in responses:
             for resource in response.resources:
@@ -210,9 +216,9 @@ class KafkaAdapter(Adapter):
         ids: set[str] = set()
         for (i, b), result in zip(live, listed):
             if isinstance(result, BaseException):
-                reach, why = self.classify(result)
-                brokers[i] = Broker(b.node_id, b.address, b.name, False, b.rack,
-                                    f"in the metadata but not answering ({reach.value}): {why}")
+                reach = self.classify(result)[0]
+                why = self._why(result)
+                brokers[i] = replace(b, up=False, error=f"in the metadata but not answering ({reach.value}): {why}")
             else:
                 ids.update(g[0] for g in result)
         patterns = self.opts.groups
@@ -222,8 +228,10 @@ class KafkaAdapter(Adapter):
         described, offsets = await self._describe_and_fetch(sorted(ids), notes)
         wanted = sorted({tp for offs in offsets.values() if isinstance(offs, dict) for tp in offs}
                         | {tp for d in described.values() for m in d["members"] for tp in m.assignment})
-        # A partition without a leader cannot answer ListOffsets: asking would stall the batch.
-        askable = [tp for tp in wanted if tp in partitions and not partitions[tp].offline]
+        # A partition without a leader, or led by a broker that does not answer (the controller
+        # has not moved it yet), cannot answer ListOffsets: asking would stall the whole batch.
+        down = {b.node_id for b in brokers if not b.up}
+        askable = [tp for tp in wanted if tp in partitions and not partitions[tp].offline and partitions[tp].leader not in down]
         ends, starts = await self._offsets(askable, notes)
         for tp in askable:
             if tp in ends:
@@ -236,7 +244,7 @@ class KafkaAdapter(Adapter):
             offs = offsets.get(gid)
             error = d.get("error")
             if isinstance(offs, BaseException):
-                error = error or f"offsets not read: {self.classify(offs)[1]}"
+                error = error or f"offsets not read: {self._why(offs)}"
                 offs = {}
             owners = {tp: f"{m.client_id}@{m.host}" for m in d["members"] for tp in m.assignment}
             gparts = []
@@ -264,7 +272,7 @@ class KafkaAdapter(Adapter):
         for gid, node in zip(missing, found):
             if isinstance(node, BaseException):
                 described[gid] = {"state": "?", "protocol_type": "", "members": (),
-                                  "error": f"no coordinator: {self.classify(node)[1]}"}
+                                  "error": f"no coordinator: {self._why(node)}"}
             else:
                 self._coordinators[gid] = node
         async def describe(node: int, gid: str) -> None:
@@ -276,7 +284,7 @@ class KafkaAdapter(Adapter):
             except Exception as exc:
                 self._coordinators.pop(gid, None)
                 described[gid] = {"state": "?", "protocol_type": "", "members": (),
-                                  "error": f"not described by broker {node}: {self.classify(exc)[1]}"}
+                                  "error": f"not described by broker {node}: {self._why(exc)}"}
                 return
             for response in responses:
                 for g in response.to_object()["groups"]:
@@ -313,7 +321,7 @@ class KafkaAdapter(Adapter):
             ends, starts = await asyncio.gather(self._bounded(self._consumer.end_offsets(parts)),
                                                 self._bounded(self._consumer.beginning_offsets(parts)))
         except Exception as exc:
-            notes.append(f"end offsets not read: {self.classify(exc)[1]}")
+            notes.append(f"end offsets not read: {self._why(exc)}")
             return {}, {}
         return ({(tp.topic, tp.partition): o for tp, o in ends.items()},
                 {(tp.topic, tp.partition): o for tp, o in starts.items()})
@@ -325,3 +333,7 @@ class KafkaAdapter(Adapter):
 
     def classify(self, exc: BaseException) -> tuple[Reachability, str]:
         return kc.classify(exc, self.where, self.cluster.timeout, self._creds.password if self._creds else None)
+
+    def _why(self, exc: BaseException) -> str:
+        """Why one bounded request of a refresh failed (its bound is the node timeout)."""
+        return kc.classify(exc, self.where, self.node_timeout, self._creds.password if self._creds else None)[1]

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from dbops.config import ClusterRef
-from dbops.engines.kafka.data import Group, GroupPartition, KafkaData, Partition
+from dbops.engines.kafka.data import Broker, Group, GroupPartition, KafkaData, Partition
 from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot, human_seconds
 
 OK, WARN, CRIT, UNKNOWN = Severity.OK, Severity.WARN, Severity.CRIT, Severity.UNKNOWN
@@ -164,11 +164,13 @@ def quorum_metric(data: KafkaData) -> Metric | None:
     return Metric("controller", OK, f"active controller {data.broker_name(q.leader_id)}; quorum voters {voters}", q.leader_id)
 
 
-def broker_snapshot(unit: Snapshot, name: str, up: bool, error: str | None, data: KafkaData) -> Snapshot:
+def broker_snapshot(unit: Snapshot, b: Broker, data: KafkaData) -> Snapshot:
+    """A broker's own row: a down one shows when it last answered (the pane's "DOWN 42s")."""
     return Snapshot(
-        environment=unit.environment, cluster=unit.cluster, member=name, engine=unit.engine,
-        reachability=Reachability.UP if up else Reachability.DOWN, taken_at=unit.taken_at, duration_ms=unit.duration_ms,
-        data=data if up else None, error=error, last_good=unit.last_good, last_good_at=unit.last_good_at, seq=unit.seq,
+        environment=unit.environment, cluster=unit.cluster, member=b.name, engine=unit.engine,
+        reachability=Reachability.UP if b.up else Reachability.DOWN, taken_at=unit.taken_at, duration_ms=unit.duration_ms,
+        data=data if b.up else None, error=b.error, last_good=data if b.last_up_at is not None else None,
+        last_good_at=b.last_up_at, seq=unit.seq,
     )
 
 
@@ -191,7 +193,7 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
                              (Metric("brokers", CRIT, f"no broker answers: {unit.error}"),))
     members = []
     for b in data.brokers:
-        snap = broker_snapshot(unit, b.name, b.up, b.error, data)
+        snap = broker_snapshot(unit, b, data)
         role = _role(data, b.node_id)
         if b.up:
             leads = sum(1 for p in data.partitions() if p.leader == b.node_id)

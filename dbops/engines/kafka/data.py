@@ -8,7 +8,7 @@ extrapolated from the observed produce rate (and at least the age of the oldest 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Samples of a partition's end offset kept for lag in time: 10 minutes at a 2 s refresh.
 END_HISTORY = 300
@@ -24,6 +24,7 @@ class Broker:
     up: bool
     rack: str | None = None
     error: str | None = None  # why it is not up (from the metadata, or from a connection)
+    last_up_at: float | None = None  # when this process last saw it answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +177,7 @@ def with_inferred_ids(brokers: list[Broker], topics: list[Topic]) -> list[Broker
         return brokers
     out = list(brokers)
     for i, node_id in zip(missing, orphans):
-        b = out[i]
-        out[i] = Broker(node_id, b.address, b.name, b.up, b.rack, b.error)
+        out[i] = replace(out[i], node_id=node_id)
     return out
 
 
