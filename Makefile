@@ -19,7 +19,7 @@ DEMO_STATE_DIR ?= /var/tmp/dbops-demo
 help:
 	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer, Redis Cluster + Sentinel, Kafka, Neo4j, S3) and open the console"
 	@echo "make test   - set up, then run lint-imports and every test (unit, integration, UI)"
-	@echo "make bench  - start-up, switchover write-unavailability and Redis slot-migration (vs redis-cli) benchmarks"
+	@echo "make bench  - start-up, switchover write-unavailability, Redis slot-migration (vs redis-cli) and Kafka lag (vs kafka-consumer-groups) benchmarks"
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -64,6 +64,7 @@ bench: deps venv
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/switchover.py
 	$(PY) benchmarks/redis_reshard.py
+	$(PY) benchmarks/kafka_lag.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

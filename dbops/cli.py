@@ -114,6 +114,8 @@ def check(ctx: click.Context, as_json: bool, refreshes: int) -> None:
                     "engine": c.engine,
                     "severity": c.severity.name,
                     "problems": [m.message for m in c.metrics if m.severity is not Severity.OK],
+                    # Every judged value, OK ones too (a consumer group's lag, the coverage ...).
+                    "metrics": [{"name": m.name, "severity": m.severity.name, "message": m.message} for m in c.metrics],
                     "members": [
                         {
                             "name": m.name,
