@@ -160,6 +160,9 @@ def test_one_refresh_sees_brokers_partitions_and_a_group_with_its_lag(env: Env) 
     per_partition = {p: sum(1 for q, _ in read if q == p) for p, _ in read}
     assert {p.partition: p.lag for p in group.partitions} == {p: 10 - n for p, n in per_partition.items()}
     assert group.total_lag == 30 - len(read) - 10 * (3 - len(per_partition))
+    # `dbops check --json` lists the group's metric, though it is no problem (not judged yet)
+    metric = next(m for m in check_json(env)["metrics"] if m["name"] == "group:audit-trail")
+    assert metric["severity"] == "OK" and f"lag {group.total_lag} records" in metric["message"]
 
 
 def test_a_stopped_consumer_is_judged_stop_and_reset_to_latest_moves_it_past_the_backlog(env: Env) -> None:
