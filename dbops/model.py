@@ -136,6 +136,13 @@ class ClusterHealth:
         return out
 
 
+def first_line(text: str, limit: int = 200) -> str:
+    """The first line of a server's or library's message, without a trailing period: what fits
+    in a table cell or a one-line error."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.rstrip(".")[:limit]
+
+
 def human_bytes(n: float | int | None) -> str:
     if n is None:
         return "-"

@@ -12,7 +12,7 @@ import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
-from dbops.model import Reachability
+from dbops.model import Reachability, first_line
 from dbops.secrets import Secret, SecretError, redact, resolve
 from dbops.tls import ENCRYPTED, TLSConfigError, client_context
 
@@ -144,10 +144,6 @@ class Credentials:
         self.password: Secret | None = resolve(ref.cluster.password) if ref.cluster.user is not None else None
 
 
-def _short(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""
-
-
 def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | None) -> tuple[Reachability, str]:
     reach, message = _classify(exc, where, timeout)
     return reach, redact(message, *secrets)
@@ -163,21 +159,21 @@ def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachabil
     import aiokafka.errors as ke
 
     if isinstance(exc, (ke.SaslAuthenticationFailed, ke.AuthenticationFailedError, ke.AuthenticationMethodNotSupported)):
-        return Reachability.AUTH, f"{where} rejected the credentials: {_short(str(exc))}"
+        return Reachability.AUTH, f"{where} rejected the credentials: {first_line(str(exc))}"
     if isinstance(exc, (ke.TopicAuthorizationFailedError, ke.GroupAuthorizationFailedError, ke.ClusterAuthorizationFailedError)):
         return Reachability.AUTH, f"{where}: not authorized: {type(exc).__name__}"
     if isinstance(exc, (ke.KafkaTimeoutError, ke.RequestTimedOutError)):
         return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
     if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
         tls_error = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-        return Reachability.TLS, f"TLS with {where} failed: {_short(str(tls_error))}"
+        return Reachability.TLS, f"TLS with {where} failed: {first_line(str(tls_error))}"
     if isinstance(exc, (ke.KafkaConnectionError, ke.NodeNotReadyError)):
-        return Reachability.DOWN, f"no broker of {where} answers: {_short(str(exc)) or type(exc).__name__}"
+        return Reachability.DOWN, f"no broker of {where} answers: {first_line(str(exc)) or type(exc).__name__}"
     if isinstance(exc, ke.KafkaError):
-        return Reachability.ERROR, f"{where} answered an error: {type(exc).__name__} {_short(str(exc))}".rstrip()
+        return Reachability.ERROR, f"{where} answered an error: {type(exc).__name__} {first_line(str(exc))}".rstrip()
     if isinstance(exc, (ConnectionError, OSError)):
-        return Reachability.DOWN, f"connection to {where} failed: {_short(str(exc)) or type(exc).__name__}"
-    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+        return Reachability.DOWN, f"connection to {where} failed: {first_line(str(exc)) or type(exc).__name__}"
+    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
 
 
 async def from_any_broker(call: Any, attempts: int, timeout: float) -> Any:

@@ -34,7 +34,7 @@ from dbops.engines.neo4j.data import (
     server_from_row,
     transaction_from_row,
 )
-from dbops.model import Reachability
+from dbops.model import Reachability, first_line
 from dbops.secrets import Secret, SecretError, redact, resolve
 from dbops.tls import TLSConfigError, client_context
 
@@ -58,11 +58,6 @@ async def load_driver_module() -> Any:
     if _neo4j is None:
         _neo4j = await asyncio.to_thread(importlib.import_module, "neo4j")
     return _neo4j
-
-
-def _short(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.rstrip(".")
 
 
 def scheme(ref: ClusterRef) -> str:
@@ -161,7 +156,7 @@ class Neo4jAdapter(Adapter):
                 if edition == "community" or version.startswith("4."):
                     servers_note = SERVERS_ENTERPRISE_ONLY if edition == "community" else "SHOW SERVERS: needs Neo4j 5"
                 else:
-                    servers_note = f"SHOW SERVERS failed: {exc.code}: {_short(exc.message or '')}"
+                    servers_note = f"SHOW SERVERS failed: {exc.code}: {first_line(exc.message or '')}"
             query = "SHOW TRANSACTIONS YIELD *" if version.startswith("4.") else SHOW_TRANSACTIONS
             rows = await self._run(query, "system", None, {})
             transactions = longest_first([transaction_from_row(r) for r in rows if not _is_ours(r)])
@@ -235,22 +230,22 @@ def classify(exc: BaseException, where: str, user: str, timeout: float, tls_mode
     chain = _chain(exc)
     cert = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
     if cert is not None:
-        return Reachability.TLS, f"TLS certificate of {where} not trusted: {cert.verify_message or _short(str(cert))}"
+        return Reachability.TLS, f"TLS certificate of {where} not trusted: {cert.verify_message or first_line(str(cert))}"
     tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
     if tls_error is not None:
-        return Reachability.TLS, f"TLS handshake with {where} failed: {tls_error.reason or _short(str(tls_error))}"
+        return Reachability.TLS, f"TLS handshake with {where} failed: {tls_error.reason or first_line(str(tls_error))}"
     neo4j = sys.modules.get("neo4j")
     if neo4j is None:  # the failure came before the driver was imported (it may not be installed)
-        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
     exs = neo4j.exceptions
     if isinstance(exc, exs.AuthError):
-        return Reachability.AUTH, f"{where} rejected user {user}: {_short(exc.message or str(exc))}"
+        return Reachability.AUTH, f"{where} rejected user {user}: {first_line(exc.message or str(exc))}"
     if isinstance(exc, exs.Forbidden):
-        return Reachability.ERROR, f"{where}: user {user} lacks a privilege: {_short(exc.message or str(exc))}"
+        return Reachability.ERROR, f"{where}: user {user} lacks a privilege: {first_line(exc.message or str(exc))}"
     if isinstance(exc, exs.Neo4jError):
         if exc.code and "TransactionTimedOut" in exc.code:
             return Reachability.TIMEOUT, f"{where} did not finish the refresh within {timeout:g}s"
-        return Reachability.ERROR, f"{where} answered an error: {exc.code}: {_short(exc.message or str(exc))}"
+        return Reachability.ERROR, f"{where} answered an error: {exc.code}: {first_line(exc.message or str(exc))}"
     if any(type(e).__name__ == "BoltSecurityError" for e in chain):
         # The server closed the connection during the TLS handshake: it speaks plain Bolt only.
         return Reachability.TLS, f"{where} does not accept TLS (tls.mode = {tls_mode}: Bolt over TLS)"
@@ -262,7 +257,7 @@ def classify(exc: BaseException, where: str, user: str, timeout: float, tls_mode
             return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
         if tls_mode in ("disable", "prefer") and any(type(e).__name__ == "BoltHandshakeError" for e in chain):
             return Reachability.TLS, f"{where} did not answer plain Bolt: it may require TLS (set tls.mode = require or verify-*)"
-        return Reachability.DOWN, f"cannot reach {where}: {_short(str(exc)) or type(exc).__name__}"
+        return Reachability.DOWN, f"cannot reach {where}: {first_line(str(exc)) or type(exc).__name__}"
     if isinstance(exc, exs.DriverError):
-        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
-    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
+    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"

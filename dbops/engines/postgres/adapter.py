@@ -32,7 +32,7 @@ from dbops.engines.postgres.data import (
     WalReceiver,
 )
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
-from dbops.model import Reachability
+from dbops.model import Reachability, first_line
 from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
 from dbops.tls import TLSConfigError, client_context
 
@@ -52,12 +52,6 @@ async def load_asyncpg() -> Any:
     if _asyncpg is None:
         _asyncpg = await asyncio.to_thread(importlib.import_module, "asyncpg")
     return _asyncpg
-
-
-def _short(text: str) -> str:
-    """First line of a server or library message, without a trailing period."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.rstrip(".")
 
 
 def _pgbouncer_member(cluster: ClusterRef) -> Member:
@@ -285,28 +279,28 @@ class PostgresAdapter(Adapter):
         if isinstance(exc, TLSConfigError):
             return Reachability.TLS, str(exc)
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return Reachability.TLS, f"TLS certificate of {where} not trusted: {getattr(exc, 'verify_message', None) or _short(str(exc))}"
+            return Reachability.TLS, f"TLS certificate of {where} not trusted: {getattr(exc, 'verify_message', None) or first_line(str(exc))}"
         if isinstance(exc, ssl.SSLError):
-            return Reachability.TLS, f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or _short(str(exc))}"
+            return Reachability.TLS, f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or first_line(str(exc))}"
         asyncpg = sys.modules.get("asyncpg")
         if asyncpg is not None:
             exs = asyncpg.exceptions
             if isinstance(exc, (exs.InvalidPasswordError, exs.InvalidAuthorizationSpecificationError)):
-                return Reachability.AUTH, f"{where} rejected user {user}: {_short(str(exc))}"
+                return Reachability.AUTH, f"{where} rejected user {user}: {first_line(str(exc))}"
             if isinstance(exc, exs.QueryCanceledError):
                 return Reachability.TIMEOUT, f"{where} did not finish the poll within {self.cluster.timeout:g}s"
             if isinstance(exc, exs.CannotConnectNowError):
-                return Reachability.DOWN, f"{where} is not accepting connections: {_short(str(exc))}"
+                return Reachability.DOWN, f"{where} is not accepting connections: {first_line(str(exc))}"
             if isinstance(exc, (exs.PostgresConnectionError, exs.OperatorInterventionError)):
-                return Reachability.DOWN, f"connection to {where} lost: {_short(str(exc))}"
+                return Reachability.DOWN, f"connection to {where} lost: {first_line(str(exc))}"
             if isinstance(exc, (exs.ConnectionDoesNotExistError, exs.InterfaceError)) and "closed" in str(exc).lower():
                 return Reachability.DOWN, f"connection to {where} was closed"
             if isinstance(exc, exs.TooManyConnectionsError):
-                return Reachability.ERROR, f"{where} has no free connection slot: {_short(str(exc))}"
+                return Reachability.ERROR, f"{where} has no free connection slot: {first_line(str(exc))}"
             if isinstance(exc, exs.InvalidCatalogNameError):
-                return Reachability.ERROR, f"{where}: {_short(str(exc))}"
+                return Reachability.ERROR, f"{where}: {first_line(str(exc))}"
             if isinstance(exc, exs.PostgresError):
-                return Reachability.ERROR, f"{where} answered an error: {_short(str(exc))}"
+                return Reachability.ERROR, f"{where} answered an error: {first_line(str(exc))}"
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             return Reachability.TIMEOUT, f"no answer from {where} within {self.cluster.timeout:g}s"
         if isinstance(exc, ConnectionRefusedError):
@@ -314,7 +308,7 @@ class PostgresAdapter(Adapter):
         if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
             return Reachability.TLS, f"{where} does not accept TLS (tls.mode = {self.cluster.cluster.tls.mode})"
         if isinstance(exc, (ConnectionError, asyncio.IncompleteReadError)):
-            return Reachability.DOWN, f"connection to {where} lost: {_short(str(exc)) or type(exc).__name__}"
+            return Reachability.DOWN, f"connection to {where} lost: {first_line(str(exc)) or type(exc).__name__}"
         if isinstance(exc, OSError):
             text = str(exc)
             if text.startswith("Multiple exceptions") and text.count("[Errno 111]") == text.count("[Errno"):
@@ -322,8 +316,8 @@ class PostgresAdapter(Adapter):
                 return Reachability.DOWN, f"connection refused at {where}"
             if exc.__class__.__name__ == "gaierror":
                 return Reachability.DOWN, f"cannot resolve host {self.member.host}: {exc.strerror or exc}"
-            return Reachability.DOWN, f"cannot reach {where}: {exc.strerror or _short(str(exc)) or type(exc).__name__}"
-        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+            return Reachability.DOWN, f"cannot reach {where}: {exc.strerror or first_line(str(exc)) or type(exc).__name__}"
+        return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
 
 
 class _FailedReader:

@@ -8,7 +8,7 @@ import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
-from dbops.model import Reachability
+from dbops.model import Reachability, first_line
 from dbops.secrets import Secret, SecretError, redact, resolve
 from dbops.tls import TLSConfigError, check_files
 
@@ -81,10 +81,6 @@ async def close(client: Any) -> None:
         pass
 
 
-def _short(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""
-
-
 def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | None) -> tuple[Reachability, str]:
     reach, message = _classify(exc, where, timeout)
     return reach, redact(message, *secrets)
@@ -101,20 +97,20 @@ def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachabil
 
     if isinstance(exc, rex.AuthenticationError) or (isinstance(exc, rex.ResponseError) and
                                                       ("NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc))):
-        return Reachability.AUTH, f"{where} rejected the credentials: {_short(str(exc))}"
+        return Reachability.AUTH, f"{where} rejected the credentials: {first_line(str(exc))}"
     if isinstance(exc, rex.TimeoutError):
         return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
     if isinstance(exc, rex.ConnectionError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, ssl.SSLError) or "SSL" in str(exc):
-            return Reachability.TLS, f"TLS with {where} failed: {_short(str(exc))}"
+            return Reachability.TLS, f"TLS with {where} failed: {first_line(str(exc))}"
         if "refused" in str(exc).lower():
             return Reachability.DOWN, f"connection refused at {where}"
-        return Reachability.DOWN, f"connection to {where} failed: {_short(str(exc))}"
+        return Reachability.DOWN, f"connection to {where} failed: {first_line(str(exc))}"
     if isinstance(exc, rex.ResponseError):
-        return Reachability.ERROR, f"{where} answered an error: {_short(str(exc))}"
+        return Reachability.ERROR, f"{where} answered an error: {first_line(str(exc))}"
     if isinstance(exc, ssl.SSLError):
-        return Reachability.TLS, f"TLS with {where} failed: {_short(str(exc))}"
+        return Reachability.TLS, f"TLS with {where} failed: {first_line(str(exc))}"
     if isinstance(exc, (ConnectionError, OSError)):
-        return Reachability.DOWN, f"connection to {where} failed: {_short(str(exc)) or type(exc).__name__}"
-    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {_short(str(exc))}"
+        return Reachability.DOWN, f"connection to {where} failed: {first_line(str(exc)) or type(exc).__name__}"
+    return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
