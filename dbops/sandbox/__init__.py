@@ -243,6 +243,29 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
         return False
 
 
+class EngineSandbox:
+    """What every engine's part of a sandbox shares: the directory it lives in (`<root>/<engine>`)
+    and the state it recorded there."""
+
+    ENGINE: str
+    LABEL: str  # the engine's name in messages
+    UP: str  # the command that starts it
+
+    def __init__(self, root: Path | None = None):
+        self.root = sandbox_dir(root)
+        self.dir = self.root / self.ENGINE
+
+    def _state(self) -> dict[str, Any] | None:
+        return engine_state(self.root, self.ENGINE)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        st = self._state()
+        if not st:
+            raise SandboxError(f"no {self.LABEL} sandbox under {self.root}; start one with `{self.UP}`")
+        return st
+
+
 def toml_str(value: str) -> str:
     """A TOML basic string, for the config fragments the sandboxes write."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

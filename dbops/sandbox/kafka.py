@@ -41,15 +41,14 @@ from typing import Any
 
 from dbops.sandbox import maven
 from dbops.sandbox import (
+    EngineSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
     _quiet,
-    engine_state,
     free_ports,
     pid_alive,
     port_open,
-    sandbox_dir,
     tail,
     toml_str,
     write_engine_state,
@@ -96,23 +95,16 @@ def write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-class KafkaSandbox:
+class KafkaSandbox(EngineSandbox):
+    ENGINE = ENGINE
+    LABEL = "Kafka"
+    UP = "dbops sandbox up --engines kafka"
+
     def __init__(self, root: Path | None = None):
-        self.root = sandbox_dir(root)
-        self.dir = self.root / "kafka"
+        super().__init__(root)
         self._log_from: dict[str, int] = {}  # node -> its log's size when it was last spawned
 
     # -- state -------------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any] | None:
-        return engine_state(self.root, ENGINE)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        st = self._state()
-        if st is None:
-            raise SandboxError(f"no Kafka sandbox under {self.root}; start one with `dbops sandbox up --engines kafka`")
-        return st
 
     def node_dir(self, name: str) -> Path:
         return self.dir / name

@@ -25,19 +25,17 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from dbops.sandbox import (
+    EngineSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
     _quiet,
-    engine_state,
     free_ports,
     maven,
     pid_alive,
     port_open,
-    sandbox_dir,
     tail,
     toml_str,
     write_engine_state,
@@ -85,21 +83,14 @@ public class Launcher {
 }
 """
 
-class Neo4jSandbox:
+class Neo4jSandbox(EngineSandbox):
+    ENGINE = ENGINE
+    LABEL = "Neo4j"
+    UP = "dbops sandbox up --engines neo4j"
+
     def __init__(self, root: Path | None = None):
-        self.root = sandbox_dir(root)
+        super().__init__(root)
         self._log_from = 0  # the log's size when the launcher was last spawned
-        self.dir = self.root / "neo4j"
-
-    def _state(self) -> dict[str, Any] | None:
-        return engine_state(self.root, ENGINE)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        st = self._state()
-        if st is None:
-            raise SandboxError(f"no Neo4j sandbox under {self.root}; start one with `dbops sandbox up --engines neo4j`")
-        return st
 
     @property
     def port(self) -> int:

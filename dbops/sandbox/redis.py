@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dbops.sandbox import (
+    EngineSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
@@ -196,14 +197,17 @@ def _reap(pid: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class RedisSandbox:
+class RedisSandbox(EngineSandbox):
     """The Redis part of a sandbox rooted at `root` (the sandbox directory)."""
+
+    ENGINE = ENGINE
+    LABEL = "Redis"
+    UP = "dbops sandbox up --engines redis"
 
     def __init__(self, root: Path | None = None):
         # Absolute: the servers are started with their node directory as working directory, and
         # the configuration path in their process title is how we recognise them.
-        self.root = sandbox_dir(root).absolute()
-        self.dir = self.root / "redis"
+        super().__init__(sandbox_dir(root).absolute())
         self._owner: ServerUser | None = None
         self._bindir: Path | None = None
 
@@ -220,16 +224,6 @@ class RedisSandbox:
 
     def pid_file(self, name: str) -> Path:
         return self.dir / name / "redis.pid"
-
-    def _state(self) -> dict[str, Any] | None:
-        return engine_state(self.root, ENGINE)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        st = self._state()
-        if not st:
-            raise SandboxError(f"no Redis sandbox under {self.root}; start one with `dbops sandbox up --engines redis`")
-        return st
 
     @property
     def password(self) -> str:

@@ -37,15 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbops.sandbox import (
+    EngineSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
     _quiet,
-    engine_state,
     free_ports,
     pid_alive,
     port_open,
-    sandbox_dir,
     tail,
     write_engine_state,
 )
@@ -106,25 +105,18 @@ def _reap(pid: int) -> None:
         del _children[pid]
 
 
-class S3Sandbox:
+class S3Sandbox(EngineSandbox):
     """The S3 part of a sandbox rooted at `root` (the sandbox directory)."""
 
+    ENGINE = ENGINE
+    LABEL = "S3"
+    UP = "dbops sandbox up --engines s3"
+
     def __init__(self, root: Path | None = None):
-        self.root = sandbox_dir(root)
-        self.dir = self.root / "s3"
+        super().__init__(root)
         self.log = self.dir / "moto.log"
 
     # -- recorded state ------------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Any] | None:
-        return engine_state(self.root, ENGINE)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        st = self._state()
-        if not st:
-            raise SandboxError(f"no S3 sandbox under {self.root}; start one with `dbops sandbox up --engines s3`")
-        return st
 
     def location(self) -> S3Location:
         """The sandbox bucket as a dbops config S3Location (literal keys: sandbox only)."""
