@@ -29,7 +29,7 @@ async def _settings(ctx: Context, live: list[Broker]) -> dict[str, str]:
 
     if not live:
         return {}
-    responses = await asyncio.wait_for(common.admin(ctx).describe_configs(
+    responses = await asyncio.wait_for((await common.admin(ctx)).describe_configs(
         [ConfigResource(ConfigResourceType.BROKER, str(live[0].node_id), {k: None for k in BROKER_SETTINGS})]), ctx.ref.timeout)
     out = {}
     for response in responses:
@@ -133,6 +133,5 @@ RUNBOOK = Runbook(
              Kind.CHECK, lambda ctx: ["Metadata, DescribeConfigs (broker settings)   # reads only"], run=do_report,
              timeout=30.0, produces=("report",)),
     ),
-    setup=common.setup,
     teardown=common.teardown,
 )

@@ -12,17 +12,23 @@ from dbops.engines.kafka.data import Broker, Partition, Topic, with_inferred_ids
 from dbops.runbook.model import Context
 
 
-async def setup(ctx: Context) -> None:
-    ctx.resources["creds"] = kc.Credentials(ctx.ref)
-    ctx.resources["admin"] = await asyncio.wait_for(kc.admin(ctx.ref, ctx.resources["creds"].password), timeout=ctx.ref.timeout * 2)
-
-
 async def teardown(ctx: Context) -> None:
     clients = [ctx.resources.pop(k) for k in list(ctx.resources) if k == "admin" or k.startswith("consumer")]
     await asyncio.gather(*(kc.close(c) for c in clients))
 
 
-def admin(ctx: Context) -> Any:
+def _password(ctx: Context) -> Any:
+    if "creds" not in ctx.resources:
+        ctx.resources["creds"] = kc.Credentials(ctx.ref)  # SecretError: the check that asked fails, saying why
+    return ctx.resources["creds"].password
+
+
+async def admin(ctx: Context) -> Any:
+    """The run's admin client, connected on first use: inside a pre-check or step, so a cluster
+    that cannot be reached (or a wrong password) fails that check with the reason, not the run
+    with a traceback."""
+    if "admin" not in ctx.resources:
+        ctx.resources["admin"] = await asyncio.wait_for(kc.admin(ctx.ref, _password(ctx)), timeout=ctx.ref.timeout * 2)
     return ctx.resources["admin"]
 
 
@@ -32,25 +38,27 @@ async def consumer(ctx: Context, group_id: str | None = None) -> Any:
     key = f"consumer:{group_id or ''}"
     if key not in ctx.resources:
         ctx.resources[key] = await asyncio.wait_for(
-            kc.consumer(ctx.ref, ctx.resources["creds"].password, group_id=group_id), timeout=ctx.ref.timeout * 2)
+            kc.consumer(ctx.ref, _password(ctx), group_id=group_id), timeout=ctx.ref.timeout * 2)
     return ctx.resources[key]
 
 
 def describe(ctx: Context, exc: BaseException) -> str:
-    return kc.classify(exc, ctx.ref.name, ctx.ref.timeout, ctx.resources["creds"].password)[1]
+    creds = ctx.resources.get("creds")
+    return kc.classify(exc, ctx.ref.name, ctx.ref.timeout, creds.password if creds is not None else None)[1]
 
 
 async def metadata(ctx: Context) -> tuple[list[Broker], list[Topic], int | None]:
     """Brokers (configured ones that the metadata lacks are down), topics and the controller id."""
     attempts = max(2, len(ctx.ref.cluster.members))
-    cluster = await kc.from_any_broker(admin(ctx).describe_cluster, attempts, ctx.ref.timeout)
-    topics = await kc.from_any_broker(admin(ctx).describe_topics, attempts, ctx.ref.timeout)
+    client = await admin(ctx)
+    cluster = await kc.from_any_broker(client.describe_cluster, attempts, ctx.ref.timeout)
+    topics = await kc.from_any_broker(client.describe_topics, attempts, ctx.ref.timeout)
     names = {f"{m.host}:{m.port}": m.name for m in ctx.ref.cluster.members}
     found = {f"{b['host']}:{b['port']}": b for b in cluster.get("brokers", [])}
     brokers = [Broker(b["node_id"], a, names.get(a, a), True, b.get("rack")) for a, b in found.items()]
     # A broker killed a moment ago stays in the metadata until the controller fences it (seconds):
     # ask each one something small, as the pane does, and count the silent ones as down.
-    answers = await asyncio.gather(*(asyncio.wait_for(admin(ctx).list_consumer_groups(broker_ids=[b.node_id]),
+    answers = await asyncio.gather(*(asyncio.wait_for(client.list_consumer_groups(broker_ids=[b.node_id]),
                                                       timeout=max(0.5, ctx.ref.timeout * 0.3)) for b in brokers),
                                    return_exceptions=True)
     brokers = [b if not isinstance(a, BaseException) else Broker(b.node_id, b.address, b.name, False, b.rack,

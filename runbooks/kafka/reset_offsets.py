@@ -40,12 +40,11 @@ def target(raw: str) -> tuple[str, Any]:
 
 async def _group(ctx: Context) -> dict[str, Any]:
     gid = ctx.params["group"]
-    node = await asyncio.wait_for(common.admin(ctx).find_coordinator(gid), timeout=ctx.ref.timeout)
-    responses = await asyncio.wait_for(common.admin(ctx).describe_consumer_groups([gid], group_coordinator_id=node),
-                                       timeout=ctx.ref.timeout)
+    client = await common.admin(ctx)
+    node = await asyncio.wait_for(client.find_coordinator(gid), timeout=ctx.ref.timeout)
+    responses = await asyncio.wait_for(client.describe_consumer_groups([gid], group_coordinator_id=node), timeout=ctx.ref.timeout)
     g = responses[0].to_object()["groups"][0]
-    offsets = await asyncio.wait_for(common.admin(ctx).list_consumer_group_offsets(gid, group_coordinator_id=node),
-                                     timeout=ctx.ref.timeout)
+    offsets = await asyncio.wait_for(client.list_consumer_group_offsets(gid, group_coordinator_id=node), timeout=ctx.ref.timeout)
     return {"state": g["state"], "members": [f"{m['client_id']}@{m['client_host'].lstrip('/')}" for m in g["members"]],
             "offsets": {(k.topic, k.partition): v.offset for k, v in offsets.items() if v.offset >= 0}}
 
@@ -60,10 +59,20 @@ async def check_inactive(ctx: Context) -> Verdict:
     except Exception as exc:
         return Verdict(False, f"group {ctx.params['group']} could not be read: {common.describe(ctx, exc)}")
     ctx.state["group_state"] = g["state"]
+    ctx.state["group_known"] = bool(g["offsets"]) or g["state"] != "Dead"
     if g["members"] or g["state"] not in INACTIVE:
         return Verdict(False, f"group {ctx.params['group']} is {g['state']} with {len(g['members'])} member(s) "
                               f"({', '.join(g['members'][:4])}): stop its consumers first, or they overwrite the new offsets")
     return Verdict(True, f"group {ctx.params['group']} is {g['state']}: no member consumes")
+
+
+async def check_known(ctx: Context) -> Verdict:
+    """A group that has no member and no committed offset does not exist (yet): most likely a
+    mistyped name, since the commit would create it. Overridable, to seed a new group on purpose."""
+    if ctx.state.get("group_known", True):
+        return Verdict(True, f"group {ctx.params['group']} exists")
+    return Verdict(False, f"no group {ctx.params['group']!r} in {ctx.ref.name} (no member, no committed offset): "
+                          "check the name; committing would create it (override to seed a new group on purpose)")
 
 
 async def check_plan(ctx: Context) -> Verdict:
@@ -169,6 +178,7 @@ RUNBOOK = Runbook(
     ),
     prechecks=(
         Check("inactive", "the group has no member (stopped consumers)", check_inactive),
+        Check("known", "the group exists (a typo would create a new one)", check_known, overridable=True),
         Check("plan", "old and new offset of every partition", check_plan),
     ),
     steps=(
@@ -177,6 +187,5 @@ RUNBOOK = Runbook(
              timeout=60.0, applies=_changes,
              on_failure="nothing half-done is possible per partition; run again after the group is empty"),
     ),
-    setup=common.setup,
     teardown=common.teardown,
 )

@@ -110,6 +110,12 @@ async def check_matches(ctx: Context) -> Verdict:
     if not targets:
         return Verdict(False, f"nothing to do: no transaction matches ({selection(ctx)}) among the {seen} open on "
                               + ", ".join(names))
+    ambiguous = sorted({t["id"] for t in targets if sum(1 for u in targets if u["id"] == t["id"]) > 1})
+    if ambiguous and not ctx.params.get("member"):
+        # Every server numbers its own transactions: an id alone may name one on each.
+        return Verdict(False, f"{', '.join(ambiguous)} match on more than one server "
+                              f"({', '.join(sorted({t['member'] for t in targets if t['id'] in ambiguous}))}): "
+                              "name the server with --param member=...")
     missing = [i for i in _ids(ctx) if i not in {t["id"] for t in targets}]
     note = f"; not found: {', '.join(missing)}" if missing else ""
     return Verdict(True, f"{len(targets)} transaction(s) match: " + ", ".join(t["id"] for t in targets) + note)
@@ -139,8 +145,22 @@ def terminate_commands(ctx: Context) -> list[str]:
 
 
 async def terminate(ctx: Context) -> None:
+    """Terminates the planned ids that are still the planned transactions: a resumed run (or a
+    server restarted meanwhile) may find an id reused by another transaction, which is refused."""
     answers: dict[str, str] = {}
-    for member, txs in _by_member(ctx).items():
+    for member, planned in _by_member(ctx).items():
+        now = {t.id: t for t in await common.adapter(ctx, member).transactions()}
+        changed = [p["id"] for p in planned if p["id"] in now and
+                   (now[p["id"]].user, now[p["id"]].database, excerpt(now[p["id"]].query)) != (p["user"], p["database"], p["query"])]
+        if changed:
+            raise RuntimeError(f"on {member}, {', '.join(changed)} now name other transactions than the plan showed; "
+                               "nothing was terminated there: run the runbook again for a fresh plan")
+        txs = [p for p in planned if p["id"] in now]
+        for p in planned:
+            if p["id"] not in now:
+                ctx.log(f"{member} {p['id']}: already ended")
+        if not txs:
+            continue
         got = await common.adapter(ctx, member).terminate([t["id"] for t in txs])
         answers.update(got)
         for t in txs:

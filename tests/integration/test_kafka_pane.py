@@ -239,10 +239,28 @@ def test_reset_is_refused_while_the_group_has_a_member_and_commits_nothing(env: 
     assert "live-group is Stable with 1 member(s)" in run.stdout and "stop its consumers first" in run.stdout
 
 
-def test_a_bad_to_value_is_refused_with_the_accepted_forms(env: Env) -> None:
+def test_a_bad_to_value_or_a_mistyped_group_is_refused_with_the_reason(env: Env) -> None:
     run = env.dbops("runbook", "plan", "kafka.reset-consumer-offsets", "--cluster", CLUSTER, "--param", "group=billing",
                     "--param", "topic=payments", "--param", "to=yesterday")
     assert "expected earliest, latest, an ISO timestamp" in run.stdout
+    run = env.dbops("runbook", "run", "kafka.reset-consumer-offsets", "--cluster", CLUSTER, "--param", "group=bil386",
+                    "--param", "topic=payments", "--param", "to=latest", "--confirm", CLUSTER)
+    assert run.returncode == 1 and "no group 'bil386'" in run.stdout and "committing would create it" in run.stdout
+
+
+def test_a_runbook_on_a_cluster_nobody_answers_for_fails_its_check_with_the_reason(env: Env, tmp_path: Path) -> None:
+    from dbops.sandbox import free_ports
+
+    dead = tmp_path / "dead.toml"
+    port = free_ports(1)[0]
+    dead.write_text(f'[environments.sandbox]\nsandbox = true\nmode = "operator"\n[environments.sandbox.clusters.gone]\n'
+                    f'engine = "kafka"\ntimeout = 2.0\nmembers = [{{ name = "x1", host = "127.0.0.1", port = {port} }}]\n')
+    run = subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(dead), "runbook", "run", "kafka.broker-down-triage",
+                          "--cluster", "gone"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "DBOPS_STATE_DIR": str(tmp_path)})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "the cluster's metadata could not be read: no broker of gone" in run.stdout
+    assert "Traceback" not in run.stdout + run.stderr and "crash" not in run.stdout + run.stderr
 
 
 def test_a_killed_broker_is_under_replicated_within_two_refreshes_and_clears_after_restart(env: Env) -> None:

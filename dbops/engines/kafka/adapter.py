@@ -91,10 +91,29 @@ class KafkaAdapter(Adapter):
         self._seen: dict[str, int] = {}  # address -> node id, for brokers that have gone
         self._zookeeper = False  # learnt from a broker that does not know DescribeQuorum
         self._last_up: dict[str, float] = {}  # address -> when it last answered
+        self._connects = 0  # rotates the bootstrap order when nothing answered lately
+        self._deadline: float | None = None  # loop time by which this refresh must be done
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def node_timeout(self) -> float:
-        return max(0.5, self.cluster.timeout * NODE_TIMEOUT_SHARE)
+        """One request's bound: its share of the refresh timeout, and never past the refresh's
+        own deadline (a silent broker costs its share once, not once per step)."""
+        share = max(0.5, self.cluster.timeout * NODE_TIMEOUT_SHARE)
+        if self._deadline is None:
+            return share
+        return max(0.05, min(share, self._deadline - asyncio.get_running_loop().time()))
+
+    def _bootstrap_order(self) -> list[str]:
+        """Brokers that answered lately first (aiokafka bootstraps from the list in order, each
+        for up to the request timeout); with none known, a different one first at each connect,
+        so one dead first broker cannot hold every refresh."""
+        configured = list(self.names)
+        known = sorted((a for a in configured if a in self._last_up), key=lambda a: -self._last_up[a])
+        if known:
+            return known + [a for a in configured if a not in known]
+        k = self._connects % len(configured)
+        return configured[k:] + configured[:k]
 
     @property
     def where(self) -> str:
@@ -104,27 +123,42 @@ class KafkaAdapter(Adapter):
         if "aiokafka.admin" not in sys.modules:
             # ~0.2 s of imports: off the pollers' event loop, which serves every cluster.
             await asyncio.to_thread(importlib.import_module, "aiokafka.admin")
+        if self._admin is not None and self._consumer is not None:
+            return
+        self._connects += 1
+        servers = self._bootstrap_order()
         if self._admin is None:
             self._creds = kc.Credentials(self.cluster)
-            self._admin = await kc.admin(self.cluster, self._creds.password)
+            self._admin = await kc.admin(self.cluster, self._creds.password, servers)
         if self._consumer is None:
-            self._consumer = await kc.consumer(self.cluster, self._creds.password if self._creds else None)
+            self._consumer = await kc.consumer(self.cluster, self._creds.password if self._creds else None, servers=servers)
 
     async def _bounded(self, coro: Any) -> Any:
         return await asyncio.wait_for(coro, timeout=self.node_timeout)
 
     async def _from_any_broker(self, call: Any) -> Any:
-        return await kc.from_any_broker(call, max(2, len(self.names)), self.node_timeout)
+        return await kc.from_any_broker(call, max(2, len(self.names)), lambda: self.node_timeout)
 
     # -- one refresh -----------------------------------------------------------------------------
 
     async def collect(self) -> KafkaData:
+        # The poller cancels a refresh at the cluster's timeout; ending a little before it leaves
+        # the steps that did answer (a broker that did not is a row, not a cluster TIMEOUT).
+        self._deadline = asyncio.get_running_loop().time() + self.cluster.timeout * 0.9
         try:
             return await self._collect()
+        except asyncio.CancelledError:
+            # Cancelled by the poller's timeout: closing must not add to the wait it enforces.
+            task = asyncio.ensure_future(self.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            raise
         except BaseException:
-            # Reconnect next time: a half-started client or one cancelled mid-request is not reused.
+            # Reconnect next time: a half-started client or one failed mid-request is not reused.
             await self.close()
             raise
+        finally:
+            self._deadline = None
 
     async def _collect(self) -> KafkaData:
         await self._connect()
@@ -167,6 +201,9 @@ class KafkaAdapter(Adapter):
     def _brokers(self, cluster: dict[str, Any]) -> list[Broker]:
         """Configured brokers first (a missing one is down), then any others the cluster names."""
         found = {f"{b['host']}:{b['port']}": b for b in cluster.get("brokers", [])}
+        up_ids = {b["node_id"] for b in found.values()}
+        for address in [a for a, node_id in self._seen.items() if a not in found and node_id in up_ids]:
+            del self._seen[address]  # the broker came back at another address (a pod's new IP)
         for address, b in found.items():
             self._seen[address] = b["node_id"]
         out = []
@@ -230,7 +267,7 @@ class KafkaAdapter(Adapter):
                         | {tp for d in described.values() for m in d["members"] for tp in m.assignment})
         # A partition without a leader, or led by a broker that does not answer (the controller
         # has not moved it yet), cannot answer ListOffsets: asking would stall the whole batch.
-        down = {b.node_id for b in brokers if not b.up}
+        down = {b.node_id for b in brokers if not b.up} - {b.node_id for b in brokers if b.up}
         askable = [tp for tp in wanted if tp in partitions and not partitions[tp].offline and partitions[tp].leader not in down]
         ends, starts = await self._offsets(askable, notes)
         for tp in askable:
@@ -252,7 +289,10 @@ class KafkaAdapter(Adapter):
                 committed = offs.get(tp) if offs else None
                 end, start = ends.get(tp), starts.get(tp)
                 win = self._windows.setdefault((gid, *tp), deque(maxlen=window))
-                win.append(LagSample(now, committed, end))
+                if committed is not None and end is not None:
+                    # A refresh that could not read an offset says nothing about the trend: it
+                    # must not push a STOP out of the window and reset the judgement.
+                    win.append(LagSample(now, committed, end))
                 secs, at_least = lag_seconds(committed, list(self._ends.get(tp, ())), now) if end is not None else (None, False)
                 gparts.append(GroupPartition(tp[0], tp[1], committed, start, end, secs, at_least, tuple(win), owners.get(tp)))
             lags = [p.lag for p in gparts if p.lag is not None]

@@ -104,7 +104,8 @@ def as_seen(data: KafkaData) -> list[Partition]:
     """Partitions as they are now, not as the controller last recorded them: a broker that does
     not answer is taken out of the ISR, and a partition it leads has no leader. The controller
     does the same only after broker.session.timeout.ms (9 s) or replica.lag.time.max.ms (30 s)."""
-    down = {b.node_id for b in data.brokers if not b.up and b.node_id is not None}
+    up = {b.node_id for b in data.brokers if b.up}
+    down = {b.node_id for b in data.brokers if not b.up and b.node_id is not None} - up
     if not down:
         return data.partitions()
     return [replace(p, isr=tuple(r for r in p.isr if r not in down), leader=-1 if p.leader in down else p.leader)

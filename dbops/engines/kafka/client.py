@@ -31,13 +31,15 @@ def ssl_context(ref: ClusterRef) -> ssl.SSLContext | None:
     return client_context(ref.cluster.tls) if ref.cluster.tls.mode in ENCRYPTED else None
 
 
-def client_kwargs(ref: ClusterRef, password: Secret | None) -> dict[str, Any]:
+def client_kwargs(ref: ClusterRef, password: Secret | None, servers: list[str] | None = None) -> dict[str, Any]:
     """What every aiokafka client of this cluster is built with. Timeouts are the cluster's: a
     dead broker must cost one timeout, not aiokafka's 40 s default."""
     kafka = ref.cluster.kafka
     assert kafka is not None
     kw: dict[str, Any] = {
-        "bootstrap_servers": bootstrap(ref),
+        # aiokafka tries them in order, each for up to the request timeout: a caller that knows
+        # which brokers answered lately puts them first.
+        "bootstrap_servers": servers or bootstrap(ref),
         "client_id": "dbops",
         "request_timeout_ms": int(ref.timeout * 1000),
         "security_protocol": security_protocol(ref),
@@ -49,22 +51,23 @@ def client_kwargs(ref: ClusterRef, password: Secret | None) -> dict[str, Any]:
     return kw
 
 
-async def admin(ref: ClusterRef, password: Secret | None) -> Any:
+async def admin(ref: ClusterRef, password: Secret | None, servers: list[str] | None = None) -> Any:
     """A started admin client (it bootstraps from the first broker that answers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    kw = client_kwargs(ref, password)
+    kw = client_kwargs(ref, password, servers)
     client = AIOKafkaAdminClient(**kw)
     await _start(client, kw)
     return client
 
 
-async def consumer(ref: ClusterRef, password: Secret | None, group_id: str | None = None) -> Any:
+async def consumer(ref: ClusterRef, password: Secret | None, group_id: str | None = None,
+                   servers: list[str] | None = None) -> Any:
     """A started consumer that subscribes to nothing: offsets are asked for explicitly (ListOffsets,
     batched per partition leader) and, with a group id, committed explicitly."""
     from aiokafka import AIOKafkaConsumer
 
-    kw = client_kwargs(ref, password)
+    kw = client_kwargs(ref, password, servers)
     client = AIOKafkaConsumer(**kw, group_id=group_id, enable_auto_commit=False,
                               # the consumer's own default (40 s) must not outlast the refresh
                               connections_max_idle_ms=540000)
@@ -176,15 +179,16 @@ def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachabil
     return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
 
 
-async def from_any_broker(call: Any, attempts: int, timeout: float) -> Any:
+async def from_any_broker(call: Any, attempts: int, timeout: float | Any) -> Any:
     """`call()` (a request aiokafka sends to a random known broker) until one answers: a broker
     that has just died or restarted stays in the metadata for a while and must not fail the
-    request. Each attempt is bounded by `timeout`."""
+    request. Each attempt is bounded by `timeout` (seconds, or a function giving them, so a
+    caller's overall deadline can shrink it)."""
     from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 
     for attempt in range(attempts):
         try:
-            return await asyncio.wait_for(call(), timeout=timeout)
+            return await asyncio.wait_for(call(), timeout=timeout() if callable(timeout) else timeout)
         except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError):
             if attempt == attempts - 1:
                 raise

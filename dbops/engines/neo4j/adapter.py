@@ -171,12 +171,20 @@ class Neo4jAdapter(Adapter):
             self._has_store_procedure = bool(found)
         if not self._has_store_procedure:
             return None, STORE_MISSING
-        sizes = {}
+        neo4j = await load_driver_module()
+        sizes: dict[str, int] = {}
+        unread: list[str] = []
         for name in sorted({d.name for d in databases if d.type == "standard" and d.current_status == "online"}):
-            rows = await self._run(f"CALL {STORE_PROCEDURE}() YIELD totalStoreSize", name, None, {})
+            try:
+                rows = await self._run(f"CALL {STORE_PROCEDURE}() YIELD totalStoreSize", name, None, {})
+            except neo4j.exceptions.Neo4jError as exc:
+                # A database this server does not host (a cluster) or one stopping meanwhile: its
+                # size is unknown; the rest of the refresh stands.
+                unread.append(f"{name} ({exc.code})")
+                continue
             if rows and rows[0].get("totalStoreSize") is not None:
                 sizes[name] = int(rows[0]["totalStoreSize"])
-        return sizes, None
+        return sizes, (f"store size not read for {', '.join(unread)}" if unread else None)
 
     # -- runbook actions -------------------------------------------------------------------------
 
