@@ -358,3 +358,19 @@ async def test_the_pane_shows_a_killed_broker_and_its_under_replicated_partition
             env.kafka.start_node("k2")
         await settle(pilot, lambda: state_of("k2") == "UP" and "under-replicated 0" in status(), "k2 back, nothing under-replicated",
                      show=lambda: rows(brokers) + status(), attempts=1200)
+
+
+def test_a_hung_broker_is_one_down_row_not_a_cluster_timeout(env: Env) -> None:
+    import signal
+
+    pid = env.kafka.pid("k2")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # it accepts connections and answers nothing
+    try:
+        for _ in range(3):  # a fresh adapter each time: bootstrap included
+            data = refreshes(env, 2)  # within the cluster's timeout, or this raises TimeoutError
+            assert [(b.name, b.up) for b in data.brokers] == [("k1", True), ("k2", False), ("k3", True)]
+            # not answering (TIMEOUT) at first; once the controller fences it, absent from the metadata
+            assert next(b.error for b in data.brokers if b.name == "k2")
+    finally:
+        os.kill(pid, signal.SIGCONT)

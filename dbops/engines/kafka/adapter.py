@@ -61,6 +61,10 @@ def decode_assignment(raw: bytes) -> tuple[tuple[str, int], ...]:
     return tuple((topic, p) for topic, parts in decoded.assignment for p in parts)
 
 
+async def _same(client: Any) -> Any:
+    return client
+
+
 def topic_from_metadata(raw: dict[str, Any]) -> Topic:
     """A topic of a MetadataResponse (as aiokafka's describe_topics returns it)."""
     parts = tuple(sorted((
@@ -94,6 +98,7 @@ class KafkaAdapter(Adapter):
         self._connects = 0  # rotates the bootstrap order when nothing answered lately
         self._deadline: float | None = None  # loop time by which this refresh must be done
         self._closing: set[asyncio.Task[None]] = set()
+        self._probes: dict[str, Any] = {}  # address -> a connection of its own, for ListGroups
 
     @property
     def node_timeout(self) -> float:
@@ -127,11 +132,20 @@ class KafkaAdapter(Adapter):
             return
         self._connects += 1
         servers = self._bootstrap_order()
-        if self._admin is None:
-            self._creds = kc.Credentials(self.cluster)
-            self._admin = await kc.admin(self.cluster, self._creds.password, servers)
-        if self._consumer is None:
-            self._consumer = await kc.consumer(self.cluster, self._creds.password if self._creds else None, servers=servers)
+        self._creds = kc.Credentials(self.cluster)
+        # Concurrently, and each bootstrap attempt bounded by a broker's share of the timeout: a
+        # hung broker first in the list costs that share once, not the refresh.
+        share = max(0.5, self.cluster.timeout * NODE_TIMEOUT_SHARE)
+        admin, consumer = await asyncio.gather(
+            kc.admin(self.cluster, self._creds.password, servers, share) if self._admin is None else _same(self._admin),
+            kc.consumer(self.cluster, self._creds.password, servers=servers, request_timeout=share)
+            if self._consumer is None else _same(self._consumer),
+            return_exceptions=True)
+        for client in (admin, consumer):
+            if isinstance(client, BaseException):
+                await asyncio.gather(*(kc.close(c) for c in (admin, consumer) if not isinstance(c, BaseException)))
+                raise client
+        self._admin, self._consumer = admin, consumer
 
     async def _bounded(self, coro: Any) -> Any:
         return await asyncio.wait_for(coro, timeout=self.node_timeout)
@@ -164,32 +178,70 @@ class KafkaAdapter(Adapter):
         await self._connect()
         now = time.time()
         notes: list[str] = []
-        cluster = await self._from_any_broker(self._admin.describe_cluster)
-        topics_raw = await self._from_any_broker(self._admin.describe_topics)
-        topics = [topic_from_metadata(t) for t in topics_raw]
-        brokers = with_inferred_ids(self._brokers(cluster), topics)
-        await self._refresh_configs([t.name for t in topics], now, notes)
+        meta = await self._from_any_broker(lambda: kc.metadata(self._admin, self._answering_node()))
+        topics = [topic_from_metadata(t) for t in meta["topics"]]
+        brokers = with_inferred_ids(self._brokers(meta), topics)
+        group_ids = await self._probe(brokers)
+        live = next((b.node_id for b in brokers if b.up), None)
+        partitions = {(p.topic, p.partition): p for t in topics for p in t.partitions}
+        # Independent of each other, and each only asks brokers that just answered: together they
+        # cost the slowest of them, not the sum.
+        _, groups, quorum = await asyncio.gather(
+            self._refresh_configs([t.name for t in topics], now, notes),
+            self._groups(group_ids, brokers, partitions, now, notes),
+            self._quorum(notes, live))
         topics = [Topic(t.name, t.internal, t.partitions, self._min_isr.get(t.name)) for t in topics]
-        groups = await self._groups(brokers, {(p.topic, p.partition): p for t in topics for p in t.partitions}, now, notes)
-        quorum = await self._quorum(notes)
         for b in brokers:
             if b.up:
                 self._last_up[b.address] = now
         brokers = [replace(b, last_up_at=self._last_up.get(b.address)) for b in brokers]
         return KafkaData(
-            cluster_id=cluster.get("cluster_id"), controller_id=cluster.get("controller_id"), brokers=tuple(brokers),
+            cluster_id=meta.get("cluster_id"), controller_id=meta.get("controller_id"), brokers=tuple(brokers),
             topics=tuple(sorted(topics, key=lambda t: (t.internal, t.name))), groups=tuple(groups), taken_at=now,
             notes=tuple(notes), configs_at=self._configs_at, window=self.opts.thresholds.lag_window, quorum=quorum)
 
-    async def _quorum(self, notes: list[str]) -> Quorum | None:
-        """The KRaft controller quorum; None (and no note) on a ZooKeeper cluster, which does not
-        know DescribeQuorum."""
+    def _answering_node(self) -> int | None:
+        """The node id of the broker that answered most recently (None: let aiokafka pick)."""
+        recent = sorted((a for a in self._last_up if a in self._seen), key=lambda a: -self._last_up[a])
+        return self._seen[recent[0]] if recent else None
+
+    async def _probe(self, brokers: list[Broker]) -> set[str]:
+        """ListGroups on every broker the metadata names, concurrently: the groups, and each
+        broker's liveness. One that does not answer is marked down (in `brokers`) at once, before
+        the controller fences it, and no later step of this refresh waits for it."""
+        live = [(i, b) for i, b in enumerate(brokers) if b.up and b.node_id is not None]
+        listed = await asyncio.gather(*(self._bounded(self._list_groups(b.address)) for _, b in live), return_exceptions=True)
+        ids: set[str] = set()
+        for (i, b), result in zip(live, listed):
+            if isinstance(result, BaseException):
+                probe = self._probes.pop(b.address, None)
+                if probe is not None:
+                    probe.close()
+                reach = self.classify(result)[0]
+                brokers[i] = replace(b, up=False, error=f"in the metadata but not answering ({reach.value}): {self._why(result)}")
+            else:
+                ids.update(result)
+        return ids
+
+    async def _list_groups(self, address: str) -> list[str]:
+        """ListGroups on the probe connection to `address` (kept across refreshes)."""
+        conn = self._probes.get(address)
+        if conn is None or not conn.connected():
+            kw = kc.client_kwargs(self.cluster, self._creds.password if self._creds else None,
+                                  request_timeout=max(0.5, self.cluster.timeout * NODE_TIMEOUT_SHARE))
+            conn = self._probes[address] = await kc.connection(kw, address)
+        return await kc.list_groups(conn)
+
+    async def _quorum(self, notes: list[str], node_id: int | None) -> Quorum | None:
+        """The KRaft controller quorum, asked of a broker that just answered (it forwards the
+        request to the active controller); None (and no note) on a ZooKeeper cluster, which does
+        not know DescribeQuorum."""
         from aiokafka.errors import IncompatibleBrokerVersion
 
         if self._zookeeper:
             return None
         try:
-            leader, hw, voters = await self._from_any_broker(lambda: kc.describe_quorum(self._admin))
+            leader, hw, voters = await self._bounded(kc.describe_quorum(self._admin, node_id))
         except IncompatibleBrokerVersion:
             self._zookeeper = True
             return None
@@ -227,7 +279,9 @@ class KafkaAdapter(Adapter):
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
         try:
-            responses = await self._from_any_broker(lambda: self._admin.describe_configs(
+            # One attempt (to a random broker): on failure the old values stay, and the next
+            # refresh asks again.
+            responses = await self._bounded(self._admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, t, {"min.insync.replicas": None}) for t in topics]))
         except Exception as exc:  # the rest of the refresh is still worth showing
             notes.append(f"topic configs not read: {self._why(exc)}")
@@ -242,32 +296,18 @@ class KafkaAdapter(Adapter):
                         self._min_isr[name] = int(entry[1])
         self._configs_at = now
 
-    async def _groups(self, brokers: list[Broker], partitions: dict[tuple[str, int], Partition],
+    async def _groups(self, ids: set[str], brokers: list[Broker], partitions: dict[tuple[str, int], Partition],
                       now: float, notes: list[str]) -> list[Group]:
-        """ListGroups goes to every broker the metadata names, so it doubles as each broker's
-        liveness probe: one that does not answer is marked down (in `brokers`) at once, before
-        the controller fences it."""
-        live = [(i, b) for i, b in enumerate(brokers) if b.up and b.node_id is not None]
-        listed = await asyncio.gather(*(self._bounded(self._admin.list_consumer_groups(broker_ids=[b.node_id])) for _, b in live),
-                                      return_exceptions=True)
-        ids: set[str] = set()
-        for (i, b), result in zip(live, listed):
-            if isinstance(result, BaseException):
-                reach = self.classify(result)[0]
-                why = self._why(result)
-                brokers[i] = replace(b, up=False, error=f"in the metadata but not answering ({reach.value}): {why}")
-            else:
-                ids.update(g[0] for g in result)
         patterns = self.opts.groups
         ids = {g for g in ids if not patterns or any(fnmatch.fnmatchcase(g, p) for p in patterns)}
         if not ids:
             return []
-        described, offsets = await self._describe_and_fetch(sorted(ids), notes)
+        down = {b.node_id for b in brokers if not b.up} - {b.node_id for b in brokers if b.up}
+        described, offsets = await self._describe_and_fetch(sorted(ids), down)
         wanted = sorted({tp for offs in offsets.values() if isinstance(offs, dict) for tp in offs}
                         | {tp for d in described.values() for m in d["members"] for tp in m.assignment})
         # A partition without a leader, or led by a broker that does not answer (the controller
         # has not moved it yet), cannot answer ListOffsets: asking would stall the whole batch.
-        down = {b.node_id for b in brokers if not b.up} - {b.node_id for b in brokers if b.up}
         askable = [tp for tp in wanted if tp in partitions and not partitions[tp].offline and partitions[tp].leader not in down]
         ends, starts = await self._offsets(askable, notes)
         for tp in askable:
@@ -303,7 +343,7 @@ class KafkaAdapter(Adapter):
                              tuple(gparts), tuple(trend), error))
         return out
 
-    async def _describe_and_fetch(self, ids: list[str], notes: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    async def _describe_and_fetch(self, ids: list[str], down: set[int | None]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         """DescribeGroups and OffsetFetch per group from its coordinator, concurrently.
         Coordinators are remembered and looked up again after an error."""
         missing = [g for g in ids if g not in self._coordinators]
@@ -341,6 +381,11 @@ class KafkaAdapter(Adapter):
             offs = await self._bounded(self._admin.list_consumer_group_offsets(gid, group_coordinator_id=self._coordinators[gid]))
             return {(tp.topic, tp.partition): o.offset for tp, o in offs.items() if o.offset >= 0}
 
+        for gid in [g for g in ids if self._coordinators.get(g) in down]:
+            # Its coordinator does not answer: asking would wait for nothing. The group moves to
+            # another coordinator once the controller fences that broker.
+            described[gid] = {"state": "?", "protocol_type": "", "members": (),
+                              "error": f"its coordinator, broker {self._coordinators.pop(gid)}, does not answer"}
         located = [g for g in ids if g in self._coordinators]
         fetched = await asyncio.gather(*(describe(self._coordinators[g], g) for g in located),
                                        *(fetch(g) for g in located), return_exceptions=True)
@@ -369,6 +414,9 @@ class KafkaAdapter(Adapter):
     async def close(self) -> None:
         admin, consumer = self._admin, self._consumer
         self._admin = self._consumer = None
+        probes, self._probes = self._probes, {}
+        for conn in probes.values():
+            conn.close()
         await asyncio.gather(kc.close(admin), kc.close(consumer))
 
     def classify(self, exc: BaseException) -> tuple[Reachability, str]:

@@ -31,7 +31,8 @@ def ssl_context(ref: ClusterRef) -> ssl.SSLContext | None:
     return client_context(ref.cluster.tls) if ref.cluster.tls.mode in ENCRYPTED else None
 
 
-def client_kwargs(ref: ClusterRef, password: Secret | None, servers: list[str] | None = None) -> dict[str, Any]:
+def client_kwargs(ref: ClusterRef, password: Secret | None, servers: list[str] | None = None,
+                  request_timeout: float | None = None) -> dict[str, Any]:
     """What every aiokafka client of this cluster is built with. Timeouts are the cluster's: a
     dead broker must cost one timeout, not aiokafka's 40 s default."""
     kafka = ref.cluster.kafka
@@ -41,7 +42,8 @@ def client_kwargs(ref: ClusterRef, password: Secret | None, servers: list[str] |
         # which brokers answered lately puts them first.
         "bootstrap_servers": servers or bootstrap(ref),
         "client_id": "dbops",
-        "request_timeout_ms": int(ref.timeout * 1000),
+        # Also what one bootstrap attempt may cost: a poller passes its per-broker share.
+        "request_timeout_ms": int((request_timeout or ref.timeout) * 1000),
         "security_protocol": security_protocol(ref),
         "ssl_context": ssl_context(ref),
     }
@@ -51,23 +53,24 @@ def client_kwargs(ref: ClusterRef, password: Secret | None, servers: list[str] |
     return kw
 
 
-async def admin(ref: ClusterRef, password: Secret | None, servers: list[str] | None = None) -> Any:
+async def admin(ref: ClusterRef, password: Secret | None, servers: list[str] | None = None,
+                request_timeout: float | None = None) -> Any:
     """A started admin client (it bootstraps from the first broker that answers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    kw = client_kwargs(ref, password, servers)
+    kw = client_kwargs(ref, password, servers, request_timeout)
     client = AIOKafkaAdminClient(**kw)
     await _start(client, kw)
     return client
 
 
 async def consumer(ref: ClusterRef, password: Secret | None, group_id: str | None = None,
-                   servers: list[str] | None = None) -> Any:
+                   servers: list[str] | None = None, request_timeout: float | None = None) -> Any:
     """A started consumer that subscribes to nothing: offsets are asked for explicitly (ListOffsets,
     batched per partition leader) and, with a group id, committed explicitly."""
     from aiokafka import AIOKafkaConsumer
 
-    kw = client_kwargs(ref, password, servers)
+    kw = client_kwargs(ref, password, servers, request_timeout)
     client = AIOKafkaConsumer(**kw, group_id=group_id, enable_auto_commit=False,
                               # the consumer's own default (40 s) must not outlast the refresh
                               connections_max_idle_ms=540000)
@@ -89,21 +92,38 @@ async def _start(client: Any, kw: dict[str, Any]) -> None:
         raise
 
 
+async def connection(kw: dict[str, Any], address: str) -> Any:
+    """A connection of its own to one broker, with the client settings `kw` (client_kwargs).
+    aiokafka's clients open their connections one at a time under one lock, so a broker that
+    accepts connections but answers nothing holds up connecting to every other: what must reach
+    each broker independently (the liveness probe) uses these."""
+    from aiokafka.conn import create_conn
+
+    host, _, port = address.rpartition(":")
+    return await create_conn(host, int(port), client_id=kw["client_id"], request_timeout_ms=kw["request_timeout_ms"],
+                             ssl_context=kw["ssl_context"], security_protocol=kw["security_protocol"],
+                             sasl_mechanism=kw.get("sasl_mechanism"), sasl_plain_username=kw.get("sasl_plain_username"),
+                             sasl_plain_password=kw.get("sasl_plain_password"))
+
+
+async def list_groups(conn: Any) -> list[str]:
+    """The consumer groups a broker coordinates (ListGroups on a connection of its own)."""
+    from aiokafka.protocol.admin import ListGroupsRequest
+
+    response = await conn.send(ListGroupsRequest())
+    if response.error_code:
+        raise RuntimeError(f"ListGroups failed: {error_name(response.error_code)}")
+    return [g[0] for g in response.groups]
+
+
 async def _bootstrap_failure(kw: dict[str, Any]) -> BaseException | None:
     """Why no broker could be bootstrapped from: aiokafka only logs each broker's error and raises
     a bare "Unable to bootstrap", but with TLS or SASL the reason (a certificate, the credentials,
     a port that does not speak TLS) is what the operator needs. One direct connection to each
     bootstrap broker, concurrently, each bounded by the request timeout; None if all succeed now."""
-    from aiokafka.conn import create_conn
-
     async def attempt(address: str) -> None:
-        host, _, port = address.rpartition(":")
         try:
-            conn = await create_conn(host, int(port), client_id=kw["client_id"], request_timeout_ms=kw["request_timeout_ms"],
-                                     ssl_context=kw["ssl_context"], security_protocol=kw["security_protocol"],
-                                     sasl_mechanism=kw.get("sasl_mechanism"),
-                                     sasl_plain_username=kw.get("sasl_plain_username"),
-                                     sasl_plain_password=kw.get("sasl_plain_password"))
+            conn = await connection(kw, address)
         except (ConnectionResetError, ConnectionAbortedError, asyncio.IncompleteReadError) as exc:
             if kw["ssl_context"] is None:
                 raise
@@ -177,6 +197,16 @@ def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachabil
     if isinstance(exc, (ConnectionError, OSError)):
         return Reachability.DOWN, f"connection to {where} failed: {first_line(str(exc)) or type(exc).__name__}"
     return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"
+
+
+async def metadata(admin_client: Any, node_id: int | None = None) -> dict[str, Any]:
+    """Brokers, controller id, cluster id and every topic's partitions in one Metadata request,
+    to `node_id` (a broker known to answer) or, when None, a random known broker. aiokafka's
+    describe_cluster and describe_topics each send the same request to a random broker."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    response = await admin_client._send_request(MetadataRequest(None), node_id)
+    return response.to_object()
 
 
 async def from_any_broker(call: Any, attempts: int, timeout: float | Any) -> Any:
@@ -313,9 +343,10 @@ def describe_quorum_request() -> Any:
     return DescribeQuorumRequest()
 
 
-async def describe_quorum(admin_client: Any) -> tuple[int, int, tuple[tuple[int, int], ...]]:
-    """(leader id, high watermark, ((voter id, log end offset), ...)) of the metadata quorum."""
-    response = await admin_client._send_request(describe_quorum_request())
+async def describe_quorum(admin_client: Any, node_id: int | None = None) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+    """(leader id, high watermark, ((voter id, log end offset), ...)) of the metadata quorum,
+    asked of `node_id` (or a random known broker)."""
+    response = await admin_client._send_request(describe_quorum_request(), node_id)
     if response.error_code:
         raise RuntimeError(f"DescribeQuorum failed: {error_name(response.error_code)}")
     _topic, partitions, _tags = response.topics[0]
