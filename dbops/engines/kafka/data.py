@@ -62,6 +62,13 @@ class Topic:
     min_isr: int | None = None  # min.insync.replicas, when read
 
 
+def records_behind(committed: int | None, end: int | None) -> int | None:
+    """Lag in records: the log end offset less the committed offset (None when either is unknown)."""
+    if committed is None or end is None:
+        return None
+    return max(0, end - committed)
+
+
 @dataclass(frozen=True, slots=True)
 class LagSample:
     at: float  # wall clock of the refresh
@@ -70,9 +77,7 @@ class LagSample:
 
     @property
     def lag(self) -> int | None:
-        if self.committed is None or self.end is None:
-            return None
-        return max(0, self.end - self.committed)
+        return records_behind(self.committed, self.end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +94,7 @@ class GroupPartition:
 
     @property
     def lag(self) -> int | None:
-        if self.committed is None or self.end is None:
-            return None
-        return max(0, self.end - self.committed)
+        return records_behind(self.committed, self.end)
 
 
 @dataclass(frozen=True, slots=True)
