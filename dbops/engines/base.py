@@ -8,10 +8,26 @@ connection pool serves both. Adapters never import the UI or each other.
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Any, ClassVar
 
 from dbops.config import ClusterRef, Member
 from dbops.model import Reachability
+from dbops.secrets import SecretError
+from dbops.tls import TLSConfigError
+
+
+def common_reachability(exc: BaseException, where: str, timeout: float,
+                        user: str | None = None) -> tuple[Reachability, str] | None:
+    """What every engine's classify() says the same way, before its driver's own errors: a
+    secret that cannot be read, TLS settings that cannot be used, no answer in time."""
+    if isinstance(exc, SecretError):
+        return Reachability.AUTH, (f"password for {user}: {exc}" if user else f"password: {exc}")
+    if isinstance(exc, TLSConfigError):
+        return Reachability.TLS, str(exc)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
+    return None
 
 
 class Adapter(abc.ABC):

@@ -19,7 +19,8 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,20 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def down_on_failure(engine: Any) -> Iterator[None]:
+    """Leave nothing running behind a failed `up` of `engine` (its `down` runs); its logs stay
+    for the error message, and a failing cleanup is a note on the error, not a second error."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            engine.down(_quiet)
+        except SandboxError as cleanup:
+            exc.add_note(f"while cleaning up after that: {cleanup.message}")
+        raise
 
 
 class EngineSandbox:

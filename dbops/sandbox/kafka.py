@@ -41,6 +41,7 @@ from typing import Any
 
 from dbops.sandbox import maven
 from dbops.sandbox import (
+    down_on_failure,
     EngineSandbox,
     ProcessStatus,
     Progress,
@@ -173,14 +174,8 @@ class KafkaSandbox(EngineSandbox):
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.down(progress)
         shutil.rmtree(self.dir, ignore_errors=True)
-        try:
+        with down_on_failure(self):
             self._create(lib, progress)
-        except BaseException as exc:
-            try:
-                self.down(_quiet)
-            except SandboxError as cleanup:
-                exc.add_note(f"while cleaning up after that: {cleanup.message}")
-            raise
         return self.config_fragment(), False
 
     def _create(self, lib: Path, progress: Progress) -> None:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from dbops.sandbox import (
+    down_on_failure,
     EngineSandbox,
     ProcessStatus,
     Progress,
@@ -131,14 +132,8 @@ class Neo4jSandbox(EngineSandbox):
                                                "pid": None, "dir": str(self.dir), "log": str(self.dir / "neo4j.log"), "lib": str(lib),
                                                "ca_file": str(ca_file)})
         progress(f"start {NAME}: Neo4j {VERSION} community, Bolt on {HOST}:{port}, auth on")
-        try:
+        with down_on_failure(self):
             self._wait_started(self._spawn())
-        except BaseException as exc:
-            try:
-                self.down(_quiet)
-            except SandboxError as cleanup:
-                exc.add_note(f"while cleaning up after that: {cleanup.message}")
-            raise
         return self.config_fragment(), False
 
     def _make_tls(self) -> Path:

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dbops.sandbox import (
+    down_on_failure,
     EngineSandbox,
     ProcessStatus,
     Progress,
@@ -359,15 +360,8 @@ class RedisSandbox(EngineSandbox):
         # left a server behind.
         self.down(progress)
         self._wipe()
-        try:
+        with down_on_failure(self):
             self._create(version, progress)
-        except BaseException as exc:
-            # Leave nothing running behind a failed `up`; keep the logs for the error message.
-            try:
-                self.down(_quiet)
-            except SandboxError as cleanup:
-                exc.add_note(f"while cleaning up after that: {cleanup.message}")
-            raise
         return self.config_fragment(), False
 
     def _prerequisites(self) -> str:

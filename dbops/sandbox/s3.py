@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbops.sandbox import (
+    down_on_failure,
     EngineSandbox,
     ProcessStatus,
     Progress,
@@ -191,17 +192,10 @@ class S3Sandbox(EngineSandbox):
         }
         # Recorded at once so that `down` finds the server even if what follows fails.
         write_engine_state(self.root, ENGINE, state)
-        try:
+        with down_on_failure(self):
             self._wait_answering(pid, port)
             progress(f"create bucket {BUCKET} (versioning on)")
             self._create_bucket()
-        except BaseException as exc:
-            # Leave nothing running behind a failed `up`; keep the log for the message.
-            try:
-                self.down(_quiet)
-            except SandboxError as cleanup:
-                exc.add_note(f"while cleaning up after that: {cleanup.message}")
-            raise
         return "", False
 
     def _spawn(self, port: int) -> int:

@@ -12,9 +12,10 @@ import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
+from dbops.engines.base import common_reachability
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, SecretError, redact, resolve
-from dbops.tls import ENCRYPTED, TLSConfigError, client_context
+from dbops.secrets import Secret, redact, resolve
+from dbops.tls import ENCRYPTED, client_context
 
 
 def bootstrap(ref: ClusterRef) -> list[str]:
@@ -173,12 +174,9 @@ def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | 
 
 
 def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
-    if isinstance(exc, SecretError):
-        return Reachability.AUTH, f"password: {exc}"
-    if isinstance(exc, TLSConfigError):
-        return Reachability.TLS, str(exc)
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
+    common = common_reachability(exc, where, timeout)
+    if common is not None:
+        return common
     import aiokafka.errors as ke
 
     if isinstance(exc, (ke.SaslAuthenticationFailed, ke.AuthenticationFailedError, ke.AuthenticationMethodNotSupported)):

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from dbops.config import ClusterRef, Member
-from dbops.engines.base import Adapter
+from dbops.engines.base import Adapter, common_reachability
 from dbops.engines.neo4j.data import (
     SERVERS_ENTERPRISE_ONLY,
     Database,
@@ -35,8 +35,8 @@ from dbops.engines.neo4j.data import (
     transaction_from_row,
 )
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, SecretError, redact, resolve
-from dbops.tls import TLSConfigError, client_context
+from dbops.secrets import Secret, redact, resolve
+from dbops.tls import client_context
 
 # Marks every statement dbops runs, so SHOW TRANSACTIONS can leave dbops' own out and an
 # operator can tell them apart in the server's query log.
@@ -229,12 +229,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def classify(exc: BaseException, where: str, user: str, timeout: float, tls_mode: str) -> tuple[Reachability, str]:
     """Map an exception from the driver (or from resolving the secret) to a reachability and a
     sentence for an operator. The caller redacts the password."""
-    if isinstance(exc, SecretError):
-        return Reachability.AUTH, f"password for {user}: {exc}"
-    if isinstance(exc, TLSConfigError):
-        return Reachability.TLS, str(exc)
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
+    common = common_reachability(exc, where, timeout, user)
+    if common is not None:
+        return common
     chain = _chain(exc)
     cert = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
     if cert is not None:

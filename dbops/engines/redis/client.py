@@ -8,9 +8,10 @@ import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
+from dbops.engines.base import common_reachability
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, SecretError, redact, resolve
-from dbops.tls import TLSConfigError, check_files
+from dbops.secrets import Secret, redact, resolve
+from dbops.tls import check_files
 
 
 def _raw(response: Any, **options: Any) -> Any:
@@ -87,12 +88,9 @@ def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | 
 
 
 def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
-    if isinstance(exc, SecretError):
-        return Reachability.AUTH, f"password: {exc}"
-    if isinstance(exc, TLSConfigError):
-        return Reachability.TLS, str(exc)
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return Reachability.TIMEOUT, f"no answer from {where} within {timeout:g}s"
+    common = common_reachability(exc, where, timeout)
+    if common is not None:
+        return common
     import redis.exceptions as rex
 
     if isinstance(exc, rex.AuthenticationError) or (isinstance(exc, rex.ResponseError) and
