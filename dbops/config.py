@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from dbops.schema import Invalid, Model, limits
 
-ENGINES = ("postgres", "redis", "kafka", "neo4j")
+ENGINES = ("postgres", "redis", "kafka", "neo4j", "qdrant")
 
 # A member without a port gets its engine's usual one.
-DEFAULT_PORTS = {"postgres": 5432, "redis": 6379, "kafka": 9092, "neo4j": 7687}
+DEFAULT_PORTS = {"postgres": 5432, "redis": 6379, "kafka": 9092, "neo4j": 7687, "qdrant": 6333}
 # A cluster without a `user` logs in as its engine's usual one (Redis and Kafka log in only
 # when a user is given: redis.username, and SASL for Kafka).
 DEFAULT_USERS = {"postgres": "postgres", "neo4j": "neo4j"}
@@ -264,8 +264,76 @@ class Neo4jOptions(Model):
 
 
 @dataclass(frozen=True)
+class QdrantThresholds(Model):
+    """Defaults are the product brief's: request latency over 500 ms; any replica not Active is
+    judged by the assessor (Dead: CRIT; Partial, Initializing, Listener ...: WARN)."""
+
+    latency_ms_warn: float = 500.0
+    latency_ms_crit: float = 5_000.0
+
+    def check(self) -> list[str]:
+        if self.latency_ms_warn > self.latency_ms_crit:
+            return [f"latency_ms_warn ({self.latency_ms_warn:g}) is above latency_ms_crit ({self.latency_ms_crit:g})"]
+        return []
+
+
+@dataclass(frozen=True)
+class QdrantOptions(Model):
+    """Qdrant over its REST API (`members` are the nodes, port 6333). The cluster's `password` is
+    the API key the pane reads with (Qdrant's read-only key is enough); `manage_api_key` is the
+    key runbooks change things with. Without it runbooks use `password`, and a read-only key is
+    refused by Qdrant with a message dbops passes on."""
+
+    manage_api_key: SecretRef | None = None
+    thresholds: QdrantThresholds = QdrantThresholds()
+
+
+@dataclass(frozen=True)
+class KubernetesRef(Model):
+    """Where a cluster's Kubernetes objects are. Without kubeconfig and context: the in-cluster
+    service account when dbops runs in a pod, else ~/.kube/config's current context."""
+
+    namespace: str
+    # Label selector of the database's pods and StatefulSets, e.g. "app.kubernetes.io/name=orders-db".
+    selector: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    # Label selector of the backup CronJobs; default: `selector`.
+    backup_selector: str | None = None
+    # A CloudNativePG Cluster object (postgresql.cnpg.io/v1) in `namespace`, for cnpg.promote.
+    cnpg_cluster: str | None = None
+    # Warning events younger than this are shown.
+    events_seconds: float = field(default=3600.0, metadata=limits(gt=0))
+
+
+@dataclass(frozen=True)
+class AwsLocation(Model):
+    """An AWS account and region to call (RDS, ElastiCache). endpoint_url points boto3 at another
+    endpoint (the sandbox's moto server)."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    # Without keys boto3 finds credentials as usual (instance profile, AWS_* variables, ~/.aws).
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+
+    def check(self) -> list[str]:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            return ["give both access_key_id and secret_access_key, or neither"]
+        return []
+
+
+@dataclass(frozen=True)
+class RdsRef(Model):
+    """A cluster that runs on AWS RDS: its primary DB instance; read replicas are found from it."""
+
+    instance: str
+    aws: AwsLocation = AwsLocation()
+
+
+@dataclass(frozen=True)
 class Cluster(Model):
-    engine: Literal["postgres", "redis", "kafka", "neo4j"]
+    engine: Literal["postgres", "redis", "kafka", "neo4j", "qdrant"]
     members: list[Member] = field(metadata=limits(min_length=1))
     database: str = "postgres"
     # None: the engine's usual user (DEFAULT_USERS), filled in by __post_init__.
@@ -281,6 +349,10 @@ class Cluster(Model):
     redis: RedisOptions | None = None
     kafka: KafkaOptions | None = None
     neo4j: Neo4jOptions | None = None
+    qdrant: QdrantOptions | None = None
+    # What surrounds the cluster: its Kubernetes objects, its RDS instance.
+    kubernetes: KubernetesRef | None = None
+    rds: RdsRef | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -293,6 +365,8 @@ class Cluster(Model):
             object.__setattr__(self, "kafka", KafkaOptions())
         if self.engine == "neo4j" and self.neo4j is None:
             object.__setattr__(self, "neo4j", Neo4jOptions())
+        if self.engine == "qdrant" and self.qdrant is None:
+            object.__setattr__(self, "qdrant", QdrantOptions())
         if self.redis is not None:
             sentinels = [m if m is None or m.port is not None else replace(m, port=26379) for m in self.redis.sentinels]
             object.__setattr__(self, "redis", replace(self.redis, sentinels=sentinels))
@@ -302,9 +376,11 @@ class Cluster(Model):
     def check(self) -> list[Any]:
         names = [m.name for m in [*self.members, *(self.redis.sentinels if self.redis else [])] if m is not None]
         problems: list[Any] = [f"member name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
-        for section in ("redis", "kafka", "neo4j"):
+        for section in ("redis", "kafka", "neo4j", "qdrant"):
             if self.engine != section and getattr(self, section) is not None:
                 problems.append(((section,), f"a [{section}] section on an engine = {self.engine!r} cluster"))
+        if self.rds is not None and self.engine != "postgres":
+            problems.append((("rds",), "an [rds] section belongs on an engine = \"postgres\" cluster"))
         if self.engine == "kafka" and self.user is not None and self.password is None:
             problems.append((("password",), "SASL (a `user` on a Kafka cluster) needs a password"))
         return problems
@@ -331,12 +407,47 @@ class Defaults(Model):
 
 
 @dataclass(frozen=True)
+class AuditShipping(Model):
+    """Copies of the audit log in an S3 bucket with Object Lock: uploaded every `every_seconds`
+    while the console runs and at the end of every runbook, each object locked in COMPLIANCE
+    mode for `retain_days` (nobody, root included, can delete or overwrite it before then)."""
+
+    s3: S3Location
+    every_seconds: float = field(default=900.0, metadata=limits(gt=0))
+    retain_days: int = field(default=365, metadata=limits(ge=1))
+
+
+@dataclass(frozen=True)
+class AuditOptions(Model):
+    ship: AuditShipping | None = None
+
+
+@dataclass(frozen=True)
+class LeaseLocks(Model):
+    """Runbook locks as Kubernetes Leases (coordination.k8s.io/v1), for teams whose consoles run
+    on several hosts: one Lease per cluster in `namespace`, renewed while the runbook runs."""
+
+    namespace: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    # A holder that stops renewing (a crashed console) loses the Lease after this long.
+    duration_seconds: int = field(default=60, metadata=limits(ge=10))
+
+
+@dataclass(frozen=True)
+class Locks(Model):
+    kubernetes: LeaseLocks | None = None
+
+
+@dataclass(frozen=True)
 class Config(Model):
     defaults: Defaults = Defaults()
     operator: str | None = None
     # Directories of a team's own runbooks (*.py files exposing RUNBOOK or RUNBOOKS).
     runbook_dirs: list[str] = field(default_factory=list)
     environments: dict[str, Environment] = field(default_factory=dict)
+    audit: AuditOptions = AuditOptions()
+    locks: Locks = Locks()
 
     def check(self) -> list[Any]:
         problems: list[Any] = []
@@ -349,6 +460,11 @@ class Config(Model):
                     refs.append(("redis.sentinel_password", cluster.redis.sentinel_password))
                 if cluster.pgbouncer:
                     refs.append(("pgbouncer.password", cluster.pgbouncer.password))
+                if cluster.qdrant is not None:
+                    refs.append(("qdrant.manage_api_key", cluster.qdrant.manage_api_key))
+                if cluster.rds is not None:
+                    refs += [("rds.aws.access_key_id", cluster.rds.aws.access_key_id),
+                             ("rds.aws.secret_access_key", cluster.rds.aws.secret_access_key)]
                 if cluster.backups.s3:
                     refs += [("backups.s3.access_key_id", cluster.backups.s3.access_key_id),
                              ("backups.s3.secret_access_key", cluster.backups.s3.secret_access_key)]
