@@ -54,3 +54,16 @@ def test_runbooks_never_import_the_ui():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert not name.startswith(("textual", "dbops.screens")), f"{path} imports {name}"
+
+
+def test_every_package_on_disk_is_packaged():
+    """An installed (not editable) dbops has only the packages pyproject lists: a runbooks
+    subpackage left out would make its runbooks vanish from a real install."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {"dbops": REPO / "dbops", "dbops.screens": REPO / "screens", "dbops.runbooks": REPO / "runbooks"}
+    on_disk = set()
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root).parts
+            on_disk.add(".".join((name, *rel)))
+    assert on_disk - listed == set(), "add these packages to [tool.setuptools] packages"
