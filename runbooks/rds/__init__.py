@@ -1,0 +1,1 @@
+"""Runbooks for PostgreSQL on AWS RDS: promoting a read replica."""

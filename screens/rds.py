@@ -1,0 +1,322 @@
+"""The AWS pane (key R): for every cluster with an [rds] section, its DB instance and read
+replicas, its snapshots and its point-in-time window; for every redis cluster with an
+[elasticache] section, its replication group, members and snapshots; what is wrong on top.
+
+AWS is read by a thread worker (dbops.platform.rds.collect, one cluster per thread); a one-shot
+timer starts the next refresh only after the previous one finished, so refreshes never overlap
+however slow AWS is. AWS throttles Describe* calls per account, so this pane refreshes at most
+every MIN_REFRESH seconds (r refreshes now).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import Worker, WorkerState
+
+from dbops.config import ClusterRef
+from dbops.model import Severity, human_seconds
+
+from .render import SEVERITY_STYLE, severity_text
+from .tables import sync_rows
+
+MIN_REFRESH = 15.0
+SNAPSHOTS_SHOWN = 8  # newest first; the rest is counted
+_WORKER_GROUP = "aws-refresh"
+
+INSTANCE_COLUMNS = (("id", "Instance"), ("role", "Role"), ("status", "Status"), ("lag", "Lag"), ("class", "Class"),
+                    ("az", "AZ"), ("maz", "Multi-AZ"), ("version", "Engine"), ("endpoint", "Endpoint"))
+SNAPSHOT_COLUMNS = (("id", "Snapshot"), ("type", "Type"), ("created", "Created (UTC)"), ("age", "Age"),
+                    ("size", "Size"), ("status", "Status"))
+MEMBER_COLUMNS = (("id", "Member"), ("role", "Role"), ("group", "Node group"), ("az", "AZ"), ("endpoint", "Endpoint"))
+
+
+def aws_refs(refs: list[ClusterRef]) -> list[ClusterRef]:
+    return [r for r in refs if r.cluster.rds is not None or r.cluster.elasticache is not None]
+
+
+def _collect(ref: ClusterRef) -> Any:
+    if ref.cluster.rds is not None:
+        from dbops.platform import rds
+
+        return rds.collect(ref)
+    from dbops.platform import elasticache
+
+    return elasticache.collect(ref)
+
+
+def collect_all(refs: list[ClusterRef]) -> list[Any]:
+    """Blocking; runs in the worker thread. One thread per cluster: a dead endpoint of one
+    account does not hold up the others."""
+    if not refs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(4, len(refs)), thread_name_prefix="dbops-aws") as pool:
+        return list(pool.map(_collect, refs))
+
+
+def _is_cache(view: Any) -> bool:
+    return hasattr(view, "group")
+
+
+def _cell(value: Any, style: str = "") -> Text:
+    # Text, not str: a DataTable parses str cells as markup, and these values are AWS's.
+    return Text("" if value is None else str(value), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _status_style(status: str) -> str:
+    from dbops.platform.rds import status_severity
+
+    return SEVERITY_STYLE[status_severity(status)] if status != "available" else "green"
+
+
+class AwsScreen(Screen[None]):
+    """Everything on AWS around the configured clusters; `r` refreshes, `escape` goes back."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("q", "back", "Back", show=False),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    DEFAULT_CSS = """
+    AwsScreen #aws-summary { height: auto; padding: 0 1; }
+    AwsScreen .aws-head { height: auto; padding: 0 1; }
+    AwsScreen .aws-table { height: auto; max-height: 12; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.views: list[Any] = []  # the newest RdsView per cluster, in config order
+        self._refresh_again = False  # `r` pressed while a refresh was running
+        self._next_refresh: Any = None
+        self._aws_cells: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._aws_sections: list[str] = []  # cluster keys with a mounted section, in order
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(Text("reading AWS ...", style="dim"), id="aws-summary")
+        yield VerticalScroll(id="aws-body")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "AWS · RDS, ElastiCache"
+        self.rds_clusters = aws_refs(self.app.refs())
+        if not self.rds_clusters:
+            self.query_one("#aws-summary", Static).update(Text(
+                "No cluster has an [rds] or [elasticache] section. Add one to a postgres cluster:\n"
+                "[environments.ENV.clusters.NAME.rds] instance = \"DB instance identifier\"\n"
+                "or to a redis cluster:\n"
+                "[environments.ENV.clusters.NAME.elasticache] replication_group = \"group id\"", style="dim"))
+            return
+        self._start()
+
+    # -- refresh -------------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        return max([MIN_REFRESH] + [r.refresh_interval for r in self.rds_clusters])
+
+    def _refresh_running(self) -> bool:
+        return any(w.group == _WORKER_GROUP and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
+
+    def _start(self) -> None:
+        self._next_refresh = None
+        if self._refresh_running():
+            return
+        refs = list(self.rds_clusters)
+        self.run_worker(lambda: collect_all(refs), name="aws-refresh", group=_WORKER_GROUP,
+                        description="read RDS instances, snapshots and restore windows", thread=True, exit_on_error=False)
+
+    def action_refresh(self) -> None:
+        if not getattr(self, "rds_clusters", None):
+            return
+        if self._refresh_running():
+            self._refresh_again = True
+            return
+        if self._next_refresh is not None:
+            self._next_refresh.stop()
+        self._start()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != _WORKER_GROUP:
+            return
+        if event.state == WorkerState.SUCCESS:
+            self.views = list(event.worker.result or [])
+            self._show()
+        elif event.state == WorkerState.ERROR:
+            from dbops.secrets import scrub_text
+
+            error = event.worker.error
+            self.query_one("#aws-summary", Static).update(Text(
+                f"cannot read AWS: {scrub_text(str(error)) or type(error).__name__}", style="bold red"))
+        else:
+            return
+        if self._refresh_again:
+            self._refresh_again = False
+            self._start()
+        else:
+            self._next_refresh = self.set_timer(self._interval(), self._start)
+
+    # -- drawing -------------------------------------------------------------------------------
+
+    def _show(self) -> None:
+        now = datetime.now(timezone.utc)
+        summary = Text()
+        for view in self.views:
+            summary.append_text(severity_text(view.severity))
+            if _is_cache(view):
+                counts = "" if view.error else f": {len(view.members)} member(s), {len(view.snapshots)} snapshot(s)"
+                summary.append(f" {view.cluster} · {view.group}{counts}\n")
+            else:
+                counts = "" if view.error else f": {len(view.instances)} instance(s), {len(view.snapshots)} snapshot(s)"
+                summary.append(f" {view.cluster} · {view.instance}{counts}\n")
+        summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self._interval():g}s · r refreshes now", style="dim")
+        self.query_one("#aws-summary", Static).update(summary)
+        with self.app.batch_update():
+            for i, view in enumerate(self.views):
+                self._section(i, view)
+
+    def _section(self, i: int, view: Any) -> None:
+        body = self.query_one("#aws-body", VerticalScroll)
+        if view.cluster not in self._aws_sections:
+            self._aws_sections.append(view.cluster)
+            inst = DataTable(id=f"aws-{i}-members", cursor_type="row", classes="aws-table")
+            snaps = DataTable(id=f"aws-{i}-snapshots", cursor_type="row", classes="aws-table")
+            body.mount(Static(id=f"aws-{i}-head", classes="aws-head"), inst,
+                       Static(id=f"aws-{i}-snaphead", classes="aws-head"), snaps)
+            for key, label in (MEMBER_COLUMNS if _is_cache(view) else INSTANCE_COLUMNS):
+                inst.add_column(label, key=key)
+            for key, label in SNAPSHOT_COLUMNS:
+                snaps.add_column(label, key=key)
+            self._aws_cells[f"{i}-members"] = {}
+            self._aws_cells[f"{i}-snapshots"] = {}
+        if _is_cache(view):
+            self.query_one(f"#aws-{i}-head", Static).update(self._cache_head(view))
+            self._cache_members(i, view)
+            self._cache_snapshots(i, view)
+        else:
+            self.query_one(f"#aws-{i}-head", Static).update(self._head(view))
+            self._instances(i, view)
+            self._snapshots(i, view)
+
+    def _head(self, view: Any) -> Text:
+        out = Text()
+        out.append(view.cluster, style="bold")
+        out.append(f" · RDS {view.instance} · {view.region}\n")
+        if view.error:
+            out.append(" CRIT ", style=SEVERITY_STYLE[Severity.CRIT])
+            out.append(f" {view.error}\n")
+            return out
+        earliest = _when(view.earliest_restorable) if view.earliest_restorable else "not reported"
+        if view.latest_restorable is not None:
+            ago = human_seconds(max(0.0, (view.read_at - view.latest_restorable).total_seconds()))
+            latest = f"{_when(view.latest_restorable)} ({ago} ago)"
+        else:
+            latest = "not reported"
+        out.append(f"point-in-time window: earliest {earliest} · latest {latest}\n")
+        for f in view.findings:
+            out.append(f" {f.severity.name:<4} ", style=SEVERITY_STYLE[f.severity])
+            out.append(f" {f.text}\n")
+        if not view.findings:
+            out.append(" OK   ", style=SEVERITY_STYLE[Severity.OK])
+            out.append(" available, backed up, newest snapshot within backups.max_age_seconds\n")
+        for note in view.notes:
+            out.append(f" note: {note}\n", style="dim")
+        return out
+
+    def _instances(self, i: int, view: Any) -> None:
+        rows: dict[str, tuple[Any, ...]] = {}
+        for inst in view.instances:
+            if inst.is_replica:
+                role = "replica" if inst.source == view.instance else f"replica of {inst.source}"
+            else:
+                role = "primary" if inst.id == view.instance else "standalone"
+            rows[inst.id] = (
+                _cell(inst.id), _cell(role), _cell(inst.status, _status_style(inst.status)),
+                _cell(inst.lag_text, "dim" if inst.lag_seconds is None else ""), _cell(inst.instance_class), _cell(inst.az),
+                _cell("yes" if inst.multi_az else "no"), _cell(f"{inst.engine} {inst.engine_version}".strip()),
+                _cell(inst.endpoint or "-"),
+            )
+        order = {k: n for n, k in enumerate(rows)}
+        sync_rows(self.query_one(f"#aws-{i}-members", DataTable), INSTANCE_COLUMNS, rows, self._aws_cells[f"{i}-members"],
+                  order=lambda k: order.get(k, len(order)))
+
+    def _snapshots(self, i: int, view: Any) -> None:
+        shown = view.snapshots[:SNAPSHOTS_SHOWN]
+        automated = sum(1 for s in view.snapshots if s.type == "automated")
+        head = Text(f"snapshots: {automated} automated, {len(view.snapshots) - automated} other", style="bold")
+        if len(view.snapshots) > len(shown):
+            head.append(f" · newest {len(shown)} shown", style="dim")
+        self.query_one(f"#aws-{i}-snaphead", Static).update(head)
+        rows: dict[str, tuple[Any, ...]] = {}
+        for s in shown:
+            age = human_seconds(max(0.0, (view.read_at - s.created).total_seconds())) if s.created else "in progress"
+            rows[s.id] = (_cell(s.id), _cell(s.type), _cell(_when(s.created)), _cell(age),
+                          _cell(f"{s.size_gib} GiB" if s.size_gib is not None else "-"),
+                          _cell(s.status, "green" if s.status == "available" else "yellow"))
+        order = {k: n for n, k in enumerate(rows)}
+        sync_rows(self.query_one(f"#aws-{i}-snapshots", DataTable), SNAPSHOT_COLUMNS, rows, self._aws_cells[f"{i}-snapshots"],
+                  order=lambda k: order.get(k, len(order)))
+
+    # -- ElastiCache -----------------------------------------------------------------------------
+
+    def _cache_head(self, view: Any) -> Text:
+        out = Text()
+        out.append(view.cluster, style="bold")
+        out.append(f" · ElastiCache {view.group} · {view.region}\n")
+        if view.error:
+            out.append(" CRIT ", style=SEVERITY_STYLE[Severity.CRIT])
+            out.append(f" {view.error}\n")
+            return out
+        retention = "not reported" if view.retention_days is None else f"{view.retention_days} day(s)"
+        out.append(f"{view.status} · {view.engine} {view.node_type} · automatic failover {view.automatic_failover or '-'} · "
+                   f"Multi-AZ {view.multi_az or '-'} · snapshots kept {retention}\n")
+        for f in view.findings:
+            out.append(f" {f.severity.name:<4} ", style=SEVERITY_STYLE[f.severity])
+            out.append(f" {f.text}\n")
+        if not view.findings:
+            out.append(" OK   ", style=SEVERITY_STYLE[Severity.OK])
+            out.append(" available, snapshotted, newest snapshot within backups.max_age_seconds\n")
+        for note in view.notes:
+            out.append(f" note: {note}\n", style="dim")
+        return out
+
+    def _cache_members(self, i: int, view: Any) -> None:
+        rows = {m.cluster_id: (_cell(m.cluster_id), _cell(m.role or "-"), _cell(m.node_group or "-"), _cell(m.az or "-"),
+                               _cell(m.endpoint or "-")) for m in view.members}
+        order = {k: n for n, k in enumerate(rows)}
+        sync_rows(self.query_one(f"#aws-{i}-members", DataTable), MEMBER_COLUMNS, rows, self._aws_cells[f"{i}-members"],
+                  order=lambda k: order.get(k, len(order)))
+
+    def _cache_snapshots(self, i: int, view: Any) -> None:
+        shown = view.snapshots[:SNAPSHOTS_SHOWN]
+        automated = sum(1 for s in view.snapshots if s.source == "automated")
+        head = Text(f"snapshots: {automated} automated, {len(view.snapshots) - automated} other", style="bold")
+        if len(view.snapshots) > len(shown):
+            head.append(f" · newest {len(shown)} shown", style="dim")
+        self.query_one(f"#aws-{i}-snaphead", Static).update(head)
+        rows: dict[str, tuple[Any, ...]] = {}
+        for s in shown:
+            if s.created is not None:
+                created, age = _when(s.created), human_seconds(max(0.0, (view.read_at - s.created).total_seconds()))
+            else:
+                created, age = "not reported", "-"
+            rows[s.name] = (_cell(s.name), _cell(s.source), _cell(created, "" if s.created else "dim"), _cell(age), _cell("-"),
+                            _cell(s.status, "green" if s.status == "available" else "yellow"))
+        order = {k: n for n, k in enumerate(rows)}
+        sync_rows(self.query_one(f"#aws-{i}-snapshots", DataTable), SNAPSHOT_COLUMNS, rows, self._aws_cells[f"{i}-snapshots"],
+                  order=lambda k: order.get(k, len(order)))
