@@ -1,0 +1,217 @@
+"""`B`: the Backups pane. One row per cluster and kind of backup: how old the newest is against
+the cluster's target (severity coloured), its size and the size trend, how many, the WAL archive's
+age (pgBackRest), the bucket's versioning / Object Lock; below, the highlighted row's findings
+and recent backups.
+
+It reads the poller hub's backup watcher (dbops.platform.backups, refreshed off the UI thread
+every backups.refresh_seconds) and judges that against the app's clock; `r` asks the watcher to
+re-read now. Nothing here calls a server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from dbops.model import ClusterHealth, Severity, human_bytes, human_seconds
+from dbops.platform.backups import ClusterBackups, KindState, has_backups
+
+from .render import SEVERITY_STYLE, sparkline
+
+COLUMNS = (("cluster", "Cluster"), ("kind", "Kind"), ("age", "Newest"), ("size", "Size"), ("trend", "Trend"),
+           ("count", "#"), ("wal", "WAL"), ("bucket", "Bucket"))
+TREND_WIDTH = 6
+DETAIL_LINES = 9
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def bucket_cell(protection: dict[str, Any] | None) -> Text:
+    if protection is None:
+        return Text("-", style="dim")
+    versioned = protection.get("versioning") == "Enabled"
+    lock = protection.get("object_lock")
+    locked = bool(lock and lock.get("enabled"))
+    text = ("ver" if versioned else "UNVER") + (" lock" if locked else "")
+    return Text(text, style="green" if versioned else "bold yellow")
+
+
+class BackupsScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("q", "back", "Back", show=False),
+        Binding("r", "refresh", "Re-read now"),
+    ]
+
+    DEFAULT_CSS = """
+    BackupsScreen #backups-title { height: 1; padding: 0 1; }
+    BackupsScreen #backups-table { height: 1fr; min-height: 5; }
+    BackupsScreen #backups-detail { height: auto; max-height: 10; padding: 0 1; border-top: solid $primary; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, tuple[Any, ...]] = {}
+        self._detail: dict[str, Text] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="backups-title")
+        yield DataTable(id="backups-table", cursor_type="row")
+        yield Static("", id="backups-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#backups-table", DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        self.redraw()
+        table.focus()
+
+    # -- updates -----------------------------------------------------------------------------
+
+    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
+        self.redraw()
+
+    def on_screen_resume(self) -> None:
+        self.redraw()
+
+    def redraw(self) -> None:
+        hub = self.app.hub
+        now = self.app.clock()
+        rows: dict[str, tuple[Any, ...]] = {}
+        detail: dict[str, Text] = {}
+        worst: list[Severity] = []
+        for ref in hub.refs:
+            if not has_backups(ref):
+                key = f"{ref.key}|-"
+                rows[key] = (Text(_short(ref.name, 12)), Text("-", style="dim"), Text("none", style="dim"),
+                             "", "", "", "", Text("-", style="dim"))
+                detail[key] = Text(f"{ref.key}: no [backups] s3 and no [pgbackrest] configured: dbops cannot see its backups",
+                                   style="dim")
+                continue
+            state = hub.backup_state(ref.key, now)
+            if state is None:
+                key = f"{ref.key}|…"
+                rows[key] = (Text(_short(ref.name, 12)), Text("…", style="dim"), Text("reading", style="dim"),
+                             "", "", "", "", Text("…", style="dim"))
+                detail[key] = Text(f"{ref.key}: reading the backup state …", style="dim")
+                continue
+            worst.append(state.severity)
+            if not state.kinds:
+                key = f"{ref.key}|-"
+                sev = state.severity
+                rows[key] = (Text(_short(ref.name, 12)), Text("-"), Text(" none " if sev is Severity.CRIT else " ? ",
+                             style=SEVERITY_STYLE[sev]), "", "", "0", "", bucket_cell(state.protection))
+                detail[key] = self._detail_text(ref.key, None, state)
+            for k in state.kinds:
+                key = f"{ref.key}|{k.kind}"
+                rows[key] = self._cells(ref.name, k, state)
+                detail[key] = self._detail_text(ref.key, k, state)
+        self._sync(rows)
+        self._detail = detail
+        overall = Severity.worst(worst, Severity.OK) if worst else None
+        title = Text("Backups ", style="bold")
+        if overall is not None:
+            title.append(f" {overall.name} ", style=SEVERITY_STYLE[overall])
+        title.append("  newest per cluster and kind · r re-reads", style="dim")
+        self.query_one("#backups-title", Static).update(title)
+        self._show_detail()
+
+    def _cells(self, cluster: str, k: KindState, state: ClusterBackups) -> tuple[Any, ...]:
+        age_sev = next((m.severity for m in k.metrics if m.name.endswith(".age") and not m.name.startswith("backup.wal")),
+                       k.severity)
+        age = Text(human_seconds(k.age_seconds) if k.age_seconds is not None else "none", style=SEVERITY_STYLE[age_sev])
+        size = human_bytes(k.newest.size) if k.newest else "-"
+        size_sev = next((m.severity for m in k.metrics if m.name.endswith(".size")), Severity.OK)
+        wal = Text("-", style="dim")
+        if k.wal_checked:
+            wal_sev = next((m.severity for m in k.metrics if m.name == "backup.wal.age"), Severity.OK)
+            wal = Text(human_seconds(k.wal_age_seconds) if k.wal_age_seconds is not None else "none",
+                       style=SEVERITY_STYLE[wal_sev])
+        bucket = bucket_cell(state.protection) if k.kind != "pgbackrest" else Text("repo", style="dim")
+        return (
+            Text(_short(cluster, 12)),
+            Text(_short(k.kind, 11)),
+            age,
+            Text(size, style="" if size_sev is Severity.OK else SEVERITY_STYLE[size_sev]),
+            sparkline(list(k.sizes), TREND_WIDTH),
+            f"{k.count}{'+' if k.more else ''}",
+            wal,
+            bucket,
+        )
+
+    @staticmethod
+    def _detail_text(key: str, k: KindState | None, state: ClusterBackups) -> Text:
+        out = Text()
+        if k is not None:
+            out.append(f"{key} {k.kind} ", style="bold")
+            out.append(f"from {k.source}\n", style="dim")
+            metrics = list(k.metrics)
+        else:
+            out.append(f"{key}\n", style="bold")
+            metrics = []
+        # The cluster's own findings too: a source that cannot be read, the bucket (not for
+        # pgBackRest, whose repository is not that bucket).
+        metrics += [m for m in state.metrics if m.name in ("backup.source", "backup.none")
+                    or (m.name == "backup.bucket" and (k is None or k.kind != "pgbackrest"))]
+        for m in sorted(metrics, key=lambda m: -m.severity.rank):
+            out.append(f" {m.severity.name:<4} ", style=SEVERITY_STYLE[m.severity])
+            out.append(f" {m.message.split(': ', 1)[-1]}\n")
+        if k is not None:
+            for e in k.recent:
+                when = e.created.strftime("%Y-%m-%d %H:%MZ")
+                line = f"  {when}  {human_bytes(e.size):>9}  {e.detail + ' ' if e.detail else ''}{e.name}"
+                out.append(line + (f"  ({e.missing})" if e.missing else "") + "\n", style="red" if e.missing else "")
+        out.rstrip()
+        return out
+
+    def _sync(self, rows: dict[str, tuple[Any, ...]]) -> None:
+        table = self.query_one("#backups-table", DataTable)
+        if list(rows) != list(self._rows):
+            selected = self._selected()
+            table.clear()
+            for key, cells in rows.items():
+                table.add_row(*cells, key=key)
+            if selected in rows:
+                table.move_cursor(row=list(rows).index(selected), animate=False)
+        else:
+            for key, cells in rows.items():
+                for (col, _), new, old in zip(COLUMNS, cells, self._rows[key]):
+                    if new != old:
+                        table.update_cell(key, col, new, update_width=True)
+        self._rows = rows
+
+    def _selected(self) -> str | None:
+        table = self.query_one("#backups-table", DataTable)
+        if table.row_count == 0:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def _show_detail(self) -> None:
+        key = self._selected()
+        text = self._detail.get(key, Text("")) if key else Text("no clusters configured", style="dim")
+        lines = text.split("\n")
+        if len(lines) > DETAIL_LINES:
+            text = Text("\n").join(lines[:DETAIL_LINES])
+        self.query_one("#backups-detail", Static).update(text)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def action_refresh(self) -> None:
+        refresh = getattr(self.app.hub, "refresh_backups", None)
+        if refresh is not None:
+            refresh()
+            self.notify("re-reading the backup state …", timeout=3)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
