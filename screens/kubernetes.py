@@ -1,0 +1,273 @@
+"""The Kubernetes pane (key K): for every cluster with a [kubernetes] section, its pods and
+StatefulSets, its backup CronJobs (last run, last success), recent Warning events and its
+CloudNativePG Cluster's state, with what is wrong on top.
+
+The API is read by a thread worker (dbops.platform.kubernetes.overview, one cluster per thread);
+a one-shot timer starts the next refresh only after the previous one finished, so refreshes
+never overlap however slow the API is. A cluster whose API cannot be read keeps its last values
+on screen, with their age and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from dbops.config import ClusterRef
+from dbops.model import Severity, human_seconds
+
+from .render import SEVERITY_STYLE
+from .tables import sync_rows
+
+MIN_REFRESH = 10.0
+_WORKER_GROUP = "k8s-refresh"
+
+# The cluster goes last: with one cluster configured it says nothing new, and at 80 columns
+# what is cut off should be that.
+POD_COLUMNS = (("key", "Pod"), ("phase", "Phase"), ("ready", "Ready"), ("restarts", "Restarts"), ("node", "Node"),
+               ("age", "Age"), ("cluster", "Cluster"))
+SET_COLUMNS = (("key", "StatefulSet"), ("ready", "Ready"), ("updated", "Updated"), ("age", "Age"), ("cluster", "Cluster"))
+CRON_COLUMNS = (("key", "CronJob"), ("schedule", "Schedule"), ("suspend", "Suspended"), ("scheduled", "Last run"),
+                ("success", "Last success"), ("active", "Active"), ("cluster", "Cluster"))
+EVENT_COLUMNS = (("key", "Object: reason"), ("age", "Age"), ("count", "Count"), ("message", "Message"), ("cluster", "Cluster"))
+TABLES = {"pods": POD_COLUMNS, "sets": SET_COLUMNS, "cronjobs": CRON_COLUMNS, "events": EVENT_COLUMNS}
+
+
+@dataclass
+class ClusterK8s:
+    """The newest good view of a cluster and the newest error (None once a read succeeds)."""
+
+    ref: ClusterRef
+    view: Any = None  # dbops.platform.kubernetes.KubernetesView
+    error: str | None = None
+    error_at: float = 0.0
+
+
+def k8s_refs(refs: list[ClusterRef]) -> list[ClusterRef]:
+    return [r for r in refs if r.cluster.kubernetes is not None]
+
+
+def read_one(ref: ClusterRef) -> tuple[str, Any, str | None]:
+    """Blocking; runs in a worker thread: (cluster key, view or None, error or None)."""
+    from dbops.platform import kubernetes as k8s
+
+    assert ref.cluster.kubernetes is not None
+    try:
+        return ref.key, k8s.overview(ref.cluster.kubernetes, max(ref.timeout, 5.0)), None
+    except k8s.KubernetesError as exc:
+        return ref.key, None, str(exc)
+
+
+def read_all(refs: list[ClusterRef]) -> list[tuple[str, Any, str | None]]:
+    """One thread per cluster: a dead API server of one cluster does not hold up the others."""
+    if not refs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(4, len(refs)), thread_name_prefix="dbops-k8s") as pool:
+        return list(pool.map(read_one, refs))
+
+
+def _cell(value: Any, style: str = "") -> Text:
+    # Text, not str: a DataTable parses str cells as markup, and these values are the cluster's.
+    return Text("" if value is None else str(value), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _ago(t: datetime | None, now: datetime) -> str:
+    return "never" if t is None else f"{human_seconds(max(0.0, (now - t).total_seconds()))} ago"
+
+
+class KubernetesScreen(Screen[None]):
+    """Pods, StatefulSets, backup CronJobs and Warning events of the clusters on Kubernetes;
+    `1`-`4` switch tabs, `r` refreshes, `escape` goes back."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("q", "back", "Back", show=False),
+        Binding("r", "refresh", "Refresh"),
+        Binding("1", "tab('k8s-pods')", "Pods", show=False),
+        Binding("2", "tab('k8s-sets')", "StatefulSets", show=False),
+        Binding("3", "tab('k8s-cronjobs')", "CronJobs", show=False),
+        Binding("4", "tab('k8s-events')", "Events", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    KubernetesScreen #k8s-summary { height: auto; max-height: 9; padding: 0 1; }
+    KubernetesScreen TabbedContent { height: 1fr; }
+    KubernetesScreen DataTable { height: 1fr; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clusters: dict[str, ClusterK8s] = {}
+        self.summary = ""  # the summary's text, for tests and screen readers
+        self._again = False
+        self._timer: Any = None
+        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {name: {} for name in TABLES}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(Text("reading the Kubernetes API ...", style="dim"), id="k8s-summary")
+        with TabbedContent(initial="k8s-pods"):
+            with TabPane("1 Pods", id="k8s-pods"):
+                yield DataTable(id="k8s-pods-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("2 StatefulSets", id="k8s-sets"):
+                yield DataTable(id="k8s-sets-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("3 Backup CronJobs", id="k8s-cronjobs"):
+                yield DataTable(id="k8s-cronjobs-table", cursor_type="row", zebra_stripes=True)
+            with TabPane("4 Warnings", id="k8s-events"):
+                yield DataTable(id="k8s-events-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "Kubernetes"
+        for name, columns in TABLES.items():
+            table = self.query_one(f"#k8s-{name}-table", DataTable)
+            for key, label in columns:
+                table.add_column(label, key=key)
+        self.refs = k8s_refs(self.app.refs())
+        self.clusters = {r.key: ClusterK8s(r) for r in self.refs}
+        if not self.refs:
+            self._set_summary(Text(
+                "No cluster has a [kubernetes] section. Add one to a cluster:\n"
+                "[environments.ENV.clusters.NAME.kubernetes] namespace = \"...\", selector = \"app=...\"", style="dim"))
+            return
+        self._start()
+
+    # -- refresh -------------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        return max([MIN_REFRESH] + [r.refresh_interval for r in self.refs])
+
+    def _refreshing(self) -> bool:
+        return any(w.group == _WORKER_GROUP and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._refreshing():
+            return
+        refs = list(self.refs)
+        self.run_worker(lambda: read_all(refs), name="k8s-refresh", group=_WORKER_GROUP,
+                        description="read pods, StatefulSets, CronJobs and events", thread=True, exit_on_error=False)
+
+    def action_refresh(self) -> None:
+        if not getattr(self, "refs", None):
+            return
+        if self._refreshing():
+            self._again = True
+            return
+        if self._timer is not None:
+            self._timer.stop()
+        self._start()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != _WORKER_GROUP:
+            return
+        if event.state == WorkerState.SUCCESS:
+            for key, view, error in event.worker.result or []:
+                state = self.clusters[key]
+                if view is not None:
+                    state.view, state.error = view, None
+                else:
+                    state.error, state.error_at = error, time.time()
+            self._show()
+        elif event.state == WorkerState.ERROR:
+            from dbops.secrets import scrub_text
+
+            error = event.worker.error
+            self._set_summary(Text(f"cannot read the Kubernetes API: {scrub_text(str(error)) or type(error).__name__}", style="bold red"))
+        else:
+            return
+        if self._again:
+            self._again = False
+            self._start()
+        else:
+            self._timer = self.set_timer(self._interval(), self._start)
+
+    # -- drawing -------------------------------------------------------------------------------
+
+    def _set_summary(self, text: Text) -> None:
+        self.summary = text.plain
+        self.query_one("#k8s-summary", Static).update(text)
+
+    def _show(self) -> None:
+        from dbops.platform.kubernetes import assess
+
+        now = datetime.now(timezone.utc)
+        summary = Text()
+        rows: dict[str, dict[str, tuple[Any, ...]]] = {name: {} for name in TABLES}
+        for state in self.clusters.values():
+            ref, view = state.ref, state.view
+            kube = ref.cluster.kubernetes
+            assert kube is not None
+            findings = [] if view is None else assess(view, ref.cluster.backups.max_age_seconds)
+            worst = Severity.CRIT if state.error else (findings[0][0] if findings else Severity.OK)
+            summary.append(f" {worst.name:<4} ", style=SEVERITY_STYLE[worst])
+            summary.append(f" {ref.key}", style="bold")
+            summary.append(f"  ns {kube.namespace}")
+            if view is not None:
+                ready = sum(1 for p in view.pods if p.phase == "Running" and p.ready == p.containers)
+                summary.append(f" · pods {ready}/{len(view.pods)} ready")
+                if view.cnpg is not None:
+                    summary.append(f" · CNPG {view.cnpg.name}: primary {view.cnpg.current_primary or '?'}"
+                                   f", {view.cnpg.ready_instances}/{view.cnpg.instances} ready")
+            summary.append("\n")
+            if state.error:
+                shown = f"; showing values from {human_seconds(time.time() - view.taken_at)} ago" if view is not None else ""
+                summary.append(f"   {state.error}{shown}\n", style="red")
+            # At 80x24 the summary has about nine lines for every cluster together.
+            room = max(2, 6 // len(self.clusters))
+            for severity, line in findings[:room]:
+                summary.append(f"   {line}\n", style="yellow" if severity is Severity.WARN else ("red" if severity is Severity.CRIT else "magenta"))
+            if len(findings) > room:
+                summary.append(f"   … and {len(findings) - room} more\n", style="dim")
+            if view is not None:
+                self._rows(ref.key, view, now, rows)
+        summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self._interval():g}s · r refreshes now · 1-4 tabs", style="dim")
+        self._set_summary(summary)
+        with self.app.batch_update():
+            for name, columns in TABLES.items():
+                order = {k: n for n, k in enumerate(rows[name])}
+                sync_rows(self.query_one(f"#k8s-{name}-table", DataTable), columns, rows[name], self._cells[name],
+                          order=lambda k, order=order: order.get(k, len(order)))  # type: ignore[misc]
+
+    def _rows(self, cluster: str, view: Any, now: datetime, rows: dict[str, dict[str, tuple[Any, ...]]]) -> None:
+        # Row keys are the object's name (the first column), prefixed by the cluster only when
+        # several clusters are shown, so that two clusters' "orders-1" pods stay two rows.
+        prefix = f"{cluster}:" if len(self.clusters) > 1 else ""
+        for p in view.pods:
+            ok = p.phase in ("Running", "Succeeded") and (p.ready == p.containers or p.phase == "Succeeded")
+            rows["pods"][prefix + p.name] = (
+                _cell(prefix + p.name), _cell(p.phase + (f" ({p.reason})" if p.reason else ""), "green" if ok else "bold red"),
+                _cell(f"{p.ready}/{p.containers}", "" if ok else "red"), _cell(p.restarts, "yellow" if p.restarts else ""),
+                _cell(p.node or "-"), _cell(human_seconds(p.age)), _cell(cluster))
+        for s in view.statefulsets:
+            rows["sets"][prefix + s.name] = (
+                _cell(prefix + s.name), _cell(f"{s.ready}/{s.replicas}", "" if s.ready >= s.replicas else "bold red"),
+                _cell(s.updated), _cell(human_seconds(s.age)), _cell(cluster))
+        for c in view.cronjobs:
+            rows["cronjobs"][prefix + c.name] = (
+                _cell(prefix + c.name), _cell(c.schedule), _cell("yes" if c.suspend else "no", "yellow" if c.suspend else ""),
+                _cell(_ago(c.last_schedule, now)), _cell(_ago(c.last_success, now), "" if c.last_success else "yellow"), _cell(c.active),
+                _cell(cluster))
+        for e in view.events:
+            # Kubernetes folds repeats of one reason on one object into one event (its count);
+            # the newest comes first and wins.
+            key = f"{prefix}{e.kind}/{e.name}: {e.reason}"
+            if key in rows["events"]:
+                continue
+            rows["events"][key] = (_cell(key, "yellow"), _cell(human_seconds(e.age)), _cell(e.count), _cell(e.message), _cell(cluster))
