@@ -86,8 +86,11 @@ def redact(text: str, *secrets: Secret | None) -> str:
 # track_activity_query_size, up to 1 MB.)
 _URL_PASSWORD = re.compile(r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(\S*)@")
 _KV_WORDS = ("password", "passwd", "pwd", "secret", "token", "api")  # where a _KV_PASSWORD match can start
+# The word may close a longer name, as environment variables on a command line are written:
+# PGPASSWORD, REDIS_PASSWORD, AWS_SECRET_ACCESS_KEY (after "pg" or "_", a "_key" or
+# "_access_key" tail); not password_encryption, a setting.
 _KV_PASSWORD = re.compile(
-    r"(?is)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)"
+    r"(?is)(?:\b|(?<=pg)|(?<=_))((?:password|passwd|pwd|secret|token|api[_-]?key)(?:_access_key|_key)?)(\s*[=:]\s*)"
     r"('(?:[^'\\]|\\.|'')*(?:'|\\?\Z)|\"(?:[^\"\\]|\\.)*(?:\"|\\?\Z)|\S+)"
 )
 
