@@ -39,8 +39,8 @@ __all__ = [
     "KubernetesError",
     "KubernetesView",
     "PodRow",
-    "assess",
     "StatefulSetRow",
+    "assess",
     "connect",
     "job_from_cronjob",
     "job_outcome",
@@ -81,26 +81,25 @@ class Connection:
 
         return client
 
-    def call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`method(*args, **kwargs)` on this API; its JSON answer (a dict), or a KubernetesError
-        saying `what` failed and why."""
+    def raw(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
+        """The body of `method(*args, **kwargs)`'s answer, or a KubernetesError saying `what`
+        failed and why."""
         try:
-            resp = method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
-            raw = resp.data
+            return bytes(method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs).data or b"")
         except Exception as exc:
             raise explain(exc, what, self.server) from None
+
+    def call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Like raw(), for an answer that is JSON: a dict."""
+        body = self.raw(what, method, *args, **kwargs)
         try:
-            return json.loads(raw) if raw else {}
+            return json.loads(body) if body else {}
         except ValueError:
             raise KubernetesError(f"{what}: the Kubernetes API at {self.server} answered something that is not JSON") from None
 
     def text(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
-        """Like call(), for an answer that is text (a pod's log)."""
-        try:
-            resp = method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
-            return bytes(resp.data).decode("utf-8", "replace")
-        except Exception as exc:
-            raise explain(exc, what, self.server) from None
+        """Like raw(), for an answer that is text (a pod's log)."""
+        return self.raw(what, method, *args, **kwargs).decode("utf-8", "replace")
 
     @property
     def core(self) -> Any:
@@ -371,6 +370,17 @@ def last_success(cronjob: dict[str, Any], jobs: list[dict[str, Any]]) -> datetim
     return parse_time((cronjob.get("status") or {}).get("lastSuccessfulTime"))
 
 
+def _job_selectors(cronjobs: list[dict[str, Any]]) -> list[str | None]:
+    """How to list the Jobs the CronJobs made without listing every Job in the namespace: by
+    their jobTemplate's labels, which every Job made from it carries (the CronJob controller's
+    and kubectl create job --from's alike). None, every Job, for a template without labels."""
+    selectors: set[str | None] = set()
+    for c in cronjobs:
+        labels = ((((c.get("spec") or {}).get("jobTemplate") or {}).get("metadata") or {}).get("labels")) or {}
+        selectors.add(",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None)
+    return [None] if None in selectors else sorted(s for s in selectors if s is not None)
+
+
 def overview(ref: "KubernetesRef", timeout: float = 10.0) -> KubernetesView:
     """Everything the Kubernetes pane shows for one cluster. Raises KubernetesError when the API
     cannot be used at all (config, unreachable, credentials, no such namespace); a part that
@@ -404,7 +414,10 @@ def _overview(conn: Connection, ref: "KubernetesRef") -> KubernetesView:
 
     sets = part(f"list StatefulSets in {ns}", conn.apps.list_namespaced_stateful_set, ns, label_selector=ref.selector)
     cronjobs = part(f"list CronJobs in {ns}", conn.batch.list_namespaced_cron_job, ns, label_selector=ref.backup_selector or ref.selector)
-    jobs = part(f"list Jobs in {ns}", conn.batch.list_namespaced_job, ns) if cronjobs else []
+    jobs: dict[str, dict[str, Any]] = {}
+    for selector in _job_selectors(cronjobs):
+        for job in part(f"list Jobs in {ns}", conn.batch.list_namespaced_job, ns, **({"label_selector": selector} if selector else {})):
+            jobs[str((job.get("metadata") or {}).get("uid") or (job.get("metadata") or {}).get("name"))] = job
     events = part(f"list events in {ns}", conn.core.list_namespaced_event, ns, field_selector="type=Warning")
     cnpg = None
     if ref.cnpg_cluster:
@@ -424,7 +437,7 @@ def _overview(conn: Connection, ref: "KubernetesRef") -> KubernetesView:
     for c in cronjobs:
         meta, spec, status = c.get("metadata") or {}, c.get("spec") or {}, c.get("status") or {}
         cron_rows.append(CronJobRow(str(meta.get("name", "?")), str(spec.get("schedule") or ""), bool(spec.get("suspend")),
-                                    parse_time(status.get("lastScheduleTime")), last_success(c, jobs), len(status.get("active") or [])))
+                                    parse_time(status.get("lastScheduleTime")), last_success(c, list(jobs.values())), len(status.get("active") or [])))
     event_rows = []
     for e in events:
         if e.get("type") != "Warning":
@@ -445,7 +458,8 @@ def assess(view: KubernetesView, backup_max_age: float | None = None) -> list[tu
     """What is wrong, worst first: (Severity, one line). A pod not running and ready, a
     StatefulSet short of replicas, a CNPG Cluster not healthy: CRIT. Restarts, Warning events, a
     suspended backup CronJob, a last successful backup older than `backup_max_age` (or none at
-    all): WARN. Nothing wrong: []."""
+    all): WARN. A part that could not be read (view.problems): UNKNOWN, after the WARNs
+    (Severity.rank). Nothing wrong: []."""
     from dbops.model import Severity, human_seconds
 
     found: list[tuple[Any, str]] = []
@@ -474,7 +488,7 @@ def assess(view: KubernetesView, backup_max_age: float | None = None) -> list[tu
         found.append((Severity.WARN, f"{len(view.events)} Warning event(s) in the last {human_seconds(view.events_seconds)}"))
     for problem in view.problems:
         found.append((Severity.UNKNOWN, problem))
-    return sorted(found, key=lambda f: -int(f[0]) if f[0] != Severity.UNKNOWN else -1.5)
+    return sorted(found, key=lambda f: -f[0].rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,12 +519,41 @@ def job_from_cronjob(cronjob: dict[str, Any], job_name: str) -> dict[str, Any]:
 
 
 _SECRET_NAME = re.compile(r"(?i)(pass|pwd|token|secret|credential|api_?key|private_?key|access_?key)")
+# In a command line: NAME=value (PGPASSWORD=x pg_dump ..., --password=x) and a flag followed by
+# its value (--token x); redacted when NAME or the flag says it is a secret.
+_ASSIGNMENT = re.compile(r"(?<![\w.-])([\w.-]+)=(\"[^\"]*\"?|'[^']*'?|[^\s;&|]+)")
+_FLAG_VALUE = re.compile(r"(?<![\w.-])(--?[\w.-]+)(\s+)([^\s;&|-]\S*)")
+_FLAG = re.compile(r"--?[\w.-]+")
+
+
+def _redact_line(text: str) -> str:
+    from dbops.secrets import REDACTED, scrub_text
+
+    def hide(m: re.Match[str]) -> str:
+        return m.group(0) if not _SECRET_NAME.search(m.group(1)) else m.group(1) + ("=" if m.re is _ASSIGNMENT else m.group(2)) + REDACTED
+
+    return _FLAG_VALUE.sub(hide, _ASSIGNMENT.sub(hide, scrub_text(text)))
+
+
+def _redact_words(words: list[Any]) -> list[Any]:
+    """A container's command or args: secrets inside each word, and the word after a flag that
+    names a secret (["--token", "x"])."""
+    from dbops.secrets import REDACTED
+
+    out: list[Any] = []
+    for word in words:
+        if out and isinstance(out[-1], str) and _FLAG.fullmatch(out[-1]) and _SECRET_NAME.search(out[-1]):
+            out.append(REDACTED)
+        else:
+            out.append(_redact_line(word) if isinstance(word, str) else word)
+    return out
 
 
 def redacted_job(job: dict[str, Any]) -> dict[str, Any]:
     """`job` as the plan and the audit log show it: the literal value of every container
-    environment variable whose name says it is a secret replaced by ***. (A valueFrom a Secret is
-    only a reference and is shown as it is.)"""
+    environment variable whose name says it is a secret replaced by ***, and in its command and
+    args what looks like a secret (PGPASSWORD=..., --password=..., --token ..., a password in a
+    URL). (A valueFrom a Secret is only a reference and is shown as it is.)"""
     from dbops.secrets import REDACTED
 
     shown = json.loads(json.dumps(job))
@@ -519,6 +562,9 @@ def redacted_job(job: dict[str, Any]) -> dict[str, Any]:
         for env in container.get("env") or []:
             if "value" in env and _SECRET_NAME.search(str(env.get("name", ""))):
                 env["value"] = REDACTED
+        for key in ("command", "args"):
+            if isinstance(container.get(key), list):
+                container[key] = _redact_words(container[key])
     return shown
 
 
@@ -571,7 +617,7 @@ def cnpg_promotion_patch(resource_version: str, instance: str, now: datetime) ->
         "status": {
             "targetPrimary": instance,
             # pgTime.GetCurrentTimestamp: RFC 3339 with microseconds.
-            "targetPrimaryTimestamp": now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "targetPrimaryTimestamp": micro_time(now),
             "phase": CNPG_SWITCHOVER,
             "phaseReason": f"Switching over to {instance}",
         },

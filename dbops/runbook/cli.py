@@ -101,8 +101,12 @@ def list_(ctx: click.Context, as_json: bool) -> None:
 def _print_plan(plan: Any, params: dict[str, Any]) -> None:
     rb = plan.runbook
     click.echo(f"{rb.id}: {rb.title}")
-    if params:
-        click.echo("parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    given = {k: v for k, v in params.items() if v is not None}
+    unset = [k for k, v in params.items() if v is None]  # optional, no default: the runbook decides
+    if given:
+        click.echo("parameters: " + ", ".join(f"{k}={v}" for k, v in given.items()))
+    if unset:
+        click.echo("not given: " + ", ".join(unset))
     click.echo("\npre-checks:")
     for c in plan.checks:
         mark = "ok  " if c.verdict.ok else ("OVERRIDDEN" if c.overridden_by else "FAIL")
@@ -139,11 +143,20 @@ async def _with_resources(book: Any, context: Any, fn: Any) -> Any:
 
 
 async def _check_choices(book: Any, context: Any) -> None:
+    """A parameter with live choices (say, the cluster's replicas) must name one of them. The
+    choices are read from the servers: when they cannot be, the run stops here, before anything."""
+    from dbops.secrets import scrub_text
+
     for p in book.params:
-        if p.choices is not None and context.params.get(p.name) is not None:
+        value = context.params.get(p.name)
+        if p.choices is None or value is None:
+            continue
+        try:
             allowed = await p.choices(context)
-            if context.params[p.name] not in allowed:
-                _fail(f"--param {p.name}={context.params[p.name]}: not one of {', '.join(allowed) or '(none available now)'}")
+        except Exception as exc:  # a dead or refusing server: one line, and nothing has run
+            _fail(f"--param {p.name}={value}: cannot read the values it may take: {scrub_text(str(exc)) or type(exc).__name__}")
+        if value not in allowed:
+            _fail(f"--param {p.name}={value}: not one of {', '.join(allowed) or '(none available now)'}")
 
 
 @runbook.command()
@@ -162,7 +175,7 @@ def plan(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tup
 
     cfg = _config(ctx)
     ref = _cluster(cfg, cluster_name)
-    book = _get(cfg, runbook_id).for_cluster(ref)
+    book = _book_for(cfg, runbook_id, ref)
     context = Context(ref, _params(book, raw_params), run_id=new_run_id())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=_NoConfirm())
 
@@ -178,14 +191,27 @@ def plan(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tup
     click.echo("\nall pre-checks pass; nothing was changed.")
 
 
-def _get(cfg: Any, runbook_id: str) -> Any:
-    books = _books(cfg)
+def _get(books: dict[str, Any], runbook_id: str) -> Any:
     if runbook_id not in books:
         import difflib
 
         close = difflib.get_close_matches(runbook_id, list(books), n=1)
         _fail(f"no runbook {runbook_id!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + "; see `dbops runbook list`")
     return books[runbook_id]
+
+
+def _book_for(cfg: Any, runbook_id: str, ref: Any) -> Any:
+    """The runbook, as it runs on this cluster; refused, naming the ones that apply, when it is
+    for another engine or needs config the cluster lacks (a Kafka runbook on a PostgreSQL cluster)."""
+    from dbops.runbook.registry import applies_to, not_applicable
+
+    books = _books(cfg)
+    book = _get(books, runbook_id)
+    why = not_applicable(book, ref)
+    if why is not None:
+        mine = sorted(b.id for b in books.values() if applies_to(b, ref))
+        _fail(f"{why}; runbooks for {ref.key} ({ref.cluster.engine}): {', '.join(mine) or 'none'}")
+    return book.for_cluster(ref)
 
 
 class _NoConfirm:
@@ -264,11 +290,23 @@ def _observer(event: str, **data: Any) -> None:
         click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
 
 
-def _lock(ref: Any, run_id: str) -> Any:
+def _lock(cfg: Any, ref: Any, run_id: str) -> Any:
     from dbops.config import state_dir
     from dbops.runbook.locks import lock_for
 
-    return lock_for(ref, run_id, state_dir(), note=lambda line: click.echo(f"note: {line}", err=True))
+    return lock_for(ref, run_id, state_dir(), note=lambda line: click.echo(f"note: {line}", err=True), leases=cfg.locks.kubernetes)
+
+
+def _ship_audit(cfg: Any) -> None:
+    """The end of every run ships the audit log ([audit.ship]); a failure is shown, and changes
+    neither the run's outcome nor its exit code."""
+    from dbops.audit_ship import ship_reporting
+    from dbops.config import state_dir
+
+    outcome = ship_reporting(state_dir() / "audit.jsonl", cfg.audit.ship)
+    if outcome is not None:
+        ok, message = outcome
+        click.echo(f"audit: {message}" if ok else f"warning: {message}", err=not ok)
 
 
 def _finish(result: Any) -> None:
@@ -299,7 +337,7 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
 
     cfg = _config(ctx)
     ref = _cluster(cfg, cluster_name)
-    book = _get(cfg, runbook_id).for_cluster(ref)
+    book = _book_for(cfg, runbook_id, ref)
     context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"),
                       progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
@@ -309,12 +347,13 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
 
     async def go() -> Any:
         await _check_choices(book, context)
-        return await ex.run(Journal.create(state_dir(), context.run_id), _lock(ref, context.run_id), overrides)
+        return await ex.run(Journal.create(state_dir(), context.run_id), _lock(cfg, ref, context.run_id), overrides)
 
     try:
         result = asyncio.run(_with_resources(book, context, go))
     except LockHeld as exc:
         _fail(str(exc))
+    _ship_audit(cfg)
     _finish(result)
 
 
@@ -340,14 +379,15 @@ def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None)
     except JournalError as exc:
         _fail(str(exc))
     ref = _cluster(cfg, f"{record.environment}/{record.cluster}")
-    book = _get(cfg, record.runbook).for_cluster(ref)
+    book = _get(_books(cfg), record.runbook).for_cluster(ref)
     context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"),
                       progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
     click.echo(f"resuming {book.id} on {ref.key}, run {run_id}")
     try:
-        result = asyncio.run(_with_resources(book, context, lambda: ex.resume(record, journal, _lock(ref, run_id))))
+        result = asyncio.run(_with_resources(book, context, lambda: ex.resume(record, journal, _lock(cfg, ref, run_id))))
     except LockHeld as exc:
         _fail(str(exc))
+    _ship_audit(cfg)
     _finish(result)

@@ -7,19 +7,25 @@ holder (operator, host, run id, since). Backends:
 - PostgresAdvisoryLock: pg_try_advisory_lock on a connection to the cluster itself, so consoles
   on different bastion hosts see each other. The holder's description rides in its connection's
   application_name, readable by anyone from pg_stat_activity.
+- LeaseLock: with [locks.kubernetes], a coordination.k8s.io/v1 Lease per cluster in that
+  namespace, for consoles on hosts that share no file system and clusters dbops cannot lock
+  itself. Taken in addition to the backends above (AllLocks), never instead of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import getpass
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Protocol
 
 
@@ -161,8 +167,237 @@ class FallbackLock:
             await self.used.release()
 
 
-def lock_for(ref: Any, run_id: str, state: Path, note: Callable[[str], None]) -> ClusterLock:
-    """The lock backend for a cluster: PostgreSQL clusters lock on the cluster itself."""
+def lease_name(cluster_key: str) -> str:
+    """The Lease's name for a cluster: `dbops-<env>-<cluster>` made DNS-1123 safe, with a short
+    hash of the key so that two keys that clean up alike ("a_b", "a.b") get different Leases."""
+    digest = hashlib.sha256(cluster_key.encode()).hexdigest()[:8]
+    words = re.sub(r"[^a-z0-9]+", "-", cluster_key.lower()).strip("-")
+    return f"dbops-{words[:253 - 16]}-{digest}".replace("--", "-")
+
+
+class LeaseLock:
+    """A coordination.k8s.io/v1 Lease held for the run: acquired by creating it, or by taking it
+    over when it is free (released, or expired: renewTime + leaseDurationSeconds past); every
+    write carries the resourceVersion read, so two consoles racing for it cannot both win (the
+    loser gets 409 Conflict). Renewed every third of its duration while the run lasts; released
+    (holderIdentity cleared) at the end. A console that dies stops renewing; the Lease expires."""
+
+    def __init__(self, leases: Any, cluster_key: str, holder: Holder, note: Callable[[str], None]) -> None:
+        self.leases = leases
+        self.cluster_key = cluster_key
+        self.name = lease_name(cluster_key)
+        self.holder = holder
+        self.note = note
+        self.identity = f"{holder.operator} on {holder.host}, run {holder.run_id}"
+        self._conn: Any = None
+        self._lease: dict[str, Any] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._stop_renewing: asyncio.Event | None = None
+
+    @property
+    def where(self) -> str:
+        return f"Lease {self.leases.namespace}/{self.name}"
+
+    async def acquire(self) -> None:
+        from dbops.platform.kubernetes import KubernetesError
+
+        try:
+            await asyncio.to_thread(self._acquire)
+        except KubernetesError as exc:
+            self._close()
+            raise LockHeld(f"cannot take the runbook lock ({self.where}): {exc}") from None
+        except LockHeld:
+            self._close()
+            raise
+        self._stop_renewing = asyncio.Event()
+        self._renewer = asyncio.create_task(self._renew_loop(self._stop_renewing))
+
+    def _spec(self, now: datetime, acquired: datetime, transitions: int) -> dict[str, Any]:
+        from dbops.platform.kubernetes import micro_time
+
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.leases.duration_seconds),
+                "acquireTime": micro_time(acquired), "renewTime": micro_time(now), "leaseTransitions": transitions}
+
+    def _acquire(self) -> None:
+        from dbops.platform import kubernetes as k8s
+
+        self._conn = k8s.connect_leases(self.leases)
+        now = datetime.now(timezone.utc)
+        lease = k8s.get_lease(self._conn, self.name)
+        if lease is None:
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.leases.namespace,
+                                 "labels": {"app.kubernetes.io/managed-by": "dbops"},
+                                 "annotations": {"dbops.dev/cluster": self.cluster_key}},
+                    "spec": self._spec(now, now, 0)}
+            try:
+                self._lease = k8s.create_lease(self._conn, body)
+                return
+            except k8s.KubernetesError as exc:
+                if exc.status != 409:
+                    raise
+                lease = k8s.get_lease(self._conn, self.name)  # another console created it first
+                if lease is None:
+                    raise LockHeld(f"another console took the runbook lock ({self.where}) at the same moment; try again") from None
+        spec = lease.get("spec") or {}
+        who = spec.get("holderIdentity") or ""
+        if who and who != self.identity and not _expired(spec, now):
+            raise LockHeld(f"another runbook holds this cluster: {_describe(spec, now)} ({self.where})")
+        if who and who != self.identity:
+            self.note(f"{self.where} held by {who} expired {_since_expiry(spec, now)}; taking it over")
+        transitions = int(spec.get("leaseTransitions") or 0) + (1 if who != self.identity else 0)
+        taken = {**lease, "spec": {**spec, **self._spec(now, now, transitions)}}
+        try:
+            self._lease = k8s.replace_lease(self._conn, taken)
+        except k8s.KubernetesError as exc:
+            if exc.status != 409:
+                raise
+            now_spec = (k8s.get_lease(self._conn, self.name) or {}).get("spec") or {}
+            raise LockHeld(f"another console took the runbook lock first: {_describe(now_spec, datetime.now(timezone.utc))} ({self.where})") from None
+
+    async def _renew_loop(self, stop: asyncio.Event) -> None:
+        every = max(1.0, self.leases.duration_seconds / 3)
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+                return  # released
+            except asyncio.TimeoutError:
+                pass
+            try:
+                lost = await asyncio.to_thread(self._renew)
+            except Exception as exc:  # the run goes on; the operator is told the lock may lapse
+                self.note(f"could not renew {self.where} (it expires {self.leases.duration_seconds} s after the last renewal): {exc}")
+                continue
+            if lost:
+                self.note(f"{self.where} was taken over by {lost}; this run no longer holds the cluster's lock")
+                return
+
+    def _renew(self) -> str | None:
+        """Renews the Lease; the new holder's identity if another console took it over."""
+        from dbops.platform import kubernetes as k8s
+
+        assert self._lease is not None
+        spec = {**(self._lease.get("spec") or {}), "renewTime": k8s.micro_time(datetime.now(timezone.utc))}
+        try:
+            self._lease = k8s.replace_lease(self._conn, {**self._lease, "spec": spec})
+            return None
+        except k8s.KubernetesError as exc:
+            if exc.status != 409:
+                raise
+        current = k8s.get_lease(self._conn, self.name)
+        who = ((current or {}).get("spec") or {}).get("holderIdentity") or ""
+        if current is not None and who == self.identity:
+            self._lease = current  # only our own earlier renewal raced this one
+            return self._renew()
+        return who or "nobody (it was released)"
+
+    async def release(self) -> None:
+        if self._renewer is not None and self._stop_renewing is not None:
+            # Not cancelled: a renewal under way in its thread would go on and race the release
+            # (a 409, and the Lease left held until it expires). It ends first; a call is bounded
+            # by the connection's timeout.
+            self._stop_renewing.set()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = self._stop_renewing = None
+        if self._lease is None:
+            self._close()
+            return
+        try:
+            await asyncio.to_thread(self._release)
+        except Exception as exc:  # the Lease then expires on its own after its duration
+            self.note(f"could not release {self.where}; it expires {self.leases.duration_seconds} s after its last renewal: {exc}")
+        finally:
+            self._lease = None
+            self._close()
+
+    def _release(self) -> None:
+        from dbops.platform import kubernetes as k8s
+
+        assert self._lease is not None
+        spec = {k: v for k, v in (self._lease.get("spec") or {}).items() if k not in ("holderIdentity", "renewTime", "acquireTime")}
+        try:
+            k8s.replace_lease(self._conn, {**self._lease, "spec": spec})
+            return
+        except k8s.KubernetesError as exc:
+            if exc.status != 409:
+                raise
+        current = k8s.get_lease(self._conn, self.name)
+        if current is not None and ((current.get("spec") or {}).get("holderIdentity") or "") == self.identity:
+            self._lease = current  # still ours: only the resourceVersion moved on
+            self._release()
+            return
+        self.note(f"{self.where} had already been taken over; left to its new holder")
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _lease_times(spec: dict[str, Any]) -> tuple[datetime | None, int]:
+    from dbops.platform.kubernetes import parse_time
+
+    return parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime")), int(spec.get("leaseDurationSeconds") or 0)
+
+
+def _expired(spec: dict[str, Any], now: datetime) -> bool:
+    renewed, duration = _lease_times(spec)
+    return renewed is None or renewed + timedelta(seconds=duration) < now
+
+
+def _since_expiry(spec: dict[str, Any], now: datetime) -> str:
+    renewed, duration = _lease_times(spec)
+    if renewed is None:
+        return "(never renewed)"
+    return f"{(now - renewed - timedelta(seconds=duration)).total_seconds():.0f} s ago"
+
+
+def _describe(spec: dict[str, Any], now: datetime) -> str:
+    from dbops.platform.kubernetes import parse_time
+
+    who = spec.get("holderIdentity") or "an unnamed holder"
+    acquired = parse_time(spec.get("acquireTime"))
+    renewed, duration = _lease_times(spec)
+    parts = [str(who)]
+    if acquired is not None:
+        parts.append(f"since {acquired:%Y-%m-%d %H:%M:%S} UTC")
+    if renewed is not None:
+        left = (renewed + timedelta(seconds=duration) - now).total_seconds()
+        parts.append(f"renewed {(now - renewed).total_seconds():.0f} s ago, expires in {max(0.0, left):.0f} s unless renewed")
+    return ", ".join(parts)
+
+
+class AllLocks:
+    """Several locks taken in order and released in reverse; all or none."""
+
+    def __init__(self, locks: list[ClusterLock]) -> None:
+        self.locks = locks
+        self._held: list[ClusterLock] = []
+
+    async def acquire(self) -> None:
+        for lock in self.locks:
+            try:
+                await lock.acquire()
+            except BaseException:
+                await self.release()
+                raise
+            self._held.append(lock)
+
+    async def release(self) -> None:
+        while self._held:
+            await self._held.pop().release()
+
+
+def lock_for(ref: Any, run_id: str, state: Path, note: Callable[[str], None], leases: Any = None) -> ClusterLock:
+    """The lock backend for a cluster: PostgreSQL clusters lock on the cluster itself; with
+    `leases` ([locks.kubernetes]) a Lease is taken first, in addition."""
+    base = _base_lock(ref, run_id, state, note)
+    if leases is None:
+        return base
+    return AllLocks([LeaseLock(leases, ref.key, me(run_id), note), base])
+
+
+def _base_lock(ref: Any, run_id: str, state: Path, note: Callable[[str], None]) -> ClusterLock:
     holder = me(run_id)
     local = LocalLock(state, ref.key, holder)
     if ref.cluster.engine != "postgres":

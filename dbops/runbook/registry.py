@@ -8,8 +8,9 @@ import importlib
 import importlib.util
 import pkgutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+from dbops.config import ClusterRef
 from dbops.runbook.model import Runbook
 
 
@@ -59,3 +60,28 @@ def load(extra_dirs: Iterable[str] = ()) -> tuple[dict[str, Runbook], list[str]]
             except Exception as exc:
                 problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
     return books, problems
+
+
+# Runbooks about what surrounds a cluster rather than its engine: they apply to any cluster
+# whose config has what they need, and the text says what is missing ({name}: the cluster).
+PLATFORM_RUNBOOKS: dict[str, tuple[Callable[[ClusterRef], bool], str]] = {
+    "kubernetes": (lambda ref: ref.cluster.kubernetes is not None, "{name} has no [kubernetes] section in the config"),
+    "cnpg": (lambda ref: ref.cluster.kubernetes is not None and bool(ref.cluster.kubernetes.cnpg_cluster),
+             "{name} names no cnpg_cluster in its [kubernetes] section"),
+}
+
+
+def not_applicable(book: Runbook, ref: ClusterRef) -> str | None:
+    """Why `book` is not for the cluster `ref`, in words; None when it is."""
+    platform = PLATFORM_RUNBOOKS.get(book.engine)
+    if platform is not None:
+        applies, missing = platform
+        return None if applies(ref) else f"{book.id} is a {book.engine} runbook and {missing.format(name=ref.name)}"
+    engine = ref.cluster.engine
+    return None if book.engine == engine else f"{book.id} is a {book.engine} runbook and {ref.name} is a {engine} cluster"
+
+
+def applies_to(book: Runbook, ref: ClusterRef) -> bool:
+    """Whether `book` is offered for the cluster `ref`: its engine's runbooks, and the platform
+    runbooks (engine "kubernetes", "cnpg") of a cluster configured for them."""
+    return not_applicable(book, ref) is None

@@ -311,7 +311,7 @@ def seed_demo(url: str) -> None:
         "spec": {"schedule": "30 1 * * *", "jobTemplate": template}, "status": {"lastScheduleTime": _stamp(8 * 3600)}})
     _rest(url, "POST", f"/apis/batch/v1/namespaces/{ns}/jobs", {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": f"{PG_CLUSTER}-nightly-backup-1", "ownerReferences": [
+        "metadata": {"name": f"{PG_CLUSTER}-nightly-backup-1", "labels": template["metadata"]["labels"], "ownerReferences": [
             {"apiVersion": "batch/v1", "kind": "CronJob", "name": cron["metadata"]["name"], "uid": cron["metadata"].get("uid", ""), "controller": True}]},
         "spec": template["spec"],
         "status": {"succeeded": 1, "completionTime": _stamp(8 * 3600 - 240), "conditions": [{"type": "Complete", "status": "True"}]}})

@@ -93,7 +93,8 @@ def render(ctx: Context) -> list[str]:
     return [f"kubectl cnpg promote {name} {instance} -n {ns}",
             f"# = PATCH /apis/{k8s.CNPG_GROUP}/{k8s.CNPG_VERSION}/namespaces/{ns}/clusters/{name}/status (application/merge-patch+json):",
             json.dumps(patch, sort_keys=True),
-            "# (resourceVersion: the one read just before; on a 409 Conflict the Cluster is read again and the checks repeated)",
+            "# (resourceVersion: the one read just before; on a 409 Conflict the Cluster is read again, and a switchover "
+            "started meanwhile stops the step)",
             f"# then read the Cluster every {POLL_SECONDS:g}s until status.currentPrimary is {instance} and the phase is healthy "
             f"(at most {ctx.params['timeout']:g}s)"]
 

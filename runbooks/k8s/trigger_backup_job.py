@@ -11,15 +11,17 @@ carries the outcome: a failed backup Job is a failed step.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+
 from dbops.platform import kubernetes as k8s
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.k8s import common
+from dbops.secrets import scrub_text
 
 POLL_SECONDS = 1.0
 LOG_LINES = 40  # the tail of each pod's log shown in the run's output
 MAX_WAIT = 86400.0  # the longest `timeout` accepted: a backup running for a day needs a look anyway
+YAML_WIDTH = 67  # 80 columns less the "       $ #   " before each line of the Job in the CLI's plan
 
 
 async def check_cronjob(ctx: Context) -> Verdict:
@@ -59,10 +61,11 @@ def render(ctx: Context) -> list[str]:
     job = k8s.redacted_job(job)
     ns = job["metadata"]["namespace"]
     lines = [f"kubectl create job {job['metadata']['name']} --from=cronjob/{ctx.params['cronjob']} -n {ns}",
-             f"# = POST /apis/batch/v1/namespaces/{ns}/jobs with this Job (its name ends in the run's id;"
-             " secret-looking env values shown as ***):"]
-    lines += json.dumps(job, indent=2, sort_keys=True).splitlines()
-    lines.append(f"# then read the Job every {POLL_SECONDS:g}s until it is Complete or Failed (at most {ctx.params['timeout']:g}s), and its pods' logs")
+             f"# = POST /apis/batch/v1/namespaces/{ns}/jobs with this Job",
+             "# (its name ends in the run's id; what looks like a secret is ***):"]
+    lines += [f"#   {line}" for line in common.as_yaml(job, YAML_WIDTH)]
+    lines += [f"# then read the Job every {POLL_SECONDS:g}s until it is Complete or Failed",
+              f"# (at most {ctx.params['timeout']:g}s), and show its pods' logs"]
     return lines
 
 
@@ -122,8 +125,8 @@ async def _show_logs(ctx: Context, job_name: str) -> None:
             continue
         lines = text.rstrip("\n").splitlines()
         ctx.log(f"pod {pod_name} ({phase}): last {len(lines)} log line(s)" if lines else f"pod {pod_name} ({phase}): empty log")
-        for line in lines[-LOG_LINES:]:
-            ctx.log(f"  | {line}")
+        for line in lines[-LOG_LINES:]:  # a backup tool may print its connection string: scrubbed
+            ctx.log(f"  | {scrub_text(line)}")
 
 
 async def verify_job(ctx: Context) -> Verdict:

@@ -29,11 +29,13 @@ def running_stand_in(prefix: str = "dbops-k8s-") -> Iterator["Kube"]:
     """A stand-in for the duration of the block (use it from a module-scoped fixture: one JVM
     per test module). If it cannot start, the fixture errors with the reason."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    stand_in = start(workdir)
     try:
-        yield Kube(stand_in, workdir)
+        stand_in = start(workdir)
+        try:
+            yield Kube(stand_in, workdir)
+        finally:
+            stand_in.stop()
     finally:
-        stand_in.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

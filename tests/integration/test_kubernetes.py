@@ -7,6 +7,7 @@ The stand-in has no controllers: the tests play the Job controller and the CNPG 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -15,10 +16,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dbops.config import load
 from dbops.platform import kubernetes as k8s
@@ -42,8 +45,9 @@ CRON_TEMPLATE = {
             "metadata": {"labels": {"role": "backup"}},
             "spec": {"restartPolicy": "Never",
                      "containers": [{"name": "backup", "image": "example/pg-backup:15",
-                                     "command": ["pg-backup", "--to", "s3://backups/orders"],
                                      # A literal secret in a template happens: shown nowhere.
+                                     "command": ["sh", "-c", f"PGPASSWORD={LITERAL_PASSWORD} pg-backup --to s3://backups/orders"],
+                                     "args": ["--token", LITERAL_PASSWORD],
                                      "env": [{"name": "PGHOST", "value": "orders-db-rw"},
                                              {"name": "PGPASSWORD", "value": LITERAL_PASSWORD}]}]},
         },
@@ -100,7 +104,8 @@ def seed(kube: Kube) -> None:
     owner = {"apiVersion": "batch/v1", "kind": "CronJob", "name": CRON, "uid": cron["metadata"]["uid"], "controller": True}
     for name, ago, ok in (("orders-db-backup-29000000", 5 * 3600, True), ("orders-db-backup-29000100", 3 * 3600, False)):
         kube.create(f"/apis/batch/v1/namespaces/{NS}/jobs", {
-            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "ownerReferences": [owner]},
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "ownerReferences": [owner], "labels": CRON_TEMPLATE["metadata"]["labels"]},
             "spec": CRON_TEMPLATE["spec"],
             "status": {"completionTime": ts(ago), "conditions": [{"type": "Complete" if ok else "Failed", "status": "True"}]}})
     kube.create(f"/apis/batch/v1/namespaces/{NS}/cronjobs", {
@@ -309,8 +314,23 @@ def test_trigger_backup_job_creates_the_job_from_the_cronjob_template_and_report
     plan = env.dbops("runbook", "plan", "k8s.trigger-backup-job", "--cluster", CLUSTER, "--param", f"cronjob={CRON}")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert f"$ kubectl create job {CRON}-manual-" in plan.stdout and f"--from=cronjob/{CRON} -n {NS}" in plan.stdout
-    assert '"cronjob.kubernetes.io/instantiate": "manual"' in plan.stdout
-    assert '"name": "PGPASSWORD",' in plan.stdout and LITERAL_PASSWORD not in plan.stdout
+    # The Job's exact body, as YAML in 80 columns and about half the lines indented JSON took: read
+    # back, it is the Job the run creates, the template's literal secrets as ***.
+    body = [line for line in plan.stdout.splitlines() if line.startswith("       $ #   ")]
+    shown = yaml.safe_load("\n".join(line.removeprefix("       $ #   ") for line in body))
+    assert all(len(line) <= 80 for line in body) and len(body) < 0.6 * len(json.dumps(shown, indent=2).splitlines()), "\n".join(body)
+    cron = env.kube.get(f"/apis/batch/v1/namespaces/{NS}/cronjobs/{CRON}")
+    redacted = copy.deepcopy(cron["spec"]["jobTemplate"]["spec"])
+    [container] = redacted["template"]["spec"]["containers"]
+    container["env"] = [{"name": "PGHOST", "value": "orders-db-rw"}, {"name": "PGPASSWORD", "value": "***"}]
+    container["command"] = ["sh", "-c", "PGPASSWORD=*** pg-backup --to s3://backups/orders"]
+    container["args"] = ["--token", "***"]
+    assert shown["spec"] == redacted
+    assert shown["metadata"]["name"].startswith(f"{CRON}-manual-") and shown["metadata"]["namespace"] == NS
+    assert shown["metadata"]["annotations"] == {"cronjob.kubernetes.io/instantiate": "manual", "team": "dba"}
+    assert shown["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "CronJob", "name": CRON, "uid": cron["metadata"]["uid"], "controller": True}]
+    assert LITERAL_PASSWORD not in plan.stdout
     assert manual_jobs(env.kube) == []  # plan changes nothing
 
     lease = lease_name(f"prod/{CLUSTER}")
@@ -325,7 +345,6 @@ def test_trigger_backup_job_creates_the_job_from_the_cronjob_template_and_report
 
     # Exactly kubectl create job --from=cronjob: the template's spec, labels and annotations,
     # marked manual, owned by the CronJob.
-    cron = env.kube.get(f"/apis/batch/v1/namespaces/{NS}/cronjobs/{CRON}")
     created = env.kube.get(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}")
     assert created["spec"] == cron["spec"]["jobTemplate"]["spec"]
     assert created["metadata"]["labels"] == CRON_TEMPLATE["metadata"]["labels"]
@@ -348,9 +367,11 @@ def test_trigger_backup_job_creates_the_job_from_the_cronjob_template_and_report
 
 
 def test_a_failed_backup_job_is_a_failed_step_with_its_logs(env: Env) -> None:
-    run, job = run_backup_job(env, succeeded=False, log="connecting to orders-db-rw\nFATAL: password authentication failed\n")
+    run, job = run_backup_job(env, succeeded=False, log=f"connecting to postgres://backup:{LITERAL_PASSWORD}@orders-db-rw/orders\n"
+                                                        "FATAL: password authentication failed\n")
     name = job["metadata"]["name"]
     assert run.returncode == 2, run.stdout + run.stderr
+    assert "| connecting to postgres://backup:***@orders-db-rw/orders" in run.stdout and LITERAL_PASSWORD not in run.stdout
     assert f"Job {name} failed (1 failed pod(s)): BackoffLimitExceeded: Job has reached the specified backoff limit" in run.stdout
     assert "| FATAL: password authentication failed" in run.stdout
     result = [r for r in env.audit() if r["phase"] == "result"][-1]
@@ -440,6 +461,27 @@ def test_an_expired_lease_is_taken_over_and_renewed_while_the_run_lasts(env: Env
         k8s.replace_lease(conn, stale)
     conn.close()
     assert err.value.status == 409 and str(err.value).startswith(f"update Lease {LOCK_NS}/{lease_name('prod/' + CLUSTER)}: conflict (409)")
+
+
+async def test_a_lease_whose_version_moved_on_while_still_ours_is_released_not_left_held(env: Env) -> None:
+    """A write to our Lease that changed only its resourceVersion (a renewal racing the release)
+    used to make the release give up, saying the Lease had been taken over, and leave it held
+    until it expired: another console was then refused for a minute."""
+    from dbops.config import LeaseLocks
+    from dbops.runbook.locks import Holder, LeaseLock
+
+    notes: list[str] = []
+    leases = LeaseLocks(namespace=LOCK_NS, kubeconfig=str(env.kube.kubeconfig()), duration_seconds=60)
+    lock = LeaseLock(leases, "prod/moved-on", Holder("alice", "bastion-1", "20261122-100000-abc123", time.time()), notes.append)
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{LOCK_NS}/leases/{lease_name('prod/moved-on')}"
+    await lock.acquire()
+    held = env.kube.get(path)
+    env.kube.replace(path, {**held, "spec": {**held["spec"], "renewTime": k8s.micro_time(datetime.now(timezone.utc))}})  # as a renewal
+    assert env.kube.get(path)["metadata"]["resourceVersion"] != held["metadata"]["resourceVersion"]
+    await lock.release()
+    assert "holderIdentity" not in env.kube.get(path)["spec"], notes
+    assert notes == []
+    env.kube.delete(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -198,3 +198,33 @@ def test_a_step_whose_commands_cannot_be_shown_refuses_the_run(env):
     assert r.returncode == 1
     assert "refused: the commands of write w cannot be shown" in r.stdout + r.stderr
     assert not (env["work"] / "w").exists()
+
+
+def test_a_runbook_for_another_engine_is_refused_naming_the_ones_that_apply(env):
+    for command in (["plan"], ["run", "--yes"]):
+        r = dbops(env, *command, "kafka.preferred-leader-election", "--cluster", "files-db")
+        assert r.returncode == 1, r.stdout + r.stderr
+        [line] = [x for x in r.stderr.splitlines() if not x.startswith("warning: ")]  # warnings: runbooks that did not load
+        assert line.startswith("error: kafka.preferred-leader-election is a kafka runbook and files-db is a postgres cluster; "
+                               "runbooks for staging/files-db (postgres): "), line
+        offered = line.split("(postgres): ")[1].split(", ")
+        assert {"postgres.promote-replica", "test.files"} <= set(offered)
+        assert not any(b.startswith(("kafka.", "redis.", "k8s.", "cnpg.")) for b in offered)
+        assert r.stdout == ""
+    # A platform runbook needs the cluster's [kubernetes]; nothing was run or audited.
+    r = dbops(env, "plan", "k8s.trigger-backup-job", "--cluster", "files-db", "--param", "cronjob=nightly")
+    assert r.returncode == 1
+    assert ("error: k8s.trigger-backup-job is a kubernetes runbook and files-db has no [kubernetes] section in the config; "
+            "runbooks for staging/files-db (postgres): ") in r.stderr
+    assert audit(env) == []
+
+
+def test_choices_that_cannot_be_read_from_a_dead_server_are_one_clear_line(env):
+    for command in (["plan"], ["run", "--yes"]):
+        r = dbops(env, *command, "test.choices", "--cluster", "files-db", "--param", f"dir={env['work']}", "--param", "target=m1")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+        [line] = [x for x in r.stderr.splitlines() if not x.startswith("warning: ")]  # warnings: runbooks that did not load
+        assert line.startswith("error: --param target=m1: cannot read the values it may take: "), line
+        assert line.endswith("Connect call failed ('127.0.0.1', 1)"), line
+    assert list(env["work"].iterdir()) == [] and audit(env) == []
