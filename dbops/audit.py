@@ -293,6 +293,26 @@ def _snapshot(path: Path) -> _Snapshot:
     return _Snapshot([_parse_line(n, raw, term) for n, raw, term in _split_lines(data)], head)
 
 
+def read_bytes(path: Path) -> tuple[bytes, bytes | None]:
+    """The log's bytes and its head file's (None when there is none), read together under the
+    shared lock, as _snapshot does: for shipping an exact copy. Raises OSError."""
+    with open(path, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH)
+        data = fh.read()
+        try:
+            head: bytes | None = head_path_for(Path(path)).read_bytes()
+        except FileNotFoundError:
+            head = None
+    return data, head
+
+
+def verify_bytes(data: bytes, head: bytes | None, name: str = LOG_NAME) -> VerifyResult:
+    """verify() of a copy held in memory (a shipped copy); `head` is its head file's content,
+    `name` names the copy in the messages."""
+    snap = _Snapshot([_parse_line(n, raw, term) for n, raw, term in _split_lines(data)], head)
+    return _verify(Path(name), snap)
+
+
 def _records_of(lines: list[_Line]) -> list[dict[str, Any]]:
     return [line.record for line in lines if line.record is not None]
 

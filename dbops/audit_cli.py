@@ -1,4 +1,4 @@
-"""`dbops audit verify` and `dbops audit show`.
+"""`dbops audit verify` (--shipped), `dbops audit ship` and `dbops audit show`.
 
 verify exits 0 when the chain and its head file agree, 1 when they do not (naming the first
 bad record), 2 when the log cannot be read at all. rich is imported inside `show` only.
@@ -60,18 +60,76 @@ def audit() -> None:
     """Check and read the tamper-evident audit log."""
 
 
-@audit.command(name="verify")
+def _shipping(ctx: click.Context) -> object:
+    """The config's [audit.ship], or a message and exit 2 when there is none."""
+    from dbops.cli import _load_config
+
+    root = ctx.find_root()
+    cfg = _load_config((root.obj or {}).get("config_path") if isinstance(root.obj, dict) else None)
+    if cfg.audit.ship is None:
+        click.echo("audit shipping is not configured: add [audit.ship] with s3 = { bucket = ... } (a bucket with "
+                   "Object Lock) to the config", err=True)
+        raise SystemExit(EXIT_UNREADABLE)
+    return cfg.audit.ship
+
+
+@audit.command(name="ship")
 @_PATH
-def verify_cmd(path: Path | None) -> None:
+@click.pass_context
+def ship_cmd(ctx: click.Context, path: Path | None) -> None:
+    """Ship the audit log now to the [audit.ship] bucket, as one object locked in COMPLIANCE mode.
+
+    Exit 0: shipped (or already shipped). Exit 1: shipping failed. Exit 2: not configured.
+    """
+    from dbops.audit_ship import ShipError, ship
+
+    shipping = _shipping(ctx)
+    path = path or _default_path()
+    try:
+        result = ship(path, shipping)  # type: ignore[arg-type]
+    except ShipError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        raise SystemExit(EXIT_TAMPERED) from None
+    click.echo(result.summary())
+
+
+def _verify_shipped(ctx: click.Context, path: Path) -> bool:
+    from dbops.audit_ship import ShipError, verify_shipped
+
+    shipping = _shipping(ctx)
+    try:
+        check = verify_shipped(path, shipping)  # type: ignore[arg-type]
+    except ShipError as exc:
+        click.echo(f"shipped copy: {exc.message}")
+        return False
+    click.echo(f"shipped copy s3://{shipping.s3.bucket}/{check.key}: {check.chain.summary()}")  # type: ignore[attr-defined]
+    click.echo(f"shipped copy vs local log: {'consistent' if check.consistent else 'INCONSISTENT'}: {check.consistency}")
+    return check.ok
+
+
+@audit.command(name="verify")
+@click.option("--shipped", is_flag=True, help="Also download the newest shipped copy ([audit.ship]), verify its chain "
+                                               "and check that the local log begins with it.")
+@_PATH
+@click.pass_context
+def verify_cmd(ctx: click.Context, shipped: bool, path: Path | None) -> None:
     """Verify the hash chain of the audit log (default: the state directory's log).
 
-    Exit 0: intact. Exit 1: tampered or damaged (the first bad record is named). Exit 2: the
-    log is missing or unreadable.
+    Exit 0: intact. Exit 1: tampered or damaged (the first bad record is named), or with
+    --shipped, the shipped copy does not verify or does not match. Exit 2: the log is missing
+    or unreadable (with --shipped, the shipped copy is still checked and shown).
     """
     path = path or _default_path()
+    if shipped and not path.exists():
+        # A log that is gone is when the shipped copy matters most: show what it held.
+        click.echo(f"audit log {path} does not exist", err=True)
+        _verify_shipped(ctx, path)
+        raise SystemExit(EXIT_UNREADABLE)
     result, _records = _read_or_exit(path)
     if result.ok:
         click.echo(f"{path}: {result.summary()}")
+        if shipped and not _verify_shipped(ctx, path):
+            raise SystemExit(EXIT_TAMPERED)
         return
     click.echo(f"{path}: {result.summary()}")
     if result.first_bad_line is not None:
@@ -83,6 +141,8 @@ def verify_cmd(path: Path | None) -> None:
         if text is not None:
             click.echo(f"line {result.first_bad_line}: {text}")
     click.echo(f"{result.count} record(s) before it verified.")
+    if shipped:
+        _verify_shipped(ctx, path)  # the shipped copy says what the log held before it was damaged
     raise SystemExit(EXIT_TAMPERED)
 
 

@@ -29,7 +29,7 @@ broken chain must not become the "newest copy"; the older copies stay as the evi
 is not itself audited: its record would make the log change with every shipping.
 
 Core: no textual; boto3 is imported by dbops.platform.s3 inside its functions. Synchronous:
-callers on an event loop use asyncio.to_thread.
+callers on an event loop run it in a thread (the console's timer: dbops.platform.backups.in_daemon_thread).
 """
 
 from __future__ import annotations
@@ -124,8 +124,6 @@ def require_object_lock(location: S3Location) -> None:
 
 def ship(log_path: Path, shipping: AuditShipping, *, host: str | None = None, now: datetime | None = None) -> ShipResult:
     """Upload the whole audit log as one locked object (see the module docstring)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     from dbops.platform import s3 as s3ops
 
     location = shipping.s3
@@ -147,26 +145,22 @@ def ship(log_path: Path, shipping: AuditShipping, *, host: str | None = None, no
     key = object_key(location, host, last_seq)
     require_object_lock(location)
 
-    s3, secrets = s3ops._open(location)
-    url = f"s3://{location.bucket}/{key}"
     try:
-        try:
-            s3.head_object(Bucket=location.bucket, Key=key)
+        bucket = s3ops.Bucket(location)
+        if bucket.head(key) is not None:
             return ShipResult(key, last_seq, verdict.count, False, bucket=location.bucket)
-        except ClientError as exc:
-            if s3ops._error_code(exc) not in ("NotFound", "NoSuchKey"):
-                raise
         now = now or datetime.now(timezone.utc)
         until = now + timedelta(days=shipping.retain_days)
-        s3.put_object(
-            Bucket=location.bucket, Key=key, Body=data, ContentType="application/x-ndjson",
-            ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode("ascii"),
-            ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until,
-            Metadata={"seq": str(last_seq), "hash": str(last["hash"]), "records": str(verdict.count),
-                      "sha256": hashlib.sha256(data).hexdigest(), "host": host},
-        )
-    except (ClientError, BotoCoreError) as exc:
-        raise ShipError(f"audit shipping: {s3ops._translate(exc, location, secrets, url).message}") from None
+        with bucket.errors(bucket.url(key)):
+            bucket.client.put_object(
+                Bucket=location.bucket, Key=key, Body=data, ContentType="application/x-ndjson",
+                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode("ascii"),
+                ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until,
+                Metadata={"seq": str(last_seq), "hash": str(last["hash"]), "records": str(verdict.count),
+                          "sha256": hashlib.sha256(data).hexdigest(), "host": host},
+            )
+    except s3ops.S3Error as exc:
+        raise ShipError(f"audit shipping: {exc.message}") from None
     return ShipResult(key, last_seq, verdict.count, True, until, location.bucket)
 
 
@@ -209,25 +203,24 @@ class ShippedCheck:
 
 def newest_shipped(location: S3Location, host: str) -> tuple[str, bytes, dict[str, str]] | None:
     """(key, bytes, metadata) of the newest shipped copy of `host`'s log, or None."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     from dbops.platform import s3 as s3ops
 
-    s3, secrets = s3ops._open(location)
     prefix = host_prefix(location, host)
     try:
-        listing = s3.list_objects_v2(Bucket=location.bucket, Prefix=prefix, MaxKeys=1)
-        found = [o["Key"] for o in listing.get("Contents", []) if KEY_RE.search(o["Key"])]
-        if not found:
-            return None
-        obj = s3.get_object(Bucket=location.bucket, Key=found[0])
-        body = obj["Body"]
-        try:
-            data = body.read()
-        finally:
-            body.close()
-    except (ClientError, BotoCoreError) as exc:
-        raise ShipError(s3ops._translate(exc, location, secrets, f"s3://{location.bucket}/{prefix}*").message) from None
+        bucket = s3ops.Bucket(location)
+        with bucket.errors(f"s3://{location.bucket}/{prefix}*"):
+            listing = bucket.client.list_objects_v2(Bucket=location.bucket, Prefix=prefix, MaxKeys=1)
+            found = [o["Key"] for o in listing.get("Contents", []) if KEY_RE.search(o["Key"])]
+            if not found:
+                return None
+            obj = bucket.client.get_object(Bucket=location.bucket, Key=found[0])
+            body = obj["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+    except s3ops.S3Error as exc:
+        raise ShipError(exc.message) from None
     return found[0], data, dict(obj.get("Metadata", {}))
 
 

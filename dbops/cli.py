@@ -88,10 +88,13 @@ def tui(ctx: click.Context) -> None:
 @click.option("--refreshes", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Poll this many times, a refresh interval apart, and judge the last: Kafka consumer lag "
                    "(STALL/STOP) is judged over kafka.thresholds.lag_window refreshes.")
+@click.option("--backups/--no-backups", "with_backups", default=True, show_default=True,
+              help="Also judge every cluster's backups ([backups] s3, [pgbackrest]): newest age, size, WAL archive, bucket.")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool, refreshes: int) -> None:
+def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool) -> None:
     """Poll everything once; Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN."""
     import asyncio
+    import time
 
     from dbops.health import sort_worst_first
     from dbops.model import Severity, human_bytes, human_seconds
@@ -102,8 +105,17 @@ def check(ctx: click.Context, as_json: bool, refreshes: int) -> None:
     if not refs:
         click.echo("UNKNOWN: no clusters configured", err=True)
         sys.exit(3)
-    clusters = sort_worst_first(asyncio.run(poll_once(refs, refreshes)))
-    overall = Severity.worst([c.severity for c in clusters])
+    from dbops.platform.backups import fetch_all, judge
+
+    async def both() -> tuple[Any, Any]:
+        return await asyncio.gather(poll_once(refs, refreshes), fetch_all(refs) if with_backups else asyncio.sleep(0, []))
+
+    polled, fetched = asyncio.run(both())
+    clusters = sort_worst_first(polled)
+    now = time.time()
+    by_key = {r.key: r for r in refs}
+    backups = [judge(f, by_key[f.key].cluster.backups, now) for f in fetched]
+    overall = Severity.worst([c.severity for c in clusters] + [b.severity for b in backups])
     if as_json:
         out = {
             "severity": overall.name,
@@ -132,6 +144,7 @@ def check(ctx: click.Context, as_json: bool, refreshes: int) -> None:
                 }
                 for c in clusters
             ],
+            "backups": [_backup_json(b) for b in backups],
         }
         click.echo(json.dumps(out, indent=2))
     else:
@@ -147,7 +160,32 @@ def check(ctx: click.Context, as_json: bool, refreshes: int) -> None:
                 click.echo(f"  {m.severity.name:<8} {m.name:<12} {m.role:<8} {m.snapshot.reachability.value:<7}{lag}")
                 for p in m.problems:
                     click.echo(f"             - {p}")
+        for b in backups:
+            click.echo(f"{b.severity.name:<8} {b.key} backups")
+            for m in b.metrics:
+                if m.severity is not Severity.OK or m.name.endswith(".age"):
+                    click.echo(f"  {m.severity.name:<8} {m.message.split(': ', 1)[-1]}")
     sys.exit(int(overall))
+
+
+def _backup_json(b: Any) -> dict[str, Any]:
+    return {
+        "cluster": b.key,
+        "severity": b.severity.name,
+        "problems": b.problems,
+        "metrics": [{"name": m.name, "severity": m.severity.name, "message": m.message} for m in b.metrics],
+        "kinds": [
+            {
+                "kind": k.kind, "source": k.source, "severity": k.severity.name,
+                "newest": k.newest.name if k.newest else None,
+                "newest_created": k.newest.created.isoformat() if k.newest else None,
+                "age_seconds": k.age_seconds, "size": k.newest.size if k.newest else None, "sizes": list(k.sizes),
+                "count": k.count, "wal_segment": k.wal_segment, "wal_age_seconds": k.wal_age_seconds,
+            }
+            for k in b.kinds
+        ],
+        "bucket": b.protection,
+    }
 
 
 @main.group()

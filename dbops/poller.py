@@ -7,6 +7,11 @@ hub's loop with `submit()`.
 
 Each member's loop is sequential (await collect, then sleep), so polls of one member never
 overlap; a slow server delays only its own member.
+
+The same loop runs the backup watcher (one sequential loop per cluster with a backup location,
+every backups.refresh_seconds: dbops.platform.backups.fetch, whose boto3 and pgbackrest calls run
+in threads) and, when [audit.ship] is configured, audit shipping every audit.ship.every_seconds;
+a failed shipping becomes a notice the console shows (drain_notices).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
 from dbops.config import ClusterRef, Config, Member
@@ -25,6 +31,7 @@ from dbops.engines import adapter_class
 from dbops.engines.base import Adapter
 from dbops.health import assess_cluster, update_baseline
 from dbops.model import ClusterHealth, Reachability, Snapshot
+from dbops.platform import backups as platform_backups
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +131,18 @@ class PollerHub:
     coalesced: one wake-up per batch, and the consumer reads everything with `drain()`.
     """
 
-    def __init__(self, config: Config, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: Config, on_change: Callable[[], None] | None = None, *,
+                 audit_path: Path | None = None) -> None:
         self.config = config
         self.refs = config.clusters()
         self._on_change = on_change
+        # Backups: what the watcher last read per cluster (judged on reading, against the
+        # reader's clock); a wake-up per cluster for an immediate refresh.
+        self._backups: dict[str, platform_backups.Fetched] = {}
+        self._backup_wake: dict[str, asyncio.Event] = {}
+        # Audit shipping on a timer, when [audit.ship] is configured; its failures become notices.
+        self.audit_path = audit_path
+        self._notices: deque[tuple[str, str]] = deque(maxlen=20)
         self._lock = threading.Lock()
         self._snapshots: dict[str, dict[str, Snapshot]] = {}
         self._health: dict[str, ClusterHealth] = {}
@@ -190,6 +205,11 @@ class PollerHub:
         for ref in self.refs:
             for member in ref.poll_units:
                 self._tasks.append(asyncio.create_task(self._member_loop(ref, member), name=f"poll {ref.key}/{member.name}"))
+            if platform_backups.has_backups(ref):
+                self._backup_wake[ref.key] = asyncio.Event()
+                self._tasks.append(asyncio.create_task(self._backup_loop(ref), name=f"backups {ref.key}"))
+        if self.config.audit.ship is not None and self.audit_path is not None:
+            self._tasks.append(asyncio.create_task(self._ship_loop(self.config.audit.ship, self.audit_path), name="audit shipping"))
         await self._stopping.wait()
         # Cleanup runs here, inside the loop's lifetime, so no close() is left pending when
         # the loop is closed.
@@ -275,6 +295,81 @@ class PollerHub:
             self._dirty.add(ref.key)
         if first and self._on_change is not None:
             self._on_change()
+
+    # -- backups and audit shipping (off the UI thread: boto3 and pgbackrest block) ----------
+
+    async def _backup_loop(self, ref: ClusterRef) -> None:
+        """Re-read one cluster's backup state every backups.refresh_seconds, or at once when
+        refresh_backups() wakes it. Sequential, so two reads of one cluster never overlap."""
+        wake = self._backup_wake[ref.key]
+        while True:
+            if not self._running.is_set():
+                await self._wait_resumed()
+            wake.clear()
+            try:
+                fetched = await platform_backups.fetch(ref)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug of ours: shown as the cluster's backup error, details in the crash file.
+                from dbops.crash import write_crash_report
+
+                where = write_crash_report(exc, f"backups {ref.key}")
+                fetched = platform_backups.Fetched(ref.key, time.time(), errors=(
+                    f"dbops could not read the backups ({type(exc).__name__}: {exc}); details in {where}",))
+            with self._lock:
+                self._backups[ref.key] = fetched
+                first = not self._dirty
+                self._dirty.add(ref.key)
+            if first and self._on_change is not None:
+                self._on_change()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=ref.cluster.backups.refresh_seconds)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass  # the regular refresh
+
+    def refresh_backups(self, key: str | None = None) -> None:
+        """Re-read the backup state now (of one cluster, or all), from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for k, event in self._backup_wake.items():
+            if key is None or k == key:
+                loop.call_soon_threadsafe(event.set)
+
+    async def _ship_loop(self, shipping: Any, audit_path: Path) -> None:
+        from dbops.audit_ship import ship_reporting
+
+        while True:
+            await asyncio.sleep(shipping.every_seconds)
+            outcome = await platform_backups.in_daemon_thread(ship_reporting, audit_path, shipping)
+            if outcome is not None and not outcome[0]:
+                self.notice("error", outcome[1])
+
+    def notice(self, severity: str, message: str) -> None:
+        """Something the operator must see (a failed audit shipping), from any thread."""
+        with self._lock:
+            self._notices.append((severity, message))
+        if self._on_change is not None:
+            self._on_change()
+
+    def drain_notices(self) -> list[tuple[str, str]]:
+        with self._lock:
+            out = list(self._notices)
+            self._notices.clear()
+        return out
+
+    def backups(self, key: str) -> platform_backups.Fetched | None:
+        """What the watcher last read of a cluster's backups (None: not read yet, or none configured)."""
+        with self._lock:
+            return self._backups.get(key)
+
+    def backup_state(self, key: str, now: float) -> platform_backups.ClusterBackups | None:
+        """The cluster's backups judged as of `now`."""
+        fetched = self.backups(key)
+        if fetched is None:
+            return None
+        return platform_backups.judge(fetched, self.ref(key).cluster.backups, now)
 
     # -- reading (any thread) ----------------------------------------------------------------
 

@@ -33,6 +33,14 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def cluster_labels(refs: list[Any]) -> dict[str, str]:
+    """The Cluster column's text per cluster key: its name, or, when another environment has a
+    cluster of that name too, the environment's first letters before it ("prod/orders",
+    "stag/orders"): two rows that read the same would hide which one has no backup."""
+    names = [r.name for r in refs]
+    return {r.key: _short(r.name if names.count(r.name) == 1 else f"{r.environment[:4]}/{r.name}", 12) for r in refs}
+
+
 def bucket_cell(protection: dict[str, Any] | None) -> Text:
     if protection is None:
         return Text("-", style="dim")
@@ -88,10 +96,11 @@ class BackupsScreen(Screen[None]):
         rows: dict[str, tuple[Any, ...]] = {}
         detail: dict[str, Text] = {}
         worst: list[Severity] = []
+        labels = cluster_labels(hub.refs)
         for ref in hub.refs:
             if not has_backups(ref):
                 key = f"{ref.key}|-"
-                rows[key] = (Text(_short(ref.name, 12)), Text("-", style="dim"), Text("none", style="dim"),
+                rows[key] = (Text(labels[ref.key]), Text("-", style="dim"), Text("none", style="dim"),
                              "", "", "", "", Text("-", style="dim"))
                 detail[key] = Text(f"{ref.key}: no [backups] s3 and no [pgbackrest] configured: dbops cannot see its backups",
                                    style="dim")
@@ -99,7 +108,7 @@ class BackupsScreen(Screen[None]):
             state = hub.backup_state(ref.key, now)
             if state is None:
                 key = f"{ref.key}|…"
-                rows[key] = (Text(_short(ref.name, 12)), Text("…", style="dim"), Text("reading", style="dim"),
+                rows[key] = (Text(labels[ref.key]), Text("…", style="dim"), Text("reading", style="dim"),
                              "", "", "", "", Text("…", style="dim"))
                 detail[key] = Text(f"{ref.key}: reading the backup state …", style="dim")
                 continue
@@ -107,12 +116,12 @@ class BackupsScreen(Screen[None]):
             if not state.kinds:
                 key = f"{ref.key}|-"
                 sev = state.severity
-                rows[key] = (Text(_short(ref.name, 12)), Text("-"), Text(" none " if sev is Severity.CRIT else " ? ",
+                rows[key] = (Text(labels[ref.key]), Text("-"), Text(" none " if sev is Severity.CRIT else " ? ",
                              style=SEVERITY_STYLE[sev]), "", "", "0", "", bucket_cell(state.protection))
                 detail[key] = self._detail_text(ref.key, None, state)
             for k in state.kinds:
                 key = f"{ref.key}|{k.kind}"
-                rows[key] = self._cells(ref.name, k, state)
+                rows[key] = self._cells(labels[ref.key], k, state)
                 detail[key] = self._detail_text(ref.key, k, state)
         self._sync(rows)
         self._detail = detail
@@ -137,7 +146,7 @@ class BackupsScreen(Screen[None]):
                        style=SEVERITY_STYLE[wal_sev])
         bucket = bucket_cell(state.protection) if k.kind != "pgbackrest" else Text("repo", style="dim")
         return (
-            Text(_short(cluster, 12)),
+            Text(cluster),
             Text(_short(k.kind, 11)),
             age,
             Text(size, style="" if size_sev is Severity.OK else SEVERITY_STYLE[size_sev]),

@@ -25,7 +25,9 @@ COLUMNS = (
     ("lag", "Worst lag"),
     ("conns", "Conns"),
     ("long", "Long"),
-    ("archiver", "Archive"),
+    # Age of the cluster's stalest newest backup, coloured by the backups' verdict (the Backups
+    # pane, B, has the detail); a failing PostgreSQL WAL archiver is folded in as "WAL✗".
+    ("backup", "Backup"),
 )
 
 
@@ -47,13 +49,15 @@ def topology_text(summary) -> Text:
     return t
 
 
-def problem_lines(clusters: list[ClusterHealth], limit: int) -> Text:
-    """The worst problems across all clusters, one line each, worst first."""
+def problem_lines(clusters: list[ClusterHealth], limit: int, extra: list[tuple[Severity, str]] | None = None) -> Text:
+    """The worst problems across all clusters, one line each, worst first; `extra` adds judged
+    problems from outside the pollers (the backups'), after the live ones of equal severity."""
     found: list[tuple[Severity, str]] = []
     for c in clusters:
         found += [(m.severity, f"{c.name}: {m.message}") for m in c.metrics if m.severity is not Severity.OK]
         for mh in c.members:
             found += [(x.severity, f"{c.name}/{mh.name}: {x.message}") for x in mh.metrics if x.severity is not Severity.OK]
+    found += extra or []
     if not found:
         return Text("no problems", style="green")
     found.sort(key=lambda p: -p[0].rank)
@@ -119,7 +123,7 @@ class OverviewScreen(Screen[None]):
                 key = f"{c.environment}/{c.name}"
                 for (col, _), value in zip(COLUMNS, self._cells(c)):
                     table.update_cell(key, col, value, update_width=True)
-        self.query_one("#problems", Static).update(problem_lines(ordered, limit=3))
+        self.query_one("#problems", Static).update(problem_lines(ordered, limit=3, extra=self._backup_problems()))
 
     def _cells(self, c: ClusterHealth) -> list:
         ref = self.app.hub.ref(f"{c.environment}/{c.name}")
@@ -133,10 +137,9 @@ class OverviewScreen(Screen[None]):
             lag = self._kafka_lag(c)
         elif ref.cluster.engine == "neo4j":
             long = self._neo4j_long(ref, c)
-        arch_style = {"ok": "green", "failing": "bold red", "off": "dim"}.get(s.archiver, "magenta")
-        archiver = s.archiver
-        if ref.cluster.engine != "postgres":
-            archiver, arch_style = "-", "dim"  # WAL archiving is PostgreSQL's
+        elif ref.cluster.engine == "qdrant":
+            lag = self._qdrant_replicas(c)
+        backup = self._backup_cell(ref, s.archiver == "failing" and ref.cluster.engine == "postgres")
         return [
             severity_text(c.severity),
             Text(c.environment, style="bold red" if ref.production else ""),
@@ -145,8 +148,35 @@ class OverviewScreen(Screen[None]):
             lag,
             conns,
             long,
-            Text(archiver, style=arch_style),
+            backup,
         ]
+
+    def _backup_problems(self) -> list[tuple[Severity, str]]:
+        read = getattr(self.app.hub, "backup_state", None)
+        if read is None:
+            return []
+        now = self.app.clock()
+        states = [read(ref.key, now) for ref in self.app.refs()]
+        # "orders-db: newest pg_dump ..." like the clusters' own lines (the key names the environment too).
+        return [(m.severity, m.message.split("/", 1)[-1]) for st in states if st is not None
+                for m in st.metrics if m.severity is not Severity.OK]
+
+    def _backup_cell(self, ref, wal_failing: bool) -> Text:
+        from dbops.platform.backups import has_backups
+
+        read = getattr(self.app.hub, "backup_state", None)
+        state = read(ref.key, self.app.clock()) if read is not None and has_backups(ref) else None
+        if not has_backups(ref):
+            text, style = "-", "dim"
+        elif state is None:
+            text, style = "…", "dim"
+        else:
+            age = state.newest_age_seconds
+            text = human_seconds(age) if age is not None else ("none" if state.severity is Severity.CRIT else "?")
+            style = SEVERITY_STYLE[state.severity].replace(" on red", "").replace("white", "red")
+        if wal_failing:  # WAL archiving is failing: the point-in-time recovery window stops growing
+            return Text.assemble(("WAL✗ ", "bold red"), (text, style))
+        return Text(text, style=style)
 
     def _kafka_lag(self, c: ClusterHealth) -> str:
         """The consumer group furthest behind in time: its records behind and how old."""
@@ -158,6 +188,21 @@ class OverviewScreen(Screen[None]):
             return "-"
         g = max(groups, key=lambda g: g.max_lag_seconds or 0)
         return f"{g.total_lag} rec/{human_seconds(g.max_lag_seconds)}"
+
+    @staticmethod
+    def _qdrant_replicas(c: ClusterHealth) -> str:
+        """Shard replicas not Active (Qdrant's nearest thing to replication lag)."""
+        from dbops.engines.qdrant.data import QdrantData
+
+        data = next((m.snapshot.shown for m in c.members if isinstance(m.snapshot.shown, QdrantData)), None)
+        if data is None:
+            return "-"
+        replicas = data.replicas()
+        dead = sum(1 for r in replicas if r.state == "Dead")
+        other = sum(1 for r in replicas if r.state not in ("Active", "Dead"))
+        if not dead and not other:
+            return f"{len(replicas)} repl ok"
+        return ", ".join(p for p in (f"{dead} Dead" if dead else "", f"{other} not Active" if other else "") if p)
 
     @staticmethod
     def _neo4j_long(ref, c: ClusterHealth) -> str:

@@ -379,7 +379,8 @@ class RunbookScreen(Screen[None]):
         run_id = new_run_id()
         ex = self._executor(params, run_id)
         state = self.app.state_dir
-        lock = lock_for(self.ref, run_id, state, note=lambda line: self._from_thread(self.log_line, f"note: {line}", "yellow"))
+        lock = lock_for(self.ref, run_id, state, note=lambda line: self._from_thread(self.log_line, f"note: {line}", "yellow"),
+                        leases=self.app.config.locks.kubernetes)
 
         async def go() -> RunResult:
             if self.book.setup is not None:
@@ -400,6 +401,19 @@ class RunbookScreen(Screen[None]):
         finally:
             self.run_done.set()
         self._from_thread(self._finished, result)  # not when the console closed (the decline is audited)
+        self._ship_audit()
+
+    def _ship_audit(self) -> None:
+        """The end of every run ships the audit log ([audit.ship]), here in the run's worker
+        thread; a failure is shown and logged, and never changes the run's outcome."""
+        from dbops.audit_ship import ship_reporting
+
+        outcome = ship_reporting(self.app.audit.path, self.app.config.audit.ship)
+        if outcome is not None:
+            ok, message = outcome
+            self._from_thread(self.log_line, f"audit: {message}", "dim" if ok else "bold red")
+            if not ok:
+                self._from_thread(self.notify, message, severity="error", timeout=20)
 
     def on_step_progress(self, done: float, total: float | None, unit: str) -> None:
         row = self.query_one("#rb-step-progress-row")

@@ -311,29 +311,25 @@ def _prefix(location: S3Location) -> str:
 def read_s3(location: S3Location, cluster: str, environment: str) -> tuple[list[KindFetched], dict[str, Any] | None, list[str]]:
     """The backups of `cluster` under the location, grouped by kind; the bucket's protection;
     errors. Synchronous (boto3): call it in a thread. See the module docstring for its cost."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     from dbops.platform import s3 as s3ops
 
     source = f"s3://{location.bucket}/{_prefix(location)}"
     errors: list[str] = []
-    try:
-        client, secrets = s3ops._open(location)
-    except s3ops.S3Error as exc:
-        return [], None, [exc.message]
-
     manifests: list[tuple[datetime, str]] = []
     truncated = False
     try:
-        pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=location.bucket, Prefix=_prefix(location), PaginationConfig={"PageSize": 1000})
-        for n, page in enumerate(pages):
-            if n >= MAX_LIST_PAGES:
-                truncated = True
-                break
-            manifests += [(o["LastModified"], o["Key"]) for o in page.get("Contents", []) if o["Key"].endswith(s3ops.MANIFEST_SUFFIX)]
-    except (ClientError, BotoCoreError) as exc:
-        return [], None, [s3ops._translate(exc, location, secrets, f"listing {source}").message]
+        bucket = s3ops.Bucket(location)
+        with bucket.errors(f"listing {source}"):
+            pages = bucket.client.get_paginator("list_objects_v2").paginate(
+                Bucket=location.bucket, Prefix=_prefix(location), PaginationConfig={"PageSize": 1000})
+            for n, page in enumerate(pages):
+                if n >= MAX_LIST_PAGES:
+                    truncated = True
+                    break
+                manifests += [(o["LastModified"], o["Key"]) for o in page.get("Contents", [])
+                              if o["Key"].endswith(s3ops.MANIFEST_SUFFIX)]
+    except s3ops.S3Error as exc:
+        return [], None, [exc.message]
     if truncated:
         errors.append(f"more than {MAX_LIST_PAGES * 1000} objects under {source}: only the first "
                       f"{MAX_LIST_PAGES * 1000} listed were judged")
@@ -342,7 +338,7 @@ def read_s3(location: S3Location, cluster: str, environment: str) -> tuple[list[
     by_kind: dict[str, list[s3ops.Manifest]] = {}
     for _modified, manifest_key in manifests[:MAX_MANIFEST_READS]:
         try:
-            m = s3ops._read_manifest(client, secrets, location, manifest_key[: -len(s3ops.MANIFEST_SUFFIX)])
+            m = bucket.read_manifest(manifest_key[: -len(s3ops.MANIFEST_SUFFIX)])
         except s3ops.S3Error as exc:
             if exc.code == "no_manifest":  # deleted between the listing and now
                 continue
@@ -366,12 +362,11 @@ def read_s3(location: S3Location, cluster: str, environment: str) -> tuple[list[
             missing = None
             if not usable_seen and heads < MAX_HEADS_PER_KIND:
                 heads += 1
-                missing = _object_missing(client, secrets, location, m)
+                try:
+                    missing = _object_missing(bucket, m)
+                except s3ops.S3Error as exc:  # the HEAD itself failed: say so, keep the entry
+                    errors.append(exc.message)
                 if missing is None:
-                    usable_seen = True
-                elif missing.startswith("!"):  # the HEAD itself failed: say so, keep the entry
-                    errors.append(missing[1:])
-                    missing = None
                     usable_seen = True
             series = " ".join(f"{k}={m.meta[k]}" for k in SERIES_KEYS if k in m.meta)
             entries.append(BackupEntry(m.key, m.created, m.size, missing=missing, series=series))
@@ -385,21 +380,12 @@ def read_s3(location: S3Location, cluster: str, environment: str) -> tuple[list[
     return kinds, protection, errors
 
 
-def _object_missing(client: Any, secrets: Any, location: S3Location, m: Any) -> str | None:
-    """None when the backup object is there with its manifest's size; otherwise why not. A
-    failed HEAD (not a 404) comes back as '!<message>'."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from dbops.platform import s3 as s3ops
-
-    try:
-        head = client.head_object(Bucket=location.bucket, Key=m.key)
-    except ClientError as exc:
-        if s3ops._error_code(exc) in ("NotFound", "NoSuchKey", "404"):
-            return "its object is gone (the manifest remains): it cannot be restored"
-        return "!" + s3ops._translate(exc, location, secrets, f"s3://{location.bucket}/{m.key}").message
-    except BotoCoreError as exc:
-        return "!" + s3ops._translate(exc, location, secrets, f"s3://{location.bucket}/{m.key}").message
+def _object_missing(bucket: Any, m: Any) -> str | None:
+    """None when backup `m`'s object is there with its manifest's size; otherwise why not.
+    S3Error when the HEAD itself fails (not a 404)."""
+    head = bucket.head(m.key)
+    if head is None:
+        return "its object is gone (the manifest remains): it cannot be restored"
     size = int(head.get("ContentLength", -1))
     if size != m.size:
         return f"its object holds {size} bytes, its manifest says {m.size}: it cannot be restored"
@@ -456,9 +442,29 @@ def _archive_id(stanza: dict[str, Any]) -> str | None:
     return str(ids[-1]) if ids and ids[-1] else None
 
 
-async def fetch(ref: ClusterRef) -> Fetched:
+# Clusters whose S3 read is still running in its thread after fetch() stopped waiting for it (a
+# slow S3 answers within botocore's timeouts, just barely, call after call): the next fetch does
+# not start a second read of the same bucket beside it, so reads of one cluster never overlap.
+_S3_READING: set[str] = set()
+_S3_READING_LOCK = threading.Lock()
+
+
+def _read_s3_alone(key: str, location: S3Location, cluster: str, environment: str) -> Any:
+    """read_s3(), or None when this cluster's previous read is still running."""
+    with _S3_READING_LOCK:
+        if key in _S3_READING:
+            return None
+        _S3_READING.add(key)
+    try:
+        return read_s3(location, cluster, environment)
+    finally:
+        with _S3_READING_LOCK:
+            _S3_READING.discard(key)
+
+
+async def fetch(ref: ClusterRef, timeout: float = TIMEOUT) -> Fetched:
     """Read a cluster's backup state (see the module docstring for what it costs). Never
-    raises for what a server answers; bounded by TIMEOUT."""
+    raises for what a server answers; waits at most `timeout` seconds."""
     kinds: list[KindFetched] = []
     errors: list[str] = []
     locations: list[str] = []
@@ -470,7 +476,12 @@ async def fetch(ref: ClusterRef) -> Fetched:
         nonlocal protection
         loc = backups.s3
         assert loc is not None
-        found, protection, errs = await in_daemon_thread(read_s3, loc, ref.name, ref.environment)
+        got = await in_daemon_thread(_read_s3_alone, ref.key, loc, ref.name, ref.environment)
+        if got is None:
+            errors.append(f"s3://{loc.bucket}/{_prefix(loc)}: the previous read has not finished yet (S3 answers "
+                          "slowly); it is not read again until it has")
+            return
+        found, protection, errs = got
         kinds.extend(found)
         errors.extend(errs)
         if not found and protection is not None:  # read (the bucket answered), and nothing there
@@ -491,9 +502,9 @@ async def fetch(ref: ClusterRef) -> Fetched:
         locations.append(f"pgbackrest stanza {ref.cluster.pgbackrest.stanza}")
         parts.append(pgbackrest_part())
     try:
-        await asyncio.wait_for(asyncio.gather(*parts), timeout=TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*parts), timeout=timeout)
     except (asyncio.TimeoutError, TimeoutError):
-        errors.append(f"reading the backups took longer than {TIMEOUT:g} s")
+        errors.append(f"reading the backups took longer than {timeout:g} s")
     return Fetched(ref.key, time.time(), tuple(kinds), tuple(locations), protection, tuple(errors), tuple(empty))
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANIFEST_SUFFIX",
+    "Bucket",
     "Manifest",
     "S3Error",
     "bucket_protection",
@@ -47,6 +48,7 @@ __all__ = [
     "download_verified",
     "key_for",
     "list_backups",
+    "os_reason",
     "read_manifest",
     "upload_with_manifest",
     "verify_object",
@@ -269,9 +271,10 @@ _HINTS = {
 }
 
 
-def _os_reason(exc: BaseException) -> str | None:
+def os_reason(exc: BaseException) -> str | None:
     """The OS-level reason under a connection error ('connection refused', 'name or service not
-    known'), found by walking botocore's and urllib3's wrapped exceptions."""
+    known'), found by walking botocore's and urllib3's wrapped exceptions (of any AWS service's
+    client: dbops.platform.rds uses it too)."""
     stack: list[BaseException] = [exc]
     seen: set[int] = set()
     while stack:
@@ -309,7 +312,7 @@ def _translate(exc: BaseException, location: S3Location, secrets: tuple[Secret |
             "an instance profile)",
             "credentials",
         )
-    reason = _os_reason(exc) or _safe(str(exc), secrets)
+    reason = os_reason(exc) or _safe(str(exc), secrets)
     if isinstance(exc, bx.SSLError):
         return S3Error(_safe(f"TLS error with S3 endpoint {endpoint}: {reason}", secrets), "unreachable")
     if isinstance(exc, bx.ConnectTimeoutError):
@@ -332,6 +335,42 @@ def _errors(location: S3Location, secrets: tuple[Secret | None, ...], target: st
         yield
     except (ClientError, BotoCoreError) as exc:
         raise _translate(exc, location, secrets, target) from None
+
+
+class Bucket:
+    """One location's S3 client, for code elsewhere that makes its own S3 calls (the backup
+    watcher, audit shipping). Raises S3Error (credentials, endpoint) when it cannot be made;
+    its helpers raise S3Error for every failure, and `errors()` does the same for any call made
+    on `client` directly, so no botocore exception and no credential reaches the caller."""
+
+    def __init__(self, location: S3Location) -> None:
+        self.location = location
+        self.client, self._secrets = _open(location)
+
+    def url(self, key: str) -> str:
+        return _url(self.location, key)
+
+    @contextlib.contextmanager
+    def errors(self, target: str) -> Iterator[None]:
+        """botocore's exceptions raised inside become S3Error naming `target`."""
+        with _errors(self.location, self._secrets, target):
+            yield
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """HeadObject's answer for `key`, or None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        with self.errors(self.url(key)):
+            try:
+                return dict(self.client.head_object(Bucket=self.location.bucket, Key=key))
+            except ClientError as exc:
+                if _error_code(exc) not in ("NotFound", "NoSuchKey"):
+                    raise
+                return None
+
+    def read_manifest(self, key: str) -> Manifest:
+        """The manifest of backup `key` (see read_manifest), on this client."""
+        return _read_manifest(self.client, self._secrets, self.location, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,8 +659,9 @@ def bucket_protection(location: S3Location) -> dict[str, Any]:
     }
 
 
-def create_bucket(location: S3Location, *, versioning: bool = True) -> None:
-    """Create the location's bucket (already having it is fine) and switch versioning on.
+def create_bucket(location: S3Location, *, versioning: bool = True, object_lock: bool = False) -> None:
+    """Create the location's bucket (already having it is fine) and switch versioning on;
+    with `object_lock`, a bucket with Object Lock enabled (it can only be enabled at creation).
     For the sandbox and tests; production buckets are made by whoever owns the account."""
     from botocore.exceptions import ClientError
 
@@ -630,6 +670,8 @@ def create_bucket(location: S3Location, *, versioning: bool = True) -> None:
         extra: dict[str, Any] = {}
         if location.region != "us-east-1":  # us-east-1 is the one region that refuses a constraint
             extra["CreateBucketConfiguration"] = {"LocationConstraint": location.region}
+        if object_lock:
+            extra["ObjectLockEnabledForBucket"] = True
         try:
             s3.create_bucket(Bucket=location.bucket, **extra)
         except ClientError as exc:

@@ -10,10 +10,8 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,24 +28,15 @@ from dbops.config import S3Location
 from dbops.platform import s3
 from dbops.sandbox.s3 import AUDIT_BUCKET, BUCKET, S3Sandbox
 
+from .conftest import running_sandbox
+
 FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "runbook_fixtures"
 
 
 @pytest.fixture(scope="module")
 def s3_sandbox() -> Iterator[S3Sandbox]:
-    state_dir = Path(tempfile.mkdtemp(prefix="dbops-it-ship-"))
-    sb = S3Sandbox(state_dir / "sandbox")
-    ok = False
-    try:
-        sb.up()
-        yield sb
-        ok = True
-    finally:
-        try:
-            sb.down()
-        finally:
-            if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
-                shutil.rmtree(state_dir)
+    with running_sandbox(("s3",), "dbops-it-ship-") as root:
+        yield S3Sandbox(root)
 
 
 class Env:
@@ -195,6 +184,40 @@ def test_a_dead_endpoint_is_one_line_and_never_shows_the_keys(s3_sandbox, tmp_pa
     r = env.dbops("audit", "verify", "--shipped")
     assert r.returncode == 1
     assert f"shipped copy: cannot reach S3 endpoint http://127.0.0.1:{port}: connection refused" in r.stdout
+
+
+def test_verify_shipped_shows_the_shipped_copy_when_the_local_log_is_gone(s3_sandbox, tmp_path):
+    env = Env(s3_sandbox, tmp_path)
+    assert env.run_runbook().returncode == 0
+    [key] = env.keys()
+    for name in ("audit.jsonl", "audit.jsonl.head"):
+        (env.state / name).unlink()
+    r = env.dbops("audit", "verify", "--shipped")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"audit log {env.state / 'audit.jsonl'} does not exist" in r.stderr
+    assert f"shipped copy s3://sandbox-audit/{key}: chain intact: 2 records" in r.stdout
+    assert "shipped copy vs local log: INCONSISTENT: cannot read the local log" in r.stdout
+
+
+def test_credentials_that_cannot_be_resolved_are_one_line_for_ship_and_verify(s3_sandbox, tmp_path):
+    # The S3 client is never made: `audit verify --shipped` used to end in a traceback here.
+    env = Env(s3_sandbox, tmp_path)
+    text = env.config.read_text()
+    key_id = s3_sandbox.state["access_key_id"]
+    secret = f'access_key_id = {{ value = "{key_id}" }}'
+    assert secret in text
+    env.config.write_text(text.replace(secret, 'access_key_id = { env = "DBOPS_TEST_UNSET_AWS_KEY" }'))
+    AuditLog(env.state / "audit.jsonl").abort(action="x", environment="staging", cluster="files-db", reason="test")
+    r = env.dbops("audit", "verify", "--shipped")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "chain intact: 1 record\n" in r.stdout
+    assert "shipped copy: bucket sandbox-audit: S3 credentials: " in r.stdout
+    assert "DBOPS_TEST_UNSET_AWS_KEY" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr and "unexpected" not in r.stderr
+    r = env.dbops("audit", "ship")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("error: audit shipping: bucket sandbox-audit: S3 credentials: ")
+    assert env.keys() == []
 
 
 def _until(predicate, what: str, timeout: float = 30.0):

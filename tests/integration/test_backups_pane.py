@@ -125,7 +125,9 @@ async def test_deleting_the_newest_backup_then_time_passing_turns_the_pane_warn_
 
 
 def test_check_reports_the_backup_verdict_in_text_and_json(backups):
-    # After the pane test the newest dump is gone: WARN, with the reason, in both outputs.
+    # The newest dump is gone (as the pane test left it; deleting again is harmless): WARN, with
+    # the reason, in both outputs.
+    s3.delete_backup(backups["loc"], backups["new"])
     r = run_check(backups["config"], "--json")
     report = json.loads(r.stdout)
     [b] = [b for b in report["backups"] if b["cluster"] == CLUSTER]
@@ -142,6 +144,18 @@ def test_check_reports_the_backup_verdict_in_text_and_json(backups):
     r = run_check(backups["config"])
     assert f"WARN     {CLUSTER} backups" in r.stdout
     assert "  WARN     newest pg_dump backup is 30.0h old (target 26.0h)" in r.stdout
+
+    # A newer dump whose object was deleted behind dbops's back (its manifest remains) is named,
+    # and is not taken for a backup: the 30 h one is still the newest usable.
+    loc = backups["loc"]
+    orphan = put_backup(loc, "sandbox-pg/orphan.dump", datetime.now(timezone.utc) - timedelta(hours=1), b"z" * 4200)
+    s3.client(loc).delete_object(Bucket=loc.bucket, Key=orphan)
+    r = run_check(backups["config"], "--json")
+    [b] = [b for b in json.loads(r.stdout)["backups"] if b["cluster"] == CLUSTER]
+    assert b["severity"] == "WARN", b
+    assert f"{CLUSTER}: pg_dump {orphan}: its object is gone (the manifest remains): it cannot be restored" in b["problems"]
+    assert {k["kind"]: k["newest"] for k in b["kinds"]}["pg_dump"] == backups["old"]
+    s3.delete_backup(loc, orphan)
 
     # Nothing left in the location: CRIT, naming where it looked.
     s3.delete_backup(backups["loc"], backups["old"])
@@ -170,3 +184,60 @@ def test_a_missing_bucket_and_a_dead_endpoint_are_clear_errors_not_crashes(backu
     r = run_check(dead)
     assert f"cannot reach S3 endpoint http://127.0.0.1:{port}: connection refused" in r.stdout
     assert "Traceback" not in r.stderr and loc.secret_access_key.value not in r.stdout + r.stderr
+
+
+async def test_clusters_of_one_name_in_two_environments_are_told_apart_on_the_pane(tmp_path):
+    # Nothing answers at either location: each row says it could not read, and which cluster it is.
+    from dbops.sandbox import free_ports
+
+    port = free_ports(1)[0]
+    config = tmp_path / "dbops.toml"
+    config.write_text("".join(f"""
+[environments.{env}]
+sandbox = true
+[environments.{env}.clusters.orders]
+engine = "redis"
+members = [{{ name = "n1", host = "127.0.0.1", port = {port} }}]
+backups = {{ s3 = {{ bucket = "dumps", region = "us-east-1", endpoint_url = "http://127.0.0.1:{port}", access_key_id = {{ value = "AKIDTEST" }}, secret_access_key = {{ value = "not-a-real-secret-key" }} }} }}
+""" for env in ("production", "staging")))
+    app = DbopsApp(load(config), state_dir=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("B")
+        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen), "the Backups pane")
+        table = app.screen.query_one("#backups-table", DataTable)
+        await settle(pilot, lambda: rows(table).count(" ? ") == 2, "both clusters' unreadable rows", show=lambda: rows(table))
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["prod/orders", "stag/orders"]
+        detail = str(app.screen.query_one("#backups-detail", Static).render())
+        assert f"cannot reach S3 endpoint http://127.0.0.1:{port}: connection refused" in detail, detail
+        assert "not-a-real-secret-key" not in detail
+
+
+async def test_a_slow_s3_is_never_read_twice_at_once(tmp_path):
+    # A server that takes connections and never answers: the first read outlives its fetch; the
+    # next fetch says so instead of starting a second read of the same bucket beside it.
+    import socket
+
+    from dbops.platform.backups import fetch
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nothing ever reads or replies
+    port = silent.getsockname()[1]
+    config = tmp_path / "dbops.toml"
+    config.write_text(f"""
+[environments.lab]
+sandbox = true
+[environments.lab.clusters.slow-s3]
+engine = "redis"
+members = [{{ name = "n1", host = "127.0.0.1", port = {port} }}]
+backups = {{ s3 = {{ bucket = "dumps", region = "us-east-1", endpoint_url = "http://127.0.0.1:{port}", access_key_id = {{ value = "AKIDTEST" }}, secret_access_key = {{ value = "not-a-real-secret-key" }} }} }}
+""")
+    [ref] = load(config).clusters()
+    try:
+        first = await fetch(ref, timeout=0.5)
+        assert first.errors == ("reading the backups took longer than 0.5 s",)
+        second = await fetch(ref, timeout=0.5)
+        assert second.errors == ("s3://dumps/: the previous read has not finished yet (S3 answers slowly); it is not "
+                                 "read again until it has",)
+    finally:
+        silent.close()  # the stuck read fails now, and its thread ends

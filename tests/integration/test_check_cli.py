@@ -39,7 +39,7 @@ def check_config(pg_sandbox, tmp_path) -> Path:
 
 def run_check(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dbops.cli", "--config", str(config), "check", *extra],
+        [sys.executable, "-m", "dbops.cli", "--config", str(config), "check", "--no-backups", *extra],
         capture_output=True, text=True, timeout=60, env={**os.environ},
     )
 

@@ -32,3 +32,7 @@ def test_blocking_tree_80x24(snap_compare, tmp_path):
 
 def test_terminate_confirmation_on_production_80x24(snap_compare, tmp_path):
     assert snap_compare(frozen_app(tmp_path, allow_writes=True), terminal_size=(80, 24), press=["down", "enter", "k", "_"])
+
+
+def test_backups_pane_80x24(snap_compare, tmp_path):
+    assert snap_compare(frozen_app(tmp_path), terminal_size=(80, 24), press=["B", "_"])

@@ -29,6 +29,8 @@ members = [
   { name = "pg2", host = "10.0.0.2", role = "replica" },
   { name = "pg3", host = "10.0.0.3", role = "replica" },
 ]
+[environments.production.clusters.orders-db.backups]
+s3 = { bucket = "orders-backups", prefix = "dumps/" }
 [environments.staging]
 mode = "operator"
 [environments.staging.clusters.billing]
@@ -135,6 +137,22 @@ class FrozenHub:
 
     def ref(self, key: str):
         return next(r for r in self.refs if r.key == key)
+
+    def backup_state(self, key: str, now: float):
+        """orders-db's backups as the watcher would have read them: daily pg_dumps, the newest
+        30 h old (WARN against the 26 h default), in a versioned bucket without Object Lock."""
+        from datetime import datetime, timedelta, timezone
+
+        from dbops.platform.backups import BackupEntry, Fetched, KindFetched, judge
+
+        if key != "production/orders-db":
+            return None
+        newest = datetime.fromtimestamp(NOW, tz=timezone.utc) - timedelta(hours=30)
+        entries = tuple(BackupEntry(f"dumps/orders-{i}.dump", newest - timedelta(days=i), (120 - i) * MiB) for i in range(6))
+        fetched = Fetched(key, NOW, (KindFetched("pg_dump", "s3://orders-backups/dumps/", entries, 6),),
+                          ("s3://orders-backups/dumps/",),
+                          {"bucket": "orders-backups", "versioning": "Enabled", "mfa_delete": None, "object_lock": None})
+        return judge(fetched, self.ref(key).cluster.backups, now)
 
     @property
     def paused(self) -> bool:

@@ -333,3 +333,17 @@ async def verify(conf: str, stanza: str, *, os_user: str | None = None, timeout:
 
 def describe_verify(conf: str, stanza: str, *, os_user: str | None = None, binary: str = DEFAULT_BINARY) -> list[str]:
     return _describe(conf, stanza, _VERIFY_ARGS, os_user, binary)
+
+
+async def repo_ls(conf: str, stanza: str, path: str, *, filter: str | None = None, os_user: str | None = None,
+                  timeout: float = 60, binary: str = DEFAULT_BINARY) -> dict[str, Any]:
+    """`pgbackrest repo-ls PATH --output=json` (relative to the repository): {name: {"type",
+    "size", "time"}} for one directory, not recursive. Read-only; works for every repository
+    type (posix, S3 ...), which is why the backups view reads WAL times through it."""
+    args = ["--output=json", *([f"--filter={filter}"] if filter else []), "repo-ls", path]
+    stdout, _ = await _run(conf, stanza, args, os_user=os_user, timeout=timeout, binary=binary)
+    try:
+        data = json.loads(stdout)
+    except ValueError as exc:
+        raise PgBackRestError(f"pgbackrest repo-ls printed something that is not JSON ({exc}): {scrub_text(stdout[:200])}") from None
+    return data if isinstance(data, dict) else {}
