@@ -2,7 +2,7 @@
 replicas, its snapshots and its point-in-time window; for every redis cluster with an
 [elasticache] section, its replication group, members and snapshots; what is wrong on top.
 
-AWS is read by a thread worker (dbops.platform.rds.collect, one cluster per thread); a one-shot
+AWS is read off the UI thread (dbops.platform.rds.collect, one daemon thread per cluster); a one-shot
 timer starts the next refresh only after the previous one finished, so refreshes never overlap
 however slow AWS is. AWS throttles Describe* calls per account, so this pane refreshes at most
 every MIN_REFRESH seconds (r refreshes now).
@@ -10,7 +10,7 @@ every MIN_REFRESH seconds (r refreshes now).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,6 +29,7 @@ from .render import SEVERITY_STYLE, severity_text
 from .tables import sync_rows
 
 MIN_REFRESH = 15.0
+MAX_READERS = 4  # clusters read at once
 SNAPSHOTS_SHOWN = 8  # newest first; the rest is counted
 _WORKER_GROUP = "aws-refresh"
 
@@ -53,13 +54,20 @@ def _collect(ref: ClusterRef) -> Any:
     return elasticache.collect(ref)
 
 
-def collect_all(refs: list[ClusterRef]) -> list[Any]:
-    """Blocking; runs in the worker thread. One thread per cluster: a dead endpoint of one
-    account does not hold up the others."""
-    if not refs:
-        return []
-    with ThreadPoolExecutor(max_workers=min(4, len(refs)), thread_name_prefix="dbops-aws") as pool:
-        return list(pool.map(_collect, refs))
+async def collect_all(refs: list[ClusterRef]) -> list[Any]:
+    """Every cluster's view, in config order. Each cluster is read in a daemon thread of its own
+    (at most MAX_READERS at once), so a dead endpoint of one account does not hold up the others,
+    and a read stuck in boto3's timeouts and retries never holds the console open after `q` (the
+    default executor's threads, which thread workers use, are joined at exit)."""
+    from dbops.platform.backups import in_daemon_thread
+
+    gate = asyncio.Semaphore(MAX_READERS)
+
+    async def one(ref: ClusterRef) -> Any:
+        async with gate:
+            return await in_daemon_thread(_collect, ref)
+
+    return list(await asyncio.gather(*(one(r) for r in refs)))
 
 
 def _is_cache(view: Any) -> bool:
@@ -79,6 +87,19 @@ def _status_style(status: str) -> str:
     from dbops.platform.rds import status_severity
 
     return SEVERITY_STYLE[status_severity(status)] if status != "available" else "green"
+
+
+def _findings(out: Text, view: Any, all_well: str) -> Text:
+    """A view's findings, worst first (or `all_well` when there are none), then its notes."""
+    for f in view.findings:
+        out.append(f" {f.severity.name:<4} ", style=SEVERITY_STYLE[f.severity])
+        out.append(f" {f.text}\n")
+    if not view.findings:
+        out.append(" OK   ", style=SEVERITY_STYLE[Severity.OK])
+        out.append(f" {all_well}\n")
+    for note in view.notes:
+        out.append(f" note: {note}\n", style="dim")
+    return out
 
 
 class AwsScreen(Screen[None]):
@@ -135,8 +156,8 @@ class AwsScreen(Screen[None]):
         if self._refresh_running():
             return
         refs = list(self.rds_clusters)
-        self.run_worker(lambda: collect_all(refs), name="aws-refresh", group=_WORKER_GROUP,
-                        description="read RDS instances, snapshots and restore windows", thread=True, exit_on_error=False)
+        self.run_worker(collect_all(refs), name="aws-refresh", group=_WORKER_GROUP,
+                        description="read RDS instances, snapshots and restore windows", exit_on_error=False)
 
     def action_refresh(self) -> None:
         if not getattr(self, "rds_clusters", None):
@@ -228,15 +249,19 @@ class AwsScreen(Screen[None]):
         else:
             latest = "not reported"
         out.append(f"point-in-time window: earliest {earliest} · latest {latest}\n")
-        for f in view.findings:
-            out.append(f" {f.severity.name:<4} ", style=SEVERITY_STYLE[f.severity])
-            out.append(f" {f.text}\n")
-        if not view.findings:
-            out.append(" OK   ", style=SEVERITY_STYLE[Severity.OK])
-            out.append(" available, backed up, newest snapshot within backups.max_age_seconds\n")
-        for note in view.notes:
-            out.append(f" note: {note}\n", style="dim")
-        return out
+        return _findings(out, view, "available, backed up, newest snapshot within backups.max_age_seconds")
+
+    def _put_rows(self, table: str, columns: tuple[tuple[str, str], ...], rows: dict[str, tuple[Any, ...]]) -> None:
+        """Rows keyed by AWS's identifiers into table `aws-<table>`, in the order given."""
+        order = {k: n for n, k in enumerate(rows)}
+        sync_rows(self.query_one(f"#aws-{table}", DataTable), columns, rows, self._aws_cells[table],
+                  order=lambda k: order.get(k, len(order)))
+
+    def _snapshot_head(self, i: int, total: int, automated: int, shown: int) -> None:
+        head = Text(f"snapshots: {automated} automated, {total - automated} other", style="bold")
+        if total > shown:
+            head.append(f" · newest {shown} shown", style="dim")
+        self.query_one(f"#aws-{i}-snaphead", Static).update(head)
 
     def _instances(self, i: int, view: Any) -> None:
         rows: dict[str, tuple[Any, ...]] = {}
@@ -251,26 +276,18 @@ class AwsScreen(Screen[None]):
                 _cell("yes" if inst.multi_az else "no"), _cell(f"{inst.engine} {inst.engine_version}".strip()),
                 _cell(inst.endpoint or "-"),
             )
-        order = {k: n for n, k in enumerate(rows)}
-        sync_rows(self.query_one(f"#aws-{i}-members", DataTable), INSTANCE_COLUMNS, rows, self._aws_cells[f"{i}-members"],
-                  order=lambda k: order.get(k, len(order)))
+        self._put_rows(f"{i}-members", INSTANCE_COLUMNS, rows)
 
     def _snapshots(self, i: int, view: Any) -> None:
         shown = view.snapshots[:SNAPSHOTS_SHOWN]
-        automated = sum(1 for s in view.snapshots if s.type == "automated")
-        head = Text(f"snapshots: {automated} automated, {len(view.snapshots) - automated} other", style="bold")
-        if len(view.snapshots) > len(shown):
-            head.append(f" · newest {len(shown)} shown", style="dim")
-        self.query_one(f"#aws-{i}-snaphead", Static).update(head)
+        self._snapshot_head(i, len(view.snapshots), sum(1 for s in view.snapshots if s.type == "automated"), len(shown))
         rows: dict[str, tuple[Any, ...]] = {}
         for s in shown:
             age = human_seconds(max(0.0, (view.read_at - s.created).total_seconds())) if s.created else "in progress"
             rows[s.id] = (_cell(s.id), _cell(s.type), _cell(_when(s.created)), _cell(age),
                           _cell(f"{s.size_gib} GiB" if s.size_gib is not None else "-"),
                           _cell(s.status, "green" if s.status == "available" else "yellow"))
-        order = {k: n for n, k in enumerate(rows)}
-        sync_rows(self.query_one(f"#aws-{i}-snapshots", DataTable), SNAPSHOT_COLUMNS, rows, self._aws_cells[f"{i}-snapshots"],
-                  order=lambda k: order.get(k, len(order)))
+        self._put_rows(f"{i}-snapshots", SNAPSHOT_COLUMNS, rows)
 
     # -- ElastiCache -----------------------------------------------------------------------------
 
@@ -285,30 +302,16 @@ class AwsScreen(Screen[None]):
         retention = "not reported" if view.retention_days is None else f"{view.retention_days} day(s)"
         out.append(f"{view.status} · {view.engine} {view.node_type} · automatic failover {view.automatic_failover or '-'} · "
                    f"Multi-AZ {view.multi_az or '-'} · snapshots kept {retention}\n")
-        for f in view.findings:
-            out.append(f" {f.severity.name:<4} ", style=SEVERITY_STYLE[f.severity])
-            out.append(f" {f.text}\n")
-        if not view.findings:
-            out.append(" OK   ", style=SEVERITY_STYLE[Severity.OK])
-            out.append(" available, snapshotted, newest snapshot within backups.max_age_seconds\n")
-        for note in view.notes:
-            out.append(f" note: {note}\n", style="dim")
-        return out
+        return _findings(out, view, "available, snapshotted, newest snapshot within backups.max_age_seconds")
 
     def _cache_members(self, i: int, view: Any) -> None:
         rows = {m.cluster_id: (_cell(m.cluster_id), _cell(m.role or "-"), _cell(m.node_group or "-"), _cell(m.az or "-"),
                                _cell(m.endpoint or "-")) for m in view.members}
-        order = {k: n for n, k in enumerate(rows)}
-        sync_rows(self.query_one(f"#aws-{i}-members", DataTable), MEMBER_COLUMNS, rows, self._aws_cells[f"{i}-members"],
-                  order=lambda k: order.get(k, len(order)))
+        self._put_rows(f"{i}-members", MEMBER_COLUMNS, rows)
 
     def _cache_snapshots(self, i: int, view: Any) -> None:
         shown = view.snapshots[:SNAPSHOTS_SHOWN]
-        automated = sum(1 for s in view.snapshots if s.source == "automated")
-        head = Text(f"snapshots: {automated} automated, {len(view.snapshots) - automated} other", style="bold")
-        if len(view.snapshots) > len(shown):
-            head.append(f" · newest {len(shown)} shown", style="dim")
-        self.query_one(f"#aws-{i}-snaphead", Static).update(head)
+        self._snapshot_head(i, len(view.snapshots), sum(1 for s in view.snapshots if s.source == "automated"), len(shown))
         rows: dict[str, tuple[Any, ...]] = {}
         for s in shown:
             if s.created is not None:
@@ -317,6 +320,4 @@ class AwsScreen(Screen[None]):
                 created, age = "not reported", "-"
             rows[s.name] = (_cell(s.name), _cell(s.source), _cell(created, "" if s.created else "dim"), _cell(age), _cell("-"),
                             _cell(s.status, "green" if s.status == "available" else "yellow"))
-        order = {k: n for n, k in enumerate(rows)}
-        sync_rows(self.query_one(f"#aws-{i}-snapshots", DataTable), SNAPSHOT_COLUMNS, rows, self._aws_cells[f"{i}-snapshots"],
-                  order=lambda k: order.get(k, len(order)))
+        self._put_rows(f"{i}-snapshots", SNAPSHOT_COLUMNS, rows)

@@ -4,7 +4,7 @@ rds.promote-read-replica runbook).
 
 What a cluster's [rds] section names is its primary DB instance; read replicas are found from it
 (ReadReplicaDBInstanceIdentifiers). Everything is synchronous; the UI and the runbook call it
-through asyncio.to_thread. boto3 is imported inside the functions (it costs a few hundred ms).
+in a thread. boto3 is imported inside the functions (it costs a few hundred ms).
 Every failure is an AwsError whose message is one line, safe to show: the instance or call and
 the reason, never a credential.
 
@@ -28,13 +28,13 @@ Severity (judge()), decided here because the issue is silent on it:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Severity, human_seconds
+from dbops.platform.s3 import os_reason
 from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
 
 if TYPE_CHECKING:
@@ -182,26 +182,6 @@ def _safe(text: str, secrets: tuple[Secret | None, ...]) -> str:
     return " ".join(scrub_text(redact(text, *secrets)).split())
 
 
-def _os_reason(exc: BaseException) -> str | None:
-    """The OS-level reason under a connection error ('connection refused'), found by walking
-    botocore's and urllib3's wrapped exceptions."""
-    stack: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return (e.strerror or os.strerror(e.errno)).lower()
-        kwargs = getattr(e, "kwargs", None)
-        for inner in ((kwargs or {}).get("error") if isinstance(kwargs, dict) else None,
-                      getattr(e, "reason", None), e.__cause__, e.__context__):
-            if isinstance(inner, BaseException):
-                stack.append(inner)
-    return None
-
-
 _HINTS = {
     "AccessDenied": "check the credentials and their IAM policy",
     "AccessDeniedException": "check the credentials and their IAM policy",
@@ -228,7 +208,7 @@ def _translate(exc: BaseException, aws: AwsLocation, service: str, secrets: tupl
             "an instance profile)",
             "credentials",
         )
-    reason = _os_reason(exc) or _safe(str(exc), secrets)
+    reason = os_reason(exc) or _safe(str(exc), secrets)
     if isinstance(exc, bx.ConnectTimeoutError):
         return AwsError(_safe(f"{target}: cannot reach {endpoint}: no answer within {CONNECT_TIMEOUT:g} s", secrets), "unreachable")
     if isinstance(exc, bx.ReadTimeoutError):

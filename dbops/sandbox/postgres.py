@@ -1032,6 +1032,15 @@ class PostgresSandbox:
                 f"secret_access_key = {{ value = {toml_str(s3['secret_access_key'])} }} }}",
                 "",
             ]
+        if s3 and s3.get("rds"):  # moto's RDS instances on the same server: the AWS pane (key R) shows them
+            lines += [
+                f"[environments.sandbox.clusters.{CLUSTER}.rds]",
+                f"instance = {toml_str(s3['rds']['primary'])}",
+                f"aws = {{ region = {toml_str(s3['region'])}, endpoint_url = {toml_str(s3['endpoint_url'])}, "
+                f"access_key_id = {{ value = {toml_str(s3['access_key_id'])} }}, "
+                f"secret_access_key = {{ value = {toml_str(s3['secret_access_key'])} }} }}",
+                "",
+            ]
         for name, m in st["members"].items():
             lines += [
                 f"[[environments.sandbox.clusters.{CLUSTER}.members]]",

@@ -1,5 +1,6 @@
 """S3 for the sandbox: moto's server (real HTTP on 127.0.0.1) with one versioned bucket,
-``sandbox-backups``, where the sandbox's backups go.
+``sandbox-backups``, where the sandbox's backups go, and one with Object Lock enabled,
+``sandbox-audit``, where the console ships its audit log (the config's [audit.ship]).
 
 Layout under the sandbox directory::
 
@@ -12,8 +13,12 @@ with the same keys) and creates the bucket again, empty.
 The state recorded under engine "s3" (other engines' code reads it; keep these keys)::
 
     {"endpoint_url": "http://127.0.0.1:PORT", "port": PORT, "pid": PID or None,
-     "bucket": "sandbox-backups", "region": "us-east-1",
-     "access_key_id": "...", "secret_access_key": "...", "log": "<sandbox>/s3/moto.log"}
+     "bucket": "sandbox-backups", "audit_bucket": "sandbox-audit", "region": "us-east-1",
+     "access_key_id": "...", "secret_access_key": "...", "log": "<sandbox>/s3/moto.log",
+     "rds": {"primary": "sandbox-pg-primary", "replica": "sandbox-pg-replica"}}
+
+The same server holds the sandbox's RDS instances (moto serves every AWS service on one port):
+see dbops.sandbox.rds.
 
 moto accepts any keys; random ones are generated anyway so that code paths that must never show
 a secret are exercised with a real one. They are sandbox literals, kept in the 0600 state file.
@@ -32,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +53,7 @@ from dbops.sandbox import (
     pid_alive,
     port_open,
     tail,
+    toml_str,
     write_engine_state,
 )
 
@@ -55,11 +62,16 @@ if TYPE_CHECKING:
 
 ENGINE = "s3"
 BUCKET = "sandbox-backups"
+# Object Lock on: where the sandbox's console ships its audit log ([audit.ship]).
+AUDIT_BUCKET = "sandbox-audit"
 REGION = "us-east-1"
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0  # seconds for the server to answer on its port (it takes about half a second)
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 PORT_WAIT = 3.0  # seconds a restart waits for the old port before taking another
+# moto's server with the sandbox's one correction to its RDS model (read replicas it promotes are
+# detached from their source, as on AWS): see dbops/sandbox/moto_server.py.
+MOTO_MODULE = "dbops.sandbox.moto_server"
 
 
 def _check_installed() -> None:
@@ -136,7 +148,7 @@ class S3Sandbox(EngineSandbox):
     def _command_needle(port: int) -> str:
         # The exact arguments we start it with: proves a live pid is our server on our port and
         # not a recycled pid or another moto.
-        return f"moto.server -H {HOST} -p {port}"
+        return f"{MOTO_MODULE} -H {HOST} -p {port}"
 
     def _live_pid(self, st: dict[str, Any] | None) -> int | None:
         if not st or not st.get("pid"):
@@ -150,16 +162,16 @@ class S3Sandbox(EngineSandbox):
     # -- up --------------------------------------------------------------------------------------
 
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
-        """Start moto's S3 server and create the bucket; returns ("", already_up).
+        """Start moto's S3 server and create the buckets; returns (fragment, already_up).
 
-        The fragment is empty: the bucket is attached to a cluster's config by the engine that
-        backs up to it (it reads this engine's state).
+        The fragment is [audit.ship] (the Object Lock bucket). The backups bucket is attached to
+        a cluster's config by the engine that backs up to it (it reads this engine's state).
         """
         _check_installed()
         old = self._state()
         if old and self._live_pid(old):
             progress(f"s3 sandbox is already up ({old['endpoint_url']})")
-            return "", True
+            return self.config_fragment(), True
 
         self.root.mkdir(parents=True, mode=0o700, exist_ok=True)
         self.dir.mkdir(mode=0o700, exist_ok=True)
@@ -185,6 +197,7 @@ class S3Sandbox(EngineSandbox):
             "port": port,
             "pid": pid,
             "bucket": BUCKET,
+            "audit_bucket": AUDIT_BUCKET,
             "region": REGION,
             "access_key_id": key_id,
             "secret_access_key": secret_key,
@@ -196,10 +209,14 @@ class S3Sandbox(EngineSandbox):
             self._wait_answering(pid, port)
             progress(f"create bucket {BUCKET} (versioning on)")
             self._create_bucket()
-        return "", False
+            progress(f"create bucket {AUDIT_BUCKET} (Object Lock on, for audit shipping)")
+            self._create_audit_bucket()
+            state["rds"] = self._seed_rds(state, progress)
+            write_engine_state(self.root, ENGINE, state)
+        return self.config_fragment(), False
 
     def _spawn(self, port: int) -> int:
-        args = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+        args = [sys.executable, "-m", MOTO_MODULE, "-H", HOST, "-p", str(port)]
         with open(self.log, "ab") as log:
             started = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log.write(f"---- {started} dbops sandbox up: {' '.join(args)}\n".encode())
@@ -241,6 +258,25 @@ class S3Sandbox(EngineSandbox):
 
         try:
             s3ops.create_bucket(self.location(), versioning=True)
+        except s3ops.S3Error as exc:
+            raise SandboxError(f"moto's S3 server: {exc.message}" + self._log_hint()) from None
+
+    def _seed_rds(self, state: dict[str, Any], progress: Progress) -> dict[str, str]:
+        """An RDS primary and read replica on the same server (see dbops.sandbox.rds)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from dbops.sandbox import rds as sandbox_rds
+
+        try:
+            return sandbox_rds.seed(state, progress)
+        except (BotoCoreError, ClientError) as exc:
+            raise SandboxError(f"moto's server: cannot create the sandbox's RDS instances: {exc}" + self._log_hint()) from None
+
+    def _create_audit_bucket(self) -> None:
+        from dbops.platform import s3 as s3ops
+
+        try:
+            s3ops.create_bucket(replace(self.location(), bucket=AUDIT_BUCKET), object_lock=True)
         except s3ops.S3Error as exc:
             raise SandboxError(f"moto's S3 server: {exc.message}" + self._log_hint()) from None
 
@@ -294,5 +330,18 @@ class S3Sandbox(EngineSandbox):
     # -- dbops config ------------------------------------------------------------------------------
 
     def config_fragment(self) -> str:
-        # Nothing of its own: a cluster's [backups] section points at the bucket (see up()).
-        return ""
+        # A cluster's [backups] section points at the backups bucket (the engine that backs up
+        # there writes it); the console ships its audit log to the Object Lock bucket.
+        st = self._state()
+        if not st or not st.get("audit_bucket"):
+            return ""
+        return "\n".join([
+            "[audit.ship]",
+            f"s3 = {{ bucket = {toml_str(st['audit_bucket'])}, prefix = {toml_str('audit/')}, "
+            f"region = {toml_str(st['region'])}, endpoint_url = {toml_str(st['endpoint_url'])}, "
+            f"access_key_id = {{ value = {toml_str(st['access_key_id'])} }}, "
+            f"secret_access_key = {{ value = {toml_str(st['secret_access_key'])} }} }}",
+            "every_seconds = 300",
+            "retain_days = 1",
+            "",
+        ])

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
+from dbops.secrets import scrub_text
 
 MAX_WAIT = 3600.0  # the wait step's own limit; wait_timeout may not exceed it
 DEFAULT_WAIT = 1800.0  # RDS takes minutes to promote (a reboot, then a backup)
@@ -47,7 +48,7 @@ async def check_rds(ctx: Context) -> Verdict:
     retention = ctx.params.get("backup_retention")
     if retention is not None and not 0 <= int(retention) <= 35:
         return Verdict(False, f"backup_retention must be 0 to 35 days (RDS's range), got {retention}")
-    where = f" at {ref.aws.endpoint_url}" if ref.aws.endpoint_url else ""
+    where = f" at {scrub_text(ref.aws.endpoint_url)}" if ref.aws.endpoint_url else ""  # a URL may carry user:password@
     return Verdict(True, f"cluster instance {ref.instance}, region {ref.aws.region}{where}")
 
 
@@ -110,7 +111,7 @@ def render_promote(ctx: Context) -> list[str]:
         return ["# the backup retention is decided by the pre-checks"]
     aws = _rds(ctx).aws
     params = rds.promote_request(_replica(ctx), ctx.state["backup_retention"])
-    where = f"region {aws.region}" + (f", endpoint {aws.endpoint_url}" if aws.endpoint_url else "")
+    where = f"region {aws.region}" + (f", endpoint {scrub_text(aws.endpoint_url)}" if aws.endpoint_url else "")
     return [
         "PromoteReadReplica " + " ".join(f"{k}={v}" for k, v in params.items()) + f"   # RDS API, {where}",
         f"# irreversible: {_replica(ctx)} stops replicating from {_rds(ctx).instance} and becomes a standalone instance",
@@ -142,22 +143,31 @@ async def verify_started(ctx: Context) -> Verdict:
 
 
 async def wait_promoted(ctx: Context) -> None:
+    from dbops.platform import rds
+
     limit = float(ctx.params.get("wait_timeout") or DEFAULT_WAIT)
     deadline = time.monotonic() + limit
     pause = 1.0
     last = ""
     while True:
-        inst = await _describe(ctx, _replica(ctx))
-        if inst is None:
-            raise RuntimeError(f"{_replica(ctx)} disappeared while it was being promoted")
-        now = f"{inst.status}, " + (f"still a replica of {inst.source}" if inst.is_replica else "standalone")
+        # A failed read (throttling, a network blip) during a wait of many minutes is shown and
+        # read again; only the deadline ends the wait.
+        try:
+            inst = await _describe(ctx, _replica(ctx))
+        except rds.AwsError as exc:
+            now = f"in a state not known (the last read failed: {exc.message})"
+        else:
+            if inst is None:
+                raise RuntimeError(f"{_replica(ctx)} disappeared while it was being promoted")
+            now = f"{inst.status}, " + (f"still a replica of {inst.source}" if inst.is_replica else "standalone")
+            if inst.status == "available" and not inst.is_replica:
+                ctx.log(f"{inst.id}: {now}")
+                return
         if now != last:
-            ctx.log(f"{inst.id}: {now}")
+            ctx.log(f"{_replica(ctx)}: {now}")
             last = now
-        if inst.status == "available" and not inst.is_replica:
-            return
         if time.monotonic() + pause > deadline:
-            raise RuntimeError(f"{inst.id} is {now} after {limit:g}s (wait_timeout); RDS may still finish: "
+            raise RuntimeError(f"{_replica(ctx)} is {now} after {limit:g}s (wait_timeout); RDS may still finish: "
                                "watch it on the AWS pane (R), then resume this run")
         await asyncio.sleep(pause)
         pause = min(pause * 2, 15.0)

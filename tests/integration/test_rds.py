@@ -253,6 +253,9 @@ def test_promote_read_replica_promotes_verifies_audits_and_the_chain_verifies(en
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert f"PromoteReadReplica DBInstanceIdentifier={PROMO_REPLICA} BackupRetentionPeriod=7" in plan.stdout
     assert "IRREVERSIBLE" in plan.stdout and "confirm: type-cluster" in plan.stdout
+    # An optional parameter left out is named as such, not shown as "=None".
+    assert f"parameters: replica={PROMO_REPLICA}, wait_timeout=1800" in plan.stdout
+    assert "not given: backup_retention" in plan.stdout and "None" not in plan.stdout
 
     # Without the cluster's name typed, nothing is promoted.
     declined = env.dbops("runbook", "run", "rds.promote-read-replica", "--cluster", "promo-pg", "--param", f"replica={PROMO_REPLICA}")
@@ -305,3 +308,23 @@ def test_promote_is_refused_with_the_reason_and_changes_nothing(env: Env, cluste
     assert env.secret not in run.stdout + run.stderr
     assert env.instance(OTHER_REPLICA)["ReadReplicaSourceDBInstanceIdentifier"] == OTHER_PRIMARY
     assert env.instance("sandbox-pg-replica")["ReadReplicaSourceDBInstanceIdentifier"] == "sandbox-pg-primary"
+
+
+async def test_the_wait_reads_again_after_a_failed_read_until_its_own_deadline(env: Env) -> None:
+    # down-pg's AWS endpoint is dead: every read fails. The wait shows it and keeps reading
+    # until wait_timeout, instead of ending a promotion's wait on the first failed read.
+    from dbops.platform import rds
+    from dbops.runbook.model import Context
+    from dbops.runbooks.rds.promote_read_replica import wait_promoted
+
+    ref = next(r for r in load(env.config).clusters() if r.key == "sandbox/down-pg")
+    lines: list[str] = []
+    ctx = Context(ref, {"replica": "sandbox-pg-replica", "wait_timeout": 2.0}, run_id="t", log=lines.append)
+    with pytest.raises(RuntimeError) as ended:
+        await wait_promoted(ctx)
+    assert not isinstance(ended.value, rds.AwsError)
+    assert str(ended.value).startswith("sandbox-pg-replica is in a state not known (the last read failed: "
+                                       "RDS instance sandbox-pg-replica: cannot reach http://127.0.0.1:")
+    assert "after 2s (wait_timeout)" in str(ended.value)
+    assert lines and lines[0].startswith("sandbox-pg-replica: in a state not known (the last read failed: ")
+    assert env.secret not in str(ended.value) + "\n".join(lines)

@@ -27,7 +27,9 @@ from dbops.platform import s3
 from dbops.sandbox.s3 import BUCKET, S3Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
-STATE_KEYS = {"endpoint_url", "port", "pid", "bucket", "region", "access_key_id", "secret_access_key", "log"}
+STATE_KEYS = {"endpoint_url", "port", "pid", "bucket", "region", "access_key_id", "secret_access_key", "log",
+              "rds",  # the RDS primary and replica seeded on the same server (dbops.sandbox.rds)
+              "audit_bucket"}  # Object Lock on: where the console ships its audit log ([audit.ship])
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +305,7 @@ def test_state_has_the_agreed_keys_and_up_again_is_already_up(s3_sandbox: S3Sand
     assert (s3_sandbox.root / sandbox.STATE_FILE).stat().st_mode & 0o077 == 0  # it holds the keys
 
     messages: list[str] = []
-    assert s3_sandbox.up(messages.append) == ("", True)
+    assert s3_sandbox.up(messages.append) == (s3_sandbox.config_fragment(), True)
     assert messages == [f"s3 sandbox is already up ({st['endpoint_url']})"]
     assert s3_sandbox.state == st
     [row] = s3_sandbox.status()
@@ -315,7 +317,7 @@ def test_lifecycle_restart_after_a_crash_then_down(tmp_path: Path) -> None:
     `down` stops exactly it; `down` again is harmless."""
     sb = S3Sandbox(tmp_path / "sandbox")
     try:
-        assert sb.up() == ("", False)
+        assert sb.up() == (sb.config_fragment(), False)
         first = sb.state
         s3.upload_with_manifest(sb.location(), random_file(tmp_path / "f", 100), "f", kind="pg_dump")
         assert len(s3.list_backups(sb.location())) == 1
@@ -325,7 +327,7 @@ def test_lifecycle_restart_after_a_crash_then_down(tmp_path: Path) -> None:
         assert sb.status()[0].running is False
 
         messages: list[str] = []
-        assert sb.up(messages.append) == ("", False)
+        assert sb.up(messages.append) == (sb.config_fragment(), False)
         again = sb.state
         assert again["pid"] != first["pid"] and sb.is_running()
         assert {k: v for k, v in again.items() if k != "pid"} == {k: v for k, v in first.items() if k != "pid"}
@@ -353,7 +355,11 @@ def test_sandbox_api_brings_s3_up_alone_and_down(tmp_path: Path) -> None:
         assert result.engines == ("s3",) and not result.already_up
         from dbops.config import load
 
-        assert load(result.config_path).environments["sandbox"].clusters == {}  # s3 adds no cluster of its own
+        cfg = load(result.config_path)
+        assert cfg.environments["sandbox"].clusters == {}  # s3 adds no cluster of its own
+        # ... but the console's audit shipping, to a bucket with Object Lock
+        assert cfg.audit.ship is not None and cfg.audit.ship.s3.bucket == "sandbox-audit"
+        assert s3.bucket_protection(cfg.audit.ship.s3)["object_lock"]["enabled"] is True
         assert [(r.engine, r.running) for r in sandbox.status(root=root)] == [("s3", True)]
         assert sandbox.config_path(root=root) == result.config_path
         assert sandbox.up(("s3",), root=root).already_up
