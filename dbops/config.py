@@ -150,6 +150,8 @@ class Backups(Model):
     max_age_seconds: float = field(default=26 * 3600, metadata=limits(gt=0))
     # Recovery point objective: the newest archived WAL may be this old.
     rpo_seconds: float = field(default=900, metadata=limits(gt=0))
+    # How often the console re-reads the backup state (S3 listing, pgbackrest info).
+    refresh_seconds: float = field(default=300, metadata=limits(ge=10))
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,15 @@ class RdsRef(Model):
 
 
 @dataclass(frozen=True)
+class ElastiCacheRef(Model):
+    """A Redis cluster that runs on AWS ElastiCache: its replication group, whose members and
+    snapshots the AWS pane lists (the Redis pane connects to the nodes as usual: TLS, AUTH token)."""
+
+    replication_group: str
+    aws: AwsLocation = AwsLocation()
+
+
+@dataclass(frozen=True)
 class Cluster(Model):
     engine: Literal["postgres", "redis", "kafka", "neo4j", "qdrant"]
     members: list[Member] = field(metadata=limits(min_length=1))
@@ -353,6 +364,7 @@ class Cluster(Model):
     # What surrounds the cluster: its Kubernetes objects, its RDS instance.
     kubernetes: KubernetesRef | None = None
     rds: RdsRef | None = None
+    elasticache: ElastiCacheRef | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -381,6 +393,8 @@ class Cluster(Model):
                 problems.append(((section,), f"a [{section}] section on an engine = {self.engine!r} cluster"))
         if self.rds is not None and self.engine != "postgres":
             problems.append((("rds",), "an [rds] section belongs on an engine = \"postgres\" cluster"))
+        if self.elasticache is not None and self.engine != "redis":
+            problems.append((("elasticache",), "an [elasticache] section belongs on an engine = \"redis\" cluster"))
         if self.engine == "kafka" and self.user is not None and self.password is None:
             problems.append((("password",), "SASL (a `user` on a Kafka cluster) needs a password"))
         return problems
@@ -465,6 +479,9 @@ class Config(Model):
                 if cluster.rds is not None:
                     refs += [("rds.aws.access_key_id", cluster.rds.aws.access_key_id),
                              ("rds.aws.secret_access_key", cluster.rds.aws.secret_access_key)]
+                if cluster.elasticache is not None:
+                    refs += [("elasticache.aws.access_key_id", cluster.elasticache.aws.access_key_id),
+                             ("elasticache.aws.secret_access_key", cluster.elasticache.aws.secret_access_key)]
                 if cluster.backups.s3:
                     refs += [("backups.s3.access_key_id", cluster.backups.s3.access_key_id),
                              ("backups.s3.secret_access_key", cluster.backups.s3.secret_access_key)]
@@ -474,6 +491,16 @@ class Config(Model):
                             ("environments", env_name, "clusters", cname, *key.split(".")),
                             'a literal credential is only allowed in a sandbox environment; use { env = "VAR" } or { file = "/path" }',
                         ))
+        # [audit.ship] belongs to no environment: literal keys only in a file of sandboxes alone.
+        ship = self.audit.ship
+        if ship is not None and not all(env.sandbox for env in self.environments.values()):
+            for key in ("access_key_id", "secret_access_key"):
+                ref = getattr(ship.s3, key)
+                if ref is not None and ref.value is not None:
+                    problems.append((
+                        ("audit", "ship", "s3", key),
+                        'a literal credential is only allowed in a config of sandbox environments; use { env = "VAR" } or { file = "/path" }',
+                    ))
         return problems
 
     # -- convenience -------------------------------------------------------------------------
@@ -488,6 +515,7 @@ class Config(Model):
 
 REDIS_UNIT = "nodes"  # the name of a Redis deployment's single poll unit
 KAFKA_UNIT = "brokers"  # the name of a Kafka cluster's single poll unit
+QDRANT_UNIT = "nodes"  # the name of a Qdrant cluster's single poll unit
 
 
 @dataclass(frozen=True)
@@ -528,6 +556,11 @@ class ClusterRef:
             # One admin client sees every broker: the brokers are judged from one refresh.
             seed = self.cluster.members[0]
             return [Member(name=KAFKA_UNIT, host=seed.host, port=seed.port)]
+        if self.cluster.engine == "qdrant":
+            # Every node answers from its own point of view: one refresh asks them all at once,
+            # each under its own time bound, and judges them together.
+            seed = self.cluster.members[0]
+            return [Member(name=QDRANT_UNIT, host=seed.host, port=seed.port)]
         return list(self.cluster.members)
 
 

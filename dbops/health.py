@@ -19,6 +19,7 @@ _ASSESSORS = {
     "redis": "dbops.engines.redis.assess",
     "kafka": "dbops.engines.kafka.assess",
     "neo4j": "dbops.engines.neo4j.assess",
+    "qdrant": "dbops.engines.qdrant.assess",
 }
 
 

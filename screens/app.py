@@ -37,6 +37,10 @@ class DbopsApp(App[None]):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("p", "toggle_pause", "Pause"),
         Binding("A", "audit", "Audit log", key_display="A"),
+        # Not in the footer (full at 80 columns); listed in help (?) and the command palette.
+        Binding("B", "backups", "Backups", key_display="B", show=False),
+        Binding("R", "aws", "AWS (RDS)", key_display="R", show=False),
+        Binding("K", "kubernetes", "Kubernetes", key_display="K", show=False),
     ]
 
     def __init__(
@@ -74,7 +78,8 @@ class DbopsApp(App[None]):
             # Imported here: the poller pulls in the engine registry, which the first frame does not need.
             from dbops.poller import PollerHub
 
-            self._hub = PollerHub(self.config, on_change=lambda: self.post_message(HealthChanged()))
+            self._hub = PollerHub(self.config, on_change=lambda: self.post_message(HealthChanged()),
+                                  audit_path=self.audit.path)
         # Pollers start after the first frame: their thread imports the client libraries, and
         # holding the GIL for that would delay the first paint.
         self.call_after_refresh(self._hub.start)
@@ -88,6 +93,9 @@ class DbopsApp(App[None]):
             self._hub.stop()
 
     def on_health_changed(self, _: HealthChanged) -> None:
+        # Notices from the hub's thread (a failed audit shipping): seen, never lost in a log.
+        for severity, message in getattr(self._hub, "drain_notices", lambda: [])():
+            self.notify(message, severity=severity, timeout=20)
         changed = self._hub.drain()
         if not changed:
             return
@@ -149,6 +157,24 @@ class DbopsApp(App[None]):
         if not isinstance(self.screen, AuditScreen):
             self.push_screen(AuditScreen(self.audit.path))
 
+    def action_aws(self) -> None:
+        from .rds import AwsScreen
+
+        if not isinstance(self.screen, AwsScreen):
+            self.push_screen(AwsScreen())
+
+    def action_kubernetes(self) -> None:
+        from .kubernetes import KubernetesScreen
+
+        if not isinstance(self.screen, KubernetesScreen):
+            self.push_screen(KubernetesScreen())
+
+    def action_backups(self) -> None:
+        from .backups import BackupsScreen
+
+        if not isinstance(self.screen, BackupsScreen):
+            self.push_screen(BackupsScreen())
+
     def open_cluster(self, key: str) -> None:
         ref = self._hub.ref(key)
         if ref.cluster.engine == "postgres":
@@ -167,18 +193,22 @@ class DbopsApp(App[None]):
             from .neo4j import Neo4jScreen
 
             self.push_screen(Neo4jScreen(key))
+        elif ref.cluster.engine == "qdrant":
+            from .qdrant import QdrantScreen
+
+            self.push_screen(QdrantScreen(key))
         else:
             self.notify(f"no pane for engine {ref.cluster.engine!r} yet", severity="error")
 
     def open_runbooks(self, key: str) -> None:
         """Pick a runbook for this cluster's engine, then open the wizard on it."""
-        from dbops.runbook.registry import load
+        from dbops.runbook.registry import applies_to, load
 
         from .runbook import PickRunbook, RunbookScreen
 
         ref = self._hub.ref(key)
         books, problems = load(self.config.runbook_dirs)
-        mine = sorted((b for b in books.values() if b.engine == ref.cluster.engine), key=lambda b: b.id)
+        mine = sorted((b for b in books.values() if applies_to(b, ref)), key=lambda b: b.id)
 
         def picked(book_id: str | None) -> None:
             if book_id is not None:
@@ -196,5 +226,7 @@ class DbopsApp(App[None]):
                 f"Runbooks for {ref.name}", "Promote, restore, back up … with a plan first", lambda k=ref.key: self.open_runbooks(k)
             )
         yield SystemCommand("Audit log", "Show the audit log and verify its hash chain", self.action_audit)
+        yield SystemCommand("AWS", "RDS instances and read replicas, snapshots, PITR window; ElastiCache groups", self.action_aws)
+        yield SystemCommand("Backups", "Newest backup of every cluster, its age, size trend, WAL archive, bucket", self.action_backups)
         yield SystemCommand("Pause / resume refresh", "Freeze or unfreeze the live values", self.action_toggle_pause)
         yield SystemCommand("Help", "Keys and what the colours mean", self.action_help)

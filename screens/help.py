@@ -11,8 +11,13 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = (
-    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("q", "quit")]),
+    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("q", "quit")]),
     ("Overview", [("↑ ↓", "move"), ("enter", "open the cluster's pane")]),
+    ("Kubernetes pane", [("1-4", "tabs: pods, StatefulSets, backup CronJobs, Warning events"), ("r", "read the API again now"),
+                         ("escape", "back")]),
+    ("AWS pane", [("r", "read AWS again now (it refreshes itself, at most every 15 s)"), ("escape", "back")]),
+    ("Backups pane", [("↑ ↓", "pick a row: its recent backups and findings show below"), ("r", "re-read the backup state now"),
+                      ("escape", "back")]),
     (
         "PostgreSQL pane",
         [
@@ -35,6 +40,8 @@ KEYS = (
                           ("ERR", "committed offset outside the log"), ("…", "judged once the window is full")]),
     ("Neo4j pane", [("1-4", "tabs: transactions, databases, servers, health"), ("↑ ↓ / m", "pick the server shown"),
                     ("r", "runbooks")]),
+    ("Qdrant pane", [("1-4", "tabs: collections, shard replicas (not Active first), transfers, health"),
+                     ("a", "replicas: all, or only those not Active"), ("r", "runbooks")]),
 )
 
 COLOURS = (

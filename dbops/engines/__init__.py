@@ -18,6 +18,7 @@ BUILTIN = {
     "redis": "dbops.engines.redis.adapter:RedisAdapter",
     "kafka": "dbops.engines.kafka.adapter:KafkaAdapter",
     "neo4j": "dbops.engines.neo4j.adapter:Neo4jAdapter",
+    "qdrant": "dbops.engines.qdrant.adapter:QdrantAdapter",
 }
 
 

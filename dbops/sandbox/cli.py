@@ -106,3 +106,34 @@ def status() -> None:
 def config() -> None:
     """Print the path of the dbops config written for the running sandbox."""
     click.echo(str(sb.config_path()))
+
+
+@sandbox.group()
+def qdrant() -> None:
+    """Fault injection on the sandbox's (fake) Qdrant: a Dead replica, a slow node."""
+
+
+def _qdrant_sandbox() -> Any:
+    from dbops.sandbox.qdrant import QdrantSandbox  # on use: the group is listed on every start
+
+    return QdrantSandbox()
+
+
+@qdrant.command("mark-dead")
+@click.option("--collection", required=True, help="Collection (or alias), e.g. docs.")
+@click.option("--shard", required=True, type=int, help="Shard id, e.g. 0.")
+@click.option("--peer", required=True, help="The node holding the replica: q1, q2, q3 or its peer id.")
+@click.option("--state", default="Dead", show_default=True, help="The replica state to set (Active brings it back by hand).")
+@_friendly
+def qdrant_mark_dead(collection: str, shard: int, peer: str, state: str) -> None:
+    """Mark one shard replica Dead (as after a failed write); qdrant.recover-dead-replica repairs it."""
+    click.echo(_qdrant_sandbox().mark_replica(collection, shard, peer, state))
+
+
+@qdrant.command("latency")
+@click.option("--node", required=True, help="q1, q2, q3 or a peer id.")
+@click.option("--ms", required=True, type=click.FloatRange(min=0), help="Delay added to every request; 0 removes it.")
+@_friendly
+def qdrant_latency(node: str, ms: float) -> None:
+    """Make one node answer every request `--ms` milliseconds late."""
+    click.echo(_qdrant_sandbox().set_latency(node, ms))

@@ -41,11 +41,12 @@ def test_example_config_is_valid_and_documents_every_threshold():
     cfg = load(REPO / "config.example.toml")
     assert [r.key for r in cfg.clusters()] == ["production/orders-db", "production/sessions", "production/events",
                                                "production/prod-graph", "staging/orders-staging", "staging/cache-staging"]
-    from dbops.config import KafkaOptions, KafkaThresholds, Neo4jThresholds, PostgresThresholds, RedisThresholds
+    from dbops.config import KafkaOptions, KafkaThresholds, Neo4jThresholds, PostgresThresholds, QdrantOptions, QdrantThresholds, RedisThresholds
 
     text = (REPO / "config.example.toml").read_text()
     for key in (PostgresThresholds.field_names() + RedisThresholds.field_names() + KafkaThresholds.field_names()
-                + [k for k in KafkaOptions.field_names() if k != "thresholds"] + Neo4jThresholds.field_names()):
+                + [k for k in KafkaOptions.field_names() if k != "thresholds"] + Neo4jThresholds.field_names()
+                + QdrantThresholds.field_names() + [k for k in QdrantOptions.field_names() if k != "thresholds"]):
         assert f"{key} =" in text, f"config.example.toml does not document thresholds.{key}"
 
 
@@ -265,3 +266,13 @@ def test_literal_sentinel_password_refused_outside_sandbox():
               '[environments.e.clusters.r.redis]\nsentinel_password = { value = "hunter2" }\n', "x.toml")
     assert "redis.sentinel_password: a literal credential is only allowed in a sandbox" in str(err.value)
     assert "hunter2" not in str(err.value)
+
+
+def test_literal_audit_shipping_keys_only_in_a_config_of_sandboxes():
+    ship = '\n[audit.ship.s3]\nbucket = "audit"\naccess_key_id = { value = "AKIAEXAMPLEKEY" }\nsecret_access_key = { value = "s3cr3t-ship" }\n'
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD + ship)
+    assert "audit.ship.s3.access_key_id: a literal credential is only allowed in a config of sandbox environments" in str(err.value)
+    assert "s3cr3t-ship" not in str(err.value) and "AKIAEXAMPLEKEY" not in str(err.value)
+    sandbox_only = GOOD.replace('mode = "operator"', 'mode = "operator"\nsandbox = true') + ship
+    assert parse(sandbox_only).audit.ship.s3.bucket == "audit"
