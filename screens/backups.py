@@ -26,6 +26,8 @@ from .render import SEVERITY_STYLE, sparkline
 COLUMNS = (("cluster", "Cluster"), ("kind", "Kind"), ("age", "Newest"), ("size", "Size"), ("trend", "Trend"),
            ("count", "#"), ("wal", "WAL"), ("bucket", "Bucket"))
 TREND_WIDTH = 6
+# What is left of 80 columns once the other columns have their widest usual values.
+CLUSTER_WIDTH = 16
 DETAIL_LINES = 9
 
 
@@ -38,7 +40,7 @@ def cluster_labels(refs: list[Any]) -> dict[str, str]:
     cluster of that name too, the environment's first letters before it ("prod/orders",
     "stag/orders"): two rows that read the same would hide which one has no backup."""
     names = [r.name for r in refs]
-    return {r.key: _short(r.name if names.count(r.name) == 1 else f"{r.environment[:4]}/{r.name}", 12) for r in refs}
+    return {r.key: _short(r.name if names.count(r.name) == 1 else f"{r.environment[:4]}/{r.name}", CLUSTER_WIDTH) for r in refs}
 
 
 def bucket_cell(protection: dict[str, Any] | None) -> Text:
@@ -100,7 +102,9 @@ class BackupsScreen(Screen[None]):
         for ref in hub.refs:
             if not has_backups(ref):
                 key = f"{ref.key}|-"
-                rows[key] = (Text(labels[ref.key]), Text("-", style="dim"), Text("none", style="dim"),
+                # Not "none": nobody told dbops where this cluster's backups are, which is not
+                # the same as there being none.
+                rows[key] = (Text(labels[ref.key]), Text("not set up", style="dim"), Text("-", style="dim"),
                              "", "", "", "", Text("-", style="dim"))
                 detail[key] = Text(f"{ref.key}: no [backups] s3 and no [pgbackrest] configured: dbops cannot see its backups",
                                    style="dim")

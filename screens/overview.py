@@ -15,19 +15,20 @@ from dbops.model import ClusterHealth, Reachability, Severity, human_bytes, huma
 from .render import SEVERITY_STYLE, severity_text
 from .widgets import EnvBanner
 
-# Fits 80 columns: the environment comes second because with several environments it is what
-# tells two similarly named clusters apart.
+# Most important first, since at 80 columns the last ones may not fit. The environment comes
+# second because with several environments it is what tells two similarly named clusters apart;
+# with one, the banner names it and the column is left out.
 COLUMNS = (
     ("status", "Status"),
     ("env", "Env"),
     ("cluster", "Cluster"),
     ("topology", "Topology"),
     ("lag", "Worst lag"),
-    ("conns", "Conns"),
-    ("long", "Long"),
     # Age of the cluster's stalest newest backup, coloured by the backups' verdict (the Backups
     # pane, B, has the detail); a failing PostgreSQL WAL archiver is folded in as "WAL✗".
     ("backup", "Backup"),
+    ("conns", "Conns"),
+    ("long", "Long"),
 )
 
 
@@ -82,8 +83,10 @@ class OverviewScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#clusters", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        several_envs = len(self.app.config.environments) > 1
+        self._columns = [(i, key) for i, (key, _) in enumerate(COLUMNS) if key != "env" or several_envs]
+        for _, key in self._columns:
+            table.add_column(dict(COLUMNS)[key], key=key)
         self._refresh_banner()
         self.redraw(self.app.health())
         table.focus()
@@ -115,14 +118,16 @@ class OverviewScreen(Screen[None]):
             selected = current[table.cursor_row] if current and 0 <= table.cursor_row < len(current) else None
             table.clear()
             for c in ordered:
-                table.add_row(*self._cells(c), key=f"{c.environment}/{c.name}")
+                cells = self._cells(c)
+                table.add_row(*(cells[i] for i, _ in self._columns), key=f"{c.environment}/{c.name}")
             if selected in wanted:
                 table.move_cursor(row=wanted.index(selected))
         else:
             for c in ordered:
                 key = f"{c.environment}/{c.name}"
-                for (col, _), value in zip(COLUMNS, self._cells(c)):
-                    table.update_cell(key, col, value, update_width=True)
+                cells = self._cells(c)
+                for i, col in self._columns:
+                    table.update_cell(key, col, cells[i], update_width=True)
         self.query_one("#problems", Static).update(problem_lines(ordered, limit=3, extra=self._backup_problems()))
 
     def _cells(self, c: ClusterHealth) -> list:
@@ -146,9 +151,9 @@ class OverviewScreen(Screen[None]):
             Text(c.name, style="bold"),
             topology_text(s),
             lag,
+            backup,
             conns,
             long,
-            backup,
         ]
 
     def _backup_problems(self) -> list[tuple[Severity, str]]:

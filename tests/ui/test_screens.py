@@ -206,3 +206,34 @@ async def test_pane_shows_the_primary_until_a_member_is_picked(tmp_path):
         await pilot.press("m")
         await pilot.pause()
         assert app.screen.member == "pg2" and app.screen.member_pinned
+
+
+def _header_and_rows(app) -> list[str]:
+    """The overview's table as the terminal shows it: only what fits in the window's width."""
+    table = app.screen.query_one("#clusters", DataTable)
+    return [line.text for line in (table.render_line(y) for y in range(table.row_count + 1))]
+
+
+async def test_overview_keeps_the_backup_column_on_an_80_column_screen(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        header, *_ = _header_and_rows(app)
+        assert header.split() == ["Status", "Env", "Cluster", "Topology", "Worst", "lag", "Backup", "Conns", "Long"]
+
+
+async def test_overview_leaves_out_the_env_column_with_a_single_environment(tmp_path):
+    from dbops.config import parse
+
+    from .frozen import CONFIG
+
+    one_env = CONFIG.replace("[environments.staging]\nmode = \"operator\"\n", "").replace(
+        "[environments.staging.clusters.billing]", "[environments.production.clusters.billing]")
+    hub = FrozenHub(parse(one_env))
+    app = DbopsApp(hub.config, state_dir=tmp_path, hub=hub, clock=lambda: NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        header, *rows = _header_and_rows(app)
+        assert header.split()[:3] == ["Status", "Cluster", "Topology"]
+        assert "production" not in " ".join(rows)  # the banner names it, once
+        assert "PRODUCTION" in str(app.screen.query_one("#banner").render())
