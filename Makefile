@@ -17,7 +17,7 @@ DEMO_STATE_DIR ?= /var/tmp/dbops-demo
 .PHONY: help deps venv test lint unit demo demo-down bench clean
 
 help:
-	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer, Redis Cluster + Sentinel, Kafka, Neo4j, S3) and open the console"
+	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer, Redis Cluster + Sentinel, Kafka, Neo4j, S3 with moto RDS, a fake 3-node Qdrant) and open the console"
 	@echo "make test   - set up, then run lint-imports and every test (unit, integration, UI)"
 	@echo "make bench  - start-up, switchover write-unavailability, Redis slot-migration (vs redis-cli) and Kafka lag (vs kafka-consumer-groups) benchmarks"
 
@@ -53,7 +53,7 @@ unit: venv
 	$(PY) -m pytest -q tests/unit tests/ui
 
 demo: deps venv
-	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres,redis,kafka,neo4j
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres,redis,kafka,neo4j,qdrant,kubernetes
 	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) --config "$$(DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox config)"
 
 demo-down: venv
