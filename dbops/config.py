@@ -123,12 +123,10 @@ class PgBackRest(Model):
 
 
 @dataclass(frozen=True)
-class S3Location(Model):
-    """An S3 bucket (and key prefix) holding a cluster's backups. endpoint_url points boto3 at
-    an S3-compatible store (MinIO, the sandbox's moto server)."""
+class AwsLocation(Model):
+    """An AWS account and region to call (RDS, ElastiCache). endpoint_url points boto3 at another
+    endpoint (the sandbox's moto server)."""
 
-    bucket: str
-    prefix: str = ""
     region: str = "us-east-1"
     endpoint_url: str | None = None
     # Without keys boto3 finds credentials as usual (instance profile, AWS_* variables, ~/.aws).
@@ -139,6 +137,15 @@ class S3Location(Model):
         if (self.access_key_id is None) != (self.secret_access_key is None):
             return ["give both access_key_id and secret_access_key, or neither"]
         return []
+
+
+@dataclass(frozen=True)
+class S3Location(AwsLocation):
+    """An S3 bucket (and key prefix) holding a cluster's backups. endpoint_url points boto3 at
+    an S3-compatible store (MinIO, the sandbox's moto server)."""
+
+    bucket: str = field(kw_only=True)
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -306,23 +313,6 @@ class KubernetesRef(Model):
     cnpg_cluster: str | None = None
     # Warning events younger than this are shown.
     events_seconds: float = field(default=3600.0, metadata=limits(gt=0))
-
-
-@dataclass(frozen=True)
-class AwsLocation(Model):
-    """An AWS account and region to call (RDS, ElastiCache). endpoint_url points boto3 at another
-    endpoint (the sandbox's moto server)."""
-
-    region: str = "us-east-1"
-    endpoint_url: str | None = None
-    # Without keys boto3 finds credentials as usual (instance profile, AWS_* variables, ~/.aws).
-    access_key_id: SecretRef | None = None
-    secret_access_key: SecretRef | None = None
-
-    def check(self) -> list[str]:
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            return ["give both access_key_id and secret_access_key, or neither"]
-        return []
 
 
 @dataclass(frozen=True)
