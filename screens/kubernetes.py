@@ -21,16 +21,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState
 
 from dbops.config import ClusterRef
 from dbops.model import Severity, human_seconds
 
+from .periodic import PeriodicReads
 from .render import SEVERITY_STYLE
 from .tables import sync_rows
 
-MIN_REFRESH = 10.0
-_WORKER_GROUP = "k8s-refresh"
 
 # The cluster goes last: with one cluster configured it says nothing new, and at 80 columns
 # what is cut off should be that.
@@ -85,7 +83,7 @@ def _ago(t: datetime | None, now: datetime) -> str:
     return "never" if t is None else f"{human_seconds(max(0.0, (now - t).total_seconds()))} ago"
 
 
-class KubernetesScreen(Screen[None]):
+class KubernetesScreen(PeriodicReads, Screen[None]):
     """Pods, StatefulSets, backup CronJobs and Warning events of the clusters on Kubernetes;
     `1`-`4` switch tabs, `r` refreshes, `escape` goes back."""
 
@@ -109,8 +107,6 @@ class KubernetesScreen(Screen[None]):
         super().__init__()
         self.clusters: dict[str, ClusterK8s] = {}
         self.summary = ""  # the summary's text, for tests and screen readers
-        self._again = False
-        self._timer: Any = None
         self._cells: dict[str, dict[str, tuple[Any, ...]]] = {name: {} for name in TABLES}
 
     def compose(self) -> ComposeResult:
@@ -140,63 +136,38 @@ class KubernetesScreen(Screen[None]):
                 "No cluster has a [kubernetes] section. Add one to a cluster:\n"
                 "[environments.ENV.clusters.NAME.kubernetes] namespace = \"...\", selector = \"app=...\"", style="dim"))
             return
-        self._start()
+        self.read_now()
 
     # -- refresh -------------------------------------------------------------------------------
 
-    def _interval(self) -> float:
-        return max([MIN_REFRESH] + [r.refresh_interval for r in self.refs])
+    READ_GROUP = "k8s-refresh"
+    READ_WHAT = "the Kubernetes API"
+    MIN_INTERVAL = 10.0
 
-    def _refreshing(self) -> bool:
-        return any(w.group == _WORKER_GROUP and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
+    def read_refs(self) -> list[ClusterRef]:
+        return getattr(self, "refs", [])
 
-    def _start(self) -> None:
-        self._timer = None
-        if self._refreshing():
-            return
-        refs = list(self.refs)
-        self.run_worker(lambda: read_all(refs), name="k8s-refresh", group=_WORKER_GROUP,
+    def start_read(self, refs: list[ClusterRef]) -> None:
+        self.run_worker(lambda: read_all(refs), name="k8s-refresh", group=self.READ_GROUP,
                         description="read pods, StatefulSets, CronJobs and events", thread=True, exit_on_error=False)
 
-    def action_refresh(self) -> None:
-        if not getattr(self, "refs", None):
-            return
-        if self._refreshing():
-            self._again = True
-            return
-        if self._timer is not None:
-            self._timer.stop()
-        self._start()
+    def read_done(self, result: Any) -> None:
+        for key, view, error in result or []:
+            state = self.clusters[key]
+            if view is not None:
+                state.view, state.error = view, None
+            else:
+                state.error, state.error_at = error, time.time()
+        self._show()
+
+    def read_failed(self, message: Text) -> None:
+        self._set_summary(message)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
     def action_back(self) -> None:
         self.app.pop_screen()
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != _WORKER_GROUP:
-            return
-        if event.state == WorkerState.SUCCESS:
-            for key, view, error in event.worker.result or []:
-                state = self.clusters[key]
-                if view is not None:
-                    state.view, state.error = view, None
-                else:
-                    state.error, state.error_at = error, time.time()
-            self._show()
-        elif event.state == WorkerState.ERROR:
-            from dbops.secrets import scrub_text
-
-            error = event.worker.error
-            self._set_summary(Text(f"cannot read the Kubernetes API: {scrub_text(str(error)) or type(error).__name__}", style="bold red"))
-        else:
-            return
-        if self._again:
-            self._again = False
-            self._start()
-        else:
-            self._timer = self.set_timer(self._interval(), self._start)
 
     # -- drawing -------------------------------------------------------------------------------
 
@@ -237,7 +208,7 @@ class KubernetesScreen(Screen[None]):
                 summary.append(f"   … and {len(findings) - room} more\n", style="dim")
             if view is not None:
                 self._rows(ref.key, view, now, rows)
-        summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self._interval():g}s · r refreshes now · 1-4 tabs", style="dim")
+        summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self.read_interval():g}s · r refreshes now · 1-4 tabs", style="dim")
         self._set_summary(summary)
         with self.app.batch_update():
             for name, columns in TABLES.items():

@@ -5,7 +5,7 @@ replicas, its snapshots and its point-in-time window; for every redis cluster wi
 AWS is read off the UI thread (dbops.platform.rds.collect, one daemon thread per cluster); a one-shot
 timer starts the next refresh only after the previous one finished, so refreshes never overlap
 however slow AWS is. AWS throttles Describe* calls per account, so this pane refreshes at most
-every MIN_REFRESH seconds (r refreshes now).
+every MIN_INTERVAL (15) seconds (r refreshes now).
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
-from textual.worker import Worker, WorkerState
 
 from dbops.config import ClusterRef
 from dbops.model import Severity, human_seconds
 
+from .periodic import PeriodicReads
 from .render import SEVERITY_STYLE, severity_text
 from .tables import sync_rows
 
-MIN_REFRESH = 15.0
 MAX_READERS = 4  # clusters read at once
 SNAPSHOTS_SHOWN = 8  # newest first; the rest is counted
-_WORKER_GROUP = "aws-refresh"
 
 INSTANCE_COLUMNS = (("id", "Instance"), ("role", "Role"), ("status", "Status"), ("lag", "Lag"), ("class", "Class"),
                     ("az", "AZ"), ("maz", "Multi-AZ"), ("version", "Engine"), ("endpoint", "Endpoint"))
@@ -102,7 +100,7 @@ def _findings(out: Text, view: Any, all_well: str) -> Text:
     return out
 
 
-class AwsScreen(Screen[None]):
+class AwsScreen(PeriodicReads, Screen[None]):
     """Everything on AWS around the configured clusters; `r` refreshes, `escape` goes back."""
 
     BINDINGS = [
@@ -120,8 +118,6 @@ class AwsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.views: list[Any] = []  # the newest RdsView per cluster, in config order
-        self._refresh_again = False  # `r` pressed while a refresh was running
-        self._next_refresh: Any = None
         self._aws_cells: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._aws_sections: list[str] = []  # cluster keys with a mounted section, in order
 
@@ -141,56 +137,30 @@ class AwsScreen(Screen[None]):
                 "or to a redis cluster:\n"
                 "[environments.ENV.clusters.NAME.elasticache] replication_group = \"group id\"", style="dim"))
             return
-        self._start()
+        self.read_now()
 
     # -- refresh -------------------------------------------------------------------------------
 
-    def _interval(self) -> float:
-        return max([MIN_REFRESH] + [r.refresh_interval for r in self.rds_clusters])
+    READ_GROUP = "aws-refresh"
+    READ_WHAT = "AWS"
+    MIN_INTERVAL = 15.0
 
-    def _refresh_running(self) -> bool:
-        return any(w.group == _WORKER_GROUP and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers)
+    def read_refs(self) -> list[Any]:
+        return getattr(self, "rds_clusters", [])
 
-    def _start(self) -> None:
-        self._next_refresh = None
-        if self._refresh_running():
-            return
-        refs = list(self.rds_clusters)
-        self.run_worker(collect_all(refs), name="aws-refresh", group=_WORKER_GROUP,
+    def start_read(self, refs: list[Any]) -> None:
+        self.run_worker(collect_all(refs), name="aws-refresh", group=self.READ_GROUP,
                         description="read RDS instances, snapshots and restore windows", exit_on_error=False)
 
-    def action_refresh(self) -> None:
-        if not getattr(self, "rds_clusters", None):
-            return
-        if self._refresh_running():
-            self._refresh_again = True
-            return
-        if self._next_refresh is not None:
-            self._next_refresh.stop()
-        self._start()
+    def read_done(self, result: Any) -> None:
+        self.views = list(result or [])
+        self._show()
+
+    def read_failed(self, message: Text) -> None:
+        self.query_one("#aws-summary", Static).update(message)
 
     def action_back(self) -> None:
         self.app.pop_screen()
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != _WORKER_GROUP:
-            return
-        if event.state == WorkerState.SUCCESS:
-            self.views = list(event.worker.result or [])
-            self._show()
-        elif event.state == WorkerState.ERROR:
-            from dbops.secrets import scrub_text
-
-            error = event.worker.error
-            self.query_one("#aws-summary", Static).update(Text(
-                f"cannot read AWS: {scrub_text(str(error)) or type(error).__name__}", style="bold red"))
-        else:
-            return
-        if self._refresh_again:
-            self._refresh_again = False
-            self._start()
-        else:
-            self._next_refresh = self.set_timer(self._interval(), self._start)
 
     # -- drawing -------------------------------------------------------------------------------
 
@@ -205,7 +175,7 @@ class AwsScreen(Screen[None]):
             else:
                 counts = "" if view.error else f": {len(view.instances)} instance(s), {len(view.snapshots)} snapshot(s)"
                 summary.append(f" {view.cluster} · {view.instance}{counts}\n")
-        summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self._interval():g}s · r refreshes now", style="dim")
+        summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self.read_interval():g}s · r refreshes now", style="dim")
         self.query_one("#aws-summary", Static).update(summary)
         with self.app.batch_update():
             for i, view in enumerate(self.views):
