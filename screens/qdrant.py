@@ -1,6 +1,7 @@
-"""The Qdrant pane: nodes (readiness, raft role, term, commit, pending operations, latency) on
-top; tabs for collections (status, points, replicas Active), shard replicas (problems first: Dead,
-then any other state not Active), shard transfers in progress, and the judged problems."""
+"""The Qdrant pane: nodes (raft role, readiness in State, term, commit with the pending raft
+operations as "+N", latency, address) on top; tabs for collections (status, points, replicas
+Active), shard replicas (problems first: Dead, then any other state not Active), shard transfers
+in progress, and the judged problems."""
 
 from __future__ import annotations
 
@@ -21,14 +22,27 @@ from .render import SEVERITY_STYLE, health_text, severity_text, state_text
 from .tables import sync_rows
 from .widgets import EnvBanner
 
-NODE_COLUMNS = (("node", "Node"), ("sev", "Sev"), ("role", "Role"), ("state", "State"), ("ready", "Ready"),
-                ("term", "Term"), ("commit", "Commit"), ("pending", "Pend"), ("latency", "Latency"), ("address", "Address"))
+# Fits 80 columns with followers, a TIMEOUT and a 5-digit port: /readyz is in State ("UP unready"),
+# pending raft operations beside the commit they wait on ("46 +2", in yellow), and a long host name is
+# shortened in its middle so that the port always shows (errors name the whole address).
+NODE_COLUMNS = (("node", "Node"), ("sev", "Sev"), ("role", "Role"), ("state", "State"), ("term", "Term"),
+                ("commit", "Commit"), ("latency", "Latency"), ("address", "Address"))
+ADDRESS_WIDTH = 21
 COLLECTION_COLUMNS = (("name", "Collection"), ("status", "Status"), ("points", "Points"), ("shards", "Shards"),
                       ("replicas", "Active"))
 REPLICA_COLUMNS = (("replica", "Collection/shard@node"), ("state", "State"), ("points", "Points"), ("peer", "Peer id"))
 TRANSFER_COLUMNS = (("transfer", "Collection/shard"), ("from", "From"), ("to", "To"), ("kind", "Kind"), ("progress", "Progress"))
 STATUS_STYLE = {"green": "green", "grey": "dim", "yellow": "bold yellow", "red": "bold white on red"}
 STATE_STYLE = {Severity.OK: "green", Severity.WARN: "bold yellow", Severity.CRIT: "bold white on red"}
+
+
+def short_address(address: str, width: int = ADDRESS_WIDTH) -> str:
+    """host:port in at most `width` characters: a longer host loses its middle, never the port."""
+    if len(address) <= width:
+        return address
+    host, _, port = address.rpartition(":")
+    keep = max(2, width - len(port) - 2)
+    return f"{host[:keep // 2]}…{host[len(host) - (keep - keep // 2):]}:{port}"
 
 
 class QdrantScreen(ClusterPane):
@@ -113,10 +127,11 @@ class QdrantScreen(ClusterPane):
         state = state_text(m.snapshot, now)
         n = next((n for n in data.nodes if n.name == m.name), None) if data else None
         if n is None:
-            return (m.name, severity_text(m.severity), m.role, state, "-", "-", "-", "-", "-", "-")
+            return (m.name, severity_text(m.severity), m.role, state, "-", "-", "-", "-")
         if not n.up:
-            return (m.name, severity_text(m.severity), "?", state, "-", "-", "-", "-", "-", n.address)
-        ready = Text("yes", style="green") if n.ready else Text("NO", style="bold yellow")
+            return (m.name, severity_text(m.severity), "?", state, "-", "-", "-", short_address(n.address))
+        if n.ready is False:
+            state.append(" unready", style="bold yellow")
         raft = n.raft
         limits = thresholds(self.ref)
         latency = Text("-", style="dim")
@@ -124,10 +139,13 @@ class QdrantScreen(ClusterPane):
             style = "bold red" if n.latency_ms > limits.latency_ms_crit else "bold yellow" if n.latency_ms > limits.latency_ms_warn else ""
             latency = Text(f"{n.latency_ms:.0f}ms", style=style)
         role = Text(role_of(n), style="bold" if role_of(n) == "leader" else "")
-        return (m.name, severity_text(m.severity), role, state, ready,
-                str(raft.term) if raft else "-", str(raft.commit) if raft else "-",
-                Text(str(raft.pending_operations), style="yellow" if raft.pending_operations else "") if raft else "-",
-                latency, n.address)
+        commit: Any = "-"
+        if raft is not None:
+            commit = Text(str(raft.commit))
+            if raft.pending_operations:
+                commit.append(f" +{raft.pending_operations}", style="bold yellow")
+        return (m.name, severity_text(m.severity), role, state, str(raft.term) if raft else "-", commit, latency,
+                short_address(n.address))
 
     def _draw_collections(self, data: QdrantData | None) -> None:
         rows, order = {}, {}

@@ -31,6 +31,7 @@ Command line (the sandbox)::
 
     python -m dbops.sandbox.fake_qdrant --ports 6333,6334,6335 --api-key-file F \\
         --read-only-api-key-file F [--spec PATH] [--state-file F] [--seed-demo] [--transfer-seconds S]
+        [--auto-recover]
 
 ``--state-file`` keeps the cluster state (and, beside it in ``snapshots/``, the snapshot files)
 across restarts: it is loaded at start when it exists and rewritten after every change.
@@ -59,11 +60,19 @@ Behaviour worth knowing:
   by their integer value).
 - Collection status: red if a shard has no Active replica, yellow if a transfer runs or any
   replica is not Active, else green.
-- Transfers (replicate_shard, move_shard) are asynchronous: the target replica is Partial and the
-  transfer is listed until ``transfer_seconds`` (default 2 s) have passed, then the target is
-  Active (move_shard: and the source replica is dropped). Replicating onto a Dead replica
-  recovers it. Refused as Qdrant does: unknown shard or peer, a source without an Active
-  replica, a target that is already Active, a shard already in a transfer.
+- Transfers (replicate_shard, move_shard) are asynchronous: the target replica is Partial
+  (stream_records, the default) or Recovery (snapshot, wal_delta) and the transfer is listed
+  until ``transfer_seconds`` (default 2 s) have passed, then the target is Active (move_shard:
+  and the source replica is dropped). Replicating onto a Dead replica
+  recovers it (Qdrant accepts that; no drop_replica first). Refused as Qdrant does: unknown shard
+  or peer, a source without an Active replica, a transfer of the same shard involving either peer
+  ("Shard s is already involved in transfer a -> b"). abort_transfer leaves a replication's target
+  Dead and removes a move's; an unknown transfer is 404.
+- Automatic recovery (``auto_recover=True``, ``--auto-recover``): real Qdrant's node notices its
+  own Dead replica and asks for a transfer from an Active peer by itself
+  (Collection::sync_local_state); the fake does so for a Dead replica on a node that is up. Off by
+  default, like a Qdrant whose automatic transfers are held back (transfer limits, a failing
+  source), so a Dead replica stays for the pane and the runbook to act on.
 - Snapshots are per node: a JSON document of the collection's config and the points of the
   shards that node holds (Active replicas); name ``{c}-{peer_id}-{YYYY-MM-DD-HH-MM-SS}.snapshot``,
   checksum SHA-256. Recovery FETCHES the location (http(s) or file://), checks ``checksum``
@@ -146,6 +155,13 @@ def _bad(message: str) -> ApiError:
 
 def _wrong(message: str) -> ApiError:
     return ApiError(400, f"Wrong input: {message}")
+
+
+def _receiving_state(method: str) -> str:
+    """The target replica's state while a transfer runs, as Collection::start_shard_transfer
+    (lib/collection/src/collection/shard_transfer.rs) sets it: stream_records Partial; snapshot and
+    wal_delta Recovery."""
+    return "Partial" if method == "stream_records" else "Recovery"
 
 
 def _now_iso() -> str:
@@ -256,7 +272,7 @@ class Transfer:
     sync: bool  # True: replicate (the source keeps its replica); False: move
     method: str
     started: float
-    created_target: bool  # the target replica did not exist before (abort removes it)
+    created_target: bool  # the target replica did not exist before the transfer
 
     def info(self) -> dict[str, Any]:
         return {"shard_id": self.shard_id, "from": self.from_peer, "to": self.to_peer, "sync": self.sync,
@@ -291,10 +307,11 @@ class ClusterState:
     `save` (the state file) and snapshot files."""
 
     def __init__(self, peers: list[Peer], transfer_seconds: float = DEFAULT_TRANSFER_SECONDS,
-                 snapshot_dir: Path | None = None):
+                 snapshot_dir: Path | None = None, auto_recover: bool = False):
         self.lock = threading.RLock()
         self.peers = peers
         self.transfer_seconds = transfer_seconds
+        self.auto_recover = auto_recover
         self.collections: dict[str, dict[str, Any]] = {}
         self.aliases: dict[str, str] = {}
         self.transfers: dict[str, list[Transfer]] = {}
@@ -393,7 +410,8 @@ class ClusterState:
             return True
 
     def advance(self) -> None:
-        """Finish the transfers whose time has come (called on every request)."""
+        """Finish the transfers whose time has come, and (auto_recover) start Qdrant's own
+        recovery of Dead replicas (called on every request)."""
         with self.lock:
             now = time.monotonic()
             done = False
@@ -402,8 +420,31 @@ class ClusterState:
                     if now - t.started >= self.transfer_seconds:
                         self._finish(name, t)
                         done = True
+            if self.auto_recover:
+                done = self._recover_dead(now) or done
             if done:
                 self._changed()
+
+    def _recover_dead(self, now: float) -> bool:
+        """As Qdrant's Collection::sync_local_state (lib/collection/src/collection/mod.rs): a node
+        up with a Dead replica of a shard requests a replicate transfer to itself from the first
+        Active replica on a peer that answers, unless a transfer already involves either peer
+        (check_transfer_conflicts_strict: across the whole collection)."""
+        started = False
+        up = {p.peer_id for p in self.peers if not p.down}
+        for name, col in self.collections.items():
+            transfers = self.transfers[name]
+            for shard_id, shard in col["shards"].items():
+                replicas = shard["replicas"]
+                for dead in [peer for peer, state in replicas.items() if state == "Dead" and peer in up]:
+                    for src in [peer for peer, state in replicas.items() if state == "Active" and peer in up]:
+                        if any({t.from_peer, t.to_peer} & {src, dead} for t in transfers):
+                            continue
+                        replicas[dead] = _receiving_state("wal_delta")
+                        transfers.append(Transfer(shard_id, src, dead, True, "wal_delta", now, False))
+                        started = True
+                        break
+        return started
 
     def complete_transfers(self) -> int:
         with self.lock:
@@ -471,29 +512,39 @@ class ClusterState:
             if op == "abort_transfer":
                 match = [t for t in transfers if t.shard_id == shard_id and t.from_peer == src and t.to_peer == dst]
                 if not match:
-                    raise _bad(f"Shard {shard_id} transfer from {src} to {dst} does not exist")
+                    # Qdrant (src/common/collections.rs, do_update_collection_cluster): NotFound.
+                    raise ApiError(404, f"Not found: Shard transfer {src} -> {dst} for collection {name}:{shard_id} does not exist")
                 t = match[0]
                 transfers.remove(t)
-                if t.created_target:
-                    replicas.pop(dst, None)
-                else:
+                # Qdrant (lib/collection/src/collection/shard_transfer.rs, _abort_shard_transfer): an
+                # aborted replication leaves its target Dead, an aborted move removes it.
+                if t.sync:
                     replicas[dst] = "Dead"
+                else:
+                    replicas.pop(dst, None)
                 self._changed()
                 return
             if src == dst:
                 raise _bad(f"Shard {shard_id} cannot be transferred from peer {src} to itself")
+            # As Qdrant's validate_transfer (lib/collection/src/shards/transfer/helpers.rs): the source
+            # must hold an Active replica, and no transfer of the same shard may involve either peer
+            # (check_transfer_conflicts). The target's own state is not checked: a replicate_shard
+            # onto a peer holding a Dead (or any) replica of the shard is accepted, and that replica
+            # turns Partial while it is rebuilt (Collection::start_shard_transfer, shard_transfer.rs:
+            # "Create local shard if it does not exist on receiver, or simply set replica state
+            # otherwise"). No drop_replica is needed first.
             if replicas.get(src) != "Active":
-                raise _bad(f"Shard {shard_id} on peer {src} is not active (it is {replicas.get(src, 'absent')})")
-            if any(t.shard_id == shard_id for t in transfers):
-                raise _bad(f"Shard {shard_id} is already involved in transfer")
+                raise _bad(f"Shard {shard_id} is not active on peer {src}")
+            conflict = next((t for t in transfers if t.shard_id == shard_id
+                             and {t.from_peer, t.to_peer} & {src, dst}), None)
+            if conflict is not None:
+                raise _bad(f"Shard {shard_id} is already involved in transfer {conflict.from_peer} -> {conflict.to_peer}")
             if op == "move_shard" and dst in replicas:
                 raise _bad(f"Shard {shard_id} already exists on peer {dst}")
-            if replicas.get(dst) == "Active":
-                raise _bad(f"Shard {shard_id} is already active on peer {dst}")
             created = dst not in replicas
-            replicas[dst] = "Partial"
-            transfers.append(Transfer(shard_id, src, dst, op == "replicate_shard", args.get("method") or "stream_records",
-                                      time.monotonic(), created))
+            method = args.get("method") or "stream_records"
+            replicas[dst] = _receiving_state(method)
+            transfers.append(Transfer(shard_id, src, dst, op == "replicate_shard", method, time.monotonic(), created))
             self._changed()
 
     # -- points ----------------------------------------------------------------------------
@@ -988,7 +1039,7 @@ class FakeQdrantCluster:
     def __init__(self, ports: list[int], api_key: str | None = None, read_only_api_key: str | None = None,
                  spec_path: str | os.PathLike[str] | None = None, *, transfer_seconds: float = DEFAULT_TRANSFER_SECONDS,
                  peer_ids: list[int] | None = None, state_file: str | os.PathLike[str] | None = None,
-                 snapshot_dir: str | os.PathLike[str] | None = None, host: str = HOST):
+                 snapshot_dir: str | os.PathLike[str] | None = None, host: str = HOST, auto_recover: bool = False):
         if not ports:
             raise ValueError("a fake Qdrant cluster needs at least one port")
         rng = random.Random()
@@ -1005,7 +1056,8 @@ class FakeQdrantCluster:
         else:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="fake-qdrant-")
             snap_dir = Path(self._tmpdir.name)
-        self.state = ClusterState([Peer(i, ids[i], port) for i, port in enumerate(ports)], transfer_seconds, snap_dir)
+        self.state = ClusterState([Peer(i, ids[i], port) for i, port in enumerate(ports)], transfer_seconds, snap_dir,
+                                  auto_recover)
         if self.state_file is not None and self.state_file.exists():
             self.state.load_json(json.loads(self.state_file.read_text(encoding="utf-8")))
         if self.state_file is not None:
@@ -1502,11 +1554,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-file", help="keep the cluster state here (loaded at start, rewritten on change)")
     ap.add_argument("--seed-demo", action="store_true", help="create the demo collections when the state is empty")
     ap.add_argument("--transfer-seconds", type=float, default=DEFAULT_TRANSFER_SECONDS)
+    ap.add_argument("--auto-recover", action="store_true",
+                    help="recover Dead replicas on nodes that are up by themselves, as Qdrant does")
     args = ap.parse_args(argv)
     try:
         ports = [int(p) for p in args.ports.split(",") if p.strip()]
         cluster = FakeQdrantCluster(ports, _read_key(args.api_key_file), _read_key(args.read_only_api_key_file), args.spec,
-                                    transfer_seconds=args.transfer_seconds, state_file=args.state_file)
+                                    transfer_seconds=args.transfer_seconds, state_file=args.state_file,
+                                    auto_recover=args.auto_recover)
         if args.seed_demo and not cluster.state.collections:
             cluster.seed_demo()
         cluster.start()

@@ -22,6 +22,9 @@ State under engine "qdrant": {"version", "api_key", "read_only_api_key", "ports"
 when the S3 sandbox is up, ``backups.s3`` is its bucket under the prefix ``qdrant/``.
 
 ``dbops sandbox qdrant mark-dead`` and ``latency`` drive the fake's fault injection (``control``).
+The fake runs without ``--auto-recover``: a real Qdrant node would soon rebuild a Dead replica by
+itself, but the sandbox keeps it Dead, as a Qdrant whose automatic transfers are held back does,
+so that the pane, ``dbops check`` and qdrant.recover-dead-replica have something to act on.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from dbops.engines.qdrant.adapter import QdrantAdapter
-from dbops.engines.qdrant.client import READ_ONLY_HINT, NodeClient, QdrantError, runbook_key
+from dbops.engines.qdrant.client import READ_ONLY_HINT, NodeClient, QdrantError, runbook_key, scheme
 from dbops.engines.qdrant.data import QdrantData
 from dbops.model import Reachability
 from dbops.runbook.model import Context, Verdict
@@ -98,3 +98,8 @@ def _has_manage_key(ctx: Context) -> bool:
 def address(ctx: Context, name: str) -> str:
     m = next(x for x in ctx.ref.cluster.members if x.name == name)
     return f"{m.host}:{m.port}"
+
+
+def base_url(ctx: Context, name: str) -> str:
+    """The node's URL as the plans show it: https when the cluster's tls.mode asks for it."""
+    return f"{scheme(ctx.ref)}://{address(ctx, name)}"

@@ -15,6 +15,7 @@ at snapshot time are put back.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -113,7 +114,7 @@ def recover_commands(ctx: Context) -> list[str]:
     loc = common.location(ctx)
     lines = []
     for t in ctx.state.get("set", []):
-        lines.append(f"PUT http://{common.address(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/recover?wait=true   # {t['node']}")
+        lines.append(f"PUT {common.base_url(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/recover?wait=true   # {t['node']}")
         lines.append(f"  {{location: <presigned GET of s3://{loc.bucket if loc else '?'}/{t['key']}, {PRESIGN_SECONDS // 60} min>, "
                      f"priority: {_priority(ctx)}, checksum: {t['sha256']}}}")
     return lines or ["# the snapshot set is chosen by the pre-check"]
@@ -144,10 +145,18 @@ async def do_recover(ctx: Context) -> None:
         ctx.log(f"{t['node']}: recovered {name} from {t['snapshot'] or t['key']} (priority {priority.value})")
 
 
+# A presigned URL's credentials, wherever they appear (a message may hold the URL cut short, or
+# its query string alone): SigV4's X-Amz-Signature, -Credential and -Security-Token, SigV2's
+# Signature and AWSAccessKeyId.
+_PRESIGNED_PARAMS = re.compile(r"(?i)\b(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=[^&\s\"'<>]*")
+
+
 def _without(text: str, url: str) -> str:
     base, _, query = url.partition("?")
     text = text.replace(url, base + "?<signature removed>")
-    return text.replace(query, "<signature removed>") if query else text
+    if query:
+        text = text.replace(query, "<signature removed>")
+    return _PRESIGNED_PARAMS.sub(lambda m: f"{m.group(1)}=<removed>", text)
 
 
 async def wait_restored(ctx: Context) -> Verdict:

@@ -81,7 +81,7 @@ def object_key(ctx: Context, t: dict[str, Any]) -> str:
 
 
 def snapshot_commands(ctx: Context) -> list[str]:
-    return [f"POST http://{common.address(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots?wait=true   # {t['node']}"
+    return [f"POST {common.base_url(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots?wait=true   # {t['node']}"
             for t in ctx.state.get("nodes", [])] or ["# the nodes are found by the pre-check"]
 
 
@@ -98,7 +98,7 @@ async def do_snapshot(ctx: Context) -> None:
 
 def download_commands(ctx: Context) -> list[str]:
     return [f"mkdir -p -m 0700 {staging_dir(ctx)}"] + [
-        f"GET http://{common.address(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/<{t['node']}'s snapshot> "
+        f"GET {common.base_url(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/<{t['node']}'s snapshot> "
         f"> {_file(ctx, t)}" for t in ctx.state.get("nodes", [])]
 
 
@@ -157,7 +157,7 @@ async def do_verify(ctx: Context) -> None:
 
 
 def cleanup_commands(ctx: Context) -> list[str]:
-    return [f"DELETE http://{common.address(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/<{t['node']}'s snapshot>"
+    return [f"DELETE {common.base_url(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/<{t['node']}'s snapshot>"
             for t in ctx.state.get("nodes", [])]
 
 

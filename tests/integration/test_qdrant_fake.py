@@ -134,6 +134,42 @@ def test_dead_replica_then_replicate_recovers_it(qdrant_cluster: FakeQdrantClust
     assert call(url, "GET", "/collections/docs")[1]["result"]["status"] == "green"
 
 
+def test_transfer_rules_follow_qdrants_validate_transfer_and_abort(qdrant_cluster: FakeQdrantCluster) -> None:
+    """As Qdrant's source: a transfer conflicts only with one of the same shard involving either
+    peer; an aborted replication leaves its target Dead; an unknown transfer is 404; a Dead
+    replica on a node that is up recovers by itself (auto_recover, Collection::sync_local_state)."""
+    url, ids = qdrant_cluster.urls[0], qdrant_cluster.peer_ids
+    qdrant_cluster.transfer_seconds = 3600
+    # Shard 0 lives on nodes 1 and 2: replicate it onto node 3 (no replica there yet).
+    start = {"replicate_shard": {"shard_id": 0, "from_peer_id": ids[0], "to_peer_id": ids[2]}}
+    assert call(url, "POST", "/collections/docs/cluster", start)[0] == 200
+    status, body = call(url, "POST", "/collections/docs/cluster",
+                        {"replicate_shard": {"shard_id": 0, "from_peer_id": ids[1], "to_peer_id": ids[2]}})
+    assert status == 400 and f"Shard 0 is already involved in transfer {ids[0]} -> {ids[2]}" in body["status"]["error"]
+    # Shard 2 (nodes 3 and 1) has no transfer: node 3 may send it while it receives shard 0.
+    assert call(url, "POST", "/collections/docs/cluster",
+                {"replicate_shard": {"shard_id": 2, "from_peer_id": ids[2], "to_peer_id": ids[1]}})[0] == 200
+    assert call(url, "POST", "/collections/docs/cluster", {"abort_transfer": start["replicate_shard"]})[0] == 200
+    remote = call(url, "GET", "/collections/docs/cluster")[1]["result"]["remote_shards"]
+    assert {"shard_id": 0, "peer_id": ids[2], "state": "Dead"} in remote
+    status, body = call(url, "POST", "/collections/docs/cluster", {"abort_transfer": start["replicate_shard"]})
+    assert status == 404 and "does not exist" in body["status"]["error"]
+
+    qdrant_cluster.state.auto_recover = True
+    # Not while node 3 sends shard 2: an automatic transfer must not involve a busy peer at all.
+    info = call(qdrant_cluster.urls[2], "GET", "/collections/docs/cluster")[1]["result"]
+    assert [t["shard_id"] for t in info["shard_transfers"]] == [2]
+    assert {"shard_id": 0, "points_count": 100, "state": "Dead"} in info["local_shards"]
+    qdrant_cluster.complete_transfers()  # then node 3 asks node 1 for shard 0 by itself
+    info = call(qdrant_cluster.urls[2], "GET", "/collections/docs/cluster")[1]["result"]
+    assert {"shard_id": 0, "from": ids[0], "to": ids[2], "sync": True, "method": "wal_delta",
+            "comment": "Transferring records (fake)"} in info["shard_transfers"]
+    assert {"shard_id": 0, "points_count": 100, "state": "Recovery"} in info["local_shards"]
+    qdrant_cluster.complete_transfers()
+    info = call(qdrant_cluster.urls[2], "GET", "/collections/docs/cluster")[1]["result"]
+    assert info["shard_transfers"] == [] and {"shard_id": 0, "points_count": 100, "state": "Active"} in info["local_shards"]
+
+
 def test_no_active_replica_is_red_and_transfers_finish_on_their_own(qdrant_cluster: FakeQdrantCluster) -> None:
     url, ids = qdrant_cluster.urls[0], qdrant_cluster.peer_ids
     for peer in (ids[0], ids[1]):  # both replicas of shard 0

@@ -113,8 +113,12 @@ async def test_the_pane_at_80x24_shows_the_dead_replica(tmp_path: Path) -> None:
             pane = app.screen
             nodes = pane.query_one("#nodes", DataTable)
             replicas = pane.query_one("#replicas-table", DataTable)
-            await settle(pilot, lambda: "leader" in rows(nodes), "q1 as raft leader", show=lambda: rows(nodes))
+            await settle(pilot, lambda: "follower" in rows(nodes), "q1 as raft leader", show=lambda: rows(nodes))
             assert "all 9 replicas Active" in str(pane.query_one("#replicas-note", Static).render())
+            # Every node's whole address (the port too) within 80 columns, nothing scrolled off.
+            assert nodes.virtual_size.width <= nodes.size.width <= 80, (nodes.virtual_size, nodes.size)
+            for i, url in enumerate(cluster.urls):
+                assert str(nodes.get_row_at(i)[-1]) == url.removeprefix("http://")
 
             cluster.set_replica_state("docs", 2, cluster.peer_ids[0], "Dead")
             await settle(pilot, lambda: "Dead" in rows(replicas), "the Dead replica", show=lambda: rows(replicas))

@@ -158,3 +158,39 @@ def test_a_read_only_key_is_refused_with_a_clear_message(env: Env) -> None:
     w = env.dbops("runbook", "run", "qdrant.recover-dead-replica", "--cluster", NAME, "--yes")
     assert w.returncode == int(ExitCode.REFUSED) and "rejected the API key (401 Unauthorized)" in w.stdout, w.stdout
     assert "wrong-manage-key" not in w.stdout + w.stderr + env.audit_text()
+
+
+def test_recover_waits_for_qdrants_own_recovery_instead_of_replicating_again(env: Env) -> None:
+    """Qdrant recovers a Dead replica by itself (its node asks an Active peer for a transfer): when
+    that starts between the pre-check and the replicate step, Qdrant would refuse a second transfer
+    ("already involved in transfer"); the step sees it running and waits for it instead."""
+    import asyncio
+
+    from dbops.runbook.model import Context
+    from dbops.runbooks.qdrant import common
+    from dbops.runbooks.qdrant.recover_dead_replica import check_dead, do_replicate, do_wait, verify_active
+
+    ids = env.cluster.peer_ids
+    env.cluster.set_replica_state("docs", 0, ids[1], "Dead")
+    lines: list[str] = []
+    ctx = Context(env.ref(), {}, "it-auto-recover", log=lines.append)
+
+    async def run() -> str:
+        try:
+            found = await check_dead(ctx)
+            assert found.ok and "docs/0 on q2 is Dead: copy from q1" in found.detail, found.detail
+            env.cluster.transfer_seconds = 3600  # until the test ends it: the step must see it running
+            env.cluster.state.auto_recover = True  # Qdrant's own recovery starts now, q1 -> q2
+            await do_replicate(ctx)
+            env.cluster.complete_transfers()
+            await do_wait(ctx)
+            return (await verify_active(ctx)).detail
+        finally:
+            await common.teardown(ctx)
+
+    verdict = asyncio.run(run())
+    assert any("docs/0 on q2: a transfer q1 -> q2 is already running (Qdrant's own recovery); not replicated again"
+               in line for line in lines), lines
+    assert not any("started" in line for line in lines), lines
+    assert verdict == "docs/0 on q2 Active with 100 points, as on q1"
+    assert env.health().severity is Severity.OK

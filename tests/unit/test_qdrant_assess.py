@@ -191,3 +191,27 @@ def test_mixed_versions_are_named_without_raising_the_severity() -> None:
     assert h.severity is Severity.OK
     assert any(m.message == "nodes run different Qdrant versions (an upgrade under way?): q1 1.19.0, q2 1.19.0, q3 1.18.2"
                for m in h.metrics)
+
+
+def test_a_presigned_urls_credentials_never_survive_in_a_message_even_cut_short() -> None:
+    from dbops.runbooks.qdrant.restore_from_s3 import _without
+
+    url = ("https://s3.example/b/vectors/docs.snapshot?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+           "&X-Amz-Credential=AKIAEXAMPLE%2F20261122&X-Amz-Security-Token=tok123&X-Amz-Signature=0123abcdef")
+    whole = _without(f"q1: Failed to download snapshot from {url}", url)
+    assert whole == "q1: Failed to download snapshot from https://s3.example/b/vectors/docs.snapshot?<signature removed>"
+    cut = _without(f"q1: Failed to download snapshot from {url[:-4]}…", url)  # a message shortened mid-signature
+    assert "AKIAEXAMPLE" not in cut and "tok123" not in cut and "0123ab" not in cut, cut
+    assert cut.startswith("q1: Failed to download snapshot from https://s3.example/b/vectors/docs.snapshot?X-Amz-Algorithm=")
+
+
+def test_a_runbooks_plan_names_https_when_the_cluster_uses_tls() -> None:
+    from dbops.runbook.model import Context
+    from dbops.runbooks.qdrant.recover_dead_replica import replicate_commands
+
+    tls = parse(CONFIG.replace('[environments.prod.clusters.vectors.qdrant]',
+                               'tls = { mode = "require" }\n[environments.prod.clusters.vectors.qdrant]')).clusters()[0]
+    target = {"collection": "docs", "shard": 1, "to_peer": 22, "to": "q2", "from_peer": 11, "from": "q1", "via": "q1"}
+    for r, scheme in ((ref(), "http"), (tls, "https")):
+        plan = replicate_commands(Context(r, {}, "plan", state={"targets": [target]}))
+        assert plan[0].startswith(f"POST {scheme}://10.0.0.1:6333/collections/docs/cluster "), plan
