@@ -88,21 +88,14 @@ class KafkaScreen(ClusterPane):
 
     def on_mount(self) -> None:
         self.title = f"{self.ref.name} · Kafka"
-        for table_id, columns in (("#nodes", BROKER_COLUMNS), ("#groups-table", GROUP_COLUMNS),
-                                  ("#gparts-table", GPART_COLUMNS), ("#parts-table", PART_COLUMNS)):
-            table = self.query_one(table_id, DataTable)
-            for key, label in columns:
-                table.add_column(label, key=key)
+        self.add_columns((("#nodes", BROKER_COLUMNS), ("#groups-table", GROUP_COLUMNS),
+                          ("#gparts-table", GPART_COLUMNS), ("#parts-table", PART_COLUMNS)))
         self.show_banner()
         self.redraw(self.app.hub.cluster_health(self.key))
         self.query_one("#groups-table", DataTable).focus()
 
     def _data(self) -> KafkaData | None:
-        # The poll unit's snapshot holds the whole refresh.
-        for s in self.app.hub.snapshots(self.key).values():
-            if isinstance(s.shown, KafkaData):
-                return s.shown
-        return None
+        return self.unit_values(KafkaData)
 
     # -- updates -------------------------------------------------------------------------------
 

@@ -117,11 +117,8 @@ class Neo4jScreen(ClusterPane):
 
     def on_mount(self) -> None:
         self.title = f"{self.ref.name} · Neo4j"
-        for table_id, columns in (("#n4j-members", MEMBER_COLUMNS), ("#n4j-tx", TX_COLUMNS), ("#n4j-dbs", DB_COLUMNS),
-                                  ("#n4j-servers", SERVER_COLUMNS)):
-            table = self.query_one(table_id, DataTable)
-            for key, label in columns:
-                table.add_column(label, key=key)
+        self.add_columns((("#n4j-members", MEMBER_COLUMNS), ("#n4j-tx", TX_COLUMNS), ("#n4j-dbs", DB_COLUMNS),
+                          ("#n4j-servers", SERVER_COLUMNS)))
         self.show_banner()
         self.redraw(self.app.hub.cluster_health(self.key))
         self.query_one("#n4j-tx", DataTable).focus()

@@ -85,21 +85,14 @@ class QdrantScreen(ClusterPane):
 
     def on_mount(self) -> None:
         self.title = f"{self.ref.name} · Qdrant"
-        for table_id, columns in (("#nodes", NODE_COLUMNS), ("#collections-table", COLLECTION_COLUMNS),
-                                  ("#replicas-table", REPLICA_COLUMNS), ("#transfers-table", TRANSFER_COLUMNS)):
-            table = self.query_one(table_id, DataTable)
-            for key, label in columns:
-                table.add_column(label, key=key)
+        self.add_columns((("#nodes", NODE_COLUMNS), ("#collections-table", COLLECTION_COLUMNS),
+                          ("#replicas-table", REPLICA_COLUMNS), ("#transfers-table", TRANSFER_COLUMNS)))
         self.show_banner()
         self.redraw(self.app.hub.cluster_health(self.key))
         self.query_one("#replicas-table", DataTable).focus()
 
     def _data(self) -> QdrantData | None:
-        # The poll unit's snapshot holds the whole refresh.
-        for s in self.app.hub.snapshots(self.key).values():
-            if isinstance(s.shown, QdrantData):
-                return s.shown
-        return None
+        return self.unit_values(QdrantData)
 
     # -- updates -------------------------------------------------------------------------------
 
