@@ -89,7 +89,8 @@ def tui(ctx: click.Context) -> None:
               help="Poll this many times, a refresh interval apart, and judge the last: Kafka consumer lag "
                    "(STALL/STOP) is judged over kafka.thresholds.lag_window refreshes.")
 @click.option("--backups/--no-backups", "with_backups", default=True, show_default=True,
-              help="Also judge every cluster's backups ([backups] s3, [pgbackrest]): newest age, size, WAL archive, bucket.")
+              help="Also judge every cluster's backups ([backups] s3, [pgbackrest], [rds] and [elasticache] snapshots): "
+                   "newest age, size, WAL archive or point-in-time window, bucket.")
 @click.pass_context
 def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool) -> None:
     """Poll everything once; Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN."""
@@ -178,7 +179,8 @@ def _backup_json(b: Any) -> dict[str, Any]:
             {
                 "kind": k.kind, "source": k.source, "severity": k.severity.name,
                 "newest": k.newest.name if k.newest else None,
-                "newest_created": k.newest.created.isoformat() if k.newest else None,
+                # None too when the source does not report the time (ElastiCache on moto).
+                "newest_created": k.newest.created.isoformat() if k.newest and k.newest.created else None,
                 "age_seconds": k.age_seconds, "size": k.newest.size if k.newest else None, "sizes": list(k.sizes),
                 "count": k.count, "wal_segment": k.wal_segment, "wal_age_seconds": k.wal_age_seconds,
             }

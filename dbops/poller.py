@@ -9,8 +9,8 @@ Each member's loop is sequential (await collect, then sleep), so polls of one me
 overlap; a slow server delays only its own member.
 
 The same loop runs the backup watcher (one sequential loop per cluster with a backup location,
-every backups.refresh_seconds: dbops.platform.backups.fetch, whose boto3 and pgbackrest calls run
-in threads) and, when [audit.ship] is configured, audit shipping every audit.ship.every_seconds;
+[rds] or [elasticache] included, every backups.refresh_seconds: dbops.platform.backups.fetch,
+whose boto3 and pgbackrest calls run in threads) and, when [audit.ship] is configured, audit shipping every audit.ship.every_seconds;
 a failed shipping becomes a notice the console shows (drain_notices).
 """
 

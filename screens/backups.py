@@ -1,7 +1,9 @@
 """`B`: the Backups pane. One row per cluster and kind of backup: how old the newest is against
 the cluster's target (severity coloured), its size and the size trend, how many, the WAL archive's
-age (pgBackRest), the bucket's versioning / Object Lock; below, the highlighted row's findings
-and recent backups.
+age (pgBackRest) or how far back point-in-time recovery falls short (RDS's LatestRestorableTime),
+the bucket's versioning / Object Lock; below, the highlighted row's findings and recent backups.
+RDS and ElastiCache snapshots are rows like any other ("rds-snapshot", "elasticache-snapshot");
+a snapshot whose time AWS does not report shows "no time", never an invented age.
 
 It reads the poller hub's backup watcher (dbops.platform.backups, refreshed off the UI thread
 every backups.refresh_seconds) and judges that against the app's clock; `r` asks the watcher to
@@ -19,7 +21,14 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from dbops.model import ClusterHealth, Severity, human_bytes, human_seconds
-from dbops.platform.backups import ClusterBackups, KindState, has_backups
+from dbops.platform.backups import (
+    ELASTICACHE_KIND,
+    PGBACKREST_KIND,
+    RDS_KIND,
+    ClusterBackups,
+    KindState,
+    has_backups,
+)
 
 from .render import SEVERITY_STYLE, sparkline
 
@@ -29,6 +38,8 @@ TREND_WIDTH = 6
 # What is left of 80 columns once the other columns have their widest usual values.
 CLUSTER_WIDTH = 16
 DETAIL_LINES = 9
+# Kinds whose backups are not in the [backups] s3 bucket: the Bucket column says where they are.
+NOT_IN_BUCKET = {PGBACKREST_KIND: "repo", RDS_KIND: "aws", ELASTICACHE_KIND: "aws"}
 
 
 def _short(text: str, width: int) -> str:
@@ -106,8 +117,8 @@ class BackupsScreen(Screen[None]):
                 # the same as there being none.
                 rows[key] = (Text(labels[ref.key]), Text("not set up", style="dim"), Text("-", style="dim"),
                              "", "", "", "", Text("-", style="dim"))
-                detail[key] = Text(f"{ref.key}: no [backups] s3 and no [pgbackrest] configured: dbops cannot see its backups",
-                                   style="dim")
+                detail[key] = Text(f"{ref.key}: no [backups] s3, [pgbackrest], [rds] or [elasticache] configured: "
+                                   "dbops cannot see its backups", style="dim")
                 continue
             state = hub.backup_state(ref.key, now)
             if state is None:
@@ -140,7 +151,12 @@ class BackupsScreen(Screen[None]):
     def _cells(self, cluster: str, k: KindState, state: ClusterBackups) -> tuple[Any, ...]:
         age_sev = next((m.severity for m in k.metrics if m.name.endswith(".age") and not m.name.startswith("backup.wal")),
                        k.severity)
-        age = Text(human_seconds(k.age_seconds) if k.age_seconds is not None else "none", style=SEVERITY_STYLE[age_sev])
+        if k.age_seconds is not None:
+            age = Text(human_seconds(k.age_seconds), style=SEVERITY_STYLE[age_sev])
+        elif k.newest is not None:  # there is one, and its source does not say when it was taken
+            age = Text("no time", style="dim")
+        else:
+            age = Text("none", style=SEVERITY_STYLE[age_sev])
         size = human_bytes(k.newest.size) if k.newest else "-"
         size_sev = next((m.severity for m in k.metrics if m.name.endswith(".size")), Severity.OK)
         wal = Text("-", style="dim")
@@ -148,7 +164,7 @@ class BackupsScreen(Screen[None]):
             wal_sev = next((m.severity for m in k.metrics if m.name == "backup.wal.age"), Severity.OK)
             wal = Text(human_seconds(k.wal_age_seconds) if k.wal_age_seconds is not None else "none",
                        style=SEVERITY_STYLE[wal_sev])
-        bucket = bucket_cell(state.protection) if k.kind != "pgbackrest" else Text("repo", style="dim")
+        bucket = bucket_cell(state.protection) if k.kind not in NOT_IN_BUCKET else Text(NOT_IN_BUCKET[k.kind], style="dim")
         return (
             Text(cluster),
             Text(_short(k.kind, 11)),
@@ -171,15 +187,15 @@ class BackupsScreen(Screen[None]):
             out.append(f"{key}\n", style="bold")
             metrics = []
         # The cluster's own findings too: a source that cannot be read, the bucket (not for
-        # pgBackRest, whose repository is not that bucket).
+        # pgBackRest or AWS snapshots, which are not in that bucket).
         metrics += [m for m in state.metrics if m.name in ("backup.source", "backup.none")
-                    or (m.name == "backup.bucket" and (k is None or k.kind != "pgbackrest"))]
+                    or (m.name == "backup.bucket" and (k is None or k.kind not in NOT_IN_BUCKET))]
         for m in sorted(metrics, key=lambda m: -m.severity.rank):
             out.append(f" {m.severity.name:<4} ", style=SEVERITY_STYLE[m.severity])
             out.append(f" {m.message.split(': ', 1)[-1]}\n")
         if k is not None:
             for e in k.recent:
-                when = e.created.strftime("%Y-%m-%d %H:%MZ")
+                when = e.created.strftime("%Y-%m-%d %H:%MZ") if e.created else "time not reported"
                 line = f"  {when}  {human_bytes(e.size):>9}  {e.detail + ' ' if e.detail else ''}{e.name}"
                 out.append(line + (f"  ({e.missing})" if e.missing else "") + "\n", style="red" if e.missing else "")
         out.rstrip()

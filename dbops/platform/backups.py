@@ -5,7 +5,10 @@ Two halves, kept apart so the judgement can be tested with a frozen clock:
 * ``fetch(ref)`` (async, I/O) reads what is there: the manifests under the cluster's
   ``[backups] s3`` location, the bucket's versioning / Object Lock state, and, for a cluster with
   ``[pgbackrest]``, ``pgbackrest info --output=json`` plus the time of the newest archived WAL
-  segment (``pgbackrest repo-ls`` of that one archive directory, so S3 repositories work too).
+  segment (``pgbackrest repo-ls`` of that one archive directory, so S3 repositories work too);
+  for a cluster with ``[rds]``, its DB instance's snapshots and point-in-time window; for one
+  with ``[elasticache]``, its replication group's snapshots (both through the readers of
+  dbops.platform.rds and dbops.platform.elasticache, the ones the AWS pane uses).
   It returns a ``Fetched`` and never raises for a server's answer: a dead endpoint, a missing
   bucket or a failing pgBackRest becomes an ``error`` line of that source.
 * ``judge(fetched, targets, now)`` (pure) turns that into severities and sentences.
@@ -21,7 +24,18 @@ number of backups beyond the caps):
 * 2 requests for the bucket's versioning and Object Lock configuration.
 
 and per cluster with pgBackRest: one ``pgbackrest info`` and one ``repo-ls`` of a single
-archive directory (at most 256 WAL segments).
+archive directory (at most 256 WAL segments); per cluster with [rds]: DescribeDBInstances and one
+page (100) each of its automated and manual snapshots; per cluster with [elasticache]: one page
+(50) of DescribeSnapshots. More snapshots than a page are not read, and the count says so ("100+").
+
+RDS and ElastiCache (kinds "rds-snapshot" and "elasticache-snapshot"): the newest *available*
+snapshot, automated or manual, judged like any backup. Their sizes are not byte sizes: RDS
+reports only the instance's allocated storage at snapshot time (shown, and said so), ElastiCache
+none. ElastiCache snapshots whose time is not reported (no SnapshotCreateTime: moto's answer)
+are listed with "time not reported" and no age; their age is not judged (never invented). An RDS
+instance's LatestRestorableTime plays the WAL archive's part: how much point-in-time recovery
+would lose, against ``rpo_seconds``; automated backups off (BackupRetentionPeriod 0: no
+point-in-time recovery at all) is WARN, as on the AWS pane.
 
 Judgement (``judge``), per kind of backup (pg_dump, redis_rdb, pgbackrest, qdrant-snapshot ...):
 
@@ -44,7 +58,8 @@ Judgement (``judge``), per kind of backup (pg_dump, redis_rdb, pgbackrest, qdran
 * a source that cannot be read (S3 unreachable, no such bucket, pgBackRest failing): UNKNOWN,
   with the reason.
 
-Core: no textual; boto3 is imported by dbops.platform.s3 inside its functions.
+Core: no textual; boto3 is imported by dbops.platform.s3, .rds and .elasticache inside their
+functions (this module imports them only inside its readers).
 """
 
 from __future__ import annotations
@@ -75,16 +90,20 @@ SIZE_DROP_RATIO = 0.5
 # collection and node, per database).
 SERIES_KEYS = ("database", "shard", "collection", "node")
 PGBACKREST_KIND = "pgbackrest"
+RDS_KIND = "rds-snapshot"
+ELASTICACHE_KIND = "elasticache-snapshot"
+GIB = 1024**3
 TIMEOUT = 60.0  # seconds for one cluster's whole fetch
 
 
 @dataclass(frozen=True)
 class BackupEntry:
-    """One backup as listed: its name (S3 key or pgBackRest label), when it completed, its size."""
+    """One backup as listed: its name (S3 key, pgBackRest label, snapshot id), when it completed,
+    its size."""
 
     name: str
-    created: datetime  # aware, UTC
-    size: int
+    created: datetime | None  # aware, UTC; None: the source does not report it (never invented)
+    size: int | None  # bytes; None: not reported
     detail: str = ""  # pgBackRest: full / incr / diff
     missing: str | None = None  # why the listed backup is not usable (its object is gone ...)
     # What the backup is of, within its kind ("shard=0-5460", "collection=docs node=q1"): sizes
@@ -103,6 +122,12 @@ class KindFetched:
     wal_segment: str | None = None  # pgBackRest: the newest archived WAL segment
     wal_time: datetime | None = None  # when it reached the repository
     wal_checked: bool = False  # this kind carries a WAL archive judgement
+    # wal_time is RDS's LatestRestorableTime (the point-in-time window's end), not a WAL segment
+    pitr: bool = False
+    # What the reader found that is WARN whatever the time (automated backups off ...).
+    warnings: tuple[str, ...] = ()
+    # What the reader wants said, not judged (a size that is not a byte size ...).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,8 +214,10 @@ async def in_daemon_thread(fn: Any, *args: Any) -> Any:
 
 
 def has_backups(ref: ClusterRef) -> bool:
-    """Whether the cluster names anywhere its backups live."""
-    return ref.cluster.backups.s3 is not None or ref.cluster.pgbackrest is not None
+    """Whether the cluster names anywhere its backups live (an RDS instance's and an ElastiCache
+    group's snapshots are its backups)."""
+    c = ref.cluster
+    return c.backups.s3 is not None or c.pgbackrest is not None or c.rds is not None or c.elasticache is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,14 +250,19 @@ def _judge_kind(k: KindFetched, cluster: str, targets: Backups, now: datetime) -
     metrics: list[Metric] = []
     usable = [e for e in k.entries if e.missing is None]
     for e in k.entries:
-        if e.missing is not None and (not usable or e.created >= usable[0].created):
+        newer = not usable or (e.created is not None and (usable[0].created is None or e.created >= usable[0].created))
+        if e.missing is not None and newer:
             metrics.append(Metric(f"backup.{k.kind}.missing", Severity.WARN, f"{cluster}: {k.kind} {e.name}: {e.missing}"))
+    # Readers list the backups whose time is not reported after the others: usable[0] has a
+    # time unless none has.
     newest = usable[0] if usable else None
-    age = max(0.0, (now - newest.created).total_seconds()) if newest else None
+    age = max(0.0, (now - newest.created).total_seconds()) if newest and newest.created else None
     if newest is None:
         metrics.append(Metric(f"backup.{k.kind}.age", Severity.CRIT, f"{cluster}: no usable {k.kind} backup in {k.source}"))
+    elif age is None:
+        metrics.append(Metric(f"backup.{k.kind}.age", Severity.OK,
+                              f"{cluster}: newest {k.kind} {newest.name}: time not reported, age not judged"))
     else:
-        assert age is not None
         sev = _age_severity(age, targets.max_age_seconds)
         metrics.append(Metric(
             f"backup.{k.kind}.age", sev,
@@ -239,10 +271,10 @@ def _judge_kind(k: KindFetched, cluster: str, targets: Backups, now: datetime) -
             age,
         ))
     # Sizes of the newest backup's own series (its shard, collection, database ...).
-    series = [e for e in usable if newest is not None and e.series == newest.series]
-    sizes = tuple(e.size for e in reversed(series[:TREND]))
-    if newest is not None:
-        before = [e.size for e in series[1:6]]
+    series = [e for e in usable if newest is not None and e.series == newest.series and e.size is not None]
+    sizes = tuple(e.size for e in reversed(series[:TREND]) if e.size is not None)
+    if newest is not None and newest.size is not None:
+        before = [e.size for e in series[1:6] if e.size is not None]
         if newest.size == 0:
             metrics.append(Metric(f"backup.{k.kind}.size", Severity.WARN, f"{cluster}: newest {k.kind} backup {newest.name} is empty (0 bytes)"))
         elif len(before) >= 2:
@@ -256,6 +288,10 @@ def _judge_kind(k: KindFetched, cluster: str, targets: Backups, now: datetime) -
                 ))
     for label in k.checksum_errors:
         metrics.append(Metric(f"backup.{k.kind}.checksum", Severity.WARN, f"{cluster}: pgBackRest backup {label} found page checksum errors"))
+    for warning in k.warnings:
+        metrics.append(Metric(f"backup.{k.kind}.setup", Severity.WARN, f"{cluster}: {warning}"))
+    for note in k.notes:
+        metrics.append(Metric(f"backup.{k.kind}.note", Severity.OK, f"{cluster}: {note}"))
     wal_age = None
     if k.wal_checked:
         if k.wal_time is None:
@@ -263,9 +299,11 @@ def _judge_kind(k: KindFetched, cluster: str, targets: Backups, now: datetime) -
         else:
             wal_age = max(0.0, (now - k.wal_time).total_seconds())
             sev = _age_severity(wal_age, targets.rpo_seconds)
+            what = ("latest restorable time (point-in-time recovery)" if k.pitr
+                    else f"newest archived WAL {k.wal_segment}")
             metrics.append(Metric(
                 "backup.wal.age", sev,
-                f"{cluster}: newest archived WAL {k.wal_segment} is {human_seconds(wal_age)} old"
+                f"{cluster}: {what} is {human_seconds(wal_age)} old"
                 + ("" if sev is Severity.OK else f" (RPO {human_seconds(targets.rpo_seconds)})"),
                 wal_age,
             ))
@@ -442,24 +480,90 @@ def _archive_id(stanza: dict[str, Any]) -> str | None:
     return str(ids[-1]) if ids and ids[-1] else None
 
 
-# Clusters whose S3 read is still running in its thread after fetch() stopped waiting for it (a
-# slow S3 answers within botocore's timeouts, just barely, call after call): the next fetch does
-# not start a second read of the same bucket beside it, so reads of one cluster never overlap.
-_S3_READING: set[str] = set()
-_S3_READING_LOCK = threading.Lock()
+def read_rds(ref: ClusterRef) -> tuple[KindFetched | None, str | None]:
+    """The cluster's RDS instance's snapshots and point-in-time window, or an error line.
+    Synchronous (boto3, through dbops.platform.rds.read_backups): call it in a thread."""
+    from dbops.platform import rds
 
-
-def _read_s3_alone(key: str, location: S3Location, cluster: str, environment: str) -> Any:
-    """read_s3(), or None when this cluster's previous read is still running."""
-    with _S3_READING_LOCK:
-        if key in _S3_READING:
-            return None
-        _S3_READING.add(key)
+    rds_ref = ref.cluster.rds
+    assert rds_ref is not None
     try:
-        return read_s3(location, cluster, environment)
+        instance, snapshots, more = rds.read_backups(rds_ref.aws, rds_ref.instance)
+    except rds.AwsError as exc:
+        return None, exc.message
+    available = [s for s in snapshots if s.status == "available" and s.created is not None]
+    entries = tuple(
+        BackupEntry(s.id, s.created, s.size_gib * GIB if s.size_gib is not None else None, detail=s.type)
+        for s in available[: RECENT + TREND]
+    )
+    notes = ["size: allocated storage (RDS reports no snapshot size)"]
+    listed = {s.id for s in available}
+    pending = [s for s in snapshots if s.id not in listed]
+    if pending:
+        notes.append("not available yet or any more: " + ", ".join(f"{s.id} ({s.status or 'no status'})" for s in pending[:3])
+                     + (f" and {len(pending) - 3} more" if len(pending) > 3 else ""))
+    if more:
+        notes.append(f"more than {rds.SNAPSHOT_PAGE_SIZE} snapshots of one type: only the first page RDS listed was "
+                     "read, a newer one may be among the rest")
+    warnings: list[str] = []
+    pitr_reported = instance.backup_retention_days > 0 and instance.latest_restorable is not None
+    if instance.backup_retention_days == 0:
+        warnings.append(f"{instance.id} has automated backups off (BackupRetentionPeriod 0): no point-in-time "
+                        "recovery, only its snapshots")
+    elif instance.latest_restorable is None:
+        notes.append("latest restorable time not reported: the point-in-time window is not judged")
+    kind = KindFetched(
+        RDS_KIND, f"RDS instance {instance.id}", entries, len(available), more,
+        wal_time=instance.latest_restorable if pitr_reported else None, wal_checked=pitr_reported, pitr=True,
+        warnings=tuple(warnings), notes=tuple(notes),
+    )
+    return kind, None
+
+
+def read_elasticache(ref: ClusterRef) -> tuple[KindFetched | None, str | None]:
+    """The cluster's ElastiCache replication group's snapshots, or an error line. Synchronous
+    (boto3, through dbops.platform.elasticache.read_snapshots): call it in a thread."""
+    from dbops.platform import elasticache
+    from dbops.platform.rds import AwsError
+
+    ec_ref = ref.cluster.elasticache
+    assert ec_ref is not None
+    try:
+        snapshots, more = elasticache.read_snapshots(ec_ref.aws, ec_ref.replication_group)
+    except AwsError as exc:
+        return None, exc.message
+    available = [s for s in snapshots if s.status == "available"]
+    entries = tuple(BackupEntry(s.name, s.created, None, detail=s.source) for s in available[: RECENT + TREND])
+    notes = ["size not reported by ElastiCache"]
+    if available and available[0].created is not None and any(s.created is None for s in available):
+        # The newest timed one is judged; say why the others show no time.
+        notes.append("time not reported for some snapshots (no SnapshotCreateTime): shown without an age")
+    if more:
+        notes.append(f"more than {elasticache.SNAPSHOT_PAGE_SIZE} snapshots: only the first page ElastiCache listed was read")
+    kind = KindFetched(ELASTICACHE_KIND, f"ElastiCache group {ec_ref.replication_group}", entries, len(available), more,
+                       notes=tuple(notes))
+    return kind, None
+
+
+# (cluster, source) pairs whose read is still running in its thread after fetch() stopped
+# waiting for it (a slow S3 or AWS API answers within botocore's timeouts, just barely, call after
+# call): the next fetch does not start a second read of the same source beside it, so reads of
+# one cluster never overlap.
+_READING: set[tuple[str, str]] = set()
+_READING_LOCK = threading.Lock()
+
+
+def _read_alone(key: str, source: str, fn: Any, *args: Any) -> Any:
+    """fn(*args), or None when this cluster's previous read of `source` is still running."""
+    with _READING_LOCK:
+        if (key, source) in _READING:
+            return None
+        _READING.add((key, source))
+    try:
+        return fn(*args)
     finally:
-        with _S3_READING_LOCK:
-            _S3_READING.discard(key)
+        with _READING_LOCK:
+            _READING.discard((key, source))
 
 
 async def fetch(ref: ClusterRef, timeout: float = TIMEOUT) -> Fetched:
@@ -476,7 +580,7 @@ async def fetch(ref: ClusterRef, timeout: float = TIMEOUT) -> Fetched:
         nonlocal protection
         loc = backups.s3
         assert loc is not None
-        got = await in_daemon_thread(_read_s3_alone, ref.key, loc, ref.name, ref.environment)
+        got = await in_daemon_thread(_read_alone, ref.key, "s3", read_s3, loc, ref.name, ref.environment)
         if got is None:
             errors.append(f"s3://{loc.bucket}/{_prefix(loc)}: the previous read has not finished yet (S3 answers "
                           "slowly); it is not read again until it has")
@@ -494,7 +598,27 @@ async def fetch(ref: ClusterRef, timeout: float = TIMEOUT) -> Fetched:
         if error:
             errors.append(error)
 
+    async def aws_part(source: str, reader: Any, where: str) -> None:
+        got = await in_daemon_thread(_read_alone, ref.key, source, reader, ref)
+        if got is None:
+            errors.append(f"{where}: the previous read has not finished yet (AWS answers slowly); it is not read "
+                          "again until it has")
+            return
+        kind, error = got
+        if kind is not None:
+            kinds.append(kind)
+        if error:
+            errors.append(error)
+
     parts = []
+    if ref.cluster.rds is not None:
+        where = f"RDS instance {ref.cluster.rds.instance}"
+        locations.append(where)
+        parts.append(aws_part("rds", read_rds, where))
+    if ref.cluster.elasticache is not None:
+        where = f"ElastiCache group {ref.cluster.elasticache.replication_group}"
+        locations.append(where)
+        parts.append(aws_part("elasticache", read_elasticache, where))
     if backups.s3 is not None:
         locations.append(f"s3://{backups.s3.bucket}/{_prefix(backups.s3)}")
         parts.append(s3_part())

@@ -23,11 +23,12 @@ from dbops.model import Severity, human_seconds
 from dbops.platform.rds import AwsError, AwsSession, Finding, as_utc
 
 if TYPE_CHECKING:
-    from dbops.config import ClusterRef
+    from dbops.config import AwsLocation, ClusterRef
 
-__all__ = ["CacheMember", "CacheSnapshot", "CacheView", "collect", "judge"]
+__all__ = ["CacheMember", "CacheSnapshot", "CacheView", "collect", "judge", "read_snapshots"]
 
 SNAPSHOT_PAGES = 5  # at most 5 x 50 snapshots per refresh
+SNAPSHOT_PAGE_SIZE = 50  # DescribeSnapshots' MaxRecords (its maximum)
 
 _WORKING = frozenset({"creating", "modifying", "snapshotting"})
 _BROKEN = frozenset({"create-failed", "deleting"})
@@ -98,6 +99,38 @@ def _snapshot(d: dict[str, Any]) -> CacheSnapshot:
                          status=str(d.get("SnapshotStatus", "")), created=max(known) if known else None)
 
 
+def _snapshots(session: AwsSession, group_id: str, pages: int) -> tuple[list[CacheSnapshot], bool]:
+    """The group's snapshots, at most `pages` pages of SNAPSHOT_PAGE_SIZE, newest first (those
+    whose time is not reported after them); and whether ElastiCache has more than were read."""
+    from botocore.exceptions import ClientError
+
+    client = session.client("elasticache")
+    out: list[CacheSnapshot] = []
+    target = f"snapshots of ElastiCache replication group {group_id}"
+    with session.errors("elasticache", target):
+        try:
+            listing = client.get_paginator("describe_snapshots").paginate(
+                ReplicationGroupId=group_id,
+                PaginationConfig={"MaxItems": pages * SNAPSHOT_PAGE_SIZE, "PageSize": SNAPSHOT_PAGE_SIZE})
+            for page in listing:
+                out += [_snapshot(s) for s in page.get("Snapshots") or []]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("ReplicationGroupNotFoundFault", "ReplicationGroupNotFound"):
+                raise AwsError(f"{target}: no such replication group in {session.aws.region} (check [elasticache] "
+                               "replication_group and aws.region)", "ReplicationGroupNotFound") from None
+            raise
+    out.sort(key=lambda s: (s.created is None, -s.created.timestamp() if s.created else 0.0))
+    return out, listing.resume_token is not None
+
+
+def read_snapshots(aws: AwsLocation, group_id: str) -> tuple[list[CacheSnapshot], bool]:
+    """What the Backups pane needs of a replication group: one DescribeSnapshots page
+    (SNAPSHOT_PAGE_SIZE, its maximum), whatever the number of snapshots; newest first, those
+    whose time ElastiCache does not report last; and whether there are more than were read.
+    Raises AwsError (one line)."""
+    return _snapshots(AwsSession(aws, f"ElastiCache replication group {group_id}"), group_id, pages=1)
+
+
 def collect(ref: ClusterRef, now: datetime | None = None) -> CacheView:
     """Everything the AWS pane shows for a redis cluster with [elasticache]; never raises for
     what AWS says: a failed call is the view's `error` (nothing read) or one of its `notes`."""
@@ -128,15 +161,9 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> CacheView:
     notes: list[str] = []
     snapshots: list[CacheSnapshot] = []
     try:
-        with session.errors("elasticache", f"snapshots of ElastiCache replication group {group_id}"):
-            pages = client.get_paginator("describe_snapshots").paginate(
-                ReplicationGroupId=group_id, PaginationConfig={"MaxItems": SNAPSHOT_PAGES * 50, "PageSize": 50})
-            for page in pages:
-                snapshots += [_snapshot(s) for s in page.get("Snapshots") or []]
+        snapshots, _more = _snapshots(session, group_id, SNAPSHOT_PAGES)
     except AwsError as exc:
         notes.append(exc.message)
-    # Newest first; those whose time is not reported after them.
-    snapshots.sort(key=lambda s: (s.created is None, -s.created.timestamp() if s.created else 0.0))
     retention = g.get("SnapshotRetentionLimit")
     view = CacheView(
         **base, status=str(g.get("Status", "unknown")), engine=str(g.get("Engine", "redis")),

@@ -53,6 +53,7 @@ __all__ = [
     "judge",
     "promote_read_replica",
     "promote_request",
+    "read_backups",
     "status_severity",
 ]
 
@@ -60,6 +61,7 @@ CONNECT_TIMEOUT = 5.0  # an unreachable endpoint must fail fast: an operator is 
 READ_TIMEOUT = 20.0
 TOTAL_ATTEMPTS = 2  # the first try and one retry: the pane refreshes again anyway
 SNAPSHOT_PAGES = 5  # at most 5 x 100 snapshots per refresh: a bound, not O(everything)
+SNAPSHOT_PAGE_SIZE = 100  # DescribeDBSnapshots' MaxRecords (its maximum)
 LAG_WINDOW = timedelta(minutes=10)  # ReplicaLag datapoints older than this say nothing about now
 
 NOT_REPORTED = "not reported"
@@ -365,16 +367,44 @@ def _replica_lag(session: AwsSession, ident: str, now: datetime) -> float | None
     return float(newest["Maximum"])
 
 
-def _snapshots(session: AwsSession, ident: str) -> list[DbSnapshot]:
+def _snapshots(session: AwsSession, ident: str, pages: int = SNAPSHOT_PAGES,
+               snapshot_type: str | None = None) -> tuple[list[DbSnapshot], bool]:
+    """The instance's snapshots (of `snapshot_type`, or automated and manual), at most `pages`
+    pages of SNAPSHOT_PAGE_SIZE, newest first; and whether RDS has more than were read."""
     rds = session.client("rds")
     out: list[DbSnapshot] = []
+    params: dict[str, Any] = {"DBInstanceIdentifier": ident}
+    if snapshot_type:
+        params["SnapshotType"] = snapshot_type
     with session.errors("rds", f"snapshots of RDS instance {ident}"):
-        pages = rds.get_paginator("describe_db_snapshots").paginate(
-            DBInstanceIdentifier=ident, PaginationConfig={"MaxItems": SNAPSHOT_PAGES * 100, "PageSize": 100})
-        for page in pages:
+        listing = rds.get_paginator("describe_db_snapshots").paginate(
+            **params, PaginationConfig={"MaxItems": pages * SNAPSHOT_PAGE_SIZE, "PageSize": SNAPSHOT_PAGE_SIZE})
+        for page in listing:
             out += [_snapshot(s) for s in page.get("DBSnapshots") or []]
     # Newest first; one still being taken (no time yet) on top.
-    return sorted(out, key=lambda s: s.created or datetime.max.replace(tzinfo=timezone.utc), reverse=True)
+    newest_first = sorted(out, key=lambda s: s.created or datetime.max.replace(tzinfo=timezone.utc), reverse=True)
+    return newest_first, listing.resume_token is not None
+
+
+def read_backups(aws: AwsLocation, ident: str) -> tuple[DbInstance, list[DbSnapshot], bool]:
+    """What the Backups pane needs of a DB instance, in three calls whatever the number of
+    snapshots: the instance (its LatestRestorableTime and BackupRetentionPeriod), then one page
+    (SNAPSHOT_PAGE_SIZE) of its automated snapshots and one of its manual ones. Automated ones
+    always fit (RDS keeps at most 35 days of them); more manual ones than a page are not read,
+    and the third value says so. Snapshots newest first. Raises AwsError (one line)."""
+    session = AwsSession(aws, f"RDS instance {ident}")
+    instance = _describe(session, ident)
+    if instance is None:
+        raise AwsError(f"RDS instance {ident}: no such DB instance in {aws.region} (check [rds] instance and "
+                       "aws.region)", "DBInstanceNotFound")
+    snapshots: list[DbSnapshot] = []
+    more = False
+    for snapshot_type in ("automated", "manual"):
+        found, truncated = _snapshots(session, ident, pages=1, snapshot_type=snapshot_type)
+        snapshots += found
+        more = more or truncated
+    snapshots.sort(key=lambda s: s.created or datetime.max.replace(tzinfo=timezone.utc), reverse=True)
+    return instance, snapshots, more
 
 
 def _restore_window(session: AwsSession, ident: str) -> tuple[datetime | None, datetime | None]:
@@ -433,7 +463,7 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> RdsView:
     instances = [replace(i, lag_seconds=lags.get(i.id)) for i in instances]
     snapshots: list[DbSnapshot] = []
     try:
-        snapshots = _snapshots(session, primary.id)
+        snapshots, _more = _snapshots(session, primary.id)
     except AwsError as exc:
         notes.append(exc.message)
     earliest = latest = None
