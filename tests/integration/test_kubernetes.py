@@ -27,7 +27,7 @@ from dbops.config import load
 from dbops.platform import kubernetes as k8s
 from dbops.runbook.locks import lease_name
 
-from ..fakes.kubernetes import Kube, running_stand_in, ts
+from ..fakes.kubernetes import ApiError, Kube, running_stand_in, ts
 
 NS = "orders"
 LOCK_NS = "dbops-locks"
@@ -389,7 +389,9 @@ def put_lease(env: Env, holder: str, renewed_seconds_ago: float, duration: int =
             "acquireTime": ts(renewed_seconds_ago + 120), "renewTime": ts(renewed_seconds_ago)}
     try:
         current = env.kube.get(f"{path}/{name}")
-    except Exception:
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
         env.kube.create(path, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name}, "spec": spec})
         return
     env.kube.replace(f"{path}/{name}", {**current, "spec": spec})
