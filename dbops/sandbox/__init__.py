@@ -284,6 +284,23 @@ class EngineSandbox:
         return st
 
 
+class SingleProcessSandbox(EngineSandbox):
+    """An engine sandbox that is one process (Neo4j, the fake Qdrant, the Kubernetes stand-in),
+    its pid in the state."""
+
+    def _needle(self) -> str:
+        """A string on the process's command line, unique to this sandbox: a recycled pid is not it."""
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        st = self._state()
+        pid = st.get("pid") if st else None
+        return pid if pid_alive(pid, self._needle()) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+
 def toml_str(value: str) -> str:
     """A TOML basic string, for the config fragments the sandboxes write."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

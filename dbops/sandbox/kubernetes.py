@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dbops.sandbox import (
-    EngineSandbox,
+    SingleProcessSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
@@ -327,7 +327,7 @@ def seed_demo(url: str) -> None:
     _rest(url, "PUT", f"/apis/postgresql.cnpg.io/v1/namespaces/{ns}/clusters/{PG_CLUSTER}/status", cluster)
 
 
-class KubernetesSandbox(EngineSandbox):
+class KubernetesSandbox(SingleProcessSandbox):
     """The Kubernetes API stand-in, seeded with the postgres sandbox's cluster as it would run on
     Kubernetes. There is no operator and no kubelet: the pane shows what was seeded, and
     cnpg.promote sets the target primary and then waits, in vain, for an operator (it says so when
@@ -337,13 +337,8 @@ class KubernetesSandbox(EngineSandbox):
     LABEL = "Kubernetes stand-in"
     UP = "dbops sandbox up --engines postgres,kubernetes"
 
-    def pid(self) -> int | None:
-        st = self._state()
-        pid = st.get("pid") if st else None
-        return pid if pid_alive(pid, "dbops-k8s-stand-in") else None
-
-    def is_running(self) -> bool:
-        return self.pid() is not None
+    def _needle(self) -> str:
+        return "dbops-k8s-stand-in"
 
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
         if self.is_running():

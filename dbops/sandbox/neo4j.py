@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dbops.sandbox import (
     down_on_failure,
-    EngineSandbox,
+    SingleProcessSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
@@ -84,7 +84,7 @@ public class Launcher {
 }
 """
 
-class Neo4jSandbox(EngineSandbox):
+class Neo4jSandbox(SingleProcessSandbox):
     ENGINE = ENGINE
     LABEL = "Neo4j"
     UP = "dbops sandbox up --engines neo4j"
@@ -104,13 +104,6 @@ class Neo4jSandbox(EngineSandbox):
     def _needle(self) -> str:
         return str(self.dir / "home")  # the launcher's first argument: unique to this sandbox
 
-    def pid(self) -> int | None:
-        st = self._state()
-        pid = st.get("pid") if st else None
-        return pid if pid_alive(pid, self._needle()) else None
-
-    def is_running(self) -> bool:
-        return self.pid() is not None
 
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
         """Start the server; returns (its config fragment, already_up)."""

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dbops.sandbox import (
-    EngineSandbox,
+    SingleProcessSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
@@ -79,7 +79,7 @@ def _spec_path() -> Path | None:
     return None
 
 
-class QdrantSandbox(EngineSandbox):
+class QdrantSandbox(SingleProcessSandbox):
     ENGINE = ENGINE
     LABEL = "Qdrant"
     UP = "dbops sandbox up --engines qdrant"
@@ -109,13 +109,6 @@ class QdrantSandbox(EngineSandbox):
     def _needle(self) -> str:
         return str(self.dir / "state.json")  # on the fake's command line; unique to this sandbox
 
-    def pid(self) -> int | None:
-        st = self._state()
-        pid = st.get("pid") if st else None
-        return pid if pid_alive(pid, self._needle()) else None
-
-    def is_running(self) -> bool:
-        return self.pid() is not None
 
     # -- up ------------------------------------------------------------------------------------
 
