@@ -91,8 +91,12 @@ def tui(ctx: click.Context) -> None:
 @click.option("--backups/--no-backups", "with_backups", default=True, show_default=True,
               help="Also judge every cluster's backups ([backups] s3, [pgbackrest], [rds] and [elasticache] snapshots): "
                    "newest age, size, WAL archive or point-in-time window, bucket.")
+@click.option("--platform/--no-platform", "with_platform", default=True, show_default=True,
+              help="Also judge what surrounds each cluster, as the Kubernetes and AWS panes do: a [kubernetes] "
+                   "section's pods, StatefulSets, backup CronJobs and events; an [rds] or [elasticache] section's "
+                   "instances, replicas, replication group and snapshots.")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool) -> None:
+def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool, with_platform: bool) -> None:
     """Poll everything once; Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN."""
     import asyncio
     import time
@@ -107,16 +111,19 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool)
         click.echo("UNKNOWN: no clusters configured", err=True)
         sys.exit(3)
     from dbops.platform.backups import fetch_all, judge
+    from dbops.platform.checks import check_all
 
-    async def both() -> tuple[Any, Any]:
-        return await asyncio.gather(poll_once(refs, refreshes), fetch_all(refs) if with_backups else asyncio.sleep(0, []))
+    async def everything() -> tuple[Any, Any, Any]:
+        return await asyncio.gather(poll_once(refs, refreshes), fetch_all(refs) if with_backups else asyncio.sleep(0, []),
+                                    check_all(refs) if with_platform else asyncio.sleep(0, []))
 
-    polled, fetched = asyncio.run(both())
+    polled, fetched, platform = asyncio.run(everything())
     clusters = sort_worst_first(polled)
     now = time.time()
     by_key = {r.key: r for r in refs}
     backups = [judge(f, by_key[f.key].cluster.backups, now) for f in fetched]
-    overall = Severity.worst([c.severity for c in clusters] + [b.severity for b in backups])
+    platform = sorted(platform, key=lambda p: -p.severity.rank)  # worst first, then config order
+    overall = Severity.worst([c.severity for c in clusters] + [b.severity for b in backups] + [p.severity for p in platform])
     if as_json:
         out = {
             "severity": overall.name,
@@ -146,6 +153,7 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool)
                 for c in clusters
             ],
             "backups": [_backup_json(b) for b in backups],
+            "platform": [_platform_json(p) for p in platform],
         }
         click.echo(json.dumps(out, indent=2))
     else:
@@ -166,7 +174,31 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool)
             for m in b.metrics:
                 if m.severity is not Severity.OK or m.name.endswith(".age"):
                     click.echo(f"  {m.severity.name:<8} {m.message.split(': ', 1)[-1]}")
+        for p in platform:
+            click.echo(f"{p.severity.name:<8} {p.cluster} {p.kind} ({p.target})")
+            if p.error:
+                click.echo(f"  {Severity.CRIT.name:<8} {p.error}")
+            for severity, line in p.findings[:PLATFORM_FINDINGS_SHOWN]:
+                click.echo(f"  {severity.name:<8} {line}")
+            if len(p.findings) > PLATFORM_FINDINGS_SHOWN:
+                click.echo(f"           ... and {len(p.findings) - PLATFORM_FINDINGS_SHOWN} more (--json lists them all)")
     sys.exit(int(overall))
+
+
+# The worst findings of a platform check in the text output; --json carries every one.
+PLATFORM_FINDINGS_SHOWN = 5
+
+
+def _platform_json(p: Any) -> dict[str, Any]:
+    return {
+        "cluster": p.cluster,
+        "kind": p.kind,
+        "target": p.target,
+        "severity": p.severity.name,
+        "error": p.error,
+        "findings": [{"severity": s.name, "message": line} for s, line in p.findings],
+        "notes": list(p.notes),
+    }
 
 
 def _backup_json(b: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 StatefulSets, its backup CronJobs (last run, last success), recent Warning events and its
 CloudNativePG Cluster's state, with what is wrong on top.
 
-The API is read by a thread worker (dbops.platform.kubernetes.overview, one cluster per thread);
+The API is read by a thread worker (dbops.platform.kubernetes.read_all, one cluster per thread);
 a one-shot timer starts the next refresh only after the previous one finished, so refreshes
 never overlap however slow the API is. A cluster whose API cannot be read keeps its last values
 on screen, with their age and the reason.
@@ -11,7 +11,6 @@ on screen, with their age and the reason.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -24,6 +23,8 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from dbops.config import ClusterRef
 from dbops.model import Severity, human_seconds
+# The readers and the verdict live in the core: `dbops check` judges with the same ones.
+from dbops.platform.kubernetes import k8s_refs, read_all, verdict
 
 from .periodic import PeriodicReads
 from .render import SEVERITY_STYLE
@@ -49,29 +50,6 @@ class ClusterK8s:
     view: Any = None  # dbops.platform.kubernetes.KubernetesView
     error: str | None = None
     error_at: float = 0.0
-
-
-def k8s_refs(refs: list[ClusterRef]) -> list[ClusterRef]:
-    return [r for r in refs if r.cluster.kubernetes is not None]
-
-
-def read_one(ref: ClusterRef) -> tuple[str, Any, str | None]:
-    """Blocking; runs in a worker thread: (cluster key, view or None, error or None)."""
-    from dbops.platform import kubernetes as k8s
-
-    assert ref.cluster.kubernetes is not None
-    try:
-        return ref.key, k8s.overview(ref.cluster.kubernetes, max(ref.timeout, 5.0)), None
-    except k8s.KubernetesError as exc:
-        return ref.key, None, str(exc)
-
-
-def read_all(refs: list[ClusterRef]) -> list[tuple[str, Any, str | None]]:
-    """One thread per cluster: a dead API server of one cluster does not hold up the others."""
-    if not refs:
-        return []
-    with ThreadPoolExecutor(max_workers=min(4, len(refs)), thread_name_prefix="dbops-k8s") as pool:
-        return list(pool.map(read_one, refs))
 
 
 def _cell(value: Any, style: str = "") -> Text:
@@ -176,8 +154,6 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
         self.query_one("#k8s-summary", Static).update(text)
 
     def _show(self) -> None:
-        from dbops.platform.kubernetes import assess
-
         now = datetime.now(timezone.utc)
         summary = Text()
         rows: dict[str, dict[str, tuple[Any, ...]]] = {name: {} for name in TABLES}
@@ -185,8 +161,7 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
             ref, view = state.ref, state.view
             kube = ref.cluster.kubernetes
             assert kube is not None
-            findings = [] if view is None else assess(view, ref.cluster.backups.max_age_seconds)
-            worst = Severity.CRIT if state.error else (findings[0][0] if findings else Severity.OK)
+            worst, findings = verdict(ref, view, state.error)
             summary.append(f" {worst.name:<4} ", style=SEVERITY_STYLE[worst])
             summary.append(f" {ref.key}", style="bold")
             summary.append(f"  ns {kube.namespace}")

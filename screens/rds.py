@@ -2,7 +2,7 @@
 replicas, its snapshots and its point-in-time window; for every redis cluster with an
 [elasticache] section, its replication group, members and snapshots; what is wrong on top.
 
-AWS is read off the UI thread (dbops.platform.rds.collect, one daemon thread per cluster); a one-shot
+AWS is read off the UI thread (dbops.platform.aws.collect_all, one daemon thread per cluster); a one-shot
 timer starts the next refresh only after the previous one finished, so refreshes never overlap
 however slow AWS is. AWS throttles Describe* calls per account, so this pane refreshes at most
 every MIN_INTERVAL (15) seconds (r refreshes now).
@@ -10,7 +10,6 @@ every MIN_INTERVAL (15) seconds (r refreshes now).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,14 +20,14 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from dbops.config import ClusterRef
 from dbops.model import Severity, human_seconds
+# The readers live in the core: `dbops check` reads and judges with the same ones.
+from dbops.platform.aws import aws_refs, collect_all
 
 from .periodic import PeriodicReads
 from .render import SEVERITY_STYLE, severity_text
 from .tables import sync_rows
 
-MAX_READERS = 4  # clusters read at once
 SNAPSHOTS_SHOWN = 8  # newest first; the rest is counted
 
 INSTANCE_COLUMNS = (("id", "Instance"), ("role", "Role"), ("status", "Status"), ("lag", "Lag"), ("class", "Class"),
@@ -36,36 +35,6 @@ INSTANCE_COLUMNS = (("id", "Instance"), ("role", "Role"), ("status", "Status"), 
 SNAPSHOT_COLUMNS = (("id", "Snapshot"), ("type", "Type"), ("created", "Created (UTC)"), ("age", "Age"),
                     ("size", "Size"), ("status", "Status"))
 MEMBER_COLUMNS = (("id", "Member"), ("role", "Role"), ("group", "Node group"), ("az", "AZ"), ("endpoint", "Endpoint"))
-
-
-def aws_refs(refs: list[ClusterRef]) -> list[ClusterRef]:
-    return [r for r in refs if r.cluster.rds is not None or r.cluster.elasticache is not None]
-
-
-def _collect(ref: ClusterRef) -> Any:
-    if ref.cluster.rds is not None:
-        from dbops.platform import rds
-
-        return rds.collect(ref)
-    from dbops.platform import elasticache
-
-    return elasticache.collect(ref)
-
-
-async def collect_all(refs: list[ClusterRef]) -> list[Any]:
-    """Every cluster's view, in config order. Each cluster is read in a daemon thread of its own
-    (at most MAX_READERS at once), so a dead endpoint of one account does not hold up the others,
-    and a read stuck in boto3's timeouts and retries never holds the console open after `q` (the
-    default executor's threads, which thread workers use, are joined at exit)."""
-    from dbops.platform.backups import in_daemon_thread
-
-    gate = asyncio.Semaphore(MAX_READERS)
-
-    async def one(ref: ClusterRef) -> Any:
-        async with gate:
-            return await in_daemon_thread(_collect, ref)
-
-    return list(await asyncio.gather(*(one(r) for r in refs)))
 
 
 def _is_cache(view: Any) -> bool:

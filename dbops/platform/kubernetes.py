@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from dbops.secrets import scrub_text
 
 if TYPE_CHECKING:
-    from dbops.config import KubernetesRef, LeaseLocks
+    from dbops.config import ClusterRef, KubernetesRef, LeaseLocks
 
 __all__ = [
     "CNPG_HEALTHY",
@@ -44,7 +44,11 @@ __all__ = [
     "connect",
     "job_from_cronjob",
     "job_outcome",
+    "k8s_refs",
     "overview",
+    "read_all",
+    "read_one",
+    "verdict",
 ]
 
 # CloudNativePG's phases (api/v1 cluster_types.go: PhaseHealthy, PhaseSwitchover).
@@ -489,6 +493,44 @@ def assess(view: KubernetesView, backup_max_age: float | None = None) -> list[tu
     for problem in view.problems:
         found.append((Severity.UNKNOWN, problem))
     return sorted(found, key=lambda f: -f[0].rank)
+
+
+def verdict(ref: "ClusterRef", view: KubernetesView | None, error: str | None) -> tuple[Any, list[tuple[Any, str]]]:
+    """A cluster's severity and findings (assess(), against its backups.max_age_seconds), as the
+    Kubernetes pane and `dbops check` both show them: an API that could not be read (`error`)
+    is CRIT, whatever the last good `view` said."""
+    from dbops.model import Severity
+
+    findings = [] if view is None else assess(view, ref.cluster.backups.max_age_seconds)
+    worst = Severity.CRIT if error else (findings[0][0] if findings else Severity.OK)
+    return worst, findings
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading every cluster (the Kubernetes pane and `dbops check`)
+
+
+def k8s_refs(refs: "list[ClusterRef]") -> "list[ClusterRef]":
+    return [r for r in refs if r.cluster.kubernetes is not None]
+
+
+def read_one(ref: "ClusterRef") -> tuple[str, KubernetesView | None, str | None]:
+    """Blocking; runs in a worker thread: (cluster key, view or None, error or None)."""
+    assert ref.cluster.kubernetes is not None
+    try:
+        return ref.key, overview(ref.cluster.kubernetes, max(ref.timeout, 5.0)), None
+    except KubernetesError as exc:
+        return ref.key, None, str(exc)
+
+
+def read_all(refs: "list[ClusterRef]") -> list[tuple[str, KubernetesView | None, str | None]]:
+    """One thread per cluster: a dead API server of one cluster does not hold up the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not refs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(4, len(refs)), thread_name_prefix="dbops-k8s") as pool:
+        return list(pool.map(read_one, refs))
 
 
 # ---------------------------------------------------------------------------------------------

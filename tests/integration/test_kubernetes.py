@@ -274,6 +274,76 @@ async def test_the_pane_says_when_the_api_cannot_be_reached(env: Env, tmp_path: 
 
 
 # ---------------------------------------------------------------------------------------------
+# dbops check: what the pane judges, on the command line
+
+
+def test_check_reports_what_the_pane_judges_in_text_and_json_and_no_platform_leaves_it_out(env: Env) -> None:
+    text = env.dbops("check", "--no-backups")
+    lines = text.stdout.splitlines()
+    # The one line for the cluster's Kubernetes side, then its worst findings, one line each.
+    assert f"CRIT     prod/{CLUSTER} kubernetes (namespace {NS})" in lines, text.stdout + text.stderr
+    after = lines[lines.index(f"CRIT     prod/{CLUSTER} kubernetes (namespace {NS})") + 1:]
+    assert after[:2] == ["  CRIT     pod orders-db-2 Running, 0/1 ready (CrashLoopBackOff)",
+                         "  CRIT     StatefulSet orders-db: 2/3 ready"], text.stdout
+    assert "  WARN     pod orders-db-1 restarted 1 time(s)" in after
+    assert text.returncode == 2 and "Traceback" not in text.stderr and TOKEN not in text.stdout + text.stderr
+
+    report = json.loads(env.dbops("check", "--no-backups", "--json").stdout)
+    [kube] = report["platform"]
+    assert (kube["cluster"], kube["kind"], kube["target"], kube["severity"], kube["error"]) == \
+        (f"prod/{CLUSTER}", "kubernetes", f"namespace {NS}", "CRIT", None)
+    assert kube["findings"][:2] == [{"severity": "CRIT", "message": "pod orders-db-2 Running, 0/1 ready (CrashLoopBackOff)"},
+                                    {"severity": "CRIT", "message": "StatefulSet orders-db: 2/3 ready"}]
+    assert {"severity": "WARN", "message": "1 Warning event(s) in the last 60m"} in kube["findings"]
+    assert report["severity"] == "CRIT"
+
+    left_out = env.dbops("check", "--no-backups", "--no-platform")
+    assert "kubernetes" not in left_out.stdout and "orders-db-2" not in left_out.stdout, left_out.stdout
+    assert json.loads(env.dbops("check", "--no-backups", "--no-platform", "--json").stdout)["platform"] == []
+
+
+def test_check_counts_a_crash_looping_pod_toward_its_exit_code(env: Env, pg_sandbox: Any, tmp_path: Path) -> None:
+    """The sandbox's real PostgreSQL, healthy, and a [kubernetes] section naming the stand-in's
+    crash-looping pods: CRIT because of Kubernetes alone."""
+    cfg = tmp_path / "pg-on-k8s.toml"
+    cfg.write_text(pg_sandbox.config_path.read_text() + f"""
+[environments.sandbox.clusters.sandbox-pg.kubernetes]
+namespace = "{NS}"
+selector = "{SELECTOR}"
+kubeconfig = "{env.kube.kubeconfig()}"
+""")
+
+    def check(*args: str) -> tuple[int, dict[str, Any]]:
+        r = subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(cfg), "check", "--no-backups", "--json", *args],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "DBOPS_STATE_DIR": str(tmp_path / "state")})
+        assert "Traceback" not in r.stderr, r.stderr
+        return r.returncode, json.loads(r.stdout)
+
+    code, report = check("--no-platform")
+    assert code < 2 and code == {"OK": 0, "WARN": 1}[report["severity"]], report  # the engine alone: not CRIT
+    code, report = check()
+    kube = next(p for p in report["platform"] if p["kind"] == "kubernetes")
+    assert kube["cluster"] == "sandbox/sandbox-pg" and kube["severity"] == "CRIT"
+    assert code == 2 and report["severity"] == "CRIT"
+
+
+def test_check_says_in_one_line_that_the_api_cannot_be_reached(env: Env, tmp_path: Path) -> None:
+    port = closed_port()
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(env.kube.kubeconfig(token=TOKEN).read_text().replace(env.kube.url, f"http://127.0.0.1:{port}"))
+    cfg = tmp_path / "dead.toml"
+    cfg.write_text(env.config.read_text().replace(f'kubeconfig = "{env.kube.kubeconfig()}"\ncontext', f'kubeconfig = "{dead}"\ncontext'))
+    run = subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(cfg), "check", "--no-backups"], capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL, env={**os.environ, "DBOPS_STATE_DIR": str(tmp_path / "state")})
+    lines = run.stdout.splitlines()
+    head = lines.index(f"CRIT     prod/{CLUSTER} kubernetes (namespace {NS})")
+    assert lines[head + 1].startswith(f"  CRIT     read namespace {NS}: cannot reach the Kubernetes API at http://127.0.0.1:{port}")
+    assert head + 2 == len(lines) or not lines[head + 2].startswith("  "), run.stdout  # that one line, nothing more
+    assert run.returncode == 2 and "Traceback" not in run.stderr and TOKEN not in run.stdout + run.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # k8s.trigger-backup-job
 
 

@@ -240,6 +240,85 @@ async def test_the_aws_pane_at_80x24_shows_instances_replicas_snapshots_the_pitr
 
 
 # ---------------------------------------------------------------------------------------------
+# dbops check: what the pane judges, on the command line
+
+
+def test_check_reports_what_the_pane_judges_in_text_and_json_and_no_platform_leaves_it_out(env: Env) -> None:
+    text = env.dbops("check", "--no-backups")
+    lines = text.stdout.splitlines()
+    assert "Traceback" not in text.stderr and env.secret not in text.stdout + text.stderr
+
+    def section(head: str) -> list[str]:
+        """The head line and the indented lines under it."""
+        assert head in lines, text.stdout
+        start = lines.index(head)
+        end = next((n for n in range(start + 1, len(lines)) if not lines[n].startswith("  ")), len(lines))
+        return lines[start:end]
+
+    # A stopped instance, no automated backups, no snapshot: worst first, one line each.
+    assert section(f"CRIT     sandbox/bare-pg rds (instance {BARE})") == [
+        f"CRIT     sandbox/bare-pg rds (instance {BARE})",
+        f"  CRIT     instance {BARE} is stopped, not available (it will not recover by itself)",
+        f"  WARN     {BARE} has no automated backups (BackupRetentionPeriod 0): no point-in-time recovery",
+        f"  WARN     {BARE} has no available snapshot",
+    ]
+    assert section(f"WARN     sandbox/bare-cache elasticache (replication group {BARE_CACHE})")[1:] == [
+        f"  WARN     {BARE_CACHE} takes no automatic snapshots (SnapshotRetentionLimit 0)",
+        f"  WARN     {BARE_CACHE} has no available snapshot",
+    ]
+    assert section("OK       sandbox/cache elasticache (replication group it-cache)") == [
+        "OK       sandbox/cache elasticache (replication group it-cache)"]
+    # An endpoint that cannot be reached, and a missing key: CRIT, one line each.
+    [_, down] = section("CRIT     sandbox/down-pg rds (instance sandbox-pg-primary)")
+    assert down.startswith("  CRIT     RDS instance sandbox-pg-primary: cannot reach http://127.0.0.1:") and "connection refused" in down
+    [_, nokey] = section("CRIT     sandbox/nokey-pg rds (instance sandbox-pg-primary)")
+    assert "environment variable DBOPS_IT_RDS_UNSET_KEY is not set" in nokey
+    assert not any("plain-pg rds" in line for line in lines)  # no [rds] section, nothing to say
+    assert text.returncode == 2
+
+    run = env.dbops("check", "--no-backups", "--json")
+    report = json.loads(run.stdout)
+    checks = {p["cluster"]: p for p in report["platform"]}
+    assert len(checks) == 11 and "sandbox/plain-pg" not in checks
+    bare = checks["sandbox/bare-pg"]
+    assert (bare["kind"], bare["severity"], bare["error"]) == ("rds", "CRIT", None)
+    assert bare["findings"][0] == {"severity": "CRIT", "message": f"instance {BARE} is stopped, not available (it will not recover by itself)"}
+    assert checks["sandbox/down-pg"]["severity"] == "CRIT" and "cannot reach http://127.0.0.1:" in checks["sandbox/down-pg"]["error"]
+    assert checks["sandbox/ghost-cache"]["error"].endswith("no-such-group: no such replication group in "
+                                                           f"{env.state['region']} (check [elasticache] replication_group and aws.region)")
+    assert checks["sandbox/cache"]["severity"] == "OK" and checks["sandbox/cache"]["findings"] == []
+    assert env.secret not in run.stdout and run.returncode == 2
+
+    left_out = env.dbops("check", "--no-backups", "--no-platform")
+    assert " rds (" not in left_out.stdout and " elasticache (" not in left_out.stdout and BARE not in left_out.stdout
+    assert json.loads(env.dbops("check", "--no-backups", "--no-platform", "--json").stdout)["platform"] == []
+
+
+def test_check_counts_a_stopped_rds_instance_toward_its_exit_code(env: Env, pg_sandbox: Any, tmp_path: Path) -> None:
+    """The sandbox's real PostgreSQL, healthy, its [rds] section naming a stopped instance: CRIT
+    because of RDS alone."""
+    import re
+
+    text = re.sub(r"\[environments\.sandbox\.clusters\.sandbox-pg\.rds\]\n(?:.+\n)*", "", pg_sandbox.config_path.read_text())
+    cfg = tmp_path / "pg-on-rds.toml"
+    cfg.write_text(text + f"\n[environments.sandbox.clusters.sandbox-pg.rds]\ninstance = \"{BARE}\"\n{_aws(env.state)}\n")
+
+    def check(*args: str) -> tuple[int, dict[str, Any]]:
+        r = subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(cfg), "check", "--no-backups", "--json", *args],
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "DBOPS_STATE_DIR": str(tmp_path / "state")})
+        assert "Traceback" not in r.stderr and env.secret not in r.stdout + r.stderr, r.stderr
+        return r.returncode, json.loads(r.stdout)
+
+    code, report = check("--no-platform")
+    assert code < 2 and code == {"OK": 0, "WARN": 1}[report["severity"]], report  # the engine alone: not CRIT
+    code, report = check()
+    [aws] = report["platform"]
+    assert (aws["cluster"], aws["target"], aws["severity"]) == ("sandbox/sandbox-pg", f"instance {BARE}", "CRIT")
+    assert code == 2 and report["severity"] == "CRIT"
+
+
+# ---------------------------------------------------------------------------------------------
 # rds.promote-read-replica
 
 
