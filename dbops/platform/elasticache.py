@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Severity, human_seconds
-from dbops.platform.rds import AwsError, AwsSession, Finding, as_utc
+from dbops.platform.rds import AwsError, AwsSession, Finding, Judged, as_utc
 
 if TYPE_CHECKING:
     from dbops.config import AwsLocation, ClusterRef
@@ -52,7 +52,7 @@ class CacheSnapshot:
 
 
 @dataclass(frozen=True)
-class CacheView:
+class CacheView(Judged):
     cluster: str  # the cluster's key, environment/name
     group: str  # the replication group id
     region: str
@@ -68,12 +68,6 @@ class CacheView:
     notes: tuple[str, ...] = ()
     error: str | None = None
     read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-    @property
-    def severity(self) -> Severity:
-        if self.error is not None:
-            return Severity.CRIT
-        return Severity.worst([f.severity for f in self.findings], default=Severity.OK)
 
 
 def _members(group: dict[str, Any]) -> list[CacheMember]:

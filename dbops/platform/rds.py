@@ -141,8 +141,22 @@ class Finding:
     text: str
 
 
+class Judged:
+    """What an AWS view's severity is: CRIT when AWS could not be read, else its worst finding.
+    (The AWS pane, the Backups pane and `dbops check` all read it.)"""
+
+    error: str | None
+    findings: tuple[Finding, ...]
+
+    @property
+    def severity(self) -> Severity:
+        if self.error is not None:
+            return Severity.CRIT
+        return Severity.worst([f.severity for f in self.findings], default=Severity.OK)
+
+
 @dataclass(frozen=True)
-class RdsView:
+class RdsView(Judged):
     """One refresh of a cluster's RDS side. `error` set: nothing could be read (and the lists
     are empty); `notes` are parts that could not be read while the rest was."""
 
@@ -157,12 +171,6 @@ class RdsView:
     notes: tuple[str, ...] = ()
     error: str | None = None
     read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-    @property
-    def severity(self) -> Severity:
-        if self.error is not None:
-            return Severity.CRIT
-        return Severity.worst([f.severity for f in self.findings], default=Severity.OK)
 
     @property
     def primary(self) -> DbInstance | None:
