@@ -332,6 +332,33 @@ class ElastiCacheRef(Model):
     aws: AwsLocation = AwsLocation()
 
 
+FENCING_METHODS = ("pgbouncer", "kubernetes", "command", "sandbox", "manual")
+
+
+@dataclass(frozen=True)
+class Fencing(Model):
+    """How a failover makes sure the old primary cannot take writes again before a replica is
+    promoted. `methods` are tried in order; the first whose fence is verified is the fence, and
+    when none is, nothing is promoted (fail closed). Without [fencing]: "sandbox" in a sandbox
+    environment, else "manual" (the operator attests, by typing the member's name)."""
+
+    methods: list[Literal["pgbouncer", "kubernetes", "command", "sandbox", "manual"]] = field(
+        default_factory=lambda: ["manual"], metadata=limits(min_length=1))
+    # For "command": run on this host with {host}, {member} and {port} filled in; exit 0 = fenced.
+    # e.g. "ssh {host} sudo systemctl stop postgresql@15-main && ssh {host} sudo systemctl mask postgresql@15-main"
+    command: str | None = None
+    command_timeout: float = field(default=60.0, metadata=limits(gt=0))
+
+    def check(self) -> list[Any]:
+        problems: list[Any] = []
+        if "command" in self.methods and not (self.command or "").strip():
+            problems.append((("command",), 'methods lists "command": give the command to run'))
+        dupes = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if dupes:
+            problems.append((("methods",), f"listed twice: {', '.join(dupes)}"))
+        return problems
+
+
 @dataclass(frozen=True)
 class Cluster(Model):
     engine: Literal["postgres", "redis", "kafka", "neo4j", "qdrant"]
@@ -355,6 +382,7 @@ class Cluster(Model):
     kubernetes: KubernetesRef | None = None
     rds: RdsRef | None = None
     elasticache: ElastiCacheRef | None = None
+    fencing: Fencing | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -385,6 +413,12 @@ class Cluster(Model):
             problems.append((("rds",), "an [rds] section belongs on an engine = \"postgres\" cluster"))
         if self.elasticache is not None and self.engine != "redis":
             problems.append((("elasticache",), "an [elasticache] section belongs on an engine = \"redis\" cluster"))
+        if self.fencing is not None and self.engine != "postgres":
+            problems.append((("fencing",), "a [fencing] section belongs on an engine = \"postgres\" cluster"))
+        if self.fencing is not None and "pgbouncer" in self.fencing.methods and self.pgbouncer is None:
+            problems.append((("fencing", "methods"), 'the "pgbouncer" fence needs the cluster\'s [pgbouncer]'))
+        if self.fencing is not None and "kubernetes" in self.fencing.methods and self.kubernetes is None:
+            problems.append((("fencing", "methods"), 'the "kubernetes" fence needs the cluster\'s [kubernetes]'))
         if self.engine == "kafka" and self.user is not None and self.password is None:
             problems.append((("password",), "SASL (a `user` on a Kafka cluster) needs a password"))
         return problems
@@ -397,6 +431,11 @@ class Environment(Model):
     production: bool | None = None
     # Only a sandbox environment may hold literal credentials in the file.
     sandbox: bool = False
+    # 2: a second operator (another login) must approve a run's plan before its destructive
+    # steps (and steps marked approval=True) run; the approval is bound to the plan's hash.
+    approvals: int = field(default=1, metadata=limits(ge=1, le=2))
+    # An approval not used within this long is void.
+    approval_ttl_seconds: int = field(default=1800, metadata=limits(ge=60))
     clusters: dict[str, Cluster] = field(default_factory=dict)
 
     def is_production(self, name: str) -> bool:
@@ -439,8 +478,24 @@ class LeaseLocks(Model):
 
 
 @dataclass(frozen=True)
+class CoordinationDb(Model):
+    """A small PostgreSQL database that every console reaches and that is not a cluster under
+    repair: runbook locks are advisory locks there (held on a connection, so the server frees
+    them when a console dies) and two-person approvals are rows there."""
+
+    host: str
+    port: int = field(default=5432, metadata=limits(ge=1, le=65535))
+    database: str = "dbops"
+    user: str = "dbops"
+    password: SecretRef | None = None
+    tls: TLS = TLS()
+    timeout: float = field(default=5.0, metadata=limits(gt=0))
+
+
+@dataclass(frozen=True)
 class Locks(Model):
     kubernetes: LeaseLocks | None = None
+    postgres: CoordinationDb | None = None
 
 
 @dataclass(frozen=True)
@@ -481,6 +536,15 @@ class Config(Model):
                             ("environments", env_name, "clusters", cname, *key.split(".")),
                             'a literal credential is only allowed in a sandbox environment; use { env = "VAR" } or { file = "/path" }',
                         ))
+        coordination = self.locks.postgres
+        all_sandbox = all(env.sandbox for env in self.environments.values())
+        if coordination is not None and coordination.password is not None and coordination.password.value is not None and not all_sandbox:
+            problems.append((("locks", "postgres", "password"),
+                             'a literal credential is only allowed in a config of sandbox environments; use { env = "VAR" } or { file = "/path" }'))
+        for env_name, env in self.environments.items():
+            if env.approvals > 1 and coordination is None:
+                problems.append((("environments", env_name, "approvals"),
+                                 "approvals = 2 needs [locks.postgres]: approvals live in the coordination database every console shares"))
         # [audit.ship] belongs to no environment: literal keys only in a file of sandboxes alone.
         ship = self.audit.ship
         if ship is not None and not all(env.sandbox for env in self.environments.values()):
@@ -533,6 +597,14 @@ class ClusterRef:
     @property
     def key(self) -> str:
         return f"{self.environment}/{self.name}"
+
+    @property
+    def fencing(self) -> Fencing:
+        """The cluster's [fencing], or the default: dbops fences its own sandbox's hosts; anywhere
+        else the operator attests that the old primary is fenced."""
+        if self.cluster.fencing is not None:
+            return self.cluster.fencing
+        return Fencing(methods=["sandbox"] if self.env.sandbox else ["manual"])
 
     @property
     def poll_units(self) -> list[Member]:

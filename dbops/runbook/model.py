@@ -109,6 +109,9 @@ class Step:
     # False (judged from ctx.state after the pre-checks) when the plan gives this step nothing
     # to do: it is skipped without a confirmation, and the plan says so.
     applies: Callable[["Context"], bool] | None = None
+    # In an environment with approvals = 2, this step (like every destructive one) runs only
+    # once a second operator has approved the run's plan.
+    approval: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is not Kind.MANUAL and self.run is None:
