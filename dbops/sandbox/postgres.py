@@ -10,6 +10,9 @@ Layout under the sandbox directory::
     restores/<run>/                 data directories of postgres.restore's restored copies
     run/                            unix sockets, mode 0700
     pgbouncer/pgbouncer.ini userlist.txt pgbouncer.pid pgbouncer.log
+    coord/data coord/postgres.log   the coordination server: a 4th, separate PostgreSQL (not a
+                                    member of sandbox-pg) holding database `dbops` for runbook
+                                    locks and approvals ([locks.postgres] in the config)
 
 PostgreSQL and PgBouncer refuse to run as root, so when we are root every server command runs
 as the `postgres` OS user and the sandbox directory is owned by it; otherwise everything runs as
@@ -60,6 +63,11 @@ MEMBERS: tuple[tuple[str, str, str | None], ...] = (
 )
 MEMBER_NAMES = tuple(m[0] for m in MEMBERS)
 PGBOUNCER = "pgbouncer"
+# The coordination server: its own small PostgreSQL, not a cluster member (no replication, no
+# archiving, no pgBackRest), so consoles can take locks there while the cluster is being repaired.
+COORD = "coord"
+COORD_DATABASE = "dbops"
+COORD_USER = "dbops"  # LOGIN, the sandbox password, owns database dbops; not a superuser
 
 # pgBackRest: one stanza named like the cluster, pg1..pg3 as its members (pgBackRest finds the
 # primary among them), a POSIX repository inside the sandbox.
@@ -120,6 +128,11 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def _sql_quote(value: str) -> str:
+    """An SQL string literal (standard_conforming_strings is on)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _shell_quote(path: Path) -> str:
     """A path for archive_command/restore_command: they go through /bin/sh, and % is special to
     PostgreSQL's substitution."""
@@ -174,6 +187,8 @@ class PostgresSandbox:
         if name == PGBOUNCER:
             return int(self.state["pgbouncer"]["port"])
         self._check_member(name)
+        if name == COORD:
+            return int(self._coord_state()["port"])
         return int(self.state["members"][name]["port"])
 
     def pid(self, name: str) -> int | None:
@@ -183,13 +198,30 @@ class PostgresSandbox:
         self._check_member(name)
         return self._postmaster_pid(name)
 
-    def dsn(self, name: str, database: str = DATABASE) -> str:
-        """A libpq/asyncpg URL for a member (or for "pgbouncer") over TCP with the password."""
-        return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port(name)}/{database}"
+    def dsn(self, name: str, database: str = DATABASE, *, user: str = USER) -> str:
+        """A libpq/asyncpg URL for a member (or for "pgbouncer", or "coord") over TCP with the
+        password. Every role of the sandbox has the same password (`dbops` on coord too)."""
+        return f"postgresql://{user}:{self.password}@127.0.0.1:{self.port(name)}/{database}"
+
+    def coord_dsn(self) -> str:
+        """The URL consoles use for [locks.postgres]: role dbops, database dbops, on coord."""
+        return self.dsn(COORD, COORD_DATABASE, user=COORD_USER)
 
     def _check_member(self, name: str) -> None:
-        if name not in MEMBER_NAMES and name != PGBOUNCER:
-            raise SandboxError(f"no sandbox member {name!r}; members: {', '.join(MEMBER_NAMES + (PGBOUNCER,))}")
+        if name not in MEMBER_NAMES and name not in (PGBOUNCER, COORD):
+            raise SandboxError(f"no sandbox member {name!r}; members: {', '.join(MEMBER_NAMES + (PGBOUNCER, COORD))}")
+
+    def _check_cluster_member(self, name: str) -> None:
+        """`name` must be one of the cluster's PostgreSQL members (not pgbouncer, not coord)."""
+        if name not in MEMBER_NAMES:
+            raise SandboxError(f"{name!r} is not a member of {CLUSTER}; its members: {', '.join(MEMBER_NAMES)}")
+
+    def _coord_state(self) -> dict[str, Any]:
+        c = self.state.get(COORD)
+        if not c:
+            raise SandboxError(f"this postgres sandbox under {self.root} has no coordination server (it predates it); "
+                               "recreate it with `dbops sandbox down` and `dbops sandbox up`")
+        return dict(c)
 
     @property
     def owner(self) -> ServerUser:
@@ -307,13 +339,13 @@ class PostgresSandbox:
         return pid if pid_alive(pid, str(self.bouncer_ini)) else None
 
     def _names_with_data(self) -> list[str]:
-        return [n for n in MEMBER_NAMES if (self.data_dir(n) / "PG_VERSION").exists()]
+        return [n for n in MEMBER_NAMES + (COORD,) if (self.data_dir(n) / "PG_VERSION").exists()]
 
     def is_running(self) -> bool:
         return any(self._postmaster_pid(n) for n in self._names_with_data()) or self._bouncer_pid() is not None
 
     def _running_map(self) -> dict[str, bool]:
-        out = {n: self._postmaster_pid(n) is not None for n in MEMBER_NAMES}
+        out = {n: self._postmaster_pid(n) is not None for n in MEMBER_NAMES + (COORD,)}
         out[PGBOUNCER] = self._bouncer_pid() is not None
         return out
 
@@ -378,7 +410,7 @@ class PostgresSandbox:
             )
 
     def _wipe(self) -> None:
-        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER, "pgbackrest", "restores"):
+        for name in MEMBER_NAMES + ("archive", "run", PGBOUNCER, "pgbackrest", "restores", COORD):
             path = self.root / name
             if path.exists():
                 shutil.rmtree(path)
@@ -390,7 +422,8 @@ class PostgresSandbox:
     def _create(self, progress: Progress) -> None:
         t0 = time.monotonic()
         password = secrets.token_urlsafe(18)
-        ports = free_ports(len(MEMBERS) + 1)
+        ports = free_ports(len(MEMBERS) + 2)
+        bouncer_port, coord_port = ports[len(MEMBERS)], ports[len(MEMBERS) + 1]
         members = {
             name: {
                 "port": ports[i],
@@ -406,7 +439,7 @@ class PostgresSandbox:
             "cluster": CLUSTER,
             "password": password,
             "members": members,
-            "pgbouncer": {"port": ports[-1], "ini": str(self.bouncer_ini), "pidfile": str(self.bouncer_pidfile),
+            "pgbouncer": {"port": bouncer_port, "ini": str(self.bouncer_ini), "pidfile": str(self.bouncer_pidfile),
                           "log": str(self.bouncer_log)},
             "archive_dir": str(self.archive_dir),
             "socket_dir": str(self.run_dir),
@@ -415,9 +448,12 @@ class PostgresSandbox:
             "pgbackrest": {"config": str(self.pgbackrest_conf), "stanza": PGBACKREST_STANZA,
                            "repo_path": str(self.pgbackrest_dir / "repo"), "os_user": self.owner.name,
                            "bin": str(_pgbackrest_bin())},
+            COORD: {"port": coord_port, "data_dir": str(self.data_dir(COORD)), "log": str(self.log_file(COORD)),
+                    "database": COORD_DATABASE, "user": COORD_USER},
         }
         write_engine_state(self.root, ENGINE, state)
-        for d in (self.archive_dir, self.run_dir, self.bouncer_dir, *(self.member_dir(n) for n in MEMBER_NAMES),
+        for d in (self.archive_dir, self.run_dir, self.bouncer_dir,
+                  *(self.member_dir(n) for n in MEMBER_NAMES + (COORD,)),
                   self.pgbackrest_dir, *(self.pgbackrest_dir / d for d in _PGBACKREST_DIRS), self.restores_dir):
             self._mkdir(d)
         self._write_pgbackrest_conf()
@@ -460,9 +496,12 @@ class PostgresSandbox:
         progress("wait for pg2 and pg3 to stream from pg1")
         self.wait_streaming()
 
-        progress(f"start pgbouncer on port {ports[-1]}")
+        progress(f"start pgbouncer on port {bouncer_port}")
         self._write_bouncer_files(password)
         self._bouncer_start()
+
+        progress(f"initdb and start the coordination server {COORD} on port {coord_port}")
+        self._create_coord(password)
         progress(f"postgres sandbox up in {time.monotonic() - t0:.1f} s")
 
     def _conf_section(self, name: str) -> str:
@@ -603,6 +642,8 @@ class PostgresSandbox:
         st = self.state
         if name == PGBOUNCER:
             st["pgbouncer"]["pid"] = self._bouncer_pid()
+        elif name == COORD:
+            st[COORD]["pid"] = self._postmaster_pid(name)
         else:
             st["members"][name]["pid"] = self._postmaster_pid(name)
         write_engine_state(self.root, ENGINE, st)
@@ -610,6 +651,57 @@ class PostgresSandbox:
     def wait_streaming(self, names: Sequence[str] = ("pg2", "pg3"), timeout: float = STREAM_TIMEOUT) -> None:
         """Poll pg_stat_replication on pg1 until every name in `names` streams."""
         self.wait_streaming_from(PRIMARY, names, timeout)
+
+    # -- the coordination server -------------------------------------------------------------
+
+    def _create_coord(self, password: str) -> None:
+        """initdb and start `coord`, then create role dbops (LOGIN, the sandbox password, no
+        superuser) and database dbops owned by it. A standalone server: no replication, no
+        archiving, no pgBackRest; scram over TCP on 127.0.0.1, trust on the 0700 socket dir."""
+        data = self.data_dir(COORD)
+        pwfile = self.member_dir(COORD) / "pwfile"
+        self._write(pwfile, password + "\n")
+        try:
+            self._run(
+                [self.bindir / "initdb", "-D", data, "-U", USER, f"--pwfile={pwfile}",
+                 "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C",
+                 "--no-sync", "--no-instructions"],
+                f"initdb of {COORD}",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        conf = data / "postgresql.conf"
+        self._write(conf, conf.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join([
+            _CONF_MARK,
+            "# the coordination server: runbook locks (advisory locks) and approvals; not a cluster member",
+            "listen_addresses = '127.0.0.1'",
+            f"port = {self.port(COORD)}",
+            f"unix_socket_directories = {_conf_quote(str(self.run_dir))}",
+            "unix_socket_permissions = 0700  # local trust auth is safe only because of this",
+            f"cluster_name = {_conf_quote(COORD)}",
+            "max_connections = 40",
+            "shared_buffers = 8MB",
+            "wal_level = minimal  # no replicas, no archive",
+            "max_wal_senders = 0",
+            "archive_mode = off",
+            "password_encryption = scram-sha-256",
+            "# fsync stays on: locks and approvals must survive a crash of this server",
+            "logging_collector = off",
+            "log_line_prefix = '%m [%p] %q%u@%d '",
+            "",
+        ]))
+        self._write(data / "pg_hba.conf", _COORD_HBA)
+        self._pg_start(COORD)
+        # The password goes through a 0600 file read by psql -f, never a command line.
+        sql = self.member_dir(COORD) / "create-role.sql"
+        self._write(sql, f"CREATE ROLE {COORD_USER} LOGIN PASSWORD {_sql_quote(password)};\n"
+                         f"CREATE DATABASE {COORD_DATABASE} OWNER {COORD_USER};\n")
+        try:
+            self._run([self.bindir / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.run_dir,
+                       "-p", str(self.port(COORD)), "-U", USER, "-d", DATABASE, "-f", sql],
+                      f"creating role and database {COORD_DATABASE} on {COORD}", log=self.log_file(COORD))
+        finally:
+            sql.unlink(missing_ok=True)
 
     # -- pgbouncer ---------------------------------------------------------------------------
 
@@ -644,8 +736,9 @@ class PostgresSandbox:
 
     def repoint_pgbouncer(self, new_primary: str) -> None:
         """Point PgBouncer's database at `new_primary` and RELOAD: new server connections go
-        there, and PgBouncer closes the old ones as they are released (clients stay connected)."""
-        self._check_member(new_primary)
+        there, and PgBouncer closes the old ones as they are released (clients stay connected).
+        Between pause_pgbouncer() and resume_pgbouncer() no query reaches either server."""
+        self._check_cluster_member(new_primary)
         lines = self.bouncer_ini.read_text(encoding="utf-8").splitlines()
         prefix = f"{DATABASE} = "
         self._write(self.bouncer_ini, "\n".join(self._bouncer_database_line(new_primary) if ln.startswith(prefix) else ln
@@ -659,6 +752,64 @@ class PostgresSandbox:
         return [f"# in {self.bouncer_ini}, [databases]:",
                 self._bouncer_database_line(new_primary),
                 f"{self.bindir / 'psql'} -h 127.0.0.1 -p {self.port(PGBOUNCER)} -U {USER} -d pgbouncer -c RELOAD"]
+
+    # PAUSE/RESUME: a repoint between them makes a transaction in flight wait, not fail. The
+    # sandbox pools in transaction mode, so PAUSE returns once every server connection is
+    # released at its transaction's end (in session mode it would wait for clients to leave).
+
+    def _bouncer_admin_line(self, command: str) -> str:
+        return f"{self.bindir / 'psql'} -h 127.0.0.1 -p {self.port(PGBOUNCER)} -U {USER} -d pgbouncer -c {shlex.quote(command)}"
+
+    def pause_pgbouncer(self, timeout: float = 60) -> None:
+        """PAUSE the sandbox's database on PgBouncer: it waits for transactions in flight to end,
+        closes its server connections, and holds every new query until RESUME. Returns when the
+        database is paused; SandboxError if the transactions in flight outlast `timeout`."""
+        try:
+            self.psql(PGBOUNCER, f"PAUSE {DATABASE}", database="pgbouncer", timeout=timeout)
+        except SandboxError as exc:
+            if "already suspended/paused" in exc.message:
+                return  # paused by an earlier attempt: the same end state
+            if "did not finish" in exc.message:
+                # The pause would still be pending inside PgBouncer, holding new queries with no
+                # one left to resume them: undo it, then report.
+                self.resume_pgbouncer()
+                raise SandboxError(f"PAUSE {DATABASE} on pgbouncer did not complete within {timeout:.0f} s (a "
+                                   "transaction in flight did not end); resumed again") from None
+            raise
+
+    def resume_pgbouncer(self) -> None:
+        """RESUME the database on PgBouncer; queries held by PAUSE go on (to the upstream the ini
+        names now). A database that is not paused is left as it is."""
+        try:
+            self.psql(PGBOUNCER, f"RESUME {DATABASE}", database="pgbouncer", timeout=15)
+        except SandboxError as exc:
+            if "not paused" not in exc.message:
+                raise
+
+    def show_pause_pgbouncer(self) -> list[str]:
+        return [self._bouncer_admin_line(f"PAUSE {DATABASE}") + "  # waits for transactions in flight to end"]
+
+    def show_resume_pgbouncer(self) -> list[str]:
+        return [self._bouncer_admin_line(f"RESUME {DATABASE}")]
+
+    def _bouncer_show(self, what: str) -> list[dict[str, str]]:
+        """Rows of the admin console's SHOW <what>, as dicts keyed by column name."""
+        out = self._run(
+            [self.bindir / "psql", "-X", "-A", "-q", "-P", "footer=off", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(self.port(PGBOUNCER)), "-U", USER, "-d", "pgbouncer", "-c", f"SHOW {what}"],
+            f"SHOW {what} on pgbouncer", password=self.password, timeout=15,
+        ).stdout.splitlines()
+        if not out:
+            return []
+        head = out[0].split("\t")
+        return [dict(zip(head, ln.split("\t"))) for ln in out[1:]]
+
+    def pgbouncer_paused(self) -> bool:
+        """True if PgBouncer's database is paused (SHOW DATABASES, column paused)."""
+        for row in self._bouncer_show("DATABASES"):
+            if row.get("name") == DATABASE:
+                return row.get("paused", "0") not in ("0", "")
+        raise SandboxError(f"pgbouncer has no database {DATABASE!r} (SHOW DATABASES)")
 
     def _bouncer_start(self) -> None:
         if self._bouncer_pid() is not None:
@@ -723,6 +874,7 @@ class PostgresSandbox:
         if not (self.data_dir(name) / "PG_VERSION").exists():
             raise SandboxError(f"{name} has no data directory at {self.data_dir(name)}; run `dbops sandbox up`")
         if self._postmaster_pid(name) is None:
+            self._clear_dead_postmaster(name)
             self._pg_start(name)
 
     # -- rejoin after a switchover -------------------------------------------------------------
@@ -746,6 +898,7 @@ class PostgresSandbox:
             self._check_member(n)
             if n == PGBOUNCER:
                 raise SandboxError("pgbouncer is not a PostgreSQL member")
+            self._check_cluster_member(n)
         if name == new_primary:
             raise SandboxError(f"{name} cannot rejoin as a replica of itself")
 
@@ -770,10 +923,12 @@ class PostgresSandbox:
                          + "  # if missing")
         lines += [
             shlex.join(str(a) for a in [self.bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop"]),
+            f"# if {name} is fenced (standby.signal) and was not shut down cleanly: pg_ctl start it (it comes up "
+            "as a standby), then stop it -m fast as above",
             f"# keep {name}'s own {keep}: pg_rewind copies the new primary's",
             "PGPASSWORD=*** " + shlex.join(str(a) for a in self._rewind_args(name, new_primary)),
-            f"# put {keep} back; in postgresql.auto.conf drop primary_conninfo, primary_slot_name and "
-            "default_transaction_read_only (the fence), then add:",
+            f"# put {keep} back; in postgresql.auto.conf drop primary_conninfo, primary_slot_name, "
+            "recovery_target_timeline and default_transaction_read_only (the fences), then add:",
             f"#   primary_conninfo = '{conninfo}'",
         ]
         if slot:
@@ -819,6 +974,14 @@ class PostgresSandbox:
         progress(f"stop {name}")
         self.stop_member(name, "fast")
         data = self.data_dir(name)
+        if (self._controldata(name).get("Database cluster state") not in _CLEAN_STATES
+                and (data / "standby.signal").exists()):
+            # A fenced member that crashed (or was stopped -m immediate): pg_rewind would finish
+            # its crash recovery in single-user mode, which refuses standby.signal. Started, it
+            # comes up as a standby (the fence); stopped fast, it is shut down cleanly.
+            progress(f"start {name} as a standby and stop it cleanly, for pg_rewind")
+            self._pg_start(name)
+            self.stop_member(name, "fast")
         saved = {f: (data / f).read_text(encoding="utf-8") for f in _REWIND_KEEP if (data / f).exists()}
         progress(f"pg_rewind {name} from {new_primary}")
         try:
@@ -848,6 +1011,144 @@ class PostgresSandbox:
         progress(f"wait for {name} to stream from {new_primary}")
         self.wait_streaming_from(new_primary, (name,), timeout)
 
+    # -- fencing an old primary ------------------------------------------------------------------
+
+    def _clear_dead_postmaster(self, name: str, progress: Progress = _quiet, *, fencing: bool = False) -> None:
+        """What a kill -9 of `name`'s postmaster leaves behind, cleared so it can start again."""
+        data = self.data_dir(name)
+        # After a kill -9 of the postmaster its children linger until they notice; one could still
+        # finish a write for its client, and their shared memory stops any restart.
+        orphans = self._orphans(name)
+        if orphans:
+            progress(f"kill {name}'s orphaned server processes {', '.join(map(str, orphans))}")
+            for pid in orphans:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not all(self._wait_gone(pid, 10) for pid in orphans):
+                raise SandboxError(f"{name}'s server processes {orphans} did not exit after SIGKILL"
+                                   + ("; it is NOT fenced" if fencing else ""))
+        # A killed postmaster that nothing reaps (PID 1 of many containers) lingers as a zombie:
+        # PostgreSQL then takes its postmaster.pid for a live server and refuses to start (a
+        # real host's init reaps it at once). Its processes are all gone (above): the lock is stale.
+        for lock in (data / "postmaster.pid", self.run_dir / f".s.PGSQL.{self.port(name)}.lock"):
+            if lock.exists() and not pid_alive(self._read_pidfile(lock)):
+                lock.unlink()
+
+    def fence_member(self, name: str, new_primary: str, progress: Progress = _quiet) -> None:
+        """Fence member `name` (an old primary) for real: stop its postmaster if it still runs
+        (pg_ctl stop -m immediate), then make it a standby of `new_primary` on disk:
+        standby.signal, primary_conninfo naming `new_primary` (application_name = name), the
+        read-only fence and any old upstream dropped, and recovery_target_timeline = 'current'.
+        Started again (pg_ctl start, start_member), it comes up in recovery, never writable;
+        'current' lets it start even when its timeline diverged from `new_primary`'s, which a
+        standby following 'latest' refuses at startup ("not a child of this server's history").
+        rejoin_as_replica() later makes it a real replica. Safe to repeat."""
+        self._check_rejoin(name, new_primary)
+        data = self.data_dir(name)
+        if not (data / "PG_VERSION").exists():
+            raise SandboxError(f"{name} has no data directory at {data}")
+        if self._postmaster_pid(name) is not None:
+            progress(f"stop {name} (immediate)")
+            self.stop_member(name, "immediate")
+            if self._postmaster_pid(name) is not None:
+                raise SandboxError(f"{name} still runs after pg_ctl stop -m immediate; it is NOT fenced"
+                                   + self._log_hint(self.log_file(name)))
+        self._clear_dead_postmaster(name, progress, fencing=True)
+        progress(f"make {name} start only as a standby of {new_primary}")
+        auto = data / "postgresql.auto.conf"
+        kept = [ln for ln in auto.read_text(encoding="utf-8").splitlines()
+                if ln.split("=", 1)[0].strip() not in _REJOIN_DROP]
+        kept += [f"primary_conninfo = {_conf_quote(self._upstream_conninfo(new_primary, name, self.password))}",
+                 "recovery_target_timeline = 'current'"]
+        self._write(auto, "\n".join(kept) + "\n")
+        self._write(data / "standby.signal", "")
+        st = self.state
+        st["members"][name]["fenced_for"] = new_primary
+        write_engine_state(self.root, ENGINE, st)
+
+    def show_fence_commands(self, name: str, new_primary: str) -> list[str]:
+        """The commands fence_member runs, as shell lines (as the server's OS user; the password
+        shown as ***)."""
+        self._check_rejoin(name, new_primary)
+        data = self.data_dir(name)
+        conninfo = self._upstream_conninfo(new_primary, name, "***")
+        return [
+            f"# as the {self.owner.name} OS user",
+            shlex.join(str(a) for a in [self.bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "-t", "60",
+                                        "stop"]) + f"  # if {name}'s postmaster still runs",
+            f"# in {data / 'postgresql.auto.conf'} drop primary_conninfo, primary_slot_name, "
+            "recovery_target_timeline and default_transaction_read_only, then add:",
+            f"#   primary_conninfo = '{conninfo}'",
+            "#   recovery_target_timeline = 'current'  # it starts as a standby even if its timeline diverged",
+            shlex.join(["touch", str(data / "standby.signal")]),
+            f"# verify: {name} runs no postmaster (or runs in recovery) and standby.signal is there",
+        ]
+
+    def _orphans(self, name: str) -> list[int]:
+        """Live processes whose working directory is `name`'s data directory while its postmaster
+        is gone: children of a killed postmaster (every server process chdirs there)."""
+        if self._postmaster_pid(name) is not None:
+            return []
+        data = os.path.realpath(self.data_dir(name))
+        found = []
+        for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "cwd") == data and pid_alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    def _fence_upstream(self, name: str) -> str | None:
+        """The member `name`'s primary_conninfo points at (by port), or None."""
+        try:
+            lines = (self.data_dir(name) / "postgresql.auto.conf").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return None
+        conninfo = ""
+        for ln in lines:
+            if ln.split("=", 1)[0].strip() == "primary_conninfo":
+                conninfo = ln.split("=", 1)[1]
+        port = next((w.split("=", 1)[1] for w in conninfo.strip(" '").split() if w.startswith("port=")), None)
+        if port is None:
+            return None
+        members = self.state["members"]
+        return next((n for n, m in members.items() if str(m["port"]) == port), f"port {port}")
+
+    def fence_state(self, name: str) -> tuple[bool, str]:
+        """Verify the fence of `name`: (True, why it cannot accept writes) or (False, why it
+        could). Stopped with standby.signal, or running in recovery with standby.signal, is
+        fenced; anything else is not."""
+        self._check_cluster_member(name)
+        data = self.data_dir(name)
+        if not (data / "PG_VERSION").exists():
+            return False, f"{name} has no data directory at {data}"
+        standby = (data / "standby.signal").exists()
+        upstream = self._fence_upstream(name)
+        of = f" of {upstream}" if upstream else " (no upstream configured)"
+        pid = self._postmaster_pid(name)
+        orphans = self._orphans(name) if pid is None else []
+        if orphans:
+            return False, f"{name}'s postmaster is gone but its server processes {orphans} still run"
+        if pid is None:
+            if not standby:
+                return False, f"{name} is stopped but has no standby.signal: started again it comes up as a writable primary"
+            return True, f"{name} is stopped and will start only as a standby{of}"
+        try:
+            recovering = self.psql(name, "SELECT pg_is_in_recovery()", timeout=5) == "t"
+        except SandboxError as exc:
+            return False, f"{name} is running (pid {pid}) but does not answer: {exc.message.splitlines()[0]}"
+        if not recovering:
+            return False, f"{name} is running (pid {pid}) as a writable primary"
+        if not standby:
+            return False, (f"{name} is running in recovery (pid {pid}) without standby.signal: it would "
+                           "promote itself at the end of recovery")
+        return True, f"{name} is running as a standby{of} (in recovery, read-only)"
+
     # -- restore over a member (postgres.restore-in-place) ---------------------------------------
 
     def _saved_conf_dir(self, name: str) -> Path:
@@ -862,7 +1163,7 @@ class PostgresSandbox:
         Safe to repeat after a crash: the configuration saved by the first attempt is kept (the
         data directory may by then hold the backup's), and removed only once it is put back.
         """
-        self._check_member(name)
+        self._check_cluster_member(name)
         if self._postmaster_pid(name) is not None:
             raise SandboxError(f"{name} is running; stop it before restoring over it")
         data, saved_dir = self.data_dir(name), self._saved_conf_dir(name)
@@ -937,7 +1238,7 @@ class PostgresSandbox:
         self._bouncer_stop()
         # Replicas first, so pg1's fast shutdown does not have to wait on their walsenders and
         # they do not log a burst of reconnect failures.
-        for name in reversed(MEMBER_NAMES):
+        for name in (COORD, *reversed(MEMBER_NAMES)):
             if self._postmaster_pid(name) is not None:
                 progress(f"stop {name}")
                 self.stop_member(name, "fast")
@@ -947,6 +1248,8 @@ class PostgresSandbox:
             for m in st["members"].values():
                 m["pid"] = None
             st["pgbouncer"]["pid"] = None
+            if st.get(COORD):
+                st[COORD]["pid"] = None
             write_engine_state(self.root, ENGINE, st)
 
     def restored_copies(self) -> list[tuple[Path, int | None]]:
@@ -990,6 +1293,10 @@ class PostgresSandbox:
         pid = self._bouncer_pid()
         rows.append(ProcessStatus(ENGINE, PGBOUNCER, f"pooler for {st['pgbouncer'].get('upstream', PRIMARY)}", pid is not None,
                                   st["pgbouncer"]["port"], pid, f"log {self.bouncer_log}"))
+        if st.get(COORD):
+            pid = self._postmaster_pid(COORD)
+            rows.append(ProcessStatus(ENGINE, COORD, "coordination db (locks, approvals)", pid is not None,
+                                      st[COORD]["port"], pid, f"log {st[COORD]['log']}"))
         return rows
 
     # -- dbops config --------------------------------------------------------------------------
@@ -1051,6 +1358,19 @@ class PostgresSandbox:
                 f"application_name = {toml_str(name)}",
                 "",
             ]
+        c = st.get(COORD)
+        if c:
+            # A top-level table: every console of this config takes runbook locks there. TOML
+            # allows it after the [environments...] tables (and other engines' tables after it).
+            lines += [
+                "[locks.postgres]",
+                'host = "127.0.0.1"',
+                f"port = {c['port']}",
+                f"database = {toml_str(c['database'])}",
+                f"user = {toml_str(c['user'])}",
+                f"password = {{ value = {pw} }}",
+                "",
+            ]
         return "\n".join(lines)
 
 
@@ -1061,7 +1381,10 @@ _PGBACKREST_DIRS = ("repo", "log", "lock", "spool")
 # the member's own back.
 _REWIND_KEEP = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
 # Settings of postgresql.auto.conf that rejoin replaces: the old upstream, and the fence.
-_REJOIN_DROP = frozenset({"primary_conninfo", "primary_slot_name", "default_transaction_read_only"})
+_REJOIN_DROP = frozenset({"primary_conninfo", "primary_slot_name", "default_transaction_read_only",
+                          "recovery_target_timeline"})
+# pg_controldata's "Database cluster state" values pg_rewind accepts without crash recovery.
+_CLEAN_STATES = frozenset({"shut down", "shut down in recovery"})
 # Settings pgBackRest's restore writes into postgresql.auto.conf.
 _RECOVERY_KEYS = frozenset({"restore_command", "recovery_target_time", "recovery_target_action", "recovery_target",
                             "recovery_target_lsn", "recovery_target_xid", "recovery_target_name",
@@ -1075,6 +1398,12 @@ local   all          all                          trust
 local   replication  all                          trust
 host    all          all          127.0.0.1/32    scram-sha-256
 host    replication  all          127.0.0.1/32    scram-sha-256
+"""
+
+_COORD_HBA = """\
+# written by `dbops sandbox up`: the coordination server (no replication connections)
+local   all          all                          trust
+host    all          all          127.0.0.1/32    scram-sha-256
 """
 
 
@@ -1108,3 +1437,30 @@ def show_rejoin_commands(name: str, new_primary: str, *, root: Path | None = Non
 def wait_streaming_from(upstream: str, names: Sequence[str], timeout: float = STREAM_TIMEOUT, *,
                         root: Path | None = None) -> None:
     PostgresSandbox(root).wait_streaming_from(upstream, names, timeout)
+
+
+def fence_member(name: str, new_primary: str, *, root: Path | None = None, progress: Progress = _quiet) -> None:
+    """Fence sandbox member `name`: stopped, and it can start again only as a standby of `new_primary`."""
+    PostgresSandbox(root).fence_member(name, new_primary, progress)
+
+
+def show_fence_commands(name: str, new_primary: str, *, root: Path | None = None) -> list[str]:
+    """The shell commands `fence_member` runs, password redacted."""
+    return PostgresSandbox(root).show_fence_commands(name, new_primary)
+
+
+def fence_state(name: str, *, root: Path | None = None) -> tuple[bool, str]:
+    """(True, how `name` is fenced) or (False, why it is not)."""
+    return PostgresSandbox(root).fence_state(name)
+
+
+def pause_pgbouncer(*, root: Path | None = None, timeout: float = 60) -> None:
+    PostgresSandbox(root).pause_pgbouncer(timeout)
+
+
+def resume_pgbouncer(*, root: Path | None = None) -> None:
+    PostgresSandbox(root).resume_pgbouncer()
+
+
+def pgbouncer_paused(*, root: Path | None = None) -> bool:
+    return PostgresSandbox(root).pgbouncer_paused()

@@ -154,7 +154,7 @@ def test_config_path_uses_the_state_dir(pg_sandbox: PgSandbox) -> None:
 
 
 def test_up_again_reports_already_up_and_changes_nothing(pg_sandbox: PgSandbox) -> None:
-    pids = {m: pg_sandbox.pid(m) for m in ("pg1", "pg2", "pg3", "pgbouncer")}
+    pids = {m: pg_sandbox.pid(m) for m in ("pg1", "pg2", "pg3", "pgbouncer", "coord")}
     result = sandbox.up(("postgres",), root=pg_sandbox.root)
     assert result.already_up
     assert {m: pg_sandbox.pid(m) for m in pids} == pids
@@ -164,6 +164,7 @@ def test_up_again_reports_already_up_and_changes_nothing(pg_sandbox: PgSandbox) 
         ("pg2", "replica", True, pids["pg2"]),
         ("pg3", "replica", True, pids["pg3"]),
         ("pgbouncer", "pooler for pg1", True, pids["pgbouncer"]),
+        ("coord", "coordination db (locks, approvals)", True, pids["coord"]),
     ]
     # The session's sandbox also runs S3 (moto), untouched by bringing postgres up again.
     assert [(r.engine, r.running) for r in rows if r.engine != "postgres"] == [("s3", True)]
@@ -282,12 +283,12 @@ def test_cli_up_status_config_down_twice_leaves_nothing_running() -> None:
 
         res = runner.invoke(sandbox_cli, ["status"], env=env)
         assert res.exit_code == 0
-        assert sum(" up " in line for line in res.stdout.splitlines()) == 4, res.stdout
+        assert sum(" up " in line for line in res.stdout.splitlines()) == 5, res.stdout
 
         from dbops.sandbox.postgres import PostgresSandbox
 
         pg = PostgresSandbox(state_dir / "sandbox")
-        tops = [pg.pid(m) for m in ("pg1", "pg2", "pg3", "pgbouncer")]
+        tops = [pg.pid(m) for m in ("pg1", "pg2", "pg3", "pgbouncer", "coord")]
         assert all(tops), tops
         procs = _descendants(tops)
         assert len(procs) > len(tops)  # postmasters have children
@@ -298,7 +299,7 @@ def test_cli_up_status_config_down_twice_leaves_nothing_running() -> None:
             assert _still_running(procs) == []
 
         res = runner.invoke(sandbox_cli, ["status"], env=env)
-        assert res.exit_code == 0 and " up " not in res.stdout and res.stdout.count(" down ") == 4, res.stdout
+        assert res.exit_code == 0 and " up " not in res.stdout and res.stdout.count(" down ") == 5, res.stdout
         res = runner.invoke(sandbox_cli, ["config"], env=env)
         assert res.exit_code == 1 and "error: no sandbox is up" in res.output
         res = runner.invoke(sandbox_cli, ["up", "--engines", "postgres,nosuch"], env=env)
