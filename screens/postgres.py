@@ -109,6 +109,19 @@ class PostgresScreen(ClusterPane):
         Binding("5", "tab('health')", "Health", show=False),
     ]
 
+    # The cluster's own problems (two primaries, no reachable primary) in a bar above the
+    # topology, on every tab: hidden while there are none.
+    DEFAULT_CSS = """
+    PostgresScreen #cluster-alert {
+        height: auto;
+        max-height: 3;
+        padding: 0 1;
+    }
+    PostgresScreen #cluster-alert.-crit {
+        background: red;
+    }
+    """
+
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.member: str | None = None  # whose activity/statements are shown
@@ -123,6 +136,7 @@ class PostgresScreen(ClusterPane):
     def compose(self) -> ComposeResult:
         yield Header()
         yield EnvBanner(id="banner")
+        yield Static(id="cluster-alert")
         yield DataTable(id="topology", cursor_type="row")
         with TabbedContent(id="tabs", initial="activity"):
             with TabPane("1 Activity", id="activity"):
@@ -177,6 +191,7 @@ class PostgresScreen(ClusterPane):
         return next((m for m in health.members if m.name == self.member), None)
 
     def redraw(self, health: ClusterHealth) -> None:
+        self._draw_alert(health)
         self._draw_topology(health)
         mh = self._member_health(health)
         data = mh.snapshot.shown if mh else None
@@ -187,6 +202,21 @@ class PostgresScreen(ClusterPane):
             self._draw_slots(data)
         self.query_one("#health-text", Static).update(self._health_text(health, mh))
         self._draw_status(health, mh)
+
+    def _draw_alert(self, health: ClusterHealth) -> None:
+        """The cluster-level problems the core judged (assess_cluster's metrics), one line each,
+        in their severity's colours across the pane's width."""
+        bad = [m for m in health.metrics if m.severity is not Severity.OK]
+        alert = self.query_one("#cluster-alert", Static)
+        alert.display = bool(bad)
+        if not bad:
+            return
+        worst = Severity.worst([m.severity for m in bad])
+        text = Text(no_wrap=True, overflow="ellipsis", style=SEVERITY_STYLE[worst])
+        for i, m in enumerate(bad):
+            text.append(("\n" if i else "") + f"{m.severity.name}: {m.message}")
+        alert.set_class(worst is Severity.CRIT, "-crit")
+        alert.update(text)
 
     def _draw_topology(self, health: ClusterHealth) -> None:
         table = self.query_one("#topology", DataTable)

@@ -427,7 +427,64 @@ def test_split_brain_is_crit(ref):
     promoted = snap("pg3", primary(timeline=2, replicas=()))
     h = assess_cluster(ref, healthy(pg3=promoted), now=NOW)
     assert h.severity is Severity.CRIT
-    assert h.metrics[0].message == "split brain: pg1, pg3 are all primaries (timelines 1, 2)"
+    assert h.metrics[0].message == "two primaries: pg1 (timeline 1) and pg3 (timeline 2)"
+
+
+def test_two_writable_primaries_are_named_with_their_timelines(ref):
+    # The old primary restarted by hand after pg2's promotion: writable on its old timeline.
+    old = snap("pg1", primary(timeline=3, replicas=()))
+    new = snap("pg2", primary(timeline=4, replicas=()))
+    h = assess_cluster(ref, healthy(pg1=old, pg2=new), now=NOW)
+    assert h.severity is Severity.CRIT
+    assert [(m.name, m.severity, m.message) for m in h.metrics] == [
+        ("primary", Severity.CRIT, "two primaries: pg1 (timeline 3) and pg2 (timeline 4)")
+    ]
+    # ... and that is what the overview, the pane and `dbops check` list first.
+    assert h.problems[0] == "two primaries: pg1 (timeline 3) and pg2 (timeline 4)"
+
+
+def test_split_brain_lists_members_by_name_whatever_the_order(ref):
+    snaps = {
+        "pg3": snap("pg3", primary(timeline=5, replicas=())),
+        "pg1": snap("pg1", primary(timeline=3, replicas=())),
+        "pg2": snap("pg2", primary(timeline=4, replicas=())),
+    }
+    h = assess_cluster(ref, snaps, now=NOW)
+    assert h.metrics[0].message == "three primaries: pg1 (timeline 3), pg2 (timeline 4) and pg3 (timeline 5)"
+    assert h.metrics[0].severity is Severity.CRIT
+
+
+def test_split_brain_with_an_unknown_timeline_still_crit(ref):
+    h = assess_cluster(ref, healthy(pg2=snap("pg2", primary(timeline=None, replicas=()))), now=NOW)
+    assert h.metrics[0].message == "two primaries: pg1 (timeline 1) and pg2 (timeline unknown)"
+
+
+@pytest.mark.parametrize("fenced", ["pg1", "pg2"])
+def test_a_fenced_read_only_primary_is_no_split_brain(ref, fenced):
+    # Mid-switchover: the old primary is fenced (default_transaction_read_only = on) before the
+    # candidate is promoted, so for a moment both are out of recovery.
+    data = {
+        "pg1": primary(timeline=3, replicas=(), read_only_fence=fenced == "pg1"),
+        "pg2": primary(timeline=4, replicas=(), read_only_fence=fenced == "pg2"),
+    }
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", data["pg1"]), pg2=snap("pg2", data["pg2"])), now=NOW)
+    writable = "pg2" if fenced == "pg1" else "pg1"
+    assert [(m.severity, m.message) for m in h.metrics] == [(Severity.OK, f"primary {writable} ({fenced} fenced read-only)")]
+    assert h.severity is Severity.OK
+    assert metric(h, fenced, "reachability").message.startswith("up, primary, fenced read-only")
+    assert not any("primaries" in p for p in h.problems)
+
+
+def test_one_primary_is_no_split_brain(ref):
+    h = assess_cluster(ref, healthy(), now=NOW)
+    assert [(m.severity, m.message) for m in h.metrics] == [(Severity.OK, "primary pg1")]
+    assert h.severity is Severity.OK
+
+
+def test_a_fenced_standby_is_no_primary(ref):
+    # default_transaction_read_only on a standby changes nothing: one primary.
+    h = assess_cluster(ref, healthy(pg2=snap("pg2", standby(read_only_fence=True))), now=NOW)
+    assert [(m.severity, m.message) for m in h.metrics] == [(Severity.OK, "primary pg1")]
 
 
 # -- capacity and hygiene ---------------------------------------------------------------------

@@ -453,6 +453,7 @@ def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: 
         max_xid_age=row["max_xid_age"],
         max_xid_age_database=row["max_xid_age_database"],
         archiver=archiver,
+        read_only_fence=bool(row[Q.READ_ONLY_FENCE]),
         # (data.py's WalReceiver has no field for it yet; assess.replica_lag reads it from here)
         extra={Q.REPLAY_WAITING_FOR_WAL: bool(row[Q.REPLAY_WAITING_FOR_WAL])} if in_recovery else {},
     )

@@ -8,7 +8,8 @@ Each Metric.message is one short sentence for the engineer reading it at 3 a.m.
 Metric names (stable, for panes and tests): reachability, streaming, replay_paused, lag_bytes,
 lag_seconds, connections, cache_hit_ratio, archiver, xid_age, slots / slot:<name>,
 long_queries, idle_in_transaction, pgbouncer, pgbouncer:<database>/<user> (one per pool with a
-problem); on the cluster: primary.
+problem); on the cluster: primary (CRIT with split_brain_message when two or more members answer
+as writable primaries: out of recovery and not fenced read-only).
 
 Replica lag: lag_bytes is the worst of the standby's own view and the primary's; lag_seconds
 comes from the primary's pg_stat_replication row whenever the primary is reachable and has one
@@ -390,7 +391,10 @@ def assess_member(
         )
 
     data: PgMemberData = snap.data
-    metrics: list[Metric] = [Metric("reachability", OK, f"up, {role}, PostgreSQL {data.server_version.split()[0]}", "UP")]
+    fenced = ", fenced read-only" if data.read_only_fence and not data.in_recovery else ""
+    metrics: list[Metric] = [
+        Metric("reachability", OK, f"up, {role}{fenced}, PostgreSQL {data.server_version.split()[0]}", "UP")
+    ]
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     if data.in_recovery:
@@ -417,6 +421,20 @@ def assess_member(
 
 # ---------------------------------------------------------------------------------------------
 # Cluster
+
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+
+
+def split_brain_message(primaries: list[tuple[str, PgMemberData]]) -> str:
+    """"two primaries: pg1 (timeline 3) and pg2 (timeline 4)": every member that answers as a
+    writable primary, by name."""
+    parts = [
+        f"{name} (timeline {d.timeline if d.timeline is not None else 'unknown'})"
+        for name, d in sorted(primaries, key=lambda p: p[0])
+    ]
+    listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+    return f"{_COUNT_WORDS.get(len(parts), str(len(parts)))} primaries: {listed}"
+
 
 
 def assess_cluster(
@@ -455,14 +473,15 @@ def assess_cluster(
             age = h.snapshot.age_of_shown(now)
             detail = f" ({h.name} was primary, last seen {human_seconds(age)} ago)" if age is not None else f" ({h.name} was primary)"
         cluster_metrics.append(Metric("primary", CRIT, f"no reachable primary{detail}", None))
-    elif len(up_primaries) > 1:
-        names = ", ".join(name for name, _ in up_primaries)
-        timelines = ", ".join(str(d.timeline) for _, d in up_primaries)
-        cluster_metrics.append(
-            Metric("primary", CRIT, f"split brain: {names} are all primaries (timelines {timelines})", [n for n, _ in up_primaries])
-        )
+    elif len(writable := [(n, d) for n, d in up_primaries if not d.read_only_fence]) > 1:
+        cluster_metrics.append(Metric("primary", CRIT, split_brain_message(writable), sorted(n for n, _ in writable)))
     else:
-        cluster_metrics.append(Metric("primary", OK, f"primary {up_primaries[0][0]}", up_primaries[0][0]))
+        # One writable primary (a switchover's fenced old primary, out of recovery but
+        # read-only, is no second one), or only fenced ones.
+        name = (writable or up_primaries)[0][0]
+        fenced = sorted(n for n, d in up_primaries if d.read_only_fence and n != name)
+        note = f" ({', '.join(fenced)} fenced read-only)" if fenced else ""
+        cluster_metrics.append(Metric("primary", OK, f"primary {name}{note}", name))
 
     severity = Severity.worst([h.severity for h in healths] + [m.severity for m in cluster_metrics], default=OK)
     return ClusterHealth(

@@ -142,4 +142,7 @@ class PgMemberData:
     max_xid_age_database: str | None = None
     archiver: Archiver | None = None
     pgbouncer: PgBouncerData | None = None
+    # default_transaction_read_only = on server-wide (a switchover's fence): a primary that
+    # takes no writes from well-behaved clients, so not a second writable primary.
+    read_only_fence: bool = False
     extra: dict[str, object] = field(default_factory=dict)

@@ -27,6 +27,8 @@ def _age(ts: str) -> str:
 # writing, a standby can hold a partial record for up to ~15 s (seen in the sandbox: 13 s). The
 # primary's pg_stat_replication.replay_lag counts that as growing lag; assess.replica_lag does not.
 REPLAY_WAITING_FOR_WAL = "replay_waiting_for_wal"
+# OVERVIEW column: the server is fenced read-only (PgMemberData.read_only_fence).
+READ_ONLY_FENCE = "read_only_fence"
 # The startup process's wait events while it waits for WAL from the walreceiver
 # (RecoveryWalStream) or for WAL from any source before retrying (RecoveryRetrieveRetryInterval).
 _WAITING_FOR_WAL = "('RecoveryWalStream', 'RecoveryRetrieveRetryInterval')"
@@ -55,7 +57,18 @@ OVERVIEW = f"""
 SELECT
     current_setting('server_version') AS server_version,
     r.rec AS in_recovery,
-    (SELECT timeline_id FROM pg_control_checkpoint()) AS timeline,
+    -- The timeline WAL is written (primary) or received (standby) on now. A primary's comes from
+    -- the name of its current WAL file: pg_control_checkpoint()'s lags a promotion until the
+    -- next checkpoint. A standby's is its walreceiver's, else its last restartpoint's.
+    CASE WHEN r.rec
+         THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint()))
+         ELSE ('x' || substr(pg_walfile_name(h.head), 1, 8))::bit(32)::bigint
+    END AS timeline,
+    -- Fenced read-only for every session: default_transaction_read_only = on set server-wide
+    -- (ALTER SYSTEM / postgresql.conf / command line), as switchover.fence_primary does. A value
+    -- set for dbops' own role or database says nothing about other clients: not a fence.
+    (SELECT setting = 'on' AND source IN ('configuration file', 'command line', 'environment variable')
+       FROM pg_settings WHERE name = 'default_transaction_read_only') AS {READ_ONLY_FENCE},
     (CASE WHEN r.rec THEN pg_last_wal_replay_lsn() ELSE h.head END)::text AS current_lsn,
     current_setting('max_connections')::int AS max_connections,
     (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS connections_total,
