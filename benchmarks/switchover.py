@@ -8,6 +8,10 @@ a multi-host connection string would), and runs `dbops runbook run postgres.prom
 pg1 -> pg2 in the middle. Reports the longest gap between two successful writes, against the
 issue's goal (<= 3 s) and the ~10 s Patroni documents for a switchover. Informational: never a
 pass/fail.
+
+A second client writes through PgBouncer on one connection that it never reopens unless a write
+fails: the runbook PAUSEs PgBouncer before the fence and RESUMEs it after repointing, so that
+client's writes wait instead of failing; it reports its longest gap and how many writes failed.
 """
 
 from __future__ import annotations
@@ -61,6 +65,35 @@ async def probe(sb, stop: asyncio.Event, successes: list[float]) -> None:
         await current[1].close()
 
 
+async def probe_pooled(sb, stop: asyncio.Event, successes: list[float], failures: list[str]) -> None:
+    """Writes through PgBouncer every 100 ms; a write may wait (PAUSE) up to 60 s, a failure is
+    counted and the connection reopened."""
+    import asyncpg
+
+    conn = None
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            if conn is None:
+                conn = await asyncpg.connect(sb.dsn("pgbouncer"), timeout=5, statement_cache_size=0)
+            await conn.execute("INSERT INTO bench_probe VALUES (clock_timestamp())", timeout=60)
+            successes.append(time.monotonic())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            failures.append(type(exc).__name__ + ": " + str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            if conn is not None:
+                conn.terminate()
+            conn = None
+        await asyncio.sleep(max(0.0, PROBE_INTERVAL - (time.monotonic() - started)))
+    if conn is not None:
+        await conn.close()
+
+
+def longest_gap(successes: list[float], started: float, finished: float) -> float:
+    window = [t for t in successes if started - 1 <= t <= finished + 2]
+    gaps = [b - a for a, b in zip(window, window[1:])]
+    return max(gaps) if gaps else float("nan")
+
+
 async def main() -> None:
     from dbops import sandbox
     from dbops.sandbox.postgres import PostgresSandbox
@@ -77,8 +110,11 @@ async def main() -> None:
         await conn.execute("CREATE TABLE bench_probe (at timestamptz)")
         await conn.close()
         successes: list[float] = []
+        pooled: list[float] = []
+        pooled_failures: list[str] = []
         stop = asyncio.Event()
         task = asyncio.create_task(probe(sb, stop, successes))
+        pooled_task = asyncio.create_task(probe_pooled(sb, stop, pooled, pooled_failures))
         await asyncio.sleep(2)
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -91,15 +127,19 @@ async def main() -> None:
         await asyncio.sleep(2)
         stop.set()
         await task
+        await pooled_task
         if proc.returncode != 0:
             print(out.decode())
             raise SystemExit(f"the switchover failed (exit {proc.returncode})")
-        window = [t for t in successes if started - 1 <= t <= finished + 2]
-        gaps = [b - a for a, b in zip(window, window[1:])]
-        worst = max(gaps) if gaps else float("nan")
+        worst = longest_gap(successes, started, finished)
+        worst_pooled = longest_gap(pooled, started, finished)
         print(f"switchover pg1 -> pg2 by the runbook: {finished - started:.1f} s end to end, {len(successes)} probe writes")
         print(f"  write unavailability (longest gap between 100 ms probe writes): {worst:.2f} s")
         print(f"  vs goal {GOAL_SECONDS:.0f} s: {worst / GOAL_SECONDS:.2f}x    vs Patroni's documented ~{PATRONI_REPORTED_SECONDS:.0f} s: {worst / PATRONI_REPORTED_SECONDS:.2f}x")
+        print(f"  through PgBouncer (PAUSE before the fence, RESUME on the new primary): longest wait {worst_pooled:.2f} s, "
+              f"{len(pooled_failures)} failed write(s) of {len(pooled) + len(pooled_failures)}")
+        for f in sorted(set(pooled_failures))[:5]:
+            print(f"    failed: {f}")
     finally:
         sandbox.down(root=root)
         shutil.rmtree(state, ignore_errors=True)

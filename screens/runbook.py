@@ -28,8 +28,8 @@ from dbops.runbook.progress import ProgressLine
 
 from .widgets import EnvBanner
 
-ICONS = {"pending": "○", "running": "▶", "done": "✓", "failed": "✗", "skipped": "·", "declined": "⊘"}
-ICON_STYLE = {"pending": "dim", "running": "bold cyan", "done": "bold green", "failed": "bold red", "skipped": "dim", "declined": "bold yellow"}
+ICONS = {"pending": "○", "running": "▶", "done": "✓", "failed": "✗", "skipped": "·", "declined": "⊘", "waiting": "◷"}
+ICON_STYLE = {"pending": "dim", "running": "bold cyan", "done": "bold green", "failed": "bold red", "skipped": "dim", "declined": "bold yellow", "waiting": "bold yellow"}
 
 
 class PickRunbook(ModalScreen[str | None]):
@@ -61,18 +61,27 @@ class ConfirmStep(ModalScreen[bool]):
 
     BINDINGS = [Binding("escape", "decline", "Decline")]
 
-    def __init__(self, step: Step, commands: list[str], cluster: str, manual: bool = False) -> None:
+    def __init__(self, step: Step, commands: list[str], cluster: str, manual: bool = False, attest: str | None = None) -> None:
         super().__init__()
         self.step, self.commands, self.cluster, self.manual = step, commands, cluster, manual
+        # An attestation: the operator types this member's name to say it is fenced.
+        self.attest = attest
 
     @property
     def typed(self) -> bool:
-        return self.step.confirm is Confirm.TYPE_CLUSTER
+        return self.attest is not None or self.step.confirm is Confirm.TYPE_CLUSTER
+
+    @property
+    def expected(self) -> str:
+        return self.attest if self.attest is not None else self.cluster
 
     def compose(self) -> ComposeResult:
         s = self.step
         with Vertical(id="confirm-dialog"):
-            head = "MANUAL STEP: run these on the host, then confirm" if self.manual else f"Run step: {s.title}"
+            if self.attest is not None:
+                head = f"ATTEST: is {self.attest} fenced? dbops cannot check it; the audit log records your word"
+            else:
+                head = "MANUAL STEP: run these on the host, then confirm" if self.manual else f"Run step: {s.title}"
             yield Label(Text(head, style="bold red" if s.destructive else "bold"))
             yield Static(s.description)
             # Every command must be readable before it is confirmed: long plans scroll, never clip.
@@ -81,8 +90,9 @@ class ConfirmStep(ModalScreen[bool]):
             if s.destructive:
                 yield Static(Text("Destructive.", style="bold red"))
             if self.typed:
-                yield Label(Text(f"Type the cluster name {self.cluster} to confirm", style="bold red"))
-                yield Input(placeholder=self.cluster, id="typed-name")
+                what = f"the member name {self.attest} to attest it is fenced" if self.attest is not None else f"the cluster name {self.cluster} to confirm"
+                yield Label(Text(f"Type {what}", style="bold red"))
+                yield Input(placeholder=self.expected, id="typed-name")
             hint = "type the name and press enter" if self.typed else "y confirms"
             yield Static(Text(f"{hint}; escape declines (the run stops; declining is audited)", style="dim"))
             with Horizontal(id="confirm-buttons"):
@@ -97,10 +107,10 @@ class ConfirmStep(ModalScreen[bool]):
             self.dismiss(True)
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        self.query_one("#go", Button).disabled = event.value.strip() != self.cluster
+        self.query_one("#go", Button).disabled = event.value.strip() != self.expected
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.value.strip() == self.cluster:
+        if event.value.strip() == self.expected:
             self.dismiss(True)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -144,6 +154,9 @@ class TuiConfirmer:
 
     async def manual_done(self, step: Step, commands: list[str], ctx: Context) -> bool:
         return await self._ask(ConfirmStep(step, commands, ctx.ref.name, manual=True))
+
+    async def attest(self, step: Step, commands: list[str], ctx: Context, expected: str) -> bool:
+        return await self._ask(ConfirmStep(step, commands, ctx.ref.name, attest=expected))
 
 
 class RunbookScreen(Screen[None]):
@@ -301,12 +314,14 @@ class RunbookScreen(Screen[None]):
         return values
 
     def _executor(self, params: dict[str, Any], run_id: str) -> Executor:
+        from dbops.runbook.approvals import store_for
+
         ctx = Context(self.ref, params, run_id=run_id, log=lambda line: self._from_thread(self.log_line, f"    {line}"),
                       progress=lambda done, total, unit: self._from_thread(self.on_step_progress, done, total, unit))
         return Executor(
             self.book, ctx, audit=self.app.audit, confirmer=self.confirmer,
             observer=lambda event, **data: self._from_thread(self.on_runbook_event, event, data),
-            allow_writes=self.app.allow_writes,
+            allow_writes=self.app.allow_writes, approvals=store_for(self.app.config.locks.postgres, self.ref),
         )
 
     # -- plan --------------------------------------------------------------------------------
@@ -380,7 +395,8 @@ class RunbookScreen(Screen[None]):
         ex = self._executor(params, run_id)
         state = self.app.state_dir
         lock = lock_for(self.ref, run_id, state, note=lambda line: self._from_thread(self.log_line, f"note: {line}", "yellow"),
-                        leases=self.app.config.locks.kubernetes)
+                        leases=self.app.config.locks.kubernetes, coordination=self.app.config.locks.postgres,
+                        changes_servers=self.book.changes_servers)
 
         async def go() -> RunResult:
             if self.book.setup is not None:
@@ -449,6 +465,22 @@ class RunbookScreen(Screen[None]):
             self.log_line(f"    verify: {v.detail}", "green" if v.ok else "red")
         elif event == "failed" and step is not None:
             self.log_line(f"✗ {step.title}: {data['error']}", "bold red")
+        elif event == "approval-waiting" and step is not None:
+            # The two-person rule: the run waits here until a second operator approves this plan.
+            self.status[step.id] = "waiting"
+            steps.update_cell(step.id, "icon", self._icon(step.id))
+            self.log_line(f"◷ waiting for a second operator's approval before '{step.title}'", "bold yellow")
+            self.log_line(f"    run {data['run_id']}, plan {data['plan_hash'][:12]}, waits up to {data['ttl']}s", "yellow")
+            self.log_line(f"    who may approve: {data['who']}", "yellow")
+            self.notify(f"run {data['run_id']} waits for a second operator's approval", severity="warning", timeout=15)
+        elif event == "approved" and step is not None:
+            self.status[step.id] = "pending"
+            steps.update_cell(step.id, "icon", self._icon(step.id))
+            self.log_line(f"✓ {data['message']} (plan {data['plan_hash'][:12]})", "bold green")
+        elif event == "approval-refused" and step is not None:
+            self.status[step.id] = "declined"
+            steps.update_cell(step.id, "icon", self._icon(step.id))
+            self.log_line(f"✗ not approved: {data['reason']}", "bold red")
         elif event == "check":
             pass  # shown in the pre-check table by the plan
 

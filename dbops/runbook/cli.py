@@ -218,6 +218,9 @@ class _NoConfirm:
     async def confirm(self, step: Any, commands: list[str], ctx: Any) -> bool:
         return False
 
+    async def attest(self, step: Any, commands: list[str], ctx: Any, expected: str) -> bool:
+        return False
+
     async def manual_done(self, step: Any, commands: list[str], ctx: Any) -> bool:
         return False
 
@@ -226,10 +229,27 @@ class CliConfirmer:
     """--yes answers yes/no confirmations; a step that asks for the cluster's name needs
     --confirm NAME. In a terminal without those flags, the operator is asked."""
 
-    def __init__(self, yes: bool, confirm_name: str | None, interactive: bool) -> None:
+    def __init__(self, yes: bool, confirm_name: str | None, interactive: bool, attested: tuple[str, ...] = ()) -> None:
         self.yes = yes
         self.confirm_name = confirm_name
         self.interactive = interactive
+        self.attested = attested  # --attest MEMBER: members the operator attests are fenced
+
+    async def attest(self, step: Any, commands: list[str], ctx: Any, expected: str) -> bool:
+        click.echo(f"\nATTESTATION: {step.title}: dbops cannot check this itself.")
+        for c in commands:
+            click.echo(f"  {c}")
+        if self.attested:
+            if expected in self.attested:
+                click.echo(f"attested by --attest {expected} (recorded in the audit log)")
+                return True
+            click.echo(f"--attest {', '.join(self.attested)} does not name {expected}; refusing", err=True)
+            return False
+        if not self.interactive:
+            click.echo(f"'{step.title}' needs the operator to attest {expected}: pass --attest {expected} (or run in a terminal); refusing", err=True)
+            return False
+        typed = await asyncio.to_thread(click.prompt, f"Type the member name ({expected}) to attest it is fenced", default="", show_default=False)
+        return typed.strip() == expected
 
     async def confirm(self, step: Any, commands: list[str], ctx: Any) -> bool:
         from dbops.runbook.model import Confirm
@@ -286,15 +306,29 @@ def _observer(event: str, **data: Any) -> None:
     elif event == "reverified":
         v = data["verdict"]
         click.echo(f"  interrupted step '{step.title}' re-verified: {'done' if v.ok else 'not done, running it again'} ({v.detail})")
+    elif event == "overridden":
+        click.echo(f"  ! {step.title} FAILED and was OVERRIDDEN ({data['reason']}): {data['error']}")
     elif event == "resumed":
         click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
+    elif event == "approval-waiting":
+        click.echo(f"\n⏸ '{step.title}' needs a second operator's approval (two-person rule)")
+        click.echo(f"  run id:    {data['run_id']}")
+        click.echo(f"  plan hash: {data['plan_hash']}")
+        click.echo(f"  requested by: {data['requester'].describe()}")
+        click.echo(f"  who may approve: {data['who']}")
+        click.echo(f"  waiting up to {data['ttl']}s ...")
+    elif event == "approved":
+        click.echo(f"  ✓ {data['message']} (plan {data['plan_hash'][:12]})")
+    elif event == "approval-refused":
+        click.echo(f"  ✗ {step.title}: {data['reason']}")
 
 
-def _lock(cfg: Any, ref: Any, run_id: str) -> Any:
+def _lock(cfg: Any, ref: Any, run_id: str, book: Any, overrides: dict[str, str] | None = None) -> Any:
     from dbops.config import state_dir
     from dbops.runbook.locks import lock_for
 
-    return lock_for(ref, run_id, state_dir(), note=lambda line: click.echo(f"note: {line}", err=True), leases=cfg.locks.kubernetes)
+    return lock_for(ref, run_id, state_dir(), note=lambda line: click.echo(f"note: {line}", err=True), leases=cfg.locks.kubernetes,
+                    coordination=cfg.locks.postgres, overrides=overrides, changes_servers=book.changes_servers)
 
 
 def _ship_audit(cfg: Any) -> None:
@@ -321,11 +355,14 @@ def _finish(result: Any) -> None:
 @click.argument("runbook_id")
 @click.option("--cluster", "cluster_name", required=True)
 @click.option("--param", "raw_params", multiple=True, metavar="NAME=VALUE")
-@click.option("--override", "raw_overrides", multiple=True, metavar="CHECK=REASON", help="Run despite a failed overridable pre-check; the reason is audited.")
+@click.option("--override", "raw_overrides", multiple=True, metavar="CHECK=REASON",
+              help="Run despite a failed overridable pre-check or step (e.g. fence), or without a shared lock in production (shared-lock); the reason is audited.")
 @click.option("--yes", is_flag=True, help="Answer yes to yes/no confirmations.")
 @click.option("--confirm", "confirm_name", metavar="CLUSTER", help="Confirm steps that ask for the cluster's name.")
+@click.option("--attest", "attested", multiple=True, metavar="MEMBER", help="Attest that MEMBER is fenced (a manual fence); audited.")
 @click.pass_context
-def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tuple[str, ...], raw_overrides: tuple[str, ...], yes: bool, confirm_name: str | None) -> None:
+def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tuple[str, ...], raw_overrides: tuple[str, ...], yes: bool,
+        confirm_name: str | None, attested: tuple[str, ...]) -> None:
     """Run a runbook: pre-checks, then each step with its confirmation, journaled and audited."""
     from dbops.audit import AuditLog
     from dbops.config import state_dir
@@ -340,14 +377,15 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
     book = _book_for(cfg, runbook_id, ref)
     context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"),
                       progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
-    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
-    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
+    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested)
+    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer,
+                  allow_writes=ctx.obj.get("allow_writes", False), approvals=_approval_store(cfg, ref))
     overrides = _overrides(raw_overrides)
     click.echo(f"{book.id} on {ref.key}, run {context.run_id}")
 
     async def go() -> Any:
         await _check_choices(book, context)
-        return await ex.run(Journal.create(state_dir(), context.run_id), _lock(cfg, ref, context.run_id), overrides)
+        return await ex.run(Journal.create(state_dir(), context.run_id), _lock(cfg, ref, context.run_id, book, overrides), overrides)
 
     try:
         result = asyncio.run(_with_resources(book, context, go))
@@ -361,8 +399,9 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
 @click.argument("run_id")
 @click.option("--yes", is_flag=True)
 @click.option("--confirm", "confirm_name", metavar="CLUSTER")
+@click.option("--attest", "attested", multiple=True, metavar="MEMBER", help="Attest that MEMBER is fenced (a manual fence); audited.")
 @click.pass_context
-def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None) -> None:
+def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None, attested: tuple[str, ...]) -> None:
     """Continue a run after a crash, from its last completed step (re-verifying it first)."""
     from dbops.audit import AuditLog
     from dbops.config import state_dir
@@ -382,12 +421,106 @@ def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None)
     book = _get(_books(cfg), record.runbook).for_cluster(ref)
     context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"),
                       progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
-    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty())
-    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer, allow_writes=ctx.obj.get("allow_writes", False))
+    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested)
+    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer,
+                  allow_writes=ctx.obj.get("allow_writes", False), approvals=_approval_store(cfg, ref))
     click.echo(f"resuming {book.id} on {ref.key}, run {run_id}")
     try:
-        result = asyncio.run(_with_resources(book, context, lambda: ex.resume(record, journal, _lock(cfg, ref, run_id))))
+        result = asyncio.run(_with_resources(book, context, lambda: ex.resume(record, journal, _lock(cfg, ref, run_id, book, record.overrides))))
     except LockHeld as exc:
         _fail(str(exc))
     _ship_audit(cfg)
     _finish(result)
+
+
+# -- the two-person rule ----------------------------------------------------------------------
+
+
+def _approval_store(cfg: Any, ref: Any) -> Any:
+    from dbops.runbook.approvals import store_for
+
+    return store_for(cfg.locks.postgres, ref)
+
+
+def _store(cfg: Any) -> Any:
+    from dbops.runbook.approvals import ApprovalStore
+
+    if cfg.locks.postgres is None:
+        _fail("approvals live in the coordination database every console shares, and this config has no [locks.postgres]")
+    return ApprovalStore(cfg.locks.postgres)
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+@runbook.command("approvals")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def approvals_(ctx: click.Context, as_json: bool) -> None:
+    """Runs waiting for a second operator's approval (two-person rule)."""
+    from dbops.runbook.approvals import ApprovalError
+
+    store = _store(_config(ctx))
+    try:
+        waiting = asyncio.run(store.pending())
+    except ApprovalError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps([
+            {"run_id": r.run_id, "runbook": r.runbook, "environment": r.environment, "cluster": r.cluster,
+             "requested_by": r.requester.as_dict(), "age_seconds": round(r.age_seconds), "plan_hash": r.plan_hash}
+            for r in waiting
+        ], indent=2))
+        return
+    if not waiting:
+        click.echo("no run is waiting for an approval")
+        return
+    click.echo(f"{'RUN ID':<14} {'RUNBOOK':<30} {'CLUSTER':<24} {'REQUESTED BY':<28} {'AGE':>7}  PLAN")
+    for r in waiting:
+        who = f"{r.requester.name} (uid {r.requester.uid})"
+        click.echo(f"{r.run_id:<14} {r.runbook:<30} {r.environment + '/' + r.cluster:<24} {who:<28} {_age(r.age_seconds):>7}  {r.plan_hash[:12]}")
+    click.echo("\napprove one with `dbops runbook approve RUN_ID` (as an operator other than its requester)")
+
+
+@runbook.command()
+@click.argument("run_id")
+@click.option("--yes", is_flag=True, help="Approve without asking (after reading the plan printed above).")
+@click.pass_context
+def approve(ctx: click.Context, run_id: str, yes: bool) -> None:
+    """Approve a waiting run's plan as a second operator (not the one who started the run)."""
+    from dbops.audit import AuditLog
+    from dbops.config import state_dir
+    from dbops.runbook.approvals import ApprovalError, ApprovalRefused, approve_audited, audit_declined, current_operator, same_person
+
+    cfg = _config(ctx)
+    store = _store(cfg)
+    me = current_operator()
+    try:
+        req = asyncio.run(store.get(run_id))
+    except ApprovalError as exc:
+        _fail(str(exc))
+    if req is None:
+        _fail(f"no approval request for run {run_id}; `dbops runbook approvals` lists the waiting ones")
+    click.echo(f"run {req.run_id}: {req.runbook} on {req.environment}/{req.cluster}")
+    click.echo(f"requested by {req.requester.describe()}, {_age(req.age_seconds)} ago")
+    click.echo(f"plan hash: {req.plan_hash}\n")
+    click.echo(req.plan_text)
+    audit = AuditLog(state_dir() / "audit.jsonl")
+    if not yes and not same_person(req.requester, me):  # a self-approval is refused (and audited) below
+        if not sys.stdin.isatty():
+            _fail("approving needs a terminal to confirm in, or --yes after reading the plan")
+        if not click.confirm(f"Approve this plan ({req.plan_hash[:12]}) as {me.describe()}?", default=False):
+            audit_declined(audit, req, me)
+            _fail("not approved", code=3)
+    try:
+        done = asyncio.run(approve_audited(store, audit, req, me))
+    except (ApprovalRefused, ApprovalError) as exc:
+        _fail(str(exc))
+    until = f"{done.expires_at:%Y-%m-%d %H:%M:%S} UTC" if done.expires_at else "?"
+    click.echo(f"approved run {run_id} (plan {req.plan_hash[:12]}) as {me.describe()}; valid until {until}")

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dbops.actions import read_only_reason, writes_allowed
 from dbops.runbook.journal import Journal, RunRecord
-from dbops.runbook.locks import ClusterLock
+from dbops.runbook.locks import SHARED_LOCK, ClusterLock
 from dbops.runbook.model import Check, Confirm, Context, Kind, Runbook, Step, Verdict
 from dbops.secrets import scrub_text
 
 if TYPE_CHECKING:
     from dbops.audit import AuditLog
+    from dbops.runbook.approvals import ApprovalState, ApprovalStore
 
 
 class ExitCode(enum.IntEnum):
@@ -35,6 +36,8 @@ class ExitCode(enum.IntEnum):
 class Confirmer(Protocol):
     async def confirm(self, step: Step, commands: list[str], ctx: Context) -> bool: ...
     async def manual_done(self, step: Step, commands: list[str], ctx: Context) -> bool: ...
+    # The operator types `expected` (a member's name) to attest what dbops cannot check.
+    async def attest(self, step: Step, commands: list[str], ctx: Context, expected: str) -> bool: ...
 
 
 class Observer(Protocol):
@@ -91,6 +94,7 @@ class Executor:
         confirmer: Confirmer,
         observer: Observer = _silent,
         allow_writes: bool = False,
+        approvals: "ApprovalStore | None" = None,
     ) -> None:
         self.runbook = runbook
         self.ctx = ctx
@@ -98,6 +102,26 @@ class Executor:
         self.confirmer = confirmer
         self.observe = observer
         self.allow_writes = allow_writes
+        self._step: Step | None = None  # the step running now, for attestations
+        self._lock: ClusterLock | None = None  # held for the run; follows the primary after each step
+        ctx.attest = self._attest
+        # The two-person rule (environments with approvals = 2): the shared store of approval
+        # requests, the plan's canonical text and hash (computed once per run/resume), and the
+        # approval once given.
+        self.approvals = approvals
+        self.approval_poll = 2.0
+        self.plan_text: str | None = None
+        self.plan_hash: str | None = None
+        self.approval: "ApprovalState | None" = None
+        self._used_approval = False
+
+    async def _attest(self, expected: str, commands: list[str]) -> bool:
+        assert self._step is not None, "an attestation outside a step"
+        self.observe("attest", step=self._step, expected=expected, commands=commands)
+        return await self.confirmer.attest(self._step, commands, self.ctx, expected)
+
+    def _known_overrides(self) -> set[str]:
+        return {c.id for c in self.runbook.prechecks if c.overridable} | {s.id for s in self.runbook.steps if s.overridable} | {SHARED_LOCK}
 
     # -- plan --------------------------------------------------------------------------------
 
@@ -134,7 +158,13 @@ class Executor:
         ref = self.ctx.ref
         if self.runbook.changes_servers and not writes_allowed(ref, self.allow_writes):
             return RunResult(self.ctx.run_id, ExitCode.REFUSED, read_only_reason(ref))
+        unknown = sorted(set(overrides) - self._known_overrides())
+        if unknown:
+            return RunResult(self.ctx.run_id, ExitCode.REFUSED,
+                             f"--override {', '.join(unknown)}: nothing of that name can be overridden; "
+                             f"these can: {', '.join(sorted(self._known_overrides()))}")
         await lock.acquire()  # raises LockHeld naming the holder
+        self._lock = lock
         try:
             plan = await self.plan(overrides)
             if plan.refused:
@@ -148,6 +178,12 @@ class Executor:
                 self._abort("precheck-refused", reason=why)
                 return RunResult(self.ctx.run_id, ExitCode.REFUSED, f"refused: {why}", plan=plan)
             used = {c.check.id: c.overridden_by for c in plan.checks if c.overridden_by}
+            # Step overrides (a fence that cannot be verified) and a lock override apply when
+            # needed, and are recorded from the start either way.
+            used.update({k: v for k, v in overrides.items() if k not in used and k != SHARED_LOCK and k in self._known_overrides()})
+            if lock.overridden is not None:
+                used[SHARED_LOCK] = lock.overridden
+            self._hash_plan(plan)
             journal.write(
                 event="start", run_id=self.ctx.run_id, runbook=self.runbook.id, environment=ref.environment,
                 cluster=ref.name, params=self.ctx.params, overrides=used, state=self.ctx.state,
@@ -171,6 +207,7 @@ class Executor:
             return RunResult(record.run_id, ExitCode.REFUSED, read_only_reason(ref))
         self.ctx.state.update(record.state)
         await lock.acquire()
+        self._lock = lock
         resumed: dict | None = None
         result: RunResult | None = None
         try:
@@ -194,6 +231,8 @@ class Executor:
         journal.write(event="resumed", after=record.done, interrupted=record.interrupted)
         self.observe("resumed", done=list(record.done), interrupted=record.interrupted)
         planned = [PlannedStep(s, [scrub_text(c) for c in s.commands(self.ctx)]) for s in self.runbook.steps]
+        # Re-rendered and re-hashed: a plan that differs from the approved one needs a new approval.
+        self._hash_plan(Plan(self.runbook, [], planned))
         done = set(record.done)
         if record.interrupted is not None:
             step = next(s for s in self.runbook.steps if s.id == record.interrupted)
@@ -220,6 +259,11 @@ class Executor:
             if step.applies is not None and not step.applies(self.ctx):
                 self.observe("skipped", step=step, reason="nothing to do")
                 continue
+            gated = self._needs_approval(step)
+            if gated and self.approval is None:
+                refused = await self._await_approval(journal, step, durations)
+                if refused is not None:
+                    return refused
             if step.confirm is not Confirm.NONE:
                 self.observe("confirm", step=step, commands=p.commands)
                 if not await self.confirmer.confirm(step, p.commands, self.ctx):
@@ -227,8 +271,16 @@ class Executor:
                     journal.write(event="aborted", step=step.id)
                     self.observe("aborted", step=step)
                     return RunResult(self.ctx.run_id, ExitCode.ABORTED, f"declined at '{step.title}'; nothing after it ran", durations)
+            if gated and not self._used_approval:
+                # Still valid now that the operator has confirmed (a confirmation can take a while)?
+                refused = await self._recheck_approval(journal, step, durations)
+                if refused is not None:
+                    return refused
+                self._used_approval = True
             outcome = await self._one(journal, step, p.commands, overrides)
             durations[step.id] = outcome[1]
+            if outcome[0] and step.kind in (Kind.ACTION, Kind.MANUAL) and self._lock is not None:
+                await self._lock.follow()
             if not outcome[0]:
                 journal.write(event="failed", step=step.id)
                 msg = f"step '{step.title}' failed: {outcome[2]}"
@@ -237,22 +289,29 @@ class Executor:
                 return RunResult(self.ctx.run_id, ExitCode.STEP_FAILED, msg, durations)
         journal.write(event="finished")
         self.observe("finished", durations=durations)
-        return RunResult(self.ctx.run_id, ExitCode.OK, f"{self.runbook.title}: done", durations)
+        # What the operator must know about how it was done (a fence that was only attested).
+        notes = "".join(f"\nNOTE: {n}" for n in self.ctx.state.get("summary", ()))
+        return RunResult(self.ctx.run_id, ExitCode.OK, f"{self.runbook.title}: done{notes}", durations)
 
     async def _one(self, journal: Journal, step: Step, commands: list[str], overrides: dict[str, str]) -> tuple[bool, float, str]:
         changes = step.kind in (Kind.ACTION, Kind.MANUAL)
         intent = None
         if changes:
             reason = "; ".join(f"override {k}: {v}" for k, v in overrides.items()) or None
+            params: dict[str, Any] = {"commands": commands, **{k: v for k, v in self.ctx.params.items()}}
+            if self.approval is not None and self.approval.approver is not None:
+                params["approved_by"] = self.approval.approver.as_dict()
+                params["plan_hash"] = self.plan_hash
             intent = self.audit.intent(
                 action=f"{self.runbook.id}:{step.id}", environment=self.ctx.ref.environment, cluster=self.ctx.ref.name,
-                params={"commands": commands, **{k: v for k, v in self.ctx.params.items()}}, run_id=self.ctx.run_id,
-                step=step.id, reason=reason,
+                params=params, run_id=self.ctx.run_id, step=step.id, reason=reason,
             )
         journal.write(event="step-started", step=step.id)
         self.observe("started", step=step, commands=commands)
         started = time.monotonic()
         error = ""
+        self._step = step
+        self.ctx.step_detail = {}
         try:
             if step.kind is Kind.MANUAL:
                 if not await self.confirmer.manual_done(step, commands, self.ctx):
@@ -272,17 +331,103 @@ class Executor:
         except Exception as exc:  # a step's failure is reported and journaled, never a crash
             error = scrub_text(str(exc)) or type(exc).__name__
         elapsed = time.monotonic() - started
+        self._step = None
+        detail = dict(self.ctx.step_detail) or None
+        if error and step.overridable and step.id in overrides:
+            # The operator chose, with a reason, to go on past this failure: say so everywhere.
+            reason = overrides[step.id]
+            self.observe("overridden", step=step, error=error, reason=reason)
+            self.ctx.state.setdefault("summary", []).append(f"'{step.title}' failed and was overridden ({reason}): {error}")
+            if intent is not None:
+                self.audit.result(intent, outcome="overridden", error=error, detail={**(detail or {}), "override": reason})
+            journal.write(event="step-done", step=step.id, state=self.ctx.state, overridden=reason)
+            return True, elapsed, ""
         if error:
             self.observe("failed", step=step, error=error)
             if intent is not None:
-                self.audit.result(intent, outcome="failed", error=error)
+                self.audit.result(intent, outcome="failed", error=error, detail=detail)
             return False, elapsed, error
         # The audit result first: once the journal says "done", the audit log already says so too.
         if intent is not None:
-            self.audit.result(intent, outcome="ok")
+            self.audit.result(intent, outcome="ok", detail=detail)
         journal.write(event="step-done", step=step.id, state=self.ctx.state)
         self.observe("done", step=step, seconds=elapsed)
         return True, elapsed, ""
+
+    # -- the two-person rule --------------------------------------------------------------------
+
+    def _needs_approval(self, step: Step) -> bool:
+        return self.ctx.ref.env.approvals >= 2 and (step.destructive or step.approval)
+
+    def _hash_plan(self, plan: Plan) -> None:
+        if self.ctx.ref.env.approvals < 2:
+            return
+        from dbops.runbook.approvals import plan_hash, plan_text
+
+        self.plan_text = plan_text(plan, self.ctx.ref, self.ctx.params)
+        self.plan_hash = plan_hash(self.plan_text)
+        self.approval = None
+        self._used_approval = False
+
+    def _approval_refused(self, journal: Journal, step: Step, why: str, durations: dict[str, float]) -> RunResult:
+        self._abort("approval-refused", step=step.id, reason=why)
+        journal.write(event="approval-refused", step=step.id, reason=why)
+        self.observe("approval-refused", step=step, reason=why)
+        msg = f"refused: {why}; nothing from '{step.title}' on ran (run {self.ctx.run_id}; `dbops runbook resume {self.ctx.run_id}` asks again)"
+        return RunResult(self.ctx.run_id, ExitCode.REFUSED, msg, durations)
+
+    async def _await_approval(self, journal: Journal, step: Step, durations: dict[str, float]) -> RunResult | None:
+        """Publish the plan for approval and wait (bounded by the approval TTL) until a second
+        operator approves it. None when approved; a REFUSED result otherwise. Fails closed."""
+        from dbops.runbook.approvals import ApprovalError, current_operator
+
+        ref = self.ctx.ref
+        if self.approvals is None:
+            return self._approval_refused(journal, step, f"{ref.environment} needs a second operator's approval, and no approval store ([locks.postgres]) is configured here", durations)
+        assert self.plan_hash is not None and self.plan_text is not None
+        requester = current_operator()
+        ttl = ref.env.approval_ttl_seconds
+        try:
+            state = await self.approvals.approval_state(self.ctx.run_id, self.plan_hash, requester)
+            if not state.approved:
+                await self.approvals.request(
+                    self.ctx.run_id, environment=ref.environment, cluster=ref.name, runbook=self.runbook.id,
+                    plan_hash=self.plan_hash, plan_text=self.plan_text, requester=requester, ttl_seconds=ttl,
+                )
+                who = f"any operator other than {requester.name} (uid {requester.uid}) — `dbops runbook approve {self.ctx.run_id}`"
+                journal.write(event="approval-waiting", step=step.id, plan_hash=self.plan_hash)
+                self.observe("approval-waiting", step=step, run_id=self.ctx.run_id, plan_hash=self.plan_hash,
+                             requester=requester, who=who, ttl=ttl)
+                deadline = time.monotonic() + ttl
+                while True:
+                    state = await self.approvals.approval_state(self.ctx.run_id, self.plan_hash, requester)
+                    if state.status != "waiting":
+                        break
+                    if time.monotonic() >= deadline:
+                        return self._approval_refused(journal, step, f"no second operator approved the plan within {ttl}s", durations)
+                    await asyncio.sleep(self.approval_poll)
+        except ApprovalError as exc:
+            return self._approval_refused(journal, step, f"the approval cannot be checked: {exc}", durations)
+        if not state.approved:
+            return self._approval_refused(journal, step, state.message, durations)
+        self.approval = state
+        journal.write(event="approved", step=step.id, plan_hash=self.plan_hash,
+                      approved_by=state.approver.as_dict() if state.approver else None)
+        self.observe("approved", step=step, approver=state.approver, plan_hash=self.plan_hash, message=state.message)
+        return None
+
+    async def _recheck_approval(self, journal: Journal, step: Step, durations: dict[str, float]) -> RunResult | None:
+        from dbops.runbook.approvals import ApprovalError, current_operator
+
+        assert self.approvals is not None and self.plan_hash is not None
+        try:
+            state = await self.approvals.approval_state(self.ctx.run_id, self.plan_hash, current_operator())
+        except ApprovalError as exc:
+            return self._approval_refused(journal, step, f"the approval cannot be checked: {exc}", durations)
+        if not state.approved:
+            return self._approval_refused(journal, step, state.message, durations)
+        self.approval = state
+        return None
 
     async def _verify(self, step: Step) -> Verdict:
         assert step.verify is not None

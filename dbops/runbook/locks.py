@@ -10,6 +10,15 @@ holder (operator, host, run id, since). Backends:
 - LeaseLock: with [locks.kubernetes], a coordination.k8s.io/v1 Lease per cluster in that
   namespace, for consoles on hosts that share no file system and clusters dbops cannot lock
   itself. Taken in addition to the backends above (AllLocks), never instead of them.
+- The coordination database ([locks.postgres]): an advisory lock per cluster there, on a
+  connection held for the run. It is the lock to have for failover: it does not depend on the
+  cluster under repair having a primary, and it does not move when the primary does.
+
+In a production environment a run that changes servers needs a lock other consoles see (the
+coordination database, a Lease, or the cluster's own advisory lock when a primary answers);
+this host's lock file alone is refused there unless overridden with a reason (SHARED_LOCK).
+The cluster's own advisory lock follows the primary: after each step, if its connection is no
+longer on a writable primary (a switchover fenced or restarted it), it is taken on the new one.
 """
 
 from __future__ import annotations
@@ -29,8 +38,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Protocol
 
 
+# --override shared-lock=REASON: run in production with only this host's lock file.
+SHARED_LOCK = "shared-lock"
+
+
 class LockHeld(Exception):
-    """Another run holds the cluster. The message names it."""
+    """Another run holds the cluster (the message names it), or no lock that other consoles
+    see could be taken where one is required."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +66,22 @@ def me(run_id: str) -> Holder:
 
 
 class ClusterLock(Protocol):
+    # The reason given to run with only this host's lock where a shared one is required.
+    overridden: str | None
+
     async def acquire(self) -> None: ...
     async def release(self) -> None: ...
+    # After a step that changed a server: keep the lock valid if it lived on the old primary.
+    async def follow(self) -> None: ...
+    # Whether other consoles (other hosts) see this lock while it is held.
+    @property
+    def shared(self) -> bool: ...
 
 
 class LocalLock:
+    overridden: str | None = None
+    shared = False  # other hosts do not see a file on this one
+
     def __init__(self, state: Path, cluster_key: str, holder: Holder) -> None:
         d = state / "locks"
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,6 +109,9 @@ class LocalLock:
             os.close(self._fd)
             self._fd = None
 
+    async def follow(self) -> None:
+        return None
+
 
 def _read_holder(fd: int) -> str:
     try:
@@ -99,18 +127,32 @@ def advisory_key(cluster_key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# Whether a session is on a primary that takes writes (not a standby, not fenced read-only).
+SQL_WRITABLE = "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'"
+
+
 class PostgresAdvisoryLock:
     """Held on a dedicated connection for the whole run; the server drops it if we die.
 
-    `connect(application_name)` opens that connection (asyncpg). The lock lives on whichever
-    member was primary when the run started; a switchover fences client sessions but spares
-    dbops' own, and the lock is only about keeping two consoles apart, not about the data.
+    `connect(application_name)` opens that connection (asyncpg): to the coordination database,
+    or to the cluster's primary. On the cluster, the lock lives on whichever member was primary
+    when the run started; `find_writable` lets follow() take it on the new primary once that one
+    is promoted, so it never stays tied to the old primary (fenced, then restarted by a rejoin,
+    which would drop it silently) while a second console could take it on the new one.
     """
 
-    def __init__(self, connect: Callable[[str], Awaitable[Any]], cluster_key: str, holder: Holder) -> None:
+    overridden: str | None = None
+    shared = True
+
+    def __init__(self, connect: Callable[[str], Awaitable[Any]], cluster_key: str, holder: Holder, *,
+                 where: str = "the cluster's primary", find_writable: Callable[[str], Awaitable[Any]] | None = None,
+                 note: Callable[[str], None] = lambda line: None) -> None:
         self.connect = connect
         self.key = advisory_key(cluster_key)
         self.holder = holder
+        self.where = where
+        self.find_writable = find_writable
+        self.note = note
         self._conn: Any = None
 
     @property
@@ -132,8 +174,30 @@ class PostgresAdvisoryLock:
             who = "holder unknown"
             if row is not None:
                 who = f"{row['application_name']} from {row['addr'] or 'local socket'} since {row['backend_start']:%Y-%m-%d %H:%M:%S %Z}"
-            raise LockHeld(f"another runbook holds this cluster: {who}")
+            raise LockHeld(f"another runbook holds this cluster: {who} (advisory lock on {self.where})")
         self._conn = conn
+
+    async def follow(self) -> None:
+        if self._conn is None or self.find_writable is None:
+            return
+        try:
+            if await self._conn.fetchval(SQL_WRITABLE):
+                return
+        except Exception as exc:  # its server went away (a restart): the lock went with it
+            self.note(f"the runbook lock's connection ended ({type(exc).__name__}); taking it on the new primary")
+        new = await self.find_writable(self.application_name)
+        if new is None:
+            return  # no writable primary yet (between fence and promotion): keep what we hold
+        if not await new.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
+            await new.close()
+            self.note("ANOTHER CONSOLE holds the runbook lock on the new primary; stop and check who before going on")
+            return
+        old, self._conn = self._conn, new
+        try:
+            await old.close()
+        except Exception as exc:  # already gone with its server; the new lock is held either way
+            self.note(f"closing the old lock connection: {type(exc).__name__}")
+        self.note("the runbook lock moved to the new primary")
 
     async def release(self) -> None:
         if self._conn is not None:
@@ -149,9 +213,19 @@ class FallbackLock:
     """The cluster's advisory lock when a primary answers (in a failover none does), else this
     host's lock file; `note` says which was used when it is not the first."""
 
+    overridden: str | None = None
+
     def __init__(self, primary: ClusterLock, local: ClusterLock, note: Callable[[str], None]) -> None:
         self.primary, self.local, self.note = primary, local, note
         self.used: ClusterLock | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.used is not None and self.used.shared
+
+    async def follow(self) -> None:
+        if self.used is not None:
+            await self.used.follow()
 
     async def acquire(self) -> None:
         try:
@@ -165,6 +239,7 @@ class FallbackLock:
     async def release(self) -> None:
         if self.used is not None:
             await self.used.release()
+            self.used = None
 
 
 def lease_name(cluster_key: str) -> str:
@@ -181,6 +256,12 @@ class LeaseLock:
     write carries the resourceVersion read, so two consoles racing for it cannot both win (the
     loser gets 409 Conflict). Renewed every third of its duration while the run lasts; released
     (holderIdentity cleared) at the end. A console that dies stops renewing; the Lease expires."""
+
+    overridden: str | None = None
+    shared = True
+
+    async def follow(self) -> None:
+        return None
 
     def __init__(self, leases: Any, cluster_key: str, holder: Holder, note: Callable[[str], None]) -> None:
         self.leases = leases
@@ -370,9 +451,19 @@ def _describe(spec: dict[str, Any], now: datetime) -> str:
 class AllLocks:
     """Several locks taken in order and released in reverse; all or none."""
 
+    overridden: str | None = None
+
     def __init__(self, locks: list[ClusterLock]) -> None:
         self.locks = locks
         self._held: list[ClusterLock] = []
+
+    @property
+    def shared(self) -> bool:
+        return any(lock.shared for lock in self._held)
+
+    async def follow(self) -> None:
+        for lock in self._held:
+            await lock.follow()
 
     async def acquire(self) -> None:
         for lock in self.locks:
@@ -388,21 +479,73 @@ class AllLocks:
             await self._held.pop().release()
 
 
-def lock_for(ref: Any, run_id: str, state: Path, note: Callable[[str], None], leases: Any = None) -> ClusterLock:
-    """The lock backend for a cluster: PostgreSQL clusters lock on the cluster itself; with
-    `leases` ([locks.kubernetes]) a Lease is taken first, in addition."""
-    base = _base_lock(ref, run_id, state, note)
-    if leases is None:
-        return base
-    return AllLocks([LeaseLock(leases, ref.key, me(run_id), note), base])
+class RequireShared:
+    """In production, a run that changes servers must hold a lock other consoles see. When only
+    this host's lock file could be taken, the run is refused (the lock released), unless the
+    operator gave a reason to go on without one (`overridden`, audited with the run)."""
+
+    def __init__(self, inner: ClusterLock, ref: Any, reason: str | None, note: Callable[[str], None]) -> None:
+        self.inner, self.ref, self.reason, self.note = inner, ref, reason, note
+        self.overridden: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    async def acquire(self) -> None:
+        await self.inner.acquire()
+        if self.inner.shared:
+            return
+        if self.reason:
+            self.overridden = self.reason
+            self.note(f"production without a lock other consoles see (overridden: {self.reason})")
+            return
+        await self.inner.release()
+        raise LockHeld(
+            f"{self.ref.key} is a production environment: a run that changes servers needs a lock every console "
+            "shares, and only this host's lock file could be taken (no primary answers, and neither [locks.postgres] "
+            f"nor [locks.kubernetes] is configured). Configure one, or run with --override {SHARED_LOCK}=REASON (audited)"
+        )
+
+    async def release(self) -> None:
+        await self.inner.release()
+
+    async def follow(self) -> None:
+        await self.inner.follow()
 
 
-def _base_lock(ref: Any, run_id: str, state: Path, note: Callable[[str], None]) -> ClusterLock:
+def lock_for(ref: Any, run_id: str, state: Path, note: Callable[[str], None], leases: Any = None,
+             coordination: Any = None, overrides: dict[str, str] | None = None, changes_servers: bool = True) -> ClusterLock:
+    """The lock backend for a cluster: with `coordination` ([locks.postgres]) an advisory lock in
+    that database; else PostgreSQL clusters lock on the cluster itself (this host's file when no
+    primary answers); with `leases` ([locks.kubernetes]) a Lease is taken first, in addition. In
+    production, a run that changes servers is refused without one of those (RequireShared)."""
+    locks: list[ClusterLock] = []
+    if leases is not None:
+        locks.append(LeaseLock(leases, ref.key, me(run_id), note))
+    locks.append(_base_lock(ref, run_id, state, note, coordination))
+    lock: ClusterLock = locks[0] if len(locks) == 1 else AllLocks(locks)
+    if ref.production and changes_servers:
+        return RequireShared(lock, ref, (overrides or {}).get(SHARED_LOCK), note)
+    return lock
+
+
+def _base_lock(ref: Any, run_id: str, state: Path, note: Callable[[str], None], coordination: Any = None) -> ClusterLock:
     holder = me(run_id)
     local = LocalLock(state, ref.key, holder)
+    if coordination is not None:
+        from dbops import coordination as coord
+
+        async def connect_coordination(application_name: str) -> Any:
+            try:
+                return await coord.connect(coordination, application_name)
+            except coord.CoordinationError as exc:
+                raise LockHeld(f"cannot take the runbook lock: {exc}") from None
+
+        return AllLocks([PostgresAdvisoryLock(connect_coordination, ref.key, holder, where=coord.describe(coordination)), local])
     if ref.cluster.engine != "postgres":
         return local
-    from dbops.engines.postgres.adapter import connect_primary
+    from dbops.engines.postgres.adapter import PostgresAdapter, connect_primary
 
     async def connect(application_name: str) -> Any:
         conn = await connect_primary(ref, application_name)
@@ -410,4 +553,19 @@ def _base_lock(ref: Any, run_id: str, state: Path, note: Callable[[str], None]) 
             raise _NoPrimary()
         return conn
 
-    return FallbackLock(PostgresAdvisoryLock(connect, ref.key, holder), local, note)
+    async def find_writable(application_name: str) -> Any:
+        for m in ref.cluster.members:
+            try:
+                conn = await PostgresAdapter(ref, m).open_connection(application_name)
+            except Exception as exc:  # an unreachable member is expected mid-failover: try the next
+                note(f"looking for the new primary: {m.name} does not answer ({type(exc).__name__})")
+                continue
+            try:
+                if await conn.fetchval(SQL_WRITABLE):
+                    return conn
+            except Exception as exc:  # it went away between connect and query: try the next
+                note(f"looking for the new primary: {m.name}: {type(exc).__name__}")
+            await conn.close()
+        return None
+
+    return FallbackLock(PostgresAdvisoryLock(connect, ref.key, holder, find_writable=find_writable, note=note), local, note)

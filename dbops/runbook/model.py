@@ -34,6 +34,10 @@ class Verdict:
     detail: str
 
 
+async def _no_attestation(name: str, commands: list[str]) -> bool:
+    return False
+
+
 @dataclass
 class Context:
     """Everything a step sees. `state` survives a crash (journaled after every step)."""
@@ -47,6 +51,12 @@ class Context:
     # when unknown. May be called from any thread; the UI turns it into a bar with an ETA.
     progress: Callable[[float, float | None, str], None] = lambda done, total, unit: None
     resources: dict[str, Any] = field(default_factory=dict)  # connections etc.; not journaled
+    # What the running step wants in its audit result record (a fence's methods and verdicts);
+    # the executor empties it before each step.
+    step_detail: dict[str, Any] = field(default_factory=dict)
+    # attest(name, commands): the operator types `name` to attest something dbops cannot check
+    # (a manual fence); False when they do not. The executor wires it to its Confirmer.
+    attest: Callable[[str, list[str]], Awaitable[bool]] = _no_attestation
 
 
 Renderer = Callable[[Context], list[str]]
@@ -112,6 +122,9 @@ class Step:
     # In an environment with approvals = 2, this step (like every destructive one) runs only
     # once a second operator has approved the run's plan.
     approval: bool = False
+    # --override <step id>=REASON lets the run go on when this step fails (e.g. a fence that
+    # cannot be verified); the reason and the failure go into the audit log.
+    overridable: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is not Kind.MANUAL and self.run is None:

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from dbops.engines.postgres import fencing
 from dbops.engines.postgres import switchover as sw
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 
@@ -133,10 +134,46 @@ async def do_checkpoint(ctx: Context) -> None:
     ctx.log(f"checkpoint on {r.member} done in {r.seconds:.1f}s at {r.lsn}")
 
 
+def fence_targets(ctx: Context) -> list[Any]:
+    """Failover: every member that did not answer at the pre-checks; any of them may be a
+    primary dbops cannot see, and all of them are fenced before anything is promoted."""
+    return [member(ctx, n) for n in ctx.state.get("unreachable", ()) if n != candidate(ctx)]
+
+
+def _pooled(ctx: Context) -> bool:
+    return ctx.ref.cluster.pgbouncer is not None
+
+
+async def _sandbox_fence(name: str, new_primary: str) -> fencing.FenceResult:
+    from dbops.config import state_dir
+    from dbops.sandbox.postgres import PostgresSandbox
+
+    sb = PostgresSandbox(state_dir() / "sandbox")
+    # pg_ctl stop and file writes are blocking: off the event loop.
+    await asyncio.to_thread(sb.fence_member, name, new_primary)
+    ok, detail = await asyncio.to_thread(sb.fence_state, name)
+    return fencing.FenceResult("sandbox", name, ok, detail)
+
+
+def _sandbox_fence_commands(name: str, new_primary: str) -> list[str]:
+    from dbops.config import state_dir
+    from dbops.sandbox.postgres import PostgresSandbox
+
+    try:
+        return PostgresSandbox(state_dir() / "sandbox").show_fence_commands(name, new_primary)
+    except Exception as exc:  # the plan still renders; the step itself reports the problem
+        return [f"# sandbox fence commands unavailable: {exc}"]
+
+
 async def do_fence(ctx: Context) -> None:
     if not _switchover(ctx):
-        ctx.log("failover: the old primary is unreachable; make sure it cannot come back as a primary (stop it, fence it at the network)")
+        await _fence_failover(ctx)
         return
+    if _pooled(ctx):
+        # Clients of PgBouncer wait (queued) from here until the pooler step RESUMEs them on the
+        # new primary, instead of meeting a read-only server and failing once.
+        await fencing.pause_pool(ctx.ref)
+        ctx.log(f"PgBouncer: {ctx.ref.cluster.database} paused; its clients wait until the pooler step")
     r = await sw.fence_primary(conn(ctx, ctx.state["primary"]))
     ctx.state["final_lsn"] = r.final_lsn
     ctx.log(f"{r.member} is read-only; {r.terminated} client session(s) ended; final LSN {r.final_lsn}")
@@ -144,11 +181,63 @@ async def do_fence(ctx: Context) -> None:
         ctx.log(f"  ended: {s}")
 
 
+async def _fence_failover(ctx: Context) -> None:
+    targets = fence_targets(ctx)
+    if not targets:
+        ctx.state["fence"] = []
+        ctx.log("failover: no member is unreachable, so there is nothing to fence")
+        return
+    new = member(ctx, candidate(ctx))
+    results: list[fencing.FenceResult] = []
+
+    async def attest(name: str, lines: list[str]) -> bool:
+        return await ctx.attest(name, lines)
+
+    sandbox = _sandbox_fence if _managed(ctx) else None
+    for target in targets:
+        results += await fencing.fence(ctx.ref, ctx.ref.fencing, target, new, log=ctx.log, attest=attest, sandbox=sandbox)
+    ctx.state["fence"] = [dataclasses.asdict(r) for r in results]
+    attested = [r.member for r in results if r.attested and r.fenced]
+    ctx.step_detail["fence"] = ctx.state["fence"]
+    if attested:
+        note = (f"this failover relied on an attestation: the operator typed {', '.join(attested)} to say it is fenced; "
+                "dbops did not verify it")
+        ctx.step_detail["attested"] = attested
+        ctx.state.setdefault("summary", []).append(note)
+        ctx.log(note)
+
+
 async def verify_fenced(ctx: Context) -> Verdict:
     if not _switchover(ctx):
-        return Verdict(True, "failover: nothing to fence")
+        if "fence" not in ctx.state:
+            return Verdict(False, "the fence has not run")
+        by_member: dict[str, list[fencing.FenceResult]] = {}
+        for raw in ctx.state["fence"]:
+            r = fencing.FenceResult(**raw)
+            by_member.setdefault(r.member, []).append(r)
+        if not by_member:
+            return Verdict(True, "failover: nothing to fence")
+        bad = [name for name, rs in by_member.items() if not fencing.holds(rs)]
+        details = "; ".join(r.describe() for rs in by_member.values() for r in rs)
+        if bad:
+            return Verdict(False, f"{', '.join(bad)} could not be fenced ({details}); nothing was promoted")
+        return Verdict(True, details)
     value = await conn(ctx, ctx.state["primary"]).fetchval("SELECT current_setting('default_transaction_read_only')")
     return Verdict(value == "on", f"default_transaction_read_only = {value} on {ctx.state['primary']}")
+
+
+def fence_cmds(ctx: Context) -> list[str]:
+    if ctx.state.get("mode") == "switchover" or "mode" not in ctx.state:
+        pause = [fencing.pool_admin_line(ctx.ref, f"PAUSE {ctx.ref.cluster.database}") + "   # clients wait until the pooler step"] if _pooled(ctx) else []
+        return [*pause, *sw.describe_fence()]
+    targets = fence_targets(ctx)
+    if not targets:
+        return ["# failover: every member answered; nothing to fence"]
+    new = member(ctx, candidate(ctx))
+    head = [f"# failover: fence {', '.join(t.name for t in targets)} by {' then '.join(ctx.ref.fencing.methods)} "
+            "(the first verified fence ends the walk; none verified = nothing is promoted)"]
+    return head + fencing.render(ctx.ref, ctx.ref.fencing, targets, new,
+                                 sandbox_commands=_sandbox_fence_commands if _managed(ctx) else None)
 
 
 async def do_wait_replayed(ctx: Context) -> None:
@@ -263,10 +352,14 @@ STEPS = (
          lambda ctx: [line for n in others(ctx) for line in sw.describe_repoint(member(ctx, candidate(ctx)).host,
                                                                                    member(ctx, candidate(ctx)).port, app_name(ctx, n))],
          do_repoint, verify_repointed, timeout=180),
-    Step("fence", "Fence the old primary", "Makes the old primary read-only and ends client sessions so no write lands "
-         "after the candidate's promotion point.", Kind.ACTION, lambda ctx: sw.describe_fence(), do_fence, verify_fenced,
-         destructive=True, confirm=Confirm.TYPE_CLUSTER, timeout=120, produces=("final_lsn",),
-         on_failure="give writes back to the old primary: ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf();"),
+    Step("fence", "Fence the old primary", "Switchover: PgBouncer paused (clients wait), the old primary read-only, "
+         "its client sessions ended, so no write lands after the candidate's promotion point. Failover: the cluster's "
+         "[fencing] methods, in order, until one is verified; none verified stops the run before anything is promoted.",
+         Kind.ACTION, fence_cmds, do_fence, verify_fenced,
+         destructive=True, confirm=Confirm.TYPE_CLUSTER, timeout=300, overridable=True, produces=("final_lsn",),
+         on_failure="switchover: give writes back to the old primary (ALTER SYSTEM RESET default_transaction_read_only; "
+                    "SELECT pg_reload_conf();) and RESUME the database on PgBouncer. Failover: fence the old primary by "
+                    "hand, then resume; or run again with --override fence=REASON (audited) if it cannot be fenced"),
     Step("wait-replayed", "Wait for the candidate to replay the final LSN", "No committed transaction is left behind.",
          Kind.WAIT, lambda ctx: sw.describe_wait_replayed(ctx.state.get("final_lsn", "<final LSN from the fence>")),
          do_wait_replayed, timeout=150,
@@ -309,6 +402,8 @@ async def do_repoint_pooler(ctx: Context) -> None:
 
     await asyncio.to_thread(PostgresSandbox(state_dir() / "sandbox").repoint_pgbouncer, candidate(ctx))
     ctx.log(f"PgBouncer now sends new server connections to {candidate(ctx)}")
+    if await fencing.resume_pool(ctx.ref):
+        ctx.log(f"PgBouncer: {ctx.ref.cluster.database} resumed; waiting clients go on, on {candidate(ctx)}")
 
 
 async def verify_pooler(ctx: Context) -> Verdict:
@@ -317,8 +412,10 @@ async def verify_pooler(ctx: Context) -> Verdict:
     if upstream is None:
         return Verdict(False, f"PgBouncer lists no database {ctx.ref.cluster.database}")
     ok = upstream[1] == new.port and upstream[0] in (new.host, "localhost" if new.host == "127.0.0.1" else new.host)
-    return Verdict(ok, f"PgBouncer's {ctx.ref.cluster.database} points at {upstream[0]}:{upstream[1]}"
-                       + ("" if ok else f", not at {candidate(ctx)} ({new.host}:{new.port})"))
+    paused = await fencing.pool_paused(ctx.ref)
+    return Verdict(ok and not paused, f"PgBouncer's {ctx.ref.cluster.database} points at {upstream[0]}:{upstream[1]}"
+                       + ("" if ok else f", not at {candidate(ctx)} ({new.host}:{new.port})")
+                       + (", and is still PAUSED (clients wait): RESUME it" if paused else ""))
 
 
 def pooler_cmds(ctx: Context) -> list[str]:
@@ -331,18 +428,20 @@ def pooler_cmds(ctx: Context) -> list[str]:
             from dbops.config import state_dir
             from dbops.sandbox.postgres import PostgresSandbox
 
-            return PostgresSandbox(state_dir() / "sandbox").show_repoint_pgbouncer(candidate(ctx))
+            lines = PostgresSandbox(state_dir() / "sandbox").show_repoint_pgbouncer(candidate(ctx))
         except Exception as exc:  # the plan still renders; the step itself reports the problem
             return [f"# sandbox PgBouncer commands unavailable: {exc}"]
+        return [*lines, fencing.pool_admin_line(ctx.ref, f"RESUME {ctx.ref.cluster.database}") + "   # only if it is paused"]
     db = ctx.ref.cluster.database
     return [f"# on the PgBouncer host ({pb.host}:{pb.port}): in pgbouncer.ini, [databases], point {db} at the new primary:",
             f"{db} = host={new.host} port={new.port} dbname={db}",
-            f"psql -h {pb.host} -p {pb.port} -U {pb.user} -d pgbouncer -c RELOAD"]
+            f"psql -h {pb.host} -p {pb.port} -U {pb.user} -d pgbouncer -c RELOAD",
+            fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # if it is paused (the fence paused it); clients waiting go on"]
 
 
 POOLER_AUTOMATIC = Step(
-    "pooler", "Point PgBouncer at the new primary", "Its database entry names the new primary, then RELOAD: new "
-    "server connections go there and the old ones close as they are released; clients stay connected.", Kind.ACTION,
+    "pooler", "Point PgBouncer at the new primary", "Its database entry names the new primary, then RELOAD and RESUME: "
+    "new server connections go there, and clients that waited while it was paused go on; clients stay connected.", Kind.ACTION,
     pooler_cmds, do_repoint_pooler, verify_pooler, timeout=60,
     on_failure="clients of PgBouncer still reach the old (fenced, read-only) primary: edit pgbouncer.ini and RELOAD by hand",
 )
