@@ -41,7 +41,10 @@ class DbopsApp(App[None]):
         Binding("B", "backups", "Backups", key_display="B", show=False),
         Binding("R", "aws", "AWS (RDS)", key_display="R", show=False),
         Binding("K", "kubernetes", "Kubernetes", key_display="K", show=False),
+        Binding("V", "approvals", "Approvals", key_display="V", show=False),
     ]
+    # How often a console looks for runs waiting for its operator's approval (two-person rule).
+    APPROVALS_EVERY = 10.0
 
     def __init__(
         self,
@@ -64,6 +67,8 @@ class DbopsApp(App[None]):
         self._exit_after_first_frame = exit_after_first_frame  # benchmarks/startup.py
         self._crash: BaseException | None = None
         self.crash_message: str | None = None
+        self.waiting_approvals: list[Any] = []  # requests this operator may approve (dbops.runbook.approvals)
+        self._approvals_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,6 +90,9 @@ class DbopsApp(App[None]):
         self.call_after_refresh(self._hub.start)
         self.sub_title = f"operator {self.operator}"
         self.push_screen(OverviewScreen())
+        if self._watches_approvals():
+            self.call_after_refresh(self._look_for_approvals)
+            self.set_interval(self.APPROVALS_EVERY, self._look_for_approvals)
         if self._exit_after_first_frame:
             self.call_after_refresh(self.exit)
 
@@ -106,6 +114,47 @@ class DbopsApp(App[None]):
                 handler = getattr(screen, "health_changed", None)
                 if handler is not None and screen.is_mounted:
                     handler(changed)
+
+    # -- the two-person rule: runs waiting for this operator -----------------------------------
+
+    def _watches_approvals(self) -> bool:
+        return self.config.locks.postgres is not None and any(e.approvals >= 2 for e in self.config.environments.values())
+
+    def _look_for_approvals(self) -> None:
+        from textual.worker import WorkerState
+
+        if any(w.group == "approvals-watch" and w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in self.workers):
+            return  # the last look has not answered yet: never two at once
+        from dbops.runbook.approvals import ApprovalStore
+
+        from .approvals import read_waiting
+
+        store = ApprovalStore(self.config.locks.postgres)
+        self.run_worker(lambda: read_waiting(store), name="approvals-watch", group="approvals-watch",
+                        description="look for runs waiting for an approval", thread=True, exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Any) -> None:
+        if event.worker.group != "approvals-watch":
+            return
+        from textual.worker import WorkerState
+
+        if event.state == WorkerState.SUCCESS:
+            seen = {r.run_id for r in self.waiting_approvals}
+            self.waiting_approvals = list(event.worker.result)
+            for r in self.waiting_approvals:
+                if r.run_id not in seen:
+                    self.notify(f"run {r.run_id} ({r.runbook} on {r.environment}/{r.cluster}) by {r.requester.name} "
+                                "waits for a second operator's approval: press V", severity="warning", timeout=30)
+            self._approvals_error = None
+            count = len(self.waiting_approvals)
+            self.sub_title = f"operator {self.operator}" + (f" · {count} approval(s) waiting (V)" if count else "")
+        elif event.state == WorkerState.ERROR:
+            from dbops.secrets import scrub_text
+
+            message = scrub_text(str(event.worker.error)) or type(event.worker.error).__name__
+            if message != self._approvals_error:  # once per new failure, not every ten seconds
+                self.notify(f"cannot look for waiting approvals: {message}", severity="error", timeout=20)
+            self._approvals_error = message
 
     def _handle_exception(self, error: Exception) -> None:
         self._crash = error
@@ -169,6 +218,12 @@ class DbopsApp(App[None]):
         if not isinstance(self.screen, KubernetesScreen):
             self.push_screen(KubernetesScreen())
 
+    def action_approvals(self) -> None:
+        from .approvals import ApprovalsScreen
+
+        if not isinstance(self.screen, ApprovalsScreen):
+            self.push_screen(ApprovalsScreen())
+
     def action_backups(self) -> None:
         from .backups import BackupsScreen
 
@@ -227,6 +282,7 @@ class DbopsApp(App[None]):
             )
         yield SystemCommand("Audit log", "Show the audit log and verify its hash chain", self.action_audit)
         yield SystemCommand("AWS", "RDS instances and read replicas, snapshots, PITR window; ElastiCache groups", self.action_aws)
+        yield SystemCommand("Approvals", "Runs waiting for a second operator's approval (two-person rule)", self.action_approvals)
         yield SystemCommand("Backups", "Newest backup of every cluster, its age, size trend, WAL archive, bucket", self.action_backups)
         yield SystemCommand("Pause / resume refresh", "Freeze or unfreeze the live values", self.action_toggle_pause)
         yield SystemCommand("Help", "Keys and what the colours mean", self.action_help)

@@ -11,7 +11,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = (
-    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("q", "quit")]),
+    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("V", "approvals: runs waiting for a second operator"), ("q", "quit")]),
+    ("Approvals", [("↑ ↓", "pick a run: its plan shows below"), ("a", "approve the plan (as you; never your own run)"), ("r", "read again now"), ("escape", "back")]),
     ("Overview", [("↑ ↓", "move"), ("enter", "open the cluster's pane")]),
     ("Kubernetes pane", [("1-4", "tabs: pods, StatefulSets, backup CronJobs, Warning events"), ("r", "read the API again now"),
                          ("escape", "back")]),
