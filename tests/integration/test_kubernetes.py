@@ -632,3 +632,81 @@ def test_the_sandbox_brings_up_a_seeded_stand_in_and_takes_it_down(tmp_path: Pat
     finally:
         sandbox.down(root=root)
     assert not KubernetesSandbox(root).is_running()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fencing an old primary through Kubernetes (the failover's `kubernetes` fence method)
+
+
+def _member(name: str) -> Any:
+    from dbops.config import Member
+
+    return Member(name=name, host="127.0.0.1", port=5432)
+
+
+def test_the_kubernetes_fence_annotates_the_cnpg_cluster_and_reads_it_back(env: Env) -> None:
+    import asyncio
+
+    from dbops.engines.postgres.fencing import CNPG_FENCE_ANNOTATION, fence_kubernetes
+
+    path = f"/apis/postgresql.cnpg.io/v1/namespaces/{NS}/clusters/orders-pg"
+    try:
+        result = asyncio.run(fence_kubernetes(env.ref(), _member("orders-pg-1")))
+        assert result.fenced and result.method == "kubernetes" and result.member == "orders-pg-1"
+        assert result.detail == "CNPG Cluster orders-pg fences orders-pg-1"
+        annotations = env.kube.get(path)["metadata"]["annotations"]
+        assert json.loads(annotations[CNPG_FENCE_ANNOTATION]) == ["orders-pg-1"]
+        # A second fenced instance joins the list; the first stays fenced.
+        again = asyncio.run(fence_kubernetes(env.ref(), _member("orders-pg-2")))
+        assert again.fenced and again.detail == "CNPG Cluster orders-pg fences orders-pg-1, orders-pg-2"
+        assert env.kube.get(path)["status"]["currentPrimary"] == "orders-pg-1"  # the status is the operator's
+    finally:
+        obj = env.kube.get(path)
+        obj["metadata"].get("annotations", {}).pop(CNPG_FENCE_ANNOTATION, None)
+        env.kube.replace(path, obj)
+
+
+def test_the_kubernetes_fence_deletes_a_statefulset_pod_and_reads_it_back(env: Env) -> None:
+    import asyncio
+    import dataclasses
+
+    from dbops.engines.postgres.fencing import fence_kubernetes
+
+    ref = env.ref()
+    plain = dataclasses.replace(ref, cluster=dataclasses.replace(
+        ref.cluster, kubernetes=dataclasses.replace(ref.cluster.kubernetes, cnpg_cluster=None)))
+    env.kube.pod(NS, "orders-db-fence-0", {"app": "fence-test"})
+    result = asyncio.run(fence_kubernetes(plain, _member("orders-db-fence-0")))
+    assert result.fenced and result.detail == f"pod {NS}/orders-db-fence-0 deleted"
+    with pytest.raises(ApiError) as gone:
+        env.kube.get(f"/api/v1/namespaces/{NS}/pods/orders-db-fence-0")
+    assert gone.value.status == 404
+    # Already gone is fenced too (a second try, or a pod that never came back).
+    assert asyncio.run(fence_kubernetes(plain, _member("orders-db-fence-0"))).detail == f"pod {NS}/orders-db-fence-0 does not exist"
+
+
+def test_a_kubernetes_fence_that_cannot_reach_the_api_is_one_line_and_not_fenced(env: Env, tmp_path: Path) -> None:
+    import asyncio
+    import dataclasses
+
+    from dbops.config import Fencing
+    from dbops.engines.postgres.fencing import fence
+
+    ref = env.ref()
+    bad = tmp_path / "kubeconfig"
+    bad.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
+        "clusters": [{"name": "dead", "cluster": {"server": f"http://127.0.0.1:{closed_port()}"}}],
+        "users": [{"name": "u", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
+    dead = dataclasses.replace(ref, cluster=dataclasses.replace(
+        ref.cluster, kubernetes=dataclasses.replace(ref.cluster.kubernetes, kubeconfig=str(bad), context="dead")))
+    lines: list[str] = []
+
+    async def no_attestation(expected: str, commands: list[str]) -> bool:
+        raise AssertionError("not asked: kubernetes is the only method")
+
+    results = asyncio.run(fence(dead, Fencing(methods=["kubernetes"]), _member("orders-pg-1"), _member("orders-pg-2"),
+                                log=lines.append, attest=no_attestation))
+    assert [r.fenced for r in results] == [False]
+    assert "\n" not in results[0].detail and TOKEN not in results[0].detail and results[0].detail
