@@ -26,8 +26,8 @@ from dbops.runbook.approvals import ApprovalStore, Request, waiting_for
 from .periodic import PeriodicReads
 from .tables import sync_rows
 
-COLUMNS = (("run", "Run"), ("runbook", "Runbook"), ("cluster", "Cluster"), ("by", "Requested by"), ("age", "Age"),
-           ("plan", "Plan"))
+# The plan's hash is in full under the table (the columns fill 80 at this width already).
+COLUMNS = (("run", "Run"), ("runbook", "Runbook"), ("cluster", "Cluster"), ("by", "Requested by"), ("age", "Age"))
 _APPROVE_GROUP = "approvals-approve"
 
 
@@ -144,7 +144,7 @@ class ApprovalsScreen(PeriodicReads, Screen[None]):
         self.requests = {r.run_id: r for r in result}
         rows = {
             r.run_id: (r.run_id, r.runbook, f"{r.environment}/{r.cluster}", f"{r.requester.name} (uid {r.requester.uid})",
-                       age_text(r.age_seconds), r.plan_hash[:12])
+                       age_text(r.age_seconds))
             for r in result
         }
         sync_rows(self.query_one("#approvals-table", DataTable), COLUMNS, rows, self._rows)

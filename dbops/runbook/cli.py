@@ -311,7 +311,7 @@ def _observer(event: str, **data: Any) -> None:
     elif event == "resumed":
         click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
     elif event == "approval-waiting":
-        click.echo(f"\n⏸ '{step.title}' needs a second operator's approval (two-person rule)")
+        click.echo(f"\n⏸ this run needs a second operator's approval of its plan before '{step.title}' (two-person rule)")
         click.echo(f"  run id:    {data['run_id']}")
         click.echo(f"  plan hash: {data['plan_hash']}")
         click.echo(f"  requested by: {data['requester'].describe()}")

@@ -357,7 +357,12 @@ class Executor:
     # -- the two-person rule --------------------------------------------------------------------
 
     def _needs_approval(self, step: Step) -> bool:
-        return self.ctx.ref.env.approvals >= 2 and (step.destructive or step.approval)
+        """A run that has a step needing a second operator (destructive, or approval=True) asks
+        before its first step that changes anything, not just before that step: a switchover
+        must not repoint replicas and then wait half an hour, half done, for someone to say no."""
+        if self.ctx.ref.env.approvals < 2 or not any(s.destructive or s.approval for s in self.runbook.steps):
+            return False
+        return step.kind in (Kind.ACTION, Kind.MANUAL) or step.destructive or step.approval
 
     def _hash_plan(self, plan: Plan) -> None:
         if self.ctx.ref.env.approvals < 2:

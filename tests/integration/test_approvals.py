@@ -3,8 +3,7 @@ really writes a row: the runner (one uid) waits at its destructive step; its own
 refused; a second uid's approval lets it go on; an expired approval and a changed plan are
 refused; both identities are in the audit logs.
 
-The coordination server is the sandbox's `coord` when the sandbox has one; otherwise this module
-initdb's a PostgreSQL 15 of its own (see `coord`).
+The coordination server is the session sandbox's `coord`.
 
 The users run dbops through `setpriv` with their own uid/gid. The interpreter lives under /root
 (0700) here: when that path is not traversable by other uids, the users get the
@@ -34,7 +33,6 @@ import pytest
 from dbops.config import CoordinationDb, SecretRef
 from dbops.runbook.approvals import ApprovalRefused, ApprovalStore, Operator
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 RUNBOOK = '''
 """A team runbook for the approvals test: one destructive step that writes a row."""
@@ -87,7 +85,6 @@ RUNBOOK = Runbook(
 class Coord:
     port: int
     password: str
-    source: str  # "sandbox coord" or "own initdb"
     host: str = "127.0.0.1"
     user: str = "dbops"
     database: str = "dbops"
@@ -106,69 +103,10 @@ class Coord:
         return asyncio.run(self.fetch(sql, *args))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def coord(request: pytest.FixtureRequest) -> Iterator[Coord]:
-    """The sandbox's coordination server (`coord`), when the sandbox has one; else a PostgreSQL 15
-    of this module's own: initdb as the postgres OS user, role and database dbops."""
-    try:
-        sb = request.getfixturevalue("pg_sandbox")
-        port = sb.pg.port("coord")
-    except Exception as exc:  # no coord in this sandbox (or no sandbox): our own server
-        sys.stderr.write(f"approvals test: no sandbox coord ({exc}); starting a PostgreSQL of its own\n")
-    else:
-        yield Coord(port, sb.pg.password, "sandbox coord")
-        return
-    yield from _own_server()
-
-
-def _own_server() -> Iterator[Coord]:
-    base = Path(tempfile.mkdtemp(prefix="dbops-approvals-pg-", dir="/tmp"))
-    base.chmod(0o755)
-    pg = pwd.getpwnam("postgres")
-    data, sock = base / "data", base / "run"
-    sock.mkdir(mode=0o700)
-    os.chown(base, pg.pw_uid, pg.pw_gid)
-    os.chown(sock, pg.pw_uid, pg.pw_gid)
-    password = "approvals-" + os.urandom(6).hex()
-    pwfile = base / "pwfile"
-    pwfile.write_text(password + "\n")
-    os.chown(pwfile, pg.pw_uid, pg.pw_gid)
-    pwfile.chmod(0o600)
-    port = _free_port()
-
-    def as_pg(*argv: Any, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, argv)], capture_output=True, text=True,
-                              timeout=120, check=check, cwd=base)
-
-    started = False
-    try:
-        as_pg(PG_BIN / "initdb", "-D", data, "-U", "postgres", f"--pwfile={pwfile}", "--auth-local=trust",
-              "--auth-host=scram-sha-256", "--no-sync", "--no-instructions", "--locale=C", "--encoding=UTF8")
-        pwfile.unlink()
-        with (data / "postgresql.conf").open("a") as fh:
-            fh.write(f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{sock}'\n"
-                     "max_connections = 40\nshared_buffers = 8MB\nfsync = off\n")
-        as_pg(PG_BIN / "pg_ctl", "-D", data, "-l", base / "postgres.log", "-w", "-t", "60", "start")
-        started = True
-        sql = base / "role.sql"
-        sql.write_text(f"CREATE ROLE dbops LOGIN PASSWORD '{password}';\nCREATE DATABASE dbops OWNER dbops;\n")
-        os.chown(sql, pg.pw_uid, pg.pw_gid)
-        as_pg(PG_BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", sock, "-p", port, "-U", "postgres",
-              "-d", "postgres", "-f", sql)
-        sql.unlink()
-        yield Coord(port, password, "own initdb")
-    finally:
-        if started:
-            as_pg(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+def coord(pg_sandbox: Any) -> Coord:
+    """The session sandbox's coordination server (`coord`: role and database dbops)."""
+    return Coord(pg_sandbox.pg.port("coord"), pg_sandbox.pg.password)
 
 
 # -- two operators ---------------------------------------------------------------------------------
@@ -501,7 +439,7 @@ def test_a_console_shows_the_waiting_run_and_its_operator_approves_it_there(env:
                 table = screen.query_one("#approvals-table", DataTable)
                 assert [str(c) for c in table.get_row_at(0)] == [
                     req.run_id, "team.write-row", "staging/rows", f"{env.runner.name} (uid {env.runner.uid})",
-                    str(table.get_row_at(0)[4]), req.plan_hash[:12]]
+                    str(table.get_row_at(0)[4])]
                 shown = str(screen.query_one("#approvals-plan-text", Static).content)
                 assert req.plan_text in shown and req.plan_hash in shown
                 await pilot.press("a")

@@ -168,10 +168,11 @@ def test_unreachable_coordination_database_stops_the_run_before_the_step(tmp_pat
     result, work, audit, events = _run(tmp_path, ApprovalStore(cfg.locks.postgres))
     assert result.code is ExitCode.REFUSED
     assert "the approval cannot be checked" in result.message
-    assert "nothing from 'write c' on ran" in result.message
-    assert (work / "a").exists() and (work / "b").exists() and not (work / "c").exists()
+    # A run with a step that needs approval asks before its first change, not half-way through.
+    assert "nothing from 'write a' on ran" in result.message
+    assert not (work / "a").exists() and not (work / "b").exists() and not (work / "c").exists()
     abort = audit[-1]
-    assert abort["phase"] == "abort" and abort["outcome"] == "approval-refused" and abort["step"] == "c"
+    assert abort["phase"] == "abort" and abort["outcome"] == "approval-refused" and abort["step"] == "a"
 
 
 def test_environment_needing_approval_without_a_store_is_refused(tmp_path):
