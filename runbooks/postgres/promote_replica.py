@@ -400,7 +400,21 @@ async def do_repoint_pooler(ctx: Context) -> None:
     from dbops.config import state_dir
     from dbops.sandbox.postgres import PostgresSandbox
 
-    await asyncio.to_thread(PostgresSandbox(state_dir() / "sandbox").repoint_pgbouncer, candidate(ctx))
+    try:
+        await asyncio.to_thread(PostgresSandbox(state_dir() / "sandbox").repoint_pgbouncer, candidate(ctx))
+    except Exception as exc:
+        # The switchover paused PgBouncer before the fence: say so, or its clients just hang.
+        db = ctx.ref.cluster.database
+        resume = f"`{fencing.pool_admin_line(ctx.ref, f'RESUME {db}')}`"
+        try:
+            paused = await fencing.pool_paused(ctx.ref)
+        except Exception as why:
+            raise RuntimeError(f"{exc}; PgBouncer's {db} may still be PAUSED (cannot tell: {why}): point it at "
+                               f"{candidate(ctx)}, then {resume}") from None
+        if paused:
+            raise RuntimeError(f"{exc}; PgBouncer's {db} is still PAUSED (its clients wait): point it at "
+                               f"{candidate(ctx)}, then {resume}") from None
+        raise
     ctx.log(f"PgBouncer now sends new server connections to {candidate(ctx)}")
     if await fencing.resume_pool(ctx.ref):
         ctx.log(f"PgBouncer: {ctx.ref.cluster.database} resumed; waiting clients go on, on {candidate(ctx)}")

@@ -235,3 +235,26 @@ def test_switchover_moves_the_clusters_advisory_lock_to_the_new_primary(fence_sa
     # Clients of PgBouncer were paused, not refused, and go on on the new primary.
     assert pg.psql("pgbouncer", "SELECT inet_server_port()") == str(pg.port("pg1"))
     assert verify(state / "audit.jsonl").ok
+
+
+def test_a_failed_pgbouncer_repoint_says_that_pgbouncer_is_still_paused_and_how_to_resume_it(fence_sandbox, tmp_path):
+    """The repoint fails here because this console's state dir holds no sandbox (the sandbox's
+    pgbouncer.ini is not where it looks); any failure after the PAUSE must say the same."""
+    root, pg = fence_sandbox
+    assert role(pg, "pg1") == "primary"
+    config = variant(root, "nocoord2", coordination=False)
+    elsewhere = tmp_path / "other-state"
+    elsewhere.mkdir()
+    try:
+        r = dbops(config, elsewhere, *PROMOTE, "--param", "candidate=pg2")
+        assert r.returncode == 2, r.stdout + r.stderr
+        out = r.stdout + r.stderr
+        assert "step 'Point PgBouncer at the new primary' failed" in out
+        assert "PgBouncer's postgres is still PAUSED (its clients wait): point it at pg2, then `psql" in out
+        assert "RESUME postgres" in out and pg.password not in out
+        assert pg.pgbouncer_paused()
+    finally:
+        pg.repoint_pgbouncer("pg2")
+        pg.resume_pgbouncer()
+    assert not pg.pgbouncer_paused()
+    assert pg.psql("pgbouncer", "SELECT inet_server_port()") == str(pg.port("pg2"))
