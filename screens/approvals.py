@@ -21,6 +21,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
+from dbops.model import human_seconds
 from dbops.runbook.approvals import ApprovalStore, Request, waiting_for
 
 from .periodic import PeriodicReads
@@ -29,15 +30,6 @@ from .tables import sync_rows
 # The plan's hash is in full under the table (the columns fill 80 at this width already).
 COLUMNS = (("run", "Run"), ("runbook", "Runbook"), ("cluster", "Cluster"), ("by", "Requested by"), ("age", "Age"))
 _APPROVE_GROUP = "approvals-approve"
-
-
-def age_text(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
 def read_waiting(store: ApprovalStore) -> list[Request]:
@@ -144,7 +136,7 @@ class ApprovalsScreen(PeriodicReads, Screen[None]):
         self.requests = {r.run_id: r for r in result}
         rows = {
             r.run_id: (r.run_id, r.runbook, f"{r.environment}/{r.cluster}", f"{r.requester.name} (uid {r.requester.uid})",
-                       age_text(r.age_seconds))
+                       human_seconds(r.age_seconds))
             for r in result
         }
         sync_rows(self.query_one("#approvals-table", DataTable), COLUMNS, rows, self._rows)

@@ -450,20 +450,12 @@ def _store(cfg: Any) -> Any:
     return ApprovalStore(cfg.locks.postgres)
 
 
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
 @runbook.command("approvals")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def approvals_(ctx: click.Context, as_json: bool) -> None:
     """Runs waiting for a second operator's approval (two-person rule)."""
+    from dbops.model import human_seconds
     from dbops.runbook.approvals import ApprovalError
 
     store = _store(_config(ctx))
@@ -484,7 +476,7 @@ def approvals_(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"{'RUN ID':<14} {'RUNBOOK':<30} {'CLUSTER':<24} {'REQUESTED BY':<28} {'AGE':>7}  PLAN")
     for r in waiting:
         who = f"{r.requester.name} (uid {r.requester.uid})"
-        click.echo(f"{r.run_id:<14} {r.runbook:<30} {r.environment + '/' + r.cluster:<24} {who:<28} {_age(r.age_seconds):>7}  {r.plan_hash[:12]}")
+        click.echo(f"{r.run_id:<14} {r.runbook:<30} {r.environment + '/' + r.cluster:<24} {who:<28} {human_seconds(r.age_seconds):>7}  {r.plan_hash[:12]}")
     click.echo("\napprove one with `dbops runbook approve RUN_ID` (as an operator other than its requester)")
 
 
@@ -496,6 +488,7 @@ def approve(ctx: click.Context, run_id: str, yes: bool) -> None:
     """Approve a waiting run's plan as a second operator (not the one who started the run)."""
     from dbops.audit import AuditLog
     from dbops.config import state_dir
+    from dbops.model import human_seconds
     from dbops.runbook.approvals import ApprovalError, ApprovalRefused, approve_audited, audit_declined, current_operator, same_person
 
     cfg = _config(ctx)
@@ -508,7 +501,7 @@ def approve(ctx: click.Context, run_id: str, yes: bool) -> None:
     if req is None:
         _fail(f"no approval request for run {run_id}; `dbops runbook approvals` lists the waiting ones")
     click.echo(f"run {req.run_id}: {req.runbook} on {req.environment}/{req.cluster}")
-    click.echo(f"requested by {req.requester.describe()}, {_age(req.age_seconds)} ago")
+    click.echo(f"requested by {req.requester.describe()}, {human_seconds(req.age_seconds)} ago")
     click.echo(f"plan hash: {req.plan_hash}\n")
     click.echo(req.plan_text)
     audit = AuditLog(state_dir() / "audit.jsonl")
