@@ -159,6 +159,20 @@ async def _check_choices(book: Any, context: Any) -> None:
             _fail(f"--param {p.name}={value}: not one of {', '.join(allowed) or '(none available now)'}")
 
 
+def _refuse_what_would_stop_after_approval(book: Any, ref: Any, confirmer: "CliConfirmer") -> None:
+    """Without a terminal, a step that asks for the cluster's name needs --confirm. Found only at
+    that step, a run that first waited for a second operator's approval would waste it: refuse
+    before asking anyone."""
+    from dbops.runbook.model import Confirm
+
+    if ref.env.approvals < 2 or confirmer.interactive or confirmer.confirm_name is not None:
+        return
+    typed = [s for s in book.steps if s.confirm is Confirm.TYPE_CLUSTER]
+    if typed:
+        _fail(f"'{typed[0].title}' asks for the cluster's name, and without a terminal that is --confirm {ref.name}; "
+              "refusing before asking a second operator to approve a run that would stop there")
+
+
 @runbook.command()
 @click.argument("runbook_id")
 @click.option("--cluster", "cluster_name", required=True)
@@ -378,6 +392,7 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
     context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"),
                       progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
     confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested)
+    _refuse_what_would_stop_after_approval(book, ref, confirmer)
     ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer,
                   allow_writes=ctx.obj.get("allow_writes", False), approvals=_approval_store(cfg, ref))
     overrides = _overrides(raw_overrides)

@@ -187,3 +187,18 @@ def test_environment_without_the_rule_is_unaffected(tmp_path):
     assert (work / "c").exists()
     assert not any(e == "approval-waiting" for e, _ in events)
     assert all("approved_by" not in r["params"] for r in audit)
+
+
+def test_a_run_that_would_stop_for_want_of_confirm_is_refused_before_asking_for_approval(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dbops.cli import main
+
+    _config(tmp_path)
+    monkeypatch.setenv("DBOPS_STATE_DIR", str(tmp_path / "state"))
+    res = CliRunner().invoke(main, ["--config", str(tmp_path / "dbops.toml"), "runbook", "run", "test.files", "--cluster", "files-db",
+                                    "--param", f"dir={tmp_path}", "--yes"])
+    assert res.exit_code == 1, res.output
+    assert ("error: 'write c' asks for the cluster's name, and without a terminal that is --confirm files-db; refusing "
+            "before asking a second operator to approve a run that would stop there") in res.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "state" / "audit.jsonl").exists()
