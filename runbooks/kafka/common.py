@@ -49,10 +49,9 @@ def describe(ctx: Context, exc: BaseException) -> str:
 
 async def metadata(ctx: Context) -> tuple[list[Broker], list[Topic], int | None]:
     """Brokers (configured ones that the metadata lacks are down), topics and the controller id."""
-    attempts = max(2, len(ctx.ref.cluster.members))
     client = await admin(ctx)
-    cluster = await kc.from_any_broker(client.describe_cluster, attempts, ctx.ref.timeout)
-    topics = await kc.from_any_broker(client.describe_topics, attempts, ctx.ref.timeout)
+    meta = await kc.metadata_from_each_broker(client, ctx.ref.timeout)
+    cluster, topics = meta, meta["topics"]
     names = {f"{m.host}:{m.port}": m.name for m in ctx.ref.cluster.members}
     found = {f"{b['host']}:{b['port']}": b for b in cluster.get("brokers", [])}
     brokers = [Broker(b["node_id"], a, names.get(a, a), True, b.get("rack")) for a, b in found.items()]

@@ -102,6 +102,16 @@ def test_a_broker_that_stopped_answering_makes_its_partitions_under_replicated_a
     assert [m.snapshot.reachability for m in health.members] == [Reachability.UP, Reachability.UP, Reachability.DOWN]
 
 
+def test_a_broker_fenced_out_of_the_metadata_while_isrs_still_name_it_is_out_of_sync() -> None:
+    # The controller dropped k3 from the brokers list; the partitions' ISRs name it a moment longer.
+    data = kafka_data()
+    k3 = Broker(None, "10.0.0.3:9092", "k3", False, error="not in the cluster's metadata")
+    data = KafkaData(data.cluster_id, data.controller_id, (*data.brokers[:2], k3), data.topics, data.groups, NOW, window=WINDOW)
+    text = "\n".join(assess_cluster(ref(), snapshot(data)).problems)
+    assert "1 of 3 brokers down: k3" in text
+    assert "under-replicated partition(s): orders/0 (isr k1,k2 of k1,k2," in text
+
+
 def test_isr_below_min_insync_replicas_is_crit() -> None:
     health = assess_cluster(ref(), snapshot(kafka_data(isr=(1,))))
     assert any(m.name == "under_min_isr" and m.severity is Severity.CRIT for m in health.metrics)

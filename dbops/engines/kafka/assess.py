@@ -104,11 +104,12 @@ def as_seen(data: KafkaData) -> list[Partition]:
     """Partitions as they are now, not as the controller last recorded them: a broker that does
     not answer is taken out of the ISR, and a partition it leads has no leader. The controller
     does the same only after broker.session.timeout.ms (9 s) or replica.lag.time.max.ms (30 s)."""
-    up = {b.node_id for b in data.brokers if b.up}
-    down = {b.node_id for b in data.brokers if not b.up and b.node_id is not None} - up
-    if not down:
+    up = {b.node_id for b in data.brokers if b.up and b.node_id is not None}
+    # Not answering, or already gone from the metadata's broker list (fenced) while a partition's
+    # ISR still names it: both are out of sync now.
+    if not up:
         return data.partitions()
-    return [replace(p, isr=tuple(r for r in p.isr if r not in down), leader=-1 if p.leader in down else p.leader)
+    return [replace(p, isr=tuple(r for r in p.isr if r in up), leader=p.leader if p.leader < 0 or p.leader in up else -1)
             for p in data.partitions()]
 
 

@@ -207,6 +207,23 @@ async def metadata(admin_client: Any, node_id: int | None = None) -> dict[str, A
     return response.to_object()
 
 
+async def metadata_from_each_broker(admin_client: Any, timeout: float) -> dict[str, Any]:
+    """One Metadata request (as `metadata`) to each broker the client knows, in turn, until one
+    answers. aiokafka's own pick is random, and three picks in a row can all land on the broker
+    that died a moment ago (still in the metadata until the controller fences it)."""
+    from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+
+    nodes: list[Any] = sorted((b.nodeId for b in admin_client._client.cluster.brokers()), key=str)
+    error: BaseException | None = None
+    for node in nodes or [None]:
+        try:
+            return await asyncio.wait_for(metadata(admin_client, node), timeout=timeout)
+        except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError) as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
 async def from_any_broker(call: Any, attempts: int, timeout: float | Any) -> Any:
     """`call()` (a request aiokafka sends to a random known broker) until one answers: a broker
     that has just died or restarted stays in the metadata for a while and must not fail the
