@@ -47,7 +47,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: deps venv lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 unit: venv
 	$(PY) -m pytest -q tests/unit tests/ui

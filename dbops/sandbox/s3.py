@@ -243,10 +243,16 @@ class S3Sandbox(EngineSandbox):
 
     def _wait_answering(self, pid: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
+        child = _children.get(pid)
         while not port_open(port, HOST):
-            if not pid_alive(pid, self._command_needle(port)):
+            # Our own child: its exit status is the authority (and says how it ended); a server
+            # started by an earlier dbops is judged by its pid and command line.
+            ended = child.poll() if child is not None else (None if pid_alive(pid, self._command_needle(port)) else "?")
+            if ended is not None:
                 _reap(pid)
-                raise SandboxError(f"moto's S3 server exited right after starting on {HOST}:{port}" + self._log_hint())
+                how = ("" if ended == "?" else f" (killed by signal {-ended})" if isinstance(ended, int) and ended < 0
+                       else f" (exit status {ended})")
+                raise SandboxError(f"moto's S3 server exited right after starting on {HOST}:{port}{how}" + self._log_hint())
             if time.monotonic() >= deadline:
                 raise SandboxError(
                     f"moto's S3 server did not answer on {HOST}:{port} within {START_TIMEOUT:.0f} s" + self._log_hint()
