@@ -255,8 +255,8 @@ class ApprovalStore:
         finally:
             try:
                 await asyncio.wait_for(conn.close(), timeout=self.db.timeout)
-            except Exception:
-                conn.terminate()
+            except Exception:  # a graceful close that fails or hangs: the answer is already in hand
+                conn.terminate()  # so drop the socket instead; nothing is lost
 
     async def request(self, run_id: str, *, environment: str, cluster: str, runbook: str, plan_hash: str,
                       plan_text: str, requester: Operator, ttl_seconds: int = 1800) -> Request:
