@@ -11,6 +11,7 @@ from pathlib import Path
 from dbops.screens.app import DbopsApp
 
 from ..ui.frozen import NOW, FrozenHub
+from ..ui.frozen_engines import kafka_hub, neo4j_hub, qdrant_hub, redis_hub
 
 
 def frozen_app(state: Path, allow_writes: bool = False) -> DbopsApp:
@@ -36,3 +37,27 @@ def test_terminate_confirmation_on_production_80x24(snap_compare, tmp_path):
 
 def test_backups_pane_80x24(snap_compare, tmp_path):
     assert snap_compare(frozen_app(tmp_path), terminal_size=(80, 24), press=["B", "_"])
+
+
+def engine_app(state: Path, hub) -> DbopsApp:
+    return DbopsApp(hub.config, state_dir=state, hub=hub, clock=lambda: NOW)
+
+
+def open_only_cluster(pilot) -> None:
+    pilot.app.open_cluster(pilot.app.refs()[0].key)
+
+
+def test_redis_pane_80x24(snap_compare, tmp_path):
+    assert snap_compare(engine_app(tmp_path, redis_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+
+
+def test_kafka_pane_80x24(snap_compare, tmp_path):
+    assert snap_compare(engine_app(tmp_path, kafka_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+
+
+def test_neo4j_pane_80x24(snap_compare, tmp_path):
+    assert snap_compare(engine_app(tmp_path, neo4j_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+
+
+def test_qdrant_pane_80x24(snap_compare, tmp_path):
+    assert snap_compare(engine_app(tmp_path, qdrant_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])

@@ -98,21 +98,24 @@ def snap(ref, member: str, data: Any, reach: Reachability = Reachability.UP, err
 class FrozenHub:
     """PollerHub's interface over fixed snapshots; records submitted actions."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, snapshots: dict[str, dict[str, Snapshot]] | None = None) -> None:
+        """`snapshots`: each cluster's snapshots by member; by default orders-db (pg3 lags) and
+        billing (its only member is down) of CONFIG."""
         self.config = config or parse(CONFIG)
         self.refs = self.config.clusters()
         self._paused = False
-        orders, billing = self.refs
-        self._health: dict[str, ClusterHealth] = {
-            orders.key: assess_cluster(orders, {
-                "pg1": snap(orders, "pg1", primary_data()),
-                "pg2": snap(orders, "pg2", replica_data(2 * MiB, 0.4)),
-                "pg3": snap(orders, "pg3", replica_data(40 * MiB, 14.0)),
-            }, now=NOW),
-            billing.key: assess_cluster(billing, {
-                "b1": snap(billing, "b1", primary_data(), Reachability.DOWN, "connection refused at 10.1.0.1:5432"),
-            }, now=NOW),
-        }
+        if snapshots is None:
+            orders, billing = self.refs
+            snapshots = {
+                orders.key: {
+                    "pg1": snap(orders, "pg1", primary_data()),
+                    "pg2": snap(orders, "pg2", replica_data(2 * MiB, 0.4)),
+                    "pg3": snap(orders, "pg3", replica_data(40 * MiB, 14.0)),
+                },
+                billing.key: {"b1": snap(billing, "b1", primary_data(), Reachability.DOWN, "connection refused at 10.1.0.1:5432")},
+            }
+        self._snapshots = snapshots
+        self._health: dict[str, ClusterHealth] = {ref.key: assess_cluster(ref, snapshots[ref.key], now=NOW) for ref in self.refs}
         self.submitted: list[tuple[str, str]] = []
         self.adapter = FrozenAdapter()
 
@@ -130,6 +133,9 @@ class FrozenHub:
 
     def cluster_health(self, key: str) -> ClusterHealth:
         return self._health[key]
+
+    def snapshots(self, key: str) -> dict[str, Snapshot]:
+        return dict(self._snapshots[key])
 
     def history(self, key: str, member: str) -> list[HistoryPoint]:
         lag = [i * MiB for i in (1, 2, 4, 8, 12, 16, 20, 26, 30, 34, 38, 40)] if member == "pg3" else [2 * MiB] * 12
