@@ -9,7 +9,7 @@ and change nothing. State a step produces (an LSN to wait for, a row count to co
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from dbops.config import ClusterRef
@@ -133,12 +133,15 @@ class Step:
             raise ValueError(f"step {self.id}: a destructive step needs a confirmation")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Runbook:
     id: str  # e.g. "postgres.promote-replica"
-    engine: str
     title: str
-    description: str
+    # The id's prefix when not given: a runbook's id names its engine first.
+    engine: str = ""
+    # One line. The registry fills it from the runbook module's docstring when it is not given,
+    # which every built-in runbook's docstring opens with.
+    description: str = ""
     params: tuple[Param, ...] = ()
     prechecks: tuple[Check, ...] = ()
     steps: tuple[Step, ...] = ()
@@ -148,6 +151,26 @@ class Runbook:
     # A variant for one cluster (e.g. an automatic step where dbops manages the servers, a
     # manual one elsewhere); None keeps this runbook.
     specialize: Callable[[ClusterRef], "Runbook | None"] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.engine:
+            object.__setattr__(self, "engine", self.id.partition(".")[0])
+
+    def described(self, doc: str | None) -> "Runbook":
+        """This runbook with `doc`'s first line (its module's docstring) as its description when
+        it declares none; so are the variants it specializes to."""
+        if self.description or not doc or not doc.strip():
+            return self
+        summary = doc.strip().splitlines()[0]
+        specialize = self.specialize
+        if specialize is None:
+            return replace(self, description=summary)
+
+        def described_variant(ref: ClusterRef) -> "Runbook | None":
+            variant = specialize(ref)
+            return variant.described(doc) if variant is not None else None
+
+        return replace(self, description=summary, specialize=described_variant)
 
     def for_cluster(self, ref: ClusterRef) -> "Runbook":
         variant = self.specialize(ref) if self.specialize is not None else None

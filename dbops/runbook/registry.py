@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -22,32 +23,44 @@ def _from_module(module: object) -> list[Runbook]:
     found = list(getattr(module, "RUNBOOKS", ()))
     if hasattr(module, "RUNBOOK"):
         found.append(getattr(module, "RUNBOOK"))
-    return [r for r in found if isinstance(r, Runbook)]
+    return [r.described(getattr(module, "__doc__", None)) for r in found if isinstance(r, Runbook)]
 
 
-def load(extra_dirs: Iterable[str] = ()) -> tuple[dict[str, Runbook], list[str]]:
-    """All runbooks by id, and the problems met while loading (one line each)."""
+BUILT_IN = "built-in"
+
+
+@dataclass
+class Catalog:
+    """Every runbook by id, where each came from (BUILT_IN, or the file of a runbook_dirs module),
+    and the problems met while loading (one line each)."""
+
+    books: dict[str, Runbook] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, items: list[Runbook], origin: str, source: str) -> None:
+        for rb in items:
+            if rb.id in self.books:
+                self.problems.append(f"{origin}: runbook {rb.id} is already defined; this one is ignored")
+            else:
+                self.books[rb.id] = rb
+                self.sources[rb.id] = source
+
+
+def catalog(extra_dirs: Iterable[str] = ()) -> Catalog:
+    """The built-in runbooks, then those of `extra_dirs` (a config's runbook_dirs)."""
     import dbops.runbooks as builtin
 
-    books: dict[str, Runbook] = {}
-    problems: list[str] = []
-
-    def add(items: list[Runbook], origin: str) -> None:
-        for rb in items:
-            if rb.id in books:
-                problems.append(f"{origin}: runbook {rb.id} is already defined; this one is ignored")
-            else:
-                books[rb.id] = rb
-
+    found = Catalog()
     for info in pkgutil.walk_packages(builtin.__path__, builtin.__name__ + "."):
         try:
-            add(_from_module(importlib.import_module(info.name)), info.name)
+            found.add(_from_module(importlib.import_module(info.name)), info.name, BUILT_IN)
         except Exception as exc:  # a broken runbook module must not hide the others
-            problems.append(f"{info.name}: cannot be loaded: {type(exc).__name__}: {exc}")
+            found.problems.append(f"{info.name}: cannot be loaded: {type(exc).__name__}: {exc}")
     for d in extra_dirs:
         path = Path(d).expanduser()
         if not path.is_dir():
-            problems.append(f"runbook_dirs: {path} is not a directory")
+            found.problems.append(f"runbook_dirs: {path} is not a directory")
             continue
         for file in sorted(path.glob("*.py")):
             name = f"dbops_user_runbooks.{file.stem}"
@@ -56,10 +69,16 @@ def load(extra_dirs: Iterable[str] = ()) -> tuple[dict[str, Runbook], list[str]]
                 assert spec is not None and spec.loader is not None
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
-                add(_from_module(module), str(file))
-            except Exception as exc:
-                problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
-    return books, problems
+                found.add(_from_module(module), str(file), str(file))
+            except Exception as exc:  # a team's broken module must not hide the other runbooks
+                found.problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
+    return found
+
+
+def load(extra_dirs: Iterable[str] = ()) -> tuple[dict[str, Runbook], list[str]]:
+    """All runbooks by id, and the problems met while loading (one line each)."""
+    found = catalog(extra_dirs)
+    return found.books, found.problems
 
 
 # Runbooks about what surrounds a cluster rather than its engine: they apply to any cluster

@@ -144,9 +144,7 @@ async def verify_promoted(ctx: Context) -> Verdict:
 
 RUNBOOK = Runbook(
     id="cnpg.promote",
-    engine="cnpg",
     title="Promote a CloudNativePG instance to primary (as kubectl cnpg promote)",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("instance", "the instance (pod) to promote, e.g. orders-db-2", required=True),
         Param("timeout", f"seconds to wait for the operator to finish the switchover (at most {MAX_WAIT:g})", type=float, default=300.0),

@@ -139,7 +139,6 @@ RUNBOOK = Runbook(
     id="k8s.trigger-backup-job",
     engine="kubernetes",
     title="Run a backup CronJob now (as kubectl create job --from=cronjob)",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("cronjob", "the backup CronJob to run (one of the cluster's, by backup_selector)", required=True),
         Param("timeout", f"seconds to wait for the Job to finish (at most {MAX_WAIT:g})", type=float, default=3600.0),

@@ -123,9 +123,7 @@ async def do_report(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="kafka.broker-down-triage",
-    engine="kafka",
     title="Broker down: what lost ISR or leadership, and what recovers when",
-    description=__doc__.strip().splitlines()[0],
     params=(Param("broker", "the broker to look at (name, address or id; default: every down broker)", default=""),),
     prechecks=(Check("read", "the cluster's metadata can be read", check_read),),
     steps=(

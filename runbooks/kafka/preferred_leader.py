@@ -99,9 +99,7 @@ async def verify_elected(ctx: Context) -> Verdict:
 
 RUNBOOK = Runbook(
     id="kafka.preferred-leader-election",
-    engine="kafka",
     title="Move partition leadership back to the preferred replicas",
-    description=__doc__.strip().splitlines()[0],
     params=(Param("topic", "only this topic (default: every topic)", default=""),),
     prechecks=(Check("candidates", "partitions not led by their preferred replica", check_candidates),),
     steps=(

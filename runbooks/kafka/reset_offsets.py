@@ -168,9 +168,7 @@ async def verify_commit(ctx: Context) -> Verdict:
 
 RUNBOOK = Runbook(
     id="kafka.reset-consumer-offsets",
-    engine="kafka",
     title="Reset a consumer group's offsets on a topic",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("group", "the consumer group", required=True),
         Param("topic", "the topic whose offsets move", required=True),

@@ -55,9 +55,7 @@ async def write_manifest(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="neo4j.count-manifest",
-    engine="neo4j",
     title="Write a Neo4j database's counts to a manifest (for neo4j.restore)",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("database", "the database to count", required=True),
         Param("out", "the manifest file to write on this host", required=True),

@@ -203,9 +203,7 @@ async def verify_counts(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="neo4j.restore",
-    engine="neo4j",
     title="Restore a Neo4j database from a dump (guided), then verify its counts",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("database", "the database to restore into", required=True),
         Param("dump", "the dump: a path on the Neo4j host (/backups/neo4j.dump) or an S3 key in backups.s3", required=True),

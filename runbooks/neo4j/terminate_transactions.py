@@ -202,9 +202,7 @@ STEP = Step("terminate", "Terminate the transactions", "TERMINATE TRANSACTIONS f
 def _book(step: Step) -> Runbook:
     return Runbook(
         id="neo4j.terminate-transactions",
-        engine="neo4j",
         title="Terminate selected Neo4j transactions",
-        description=__doc__.strip().splitlines()[0],
         params=PARAMS,
         prechecks=(
             Check("selection", "at least one selector, and valid", check_selection),

@@ -157,9 +157,7 @@ STEPS = (
 
 RUNBOOK = Runbook(
     id="postgres.backup",
-    engine="postgres",
     title="Back up with pgBackRest (full, incremental or differential)",
-    description=__doc__.strip().splitlines()[0],
     params=(Param("type", "backup type: full, incr or diff (pgBackRest makes the first incr or diff a full)",
                   default="incr", choices=_types),),
     prechecks=(

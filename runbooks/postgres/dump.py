@@ -224,9 +224,7 @@ def _key_or_placeholder(ctx: Context) -> str:
 
 RUNBOOK = Runbook(
     id="postgres.dump",
-    engine="postgres",
     title="Dump a database to S3 (pg_dump, custom format, SHA-256 manifest)",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("database", "database to dump (default: the cluster's database)", default=""),
         Param("member", "member to dump from (default: the primary)", default=""),

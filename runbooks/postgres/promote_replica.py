@@ -482,9 +482,7 @@ REJOIN_MANUAL = Step(
 def _book(steps: tuple[Step, ...]) -> Runbook:
     return Runbook(
         id="postgres.promote-replica",
-        engine="postgres",
         title="Promote a replica (switchover, or failover when the primary is down)",
-        description=__doc__.strip().splitlines()[0],
         params=(
             Param("candidate", "the replica to promote", required=True, choices=_replicas),
             Param("max_lag_bytes", "refuse when the candidate is further behind (bytes)", type=int, default=sw.DEFAULT_MAX_LAG_BYTES),

@@ -430,9 +430,7 @@ STEPS = (
 
 RUNBOOK = Runbook(
     id="postgres.restore",
-    engine="postgres",
     title="Restore a pgBackRest backup into a new copy (latest or point in time)",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("target", "'latest', or a time with a UTC offset (2026-11-22T01:47:03+00:00) to recover to", default=LATEST),
         Param("set", "backup label to restore (default: the newest that ends before the target)", default=""),

@@ -262,9 +262,7 @@ STEPS = (
 
 RUNBOOK = Runbook(
     id="postgres.restore-dump",
-    engine="postgres",
     title="Restore a pg_dump backup from S3 into a new database (pg_restore -j)",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("database", "database whose newest dump to restore (default: the cluster's database)", default=""),
         Param("key", "S3 key of the dump (default: the newest dump of the database)", default=""),

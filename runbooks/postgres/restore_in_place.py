@@ -354,9 +354,7 @@ def _steps(managed: bool) -> tuple[Step, ...]:
 def _book(steps: tuple[Step, ...]) -> Runbook:
     return Runbook(
         id="postgres.restore-in-place",
-        engine="postgres",
         title="Restore a pgBackRest backup over the live cluster (replace)",
-        description=__doc__.strip().splitlines()[0],
         params=(
             Param("target", "'latest', or a time with a UTC offset (2026-11-22T01:47:03+00:00) to recover to",
                   default=restore_rb.LATEST),

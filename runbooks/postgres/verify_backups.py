@@ -88,9 +88,7 @@ REMOVE = Step(
 
 RUNBOOK = Runbook(
     id="postgres.verify-backups",
-    engine="postgres",
     title="Verify backups: freshness against the RPO, then a test restore that is removed",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("port", "port of the scratch copy on this host (default: a free one)", type=int, default=0),
         Param("canary", "comma-separated tables whose rows are counted on the scratch copy", default=""),

@@ -193,9 +193,7 @@ async def verify_active(ctx: Context) -> Verdict:
 
 RUNBOOK = Runbook(
     id="qdrant.recover-dead-replica",
-    engine="qdrant",
     title="Recover Dead Qdrant shard replicas from a healthy peer",
-    description=__doc__.strip().splitlines()[0],
     params=(Param("collection", "only this collection (default: every collection)", default=""),
             Param("shard", "only this shard id", type=int, default=None),
             Param("peer", "only the replica on this peer (a peer id or a node name)", default="")),

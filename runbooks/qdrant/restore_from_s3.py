@@ -228,9 +228,7 @@ async def verify_aliases(ctx: Context) -> Verdict:
 
 RUNBOOK = Runbook(
     id="qdrant.restore-from-s3",
-    engine="qdrant",
     title="Restore a Qdrant collection from its snapshots in S3, on every node",
-    description=__doc__.strip().splitlines()[0],
     params=(Param("collection", "the collection to restore", required=True),
             Param("snapshot", "the set to restore: a run id, a snapshot name or an object key (default: the newest complete set)",
                   default=""),

@@ -172,9 +172,7 @@ async def do_cleanup(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="qdrant.snapshot-to-s3",
-    engine="qdrant",
     title="Snapshot a Qdrant collection on every node to S3, with manifests",
-    description=__doc__.strip().splitlines()[0],
     params=(Param("collection", "the collection to snapshot", required=True),
             Param("delete_local", "delete the node-local snapshots once the S3 copies are verified", type=bool, default=True)),
     prechecks=(

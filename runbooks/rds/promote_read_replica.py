@@ -193,7 +193,6 @@ RUNBOOK = Runbook(
     id="rds.promote-read-replica",
     engine="postgres",
     title="Promote an RDS read replica to a standalone instance",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("replica", "the read replica's DB instance identifier", required=True),
         Param("backup_retention", "days of automated backups for the promoted instance (default: the source's, at least 1)",

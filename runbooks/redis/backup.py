@@ -162,9 +162,7 @@ async def do_verify(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="redis.backup",
-    engine="redis",
     title="Back up Redis: an RDB snapshot per shard to S3, with manifests",
-    description=__doc__.strip().splitlines()[0],
     prechecks=(
         Check("location", "the cluster's S3 backup location answers", check_location),
         Check("tools", "redis-cli and redis-check-rdb are installed here", check_tools),

@@ -298,9 +298,7 @@ def _has(cls: str) -> Any:
 
 RUNBOOK = Runbook(
     id="redis.cluster-fix",
-    engine="redis",
     title="Repair Redis Cluster slots: open, uncovered, claimed twice",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("replace_differing", "a key on both sides with different values: keep the moving side's", type=bool, default=False),
         Param("expect_writes", "clients write meanwhile: report, do not require, an unchanged key count", type=bool, default=False),

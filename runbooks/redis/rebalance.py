@@ -121,9 +121,7 @@ async def do_verify(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="redis.cluster-rebalance",
-    engine="redis",
     title="Rebalance Redis Cluster slots across masters by weight",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("weights", "NODE=WEIGHT,... (others weigh 1; 0 empties a master)", default=""),
         Param("threshold", "move nothing while every master is within this percent of its share", type=float, default=2.0),

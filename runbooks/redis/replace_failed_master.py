@@ -220,9 +220,7 @@ def _promote_cmds(ctx: Context) -> list[str]:
 
 RUNBOOK = Runbook(
     id="redis.cluster-replace-failed-master",
-    engine="redis",
     title="Replace a failed Redis Cluster master: promote a replica, forget the node",
-    description=__doc__.strip().splitlines()[0],
     params=(
         Param("failed", "the failed master (member name, node id or host:port)", default=""),
         Param("attach", "HOST:PORT of an empty cluster node to make the new master's replica", default=""),

@@ -91,9 +91,7 @@ PARAMS = (
 
 RUNBOOK = Runbook(
     id="redis.cluster-reshard",
-    engine="redis",
     title="Move slots from one Redis Cluster master to another",
-    description=__doc__.strip().splitlines()[0],
     params=PARAMS,
     prechecks=(
         Check("reachable", "every master answers", common.check_reachable),

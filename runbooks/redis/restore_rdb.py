@@ -336,9 +336,7 @@ def _steps(managed: bool) -> tuple[Step, ...]:
 def _book(steps: tuple[Step, ...]) -> Runbook:
     return Runbook(
         id="redis.restore-rdb",
-        engine="redis",
         title="Restore an RDB backup into a Redis master",
-        description=__doc__.strip().splitlines()[0],
         params=(Param("key", "the backup's S3 key (default: the newest of this cluster)", default=""),),
         prechecks=(
             Check("backup", "the backup downloads, matches its manifest and reads back", check_backup, timeout=3600),

@@ -219,9 +219,7 @@ async def do_probe(ctx: Context) -> None:
 
 RUNBOOK = Runbook(
     id="redis.sentinel-failover",
-    engine="redis",
     title="Fail a Sentinel group's master over to a replica",
-    description=__doc__.strip().splitlines()[0],
     prechecks=(
         Check("quorum", "a majority of sentinels answer and CKQUORUM passes", check_quorum),
         Check("candidate", "a replica can take over (priority, link, lag)", check_candidate, overridable=True),
