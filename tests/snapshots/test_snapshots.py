@@ -43,21 +43,17 @@ def engine_app(state: Path, hub) -> DbopsApp:
     return DbopsApp(hub.config, state_dir=state, hub=hub, clock=lambda: NOW)
 
 
-def open_only_cluster(pilot) -> None:
-    pilot.app.open_cluster(pilot.app.refs()[0].key)
-
-
 def test_redis_pane_80x24(snap_compare, tmp_path):
-    assert snap_compare(engine_app(tmp_path, redis_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+    assert snap_compare(engine_app(tmp_path, redis_hub()), terminal_size=(80, 24), press=["enter", "_"])
 
 
 def test_kafka_pane_80x24(snap_compare, tmp_path):
-    assert snap_compare(engine_app(tmp_path, kafka_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+    assert snap_compare(engine_app(tmp_path, kafka_hub()), terminal_size=(80, 24), press=["enter", "_"])
 
 
 def test_neo4j_pane_80x24(snap_compare, tmp_path):
-    assert snap_compare(engine_app(tmp_path, neo4j_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+    assert snap_compare(engine_app(tmp_path, neo4j_hub()), terminal_size=(80, 24), press=["enter", "_"])
 
 
 def test_qdrant_pane_80x24(snap_compare, tmp_path):
-    assert snap_compare(engine_app(tmp_path, qdrant_hub()), terminal_size=(80, 24), run_before=open_only_cluster, press=["_"])
+    assert snap_compare(engine_app(tmp_path, qdrant_hub()), terminal_size=(80, 24), press=["enter", "_"])
