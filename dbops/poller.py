@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from dbops.config import ClusterRef, Config, Member
 from dbops.engines import adapter_class
 from dbops.engines.base import Adapter
 from dbops.health import assess_cluster, update_baseline
+from dbops.hub import HistoryPoint, HistorySampler, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot
 from dbops.platform import backups as platform_backups
 
@@ -38,12 +40,21 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 15.0
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryPoint:
-    ts: float
-    lag_bytes: int | None
-    lag_seconds: float | None
-    connections: int | None
+# Engines that keep a history of their members' refreshes (for the panes' trends), and the
+# function making a point of one; imported when a configured cluster needs it. An engine not
+# listed keeps none.
+HISTORY_SAMPLERS = {
+    "postgres": "dbops.engines.postgres.history:sample",
+}
+
+
+def history_sampler(engine: str) -> HistorySampler | None:
+    target = HISTORY_SAMPLERS.get(engine)
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    sampler: HistorySampler = getattr(importlib.import_module(module), attr)
+    return sampler
 
 
 def backoff_delay(interval: float, failures: int) -> float:
@@ -123,7 +134,7 @@ def pending_snapshot(ref: ClusterRef, member: Member) -> Snapshot:
     )
 
 
-class PollerHub:
+class PollerHub(Hub):
     """Owns the pollers of every configured member and the judged health of every cluster.
 
     `on_change` is called from the hub thread after a cluster's health changed; it must be cheap
@@ -147,6 +158,7 @@ class PollerHub:
         self._snapshots: dict[str, dict[str, Snapshot]] = {}
         self._health: dict[str, ClusterHealth] = {}
         self._history: dict[tuple[str, str], deque[HistoryPoint]] = {}
+        self._samplers: dict[str, HistorySampler] = {}
         self._dirty: set[str] = set()
         self._baseline: dict[str, dict[str, Any]] = {}
         self._adapters: dict[tuple[str, str], Adapter] = {}
@@ -159,6 +171,10 @@ class PollerHub:
         for ref in self.refs:
             self._snapshots[ref.key] = {m.name: pending_snapshot(ref, m) for m in ref.poll_units}
             self._health[ref.key] = assess_cluster(ref, self._snapshots[ref.key])
+            sampler = history_sampler(ref.cluster.engine)
+            if sampler is None:
+                continue
+            self._samplers[ref.key] = sampler
             for m in ref.poll_units:
                 points = max(1, int(ref.defaults.history_seconds / ref.refresh_interval))
                 self._history[(ref.key, m.name)] = deque(maxlen=points)
@@ -285,12 +301,12 @@ class PollerHub:
             self._baseline[ref.key] = update_baseline(ref, self._baseline.get(ref.key), snaps)
             health = assess_cluster(ref, snaps, self._baseline[ref.key])
             self._health[ref.key] = health
-            mh = next((m for m in health.members if m.name == snap.member), None)
-            if mh is not None and snap.reachable:
-                conns = getattr(snap.data, "connections_total", None)
-                self._history[(ref.key, snap.member)].append(
-                    HistoryPoint(snap.taken_at, mh.lag_bytes, mh.lag_seconds, conns)
-                )
+            sampler = self._samplers.get(ref.key)
+            mh = next((m for m in health.members if m.name == snap.member), None) if sampler is not None else None
+            if sampler is not None and mh is not None and snap.reachable:
+                point = sampler(snap, mh)
+                if point is not None:
+                    self._history[(ref.key, snap.member)].append(point)
             first = not self._dirty
             self._dirty.add(ref.key)
         if first and self._on_change is not None:
@@ -395,6 +411,8 @@ class PollerHub:
             return dict(self._snapshots[key])
 
     def history(self, key: str, member: str) -> list[HistoryPoint]:
+        """The member's points, oldest first, of the kind its engine's sampler makes (none for
+        an engine that keeps no history)."""
         with self._lock:
             return list(self._history.get((key, member), ()))
 

@@ -237,10 +237,8 @@ class BackupsScreen(Screen[None]):
     # -- actions -----------------------------------------------------------------------------
 
     def action_refresh(self) -> None:
-        refresh = getattr(self.app.hub, "refresh_backups", None)
-        if refresh is not None:
-            refresh()
-            self.notify("re-reading the backup state …", timeout=3)
+        self.app.hub.refresh_backups()
+        self.notify("re-reading the backup state …", timeout=3)
 
     def action_back(self) -> None:
         self.app.pop_screen()

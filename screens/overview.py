@@ -157,11 +157,8 @@ class OverviewScreen(Screen[None]):
         ]
 
     def _backup_problems(self) -> list[tuple[Severity, str]]:
-        read = getattr(self.app.hub, "backup_state", None)
-        if read is None:
-            return []
         now = self.app.clock()
-        states = [read(ref.key, now) for ref in self.app.refs()]
+        states = [self.app.hub.backup_state(ref.key, now) for ref in self.app.refs()]
         # "orders-db: newest pg_dump ..." like the clusters' own lines (the key names the environment too).
         return [(m.severity, m.message.split("/", 1)[-1]) for st in states if st is not None
                 for m in st.metrics if m.severity is not Severity.OK]
@@ -169,8 +166,7 @@ class OverviewScreen(Screen[None]):
     def _backup_cell(self, ref, wal_failing: bool) -> Text:
         from dbops.platform.backups import has_backups
 
-        read = getattr(self.app.hub, "backup_state", None)
-        state = read(ref.key, self.app.clock()) if read is not None and has_backups(ref) else None
+        state = self.app.hub.backup_state(ref.key, self.app.clock()) if has_backups(ref) else None
         if not has_backups(ref):
             text, style = "-", "dim"
         elif state is None:

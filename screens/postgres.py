@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedCont
 
 from dbops.actions import BackendAction, ReadOnly, decline, perform, read_only_reason, writes_allowed
 from dbops.engines.postgres.data import PgMemberData, Session
+from dbops.engines.postgres.history import lag_bytes
 from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
 
 from .modals import ConfirmBackendModal
@@ -241,7 +242,7 @@ class PostgresScreen(ClusterPane):
                 state,
                 human_bytes(m.lag_bytes) if m.lag_bytes is not None else "-",
                 human_seconds(m.lag_seconds) if m.lag_seconds is not None else "-",
-                sparkline([p.lag_bytes for p in history], width=8) if m.role == "replica" else "",
+                sparkline(lag_bytes(history), width=8) if m.role == "replica" else "",
                 sync,
                 conns,
             ]

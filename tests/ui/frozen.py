@@ -1,4 +1,4 @@
-"""Frozen data for UI tests: a hub with the PollerHub interface that serves fixed snapshots.
+"""Frozen data for UI tests: a hub (dbops.hub.Hub, as PollerHub) that serves fixed snapshots.
 
 Only dbops' own hub is replaced: the snapshots are judged by the real assessment code, and the
 screens render them exactly as they would live. Integration tests drive the UI on real servers.
@@ -10,11 +10,13 @@ import asyncio
 import concurrent.futures
 from typing import Any
 
-from dbops.config import Config, parse
+from dbops.config import ClusterRef, Config, parse
 from dbops.engines.postgres.data import Archiver, PgMemberData, ReplicaRow, Session, Slot, Statement, WalReceiver
 from dbops.health import assess_cluster
 from dbops.model import ClusterHealth, Reachability, Snapshot
-from dbops.poller import HistoryPoint
+from dbops.engines.postgres.history import PgHistoryPoint
+from dbops.hub import Hub
+from dbops.platform.backups import ClusterBackups
 
 NOW = 1_790_000_000.0
 
@@ -95,7 +97,7 @@ def snap(ref, member: str, data: Any, reach: Reachability = Reachability.UP, err
                     last_good=data, last_good_at=NOW - 42, seq=5)
 
 
-class FrozenHub:
+class FrozenHub(Hub):
     """PollerHub's interface over fixed snapshots; records submitted actions."""
 
     def __init__(self, config: Config | None = None, snapshots: dict[str, dict[str, Snapshot]] | None = None) -> None:
@@ -117,6 +119,7 @@ class FrozenHub:
         self._snapshots = snapshots
         self._health: dict[str, ClusterHealth] = {ref.key: assess_cluster(ref, snapshots[ref.key], now=NOW) for ref in self.refs}
         self.submitted: list[tuple[str, str]] = []
+        self.backup_refreshes: list[str | None] = []
         self.adapter = FrozenAdapter()
 
     def start(self) -> None:
@@ -137,14 +140,20 @@ class FrozenHub:
     def snapshots(self, key: str) -> dict[str, Snapshot]:
         return dict(self._snapshots[key])
 
-    def history(self, key: str, member: str) -> list[HistoryPoint]:
+    def history(self, key: str, member: str) -> list[PgHistoryPoint]:
         lag = [i * MiB for i in (1, 2, 4, 8, 12, 16, 20, 26, 30, 34, 38, 40)] if member == "pg3" else [2 * MiB] * 12
-        return [HistoryPoint(NOW - 2 * (12 - i), v, None, None) for i, v in enumerate(lag)]
+        return [PgHistoryPoint(NOW - 2 * (12 - i), v, None, None) for i, v in enumerate(lag)]
 
-    def ref(self, key: str):
+    def drain_notices(self) -> list[tuple[str, str]]:
+        return []
+
+    def refresh_backups(self, key: str | None = None) -> None:
+        self.backup_refreshes.append(key)
+
+    def ref(self, key: str) -> ClusterRef:
         return next(r for r in self.refs if r.key == key)
 
-    def backup_state(self, key: str, now: float):
+    def backup_state(self, key: str, now: float) -> ClusterBackups | None:
         """orders-db's backups as the watcher would have read them: daily pg_dumps, the newest
         30 h old (WARN against the 26 h default), in a versioned bucket without Object Lock."""
         from datetime import datetime, timedelta, timezone

@@ -138,3 +138,20 @@ async def test_a_bug_in_assessment_shows_the_member_as_error_and_keeps_polling(m
     assert "KeyError" in member.snapshot.error and "crash.log" in member.snapshot.error
     assert a.script == []  # it kept polling after the first failure
     assert "a rule that assumed a field" in (tmp_path / "crash.log").read_text()
+
+
+def test_history_points_are_made_by_the_engines_sampler():
+    from dbops.engines.postgres.history import PgHistoryPoint, sample
+    from dbops.model import Snapshot
+    from dbops.poller import PollerHub, history_sampler
+
+    from ..ui.frozen import NOW, primary_data
+
+    assert history_sampler("postgres") is sample
+    assert history_sampler("redis") is None  # keeps no history: no deque per member either
+    cfg = parse(CONFIG)
+    ref = cfg.clusters()[0]
+    hub = PollerHub(cfg)
+    hub._record(ref, Snapshot("t", "c", "m", "postgres", Reachability.UP, NOW, 5.0, data=primary_data(), seq=1))
+    hub._record(ref, Snapshot("t", "c", "m", "postgres", Reachability.DOWN, NOW + 2, 5.0, error="refused", seq=2))
+    assert hub.history(ref.key, "m") == [PgHistoryPoint(NOW, None, None, 17)]  # the unreachable refresh keeps no point

@@ -1,0 +1,74 @@
+"""What the console reads from and asks of the poller hub: one typed boundary.
+
+dbops.poller.PollerHub implements it over live servers; the UI tests' frozen hub implements it
+over fixed snapshots. Screens depend on this Protocol only, so a method either hub lacks is a
+type error, not a runtime guard.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+
+if TYPE_CHECKING:
+    from dbops.config import ClusterRef, Config
+    from dbops.engines.base import Adapter
+    from dbops.model import ClusterHealth, MemberHealth, Snapshot
+    from dbops.platform.backups import ClusterBackups
+
+
+class HistoryPoint(Protocol):
+    """One refresh of one member as kept for its trends. Each engine that keeps a history
+    defines its own point (its named series) and the function that makes one from a refresh."""
+
+    @property
+    def ts(self) -> float: ...
+
+
+# Makes a member's history point from a refresh it answered, judged; None keeps no point.
+HistorySampler = Callable[["Snapshot", "MemberHealth"], "HistoryPoint | None"]
+
+
+class Hub(Protocol):
+    config: Config
+    refs: list[ClusterRef]
+
+    # -- lifecycle
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    # -- reading (any thread)
+    def drain(self) -> dict[str, ClusterHealth]:
+        """Health of the clusters that changed since the last drain."""
+        ...
+
+    def drain_notices(self) -> list[tuple[str, str]]:
+        """(severity, message) the operator must see, each once."""
+        ...
+
+    def health(self) -> list[ClusterHealth]: ...
+
+    def cluster_health(self, key: str) -> ClusterHealth: ...
+
+    def snapshots(self, key: str) -> dict[str, Snapshot]: ...
+
+    def history(self, key: str, member: str) -> list[HistoryPoint]:
+        """The member's HistoryPoints, oldest first, of the kind its engine keeps."""
+        ...
+
+    def ref(self, key: str) -> ClusterRef: ...
+
+    def backup_state(self, key: str, now: float) -> ClusterBackups | None: ...
+
+    def refresh_backups(self, key: str | None = None) -> None: ...
+
+    # -- actions
+    def submit(self, fn: Callable[[Adapter], Awaitable[Any]], key: str, member: str) -> concurrent.futures.Future[Any]: ...
