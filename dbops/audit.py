@@ -65,7 +65,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from dbops.secrets import REDACTED, Secret, scrub_text
+from dbops.secrets import REDACTED, Secret, is_secret_key, scrub_text
 
 GENESIS = "0" * 64
 PHASES = ("intent", "result", "abort")
@@ -130,32 +130,14 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Redaction
 
-# A key containing any of these (case-insensitive) has its value replaced by "***".
-SECRET_KEY_WORDS = (
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "token",
-    "key",
-    "credential",
-    "private",
-    "cookie",
-    "authorization",
-    "dsn",
-    "conninfo",
-)
-# Credentials written inside strings (URLs, password=..., SQL PASSWORD '...') are removed by
-# dbops.secrets.scrub_text: the PostgreSQL adapter scrubs query texts with the same function.
+# A key naming a credential (dbops.secrets.is_secret_key: the one list of secret words) has its
+# value replaced by "***". Credentials written inside strings (URLs, password=..., SQL PASSWORD
+# '...') are removed by dbops.secrets.scrub_text: the PostgreSQL adapter scrubs query texts with
+# the same function.
 
 
 def _is_secret(value: Any) -> bool:
     return isinstance(value, Secret)
-
-
-def is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in SECRET_KEY_WORDS)
 
 
 def redact(value: Any) -> Any:

@@ -76,6 +76,39 @@ def redact(text: str, *secrets: Secret | None) -> str:
     return text
 
 
+# The one list of words that say a name holds a credential, as regex fragments matched
+# case-insensitively anywhere in the name. Every redaction that judges a name uses it, each
+# word where its scope says:
+#   TEXT  also inside free text (messages, query texts, a command line): NAME=value and
+#         NAME: value are scrubbed (scrub_text);
+#   NAME  in a name that stands alone: a container's environment variable or a flag
+#         (SECRET_NAME: dbops.platform.kubernetes), and a params key of the audit log. Too
+#         common in prose to act on inside free text ("pass: 2 of 3", "credentials: none");
+#   KEY   only in a params key of the audit log (is_secret_key): keys are ours, and a value
+#         under any *key, a DSN or a cookie is better hidden; in a Job's environment they name
+#         paths and prefixes (S3_KEY_PREFIX) the plan must show.
+TEXT, NAME, KEY = "text", "name", "key"
+SECRET_WORDS: tuple[tuple[str, str], ...] = (
+    ("password", TEXT), ("passwd", TEXT), ("pwd", TEXT), ("secret", TEXT), ("token", TEXT), ("api[_-]?key", TEXT),
+    ("pass", NAME), ("credential", NAME), ("private[_-]?key", NAME), ("access[_-]?key", NAME),
+    ("key", KEY), ("private", KEY), ("cookie", KEY), ("authorization", KEY), ("dsn", KEY), ("conninfo", KEY),
+)
+
+
+def _words(*scopes: str) -> tuple[str, ...]:
+    return tuple(w for w, scope in SECRET_WORDS if scope in scopes)
+
+
+# A name (an environment variable, a flag) that holds a credential: any TEXT or NAME word in it.
+SECRET_NAME = re.compile("(?i)" + "|".join(_words(TEXT, NAME)))
+_SECRET_KEY = re.compile("(?i)" + "|".join(_words(TEXT, NAME, KEY)))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a params key of the audit log names a credential: any word of the list in it."""
+    return _SECRET_KEY.search(key) is not None
+
+
 # Credentials embedded in strings: URL userinfo (postgresql://user:pw@host) and libpq
 # key=value connection strings (password=pw). Both match greedily to the end of the
 # whitespace-delimited token: a password may contain '@', '/' or '&', and cutting too much
@@ -85,12 +118,13 @@ def redact(text: str, *secrets: Secret | None) -> str:
 # long word would make the scan quadratic, and a query text is untrusted and can be as long as
 # track_activity_query_size, up to 1 MB.)
 _URL_PASSWORD = re.compile(r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(\S*)@")
-_KV_WORDS = ("password", "passwd", "pwd", "secret", "token", "api")  # where a _KV_PASSWORD match can start
+# Where a _KV_PASSWORD match can start: each free-text word's leading letters ("api" of api[_-]?key).
+_KV_WORDS = tuple(re.sub(r"[^a-z].*", "", w) for w in _words(TEXT))
 # The word may close a longer name, as environment variables on a command line are written:
 # PGPASSWORD, REDIS_PASSWORD, AWS_SECRET_ACCESS_KEY (after "pg" or "_", a "_key" or
 # "_access_key" tail); not password_encryption, a setting.
 _KV_PASSWORD = re.compile(
-    r"(?is)(?:\b|(?<=pg)|(?<=_))((?:password|passwd|pwd|secret|token|api[_-]?key)(?:_access_key|_key)?)(\s*[=:]\s*)"
+    rf"(?is)(?:\b|(?<=pg)|(?<=_))((?:{'|'.join(_words(TEXT))})(?:_access_key|_key)?)(\s*[=:]\s*)"
     r"('(?:[^'\\]|\\.|'')*(?:'|\\?\Z)|\"(?:[^\"\\]|\\.)*(?:\"|\\?\Z)|\S+)"
 )
 
