@@ -17,13 +17,9 @@ from typing import Any, Literal
 
 from dbops.schema import Invalid, Model, limits
 
-ENGINES = ("postgres", "redis", "kafka", "neo4j", "qdrant")
-
-# A member without a port gets its engine's usual one.
-DEFAULT_PORTS = {"postgres": 5432, "redis": 6379, "kafka": 9092, "neo4j": 7687, "qdrant": 6333}
-# A cluster without a `user` logs in as its engine's usual one (Redis and Kafka log in only
-# when a user is given: redis.username, and SASL for Kafka).
-DEFAULT_USERS = {"postgres": "postgres", "neo4j": "neo4j"}
+# What each engine brings to the config (its kind, usual port and user, its section's model)
+# comes from its EngineSpec (dbops.engines): read when a config is validated, not at import.
+SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True)
@@ -206,6 +202,10 @@ class RedisOptions(Model):
     sentinel_password: SecretRef | None = None
     thresholds: RedisThresholds = RedisThresholds()
 
+    def __post_init__(self) -> None:
+        sentinels = [m if m is None or m.port is not None else replace(m, port=SENTINEL_PORT) for m in self.sentinels]
+        object.__setattr__(self, "sentinels", sentinels)
+
     def check(self) -> list[Any]:
         problems: list[Any] = []
         if self.mode == "sentinel":
@@ -361,10 +361,10 @@ class Fencing(Model):
 
 @dataclass(frozen=True)
 class Cluster(Model):
-    engine: Literal["postgres", "redis", "kafka", "neo4j", "qdrant"]
+    engine: str  # a registered engine's kind (checked against the specs)
     members: list[Member] = field(metadata=limits(min_length=1))
     database: str = "postgres"
-    # None: the engine's usual user (DEFAULT_USERS), filled in by __post_init__.
+    # None: the engine's usual user (its spec's default_user), filled in by __post_init__.
     user: str | None = None
     password: SecretRef | None = None
     tls: TLS = TLS()
@@ -374,10 +374,10 @@ class Cluster(Model):
     pgbouncer: PgBouncer | None = None
     pgbackrest: PgBackRest | None = None
     backups: Backups = Backups()
-    redis: RedisOptions | None = None
-    kafka: KafkaOptions | None = None
-    neo4j: Neo4jOptions | None = None
-    qdrant: QdrantOptions | None = None
+    # Each engine's own section ([redis], [kafka], a plugin's ...), keyed by engine kind and
+    # validated with the model its spec names; the cluster's engine's section is always there
+    # (its defaults when the file has none). Filled from those keys, not from an `options` key.
+    options: dict[str, Any] = field(default_factory=dict, metadata={"sections": True})
     # What surrounds the cluster: its Kubernetes objects, its RDS instance.
     kubernetes: KubernetesRef | None = None
     rds: RdsRef | None = None
@@ -385,29 +385,54 @@ class Cluster(Model):
     fencing: Fencing | None = None
     description: str = ""
 
+    @classmethod
+    def sections(cls) -> dict[str, type[Model]]:
+        from dbops.engines import specs
+
+        return {kind: spec.options for kind, spec in specs().items() if spec.options is not None}
+
     def __post_init__(self) -> None:
-        port = DEFAULT_PORTS[self.engine]
-        members = [m if m is None or m.port is not None else replace(m, port=port) for m in self.members]
+        from dbops.engines import specs
+
+        spec = specs().get(self.engine)
+        if spec is None:
+            return  # check() says the engine is unknown
+        members = [m if m is None or m.port is not None else replace(m, port=spec.default_port) for m in self.members]
         object.__setattr__(self, "members", members)
-        if self.user is None and self.engine in DEFAULT_USERS:
-            object.__setattr__(self, "user", DEFAULT_USERS[self.engine])
-        if self.engine == "kafka" and self.kafka is None:
-            object.__setattr__(self, "kafka", KafkaOptions())
-        if self.engine == "neo4j" and self.neo4j is None:
-            object.__setattr__(self, "neo4j", Neo4jOptions())
-        if self.engine == "qdrant" and self.qdrant is None:
-            object.__setattr__(self, "qdrant", QdrantOptions())
-        if self.redis is not None:
-            sentinels = [m if m is None or m.port is not None else replace(m, port=26379) for m in self.redis.sentinels]
-            object.__setattr__(self, "redis", replace(self.redis, sentinels=sentinels))
-        elif self.engine == "redis":
-            object.__setattr__(self, "redis", RedisOptions())
+        if self.user is None and spec.default_user is not None:
+            object.__setattr__(self, "user", spec.default_user)
+        if spec.options is not None and self.engine not in self.options:
+            object.__setattr__(self, "options", {**self.options, self.engine: spec.options()})
+
+    # Typed access to the built-in engines' sections (a plugin engine reads options[kind]).
+    @property
+    def redis(self) -> RedisOptions | None:
+        return self.options.get("redis")
+
+    @property
+    def kafka(self) -> KafkaOptions | None:
+        return self.options.get("kafka")
+
+    @property
+    def neo4j(self) -> Neo4jOptions | None:
+        return self.options.get("neo4j")
+
+    @property
+    def qdrant(self) -> QdrantOptions | None:
+        return self.options.get("qdrant")
 
     def check(self) -> list[Any]:
+        from dbops.engines import broken, specs
+
+        known = specs()
+        if self.engine not in known:
+            why = broken().get(self.engine)
+            return [(("engine",), why if why else
+                     "must be one of " + ", ".join(repr(k) for k in known) + f" (got {self.engine!r})")]
         names = [m.name for m in [*self.members, *(self.redis.sentinels if self.redis else [])] if m is not None]
         problems: list[Any] = [f"member name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
-        for section in ("redis", "kafka", "neo4j", "qdrant"):
-            if self.engine != section and getattr(self, section) is not None:
+        for section in self.options:
+            if section != self.engine:
                 problems.append(((section,), f"a [{section}] section on an engine = {self.engine!r} cluster"))
         if self.rds is not None and self.engine != "postgres":
             problems.append((("rds",), "an [rds] section belongs on an engine = \"postgres\" cluster"))
@@ -515,12 +540,12 @@ class Config(Model):
                 continue
             for cname, cluster in env.clusters.items():
                 refs = [("password", cluster.password)]
-                if cluster.redis is not None:
-                    refs.append(("redis.sentinel_password", cluster.redis.sentinel_password))
+                # Every credential of the engine's own section ([redis] sentinel_password, [qdrant]
+                # manage_api_key, a plugin's ...).
+                for kind, section in cluster.options.items():
+                    refs += [(f"{kind}.{name}", value) for name, value in vars(section).items() if isinstance(value, SecretRef)]
                 if cluster.pgbouncer:
                     refs.append(("pgbouncer.password", cluster.pgbouncer.password))
-                if cluster.qdrant is not None:
-                    refs.append(("qdrant.manage_api_key", cluster.qdrant.manage_api_key))
                 if cluster.rds is not None:
                     refs += [("rds.aws.access_key_id", cluster.rds.aws.access_key_id),
                              ("rds.aws.secret_access_key", cluster.rds.aws.secret_access_key)]
@@ -567,11 +592,6 @@ class Config(Model):
         return out
 
 
-REDIS_UNIT = "nodes"  # the name of a Redis deployment's single poll unit
-KAFKA_UNIT = "brokers"  # the name of a Kafka cluster's single poll unit
-QDRANT_UNIT = "nodes"  # the name of a Qdrant cluster's single poll unit
-
-
 @dataclass(frozen=True)
 class ClusterRef:
     """A cluster with its environment and the defaults that apply to it."""
@@ -608,21 +628,16 @@ class ClusterRef:
 
     @property
     def poll_units(self) -> list[Member]:
-        """What the pollers poll, one loop each. A PostgreSQL member is polled on its own; a
-        Redis deployment is polled as one unit (its nodes are discovered, so they are not all in
-        the config), whose collect() reaches every node concurrently with a timeout per node."""
-        if self.cluster.engine == "redis":
+        """What the pollers poll, one loop each: every member on its own (PostgreSQL), or the
+        whole cluster as one unit when its spec says so (a Redis deployment, whose nodes are
+        discovered, so they are not all in the config; Kafka's brokers; Qdrant's nodes): that
+        collect() reaches every node concurrently with a timeout per node."""
+        from dbops.engines import spec_of
+
+        unit = spec_of(self.cluster.engine).poll_unit
+        if unit is not None:
             seed = self.cluster.members[0]
-            return [Member(name=REDIS_UNIT, host=seed.host, port=seed.port)]
-        if self.cluster.engine == "kafka":
-            # One admin client sees every broker: the brokers are judged from one refresh.
-            seed = self.cluster.members[0]
-            return [Member(name=KAFKA_UNIT, host=seed.host, port=seed.port)]
-        if self.cluster.engine == "qdrant":
-            # Every node answers from its own point of view: one refresh asks them all at once,
-            # each under its own time bound, and judges them together.
-            seed = self.cluster.members[0]
-            return [Member(name=QDRANT_UNIT, host=seed.host, port=seed.port)]
+            return [Member(name=unit, host=seed.host, port=seed.port)]
         return list(self.cluster.members)
 
 
@@ -717,8 +732,11 @@ def _model_at(path: tuple[str, ...]) -> type[Model] | None:
         if not (isinstance(model, type) and issubclass(model, Model)):
             return None
         ann = model.hints().get(path[i])
-        if ann is None:
-            return None
+        declared = model.__dataclass_fields__.get(path[i])
+        if ann is None or (declared is not None and declared.metadata.get("sections")):
+            ann = model.sections().get(path[i])  # an engine's own section
+            if ann is None:
+                return None
         origin = getattr(ann, "__origin__", None)
         args = getattr(ann, "__args__", ())
         if origin in (dict, list):
@@ -735,7 +753,7 @@ def _suggest(path: tuple[str, ...]) -> str:
     owner = _model_at(path)
     if owner is None:
         return ""
-    close = difflib.get_close_matches(str(path[-1]), owner.field_names(), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(path[-1]), owner.key_names(), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -6,25 +6,17 @@ the same ClusterHealth.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from dbops.config import ClusterRef
+from dbops.engines import assessor
 from dbops.model import ClusterHealth, Snapshot
 
-# Assessment modules are pure Python over the engine's data classes: importing one never pulls
-# in the engine's client library.
-_ASSESSORS = {
-    "postgres": "dbops.engines.postgres.assess",
-    "redis": "dbops.engines.redis.assess",
-    "kafka": "dbops.engines.kafka.assess",
-    "neo4j": "dbops.engines.neo4j.assess",
-    "qdrant": "dbops.engines.qdrant.assess",
-}
 
-
+# Each engine's spec names its assessment module: pure Python over the engine's data classes,
+# so importing one never pulls in the engine's client library.
 def _assessor(ref: ClusterRef) -> Any:
-    return importlib.import_module(_ASSESSORS[ref.cluster.engine])
+    return assessor(ref.cluster.engine)
 
 
 def assess_cluster(

@@ -56,6 +56,19 @@ class Model:
         return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
     @classmethod
+    def sections(cls) -> dict[str, type["Model"]]:
+        """Keys this model takes besides its fields, each with its model: tables whose set is
+        known only at run time (an engine's own section, by engine kind). They are collected
+        into the field whose metadata says {"sections": True}."""
+        return {}
+
+    @classmethod
+    def key_names(cls) -> list[str]:
+        """Every key a config file may give this model."""
+        fields = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("sections")]  # type: ignore[arg-type]
+        return fields + list(cls.sections())
+
+    @classmethod
     def hints(cls) -> dict[str, Any]:
         if cls not in Model._hints_cache:
             Model._hints_cache[cls] = typing.get_type_hints(cls)
@@ -165,12 +178,20 @@ def _convert_model(cls: type[Model], value: Any, loc: Loc, errors: list[Error]) 
         return None
     hints = cls.hints()
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    collector = next((f.name for f in fields.values() if f.metadata.get("sections")), None)
+    sections = cls.sections() if collector is not None else {}
     for key in value:
-        if key not in fields:
+        if (key not in fields or key == collector) and key not in sections:
             errors.append(Error(loc + (str(key),), "unknown", "unknown key"))
     kwargs: dict[str, Any] = {}
     complete = True
+    if collector is not None:
+        given = {k: _convert(model, value[k], loc + (k,), errors) for k, model in sections.items() if k in value}
+        complete = all(v is not None for v in given.values())
+        kwargs[collector] = given
     for name, f in fields.items():
+        if name == collector:
+            continue
         if name not in value:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 errors.append(Error(loc + (name,), "missing", "required key is missing"))

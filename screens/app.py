@@ -23,6 +23,21 @@ class HealthChanged(Message):
     handler drains the hub, so a burst of polls costs one UI update."""
 
 
+PANE_GROUP = "dbops.panes"
+
+
+def pane_for(kind: str) -> "type[Screen[None]] | None":
+    """An engine's pane, from the `dbops.panes` entry-point group: the one table of kinds to
+    panes. Built-ins register there as a third party's engine does (pyproject.toml); read when a
+    cluster is opened, so the first frame never pays for it."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PANE_GROUP, name=kind):
+        pane: type[Screen[None]] = ep.load()
+        return pane
+    return None
+
+
 def operator_name() -> str:
     user = getpass.getuser()
     sudo = os.environ.get("SUDO_USER")
@@ -231,29 +246,17 @@ class DbopsApp(App[None]):
             self.push_screen(BackupsScreen())
 
     def open_cluster(self, key: str) -> None:
-        ref = self._hub.ref(key)
-        if ref.cluster.engine == "postgres":
-            from .postgres import PostgresScreen
-
-            self.push_screen(PostgresScreen(key))
-        elif ref.cluster.engine == "redis":
-            from .redis import RedisScreen
-
-            self.push_screen(RedisScreen(key))
-        elif ref.cluster.engine == "kafka":
-            from .kafka import KafkaScreen
-
-            self.push_screen(KafkaScreen(key))
-        elif ref.cluster.engine == "neo4j":
-            from .neo4j import Neo4jScreen
-
-            self.push_screen(Neo4jScreen(key))
-        elif ref.cluster.engine == "qdrant":
-            from .qdrant import QdrantScreen
-
-            self.push_screen(QdrantScreen(key))
-        else:
-            self.notify(f"no pane for engine {ref.cluster.engine!r} yet", severity="error")
+        kind = self._hub.ref(key).cluster.engine
+        try:
+            pane = pane_for(kind)
+        except Exception as exc:  # a plugin's pane that cannot load: say so, keep the console
+            self.notify(f"the {kind} pane cannot be loaded: {type(exc).__name__}: {exc}", severity="error")
+            return
+        if pane is None:
+            self.notify(f"no pane for engine {kind!r} yet: its clusters are on the overview and in `dbops check`",
+                        severity="error")
+            return
+        self.push_screen(pane(key))
 
     def open_runbooks(self, key: str) -> None:
         """Pick a runbook for this cluster's engine, then open the wizard on it."""

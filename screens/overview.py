@@ -8,9 +8,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from dbops.engines.postgres.summary import summarize
+from dbops.engines import overview_row
+from dbops.engines.spec import TopologyEntry
 from dbops.health import sort_worst_first
-from dbops.model import ClusterHealth, Reachability, Severity, human_bytes, human_seconds
+from dbops.model import ClusterHealth, Reachability, Severity, human_seconds
 
 from .render import SEVERITY_STYLE, severity_text
 from .widgets import EnvBanner
@@ -32,9 +33,9 @@ COLUMNS = (
 )
 
 
-def topology_text(summary) -> Text:
+def topology_text(entries: tuple[TopologyEntry, ...]) -> Text:
     t = Text()
-    for i, entry in enumerate(summary.topology):
+    for i, entry in enumerate(entries):
         if i:
             t.append(" ")
         if entry.reachability is Reachability.UP:
@@ -132,28 +133,16 @@ class OverviewScreen(Screen[None]):
 
     def _cells(self, c: ClusterHealth) -> list:
         ref = self.app.hub.ref(f"{c.environment}/{c.name}")
-        s = summarize(ref, c)
-        lag = "-"
-        if s.worst_lag_bytes is not None or s.worst_lag_seconds is not None:
-            lag = f"{human_bytes(s.worst_lag_bytes)}/{human_seconds(s.worst_lag_seconds)}"
-        conns = f"{s.connections_pct:.0f}%" if s.connections_pct is not None else "-"
-        long = str(s.long_running + s.idle_in_transaction) if (s.long_running or s.idle_in_transaction) else "0"
-        if ref.cluster.engine == "kafka":
-            lag = self._kafka_lag(c)
-        elif ref.cluster.engine == "neo4j":
-            long = self._neo4j_long(ref, c)
-        elif ref.cluster.engine == "qdrant":
-            lag = self._qdrant_replicas(c)
-        backup = self._backup_cell(ref, s.archiver == "failing" and ref.cluster.engine == "postgres")
+        row = overview_row(ref, c)
         return [
             severity_text(c.severity),
             Text(c.environment, style="bold red" if ref.production else ""),
             Text(c.name, style="bold"),
-            topology_text(s),
-            lag,
-            backup,
-            conns,
-            long,
+            topology_text(row.topology),
+            row.lag,
+            self._backup_cell(ref, row.backup_alert),
+            row.connections,
+            row.long,
         ]
 
     def _backup_problems(self) -> list[tuple[Severity, str]]:
@@ -163,7 +152,7 @@ class OverviewScreen(Screen[None]):
         return [(m.severity, m.message.split("/", 1)[-1]) for st in states if st is not None
                 for m in st.metrics if m.severity is not Severity.OK]
 
-    def _backup_cell(self, ref, wal_failing: bool) -> Text:
+    def _backup_cell(self, ref, alert: str) -> Text:
         from dbops.platform.backups import has_backups
 
         state = self.app.hub.backup_state(ref.key, self.app.clock()) if has_backups(ref) else None
@@ -175,44 +164,9 @@ class OverviewScreen(Screen[None]):
             age = state.newest_age_seconds
             text = human_seconds(age) if age is not None else ("none" if state.severity is Severity.CRIT else "?")
             style = SEVERITY_STYLE[state.severity].replace(" on red", "").replace("white", "red")
-        if wal_failing:  # WAL archiving is failing: the point-in-time recovery window stops growing
-            return Text.assemble(("WAL✗ ", "bold red"), (text, style))
+        if alert:  # e.g. WAL archiving is failing: the point-in-time recovery window stops growing
+            return Text.assemble((f"{alert} ", "bold red"), (text, style))
         return Text(text, style=style)
-
-    def _kafka_lag(self, c: ClusterHealth) -> str:
-        """The consumer group furthest behind in time: its records behind and how old."""
-        from dbops.engines.kafka.data import KafkaData
-
-        data = next((m.snapshot.shown for m in c.members if isinstance(m.snapshot.shown, KafkaData)), None)
-        groups = [g for g in data.groups if g.max_lag_seconds is not None] if data else []
-        if not groups:
-            return "-"
-        g = max(groups, key=lambda g: g.max_lag_seconds or 0)
-        return f"{g.total_lag} rec/{human_seconds(g.max_lag_seconds)}"
-
-    @staticmethod
-    def _qdrant_replicas(c: ClusterHealth) -> str:
-        """Shard replicas not Active (Qdrant's nearest thing to replication lag)."""
-        from dbops.engines.qdrant.data import QdrantData
-
-        data = next((m.snapshot.shown for m in c.members if isinstance(m.snapshot.shown, QdrantData)), None)
-        if data is None:
-            return "-"
-        replicas = data.replicas()
-        dead = sum(1 for r in replicas if r.state == "Dead")
-        other = sum(1 for r in replicas if r.state not in ("Active", "Dead"))
-        if not dead and not other:
-            return f"{len(replicas)} repl ok"
-        return ", ".join(p for p in (f"{dead} Dead" if dead else "", f"{other} not Active" if other else "") if p)
-
-    @staticmethod
-    def _neo4j_long(ref, c: ClusterHealth) -> str:
-        """Transactions running longer than the warning threshold, every server."""
-        from dbops.engines.neo4j.data import Neo4jMemberData
-
-        limit = ref.cluster.neo4j.thresholds.transaction_ms_warn
-        return str(sum(1 for m in c.members if isinstance(m.snapshot.data, Neo4jMemberData)
-                       for t in m.snapshot.data.transactions if t.elapsed_ms > limit))
 
     def action_open(self) -> None:
         table = self.query_one("#clusters", DataTable)

@@ -203,7 +203,7 @@ def test_empty_members_and_two_secret_sources():
     assert "x.toml:3: environments.e.clusters.c.members: needs at least 1 entry" in str(err.value)
     with pytest.raises(ConfigError) as err:
         parse('[environments.e.clusters.c]\nengine = "mysql"\nmembers = [{ name = "a", host = "h" }]\n', "x.toml")
-    assert "engine: must be one of 'postgres', 'redis', 'kafka', 'neo4j', 'qdrant' (got 'mysql')" in str(err.value)
+    assert "engine: must be one of 'kafka', 'neo4j', 'postgres', 'qdrant', 'redis' (got 'mysql')" in str(err.value)
 
 
 from hypothesis import given, settings

@@ -1,0 +1,107 @@
+"""What an engine is, declared once: `EngineSpec`.
+
+Every engine package (`dbops/engines/<kind>/__init__.py`, or a third party's) exports a SPEC
+and registers it in the `dbops.engines` entry-point group, built-ins included. The config, the
+poller, the severity rules, the overview and `dbops check` all read the spec, so adding an engine
+touches only its own package, its pane, its tests and the entry point.
+
+A spec names its adapter, assessor and overview row as import strings: reading the specs costs
+no client library, so start-up stays lazy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from dbops.model import ClusterHealth, Reachability
+
+if TYPE_CHECKING:
+    from dbops.config import ClusterRef
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyEntry:
+    name: str
+    role: str
+    reachability: Reachability
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewRow:
+    """An engine's facts for one cluster on the overview (and anything else that lists clusters).
+    Plain strings: the UI styles them; "-" where the engine has nothing to say."""
+
+    topology: tuple[TopologyEntry, ...]
+    lag: str = "-"
+    connections: str = "-"
+    long: str = "0"
+    # Something that undermines the backups although their newest is recent (a failing WAL
+    # archiver: the point-in-time window stops growing); shown beside the backup's age.
+    backup_alert: str = ""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    kind: str  # the config's `engine = "..."`
+    title: str  # how people write it: "PostgreSQL"
+    default_port: int
+    # A cluster without a `user` logs in as this one; None: the engine logs in only when told to.
+    default_user: str | None
+    # "module:attr" of the Adapter subclass (imports the client library: loaded on first poll).
+    adapter: str
+    # Module with assess_cluster(ref, snapshots, baseline, now) and update_baseline(baseline,
+    # snapshots): pure Python over the engine's data classes.
+    assessor: str
+    # "module:function" (ref, health) -> OverviewRow; None: the generic row (topology and the
+    # members' replication lag).
+    overview: str | None = None
+    # The model of the cluster's `[<kind>]` section (e.g. RedisOptions), filled with its defaults
+    # when the section is absent; None: the engine has no section of its own.
+    options: type | None = None
+    # The model of the engine's thresholds, for documentation and `dbops config` (where they
+    # live: inside `options`, or the cluster's own `thresholds` for PostgreSQL).
+    thresholds: type | None = None
+    # Polled as one unit named this (the engine's collect() reaches every node, discovered or
+    # configured, in one refresh); None: each configured member is polled on its own.
+    poll_unit: str | None = None
+
+    def load_adapter(self) -> Any:
+        return load_attr(self.adapter)
+
+    def load_assessor(self) -> Any:
+        return importlib.import_module(self.assessor)
+
+    def overview_row(self, ref: "ClusterRef", health: ClusterHealth) -> OverviewRow:
+        if self.overview is None:
+            return generic_overview_row(health)
+        row: Callable[[ClusterRef, ClusterHealth], OverviewRow] = load_attr(self.overview)
+        return row(ref, health)
+
+
+def load_attr(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def topology(health: ClusterHealth) -> tuple[TopologyEntry, ...]:
+    """Primaries first, then the others, in config order within each."""
+    entries = [TopologyEntry(m.name, m.role, m.snapshot.reachability) for m in health.members]
+    entries.sort(key=lambda t: 0 if t.role == "primary" else 1)
+    return tuple(entries)
+
+
+def worst_lag(health: ClusterHealth) -> str:
+    """The members' worst replication lag as 'bytes/seconds', '-' when none is known."""
+    from dbops.model import human_bytes, human_seconds
+
+    lag_b = [m.lag_bytes for m in health.members if m.lag_bytes is not None]
+    lag_s = [m.lag_seconds for m in health.members if m.lag_seconds is not None]
+    if not lag_b and not lag_s:
+        return "-"
+    return f"{human_bytes(max(lag_b) if lag_b else None)}/{human_seconds(max(lag_s) if lag_s else None)}"
+
+
+def generic_overview_row(health: ClusterHealth) -> OverviewRow:
+    return OverviewRow(topology=topology(health), lag=worst_lag(health))
