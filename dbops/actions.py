@@ -69,11 +69,11 @@ class ActionOutcome:
     message: str
 
 
-def decline(audit: "AuditLog", act: BackendAction) -> None:
+def decline(audit: AuditLog, act: BackendAction) -> None:
     _abort(audit, act, "declined")
 
 
-def _abort(audit: "AuditLog", act: BackendAction, outcome: str, reason: str | None = None) -> None:
+def _abort(audit: AuditLog, act: BackendAction, outcome: str, reason: str | None = None) -> None:
     audit.abort(
         action=act.action,
         environment=act.ref.environment,
@@ -85,7 +85,7 @@ def _abort(audit: "AuditLog", act: BackendAction, outcome: str, reason: str | No
     )
 
 
-def _finish(audit: "AuditLog", intent: dict[str, Any], ok: bool, message: str, **result: Any) -> ActionOutcome:
+def _finish(audit: AuditLog, intent: dict[str, Any], ok: bool, message: str, **result: Any) -> ActionOutcome:
     """Write the result record. If that fails after the server was already told, say both."""
     from dbops.audit import AuditError
 
@@ -96,7 +96,7 @@ def _finish(audit: "AuditLog", intent: dict[str, Any], ok: bool, message: str, *
     return ActionOutcome(ok, message)
 
 
-def perform(audit: "AuditLog", hub: "PollerHub", act: BackendAction, allow_writes: bool) -> ActionOutcome:
+def perform(audit: AuditLog, hub: PollerHub, act: BackendAction, allow_writes: bool) -> ActionOutcome:
     """Signal one backend: re-read it, write the intent, signal, write the result."""
     if not writes_allowed(act.ref, allow_writes):
         raise ReadOnly(read_only_reason(act.ref))

@@ -30,7 +30,7 @@ class Severity(enum.IntEnum):
         return {Severity.OK: 0, Severity.UNKNOWN: 1, Severity.WARN: 2, Severity.CRIT: 3}[self]
 
     @staticmethod
-    def worst(items: "list[Severity] | tuple[Severity, ...]", default: "Severity | None" = None) -> "Severity":
+    def worst(items: list[Severity] | tuple[Severity, ...], default: Severity | None = None) -> Severity:
         if not items:
             return default if default is not None else Severity.UNKNOWN
         return max(items, key=lambda s: s.rank)

@@ -23,10 +23,11 @@ import json
 import os
 import pwd
 import socket
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from dbops.secrets import scrub_text
 
@@ -86,7 +87,7 @@ def current_operator(environ: dict[str, str] | None = None, uid: int | None = No
 # -- the plan an approver reads -----------------------------------------------------------------
 
 
-def plan_text(plan: "Plan", ref: "ClusterRef", params: dict[str, Any]) -> str:
+def plan_text(plan: Plan, ref: ClusterRef, params: dict[str, Any]) -> str:
     """The canonical text of a plan: what will run, where, with which parameters. Deterministic
     (no times, no pre-check verdicts, which change from second to second), so the same plan
     always has the same hash."""
@@ -222,7 +223,7 @@ class ApprovalStore:
     """Approval requests as rows of the coordination database. Each operation opens its own
     connection (a poll every two seconds), so a dropped connection never outlives one call."""
 
-    def __init__(self, db: "CoordinationDb") -> None:
+    def __init__(self, db: CoordinationDb) -> None:
         self.db = db
         self._ready = False
 
@@ -339,7 +340,7 @@ def _one_line(exc: BaseException) -> str:
 # -- what the CLI and the console share ---------------------------------------------------------
 
 
-def store_for(coordination: "CoordinationDb | None", ref: "ClusterRef") -> ApprovalStore | None:
+def store_for(coordination: CoordinationDb | None, ref: ClusterRef) -> ApprovalStore | None:
     """The shared approval store when the cluster's environment needs a second operator (the
     config refuses approvals = 2 without [locks.postgres]); None otherwise."""
     if ref.env.approvals < 2 or coordination is None:
@@ -357,12 +358,12 @@ def _approve_params(req: Request, me: Operator) -> dict[str, Any]:
             "requested_by": req.requester.as_dict(), "approver": me.as_dict()}
 
 
-def audit_declined(audit: "AuditLog", req: Request, me: Operator) -> None:
+def audit_declined(audit: AuditLog, req: Request, me: Operator) -> None:
     audit.abort(action="runbook.approve", environment=req.environment, cluster=req.cluster,
                 params=_approve_params(req, me), run_id=req.run_id, reason="the approver declined", outcome="declined")
 
 
-async def approve_audited(store: ApprovalStore, audit: "AuditLog", req: Request, me: Operator) -> Request:
+async def approve_audited(store: ApprovalStore, audit: AuditLog, req: Request, me: Operator) -> Request:
     """Approve `req` (the plan the approver was shown) as `me`, with the approver's audit
     records: a refused self-approval is an abort; otherwise an intent before and a result after.
     Raises ApprovalRefused or ApprovalError (already audited)."""

@@ -50,7 +50,7 @@ class Journal:
         self.path = path
 
     @classmethod
-    def create(cls, state: Path, run_id: str) -> "Journal":
+    def create(cls, state: Path, run_id: str) -> Journal:
         d = runs_dir(state)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = d / f"{run_id}.jsonl"
@@ -59,7 +59,7 @@ class Journal:
         return cls(path)
 
     @classmethod
-    def open(cls, state: Path, run_id: str) -> "Journal":
+    def open(cls, state: Path, run_id: str) -> Journal:
         path = runs_dir(state) / f"{run_id}.jsonl"
         if not path.exists():
             known = sorted(p.stem for p in runs_dir(state).glob("*.jsonl"))[-5:] if runs_dir(state).exists() else []

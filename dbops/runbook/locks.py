@@ -32,11 +32,11 @@ import os
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Protocol
-
+from typing import Any, Protocol
 
 # --override shared-lock=REASON: run in production with only this host's lock file.
 SHARED_LOCK = "shared-lock"
@@ -303,7 +303,7 @@ class LeaseLock:
         from dbops.platform import kubernetes as k8s
 
         self._conn = k8s.connect_leases(self.leases)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         lease = k8s.get_lease(self._conn, self.name)
         if lease is None:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -334,7 +334,7 @@ class LeaseLock:
             if exc.status != 409:
                 raise
             now_spec = (k8s.get_lease(self._conn, self.name) or {}).get("spec") or {}
-            raise LockHeld(f"another console took the runbook lock first: {_describe(now_spec, datetime.now(timezone.utc))} ({self.where})") from None
+            raise LockHeld(f"another console took the runbook lock first: {_describe(now_spec, datetime.now(UTC))} ({self.where})") from None
 
     async def _renew_loop(self, stop: asyncio.Event) -> None:
         every = max(1.0, self.leases.duration_seconds / 3)
@@ -342,7 +342,7 @@ class LeaseLock:
             try:
                 await asyncio.wait_for(stop.wait(), every)
                 return  # released
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 lost = await asyncio.to_thread(self._renew)
@@ -358,7 +358,7 @@ class LeaseLock:
         from dbops.platform import kubernetes as k8s
 
         assert self._lease is not None
-        spec = {**(self._lease.get("spec") or {}), "renewTime": k8s.micro_time(datetime.now(timezone.utc))}
+        spec = {**(self._lease.get("spec") or {}), "renewTime": k8s.micro_time(datetime.now(UTC))}
         try:
             self._lease = k8s.replace_lease(self._conn, {**self._lease, "spec": spec})
             return None

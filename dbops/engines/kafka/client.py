@@ -89,7 +89,9 @@ async def _start(client: Any, kw: dict[str, Any]) -> None:
         if isinstance(exc, KafkaConnectionError) and kw["security_protocol"] != "PLAINTEXT":
             reason = await _bootstrap_failure(kw)
             if reason is not None:
-                raise reason  # with the bootstrap error as its __context__
+                # Not `from exc`: that would replace the reason's own __cause__ (the TLS error the
+                # operator needs); the bootstrap error stays its __context__.
+                raise reason  # noqa: B904
         raise
 
 
@@ -156,7 +158,7 @@ async def close(client: Any) -> None:
     stop = getattr(client, "close", None) or client.stop
     try:
         await asyncio.wait_for(stop(), timeout=2.0)
-    except (asyncio.TimeoutError, TimeoutError, OSError, ConnectionError):
+    except (TimeoutError, OSError, ConnectionError):
         # The sockets are dead or stuck; dropping our reference is all that is left to do.
         pass
 
@@ -218,7 +220,7 @@ async def metadata_from_each_broker(admin_client: Any, timeout: float) -> dict[s
     for node in nodes or [None]:
         try:
             return await asyncio.wait_for(metadata(admin_client, node), timeout=timeout)
-        except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaConnectionError, NodeNotReadyError) as exc:
             error = exc
     assert error is not None
     raise error
@@ -234,7 +236,7 @@ async def from_any_broker(call: Any, attempts: int, timeout: float | Any) -> Any
     for attempt in range(attempts):
         try:
             return await asyncio.wait_for(call(), timeout=timeout() if callable(timeout) else timeout)
-        except (KafkaConnectionError, NodeNotReadyError, asyncio.TimeoutError):
+        except (TimeoutError, KafkaConnectionError, NodeNotReadyError):
             if attempt == attempts - 1:
                 raise
     raise ValueError("attempts must be at least 1")

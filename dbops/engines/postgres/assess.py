@@ -22,7 +22,8 @@ has no field for them).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
 from dbops.engines.postgres.data import Archiver, PgMemberData, PoolRow, Session

@@ -53,8 +53,10 @@ class Target:
     password: Secret | None
 
     @classmethod
-    def of(cls, ref: ClusterRef, member: Member, database: str | None = None) -> "Target":
+    def of(cls, ref: ClusterRef, member: Member, database: str | None = None) -> Target:
         c = ref.cluster
+        # A loaded config's Cluster fills both in (a PostgreSQL cluster: port 5432, user "postgres").
+        assert member.port is not None and c.user is not None
         return cls(member.host, member.port, c.user, database or c.database, c.tls.mode, c.tls.ca_file,
                    c.tls.cert_file, c.tls.key_file, resolve(c.password))
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from dbops.config import ClusterRef, Fencing, Member
 from dbops.secrets import scrub_text
@@ -201,7 +202,7 @@ async def fence_command(fencing: Fencing, m: Member, log: Callable[[str], None])
                                                  stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=fencing.command_timeout)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         return FenceResult("command", m.name, False, f"did not finish within {fencing.command_timeout:g}s (killed)")
@@ -298,7 +299,7 @@ async def pause_pool(ref: ClusterRef, timeout: float = 30.0) -> None:
         return
     try:
         await _pool_admin(ref, f"PAUSE {ref.cluster.database}", timeout=timeout)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         # PgBouncer goes on pausing after we stop waiting: give its clients back before failing.
         await _pool_admin(ref, f"RESUME {ref.cluster.database}", timeout=ref.timeout + 2)
         raise TimeoutError(f"PgBouncer's PAUSE {ref.cluster.database} did not return within {timeout:g}s "

@@ -18,9 +18,9 @@ import json
 import os
 import pwd
 import shlex
-from pathlib import Path
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from dbops.secrets import scrub_text
@@ -52,13 +52,13 @@ class Backup:
     error: bool  # a page checksum error was found during the backup
 
     @classmethod
-    def from_json(cls, b: dict[str, Any]) -> "Backup":
+    def from_json(cls, b: dict[str, Any]) -> Backup:
         ts, info, archive = b.get("timestamp", {}), b.get("info", {}), b.get("archive", {}) or {}
         repo = info.get("repository", {})
         return cls(
             label=str(b["label"]), type=str(b["type"]),
-            start=datetime.fromtimestamp(int(ts["start"]), tz=timezone.utc),
-            stop=datetime.fromtimestamp(int(ts["stop"]), tz=timezone.utc),
+            start=datetime.fromtimestamp(int(ts["start"]), tz=UTC),
+            stop=datetime.fromtimestamp(int(ts["stop"]), tz=UTC),
             size=int(info.get("size", 0)), delta=int(info.get("delta", 0)), repo_size=int(repo.get("size", 0)),
             wal_start=archive.get("start"), wal_stop=archive.get("stop"), error=bool(b.get("error", False)),
         )
@@ -87,7 +87,7 @@ class StanzaInfo:
         return self.status_code in (STATUS_OK, STATUS_NO_BACKUP)
 
     @classmethod
-    def from_json(cls, stanza: dict[str, Any]) -> "StanzaInfo":
+    def from_json(cls, stanza: dict[str, Any]) -> StanzaInfo:
         status = stanza.get("status", {})
         db_ids = [d.get("id") for d in stanza.get("db", [])]
         current = db_ids[-1] if db_ids else None
@@ -183,7 +183,7 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), timeout=_TERM_GRACE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
     except ProcessLookupError:
@@ -266,7 +266,7 @@ def describe_check(conf: str, stanza: str, *, os_user: str | None = None, binary
 def _target_text(target: datetime) -> str:
     # recovery_target_time syntax; always UTC with an explicit offset so the server's TimeZone
     # cannot change its meaning.
-    return target.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    return target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
 def restore_args(pg_path: str, label: str | None, target: datetime | None, delta: bool) -> list[str]:

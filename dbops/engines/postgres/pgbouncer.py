@@ -17,8 +17,8 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import os
 import logging
+import os
 import struct
 
 from dbops.engines.postgres.data import PgBouncerData, PoolRow
@@ -205,7 +205,8 @@ class SimpleQueryClient:
                         pos = end + 1 + 18  # table oid, attnum, type oid, typlen, typmod, format
                 elif kind == b"D":
                     (count,) = struct.unpack("!H", payload[:2])
-                    pos, values = 2, []
+                    pos = 2
+                    values: list[str | None] = []
                     for _i in range(count):
                         (size,) = struct.unpack("!i", payload[pos:pos + 4])
                         pos += 4
@@ -234,7 +235,7 @@ class SimpleQueryClient:
             writer.close()
         try:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             # A dead peer cannot acknowledge the close; the socket is released either way.
             log.debug("closing the PgBouncer connection to %s:%s: %r", self.host, self.port, exc)
 
@@ -324,7 +325,7 @@ class PgBouncerReader:
         """Never raises for a PgBouncer problem: the message lands in PgBouncerData.error."""
         try:
             return await asyncio.wait_for(self._read(), self.timeout)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the error shown in the pane
+        except Exception as exc:  # every failure becomes the error shown in the pane
             await self.close()
             return PgBouncerData(pools=(), stats=(), error=self.describe(exc))
         except asyncio.CancelledError:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import sys
@@ -188,7 +189,7 @@ class Conn:
         self.adapter = adapter
 
     @classmethod
-    def for_member(cls, ref: ClusterRef, member: Member | str) -> "Conn":
+    def for_member(cls, ref: ClusterRef, member: Member | str) -> Conn:
         if isinstance(member, str):
             found = next((m for m in ref.cluster.members if m.name == member), None)
             if found is None:
@@ -206,7 +207,9 @@ class Conn:
 
     @property
     def port(self) -> int:
-        return self.adapter.member.port
+        port = self.adapter.member.port
+        assert port is not None  # a loaded config's Cluster fills in the engine's default port
+        return port
 
     @property
     def timeout(self) -> float:
@@ -289,7 +292,7 @@ async def _step(conn: Conn, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         raise
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every driver/network error is reported the same way
+    except Exception as exc:  # every driver/network error is reported the same way
         raise SwitchoverError(f"{what} on {conn.name} failed: {conn.error(exc)}") from None
 
 
@@ -428,7 +431,7 @@ async def _status(conn: Conn) -> MemberStatus:
         row = await conn.fetchrow(SQL_STATUS)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - unreachable is a verdict, not an error
+    except Exception as exc:  # unreachable is a verdict, not an error
         return MemberStatus(conn.name, False, error=conn.error(exc))
     sender = f"{row['sender_host']}:{row['sender_port']}" if row["sender_host"] else None
     return MemberStatus(
@@ -449,7 +452,7 @@ async def _promotion_running(conn: Conn) -> CheckVerdict:
         row = await conn.fetchrow(SQL_PROMOTION_RUNNING)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return CheckVerdict(f"no-promotion-running:{conn.name}", False, f"cannot tell on {conn.name}: {conn.error(exc)}")
     if row["promoting_session"] or row["promote_signal"]:
         why = "a session is running pg_promote" if row["promoting_session"] else "the promote signal file is present"
@@ -673,7 +676,7 @@ async def fence_primary(primary: Conn, *, terminate_wait: float = 5.0, checkpoin
                                             timeout=terminate_wait + primary.timeout)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - e.g. no permission to end a superuser's session
+            except Exception as exc:  # e.g. no permission to end a superuser's session
                 refused.append(f"{label}: {primary.error(exc)}")
                 continue
             if ok:
@@ -739,7 +742,7 @@ async def wait_replayed(candidate: Conn, lsn: str, timeout: float = 60.0) -> Rep
             row = await candidate.fetchrow(SQL_REPLAY, lsn)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline when transient
+        except Exception as exc:  # retried until the deadline when transient
             if not _transient(exc):
                 raise SwitchoverError(f"waiting for replay on {candidate.name} failed: {candidate.error(exc)}") from None
             last = candidate.error(exc)
@@ -811,7 +814,7 @@ async def promote(candidate: Conn, timeout: float = 60.0) -> PromoteResult:
         state = await _promotion_state(candidate)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SwitchoverError(f"cannot reach {candidate.name} to promote it (pg_promote was not sent): "
                               f"{candidate.error(exc)}") from None
     if not state.in_recovery:
@@ -830,7 +833,7 @@ async def promote(candidate: Conn, timeout: float = 60.0) -> PromoteResult:
     except _asyncpg_error("InsufficientPrivilegeError") as exc:
         raise SwitchoverError(f"pg_promote on {candidate.name} refused, nothing was promoted: "
                               f"{candidate.error(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - lost connection, timeout, "recovery is not in progress": poll
+    except Exception as exc:  # lost connection, timeout, "recovery is not in progress": poll
         note = f"pg_promote gave no answer: {candidate.error(exc)}"
 
     deadline = time.monotonic() + timeout
@@ -841,7 +844,7 @@ async def promote(candidate: Conn, timeout: float = 60.0) -> PromoteResult:
             state = await _promotion_state(candidate)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the candidate may be restarting its processes
+        except Exception as exc:  # the candidate may be restarting its processes
             last = f"{candidate.error(exc)}"
             idle_polls = 0
         else:
@@ -898,17 +901,17 @@ async def verify_new_primary(candidate: Conn, expected_timeline: int) -> VerifyR
         try:
             await candidate.execute(sql)
         except _asyncpg_error("UniqueViolationError"):
-            await _step(candidate, sql.split("(")[0].strip(), lambda: candidate.execute(sql))  # lost a race: exists now
+            await _step(candidate, sql.split("(")[0].strip(), functools.partial(candidate.execute, sql))  # lost a race: exists now
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise SwitchoverError(_probe_error(candidate, exc)) from None
     t0 = time.perf_counter()
     try:
         await candidate.execute(SQL_PROBE_WRITE, candidate.name, tl)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SwitchoverError(_probe_error(candidate, exc)) from None
     probe_ms = (time.perf_counter() - t0) * 1000
     lsn = await _step(candidate, "reading the WAL position", lambda: candidate.fetchval(SQL_CURRENT_LSN))
@@ -959,7 +962,7 @@ async def ensure_slot(member: Conn, slot_name: str) -> SlotResult:
         return SlotResult(member.name, slot_name, False)  # created meanwhile (a concurrent call)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SwitchoverError(f"creating slot {slot_name} on {member.name} failed: {member.error(exc)}") from None
     return SlotResult(member.name, slot_name, True)
 
@@ -1123,7 +1126,7 @@ async def repoint_replica(
         await replica.fetchval(SQL_RELOAD)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SwitchoverError(f"repointing {replica.name} failed: {replica.error(exc)}") from None
     return RepointResult(replica.name, scrub_text(new), slot_name, changed)
 
@@ -1178,7 +1181,7 @@ async def can_follow(replica: Conn, upstream: Conn) -> FollowCheck:
         text = await upstream.fetchval(SQL_HISTORY, u.timeline)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - no permission, or the file is gone: cannot tell
+    except Exception as exc:  # no permission, or the file is gone: cannot tell
         return FollowCheck(replica.name, upstream.name, None,
                            f"cannot read {upstream.name}'s timeline history: {upstream.error(exc)}")
     fork = None
@@ -1219,7 +1222,7 @@ async def wait_streaming_from(
             row = await new_primary.fetchrow(SQL_STREAMING, application_name, caught_up_to)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline when transient
+        except Exception as exc:  # retried until the deadline when transient
             if not _transient(exc):
                 raise SwitchoverError(f"reading pg_stat_replication on {new_primary.name} failed: "
                                       f"{new_primary.error(exc)}") from None

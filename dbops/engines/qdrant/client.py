@@ -18,8 +18,9 @@ import importlib
 import json
 import math
 import ssl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dbops.config import ClusterRef, Member
 from dbops.model import Reachability, first_line

@@ -50,14 +50,14 @@ def assess_node(ref: ClusterRef, snap: Snapshot) -> MemberHealth:
         return MemberHealth(snap, role, CRIT, (Metric("reachability", CRIT, f"{snap.reachability.value}: {snap.error}"),))
     d = snap.data
     if isinstance(d, SentinelData):
-        ms = []
+        ms: list[Metric] = []
         if not d.ckquorum_ok:
             ms.append(Metric("ckquorum", CRIT, f"CKQUORUM: {d.ckquorum_message}"))
         if "down" in d.master_flags:
             ms.append(Metric("sentinel_master", CRIT, f"this sentinel flags the master {d.master_flags}"))
         return MemberHealth(snap, "sentinel", Severity.worst([m.severity for m in ms], OK), tuple(ms))
     assert isinstance(d, RedisNodeData)
-    ms: list[Metric] = []
+    ms = []
     pct = d.memory_pct
     if pct is not None:
         sev = CRIT if pct > t.memory_pct_crit else WARN if pct > t.memory_pct_warn else OK

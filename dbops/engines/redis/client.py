@@ -77,7 +77,7 @@ async def close(client: Any) -> None:
     """Close a client, bounded: a stopped server must not hold up the caller."""
     try:
         await asyncio.wait_for(client.aclose(), timeout=1.0)
-    except (asyncio.TimeoutError, TimeoutError, OSError, ConnectionError):
+    except (TimeoutError, OSError, ConnectionError):
         # The socket is already dead or stuck; dropping our reference is all that is left to do.
         pass
 

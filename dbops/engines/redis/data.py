@@ -171,7 +171,7 @@ class RedisTopology:
         return next((n for n in self.nodes if n.name == name), None)
 
 
-def node_data(info: dict[str, str], previous: "RedisNodeData | None", slowlog: list[Any], latency: list[Any],
+def node_data(info: dict[str, str], previous: RedisNodeData | None, slowlog: list[Any], latency: list[Any],
               last_slow_id: int | None) -> RedisNodeData:
     hits, misses = _int(info, "keyspace_hits"), _int(info, "keyspace_misses")
     evicted = _int(info, "evicted_keys")

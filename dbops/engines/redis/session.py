@@ -13,8 +13,8 @@ from typing import Any
 from dbops.config import ClusterRef
 from dbops.engines.redis import client as rc
 from dbops.engines.redis.slots import GROUPS_IN_FLIGHT, Endpoint, Mover, masters
-from dbops.engines.redis.wire import WirePool
 from dbops.engines.redis.topology import ClusterView, NodeLine, judge, parse_nodes
+from dbops.engines.redis.wire import WirePool
 
 OP_TIMEOUT = 120.0  # seconds for one command of a runbook (a MIGRATE of a big batch)
 

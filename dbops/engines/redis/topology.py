@@ -175,7 +175,7 @@ def judge(views: dict[str, tuple[NodeLine, ...]]) -> ClusterView:
     # Each node is described by its own line where it answered (it knows its own slots and open
     # slots), else by the first view that mentions it.
     own: dict[str, NodeLine] = {}
-    for nid, lines in views.items():
+    for lines in views.values():
         for n in lines:
             if n.myself:
                 own[n.node_id] = n

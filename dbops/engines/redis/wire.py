@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from dbops.config import ClusterRef
 from dbops.engines.redis import client as rc
@@ -95,7 +96,7 @@ class Wire:
             await self._connect()
         try:
             return await self._roundtrip(commands, raise_on_error)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError):
             await self.close()  # the stream is in an unknown state: the next batch reconnects
             raise
 
@@ -126,7 +127,7 @@ class Wire:
             w.close()
             try:
                 await asyncio.wait_for(w.wait_closed(), timeout=1.0)
-            except (OSError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, OSError, ConnectionError):
                 pass  # already gone: nothing more to release
 
 
