@@ -62,10 +62,10 @@ def audit() -> None:
 
 def _shipping(ctx: click.Context) -> object:
     """The config's [audit.ship], or a message and exit 2 when there is none."""
-    from dbops.cli import _load_config
+    from dbops.cli_common import load_config
 
     root = ctx.find_root()
-    cfg = _load_config((root.obj or {}).get("config_path") if isinstance(root.obj, dict) else None)
+    cfg = load_config((root.obj or {}).get("config_path") if isinstance(root.obj, dict) else None)
     if cfg.audit.ship is None:
         click.echo("audit shipping is not configured: add [audit.ship] with s3 = { bucket = ... } (a bucket with "
                    "Object Lock) to the config", err=True)

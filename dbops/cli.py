@@ -10,25 +10,11 @@ from typing import Any
 
 import click
 
+# In a module of their own: the subcommand groups use them too, and must not import this one back.
+from dbops.cli_common import fail_config as _fail_config
+from dbops.cli_common import load_config as _load_config
+
 log = logging.getLogger("dbops")
-
-
-def _fail_config(exc: Exception, code: int) -> None:
-    from dbops.config import ConfigError
-
-    assert isinstance(exc, ConfigError)
-    for p in exc.problems:
-        click.echo(f"error: {p}", err=True)
-    sys.exit(code)
-
-
-def _load_config(path: str | None, code: int = 2) -> Any:
-    from dbops.config import ConfigError, find_config, load
-
-    try:
-        return load(find_config(path))
-    except ConfigError as exc:
-        _fail_config(exc, code)
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -248,13 +234,16 @@ def config_validate(ctx: click.Context, path: str | None) -> None:
 @config.command("path")
 @click.pass_context
 def config_path(ctx: click.Context) -> None:
-    """Print which config file dbops would use."""
-    from dbops.config import ConfigError, find_config
+    """Print which config file dbops would use, or that there is none (and where it looks)."""
+    from dbops.cli_common import config_places, optional_config_path
 
-    try:
-        click.echo(find_config(ctx.obj["config_path"]))
-    except ConfigError as exc:
-        _fail_config(exc, 2)
+    path = optional_config_path(ctx.obj["config_path"])
+    if path is None:
+        # Not an error: the commands that need no cluster work without one (`dbops runbook list`).
+        click.echo(f"no config file: dbops looks at {config_places()}, in that order "
+                   "(config.example.toml documents every key; `dbops sandbox up` writes one for a local sandbox)")
+        return
+    click.echo(path)
 
 
 def _register_subgroups() -> None:

@@ -1,9 +1,11 @@
 """The runbook wizard: pick a runbook, fill its parameters, see the plan with the pre-check
 verdicts, run it step by step with confirmations, a live log and a summary.
 
-The executor runs in a thread with its own event loop: its steps wait on servers and fsync the
-audit log, and the UI must not wait on either. It reaches the UI only through TuiConfirmer
-(modals) and the observer (events posted to this screen).
+Only presentation lives here: a RunbookSession (dbops.runbook.session) does the rest, as it does
+for `dbops runbook ...`: parameters, live choices, scrubbed refusals, resources, locks, journal,
+run, approvals, audit shipping. It runs in a thread with its own event loop: its steps wait on
+servers and fsync the audit log, and the UI must not wait on either. It reaches the UI only
+through TuiFrontEnd: modals for its prompts, and its events posted to this screen.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, OptionList, ProgressBar, RichLog, Static
 
 from dbops.config import ClusterRef
-from dbops.runbook.executor import Executor, ExitCode, Plan, RunResult
+from dbops.runbook.executor import ExitCode, Plan, RunResult
 from dbops.runbook.model import Confirm, Context, Runbook, Step
 from dbops.runbook.progress import ProgressLine
+from dbops.runbook.session import MissingParam, RunbookSession, SessionError, unexpected
 
 from .widgets import EnvBanner
 
@@ -120,8 +123,9 @@ class ConfirmStep(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class TuiConfirmer:
-    """Called on the executor's thread; shows a modal on the UI thread and waits for the answer."""
+class TuiFrontEnd:
+    """The wizard's side of a runbook session. Called on the run's thread: a prompt shows a modal
+    on the UI thread and waits for the answer; an event is posted to the screen."""
 
     def __init__(self, screen: "RunbookScreen") -> None:
         self.screen = screen
@@ -157,6 +161,15 @@ class TuiConfirmer:
 
     async def attest(self, step: Step, commands: list[str], ctx: Context, expected: str) -> bool:
         return await self._ask(ConfirmStep(step, commands, ctx.ref.name, attest=expected))
+
+    def cannot_answer(self, step: Step, ref: ClusterRef) -> str | None:
+        return None  # the operator is at the console: every confirmation is asked when it comes
+
+    def event(self, event: str, **data: Any) -> None:
+        if event == "progress":
+            self.screen._from_thread(self.screen.on_step_progress, data["done"], data["total"], data["unit"])
+        else:
+            self.screen._from_thread(self.screen.on_runbook_event, event, data)
 
 
 class RunbookScreen(Screen[None]):
@@ -205,10 +218,17 @@ class RunbookScreen(Screen[None]):
         return self._run_done
 
     @property
-    def confirmer(self) -> TuiConfirmer:
+    def confirmer(self) -> TuiFrontEnd:
         if not hasattr(self, "_confirmer"):
-            self._confirmer = TuiConfirmer(self)
+            self._confirmer = TuiFrontEnd(self)
         return self._confirmer
+
+    @property
+    def session(self) -> RunbookSession:
+        if not hasattr(self, "_session"):
+            self._session = RunbookSession(self.app.config, self.confirmer, state=self.app.state_dir, audit=self.app.audit,
+                                           allow_writes=self.app.allow_writes)
+        return self._session
 
     def _from_thread(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """Run fn on the UI thread from a worker, unless the screen is closing (its widgets are
@@ -257,27 +277,13 @@ class RunbookScreen(Screen[None]):
     @work(thread=True, group="choices")
     def _offer_choices(self) -> None:
         """Ask the cluster which values each parameter can take (e.g. its replicas) and show them."""
-        from dbops.runbook.journal import new_run_id
-
-        ctx = Context(self.ref, {p.name: p.default for p in self.book.params}, run_id=new_run_id())
-
-        async def go() -> dict[str, list[str]]:
-            if self.book.setup is not None:
-                await self.book.setup(ctx)
-            try:
-                found = {}
-                for p in self.book.params:
-                    if p.choices is not None:
-                        found[p.name] = await p.choices(ctx)
-                return found
-            finally:
-                if self.book.teardown is not None:
-                    await self.book.teardown(ctx)
-
         try:
-            found = asyncio.run(go())
-        except Exception as exc:
-            self._from_thread(self.log_line, f"could not list the choices: {exc}", "yellow")
+            found = asyncio.run(self.session.choices(self.book, self.ref))
+        except SessionError as exc:
+            self._from_thread(self.log_line, f"could not list the choices: {exc.message}", "yellow")
+            return
+        except Exception as exc:  # a bug of ours: the crash file has it, the wizard goes on
+            self._from_thread(self.log_line, f"could not list the choices: {unexpected(exc, 'runbook choices')}", "yellow")
             return
         self._from_thread(self._show_choices, found)
 
@@ -297,32 +303,20 @@ class RunbookScreen(Screen[None]):
     # -- parameters --------------------------------------------------------------------------
 
     def _params(self) -> dict[str, Any] | None:
-        values: dict[str, Any] = {}
-        for p in self.book.params:
-            raw = self.query_one(f"#param-{p.name}", Input).value.strip()
-            if not raw:
-                if p.required:
-                    self.notify(f"{p.name} is required: {p.description}", severity="error")
-                    return None
-                values[p.name] = p.default
-                continue
-            try:
-                values[p.name] = p.parse(raw)
-            except ValueError as exc:
-                self.notify(str(exc), severity="error")
-                return None
-        return values
+        # An empty field is a parameter not given: its default, or "required" when it has none.
+        given = {p.name: raw for p in self.book.params if (raw := self.query_one(f"#param-{p.name}", Input).value.strip())}
+        try:
+            return self.session.params(self.book, given)
+        except MissingParam as exc:
+            self.notify(f"{exc.param.name} is required: {exc.param.description}", severity="error")
+        except SessionError as exc:
+            self.notify(exc.message, severity="error")
+        return None
 
-    def _executor(self, params: dict[str, Any], run_id: str) -> Executor:
-        from dbops.runbook.approvals import store_for
-
-        ctx = Context(self.ref, params, run_id=run_id, log=lambda line: self._from_thread(self.log_line, f"    {line}"),
-                      progress=lambda done, total, unit: self._from_thread(self.on_step_progress, done, total, unit))
-        return Executor(
-            self.book, ctx, audit=self.app.audit, confirmer=self.confirmer,
-            observer=lambda event, **data: self._from_thread(self.on_runbook_event, event, data),
-            allow_writes=self.app.allow_writes, approvals=store_for(self.app.config.locks.postgres, self.ref),
-        )
+    def _refused(self, message: str) -> None:
+        """A refusal before anything ran, in the words `dbops runbook` uses (credentials scrubbed)."""
+        self.log_line(message, "bold red")
+        self.notify(message, severity="error", timeout=15)
 
     # -- plan --------------------------------------------------------------------------------
 
@@ -336,23 +330,13 @@ class RunbookScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runbook")
     def _plan(self, params: dict[str, Any]) -> None:
-        from dbops.runbook.journal import new_run_id
-
-        ex = self._executor(params, new_run_id())
-
-        async def go() -> Plan:
-            if self.book.setup is not None:
-                await self.book.setup(ex.ctx)
-            try:
-                return await ex.plan()
-            finally:
-                if self.book.teardown is not None:
-                    await self.book.teardown(ex.ctx)
-
         try:
-            plan = asyncio.run(go())
-        except Exception as exc:
-            self._from_thread(self.notify, f"plan failed: {exc}", severity="error")
+            plan = asyncio.run(self.session.plan(self.book, self.ref, params))
+        except SessionError as exc:
+            self._from_thread(self._refused, exc.message)
+            return
+        except Exception as exc:  # a bug of ours: the crash file has it, the console goes on
+            self._from_thread(self._refused, f"plan failed: {unexpected(exc, 'runbook plan')}")
             return
         self._from_thread(self._show_plan, plan)
 
@@ -388,48 +372,16 @@ class RunbookScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runbook")
     def _run(self, params: dict[str, Any]) -> None:
-        from dbops.runbook.journal import Journal, new_run_id
-        from dbops.runbook.locks import LockHeld, lock_for
-
-        run_id = new_run_id()
-        ex = self._executor(params, run_id)
-        state = self.app.state_dir
-        lock = lock_for(self.ref, run_id, state, note=lambda line: self._from_thread(self.log_line, f"note: {line}", "yellow"),
-                        leases=self.app.config.locks.kubernetes, coordination=self.app.config.locks.postgres,
-                        changes_servers=self.book.changes_servers)
-
-        async def go() -> RunResult:
-            if self.book.setup is not None:
-                await self.book.setup(ex.ctx)
-            try:
-                return await ex.run(Journal.create(state, run_id), lock)
-            finally:
-                if self.book.teardown is not None:
-                    await self.book.teardown(ex.ctx)
-
         self.run_done.clear()
         try:
-            result = asyncio.run(go())
-        except LockHeld as exc:
-            result = RunResult(run_id, ExitCode.REFUSED, str(exc))
-        except Exception as exc:  # shown, and the journal says where it stopped
-            result = RunResult(run_id, ExitCode.STEP_FAILED, f"the run stopped: {exc}")
+            # Its outcome comes as an event (before the audit log is shipped): see on_runbook_event.
+            asyncio.run(self.session.run(self.book, self.ref, params))
+        except SessionError as exc:  # refused before it ran (live choices, a held lock ...)
+            self._from_thread(self._finished, RunResult(exc.run_id or "", exc.code, exc.message))
+        except Exception as exc:  # a bug of ours: the journal says where it stopped, the crash file why
+            self._from_thread(self._finished, RunResult("", ExitCode.STEP_FAILED, f"the run stopped: {unexpected(exc, 'runbook run')}"))
         finally:
             self.run_done.set()
-        self._from_thread(self._finished, result)  # not when the console closed (the decline is audited)
-        self._ship_audit()
-
-    def _ship_audit(self) -> None:
-        """The end of every run ships the audit log ([audit.ship]), here in the run's worker
-        thread; a failure is shown and logged, and never changes the run's outcome."""
-        from dbops.audit_ship import ship_reporting
-
-        outcome = ship_reporting(self.app.audit.path, self.app.config.audit.ship)
-        if outcome is not None:
-            ok, message = outcome
-            self._from_thread(self.log_line, f"audit: {message}", "dim" if ok else "bold red")
-            if not ok:
-                self._from_thread(self.notify, message, severity="error", timeout=20)
 
     def on_step_progress(self, done: float, total: float | None, unit: str) -> None:
         row = self.query_one("#rb-step-progress-row")
@@ -442,6 +394,21 @@ class RunbookScreen(Screen[None]):
 
     def on_runbook_event(self, event: str, data: dict[str, Any]) -> None:
         step: Step | None = data.get("step")
+        if event == "outcome":
+            self._finished(data["result"])
+            return
+        if event == "audit-shipped":
+            # Shipped ([audit.ship]) at the end of every run; a failure never changes its outcome.
+            self.log_line(f"audit: {data['message']}", "dim" if data["ok"] else "bold red")
+            if not data["ok"]:
+                self.notify(data["message"], severity="error", timeout=20)
+            return
+        if event == "log":
+            self.log_line(f"    {data['line']}")
+            return
+        if event in ("note", "warning"):
+            self.log_line(f"{event}: {data['line']}", "yellow")
+            return
         if event == "started":
             self.query_one("#rb-step-progress-row").display = False  # until the new step reports
         steps = self.query_one("#rb-steps", DataTable)
@@ -492,7 +459,8 @@ class RunbookScreen(Screen[None]):
         if result.durations:
             total = sum(result.durations.values())
             self.log_line("summary: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.durations.items()) + f"; total {total:.1f}s")
-        self.log_line(f"run id {result.run_id} (resume with `dbops runbook resume {result.run_id}`)", "dim")
+        if result.run_id:  # none when the run was refused before it had one
+            self.log_line(f"run id {result.run_id} (resume with `dbops runbook resume {result.run_id}`)", "dim")
         self.notify(result.message.splitlines()[0], severity="information" if result.code is ExitCode.OK else "error", timeout=10)
 
     def action_back(self) -> None:

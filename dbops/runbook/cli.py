@@ -9,60 +9,40 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
 def _config(ctx: click.Context) -> Any:
-    from dbops.cli import _load_config
+    from dbops.cli_common import load_config
 
-    return _load_config(ctx.obj.get("config_path"))
-
-
-def _books(cfg: Any) -> dict[str, Any]:
-    from dbops.runbook.registry import load
-
-    books, problems = load(cfg.runbook_dirs)
-    for p in problems:
-        click.echo(f"warning: {p}", err=True)
-    return books
+    return load_config(ctx.obj.get("config_path"))
 
 
-def _cluster(cfg: Any, name: str) -> Any:
-    refs = cfg.clusters()
-    matches = [r for r in refs if name in (r.name, r.key)]
-    if not matches:
-        _fail(f"no cluster {name!r}; configured: {', '.join(r.key for r in refs) or 'none'}")
-    if len(matches) > 1:
-        _fail(f"cluster name {name!r} is in several environments; say which: {', '.join(r.key for r in matches)}")
-    return matches[0]
+def _refused(exc: Exception) -> NoReturn:
+    """A session's refusal as a command line says it: a required parameter is a --param."""
+    from dbops.runbook.session import MissingParam, SessionError
+
+    assert isinstance(exc, SessionError)
+    if isinstance(exc, MissingParam):
+        _fail(f"{exc.book.id} needs --param {exc.param.name}=... ({exc.param.description})")
+    _fail(exc.message, int(exc.code))
 
 
-def _params(book: Any, raw: tuple[str, ...]) -> dict[str, Any]:
-    known = {p.name: p for p in book.params}
-    values: dict[str, Any] = {}
+def _assignments(raw: tuple[str, ...]) -> dict[str, str]:
+    given: dict[str, str] = {}
     for item in raw:
         key, sep, value = item.partition("=")
         if not sep:
             _fail(f"--param {item!r}: expected NAME=VALUE")
-        if key not in known:
-            _fail(f"{book.id} has no parameter {key!r}; parameters: {', '.join(known) or 'none'}")
-        try:
-            values[key] = known[key].parse(value)
-        except ValueError as exc:
-            _fail(str(exc))
-    for p in book.params:
-        if p.name not in values:
-            if p.required:
-                _fail(f"{book.id} needs --param {p.name}=... ({p.description})")
-            values[p.name] = p.default
-    return values
+        given[key] = value
+    return given
 
 
 def _overrides(raw: tuple[str, ...]) -> dict[str, str]:
@@ -75,6 +55,13 @@ def _overrides(raw: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _session(ctx: click.Context, front: Any) -> Any:
+    from dbops.config import state_dir
+    from dbops.runbook.session import RunbookSession
+
+    return RunbookSession(_config(ctx), front, state=state_dir(), allow_writes=ctx.obj.get("allow_writes", False))
+
+
 @click.group()
 def runbook() -> None:
     """Scripted operations: pre-checks, a plan, confirmations, a journal, an audit trail."""
@@ -84,18 +71,41 @@ def runbook() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
-    """Every runbook, built-in and from runbook_dirs."""
-    books = _books(_config(ctx))
+    """Every runbook, built-in and from runbook_dirs. Needs no config file: without one, the
+    built-in runbooks."""
+    from dbops.cli_common import load_config, optional_config_path
+    from dbops.runbook.registry import BUILT_IN, catalog
+
+    path = optional_config_path(ctx.obj.get("config_path"))
+    dirs = load_config(str(path)).runbook_dirs if path is not None else []
+    found = catalog(dirs)
+    for p in found.problems:
+        click.echo(f"warning: {p}", err=True)
+    books = sorted(found.books.values(), key=lambda b: b.id)
     if as_json:
         click.echo(json.dumps([
             {"id": b.id, "engine": b.engine, "title": b.title, "description": b.description,
              "params": [{"name": p.name, "description": p.description, "required": p.required, "default": p.default} for p in b.params],
-             "changes_servers": b.changes_servers}
-            for b in sorted(books.values(), key=lambda b: b.id)
+             "changes_servers": b.changes_servers, "source": found.sources[b.id]}
+            for b in books
         ], indent=2))
         return
-    for b in sorted(books.values(), key=lambda b: b.id):
+    builtin = [b for b in books if found.sources[b.id] == BUILT_IN]
+    team = [b for b in books if found.sources[b.id] != BUILT_IN]
+    for b in builtin:
         click.echo(f"{b.id:<34} {b.title}")
+    if team:
+        click.echo(f"\nfrom runbook_dirs in {path}:")
+        for b in team:
+            click.echo(f"{b.id:<34} {b.title}  ({found.sources[b.id]})")
+    # Which config added to the built-in ones, if any: the list differs from one machine to the next.
+    if path is None:
+        click.echo("\nbuilt-in runbooks only: no config file (`dbops config path` says where dbops looks); "
+                   "runbook_dirs in a config adds a team's own")
+    elif not dirs:
+        click.echo(f"\nbuilt-in runbooks only: {path} has no runbook_dirs")
+    else:
+        click.echo(f"\n{len(builtin)} built-in, {len(team)} from runbook_dirs in {path} ({', '.join(dirs)})")
 
 
 def _print_plan(plan: Any, params: dict[str, Any]) -> None:
@@ -132,47 +142,6 @@ def _print_plan(plan: Any, params: dict[str, Any]) -> None:
             click.echo(f"     if it fails: {s.on_failure}")
 
 
-async def _with_resources(book: Any, context: Any, fn: Any) -> Any:
-    if book.setup is not None:
-        await book.setup(context)
-    try:
-        return await fn()
-    finally:
-        if book.teardown is not None:
-            await book.teardown(context)
-
-
-async def _check_choices(book: Any, context: Any) -> None:
-    """A parameter with live choices (say, the cluster's replicas) must name one of them. The
-    choices are read from the servers: when they cannot be, the run stops here, before anything."""
-    from dbops.secrets import scrub_text
-
-    for p in book.params:
-        value = context.params.get(p.name)
-        if p.choices is None or value is None:
-            continue
-        try:
-            allowed = await p.choices(context)
-        except Exception as exc:  # a dead or refusing server: one line, and nothing has run
-            _fail(f"--param {p.name}={value}: cannot read the values it may take: {scrub_text(str(exc)) or type(exc).__name__}")
-        if value not in allowed:
-            _fail(f"--param {p.name}={value}: not one of {', '.join(allowed) or '(none available now)'}")
-
-
-def _refuse_what_would_stop_after_approval(book: Any, ref: Any, confirmer: "CliConfirmer") -> None:
-    """Without a terminal, a step that asks for the cluster's name needs --confirm. Found only at
-    that step, a run that first waited for a second operator's approval would waste it: refuse
-    before asking anyone."""
-    from dbops.runbook.model import Confirm
-
-    if ref.env.approvals < 2 or confirmer.interactive or confirmer.confirm_name is not None:
-        return
-    typed = [s for s in book.steps if s.confirm is Confirm.TYPE_CLUSTER]
-    if typed:
-        _fail(f"'{typed[0].title}' asks for the cluster's name, and without a terminal that is --confirm {ref.name}; "
-              "refusing before asking a second operator to approve a run that would stop there")
-
-
 @runbook.command()
 @click.argument("runbook_id")
 @click.option("--cluster", "cluster_name", required=True)
@@ -181,73 +150,44 @@ def _refuse_what_would_stop_after_approval(book: Any, ref: Any, confirmer: "CliC
 @click.pass_context
 def plan(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tuple[str, ...], raw_overrides: tuple[str, ...]) -> None:
     """Run the read-only pre-checks and print every step with its exact commands. Changes nothing."""
-    from dbops.audit import AuditLog
-    from dbops.config import state_dir
-    from dbops.runbook.executor import Executor
-    from dbops.runbook.journal import new_run_id
-    from dbops.runbook.model import Context
+    from dbops.runbook.session import SessionError
 
-    cfg = _config(ctx)
-    ref = _cluster(cfg, cluster_name)
-    book = _book_for(cfg, runbook_id, ref)
-    context = Context(ref, _params(book, raw_params), run_id=new_run_id())
-    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=_NoConfirm())
-
-    async def go() -> Any:
-        await _check_choices(book, context)
-        return await ex.plan(_overrides(raw_overrides))
-
-    result = asyncio.run(_with_resources(book, context, go))
-    _print_plan(result, context.params)
+    session = _session(ctx, CliFrontEnd(yes=False, confirm_name=None, interactive=False))
+    try:
+        ref = session.cluster(cluster_name)
+        book = session.runbook(runbook_id, ref)
+        params = session.params(book, _assignments(raw_params))
+        overrides = _overrides(raw_overrides)
+        result = asyncio.run(session.plan(book, ref, params, overrides))
+    except SessionError as exc:
+        _refused(exc)
+    _print_plan(result, params)
     if result.refused:
         click.echo(f"\nrefused: {len(result.refused)} pre-check(s) failed; `run` would stop here.")
         sys.exit(1)
     click.echo("\nall pre-checks pass; nothing was changed.")
 
 
-def _get(books: dict[str, Any], runbook_id: str) -> Any:
-    if runbook_id not in books:
-        import difflib
-
-        close = difflib.get_close_matches(runbook_id, list(books), n=1)
-        _fail(f"no runbook {runbook_id!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + "; see `dbops runbook list`")
-    return books[runbook_id]
-
-
-def _book_for(cfg: Any, runbook_id: str, ref: Any) -> Any:
-    """The runbook, as it runs on this cluster; refused, naming the ones that apply, when it is
-    for another engine or needs config the cluster lacks (a Kafka runbook on a PostgreSQL cluster)."""
-    from dbops.runbook.registry import applies_to, not_applicable
-
-    books = _books(cfg)
-    book = _get(books, runbook_id)
-    why = not_applicable(book, ref)
-    if why is not None:
-        mine = sorted(b.id for b in books.values() if applies_to(b, ref))
-        _fail(f"{why}; runbooks for {ref.key} ({ref.cluster.engine}): {', '.join(mine) or 'none'}")
-    return book.for_cluster(ref)
-
-
-class _NoConfirm:
-    async def confirm(self, step: Any, commands: list[str], ctx: Any) -> bool:
-        return False
-
-    async def attest(self, step: Any, commands: list[str], ctx: Any, expected: str) -> bool:
-        return False
-
-    async def manual_done(self, step: Any, commands: list[str], ctx: Any) -> bool:
-        return False
-
-
-class CliConfirmer:
-    """--yes answers yes/no confirmations; a step that asks for the cluster's name needs
-    --confirm NAME. In a terminal without those flags, the operator is asked."""
+class CliFrontEnd:
+    """The command line's side of a runbook session. --yes answers yes/no confirmations; a step
+    that asks for the cluster's name needs --confirm NAME. In a terminal without those flags, the
+    operator is asked. Events are printed as they come."""
 
     def __init__(self, yes: bool, confirm_name: str | None, interactive: bool, attested: tuple[str, ...] = ()) -> None:
+        from dbops.runbook.progress import ProgressLine
+
         self.yes = yes
         self.confirm_name = confirm_name
         self.interactive = interactive
         self.attested = attested  # --attest MEMBER: members the operator attests are fenced
+        self._progress = ProgressLine(lambda line: click.echo(f"    {line}"))
+
+    def cannot_answer(self, step: Any, ref: Any) -> str | None:
+        from dbops.runbook.model import Confirm
+
+        if step.confirm is Confirm.TYPE_CLUSTER and not self.interactive and self.confirm_name is None:
+            return f"'{step.title}' asks for the cluster's name, and without a terminal that is --confirm {ref.name}"
+        return None
 
     async def attest(self, step: Any, commands: list[str], ctx: Any, expected: str) -> bool:
         click.echo(f"\nATTESTATION: {step.title}: dbops cannot check this itself.")
@@ -297,67 +237,60 @@ class CliConfirmer:
         answer = await asyncio.to_thread(click.prompt, "Type 'done' when finished (anything else stops the run)", default="", show_default=False)
         return answer.strip().lower() == "done"
 
-
-def _observer(event: str, **data: Any) -> None:
-    step = data.get("step")
-    if event == "check":
-        v = data["verdict"]
-        mark = "ok" if v.ok else ("overridden" if data.get("overridden_by") else "FAIL")
-        click.echo(f"  check [{mark}] {data['check'].title}: {v.detail}")
-    elif event == "started":
-        click.echo(f"\n▶ {step.title}")
-        for c in data.get("commands", []):
-            click.echo(f"    $ {c}")
-    elif event == "done":
-        click.echo(f"  ✓ {step.title} ({data['seconds']:.1f}s)")
-    elif event == "verified":
-        v = data["verdict"]
-        click.echo(f"  {'✓' if v.ok else '✗'} verify: {v.detail}")
-    elif event == "failed":
-        click.echo(f"  ✗ {step.title}: {data['error']}")
-    elif event == "skipped":
-        click.echo(f"  · {step.title}: {data.get('reason') or 'already done'}")
-    elif event == "reverified":
-        v = data["verdict"]
-        click.echo(f"  interrupted step '{step.title}' re-verified: {'done' if v.ok else 'not done, running it again'} ({v.detail})")
-    elif event == "overridden":
-        click.echo(f"  ! {step.title} FAILED and was OVERRIDDEN ({data['reason']}): {data['error']}")
-    elif event == "resumed":
-        click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
-    elif event == "approval-waiting":
-        click.echo(f"\n⏸ this run needs a second operator's approval of its plan before '{step.title}' (two-person rule)")
-        click.echo(f"  run id:    {data['run_id']}")
-        click.echo(f"  plan hash: {data['plan_hash']}")
-        click.echo(f"  requested by: {data['requester'].describe()}")
-        click.echo(f"  who may approve: {data['who']}")
-        click.echo(f"  waiting up to {data['ttl']}s ...")
-    elif event == "approved":
-        click.echo(f"  ✓ {data['message']} (plan {data['plan_hash'][:12]})")
-    elif event == "approval-refused":
-        click.echo(f"  ✗ {step.title}: {data['reason']}")
-
-
-def _lock(cfg: Any, ref: Any, run_id: str, book: Any, overrides: dict[str, str] | None = None) -> Any:
-    from dbops.config import state_dir
-    from dbops.runbook.locks import lock_for
-
-    return lock_for(ref, run_id, state_dir(), note=lambda line: click.echo(f"note: {line}", err=True), leases=cfg.locks.kubernetes,
-                    coordination=cfg.locks.postgres, overrides=overrides, changes_servers=book.changes_servers)
-
-
-def _ship_audit(cfg: Any) -> None:
-    """The end of every run ships the audit log ([audit.ship]); a failure is shown, and changes
-    neither the run's outcome nor its exit code."""
-    from dbops.audit_ship import ship_reporting
-    from dbops.config import state_dir
-
-    outcome = ship_reporting(state_dir() / "audit.jsonl", cfg.audit.ship)
-    if outcome is not None:
-        ok, message = outcome
-        click.echo(f"audit: {message}" if ok else f"warning: {message}", err=not ok)
+    def event(self, event: str, **data: Any) -> None:
+        step = data.get("step")
+        if event == "opened":
+            book, ref, run_id = data["runbook"], data["ref"], data["run_id"]
+            click.echo(f"resuming {book.id} on {ref.key}, run {run_id}" if data["resumed"] else f"{book.id} on {ref.key}, run {run_id}")
+        elif event == "log":
+            click.echo(f"    {data['line']}")
+        elif event == "progress":
+            self._progress.report(data["done"], data["total"], data["unit"])
+        elif event == "note":
+            click.echo(f"note: {data['line']}", err=True)
+        elif event == "warning":
+            click.echo(f"warning: {data['line']}", err=True)
+        elif event == "audit-shipped":
+            ok, message = data["ok"], data["message"]
+            click.echo(f"audit: {message}" if ok else f"warning: {message}", err=not ok)
+        elif event == "check":
+            v = data["verdict"]
+            mark = "ok" if v.ok else ("overridden" if data.get("overridden_by") else "FAIL")
+            click.echo(f"  check [{mark}] {data['check'].title}: {v.detail}")
+        elif event == "started":
+            click.echo(f"\n▶ {step.title}")
+            for c in data.get("commands", []):
+                click.echo(f"    $ {c}")
+        elif event == "done":
+            click.echo(f"  ✓ {step.title} ({data['seconds']:.1f}s)")
+        elif event == "verified":
+            v = data["verdict"]
+            click.echo(f"  {'✓' if v.ok else '✗'} verify: {v.detail}")
+        elif event == "failed":
+            click.echo(f"  ✗ {step.title}: {data['error']}")
+        elif event == "skipped":
+            click.echo(f"  · {step.title}: {data.get('reason') or 'already done'}")
+        elif event == "reverified":
+            v = data["verdict"]
+            click.echo(f"  interrupted step '{step.title}' re-verified: {'done' if v.ok else 'not done, running it again'} ({v.detail})")
+        elif event == "overridden":
+            click.echo(f"  ! {step.title} FAILED and was OVERRIDDEN ({data['reason']}): {data['error']}")
+        elif event == "resumed":
+            click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
+        elif event == "approval-waiting":
+            click.echo(f"\n⏸ this run needs a second operator's approval of its plan before '{step.title}' (two-person rule)")
+            click.echo(f"  run id:    {data['run_id']}")
+            click.echo(f"  plan hash: {data['plan_hash']}")
+            click.echo(f"  requested by: {data['requester'].describe()}")
+            click.echo(f"  who may approve: {data['who']}")
+            click.echo(f"  waiting up to {data['ttl']}s ...")
+        elif event == "approved":
+            click.echo(f"  ✓ {data['message']} (plan {data['plan_hash'][:12]})")
+        elif event == "approval-refused":
+            click.echo(f"  ✗ {step.title}: {data['reason']}")
 
 
-def _finish(result: Any) -> None:
+def _finish(result: Any) -> NoReturn:
     click.echo(f"\n{result.message}")
     if result.durations:
         click.echo("durations: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.durations.items()) + f"; total {sum(result.durations.values()):.1f}s")
@@ -378,35 +311,17 @@ def _finish(result: Any) -> None:
 def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tuple[str, ...], raw_overrides: tuple[str, ...], yes: bool,
         confirm_name: str | None, attested: tuple[str, ...]) -> None:
     """Run a runbook: pre-checks, then each step with its confirmation, journaled and audited."""
-    from dbops.audit import AuditLog
-    from dbops.config import state_dir
-    from dbops.runbook.executor import Executor
-    from dbops.runbook.journal import Journal, new_run_id
-    from dbops.runbook.locks import LockHeld
-    from dbops.runbook.model import Context
-    from dbops.runbook.progress import ProgressLine
+    from dbops.runbook.session import SessionError
 
-    cfg = _config(ctx)
-    ref = _cluster(cfg, cluster_name)
-    book = _book_for(cfg, runbook_id, ref)
-    context = Context(ref, _params(book, raw_params), run_id=new_run_id(), log=lambda line: click.echo(f"    {line}"),
-                      progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
-    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested)
-    _refuse_what_would_stop_after_approval(book, ref, confirmer)
-    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer,
-                  allow_writes=ctx.obj.get("allow_writes", False), approvals=_approval_store(cfg, ref))
-    overrides = _overrides(raw_overrides)
-    click.echo(f"{book.id} on {ref.key}, run {context.run_id}")
-
-    async def go() -> Any:
-        await _check_choices(book, context)
-        return await ex.run(Journal.create(state_dir(), context.run_id), _lock(cfg, ref, context.run_id, book, overrides), overrides)
-
+    session = _session(ctx, CliFrontEnd(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested))
     try:
-        result = asyncio.run(_with_resources(book, context, go))
-    except LockHeld as exc:
-        _fail(str(exc))
-    _ship_audit(cfg)
+        ref = session.cluster(cluster_name)
+        book = session.runbook(runbook_id, ref)
+        params = session.params(book, _assignments(raw_params))
+        overrides = _overrides(raw_overrides)
+        result = asyncio.run(session.run(book, ref, params, overrides))
+    except SessionError as exc:
+        _refused(exc)
     _finish(result)
 
 
@@ -418,43 +333,17 @@ def run(ctx: click.Context, runbook_id: str, cluster_name: str, raw_params: tupl
 @click.pass_context
 def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None, attested: tuple[str, ...]) -> None:
     """Continue a run after a crash, from its last completed step (re-verifying it first)."""
-    from dbops.audit import AuditLog
-    from dbops.config import state_dir
-    from dbops.runbook.executor import Executor
-    from dbops.runbook.journal import Journal, JournalError
-    from dbops.runbook.locks import LockHeld
-    from dbops.runbook.model import Context
-    from dbops.runbook.progress import ProgressLine
+    from dbops.runbook.session import SessionError
 
-    cfg = _config(ctx)
+    session = _session(ctx, CliFrontEnd(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested))
     try:
-        journal = Journal.open(state_dir(), run_id)
-        record = journal.read()
-    except JournalError as exc:
-        _fail(str(exc))
-    ref = _cluster(cfg, f"{record.environment}/{record.cluster}")
-    book = _get(_books(cfg), record.runbook).for_cluster(ref)
-    context = Context(ref, dict(record.params), run_id=run_id, log=lambda line: click.echo(f"    {line}"),
-                      progress=ProgressLine(lambda line: click.echo(f"    {line}")).report)
-    confirmer = CliConfirmer(yes, confirm_name, interactive=sys.stdin.isatty(), attested=attested)
-    ex = Executor(book, context, audit=AuditLog(state_dir() / "audit.jsonl"), confirmer=confirmer, observer=_observer,
-                  allow_writes=ctx.obj.get("allow_writes", False), approvals=_approval_store(cfg, ref))
-    click.echo(f"resuming {book.id} on {ref.key}, run {run_id}")
-    try:
-        result = asyncio.run(_with_resources(book, context, lambda: ex.resume(record, journal, _lock(cfg, ref, run_id, book, record.overrides))))
-    except LockHeld as exc:
-        _fail(str(exc))
-    _ship_audit(cfg)
+        result = asyncio.run(session.resume(run_id))
+    except SessionError as exc:
+        _refused(exc)
     _finish(result)
 
 
 # -- the two-person rule ----------------------------------------------------------------------
-
-
-def _approval_store(cfg: Any, ref: Any) -> Any:
-    from dbops.runbook.approvals import store_for
-
-    return store_for(cfg.locks.postgres, ref)
 
 
 def _store(cfg: Any) -> Any:
