@@ -103,7 +103,7 @@ def unexpected(exc: BaseException, where: str) -> str:
     return f"unexpected {type(exc).__name__}; details in {write_crash_report(exc, where)}"
 
 
-@dataclass
+@dataclass(repr=False)  # its config can hold credentials: a crash report must not print them
 class RunbookSession:
     config: "Config"
     front: FrontEnd

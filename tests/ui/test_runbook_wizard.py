@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from dbops.audit import verify
 from dbops.config import parse
 from dbops.screens.app import DbopsApp
 from dbops.screens.runbook import ConfirmStep, PickRunbook, RunbookScreen
+
+from tests.unit.runbook_fixtures.leaky import SECRET
 
 from .frozen import CONFIG, NOW, FrozenHub
 
@@ -127,3 +130,105 @@ async def test_closing_the_console_during_a_confirmation_declines_it(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert recs[-1]["phase"] == "abort" and recs[-1]["outcome"] == "declined" and recs[-1]["step"] == "b"
     assert verify(tmp_path / "audit.jsonl").ok
+
+
+# -- the wizard and `dbops runbook` are front ends of one session: the same refusals, the same words
+
+
+def cli_error(tmp_path: Path, monkeypatch, config: str, *args: str) -> str:
+    """What `dbops runbook plan ...` says on stderr (the one line that is not a loading warning).
+    Called in a thread: the command runs its own event loop."""
+    from click.testing import CliRunner
+
+    from dbops.cli import main
+
+    path = tmp_path / "dbops.toml"
+    path.write_text(config)
+    monkeypatch.setenv("DBOPS_STATE_DIR", str(tmp_path / "cli-state"))
+    res = CliRunner().invoke(main, ["--config", str(path), "runbook", "plan", *args, "--cluster", "billing"])
+    assert res.exit_code == 1, res.output
+    [line] = [x for x in res.stderr.splitlines() if not x.startswith("warning: ")]
+    assert line.startswith("error: ")
+    return line.removeprefix("error: ")
+
+
+def live_config(port: int) -> str:
+    """CONFIG with billing's member on this machine: at `port` it answers, or refuses."""
+    member = '{ name = "b1", host = "10.1.0.1", role = "primary" }'
+    assert member in CONFIG
+    return f'runbook_dirs = ["{FIXTURES}"]\n' + CONFIG.replace(member, f'{{ name = "b1", host = "127.0.0.1", port = {port}, role = "primary" }}')
+
+
+async def open_directly(app, pilot, runbook_id: str) -> RunbookScreen:
+    from dbops.runbook.registry import load
+
+    ref = next(r for r in app.config.clusters() if r.key == "staging/billing")
+    app.push_screen(RunbookScreen(load(app.config.runbook_dirs)[0][runbook_id].for_cluster(ref), ref))
+    await settle(pilot, lambda: isinstance(app.screen, RunbookScreen), "the wizard")
+    return app.screen
+
+
+def errors(app) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == "error"]
+
+
+async def test_the_wizard_refuses_a_value_no_live_choice_offers_as_the_cli_does(tmp_path, monkeypatch):
+    """Before the session, the wizard planned and ran with any value; the CLI refused it."""
+    import socket
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with socket.socket() as member:  # b1 accepts connections: its choices can be read
+        member.bind(("127.0.0.1", 0))
+        member.listen(8)
+        config = live_config(member.getsockname()[1])
+        said = await asyncio.to_thread(cli_error, tmp_path, monkeypatch, config, "test.choices", "--param", f"dir={work}", "--param", "target=b9")
+        assert said == "--param target=b9: not one of b1"
+        cfg = parse(config)
+        app = DbopsApp(cfg, state_dir=tmp_path / "state", hub=FrozenHub(cfg), clock=lambda: NOW)
+        async with app.run_test(size=(100, 40)) as pilot:
+            screen = await open_directly(app, pilot, "test.choices")
+            await settle(pilot, lambda: "target: b1" in log_text(screen), "the choices offered")
+            screen.query_one("#param-dir", Input).value = str(work)
+            screen.query_one("#param-target", Input).value = "b9"
+            await pilot.press("ctrl+l")
+            await settle(pilot, lambda: errors(app), "the refusal")
+            assert errors(app) == [said] and said in log_text(screen)
+            assert screen.plan is None
+            screen.query_one("#param-target", Input).value = "b1"
+            await pilot.press("ctrl+l")
+            await settle(pilot, lambda: screen.plan is not None, "the plan")
+            # A value that was offered when planning is checked again when running.
+            screen.query_one("#param-target", Input).value = "b9"
+            await pilot.press("ctrl+r")
+            await settle(pilot, lambda: screen.result is not None, "the refused run")
+            assert screen.result.code == 1 and screen.result.message == said
+    assert list(work.iterdir()) == []
+    assert not (tmp_path / "state" / "audit.jsonl").exists()
+
+
+async def test_the_wizard_scrubs_credentials_from_errors_as_the_cli_does(tmp_path, monkeypatch):
+    """Before the session, the wizard showed an exception's raw text: a DSN's password too."""
+    config = live_config(1)
+    said = {where: await asyncio.to_thread(cli_error, tmp_path, monkeypatch, config, "test.leaky", "--param", f"where={where}",
+                                           "--param", "target=b1")
+            for where in ("choices", "setup")}
+    assert said == {
+        "choices": "--param target=b1: cannot read the values it may take: could not connect to "
+                   "postgresql://dbops:***@127.0.0.1/postgres: password=*** refused",
+        "setup": "test.leaky: cannot open its connections: could not connect to "
+                 "postgresql://dbops:***@127.0.0.1/postgres: password=*** refused",
+    }
+    cfg = parse(config)
+    app = DbopsApp(cfg, state_dir=tmp_path / "state", hub=FrozenHub(cfg), clock=lambda: NOW)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_directly(app, pilot, "test.leaky")
+        screen.query_one("#param-target", Input).value = "b1"
+        for n, where in enumerate(("choices", "setup"), start=1):
+            screen.query_one("#param-where", Input).value = where
+            await pilot.press("ctrl+l")
+            await settle(pilot, lambda: len(errors(app)) == n, f"the refusal ({where})")
+            assert errors(app)[-1] == said[where]
+        assert screen.plan is None
+        shown = log_text(screen) + "\n".join(n.message for n in app._notifications)
+    assert SECRET not in shown
