@@ -524,7 +524,7 @@ def read_elasticache(ref: ClusterRef) -> tuple[KindFetched | None, str | None]:
     """The cluster's ElastiCache replication group's snapshots, or an error line. Synchronous
     (boto3, through dbops.platform.elasticache.read_snapshots): call it in a thread."""
     from dbops.platform import elasticache
-    from dbops.platform.rds import AwsError
+    from dbops.platform.aws import AwsError
 
     ec_ref = ref.cluster.elasticache
     assert ec_ref is not None

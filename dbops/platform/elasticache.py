@@ -1,6 +1,6 @@
 """Redis on AWS ElastiCache: a redis cluster's replication group (its [elasticache] section), its
 members and its snapshots, for the AWS pane. Read-only; synchronous (the UI calls it in a
-thread); boto3 imported lazily, credentials and errors handled as in dbops.platform.rds.
+thread); boto3 imported lazily, credentials and errors handled as for RDS (dbops.platform.aws).
 
 The Redis pane monitors the nodes themselves (TLS + the AUTH token as the cluster's password);
 this adds what only the AWS API knows: the group's status, automatic failover and Multi-AZ, the
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Severity, human_seconds
-from dbops.platform.rds import AwsError, AwsSession, Finding, Judged, as_utc
+from dbops.platform.aws import AwsError, AwsSession, Finding, Judged, as_utc
 
 if TYPE_CHECKING:
     from dbops.config import AwsLocation, ClusterRef

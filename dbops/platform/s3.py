@@ -31,7 +31,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
+from dbops.platform.aws import (
+    NO_CREDENTIALS,
+    AwsError,
+    client_error_code,
+    endpoint_shown,
+    explain,
+    new_client,
+    os_reason,
+    resolve_keys,
+    safe_line,
+    translated,
+)
+from dbops.secrets import Secret, SecretError
 
 if TYPE_CHECKING:
     from dbops.config import S3Location
@@ -59,7 +71,7 @@ MANIFEST_FORMAT = 1
 # A manifest is a few hundred bytes; anything much bigger under that name is not one of ours.
 MANIFEST_MAX_BYTES = 1024 * 1024
 
-CONNECT_TIMEOUT = 5.0  # an unreachable endpoint must fail fast: an operator is waiting
+# (The connect timeout is dbops.platform.aws.CONNECT_TIMEOUT, as for every AWS call.)
 READ_TIMEOUT = 60.0  # between two packets of a response, not for a whole transfer
 TOTAL_ATTEMPTS = 3  # the first try and two retries (botocore's standard mode, with backoff)
 PART_SIZE = 64 * 1024 * 1024  # files above this go up in parts of this size
@@ -73,16 +85,11 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
-class S3Error(Exception):
+class S3Error(AwsError):
     """A failed S3 operation. `message` is one line, safe to show (never a credential); `code`
     is S3's error code when S3 answered with one (NoSuchKey, AccessDenied ...), else one of
     ours: unreachable, timeout, credentials, checksum_mismatch, no_manifest, bad_manifest,
     size_mismatch, local_file, bad_key, config, error."""
-
-    def __init__(self, message: str, code: str = "error"):
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,34 +201,16 @@ class Manifest:
 
 
 def _endpoint_shown(location: S3Location) -> str:
-    if location.endpoint_url:
-        return scrub_text(location.endpoint_url)  # a URL may carry user:password@
-    return f"https://s3.{location.region}.amazonaws.com"
-
-
-def _safe(text: str, secrets: tuple[Secret | None, ...]) -> str:
-    """One line without any credential in it."""
-    return " ".join(scrub_text(redact(text, *secrets)).split())
+    return endpoint_shown(location, "s3")
 
 
 def _open(location: S3Location) -> tuple[Any, tuple[Secret | None, ...]]:
     """A boto3 S3 client for the location and the secrets its messages must never show."""
     try:
-        key_id = resolve(location.access_key_id)
-        secret_key = resolve(location.secret_access_key)
+        secrets = resolve_keys(location)
     except SecretError as exc:
         raise S3Error(f"bucket {location.bucket}: S3 credentials: {exc}", "credentials") from None
-    secrets = (key_id, secret_key)
-
-    import boto3.session
-    from botocore.config import Config
-
-    options: dict[str, Any] = {
-        "connect_timeout": CONNECT_TIMEOUT,
-        "read_timeout": READ_TIMEOUT,
-        "retries": {"mode": "standard", "total_max_attempts": TOTAL_ATTEMPTS},
-        "user_agent_extra": "dbops",
-    }
+    options: dict[str, Any] = {}
     if location.endpoint_url:
         # S3-compatible stores (MinIO, the sandbox's moto) serve buckets by path rather than as
         # <bucket>.<host> names that need DNS, and many reject the CRC checksums boto3 sends by
@@ -231,20 +220,10 @@ def _open(location: S3Location) -> tuple[Any, tuple[Secret | None, ...]]:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-    # A session per client: boto3's default session is shared and not thread-safe, and these
-    # functions run in worker threads.
-    session = boto3.session.Session()
     try:
-        s3 = session.client(
-            "s3",
-            region_name=location.region,
-            endpoint_url=location.endpoint_url or None,
-            aws_access_key_id=key_id.reveal() if key_id else None,
-            aws_secret_access_key=secret_key.reveal() if secret_key else None,
-            config=Config(**options),
-        )
+        s3 = new_client(location, "s3", secrets, read_timeout=READ_TIMEOUT, attempts=TOTAL_ATTEMPTS, **options)
     except ValueError as exc:  # botocore's "Invalid endpoint: ..."
-        raise S3Error(f"S3 endpoint {_endpoint_shown(location)}: {_safe(str(exc), secrets)}", "config") from None
+        raise S3Error(f"S3 endpoint {_endpoint_shown(location)}: {safe_line(str(exc), secrets)}", "config") from None
     return s3, secrets
 
 
@@ -257,8 +236,8 @@ def client(location: S3Location) -> Any:
 def _error_code(exc: Any) -> str:
     """S3's error code of a botocore ClientError. HEAD answers have no body, so botocore gives
     the HTTP status there: name it."""
-    code = str(exc.response.get("Error", {}).get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    return {"404": "NotFound", "403": "AccessDenied", "400": "BadRequest", "301": "PermanentRedirect"}.get(code, code or "error")
+    code = client_error_code(exc)
+    return {"404": "NotFound", "403": "AccessDenied", "400": "BadRequest", "301": "PermanentRedirect"}.get(code, code)
 
 
 # What to do about the errors an operator can fix, added to S3's own words.
@@ -271,70 +250,23 @@ _HINTS = {
 }
 
 
-def os_reason(exc: BaseException) -> str | None:
-    """The OS-level reason under a connection error ('connection refused', 'name or service not
-    known'), found by walking botocore's and urllib3's wrapped exceptions (of any AWS service's
-    client: dbops.platform.rds uses it too)."""
-    stack: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return (e.strerror or os.strerror(e.errno)).lower()
-        kwargs = getattr(e, "kwargs", None)
-        for inner in ((kwargs or {}).get("error") if isinstance(kwargs, dict) else None,
-                      getattr(e, "reason", None), e.__cause__, e.__context__):
-            if isinstance(inner, BaseException):
-                stack.append(inner)
-    return None
-
-
 def _translate(exc: BaseException, location: S3Location, secrets: tuple[Secret | None, ...], target: str) -> S3Error:
-    from botocore import exceptions as bx
+    from botocore.exceptions import ClientError
 
     endpoint = _endpoint_shown(location)
-    if isinstance(exc, bx.ClientError):
-        code = _error_code(exc)
-        s3_message = str(exc.response.get("Error", {}).get("Message") or "")
-        if code == "NoSuchBucket":
-            text, code = f"bucket {location.bucket}: NoSuchBucket (no such bucket at {endpoint})", "NoSuchBucket"
-        else:
-            detail = [m for m in (s3_message, _HINTS.get(code)) if m and m not in (code, "Not Found", "Forbidden")]
-            text = f"{target}: {code}" + (f" ({'; '.join(detail)})" if detail else "")
-        return S3Error(_safe(text, secrets), code)
-    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-        return S3Error(
-            f"bucket {location.bucket}: no S3 credentials found; give access_key_id and secret_access_key in the "
-            "config, or provide them the usual AWS way (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, "
-            "an instance profile)",
-            "credentials",
-        )
-    reason = os_reason(exc) or _safe(str(exc), secrets)
-    if isinstance(exc, bx.SSLError):
-        return S3Error(_safe(f"TLS error with S3 endpoint {endpoint}: {reason}", secrets), "unreachable")
-    if isinstance(exc, bx.ConnectTimeoutError):
-        return S3Error(_safe(f"cannot reach S3 endpoint {endpoint}: no answer within {CONNECT_TIMEOUT:g} s", secrets), "unreachable")
-    if isinstance(exc, bx.ConnectionError):  # EndpointConnectionError, ProxyConnectionError ...
-        return S3Error(_safe(f"cannot reach S3 endpoint {endpoint}: {reason}", secrets), "unreachable")
-    if isinstance(exc, bx.ReadTimeoutError):
-        return S3Error(_safe(f"{target}: S3 endpoint {endpoint} sent nothing for {READ_TIMEOUT:g} s", secrets), "timeout")
-    if isinstance(exc, bx.HTTPClientError):  # connection closed, response stream broken
-        return S3Error(_safe(f"{target}: the connection to S3 endpoint {endpoint} broke: {reason}", secrets), "unreachable")
-    return S3Error(_safe(f"{target}: {type(exc).__name__}: {exc}", secrets))
+    if isinstance(exc, ClientError) and _error_code(exc) == "NoSuchBucket":
+        # The bucket, not the object or call, is what is missing: say so whatever was being done.
+        return S3Error(safe_line(f"bucket {location.bucket}: NoSuchBucket (no such bucket at {endpoint})", secrets), "NoSuchBucket")
+    # An endpoint that cannot be reached is named alone: no object of the bucket is at fault.
+    message, code = explain(exc, target=target, endpoint=f"S3 endpoint {endpoint}", secrets=secrets, read_timeout=READ_TIMEOUT,
+                            hints=_HINTS, code_of=_error_code, unreachable="",
+                            no_credentials=f"bucket {location.bucket}: no S3 credentials found; " + NO_CREDENTIALS.format(where="config"))
+    return S3Error(message, code)
 
 
-@contextlib.contextmanager
-def _errors(location: S3Location, secrets: tuple[Secret | None, ...], target: str) -> Iterator[None]:
+def _errors(location: S3Location, secrets: tuple[Secret | None, ...], target: str) -> contextlib.AbstractContextManager[None]:
     """Turn botocore's exceptions raised inside into S3Error (one line, no credentials)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except (ClientError, BotoCoreError) as exc:
-        raise _translate(exc, location, secrets, target) from None
+    return translated(lambda exc: _translate(exc, location, secrets, target))
 
 
 class Bucket:

@@ -42,6 +42,18 @@ if TYPE_CHECKING:
 # Connecting
 
 
+def _api(name: str) -> Any:
+    """A property: the kubernetes client's API class `name` on the connection's ApiClient (the
+    library is imported on first use, not with this module)."""
+
+    def get(conn: Connection) -> Any:
+        from kubernetes import client
+
+        return getattr(client, name)(conn.api)
+
+    return property(get)
+
+
 @dataclass
 class Connection:
     """A configured API client for one namespace; calls time out after `timeout` seconds."""
@@ -50,11 +62,6 @@ class Connection:
     namespace: str
     server: str  # the API's URL, for messages
     timeout: float
-
-    def _apis(self) -> Any:
-        from kubernetes import client
-
-        return client
 
     def raw(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
         """The body of `method(*args, **kwargs)`'s answer, or a KubernetesError saying `what`
@@ -76,25 +83,12 @@ class Connection:
         """Like raw(), for an answer that is text (a pod's log)."""
         return self.raw(what, method, *args, **kwargs).decode("utf-8", "replace")
 
-    @property
-    def core(self) -> Any:
-        return self._apis().CoreV1Api(self.api)
-
-    @property
-    def apps(self) -> Any:
-        return self._apis().AppsV1Api(self.api)
-
-    @property
-    def batch(self) -> Any:
-        return self._apis().BatchV1Api(self.api)
-
-    @property
-    def coordination(self) -> Any:
-        return self._apis().CoordinationV1Api(self.api)
-
-    @property
-    def custom(self) -> Any:
-        return self._apis().CustomObjectsApi(self.api)
+    # The client's API groups on this connection (made on each use: they are thin wrappers).
+    core = _api("CoreV1Api")
+    apps = _api("AppsV1Api")
+    batch = _api("BatchV1Api")
+    coordination = _api("CoordinationV1Api")
+    custom = _api("CustomObjectsApi")
 
     def close(self) -> None:
         self.api.close()
