@@ -106,9 +106,9 @@ def _restore_window(session: AwsSession, ident: str) -> tuple[datetime | None, d
     latest: datetime | None = None
     for b in answer.get("DBInstanceAutomatedBackups") or []:
         window = b.get("RestoreWindow") or {}
-        e, l = as_utc(window.get("EarliestTime")), as_utc(window.get("LatestTime"))
-        earliest = e if e is not None and (earliest is None or e < earliest) else earliest
-        latest = l if l is not None and (latest is None or l > latest) else latest
+        first, last = as_utc(window.get("EarliestTime")), as_utc(window.get("LatestTime"))
+        earliest = first if first is not None and (earliest is None or first < earliest) else earliest
+        latest = last if last is not None and (latest is None or last > latest) else latest
     return earliest, latest
 
 
