@@ -7,27 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static
 
 from dbops.engines.kafka.assess import STATUS_SEVERITY, as_seen, group_status
 from dbops.engines.kafka.data import Group, KafkaData, Partition
 from dbops.model import ClusterHealth, MemberHealth, Severity, human_seconds
 
-from .pane import ClusterPane
-from .render import SEVERITY_STYLE, health_text, severity_text, sparkline, state_text
-from .tables import sync_rows
-from .widgets import EnvBanner
+from .pane import HEALTH_TAB, ClusterPane, static, tab
+from .render import append_problem, first_problem, health_text, severity_text, sparkline, state_text
+from .tables import NodesTable, PaneTable, TabTable
 
-BROKER_COLUMNS = (("broker", "Broker"), ("sev", "Sev"), ("id", "Id"), ("role", "Role"), ("state", "State"),
-                  ("leads", "Leads"), ("replicas", "Replicas"), ("address", "Address"))
-GROUP_COLUMNS = (("group", "Group"), ("status", "Status"), ("state", "State"), ("members", "Memb"), ("lag", "Lag"),
-                 ("time", "Lag time"), ("trend", "Trend"))
-GPART_COLUMNS = (("tp", "Partition"), ("status", "Status"), ("committed", "Committed"), ("end", "End"), ("lag", "Lag"),
-                 ("time", "Lag time"), ("owner", "Consumer"))
-PART_COLUMNS = (("tp", "Partition"), ("problem", "Problem"), ("leader", "Leader"), ("replicas", "Replicas"), ("isr", "ISR"))
 STATUS_STYLE = {"OK": "green", "WARN": "bold yellow", "STALL": "bold white on red", "STOP": "bold white on red",
                 "ERR": "bold white on red"}
 
@@ -52,47 +42,52 @@ def partition_problem(p: Partition, min_isr: int | None) -> tuple[int, str]:
     return 0, ""
 
 
+class BrokerTable(NodesTable):
+    COLUMNS = (("broker", "Broker"), ("sev", "Sev"), ("id", "Id"), ("role", "Role"), ("state", "State"),
+               ("leads", "Leads"), ("replicas", "Replicas"), ("address", "Address"))
+
+
+class GroupTable(PaneTable):
+    """The consumer groups, above the selected group's partitions: as tall as its rows, up to 7."""
+
+    DEFAULT_ID = "groups-table"
+    DEFAULT_CSS = """
+    GroupTable { height: auto; max-height: 7; }
+    """
+    COLUMNS = (("group", "Group"), ("status", "Status"), ("state", "State"), ("members", "Memb"), ("lag", "Lag"),
+               ("time", "Lag time"), ("trend", "Trend"))
+
+
+class GroupPartitionTable(TabTable):
+    DEFAULT_ID = "gparts-table"
+    COLUMNS = (("tp", "Partition"), ("status", "Status"), ("committed", "Committed"), ("end", "End"), ("lag", "Lag"),
+               ("time", "Lag time"), ("owner", "Consumer"))
+
+
+class PartitionTable(TabTable):
+    DEFAULT_ID = "parts-table"
+    COLUMNS = (("tp", "Partition"), ("problem", "Problem"), ("leader", "Leader"), ("replicas", "Replicas"), ("isr", "ISR"))
+
+
 class KafkaScreen(ClusterPane):
     BINDINGS = [
-        Binding("escape", "back", "Back"),
         Binding("r", "runbooks", "Runbooks"),
         Binding("a", "all_partitions", "All partitions"),
-        Binding("1", "tab('groups')", "Groups", show=False),
-        Binding("2", "tab('partitions')", "Partitions", show=False),
-        Binding("3", "tab('health')", "Health", show=False),
     ]
+    ENGINE = "Kafka"
+    TOP = (BrokerTable,)
+    TABS = (
+        tab("groups", "Consumer groups", GroupTable, GroupPartitionTable, key_label="Groups"),
+        tab("partitions", "Partitions", static("parts-note"), PartitionTable),
+        HEALTH_TAB,
+    )
+    FOCUS = "#groups-table"
+    FOCUS_FOLLOWS_TAB = True
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.group: str | None = None  # whose partitions are shown
         self.all_partitions = False  # False: only partitions with a problem
-        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {"brokers": {}, "groups": {}, "gparts": {}, "parts": {}}
-        self._order: dict[str, dict[str, Any]] = {"brokers": {}, "groups": {}, "gparts": {}, "parts": {}}
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield EnvBanner(id="banner")
-        yield DataTable(id="nodes", cursor_type="row")
-        with TabbedContent(id="tabs", initial="groups"):
-            with TabPane("1 Consumer groups", id="groups"):
-                yield DataTable(id="groups-table", cursor_type="row")
-                yield DataTable(id="gparts-table", cursor_type="row")
-            with TabPane("2 Partitions", id="partitions"):
-                yield Static(id="parts-note")
-                yield DataTable(id="parts-table", cursor_type="row")
-            with TabPane("3 Health", id="health"):
-                with VerticalScroll():
-                    yield Static(id="health-text")
-        yield Static(id="status")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.title = f"{self.ref.name} · Kafka"
-        self.add_columns((("#nodes", BROKER_COLUMNS), ("#groups-table", GROUP_COLUMNS),
-                          ("#gparts-table", GPART_COLUMNS), ("#parts-table", PART_COLUMNS)))
-        self.show_banner()
-        self.redraw(self.app.hub.cluster_health(self.key))
-        self.query_one("#groups-table", DataTable).focus()
 
     def _data(self) -> KafkaData | None:
         return self.unit_values(KafkaData)
@@ -101,27 +96,15 @@ class KafkaScreen(ClusterPane):
 
     def redraw(self, health: ClusterHealth) -> None:
         data = self._data()
-        self._draw_brokers(health, data)
+        self.sync_members(self.query_one(BrokerTable), health, lambda m, now: self._broker_row(m, data, now))
         groups = {g.group_id: g for g in data.groups} if data else {}
         if self.group not in groups:
             self.group = next(iter(groups), None)
         self._draw_groups(data)
         self._draw_group_partitions(data, groups.get(self.group) if self.group else None)
         self._draw_partitions(data)
-        self.query_one("#health-text", Static).update(health_text(health) or Text("nothing to report", style="green"))
+        self.show_health(health_text(health))
         self._draw_status(health, data)
-
-    def _sync(self, name: str, table_id: str, columns: Any, rows: dict[str, tuple[Any, ...]], order: dict[str, Any]) -> None:
-        self._order[name] = order
-        sync_rows(self.query_one(table_id, DataTable), columns, rows, self._cells[name], order=lambda k: order.get(k, 0))
-
-    def _draw_brokers(self, health: ClusterHealth, data: KafkaData | None) -> None:
-        rows, order = {}, {}
-        now = self.app.clock()
-        for i, m in enumerate(health.members):
-            order[m.name] = i
-            rows[m.name] = self._broker_row(m, data, now)
-        self._sync("brokers", "#nodes", BROKER_COLUMNS, rows, order)
 
     @staticmethod
     def _broker_row(m: MemberHealth, data: KafkaData | None, now: float) -> tuple[Any, ...]:
@@ -149,7 +132,7 @@ class KafkaScreen(ClusterPane):
                                 str(lag) if lag is not None else "-",
                                 (">=" if at_least else "") + human_seconds(secs) if secs is not None else "-",
                                 Text(sparkline(list(g.trend), 12), style="cyan"))
-        self._sync("groups", "#groups-table", GROUP_COLUMNS, rows, order)
+        self.query_one(GroupTable).sync_ranked(rows, order)
 
     def _draw_group_partitions(self, data: KafkaData | None, g: Group | None) -> None:
         rows, order = {}, {}
@@ -162,7 +145,7 @@ class KafkaScreen(ClusterPane):
                 rows[key] = (key, status_text(status), str(p.committed) if p.committed is not None else "none",
                              str(p.end) if p.end is not None else "?", str(p.lag) if p.lag is not None else "-",
                              (">=" if p.lag_seconds_at_least else "") + secs, p.owner or "-")
-        self._sync("gparts", "#gparts-table", GPART_COLUMNS, rows, order)
+        self.query_one(GroupPartitionTable).sync_ranked(rows, order)
 
     def _draw_partitions(self, data: KafkaData | None) -> None:
         rows, order = {}, {}
@@ -180,7 +163,7 @@ class KafkaScreen(ClusterPane):
                     rows[key] = (key, Text(problem, style="bold red" if rank >= 3 else "yellow" if rank == 2 else "dim"),
                                  names(p.leader) if not p.offline else "none",
                                  ",".join(names(r) for r in p.replicas), ",".join(names(r) for r in p.isr))
-        self._sync("parts", "#parts-table", PART_COLUMNS, rows, order)
+        self.query_one(PartitionTable).sync_ranked(rows, order)
         if data is None:
             note = Text("no refresh yet", style="dim")
         elif self.all_partitions:
@@ -202,21 +185,10 @@ class KafkaScreen(ClusterPane):
             out.append(f"  offline {offline}", style="bold red" if offline else "")
             if data.active_controller is not None:
                 out.append(f"  controller {data.broker_name(data.active_controller)}")
-        problems = [mt for mt in health.metrics if mt.severity is not Severity.OK]
-        if problems:
-            out.append(f"  {problems[0].message}", style=SEVERITY_STYLE[problems[0].severity])
+        append_problem(out, first_problem(health.metrics))
         self.query_one("#status", Static).update(out)
 
     # -- actions -------------------------------------------------------------------------------
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-    def action_tab(self, tab: str) -> None:
-        tabs = self.query_one("#tabs", TabbedContent)
-        tabs.active = tab
-        # Focus follows: a focused table left behind in a hidden pane would switch it back.
-        self.set_focus(tabs.get_pane(tab).query("DataTable, VerticalScroll").first())
 
     def action_all_partitions(self) -> None:
         self.all_partitions = not self.all_partitions
@@ -227,6 +199,3 @@ class KafkaScreen(ClusterPane):
             self.group = str(event.row_key.value)
             data = self._data()
             self._draw_group_partitions(data, next((g for g in data.groups if g.group_id == self.group), None) if data else None)
-
-    def action_runbooks(self) -> None:
-        self.app.open_runbooks(self.key)

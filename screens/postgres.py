@@ -6,49 +6,81 @@ from typing import Any
 
 from rich.text import Text
 from textual import events, work
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Input, Static
 
 from dbops.actions import BackendAction, ReadOnly, decline, perform, read_only_reason, writes_allowed
 from dbops.engines.postgres.data import PgMemberData, Session
 from dbops.engines.postgres.history import lag_bytes
-from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes, human_seconds
+from dbops.model import ClusterHealth, MemberHealth, Severity, human_bytes, human_seconds
 
 from .modals import ConfirmBackendModal
-from .pane import ClusterPane
+from .pane import ClusterPane, static, tab, unreachable
 from .render import SEVERITY_STYLE, one_line, severity_text, sparkline, state_text
-from .tables import cursor_key, sync_rows
-from .widgets import EnvBanner
+from .tables import PaneTable, TabTable, cursor_key
 
-TOPOLOGY_COLUMNS = (
-    ("sev", "Sev"),
-    ("member", "Member"),
-    ("role", "Role"),
-    ("state", "State"),
-    ("lag_b", "Lag"),
-    ("lag_s", "Lag time"),
-    ("trend", "Trend"),
-    ("sync", "Sync"),
-    ("conns", "Conns"),
-)
 
-# What an on-call reads first comes first: at 80 columns the query must be on screen, so the
-# wait event and database go to the right of it.
-ACTIVITY_COLUMNS = (
-    ("pid", "PID"),
-    ("age", "Age"),
-    ("state", "State"),
-    ("blocked", "Blocked by"),
-    ("user", "User"),
-    ("query", "Query"),
-    ("wait", "Wait"),
-    ("db", "DB"),
-)
+class TopologyTable(PaneTable):
+    """Every member's role, state and lag, above the tabs: as tall as its rows, up to 7."""
+
+    DEFAULT_ID = "topology"
+    DEFAULT_CSS = """
+    TopologyTable { height: auto; max-height: 7; }
+    """
+    COLUMNS = (
+        ("sev", "Sev"),
+        ("member", "Member"),
+        ("role", "Role"),
+        ("state", "State"),
+        ("lag_b", "Lag"),
+        ("lag_s", "Lag time"),
+        ("trend", "Trend"),
+        ("sync", "Sync"),
+        ("conns", "Conns"),
+    )
+
+
+class ActivityTable(TabTable):
+    DEFAULT_ID = "activity-table"
+    # What an on-call reads first comes first: at 80 columns the query must be on screen, so the
+    # wait event and database go to the right of it.
+    COLUMNS = (
+        ("pid", "PID"),
+        ("age", "Age"),
+        ("state", "State"),
+        ("blocked", "Blocked by"),
+        ("user", "User"),
+        ("query", "Query"),
+        ("wait", "Wait"),
+        ("db", "DB"),
+    )
+
+
+class StatementTable(TabTable):
+    DEFAULT_ID = "statements-table"
+    COLUMNS = (("queryid", "Query id"), ("calls_d", "Calls Δ"), ("total_d", "Time Δ ms"), ("mean", "Mean ms"), ("calls", "Calls"),
+               ("query", "Query"))
+
+
+class SlotTable(TabTable):
+    DEFAULT_ID = "slots-table"
+    COLUMNS = (("name", "Slot"), ("type", "Type"), ("active", "Active"), ("wal", "WAL status"), ("retained", "Retained"))
+
+
+class SessionFilter(Input):
+    """The Activity tab's filter (`/`): hidden until asked for."""
+
+    DEFAULT_CSS = """
+    SessionFilter { height: 3; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__(placeholder="filter: pid, user, db, state, query…", id="filter")
+        self.display = False
+
+
 SHORT_STATES = {"idle in transaction": "idle in tx", "idle in transaction (aborted)": "idle in tx (aborted)"}
 SORTS = ("age", "pid", "state", "user")
-STATEMENT_COLUMNS = (("queryid", "Query id"), ("calls_d", "Calls Δ"), ("total_d", "Time Δ ms"), ("mean", "Mean ms"), ("calls", "Calls"), ("query", "Query"))
-SLOT_COLUMNS = (("name", "Slot"), ("type", "Type"), ("active", "Active"), ("wal", "WAL status"), ("retained", "Retained"))
 
 
 def session_matches(s: Session, needle: str) -> bool:
@@ -96,18 +128,12 @@ def blocking_tree(sessions: tuple[Session, ...]) -> Text:
 
 class PostgresScreen(ClusterPane):
     BINDINGS = [
-        Binding("escape", "back", "Back"),
         Binding("m", "next_member", "Member"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("c", "cancel_backend", "Cancel query"),
         Binding("k", "terminate_backend", "Terminate"),
         Binding("r", "runbooks", "Runbooks"),
-        Binding("1", "tab('activity')", "Activity", show=False),
-        Binding("2", "tab('blocking')", "Blocking", show=False),
-        Binding("3", "tab('statements')", "Statements", show=False),
-        Binding("4", "tab('slots')", "Slots", show=False),
-        Binding("5", "tab('health')", "Health", show=False),
     ]
 
     # The cluster's own problems (two primaries, no reachable primary) in a bar above the
@@ -122,87 +148,45 @@ class PostgresScreen(ClusterPane):
         background: red;
     }
     """
+    ENGINE = "PostgreSQL"
+    TOP = (static("cluster-alert"), TopologyTable)
+    TABS = (
+        tab("activity", "Activity", SessionFilter, ActivityTable),
+        tab("blocking", "Blocking", static("blocking-tree")),
+        tab("statements", "Statements", static("statements-note"), StatementTable),
+        tab("slots", "Slots", SlotTable),
+        tab("health", "Health", static("health-text")),
+    )
+    FOCUS = "#activity-table"
+    RESET_WHEN_REPICKED = True
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
-        self.member: str | None = None  # whose activity/statements are shown
-        self.member_pinned = False  # True once the operator picked a member
         self.filter_text = ""
         self.sort_index = 0
-        self._activity_cells: dict[str, tuple[Any, ...]] = {}
-        self._statement_cells: dict[str, tuple[Any, ...]] = {}
-        self._slot_cells: dict[str, tuple[Any, ...]] = {}
         self._sessions: dict[int, Session] = {}
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield EnvBanner(id="banner")
-        yield Static(id="cluster-alert")
-        yield DataTable(id="topology", cursor_type="row")
-        with TabbedContent(id="tabs", initial="activity"):
-            with TabPane("1 Activity", id="activity"):
-                yield Input(placeholder="filter: pid, user, db, state, query…", id="filter")
-                yield DataTable(id="activity-table", cursor_type="row")
-            with TabPane("2 Blocking", id="blocking"):
-                yield Static(id="blocking-tree")
-            with TabPane("3 Statements", id="statements"):
-                yield Static(id="statements-note")
-                yield DataTable(id="statements-table", cursor_type="row")
-            with TabPane("4 Slots", id="slots"):
-                yield DataTable(id="slots-table", cursor_type="row")
-            with TabPane("5 Health", id="health"):
-                yield Static(id="health-text")
-        yield Static(id="status")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        ref = self.ref
-        self.title = f"{ref.name} · PostgreSQL"
-        topo = self.query_one("#topology", DataTable)
-        for key, label in TOPOLOGY_COLUMNS:
-            topo.add_column(label, key=key)
-        act = self.query_one("#activity-table", DataTable)
-        for key, label in ACTIVITY_COLUMNS:
-            act.add_column(label, key=key)
-        stm = self.query_one("#statements-table", DataTable)
-        for key, label in STATEMENT_COLUMNS:
-            stm.add_column(label, key=key)
-        slots = self.query_one("#slots-table", DataTable)
-        for key, label in SLOT_COLUMNS:
-            slots.add_column(label, key=key)
-        self.query_one("#filter", Input).display = False
-        self.show_banner()
-        self.redraw(self.app.hub.cluster_health(self.key))
-        act.focus()
 
     # -- updates -----------------------------------------------------------------------------
 
-    def _member_health(self, health: ClusterHealth) -> MemberHealth | None:
-        if not self.member_pinned:
-            # Until the operator picks a member, show the primary: the one answering as primary
-            # now (it follows a switchover), else the one the config names, never whichever
-            # replica's first poll happened to land first.
-            live = next((m for m in health.members if m.role == "primary" and m.snapshot.reachable), None)
-            hinted = next((m for m in health.members if m.role == "primary"), None)
-            chosen = (live or hinted or health.members[0]).name
-            if chosen != self.member:
-                if self.member is not None:
-                    self._reset_activity()
-                self.member = chosen
-        return next((m for m in health.members if m.name == self.member), None)
+    def default_member(self, health: ClusterHealth) -> str | None:
+        # The primary: the one answering as primary now (it follows a switchover), else the one
+        # the config names, never whichever replica's first poll happened to land first.
+        live = next((m for m in health.members if m.role == "primary" and m.snapshot.reachable), None)
+        hinted = next((m for m in health.members if m.role == "primary"), None)
+        return (live or hinted or health.members[0]).name
 
     def redraw(self, health: ClusterHealth) -> None:
         self._draw_alert(health)
         self._draw_topology(health)
-        mh = self._member_health(health)
+        mh = self.shown_member(health)
         data = mh.snapshot.shown if mh else None
         if isinstance(data, PgMemberData):
             self._draw_activity(data)
             self.query_one("#blocking-tree", Static).update(blocking_tree(data.sessions))
             self._draw_statements(data)
             self._draw_slots(data)
-        self.query_one("#health-text", Static).update(self._health_text(health, mh))
-        self._draw_status(health, mh)
+        self.show_health(self._health_text(health, mh))
+        self._draw_status(mh)
 
     def _draw_alert(self, health: ClusterHealth) -> None:
         """The cluster-level problems the core judged (assess_cluster's metrics), one line each,
@@ -220,7 +204,7 @@ class PostgresScreen(ClusterPane):
         alert.update(text)
 
     def _draw_topology(self, health: ClusterHealth) -> None:
-        table = self.query_one("#topology", DataTable)
+        table = self.query_one(TopologyTable)
         now = self.app.clock()
         for m in health.members:
             data = m.snapshot.shown
@@ -234,7 +218,7 @@ class PostgresScreen(ClusterPane):
                 if row is not None:
                     sync = row.sync_state
             state = state_text(m.snapshot, now)
-            history = self.app.hub.history(self.key, m.name)
+            history = self.hub.history(self.key, m.name)
             cells = [
                 severity_text(m.severity),
                 Text(m.name, style="bold" if m.role == "primary" else ""),
@@ -247,7 +231,7 @@ class PostgresScreen(ClusterPane):
                 conns,
             ]
             if m.name in {str(k.value) for k in table.rows}:
-                for (col, _), value in zip(TOPOLOGY_COLUMNS, cells):
+                for (col, _), value in zip(TopologyTable.COLUMNS, cells):
                     table.update_cell(m.name, col, value, update_width=True)
             else:
                 table.add_row(*cells, key=m.name)
@@ -277,10 +261,9 @@ class PostgresScreen(ClusterPane):
         )
 
     def _draw_activity(self, data: PgMemberData) -> None:
-        table = self.query_one("#activity-table", DataTable)
         self._sessions = {s.pid: s for s in data.sessions}
         rows = {str(s.pid): self._activity_row(s) for s in data.sessions if session_matches(s, self.filter_text)}
-        sync_rows(table, ACTIVITY_COLUMNS, rows, self._activity_cells, order=self._activity_order)
+        self.query_one(ActivityTable).sync(rows, order=self._activity_order)
 
     def _activity_order(self, key: str) -> Any:
         s = self._sessions.get(int(key))
@@ -302,11 +285,11 @@ class PostgresScreen(ClusterPane):
         return s.query_age_seconds if s.state == "active" else s.state_age_seconds
 
     def _draw_statements(self, data: PgMemberData) -> None:
-        table = self.query_one("#statements-table", DataTable)
+        table = self.query_one(StatementTable)
         note = self.query_one("#statements-note", Static)
         if data.statements is None:
             note.update(Text(data.statements_note or "pg_stat_statements not installed", style="yellow"))
-            sync_rows(table, STATEMENT_COLUMNS, {}, self._statement_cells)
+            table.sync({})
             return
         note.update(Text(f"top statements on {self.member} by time since the previous refresh", style="dim"))
         rank = {str(st.queryid): i for i, st in enumerate(data.statements)}
@@ -316,10 +299,9 @@ class PostgresScreen(ClusterPane):
             )
             for st in data.statements
         }
-        sync_rows(table, STATEMENT_COLUMNS, rows, self._statement_cells, order=lambda k: rank.get(k, 0))
+        table.sync_ranked(rows, rank)
 
     def _draw_slots(self, data: PgMemberData) -> None:
-        table = self.query_one("#slots-table", DataTable)
         th = self.ref.cluster.thresholds
         rows = {}
         for sl in data.slots:
@@ -335,7 +317,7 @@ class PostgresScreen(ClusterPane):
                 sl.wal_status or "-",
                 Text(human_bytes(sl.retained_bytes), style=retained_style),
             )
-        sync_rows(table, SLOT_COLUMNS, rows, self._slot_cells, order=lambda k: k)
+        self.query_one(SlotTable).sync(rows, order=lambda k: k)
 
     def _health_text(self, health: ClusterHealth, mh: MemberHealth | None) -> Text:
         out = Text()
@@ -397,19 +379,15 @@ class PostgresScreen(ClusterPane):
                     )
         return out
 
-    def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
-        ref = self.ref
-        parts = Text()
-        parts.append(f"member {self.member} ", style="bold")
-        if mh is not None and not mh.snapshot.reachable and mh.snapshot.reachability is not Reachability.PENDING:
-            age = mh.snapshot.age_of_shown(self.app.clock())
-            parts.append(f"  {mh.snapshot.reachability.value}: {mh.snapshot.error}", style="bold red")
-            if age is not None:
-                parts.append(f" (values from {human_seconds(age)} ago)", style="red")
+    def _draw_status(self, mh: MemberHealth | None) -> None:
+        parts = self.member_status(mh, gap="  ")
+        age = mh.snapshot.age_of_shown(self.app.clock()) if mh is not None and unreachable(mh) else None
+        if age is not None:
+            parts.append(f" (values from {human_seconds(age)} ago)", style="red")
         parts.append(f" sort: {SORTS[self.sort_index]}", style="dim")
         if self.filter_text:
             parts.append(f"  filter: {self.filter_text!r}", style="yellow")
-        if not writes_allowed(ref, self.app.allow_writes):
+        if not writes_allowed(self.ref, self.app.allow_writes):
             parts.append("  read-only: c/k disabled", style="dim italic")
         self.query_one("#status", Static).update(parts)
 
@@ -429,59 +407,39 @@ class PostgresScreen(ClusterPane):
         return True
 
     def action_back(self) -> None:
-        inp = self.query_one("#filter", Input)
+        inp = self.query_one(SessionFilter)
         if inp.display and inp.has_focus:
             inp.display = False
-            self.query_one("#activity-table", DataTable).focus()
+            self.query_one(ActivityTable).focus()
             return
-        self.app.pop_screen()
-
-    def action_tab(self, tab: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab
-
-    def action_next_member(self) -> None:
-        names = [m.name for m in self.ref.cluster.members]
-        i = names.index(self.member) if self.member in names else -1
-        self.member = names[(i + 1) % len(names)]
-        self.member_pinned = True
-        self._reset_activity()
-        self.redraw(self.app.hub.cluster_health(self.key))
+        super().action_back()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "topology":
-            self.member = str(event.row_key.value)
-            self.member_pinned = True
-            self._reset_activity()
-            self.redraw(self.app.hub.cluster_health(self.key))
+            self.pick_member(str(event.row_key.value))
 
-    def _reset_activity(self) -> None:
-        # Another member: its rows share no keys with the previous member's.
-        for table_id, cache in (("#activity-table", self._activity_cells), ("#statements-table", self._statement_cells), ("#slots-table", self._slot_cells)):
-            self.query_one(table_id, DataTable).clear()
-            cache.clear()
+    def forget_member_rows(self) -> None:
+        for table in (self.query_one(ActivityTable), self.query_one(StatementTable), self.query_one(SlotTable)):
+            table.reset()
 
     def action_filter(self) -> None:
         self.action_tab("activity")
-        inp = self.query_one("#filter", Input)
+        inp = self.query_one(SessionFilter)
         inp.display = True
         inp.focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":
             self.filter_text = event.value.strip()
-            self.redraw(self.app.hub.cluster_health(self.key))
+            self.redraw_now()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
-            self.query_one("#activity-table", DataTable).focus()
+            self.query_one(ActivityTable).focus()
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
-        self.redraw(self.app.hub.cluster_health(self.key))
-        self._draw_status(self.app.hub.cluster_health(self.key), self._member_health(self.app.hub.cluster_health(self.key)))
-
-    def action_runbooks(self) -> None:
-        self.app.open_runbooks(self.key)
+        self.redraw_now()
 
     def action_cancel_backend(self) -> None:
         self._signal(terminate=False)
@@ -490,7 +448,7 @@ class PostgresScreen(ClusterPane):
         self._signal(terminate=True)
 
     def _selected_session(self) -> Session | None:
-        key = cursor_key(self.query_one("#activity-table", DataTable))
+        key = cursor_key(self.query_one(ActivityTable))
         return self._sessions.get(int(key)) if key is not None else None
 
     def _signal(self, terminate: bool) -> None:
@@ -498,7 +456,7 @@ class PostgresScreen(ClusterPane):
         if not writes_allowed(ref, self.app.allow_writes):
             self.notify(read_only_reason(ref), severity="error")
             return
-        mh = self._member_health(self.app.hub.cluster_health(self.key))
+        mh = self.shown_member(self.hub.cluster_health(self.key))
         if mh is None or not mh.snapshot.reachable:
             state = mh.snapshot.reachability.value if mh else "unknown"
             self.notify(f"{self.member} is {state}: the sessions shown are old values; nothing can be signalled", severity="error")

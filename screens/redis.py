@@ -6,34 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent
 
 from dbops.engines.redis.data import RedisNodeData, RedisTopology, SentinelData
 from dbops.engines.redis.topology import SLOTS, ClusterView, format_ranges, ranges
-from dbops.model import ClusterHealth, MemberHealth, Reachability, Severity, human_bytes
+from dbops.model import ClusterHealth, MemberHealth, Severity, human_bytes
 
-from .pane import ClusterPane
-from .render import SEVERITY_STYLE, health_text, severity_text, state_text
-from .tables import sync_rows
-from .widgets import EnvBanner
+from .pane import HEALTH_TAB, ClusterPane, scrolled, tab
+from .render import SEVERITY_STYLE, append_problem, first_problem, health_text, severity_text, state_text
+from .tables import NodesTable, TabTable
 
-NODE_COLUMNS = (
-    ("node", "Node"),
-    ("sev", "Sev"),
-    ("role", "Role"),
-    ("state", "State"),
-    ("mem", "Mem"),
-    ("ops", "Ops/s"),
-    ("hit", "Hit%"),
-    ("evict", "Evict"),
-    ("clients", "Clients"),
-    ("lag", "Lag"),
-    ("persist", "Persist"),
-)
-SLOW_COLUMNS = (("id", "Id"), ("new", "New"), ("dur", "Duration"), ("cmd", "Command"), ("client", "Client"))
 OWNER_STYLES = ("bold cyan", "bold green", "bold magenta", "bold blue", "bold yellow", "bold white")
 MAP_WIDTH = 64  # cells per row: 16384 slots / 256 cells = 64 slots a cell at 4 rows
 
@@ -104,83 +87,85 @@ def cluster_text(view: ClusterView, names: dict[str, str]) -> Text:
     return out
 
 
+class NodeTable(NodesTable):
+    COLUMNS = (
+        ("node", "Node"),
+        ("sev", "Sev"),
+        ("role", "Role"),
+        ("state", "State"),
+        ("mem", "Mem"),
+        ("ops", "Ops/s"),
+        ("hit", "Hit%"),
+        ("evict", "Evict"),
+        ("clients", "Clients"),
+        ("lag", "Lag"),
+        ("persist", "Persist"),
+    )
+
+
+class SlowTable(TabTable):
+    DEFAULT_ID = "slow-table"
+    COLUMNS = (("id", "Id"), ("new", "New"), ("dur", "Duration"), ("cmd", "Command"), ("client", "Client"))
+
+
 class RedisScreen(ClusterPane):
     BINDINGS = [
-        Binding("escape", "back", "Back"),
-        Binding("m", "next_node", "Node"),
+        Binding("m", "next_member", "Node"),
         Binding("r", "runbooks", "Runbooks"),
-        Binding("1", "tab('slots')", "Slots", show=False),
-        Binding("2", "tab('slowlog')", "Slow log", show=False),
-        Binding("3", "tab('commands')", "Commands", show=False),
-        Binding("4", "tab('sentinel')", "Sentinel", show=False),
-        Binding("5", "tab('health')", "Health", show=False),
     ]
+    TOP = (NodeTable,)
+    TABS = (
+        tab("slots", "Slots", scrolled("slot-map")),
+        tab("slowlog", "Slow log", SlowTable),
+        tab("commands", "Commands", scrolled("commands-text")),
+        tab("sentinel", "Sentinel", scrolled("sentinel-text")),
+        HEALTH_TAB,
+    )
+    FOCUS = "#nodes"
+    MEMBER_WORD = "node"
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
-        self.node: str | None = None  # whose slow log and command stats are shown
-        self._node_cells: dict[str, tuple[Any, ...]] = {}
-        self._slow_cells: dict[str, tuple[Any, ...]] = {}
-        self._order: dict[str, int] = {}
+        # The node shown stays until it is gone or another is highlighted; nodes are discovered,
+        # so the default (the primary) is only for the first refresh.
+        self.member_pinned = True
         self._map_key: Any = None
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield EnvBanner(id="banner")
-        yield DataTable(id="nodes", cursor_type="row")
-        with TabbedContent(id="tabs", initial="slots"):
-            with TabPane("1 Slots", id="slots"):
-                with VerticalScroll():
-                    yield Static(id="slot-map")
-            with TabPane("2 Slow log", id="slowlog"):
-                yield DataTable(id="slow-table", cursor_type="row")
-            with TabPane("3 Commands", id="commands"):
-                with VerticalScroll():
-                    yield Static(id="commands-text")
-            with TabPane("4 Sentinel", id="sentinel"):
-                with VerticalScroll():
-                    yield Static(id="sentinel-text")
-            with TabPane("5 Health", id="health"):
-                with VerticalScroll():
-                    yield Static(id="health-text")
-        yield Static(id="status")
-        yield Footer()
+    def _mode(self) -> str:
+        return self.ref.cluster.redis.mode if self.ref.cluster.redis else "standalone"
 
-    def on_mount(self) -> None:
-        ref = self.ref
-        mode = ref.cluster.redis.mode if ref.cluster.redis else "standalone"
-        self.title = f"{ref.name} · Redis {mode}"
-        nodes = self.query_one("#nodes", DataTable)
-        for key, label in NODE_COLUMNS:
-            nodes.add_column(label, key=key)
-        slow = self.query_one("#slow-table", DataTable)
-        for key, label in SLOW_COLUMNS:
-            slow.add_column(label, key=key)
+    def engine_title(self) -> str:
+        return f"Redis {self._mode()}"
+
+    def prepare(self) -> None:
+        mode = self._mode()
         if mode != "sentinel":
             self.query_one("#tabs", TabbedContent).hide_tab("sentinel")
         if mode != "cluster":
             self.query_one("#tabs", TabbedContent).active = "slowlog"
             self.query_one("#tabs", TabbedContent).hide_tab("slots")
-        self.show_banner()
-        self.redraw(self.app.hub.cluster_health(self.key))
-        nodes.focus()
         # Start on the primary: the cursor's first row would otherwise pick a sentinel or replica.
         self.call_after_refresh(self._cursor_to_node)
 
     def _cursor_to_node(self) -> None:
-        nodes = self.query_one("#nodes", DataTable)
-        if self.node is not None and self.node in {str(k.value) for k in nodes.rows}:
-            nodes.move_cursor(row=nodes.get_row_index(self.node), animate=False)
+        nodes = self.query_one(NodeTable)
+        if self.member is not None and self.member in {str(k.value) for k in nodes.rows}:
+            nodes.move_cursor(row=nodes.get_row_index(self.member), animate=False)
 
     # -- updates -------------------------------------------------------------------------------
 
+    def default_member(self, health: ClusterHealth) -> str | None:
+        primary = next((m for m in health.members if m.role == "primary"), None)
+        return (primary or health.members[0]).name if health.members else None
+
+    def member_names(self) -> list[str]:
+        # Every node the refresh found, sentinels included, not only the configured ones.
+        return [m.name for m in self.hub.cluster_health(self.key).members]
+
     def redraw(self, health: ClusterHealth) -> None:
-        topo = self._unit_topology()
-        self._draw_nodes(health)
-        if self.node is None or self.node not in {m.name for m in health.members}:
-            primary = next((m for m in health.members if m.role == "primary"), None)
-            self.node = (primary or health.members[0]).name if health.members else None
-        mh = next((m for m in health.members if m.name == self.node), None)
+        topo = self.unit_values(RedisTopology)
+        self.sync_members(self.query_one(NodeTable), health, self._node_row)
+        mh = self.shown_member(health)
         if topo is not None and topo.cluster is not None:
             view = topo.cluster
             names = {n.node_id: self._node_name(topo, n.address) for n in view.nodes}
@@ -201,30 +186,13 @@ class RedisScreen(ClusterPane):
         self.query_one("#commands-text", Static).update(self._commands_text(data))
         if topo is not None and topo.mode == "sentinel":
             self.query_one("#sentinel-text", Static).update(self._sentinel_text(topo, health))
-        self.query_one("#health-text", Static).update(health_text(health) or Text("nothing to report", style="green"))
+        self.show_health(health_text(health))
         self._draw_status(health, mh)
-
-    def _unit_topology(self) -> RedisTopology | None:
-        # The poll unit's snapshot holds the whole refresh (topology, cluster view).
-        snaps = self.app.hub.snapshots(self.key)
-        for s in snaps.values():
-            if isinstance(s.shown, RedisTopology):
-                return s.shown
-        return None
 
     @staticmethod
     def _node_name(topo: RedisTopology, address: str) -> str:
         n = next((x for x in topo.nodes if x.address == address), None)
         return n.name if n else address
-
-    def _draw_nodes(self, health: ClusterHealth) -> None:
-        table = self.query_one("#nodes", DataTable)
-        now = self.app.clock()
-        rows = {}
-        for i, m in enumerate(health.members):
-            self._order[m.name] = i
-            rows[m.name] = self._node_row(m, now)
-        sync_rows(table, NODE_COLUMNS, rows, self._node_cells, order=lambda k: self._order.get(k, 0))
 
     def _node_row(self, m: MemberHealth, now: float) -> tuple[Any, ...]:
         snap = m.snapshot
@@ -258,20 +226,19 @@ class RedisScreen(ClusterPane):
                 styled(lag, "link" if m.role == "replica" else "replication"), styled(persist, "persistence"))
 
     def _draw_slowlog(self, data: Any) -> None:
-        table = self.query_one("#slow-table", DataTable)
         rows = {}
         if isinstance(data, RedisNodeData):
             new = {e.id for e in data.slowlog_new}
             for e in data.slowlog_recent:
                 rows[str(e.id)] = (str(e.id), Text("new", style="bold yellow") if e.id in new else "",
                                    f"{e.duration_us / 1000:.1f} ms", e.command, e.client)
-        sync_rows(table, SLOW_COLUMNS, rows, self._slow_cells, order=lambda k: -int(k))
+        self.query_one(SlowTable).sync(rows, order=lambda k: -int(k))
 
     def _commands_text(self, data: Any) -> Text:
         out = Text()
         if not isinstance(data, RedisNodeData):
             return Text("no values from this node yet", style="dim")
-        out.append(f"{self.node}: top commands by total time since start\n", style="bold")
+        out.append(f"{self.member}: top commands by total time since start\n", style="bold")
         for c in data.top_commands:
             out.append(f"  {c.command:<18} {c.calls:>12} calls {c.usec_per_call:>9.1f} µs/call"
                        + (f"  {c.failed} failed" if c.failed else "") + "\n")
@@ -312,35 +279,12 @@ class RedisScreen(ClusterPane):
         return out
 
     def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
-        parts = Text()
-        parts.append(f"node {self.node} ", style="bold")
-        if mh is not None and not mh.snapshot.reachable and mh.snapshot.reachability is not Reachability.PENDING:
-            parts.append(f" {mh.snapshot.reachability.value}: {mh.snapshot.error}", style="bold red")
-        problems = [mt for mt in health.metrics if mt.severity is not Severity.OK]
-        if problems:
-            parts.append(f"  {problems[0].message}", style=SEVERITY_STYLE[problems[0].severity])
+        parts = self.member_status(mh)
+        append_problem(parts, first_problem(health.metrics))
         self.query_one("#status", Static).update(parts)
 
     # -- actions -------------------------------------------------------------------------------
 
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-    def action_tab(self, tab: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab
-
-    def action_next_node(self) -> None:
-        names = [m.name for m in self.app.hub.cluster_health(self.key).members]
-        if not names:
-            return
-        i = names.index(self.node) if self.node in names else -1
-        self.node = names[(i + 1) % len(names)]
-        self.redraw(self.app.hub.cluster_health(self.key))
-
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "nodes" and event.row_key is not None and str(event.row_key.value) != self.node:
-            self.node = str(event.row_key.value)
-            self.redraw(self.app.hub.cluster_health(self.key))
-
-    def action_runbooks(self) -> None:
-        self.app.open_runbooks(self.key)
+        if event.data_table.id == "nodes" and event.row_key is not None and str(event.row_key.value) != self.member:
+            self.pick_member(str(event.row_key.value))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.text import Text
 
-from dbops.model import ClusterHealth, Reachability, Severity, Snapshot, human_seconds
+from dbops.model import ClusterHealth, Metric, Reachability, Severity, Snapshot, human_seconds
 
 SEVERITY_STYLE = {
     Severity.OK: "bold green",
@@ -78,3 +80,19 @@ def sparkline(values: list[float | int | None], width: int = 12) -> str:
 def one_line(query: str, width: int = 80) -> str:
     q = " ".join(query.split())
     return q if len(q) <= width else q[: width - 1] + "…"
+
+
+def first_problem(metrics: Iterable[Metric]) -> Metric | None:
+    return next((m for m in metrics if m.severity is not Severity.OK), None)
+
+
+def worst_problem(metrics: Iterable[Metric]) -> Metric | None:
+    """The most severe problem (the first of those as bad)."""
+    problems = [m for m in metrics if m.severity is not Severity.OK]
+    return max(problems, key=lambda m: m.severity.rank) if problems else None
+
+
+def append_problem(out: Text, problem: Metric | None) -> None:
+    """A status line's end: one problem, in its severity's colours."""
+    if problem is not None:
+        out.append(f"  {problem.message}", style=SEVERITY_STYLE[problem.severity])

@@ -6,7 +6,8 @@ makes a long table unusable; these helpers keep both.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from textual.widgets import DataTable
 
@@ -46,3 +47,62 @@ def sync_rows(
         table.sort(columns[0][0], key=lambda cell: order(str(cell)))
     if selected is not None and selected in cache:
         table.move_cursor(row=table.get_row_index(selected), animate=False)
+
+
+Columns = tuple[tuple[str, str], ...]
+
+
+class PaneTable(DataTable):
+    """A row-cursor table that owns its columns (COLUMNS: (key, label), ...) and remembers the
+    cells on screen, so a refresh changes only what changed and keeps the cursor on its row."""
+
+    COLUMNS: ClassVar[Columns] = ()
+    DEFAULT_ID: ClassVar[str | None] = None  # the id it is known by (tests and CSS use it)
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None, zebra_stripes: bool = False) -> None:
+        super().__init__(id=id or self.DEFAULT_ID, classes=classes, cursor_type="row", zebra_stripes=zebra_stripes)
+        self.shown: dict[str, tuple[Any, ...]] = {}
+        for key, label in self.COLUMNS:
+            self.add_column(label, key=key)
+
+    def sync(self, rows: dict[str, tuple[Any, ...]], order: Callable[[str], Any] | None = None) -> None:
+        """Show exactly `rows` (row key -> cells, the first cell the key's text), sorted by `order`."""
+        sync_rows(self, self.COLUMNS, rows, self.shown, order)
+
+    def sync_ranked(self, rows: dict[str, tuple[Any, ...]], rank: dict[str, Any]) -> None:
+        """`sync` in the order of each row's rank (a row without one first)."""
+        self.sync(rows, order=lambda k: rank.get(k, 0))
+
+    def sync_labelled(self, rows: dict[str, tuple[Any, ...]], rank: dict[str, Any]) -> None:
+        """`sync_ranked` for rows that show a label, not their key: sorting goes by the first
+        cell's text, so these are put in order here and re-added when the order changes."""
+        wanted = sorted(rows, key=lambda k: rank.get(k, 0))
+        if list(self.shown) != wanted:
+            self.reset()
+            for k in wanted:
+                self.add_row(*rows[k], key=k)
+                self.shown[k] = rows[k]
+            return
+        self.sync(rows)
+
+    def reset(self) -> None:
+        """Forget every row (another member's rows share no keys with these)."""
+        self.clear()
+        self.shown.clear()
+
+
+class NodesTable(PaneTable):
+    """A pane's member table above its tabs: as tall as its rows, up to 8."""
+
+    DEFAULT_ID = "nodes"
+    DEFAULT_CSS = """
+    NodesTable { height: auto; max-height: 8; }
+    """
+
+
+class TabTable(PaneTable):
+    """A table that fills what its tab leaves."""
+
+    DEFAULT_CSS = """
+    TabTable { height: 1fr; }
+    """
