@@ -9,10 +9,13 @@ and change nothing. State a step produces (an LSN to wait for, a row count to co
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
-from dbops.config import ClusterRef
+from dbops.config import ClusterRef, state_dir
+from dbops.runbook.hosts import HostOps, hosts_for
 
 
 class Kind(str, enum.Enum):
@@ -32,6 +35,13 @@ class Confirm(str, enum.Enum):
 class Verdict:
     ok: bool
     detail: str
+
+    def require(self, log: Callable[[str], None]) -> None:
+        """For a step that checks its own work: a failed verdict fails the step (its detail is
+        the error); a passing one goes to the run's log."""
+        if not self.ok:
+            raise RuntimeError(self.detail)
+        log(self.detail)
 
 
 async def _no_attestation(name: str, commands: list[str]) -> bool:
@@ -57,6 +67,21 @@ class Context:
     # attest(name, commands): the operator types `name` to attest something dbops cannot check
     # (a manual fence); False when they do not. The executor wires it to its Confirmer.
     attest: Callable[[str, list[str]], Awaitable[bool]] = _no_attestation
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where this run keeps the files it downloads or builds on this host (one directory per
+        run, under the state directory: a resumed run finds them again)."""
+        return state_dir() / "staging" / self.run_id
+
+    @property
+    def hosts(self) -> HostOps:
+        """The members' hosts: dbops performs the operations where it runs the servers (the
+        sandbox); elsewhere they are manual steps. Looked up once per run."""
+        if "hosts" not in self.resources:
+            self.resources["hosts"] = hosts_for(self.ref)
+        hosts: HostOps = self.resources["hosts"]
+        return hosts
 
 
 Renderer = Callable[[Context], list[str]]
@@ -118,7 +143,7 @@ class Step:
     produces: tuple[str, ...] = ()
     # False (judged from ctx.state after the pre-checks) when the plan gives this step nothing
     # to do: it is skipped without a confirmation, and the plan says so.
-    applies: Callable[["Context"], bool] | None = None
+    applies: Callable[[Context], bool] | None = None
     # In an environment with approvals = 2, this step (like every destructive one) runs only
     # once a second operator has approved the run's plan.
     approval: bool = False
@@ -150,13 +175,13 @@ class Runbook:
     teardown: Callable[[Context], Awaitable[None]] | None = None
     # A variant for one cluster (e.g. an automatic step where dbops manages the servers, a
     # manual one elsewhere); None keeps this runbook.
-    specialize: Callable[[ClusterRef], "Runbook | None"] | None = None
+    specialize: Callable[[ClusterRef], Runbook | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.engine:
             object.__setattr__(self, "engine", self.id.partition(".")[0])
 
-    def described(self, doc: str | None) -> "Runbook":
+    def described(self, doc: str | None) -> Runbook:
         """This runbook with `doc`'s first line (its module's docstring) as its description when
         it declares none; so are the variants it specializes to."""
         if self.description or not doc or not doc.strip():
@@ -166,13 +191,13 @@ class Runbook:
         if specialize is None:
             return replace(self, description=summary)
 
-        def described_variant(ref: ClusterRef) -> "Runbook | None":
+        def described_variant(ref: ClusterRef) -> Runbook | None:
             variant = specialize(ref)
             return variant.described(doc) if variant is not None else None
 
         return replace(self, description=summary, specialize=described_variant)
 
-    def for_cluster(self, ref: ClusterRef) -> "Runbook":
+    def for_cluster(self, ref: ClusterRef) -> Runbook:
         variant = self.specialize(ref) if self.specialize is not None else None
         return variant if variant is not None else self
 

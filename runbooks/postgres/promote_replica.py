@@ -22,6 +22,7 @@ from typing import Any
 
 from dbops.engines.postgres import fencing
 from dbops.engines.postgres import switchover as sw
+from dbops.runbook.hosts import HostOp, Verb, hosts_for
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 
 LOCK_NOTE = "the run holds the cluster's runbook lock; a second console is refused until it ends"
@@ -144,25 +145,22 @@ def _pooled(ctx: Context) -> bool:
     return ctx.ref.cluster.pgbouncer is not None
 
 
-async def _sandbox_fence(name: str, new_primary: str) -> fencing.FenceResult:
-    from dbops.config import state_dir
-    from dbops.sandbox.postgres import PostgresSandbox
+def _host_fence(ctx: Context) -> tuple[Any, Any]:
+    """The fence method "sandbox" (fencing.fence's name for it): the managed hosts fence the
+    member themselves, and say whether the fence holds. (None, None) where dbops does not run
+    the hosts, which makes that method fail with its reason."""
+    hosts = ctx.hosts
+    if not hosts.managed:
+        return None, None
 
-    sb = PostgresSandbox(state_dir() / "sandbox")
-    # pg_ctl stop and file writes are blocking: off the event loop.
-    await asyncio.to_thread(sb.fence_member, name, new_primary)
-    ok, detail = await asyncio.to_thread(sb.fence_state, name)
-    return fencing.FenceResult("sandbox", name, ok, detail)
+    async def fence(name: str, new_primary: str) -> fencing.FenceResult:
+        r = await hosts.perform(HostOp(Verb.FENCE, name, (new_primary,)))
+        return fencing.FenceResult("sandbox", name, r.ok, r.detail)
 
+    def commands(name: str, new_primary: str) -> list[str]:
+        return hosts.render(HostOp(Verb.FENCE, name, (new_primary,)))
 
-def _sandbox_fence_commands(name: str, new_primary: str) -> list[str]:
-    from dbops.config import state_dir
-    from dbops.sandbox.postgres import PostgresSandbox
-
-    try:
-        return PostgresSandbox(state_dir() / "sandbox").show_fence_commands(name, new_primary)
-    except Exception as exc:  # the plan still renders; the step itself reports the problem
-        return [f"# sandbox fence commands unavailable: {exc}"]
+    return fence, commands
 
 
 async def do_fence(ctx: Context) -> None:
@@ -193,7 +191,7 @@ async def _fence_failover(ctx: Context) -> None:
     async def attest(name: str, lines: list[str]) -> bool:
         return await ctx.attest(name, lines)
 
-    sandbox = _sandbox_fence if _managed(ctx) else None
+    sandbox, _ = _host_fence(ctx)
     for target in targets:
         results += await fencing.fence(ctx.ref, ctx.ref.fencing, target, new, log=ctx.log, attest=attest, sandbox=sandbox)
     ctx.state["fence"] = [dataclasses.asdict(r) for r in results]
@@ -236,8 +234,7 @@ def fence_cmds(ctx: Context) -> list[str]:
     new = member(ctx, candidate(ctx))
     head = [f"# failover: fence {', '.join(t.name for t in targets)} by {' then '.join(ctx.ref.fencing.methods)} "
             "(the first verified fence ends the walk; none verified = nothing is promoted)"]
-    return head + fencing.render(ctx.ref, ctx.ref.fencing, targets, new,
-                                 sandbox_commands=_sandbox_fence_commands if _managed(ctx) else None)
+    return head + fencing.render(ctx.ref, ctx.ref.fencing, targets, new, sandbox_commands=_host_fence(ctx)[1])
 
 
 async def do_wait_replayed(ctx: Context) -> None:
@@ -294,22 +291,13 @@ async def verify_repointed(ctx: Context) -> Verdict:
     return Verdict(not missing, f"not streaming from {new.name}: {', '.join(missing)}" if missing else f"all replicas stream from {new.name}")
 
 
-def _managed(ctx: Context) -> bool:
-    """dbops manages the servers of a sandbox environment, and only those."""
-    return ctx.ref.env.sandbox
-
-
 async def do_rejoin(ctx: Context) -> None:
     old = ctx.state.get("primary")
     if not old:
         ctx.log("failover: the old primary is down; rejoin it later with pg_rewind (commands in the plan)")
         return
-    from dbops.config import state_dir
-    from dbops.sandbox import postgres as sandbox
-
-    # pg_ctl and pg_rewind are blocking processes: run them off the event loop.
-    await asyncio.to_thread(sandbox.rejoin_as_replica, old, candidate(ctx), root=state_dir() / "sandbox")
-    ctx.log(f"{old} rewound and restarted as a replica of {candidate(ctx)}")
+    r = await ctx.hosts.perform(HostOp(Verb.RUN, old, ("rejoin", candidate(ctx))))
+    ctx.log(r.detail)
 
 
 async def verify_rejoined(ctx: Context) -> Verdict:
@@ -328,20 +316,14 @@ async def verify_rejoined(ctx: Context) -> Verdict:
 def rejoin_cmds(ctx: Context) -> list[str]:
     old = ctx.state.get("primary") or "<old primary>"
     new = member(ctx, candidate(ctx))
-    if _managed(ctx):
-        from dbops.config import state_dir
-        from dbops.sandbox import postgres as sandbox
-
-        if ctx.state.get("primary"):
-            try:
-                return sandbox.show_rejoin_commands(old, new.name, root=state_dir() / "sandbox")
-            except Exception as exc:  # the plan still renders; the step itself will fail clearly
-                return [f"# sandbox rejoin commands unavailable: {exc}"]
-    return sw.rejoin_commands(
+    manual = sw.rejoin_commands(
         data_dir=f"<data directory of {old}>", new_primary_host=new.host, new_primary_port=new.port,
         application_name=app_name(ctx, old) if old in [m.name for m in ctx.ref.cluster.members] else old,
         user=ctx.ref.cluster.user,
     )
+    if not ctx.state.get("primary"):  # failover: the old primary is rejoined later, by hand
+        return manual
+    return ctx.hosts.render(HostOp(Verb.RUN, old, ("rejoin", new.name), manual=tuple(manual)))
 
 
 STEPS = (
@@ -396,12 +378,13 @@ async def _pooler_upstream(ctx: Context) -> tuple[str, int] | None:
     return (str(row.get("host")), int(row.get("port") or 0)) if row else None
 
 
-async def do_repoint_pooler(ctx: Context) -> None:
-    from dbops.config import state_dir
-    from dbops.sandbox.postgres import PostgresSandbox
+def _repoint_pooler(ctx: Context, manual: tuple[str, ...] = ()) -> HostOp:
+    return HostOp(Verb.RUN, "pgbouncer", ("repoint-pooler", candidate(ctx)), manual=manual)
 
+
+async def do_repoint_pooler(ctx: Context) -> None:
     try:
-        await asyncio.to_thread(PostgresSandbox(state_dir() / "sandbox").repoint_pgbouncer, candidate(ctx))
+        await ctx.hosts.perform(_repoint_pooler(ctx))
     except Exception as exc:
         # The switchover paused PgBouncer before the fence: say so, or its clients just hang.
         db = ctx.ref.cluster.database
@@ -437,20 +420,15 @@ def pooler_cmds(ctx: Context) -> list[str]:
     new = member(ctx, candidate(ctx)) if candidate(ctx) in {m.name for m in ctx.ref.cluster.members} else None
     if pb is None or new is None:
         return ["# known once the candidate is known"]
-    if ctx.ref.env.sandbox:
-        try:
-            from dbops.config import state_dir
-            from dbops.sandbox.postgres import PostgresSandbox
-
-            lines = PostgresSandbox(state_dir() / "sandbox").show_repoint_pgbouncer(candidate(ctx))
-        except Exception as exc:  # the plan still renders; the step itself reports the problem
-            return [f"# sandbox PgBouncer commands unavailable: {exc}"]
-        return [*lines, fencing.pool_admin_line(ctx.ref, f"RESUME {ctx.ref.cluster.database}") + "   # only if it is paused"]
     db = ctx.ref.cluster.database
-    return [f"# on the PgBouncer host ({pb.host}:{pb.port}): in pgbouncer.ini, [databases], point {db} at the new primary:",
-            f"{db} = host={new.host} port={new.port} dbname={db}",
-            f"psql -h {pb.host} -p {pb.port} -U {pb.user} -d pgbouncer -c RELOAD",
-            fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # if it is paused (the fence paused it); clients waiting go on"]
+    if ctx.hosts.managed:
+        return [*ctx.hosts.render(_repoint_pooler(ctx)),
+                fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # only if it is paused"]
+    return ctx.hosts.render(_repoint_pooler(ctx, manual=(
+        f"# on the PgBouncer host ({pb.host}:{pb.port}): in pgbouncer.ini, [databases], point {db} at the new primary:",
+        f"{db} = host={new.host} port={new.port} dbname={db}",
+        f"psql -h {pb.host} -p {pb.port} -U {pb.user} -d pgbouncer -c RELOAD",
+        fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # if it is paused (the fence paused it); clients waiting go on")))
 
 
 POOLER_AUTOMATIC = Step(
@@ -511,11 +489,11 @@ def _variant(managed: bool, pooler: bool) -> Runbook:
     return _book((*steps, REJOIN_AUTOMATIC if managed else REJOIN_MANUAL))
 
 
-# The sandbox's servers are dbops' own, so the rejoin (and PgBouncer's repointing) is automatic
-# there; everywhere else those are manual steps. A cluster without PgBouncer has no pooler step.
+# Where dbops runs the servers (the sandbox) the rejoin (and PgBouncer's repointing) is automatic;
+# everywhere else those are manual steps. A cluster without PgBouncer has no pooler step.
 # Which variant applies is decided per cluster when the runbook is built for it.
 _VARIANTS = {(m, p): _variant(m, p) for m in (True, False) for p in (True, False)}
 RUNBOOK = dataclasses.replace(
     _VARIANTS[(False, False)],
-    specialize=lambda ref: _VARIANTS[(ref.env.sandbox, ref.cluster.pgbouncer is not None)],
+    specialize=lambda ref: _VARIANTS[(hosts_for(ref).managed, ref.cluster.pgbouncer is not None)],
 )

@@ -26,18 +26,12 @@ from dbops.config import ClusterRef
 from dbops.engines.postgres import pgbackrest as pb
 from dbops.engines.postgres import restore as rs
 from dbops.engines.postgres import switchover as sw
+from dbops.runbook.hosts import HostOp, Verb, hosts_for
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.postgres import common
 from dbops.runbooks.postgres import restore as restore_rb
 
 PG_BIN = "/usr/lib/postgresql/{major}/bin"
-
-
-def _sandbox() -> Any:
-    from dbops.config import state_dir
-    from dbops.sandbox.postgres import PostgresSandbox
-
-    return PostgresSandbox(state_dir() / "sandbox")
 
 
 def member(ctx: Context) -> str:
@@ -81,15 +75,15 @@ async def check_member(ctx: Context) -> Verdict:
         data_dirs[name] = row["d"]
         if not row["r"]:
             primary = name
-    if ctx.ref.env.sandbox:  # dbops made these servers: it knows their directories even when down
-        sb = await asyncio.to_thread(_sandbox)
-        for m in ctx.ref.cluster.members:
-            data_dirs.setdefault(m.name, str(sb.data_dir(m.name)))
+    for m in ctx.ref.cluster.members:  # where dbops runs the servers, it knows their directories even when down
+        known = ctx.hosts.data_dir(m.name)
+        if known is not None:
+            data_dirs.setdefault(m.name, str(known))
     chosen = wanted or primary
     if chosen is None:
         return Verdict(False, "no member answers as primary; name the member to restore over with --param member=NAME"
                        + (f" ({'; '.join(problems)})" if problems else ""))
-    if chosen not in data_dirs and not ctx.ref.env.sandbox:
+    if chosen not in data_dirs:
         return Verdict(False, f"{chosen} does not answer, so its data directory is unknown ({'; '.join(problems)})")
     ctx.state.update(member=chosen, data_dirs=data_dirs)
     return Verdict(True, f"{chosen} ({_host(ctx, chosen)}, data {data_dirs.get(chosen)}) becomes the primary; "
@@ -99,22 +93,22 @@ async def check_member(ctx: Context) -> Verdict:
 # -- steps: automatic where dbops manages the servers ------------------------------------------
 
 
+def _stops(ctx: Context) -> list[HostOp]:
+    return [HostOp(Verb.STOP, name, ("fast",), manual=(f"# {name}, on {_host(ctx, name)}, as the postgres OS user:",
+                                                       f"{_bin(ctx)}/pg_ctl -D {_data_dir(ctx, name)} -m fast -w stop"))
+            for name in [*others(ctx), member(ctx)]]  # replicas first
+
+
 def stop_cmds(ctx: Context) -> list[str]:
     if "member" not in ctx.state:
         return ["# known once the pre-checks pass"]
-    lines = []
-    for name in [*others(ctx), member(ctx)]:  # replicas first
-        lines += [f"# {name}, on {_host(ctx, name)}, as the postgres OS user:",
-                  f"{_bin(ctx)}/pg_ctl -D {_data_dir(ctx, name)} -m fast -w stop"]
-    return lines
+    return [line for op in _stops(ctx) for line in ctx.hosts.render(op)]
 
 
 async def do_stop(ctx: Context) -> None:
-    sb = await asyncio.to_thread(_sandbox)
     ctx.state.setdefault("rto_started", time.time())
-    for name in [*others(ctx), member(ctx)]:
-        await asyncio.to_thread(sb.stop_member, name, "fast")
-        ctx.log(f"{name} stopped")
+    for op in _stops(ctx):
+        ctx.log((await ctx.hosts.perform(op)).detail)
 
 
 async def verify_stopped(ctx: Context) -> Verdict:
@@ -128,20 +122,25 @@ async def verify_stopped(ctx: Context) -> Verdict:
     return Verdict(not up, "every member is stopped" if not up else f"still answering: {', '.join(up)}")
 
 
-def restore_cmds(ctx: Context) -> list[str]:
-    if "member" not in ctx.state:
-        return ["# known once the pre-checks pass"]
+def _restore(ctx: Context) -> HostOp:
+    """pgbackrest restore --delta over the member's data directory, on its host."""
+    args = pb.restore_args(_data_dir(ctx, member(ctx)), ctx.state.get("label"), restore_rb.target(ctx), delta=True)[1:]
     lines = common.cmds(ctx, pb.describe_restore, _data_dir(ctx, member(ctx)), label=ctx.state.get("label"),
                         target=restore_rb.target(ctx), delta=True)
     where = f"# on {_host(ctx, member(ctx))}, the host of {member(ctx)}, with the repository reachable"
-    return [where, *lines]
+    return HostOp(Verb.RUN, member(ctx), ("pgbackrest-restore", *args), manual=(where, *lines),
+                  timeout=restore_rb.RESTORE_TIMEOUT)
+
+
+def restore_cmds(ctx: Context) -> list[str]:
+    if "member" not in ctx.state:
+        return ["# known once the pre-checks pass"]
+    return ctx.hosts.render(_restore(ctx))
 
 
 async def do_restore(ctx: Context) -> None:
-    sb = await asyncio.to_thread(_sandbox)
     ctx.log(f"restoring backup {ctx.state['label']} over {member(ctx)} ({_data_dir(ctx, member(ctx))})")
-    args = pb.restore_args(_data_dir(ctx, member(ctx)), ctx.state["label"], restore_rb.target(ctx), delta=True)[1:]
-    await asyncio.to_thread(sb.restore_over, member(ctx), args, restore_rb.RESTORE_TIMEOUT)
+    await ctx.hosts.perform(_restore(ctx))
     ctx.state["restored"] = True
 
 
@@ -156,17 +155,22 @@ async def verify_restored(ctx: Context) -> Verdict:
     return Verdict(ok, f"{data} holds the restored files, set up to recover" if ok else f"{data} is not set up to recover")
 
 
+def _start(ctx: Context) -> HostOp:
+    return HostOp(Verb.START, member(ctx), manual=(f"# on {_host(ctx, member(ctx))} as the postgres OS user",
+                                                   f"{_bin(ctx)}/pg_ctl -D {_data_dir(ctx, member(ctx))} -l <its log file> start"))
+
+
 def start_cmds(ctx: Context) -> list[str]:
     if "member" not in ctx.state:
         return ["# known once the pre-checks pass"]
-    return [f"# on {_host(ctx, member(ctx))} as the postgres OS user",
-            f"{_bin(ctx)}/pg_ctl -D {_data_dir(ctx, member(ctx))} -l <its log file> start"]
+    return ctx.hosts.render(_start(ctx))
 
 
 async def do_start(ctx: Context) -> None:
-    sb = await asyncio.to_thread(_sandbox)
-    ctx.state["log_offset"] = sb.log_file(member(ctx)).stat().st_size if sb.log_file(member(ctx)).exists() else 0
-    await asyncio.to_thread(sb.start_member, member(ctx))
+    log = ctx.hosts.log_file(member(ctx))
+    # Where recovery's messages begin: the verification reads the log from here.
+    ctx.state["log_offset"] = log.stat().st_size if log is not None and log.exists() else 0
+    await ctx.hosts.perform(_start(ctx))
     ctx.log(f"{member(ctx)} started; it replays WAL to the target")
 
 
@@ -216,9 +220,9 @@ async def _findings(ctx: Context) -> tuple[list[str], list[str]]:
     problems, facts = [], []
     if await _in_recovery(ctx):
         problems.append(f"{member(ctx)} is still in recovery")
-    if ctx.ref.env.sandbox:
-        sb = await asyncio.to_thread(_sandbox)
-        text = sb.log_file(member(ctx)).read_text(encoding="utf-8", errors="replace")[int(ctx.state.get("log_offset", 0)):]
+    log = ctx.hosts.log_file(member(ctx))
+    if log is not None:
+        text = log.read_text(encoding="utf-8", errors="replace")[int(ctx.state.get("log_offset", 0)):]
         outcome = rs.parse_recovery_log(text)
         t = restore_rb.target(ctx)
         if t is None:
@@ -269,30 +273,28 @@ async def verify_cleared(ctx: Context) -> Verdict:
     return Verdict(True, "no recovery target left in the configuration files")
 
 
+def _rejoins(ctx: Context) -> list[HostOp]:
+    """pg_rewind of each other member against the restored primary, then started as its standby."""
+    new = next(m for m in ctx.ref.cluster.members if m.name == member(ctx))
+    ops = []
+    for name in others(ctx):
+        m = next(x for x in ctx.ref.cluster.members if x.name == name)
+        ops.append(HostOp(Verb.RUN, name, ("rejoin", member(ctx)), manual=(f"# {name} ({m.host}:{m.port}):", *sw.rejoin_commands(
+            data_dir=_data_dir(ctx, name), new_primary_host=new.host, new_primary_port=new.port,
+            application_name=m.application_name or name, user=ctx.ref.cluster.user, bindir=_bin(ctx), port=m.port))))
+    return ops
+
+
 def rejoin_cmds(ctx: Context) -> list[str]:
     if "member" not in ctx.state:
         return ["# known once the pre-checks pass"]
-    if ctx.ref.env.sandbox:
-        try:
-            sb = _sandbox()
-            return [line for n in others(ctx) for line in sb.show_rejoin_commands(n, member(ctx))]
-        except Exception as exc:  # the plan still renders; the step itself reports the problem
-            return [f"# sandbox rejoin commands unavailable: {exc}"]
-    new = next(m for m in ctx.ref.cluster.members if m.name == member(ctx))
-    lines = []
-    for name in others(ctx):
-        m = next(x for x in ctx.ref.cluster.members if x.name == name)
-        lines += [f"# {name} ({m.host}:{m.port}):", *sw.rejoin_commands(
-            data_dir=_data_dir(ctx, name), new_primary_host=new.host, new_primary_port=new.port,
-            application_name=m.application_name or name, user=ctx.ref.cluster.user, bindir=_bin(ctx), port=m.port)]
-    return lines
+    return [line for op in _rejoins(ctx) for line in ctx.hosts.render(op)]
 
 
 async def do_rejoin(ctx: Context) -> None:
-    sb = await asyncio.to_thread(_sandbox)
-    for name in others(ctx):
-        await asyncio.to_thread(sb.rejoin_as_replica, name, member(ctx))
-        ctx.log(f"{name} streams from {member(ctx)}")
+    for op in _rejoins(ctx):
+        await ctx.hosts.perform(op)
+        ctx.log(f"{op.member} streams from {member(ctx)}")
 
 
 async def verify_rejoined(ctx: Context) -> Verdict:
@@ -373,8 +375,8 @@ MANAGED = _book(_steps(managed=True))
 
 
 def _specialize(ref: ClusterRef) -> Runbook | None:
-    return MANAGED if ref.env.sandbox else None
+    return MANAGED if hosts_for(ref).managed else None
 
 
-# Manual host steps by default; the sandbox's servers are dbops' own, so there they are automatic.
+# Manual host steps by default; where dbops runs the servers (the sandbox) they are automatic.
 RUNBOOK = dataclasses.replace(_book(_steps(managed=False)), specialize=_specialize)

@@ -26,6 +26,18 @@ SAMPLE_KEYS_PER_SLOT = 2
 HEADROOM = 0.9  # a target may fill to this share of maxmemory
 
 
+def text(v: Any) -> str:
+    """A reply's string: the client hands some replies back as bytes."""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def pairs(reply: Any) -> dict[str, str]:
+    """A field-value reply (SENTINEL MASTER ...) as a dict: RESP3 sends a map, RESP2 a flat list."""
+    if isinstance(reply, dict):
+        return {text(k): text(v) for k, v in reply.items()}
+    return {text(reply[i]): text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+
+
 async def setup(ctx: Context) -> None:
     ctx.resources["session"] = ClusterSession(ctx.ref)
 

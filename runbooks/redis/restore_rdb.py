@@ -9,25 +9,26 @@ ignore the RDB) -> start -> AOF back on (CONFIG SET appendonly yes rewrites it f
 data; CONFIG REWRITE keeps it) -> the sentinels' setting back -> verify: DBSIZE equals the
 manifest's key count, and every replica resynchronised to the same count.
 
-On the sandbox the host steps (stop, replace, start) run automatically; elsewhere they are manual
-steps with the exact commands, run by the operator on the master's host.
+Where dbops runs the servers (the sandbox) the host steps (stop, replace, start) run automatically;
+elsewhere they are manual steps with the exact commands, run by the operator on the master's host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from dbops.config import ClusterRef, state_dir
+from dbops.config import ClusterRef
 from dbops.engines.redis import client as rc
 from dbops.engines.redis import rdb
 from dbops.engines.redis.data import parse_info
+from dbops.runbook.hosts import HostOp, Verb, hosts_for
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
+from dbops.runbooks.redis import common
 from dbops.runbooks.redis.backup import KIND
 
 HOLD_DOWN_AFTER_MS = 24 * 3600 * 1000  # sentinels do not fail over a master stopped on purpose
@@ -35,12 +36,8 @@ SENTINEL_DEFAULT_DOWN_AFTER_MS = 30000
 WAIT_SECONDS = 120.0
 
 
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
 def staging(ctx: Context) -> Path:
-    return state_dir() / "staging" / ctx.run_id / "restore.rdb"
+    return ctx.staging_dir / "restore.rdb"
 
 
 async def setup(ctx: Context) -> None:
@@ -114,14 +111,14 @@ async def check_master(ctx: Context) -> Verdict:
         for s in sentinels(ctx):
             try:
                 reply = await client(ctx, s, sentinel=True).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name(ctx))
-                master = f"{_text(reply[0])}:{_text(reply[1])}"
+                master = f"{common.text(reply[0])}:{common.text(reply[1])}"
                 break
             except Exception as exc:  # the next sentinel may answer
                 ctx.log(f"sentinel {s}: {rc.classify(exc, s, ctx.ref.timeout)[1]}")
     else:
         for address in names:
             try:
-                info = parse_info(_text(await client(ctx, address).execute_command("INFO", "replication")))
+                info = parse_info(common.text(await client(ctx, address).execute_command("INFO", "replication")))
             except Exception as exc:  # a member that does not answer cannot be the one to restore
                 ctx.log(f"{names[address]}: {rc.classify(exc, address, ctx.ref.timeout)[1]}")
                 continue
@@ -130,12 +127,12 @@ async def check_master(ctx: Context) -> Verdict:
                 break
     if master is None:
         return Verdict(False, "the master is unknown: no sentinel or member answered")
-    info = parse_info(_text(await client(ctx, master).execute_command("INFO", "server", "persistence", "keyspace", "replication")))
+    info = parse_info(common.text(await client(ctx, master).execute_command("INFO", "server", "persistence", "keyspace", "replication")))
     ctx.state["master"] = master
     ctx.state["master_name"] = names.get(master, master)
     ctx.state["replicas"] = int(info.get("connected_slaves", 0))
     cfg = await client(ctx, master).execute_command("CONFIG", "GET", "dir")
-    ctx.state["data_dir"] = _text(cfg[1]) if isinstance(cfg, list) else _text(next(iter(cfg.values())))
+    ctx.state["data_dir"] = common.text(cfg[1]) if isinstance(cfg, list) else common.text(next(iter(cfg.values())))
     keys = sum(int(v.split("keys=")[1].split(",")[0]) for k, v in info.items() if k.startswith("db"))
     return Verdict(True, f"master {ctx.state['master_name']} ({master}) holds {keys} keys now; "
                          f"{ctx.state['replicas']} replica(s) will resynchronise from the restored data")
@@ -148,8 +145,7 @@ async def hold_sentinels(ctx: Context) -> None:
     previous = {}
     for s in sentinels(ctx):
         reply = await client(ctx, s, sentinel=True).execute_command("SENTINEL", "MASTER", master_name(ctx))
-        d = ({_text(k): _text(v) for k, v in reply.items()} if isinstance(reply, dict)
-             else {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)})
+        d = common.pairs(reply)
         previous[s] = int(d["down-after-milliseconds"])
         if previous[s] != HOLD_DOWN_AFTER_MS:
             await client(ctx, s, sentinel=True).execute_command("SENTINEL", "SET", master_name(ctx), "down-after-milliseconds",
@@ -169,43 +165,23 @@ async def release_sentinels(ctx: Context) -> None:
     ctx.log("sentinels judge the master with their own down-after-milliseconds again")
 
 
-def _sandbox_node(ctx: Context) -> tuple[Any, str]:
-    from dbops.sandbox.redis import RedisSandbox
-
-    rs = RedisSandbox()
-    port = int(ctx.state["master"].rpartition(":")[2])
-    name = next((n for n, v in rs.state["nodes"].items() if v["port"] == port), None)
-    if name is None:
-        raise RuntimeError(f"{ctx.state['master']} is not a node of this sandbox")
-    return rs, name
-
-
 async def stop_master(ctx: Context) -> None:
-    rs, name = _sandbox_node(ctx)
     await drop(ctx, ctx.state["master"])
-    await asyncio.to_thread(rs.stop_node, name, "shutdown")
-    ctx.log(f"{name} stopped (SHUTDOWN NOSAVE)")
+    r = await ctx.hosts.perform(HostOp(Verb.STOP, ctx.state["master"], ("nosave",)))
+    ctx.log(f"{r.detail} (SHUTDOWN NOSAVE)")
 
 
 async def replace_rdb(ctx: Context) -> None:
-    rs, name = _sandbox_node(ctx)
-    d = rs.node_dir(name)
-    keep = f"before-{ctx.run_id}"
-    for item in ("dump.rdb", "appendonlydir"):
-        src = d / item
-        if src.exists() and not (d / f"{item}.{keep}").exists():
-            os.replace(src, d / f"{item}.{keep}")
-    shutil.copyfile(staging(ctx), d / "dump.rdb")
-    rs.owner.own(d / "dump.rdb")
-    conf = rs.conf_file(name)
-    lines = [ln for ln in conf.read_text().splitlines() if not ln.startswith("appendonly ")]
-    conf.write_text("\n".join(lines + ["appendonly no"]) + "\n")
-    ctx.log(f"{d}/dump.rdb replaced; the old files kept as *.{keep}; appendonly no for the start")
+    master, keep = ctx.state["master"], f"before-{ctx.run_id}"
+    # The AOF directory goes aside too: an RDB restore must not be mixed with the old AOF's files.
+    written = await ctx.hosts.perform(HostOp(Verb.WRITE_FILE, master, ("dump.rdb", str(staging(ctx)), keep, "appendonlydir")))
+    # With AOF on, Redis would load the AOF at start and ignore the restored RDB.
+    await ctx.hosts.perform(HostOp(Verb.RUN, master, ("config", "appendonly", "no")))
+    ctx.log(f"{written.detail}; appendonly no for the start")
 
 
 async def start_master(ctx: Context) -> None:
-    rs, name = _sandbox_node(ctx)
-    await asyncio.to_thread(rs.start_node, name)
+    await ctx.hosts.perform(HostOp(Verb.START, ctx.state["master"]))
     await _wait_loaded(ctx)
 
 
@@ -213,7 +189,7 @@ async def _wait_loaded(ctx: Context) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         try:
-            info = parse_info(_text(await client(ctx, ctx.state["master"]).execute_command("INFO", "persistence", "keyspace")))
+            info = parse_info(common.text(await client(ctx, ctx.state["master"]).execute_command("INFO", "persistence", "keyspace")))
             if info.get("loading") == "0":
                 keys = sum(int(v.split("keys=")[1].split(",")[0]) for k, v in info.items() if k.startswith("db"))
                 ctx.log(f"{ctx.state['master_name']} loaded the RDB: {keys} keys")
@@ -230,7 +206,7 @@ async def enable_aof(ctx: Context) -> None:
     await c.execute_command("CONFIG", "SET", "appendonly", "yes")
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        info = parse_info(_text(await c.execute_command("INFO", "persistence")))
+        info = parse_info(common.text(await c.execute_command("INFO", "persistence")))
         if info.get("aof_enabled") == "1" and info.get("aof_rewrite_in_progress") == "0" and info.get("aof_rewrite_scheduled") == "0":
             if info.get("aof_last_bgrewrite_status") != "ok":
                 raise RuntimeError(f"the AOF rewrite failed ({info.get('aof_last_bgrewrite_status')}); see the server's log")
@@ -250,7 +226,7 @@ async def do_verify(ctx: Context) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     replicas: list[tuple[str, int]] = []
     while time.monotonic() < deadline:
-        info = parse_info(_text(await c.execute_command("INFO", "replication")))
+        info = parse_info(common.text(await c.execute_command("INFO", "replication")))
         links = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
         addrs = [f"{dict(p.split('=') for p in v.split(','))['ip']}:{dict(p.split('=') for p in v.split(','))['port']}" for v in links]
         replicas = []
@@ -352,7 +328,7 @@ MANAGED = _book(_steps(managed=True))
 
 
 def _specialize(ref: ClusterRef) -> Runbook | None:
-    return MANAGED if ref.env.sandbox else None
+    return MANAGED if hosts_for(ref).managed else None
 
 
 RUNBOOK = dataclasses.replace(_book(_steps(managed=False)), specialize=_specialize)
