@@ -195,10 +195,7 @@ async def counts_match(ctx: Context) -> Verdict:
 
 
 async def verify_counts(ctx: Context) -> None:
-    v = await counts_match(ctx)
-    if not v.ok:
-        raise RuntimeError(v.detail)
-    ctx.log(v.detail)
+    (await counts_match(ctx)).require(ctx.log)
 
 
 RUNBOOK = Runbook(

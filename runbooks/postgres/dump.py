@@ -39,14 +39,8 @@ def database(ctx: Context) -> str:
     return str(ctx.params.get("database") or ctx.ref.cluster.database)
 
 
-def staging_dir(ctx: Context) -> Path:
-    from dbops.config import state_dir
-
-    return state_dir() / "staging" / ctx.run_id
-
-
 def staging_file(ctx: Context) -> Path:
-    return staging_dir(ctx) / f"{database(ctx)}.dump"
+    return ctx.staging_dir / f"{database(ctx)}.dump"
 
 
 def object_key(ctx: Context) -> str:
@@ -99,7 +93,7 @@ async def check_source(ctx: Context) -> Verdict:
 
 async def check_disk(ctx: Context) -> Verdict:
     size = int(ctx.state.get("database_size") or 0)
-    where = staging_dir(ctx).parent
+    where = ctx.staging_dir.parent
     probe = where
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -120,13 +114,13 @@ async def check_tools(ctx: Context) -> Verdict:
 
 def _cmds_dump(ctx: Context) -> list[str]:
     try:
-        return [f"mkdir -p -m 0700 {staging_dir(ctx)}", *dp.describe_dump(target(ctx), str(staging_file(ctx)))]
+        return [f"mkdir -p -m 0700 {ctx.staging_dir}", *dp.describe_dump(target(ctx), str(staging_file(ctx)))]
     except dp.DumpError as exc:
         return [f"# {exc}"]
 
 
 async def do_dump(ctx: Context) -> None:
-    d = staging_dir(ctx)
+    d = ctx.staging_dir
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = staging_file(ctx)
     # Into a temporary name first: a dump cut short (crash, timeout) never looks like a whole one.
@@ -180,12 +174,12 @@ async def do_verify(ctx: Context) -> None:
     if manifest.sha256 != ctx.state.get("sha256", manifest.sha256):
         raise RuntimeError(f"the manifest in S3 names sha256 {manifest.sha256}, the upload recorded {ctx.state['sha256']}")
     ctx.log(f"s3://{location(ctx).bucket}/{manifest.key} read back: {manifest.size} bytes, sha256 matches the manifest")
-    await asyncio.to_thread(shutil.rmtree, staging_dir(ctx), True)
+    await asyncio.to_thread(shutil.rmtree, ctx.staging_dir, True)
     ctx.state["verified"] = True
 
 
 async def verify_verified(ctx: Context) -> Verdict:
-    ok = bool(ctx.state.get("verified")) and not staging_dir(ctx).exists()
+    ok = bool(ctx.state.get("verified")) and not ctx.staging_dir.exists()
     return Verdict(ok, "verified in S3; staging file removed" if ok else "not verified yet")
 
 
@@ -205,7 +199,7 @@ STEPS = (
     Step("verify", "Verify the copy in S3", "Streams the object back and checks its SHA-256 against the manifest; "
          "removes the staging file.", Kind.CHECK,
          lambda ctx: [f"GET s3://{_bucket(ctx)}/{_key_or_placeholder(ctx)}  -- SHA-256 compared with the manifest",
-                      f"rm -r {staging_dir(ctx)}"],
+                      f"rm -r {ctx.staging_dir}"],
          do_verify, verify_verified, timeout=DUMP_TIMEOUT, produces=("verified",)),
 )
 

@@ -43,7 +43,7 @@ def _quote(name: str) -> str:
 
 
 def local_file(ctx: Context) -> Path:
-    return dump_rb.staging_dir(ctx) / "restore.dump"
+    return ctx.staging_dir / "restore.dump"
 
 
 def _target(ctx: Context) -> dp.Target:
@@ -97,7 +97,7 @@ async def check_new_database(ctx: Context) -> Verdict:
 
 async def check_disk(ctx: Context) -> Verdict:
     size = int(ctx.state.get("size") or 0)
-    where = dump_rb.staging_dir(ctx).parent
+    where = ctx.staging_dir.parent
     probe = where
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -114,7 +114,7 @@ async def do_download(ctx: Context) -> None:
     from dbops.platform import s3
 
     ctx.state.setdefault("rto_started", time.time())
-    dump_rb.staging_dir(ctx).mkdir(parents=True, exist_ok=True, mode=0o700)
+    ctx.staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     manifest = await asyncio.to_thread(s3.download_verified, dump_rb.location(ctx), ctx.state["key"], local_file(ctx),
                                        lambda done, total: ctx.progress(done, total, "bytes"))
     ctx.log(f"downloaded {manifest.key}: {manifest.size} bytes, SHA-256 matches the manifest")
@@ -222,11 +222,11 @@ async def do_verify(ctx: Context) -> None:
     problems, facts = await _findings(ctx)
     common.finish_verification(ctx, problems, facts, f"from the download to a verified database {new_database(ctx)} "
                                                      f"on {ctx.state['primary']}")
-    await asyncio.to_thread(shutil.rmtree, dump_rb.staging_dir(ctx), True)
+    await asyncio.to_thread(shutil.rmtree, ctx.staging_dir, True)
 
 
 async def verify_verified(ctx: Context) -> Verdict:
-    ok = "rto_seconds" in ctx.state and not dump_rb.staging_dir(ctx).exists()
+    ok = "rto_seconds" in ctx.state and not ctx.staging_dir.exists()
     return Verdict(ok, f"database {new_database(ctx)} verified" if ok else "not verified yet")
 
 

@@ -17,16 +17,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dbops.config import state_dir
 from dbops.engines.qdrant.client import QdrantError
 from dbops.engines.qdrant.data import ACTIVE
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.qdrant import common
 from dbops.runbooks.qdrant.common import ACTION_TIMEOUT, KIND
-
-
-def staging_dir(ctx: Context) -> Path:
-    return state_dir() / "staging" / ctx.run_id
 
 
 def _collection(ctx: Context) -> str:
@@ -71,7 +66,7 @@ async def check_collection(ctx: Context) -> Verdict:
 
 
 def _file(ctx: Context, t: dict[str, Any]) -> Path:
-    return staging_dir(ctx) / f"{t['node']}.snapshot"
+    return ctx.staging_dir / f"{t['node']}.snapshot"
 
 
 def object_key(ctx: Context, t: dict[str, Any]) -> str:
@@ -97,14 +92,14 @@ async def do_snapshot(ctx: Context) -> None:
 
 
 def download_commands(ctx: Context) -> list[str]:
-    return [f"mkdir -p -m 0700 {staging_dir(ctx)}"] + [
+    return [f"mkdir -p -m 0700 {ctx.staging_dir}"] + [
         f"GET {common.base_url(ctx, t['node'])}/collections/{_collection(ctx)}/snapshots/<{t['node']}'s snapshot> "
         f"> {_file(ctx, t)}" for t in ctx.state.get("nodes", [])]
 
 
 async def do_download(ctx: Context) -> None:
     name = _collection(ctx)
-    d = staging_dir(ctx)
+    d = ctx.staging_dir
     await asyncio.to_thread(lambda: d.mkdir(parents=True, exist_ok=True, mode=0o700))
     for t in ctx.state["nodes"]:
         snap = ctx.state["snapshots"][t["node"]]
@@ -152,7 +147,7 @@ async def do_verify(ctx: Context) -> None:
     for t in ctx.state["nodes"]:
         m = await asyncio.to_thread(s3.verify_object, common.location(ctx), ctx.state["keys"][t["node"]])
         ctx.log(f"{t['node']}: streamed back from S3, SHA-256 matches the manifest ({m.size} bytes)")
-    await asyncio.to_thread(shutil.rmtree, staging_dir(ctx), True)
+    await asyncio.to_thread(shutil.rmtree, ctx.staging_dir, True)
     ctx.state["verified"] = True
 
 
@@ -192,7 +187,7 @@ RUNBOOK = Runbook(
              "points, shards, aliases)", Kind.ACTION, upload_commands, run=do_upload, timeout=6 * 3600.0, produces=("keys",)),
         Step("verify", "Verify the copies in S3", "streams each back and compares its SHA-256; removes the staging files",
              Kind.CHECK, lambda ctx: [f"GET s3://…/{ctx.run_id}/{t['node']}.snapshot  -- SHA-256 compared with the manifest"
-                                      for t in ctx.state.get("nodes", [])] + [f"rm -r {staging_dir(ctx)}"],
+                                      for t in ctx.state.get("nodes", [])] + [f"rm -r {ctx.staging_dir}"],
              run=do_verify, timeout=6 * 3600.0, produces=("verified",)),
         Step("cleanup", "Delete the node-local snapshots", "frees the nodes' snapshot space; the verified copies stay in S3",
              Kind.ACTION, cleanup_commands, run=do_cleanup, timeout=ACTION_TIMEOUT,

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dbops.config import state_dir
 from dbops.engines.redis import client as rc
 from dbops.engines.redis import rdb
 from dbops.engines.redis.data import parse_info
@@ -25,14 +24,6 @@ from dbops.runbook.model import Check, Confirm, Context, Kind, Runbook, Step, Ve
 from dbops.runbooks.redis import common
 
 KIND = "redis_rdb"
-
-
-def staging_dir(ctx: Context) -> Path:
-    return state_dir() / "staging" / ctx.run_id
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def location(ctx: Context) -> Any:
@@ -102,16 +93,16 @@ async def check_sources(ctx: Context) -> Verdict:
 
 
 def _file(ctx: Context, t: dict[str, Any]) -> Path:
-    return staging_dir(ctx) / f"{t['shard']}.rdb"
+    return ctx.staging_dir / f"{t['shard']}.rdb"
 
 
 def fetch_commands(ctx: Context) -> list[str]:
-    return [f"mkdir -p -m 0700 {staging_dir(ctx)}"] + [rdb.describe_fetch(ctx.ref, t["address"], str(_file(ctx, t)))
+    return [f"mkdir -p -m 0700 {ctx.staging_dir}"] + [rdb.describe_fetch(ctx.ref, t["address"], str(_file(ctx, t)))
                                                        for t in ctx.state.get("targets", [])]
 
 
 async def do_fetch(ctx: Context) -> None:
-    d = staging_dir(ctx)
+    d = ctx.staging_dir
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     for t in ctx.state["targets"]:
         started = time.monotonic()
@@ -156,7 +147,7 @@ async def do_verify(ctx: Context) -> None:
     for t in ctx.state["targets"]:
         m = await asyncio.to_thread(s3.verify_object, location(ctx), t["key"])
         ctx.log(f"{t['shard']}: streamed back, SHA-256 matches the manifest ({m.meta.get('keys')} keys)")
-    await asyncio.to_thread(shutil.rmtree, staging_dir(ctx), True)
+    await asyncio.to_thread(shutil.rmtree, ctx.staging_dir, True)
     ctx.state["verified"] = True
 
 
@@ -180,7 +171,7 @@ RUNBOOK = Runbook(
              run=do_upload, timeout=6 * 3600.0),
         Step("verify", "Verify the copies in S3", "streams each back and compares its SHA-256; removes the staging files",
              Kind.CHECK, lambda ctx: [f"GET s3://…/{t['shard']}/{ctx.run_id}.rdb  -- SHA-256 compared with the manifest"
-                                      for t in ctx.state.get("targets", [])] + [f"rm -r {staging_dir(ctx)}"],
+                                      for t in ctx.state.get("targets", [])] + [f"rm -r {ctx.staging_dir}"],
              run=do_verify, timeout=6 * 3600.0, produces=("verified",)),
     ),
     setup=common.setup,

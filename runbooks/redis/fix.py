@@ -282,10 +282,7 @@ async def fix_owners(ctx: Context) -> None:
 
 async def do_verify(ctx: Context) -> None:
     expect = {i["slot"]: i["target"] for i in ctx.state.get("fixes", [])}
-    v = await common.verify_cluster(ctx, expect)
-    if not v.ok:
-        raise RuntimeError(v.detail)
-    ctx.log(v.detail)
+    (await common.verify_cluster(ctx, expect)).require(ctx.log)
 
 
 def _needs_coverage(ctx: Context) -> bool:

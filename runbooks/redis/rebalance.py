@@ -113,10 +113,7 @@ async def migrate(ctx: Context) -> None:
 
 async def do_verify(ctx: Context) -> None:
     expect = {sl: m["target"] for m in ctx.state["moves"] for sl in m["slots"]}
-    v = await common.verify_cluster(ctx, expect)
-    if not v.ok:
-        raise RuntimeError(v.detail)
-    ctx.log(v.detail)
+    (await common.verify_cluster(ctx, expect)).require(ctx.log)
 
 
 RUNBOOK = Runbook(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from dbops.engines.redis.data import parse_info
 from dbops.engines.redis.topology import NodeLine
@@ -24,10 +23,6 @@ from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, S
 from dbops.runbooks.redis import common
 
 WAIT_SECONDS = 60.0
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 async def check_failed(ctx: Context) -> Verdict:
@@ -70,7 +65,7 @@ async def check_failed(ctx: Context) -> Verdict:
                               "(or from a backup: redis.restore-rdb)")
     offsets = {}
     for r in replicas:
-        info = parse_info(_text(await s.client(r.address).execute_command("INFO", "replication")))
+        info = parse_info(common.text(await s.client(r.address).execute_command("INFO", "replication")))
         offsets[r.node_id] = int(info.get("slave_repl_offset", 0) or 0)
     best = max(replicas, key=lambda r: offsets[r.node_id])
     ms = [n for n in view.nodes if n.is_master and n.slots]
@@ -106,7 +101,7 @@ async def check_attach(ctx: Context) -> Verdict:
     s = common.session(ctx)
     try:
         info = await s.info(address, "cluster", "keyspace")
-        known = parse_info(_text(await s.client(address).execute_command("CLUSTER", "INFO")))
+        known = parse_info(common.text(await s.client(address).execute_command("CLUSTER", "INFO")))
     except Exception as exc:  # the node to attach must answer: say why it does not
         from dbops.engines.redis import client as rc
 
@@ -186,7 +181,7 @@ async def do_attach(ctx: Context) -> None:
     await c.execute_command("CLUSTER", "MEET", host, int(port), *([line.bus_port] if line.bus_port else []))
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        nodes = _text(await c.execute_command("CLUSTER", "NODES"))
+        nodes = common.text(await c.execute_command("CLUSTER", "NODES"))
         if ctx.state["candidate"] in nodes:
             break
         await asyncio.sleep(0.2)
@@ -194,7 +189,7 @@ async def do_attach(ctx: Context) -> None:
         raise RuntimeError(f"{address} did not learn of {_candidate(ctx)} within {WAIT_SECONDS:g}s after CLUSTER MEET")
     await c.execute_command("CLUSTER", "REPLICATE", ctx.state["candidate"])
     while time.monotonic() < deadline:
-        info = parse_info(_text(await c.execute_command("INFO", "replication")))
+        info = parse_info(common.text(await c.execute_command("INFO", "replication")))
         if info.get("role") == "slave" and info.get("master_link_status") == "up":
             ctx.log(f"{address} replicates {_candidate(ctx)}, link up")
             return
@@ -203,10 +198,7 @@ async def do_attach(ctx: Context) -> None:
 
 
 async def do_verify(ctx: Context) -> None:
-    v = await common.verify_cluster(ctx)
-    if not v.ok:
-        raise RuntimeError(v.detail)
-    ctx.log(v.detail)
+    (await common.verify_cluster(ctx)).require(ctx.log)
 
 
 def _promote_cmds(ctx: Context) -> list[str]:

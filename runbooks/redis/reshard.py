@@ -69,10 +69,7 @@ async def verify(ctx: Context) -> Verdict:
 
 
 async def do_verify(ctx: Context) -> None:
-    v = await verify(ctx)
-    if not v.ok:
-        raise RuntimeError(v.detail)
-    ctx.log(v.detail)
+    (await verify(ctx)).require(ctx.log)
 
 
 def verify_commands(ctx: Context) -> list[str]:

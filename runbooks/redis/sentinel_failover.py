@@ -16,18 +16,9 @@ from typing import Any
 from dbops.engines.redis import client as rc
 from dbops.engines.redis.data import parse_info
 from dbops.runbook.model import Check, Confirm, Context, Kind, Runbook, Step, Verdict
+from dbops.runbooks.redis import common
 
 WAIT_SECONDS = 60.0  # failover-timeout is usually 10-180 s; the wait step's own limit is longer
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def _pairs(reply: Any) -> dict[str, str]:
-    if isinstance(reply, dict):
-        return {_text(k): _text(v) for k, v in reply.items()}
-    return {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
 
 
 def master_name(ctx: Context) -> str:
@@ -93,7 +84,7 @@ async def master_votes(ctx: Context) -> dict[str, int]:
     votes: dict[str, int] = {}
     for reply in (await ask_sentinels(ctx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name(ctx))).values():
         if isinstance(reply, list) and len(reply) == 2:
-            addr = f"{_text(reply[0])}:{_text(reply[1])}"
+            addr = f"{common.text(reply[0])}:{common.text(reply[1])}"
             votes[addr] = votes.get(addr, 0) + 1
     return votes
 
@@ -128,12 +119,12 @@ async def check_candidate(ctx: Context) -> Verdict:
     master = ctx.state.get("old_master")
     if master is None:
         return Verdict(False, "the master is unknown (see the quorum pre-check)")
-    minfo = parse_info(_text(await node(ctx, master).execute_command("INFO", "replication")))
+    minfo = parse_info(common.text(await node(ctx, master).execute_command("INFO", "replication")))
     master_offset = int(minfo.get("master_repl_offset", 0))
     limit = ctx.ref.cluster.redis.thresholds.lag_bytes_crit  # type: ignore[union-attr]
     usable, why_not = [], []
     for r in reply:
-        d = _pairs(r)
+        d = common.pairs(r)
         addr = f"{d.get('ip')}:{d.get('port')}"
         flags = d.get("flags", "")
         if "s_down" in flags or "o_down" in flags or "disconnected" in flags:
@@ -145,7 +136,7 @@ async def check_candidate(ctx: Context) -> Verdict:
         if d.get("master-link-status") != "ok":
             why_not.append(f"{label(ctx, addr)}: link to the master {d.get('master-link-status')}")
             continue
-        info = parse_info(_text(await node(ctx, addr).execute_command("INFO", "replication")))
+        info = parse_info(common.text(await node(ctx, addr).execute_command("INFO", "replication")))
         lag = max(0, master_offset - int(info.get("slave_repl_offset", 0)))
         if lag > limit:
             why_not.append(f"{label(ctx, addr)} is {lag} bytes behind (lag_bytes_crit {limit})")
@@ -194,7 +185,7 @@ async def do_wait(ctx: Context) -> None:
                 ctx.log(f"{label(ctx, new)}: {rc.classify(exc, new, ctx.ref.timeout)[1]}; asking again")
                 await asyncio.sleep(0.25)
                 continue
-            if _text(role[0]) == "master":
+            if common.text(role[0]) == "master":
                 ctx.state["new_master"] = new
                 ctx.log(f"{sum(last.values())} sentinels answer; {last[new]} name {label(ctx, new)}, which answers ROLE master")
                 return
@@ -210,7 +201,7 @@ async def do_probe(ctx: Context) -> None:
     await drop(ctx, new)  # a connection from before the failover may have been closed by Sentinel
     c = node(ctx, new)
     await c.execute_command("SET", key, value, "PX", 60000)
-    got = _text(await c.execute_command("GET", key))
+    got = common.text(await c.execute_command("GET", key))
     if got != value:
         raise RuntimeError(f"wrote {key} on {label(ctx, new)} but read back {got!r}")
     ctx.state["probe"] = key
