@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from dbops.engines.kafka.assess import STATUS_SEVERITY, as_seen, group_status
@@ -15,7 +14,7 @@ from dbops.engines.kafka.data import Group, KafkaData, Partition
 from dbops.model import ClusterHealth, MemberHealth, Severity, human_seconds
 
 from .pane import HEALTH_TAB, ClusterPane, static, tab
-from .render import append_problem, first_problem, health_text, severity_text, sparkline, state_text
+from .render import append_count, first_problem, health_text, severity_text, sparkline, state_text
 from .tables import NodesTable, PaneTable, TabTable
 
 STATUS_STYLE = {"OK": "green", "WARN": "bold yellow", "STALL": "bold white on red", "STOP": "bold white on red",
@@ -70,10 +69,6 @@ class PartitionTable(TabTable):
 
 
 class KafkaScreen(ClusterPane):
-    BINDINGS = [
-        Binding("r", "runbooks", "Runbooks"),
-        Binding("a", "all_partitions", "All partitions"),
-    ]
     ENGINE = "Kafka"
     TOP = (BrokerTable,)
     TABS = (
@@ -83,11 +78,11 @@ class KafkaScreen(ClusterPane):
     )
     FOCUS = "#groups-table"
     FOCUS_FOLLOWS_TAB = True
+    SHOW_ALL = "All partitions"  # False: only partitions with a problem
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.group: str | None = None  # whose partitions are shown
-        self.all_partitions = False  # False: only partitions with a problem
 
     def _data(self) -> KafkaData | None:
         return self.unit_values(KafkaData)
@@ -155,7 +150,7 @@ class KafkaScreen(ClusterPane):
             for t in data.topics:
                 for p in (seen[(x.topic, x.partition)] for x in t.partitions):
                     rank, problem = partition_problem(p, t.min_isr)
-                    if not rank and not self.all_partitions:
+                    if not rank and not self.show_all:
                         continue
                     key = f"{p.topic}/{p.partition}"
                     order[key] = (-rank, t.internal, p.topic, p.partition)
@@ -166,7 +161,7 @@ class KafkaScreen(ClusterPane):
         self.query_one(PartitionTable).sync_ranked(rows, order)
         if data is None:
             note = Text("no refresh yet", style="dim")
-        elif self.all_partitions:
+        elif self.show_all:
             note = Text("all partitions, problems first (a: only those with a problem)", style="dim")
         elif not rows:
             note = Text("all fully replicated and led by their preferred replica (a: show all)", style="green")
@@ -181,17 +176,15 @@ class KafkaScreen(ClusterPane):
             under = sum(1 for p in parts if p.under_replicated and not p.offline)
             offline = sum(1 for p in parts if p.offline)
             out.append(f"{len(data.topics)} topics, {len(parts)} partitions", style="bold")
-            out.append(f"  under-replicated {under}", style="bold yellow" if under else "")
-            out.append(f"  offline {offline}", style="bold red" if offline else "")
+            append_count(out, "under-replicated", under, "bold yellow")
+            append_count(out, "offline", offline, "bold red")
             if data.active_controller is not None:
                 out.append(f"  controller {data.broker_name(data.active_controller)}")
-        append_problem(out, first_problem(health.metrics))
-        self.query_one("#status", Static).update(out)
+        self.show_status(out, first_problem(health.metrics))
 
     # -- actions -------------------------------------------------------------------------------
 
-    def action_all_partitions(self) -> None:
-        self.all_partitions = not self.all_partitions
+    def draw_filtered(self) -> None:
         self._draw_partitions(self._data())
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

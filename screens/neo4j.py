@@ -8,14 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from dbops.engines.neo4j.data import Neo4jMemberData, Transaction
 from dbops.model import ClusterHealth, MemberHealth, Severity, human_bytes, human_seconds
 
 from .pane import HEALTH_TAB, ClusterPane, static, tab
-from .render import SEVERITY_STYLE, append_problem, health_text, one_line, severity_text, state_text, worst_problem
+from .render import SEVERITY_STYLE, health_text, one_line, severity_text, state_text, worst_problem
 from .tables import PaneTable, TabTable
 
 
@@ -77,10 +76,6 @@ def _ms(value: float | None) -> str:
 
 
 class Neo4jScreen(ClusterPane):
-    BINDINGS = [
-        Binding("m", "next_member", "Server"),
-        Binding("r", "runbooks", "Runbooks"),
-    ]
     DEFAULT_CSS = """
     Neo4jScreen #n4j-tx-note, Neo4jScreen #n4j-servers-note {
         height: auto;
@@ -207,8 +202,7 @@ class Neo4jScreen(ClusterPane):
     def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
         parts = self.member_status(mh)
         problems = [*health.metrics, *(mt for m in health.members if m.snapshot.reachable for mt in m.metrics)]
-        append_problem(parts, worst_problem(problems))
-        self.query_one("#status", Static).update(parts)
+        self.show_status(parts, worst_problem(problems))
 
     def forget_member_rows(self) -> None:
         self.query_one(TransactionTable).reset()

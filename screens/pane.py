@@ -21,8 +21,9 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from dbops.actions import writes_allowed
 from dbops.config import ClusterRef
 from dbops.hub import Hub
-from dbops.model import ClusterHealth, MemberHealth, Reachability
+from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability
 
+from .render import SEVERITY_STYLE
 from .tables import PaneTable
 from .widgets import EnvBanner
 
@@ -76,8 +77,11 @@ class ClusterPane(Screen[None]):
     # Focus follows the tab switched to: a focused table left behind in a hidden tab would
     # switch it back. Only for panes whose every tab has a table or a scrolled text.
     FOCUS_FOLLOWS_TAB: ClassVar[bool] = False
-    # The word before the shown member's name in the status line ("member pg1").
-    MEMBER_WORD: ClassVar[str] = "member"
+    # The word for a member ("server"): the status line's "server n1", and the `m` key that
+    # shows the next one. None: the pane shows no member's details, and has no `m`.
+    MEMBER_WORD: ClassVar[str | None] = None
+    # `a` shows every row of the pane's filtered table, or only the problems again: its label.
+    SHOW_ALL: ClassVar[str | None] = None
     # Picking the member already shown starts its tables afresh too (cursor back on top).
     RESET_WHEN_REPICKED: ClassVar[bool] = False
 
@@ -88,12 +92,13 @@ class ClusterPane(Screen[None]):
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Before Textual merges the bindings (in its own __init_subclass__): the tabs' number keys
-        # come after the pane's own keys, hidden from the footer.
+        # Before Textual merges the bindings (in its own __init_subclass__), in the footer's order:
+        # escape, m, the pane's own keys, r, a; then the tabs' number keys, hidden.
         if "TABS" in cls.__dict__:
-            cls.BINDINGS = [*cls.__dict__.get("BINDINGS", []),
-                            *(Binding(str(n), f"tab('{t.id}')", t.key_label or t.title, show=False)
-                              for n, t in enumerate(cls.TABS, 1))]
+            member = [Binding("m", "next_member", cls.MEMBER_WORD.capitalize())] if cls.MEMBER_WORD else []
+            show_all = [Binding("a", "show_all", cls.SHOW_ALL)] if cls.SHOW_ALL else []
+            tabs = [Binding(str(n), f"tab('{t.id}')", t.key_label or t.title, show=False) for n, t in enumerate(cls.TABS, 1)]
+            cls.BINDINGS = [*member, *cls.__dict__.get("BINDINGS", []), Binding("r", "runbooks", "Runbooks"), *show_all, *tabs]
         super().__init_subclass__(**kwargs)
 
     def __init__(self, key: str) -> None:
@@ -101,6 +106,7 @@ class ClusterPane(Screen[None]):
         self.key = key
         self.member: str | None = None  # whose details the tabs show
         self.member_pinned = False  # True once the operator picked one
+        self.show_all = False  # False: the filtered table shows only its problems
 
     # -- the skeleton ----------------------------------------------------------------------------
 
@@ -176,6 +182,12 @@ class ClusterPane(Screen[None]):
     def show_health(self, text: Text) -> None:
         self.query_one("#health-text", Static).update(text or NOTHING_TO_REPORT)
 
+    def show_status(self, text: Text, problem: Metric | None = None) -> None:
+        """The status line: `text`, then one problem in its severity's colours."""
+        if problem is not None:
+            text.append(f"  {problem.message}", style=SEVERITY_STYLE[problem.severity])
+        self.query_one("#status", Static).update(text)
+
     def member_status(self, mh: MemberHealth | None, gap: str = " ") -> Text:
         """The status line's start: the member shown and, when it does not answer, why."""
         out = Text()
@@ -219,6 +231,13 @@ class ClusterPane(Screen[None]):
             return
         i = names.index(self.member) if self.member in names else -1
         self.pick_member(names[(i + 1) % len(names)])
+
+    def action_show_all(self) -> None:
+        self.show_all = not self.show_all
+        self.draw_filtered()
+
+    def draw_filtered(self) -> None:
+        """Redraw the table `a` filters."""
 
     def action_back(self) -> None:
         self.app.pop_screen()

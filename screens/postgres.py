@@ -128,12 +128,10 @@ def blocking_tree(sessions: tuple[Session, ...]) -> Text:
 
 class PostgresScreen(ClusterPane):
     BINDINGS = [
-        Binding("m", "next_member", "Member"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("c", "cancel_backend", "Cancel query"),
         Binding("k", "terminate_backend", "Terminate"),
-        Binding("r", "runbooks", "Runbooks"),
     ]
 
     # The cluster's own problems (two primaries, no reachable primary) in a bar above the
@@ -158,6 +156,7 @@ class PostgresScreen(ClusterPane):
         tab("health", "Health", static("health-text")),
     )
     FOCUS = "#activity-table"
+    MEMBER_WORD = "member"
     RESET_WHEN_REPICKED = True
 
     def __init__(self, key: str) -> None:
@@ -389,7 +388,7 @@ class PostgresScreen(ClusterPane):
             parts.append(f"  filter: {self.filter_text!r}", style="yellow")
         if not writes_allowed(self.ref, self.app.allow_writes):
             parts.append("  read-only: c/k disabled", style="dim italic")
-        self.query_one("#status", Static).update(parts)
+        self.show_status(parts)
 
     # -- actions -----------------------------------------------------------------------------
 

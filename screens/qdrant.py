@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import Static
 
 from dbops.engines.qdrant.assess import STATUS_SEVERITY, replica_severity, role_of, thresholds
@@ -16,7 +15,7 @@ from dbops.engines.qdrant.data import ACTIVE, QdrantData
 from dbops.model import ClusterHealth, MemberHealth, Severity
 
 from .pane import HEALTH_TAB, ClusterPane, static, tab
-from .render import append_problem, health_text, severity_text, state_text, worst_problem
+from .render import append_count, health_text, severity_text, state_text, worst_problem
 from .tables import NodesTable, TabTable
 
 # Fits 80 columns with followers, a TIMEOUT and a 5-digit port: /readyz is in State ("UP unready"),
@@ -60,10 +59,6 @@ class QdrantScreen(ClusterPane):
     DEFAULT_CSS = """
     QdrantScreen #replicas-note { height: auto; }
     """
-    BINDINGS = [
-        Binding("r", "runbooks", "Runbooks"),
-        Binding("a", "all_replicas", "All replicas"),
-    ]
     ENGINE = "Qdrant"
     TOP = (NodeTable,)
     TABS = (
@@ -75,10 +70,7 @@ class QdrantScreen(ClusterPane):
     INITIAL_TAB = "replicas"
     FOCUS = "#replicas-table"
     FOCUS_FOLLOWS_TAB = True
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.all_replicas = False  # False: only replicas that are not Active
+    SHOW_ALL = "All replicas"  # False: only replicas that are not Active
 
     def _data(self) -> QdrantData | None:
         return self.unit_values(QdrantData)
@@ -135,7 +127,7 @@ class QdrantScreen(ClusterPane):
         for r in replicas:
             sev = replica_severity(r.state)
             bad += r.state != ACTIVE
-            if r.state == ACTIVE and not self.all_replicas:
+            if r.state == ACTIVE and not self.show_all:
                 continue
             # Keyed by peer id (stable); shown by node name, which is what an operator knows.
             key = r.key
@@ -146,7 +138,7 @@ class QdrantScreen(ClusterPane):
         self.query_one(ReplicaTable).sync_labelled(rows, order)
         if data is None:
             note = Text("no refresh yet", style="dim")
-        elif self.all_replicas:
+        elif self.show_all:
             note = Text(f"all {len(replicas)} replicas, problems first (a: only those not Active)", style="dim")
         elif not bad:
             note = Text(f"all {len(replicas)} replicas Active (a: show all)", style="green")
@@ -170,14 +162,12 @@ class QdrantScreen(ClusterPane):
             dead = sum(1 for r in replicas if r.state == "Dead")
             other = sum(1 for r in replicas if r.state not in (ACTIVE, "Dead"))
             out.append(f"{len(data.collection_names())} collections, {len(replicas)} replicas", style="bold")
-            out.append(f"  Dead {dead}", style="bold red" if dead else "")
-            out.append(f"  other {other}", style="bold yellow" if other else "")
+            append_count(out, "Dead", dead, "bold red")
+            append_count(out, "other", other, "bold yellow")
             out.append(f"  transfers {len(data.transfers())}")
-        append_problem(out, worst_problem(health.metrics))
-        self.query_one("#status", Static).update(out)
+        self.show_status(out, worst_problem(health.metrics))
 
     # -- actions -------------------------------------------------------------------------------
 
-    def action_all_replicas(self) -> None:
-        self.all_replicas = not self.all_replicas
+    def draw_filtered(self) -> None:
         self._draw_replicas(self._data())

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import DataTable, Static, TabbedContent
 
 from dbops.engines.redis.data import RedisNodeData, RedisTopology, SentinelData
@@ -14,7 +13,7 @@ from dbops.engines.redis.topology import SLOTS, ClusterView, format_ranges, rang
 from dbops.model import ClusterHealth, MemberHealth, Severity, human_bytes
 
 from .pane import HEALTH_TAB, ClusterPane, scrolled, tab
-from .render import SEVERITY_STYLE, append_problem, first_problem, health_text, severity_text, state_text
+from .render import SEVERITY_STYLE, first_problem, health_text, severity_text, state_text
 from .tables import NodesTable, TabTable
 
 OWNER_STYLES = ("bold cyan", "bold green", "bold magenta", "bold blue", "bold yellow", "bold white")
@@ -109,10 +108,6 @@ class SlowTable(TabTable):
 
 
 class RedisScreen(ClusterPane):
-    BINDINGS = [
-        Binding("m", "next_member", "Node"),
-        Binding("r", "runbooks", "Runbooks"),
-    ]
     TOP = (NodeTable,)
     TABS = (
         tab("slots", "Slots", scrolled("slot-map")),
@@ -280,8 +275,7 @@ class RedisScreen(ClusterPane):
 
     def _draw_status(self, health: ClusterHealth, mh: MemberHealth | None) -> None:
         parts = self.member_status(mh)
-        append_problem(parts, first_problem(health.metrics))
-        self.query_one("#status", Static).update(parts)
+        self.show_status(parts, first_problem(health.metrics))
 
     # -- actions -------------------------------------------------------------------------------
 

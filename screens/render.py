@@ -92,7 +92,6 @@ def worst_problem(metrics: Iterable[Metric]) -> Metric | None:
     return max(problems, key=lambda m: m.severity.rank) if problems else None
 
 
-def append_problem(out: Text, problem: Metric | None) -> None:
-    """A status line's end: one problem, in its severity's colours."""
-    if problem is not None:
-        out.append(f"  {problem.message}", style=SEVERITY_STYLE[problem.severity])
+def append_count(out: Text, label: str, count: int, style: str) -> None:
+    """A count in a status line, in `style` when there is any."""
+    out.append(f"  {label} {count}", style=style if count else "")
