@@ -427,6 +427,9 @@ class Cluster(Model):
         known = specs()
         if self.engine not in known:
             why = broken().get(self.engine)
+            if why is None and not known:
+                why = ("no engine is registered (dbops' entry points are missing or stale): reinstall dbops "
+                       "(`make venv`, or `pip install -e .` in its checkout)")
             return [(("engine",), why if why else
                      "must be one of " + ", ".join(repr(k) for k in known) + f" (got {self.engine!r})")]
         names = [m.name for m in [*self.members, *(self.redis.sentinels if self.redis else [])] if m is not None]
@@ -763,10 +766,10 @@ def parse(text: str, file: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise ConfigError([Problem(file, int(m.group(1)) if m else None, "", f"not valid TOML: {exc}")]) from None
-    lines = locate_keys(text)
     try:
         return Config.validate(raw)
     except Invalid as exc:
+        lines = locate_keys(text)  # only a file with problems needs its keys' lines
         problems = []
         for err in exc.errors:
             message = err.message + (_suggest(err.loc) if err.kind == "unknown" else "")
