@@ -18,10 +18,14 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import socket
-from collections.abc import Callable, Iterable, Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +197,98 @@ class ServerUser:
             os.chown(path, self.uid, self.gid)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, 0600 from the start (no window with the umask's mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+class OwnedFiles:
+    """Directories and files of servers that run as `owner` (a service user when we are root):
+    private from the start, then handed to that user."""
+
+    OWNER_CANDIDATES: tuple[str, ...]  # the OS users the servers may run as when we are root
+    OWNER_MISSING: str  # what to do when none of them exists
+    _owner: ServerUser | None = None
+
+    @property
+    def owner(self) -> ServerUser:
+        if self._owner is None:
+            self._owner = ServerUser.detect(self.OWNER_CANDIDATES, self.OWNER_MISSING)
+        return self._owner
+
+    def _mkdir(self, path: Path) -> None:
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
+        self.owner.own(path)
+
+    def _write(self, path: Path, text: str) -> None:
+        write_private(path, text)
+        self.owner.own(path)
+
+
+def log_hint(log: Path | None) -> str:
+    """Where a failed server's log is and how it ends, to append to an error message."""
+    if log is None:
+        return ""
+    last = tail(log)
+    return f"\n  see {log}" + (f"; it ends with:\n{last}" if last else "")
+
+
+# Servers this process started, by pid: kept so that the Popen object is not collected while the
+# server runs (it would warn "subprocess ... is still running") and so that a server that stops
+# is reaped instead of lingering as a zombie. A server started by an earlier dbops is not ours.
+children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def adopt(proc: subprocess.Popen[bytes]) -> int:
+    """Keep `proc` among this process's children; returns its pid."""
+    children[proc.pid] = proc
+    return proc.pid
+
+
+def reap(pid: int) -> None:
+    """Collect `pid`'s exit status if it is our child and has exited."""
+    proc = children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del children[pid]
+
+
+def spawn(what: str, args: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None = None, *,
+          owner: ServerUser | None = None, **popen: Any) -> int:
+    """Start a server in a session of its own (Ctrl-C in the terminal that ran `up` must not stop
+    it), its output appended to `log` (0600, handed to `owner` when given) after a line saying
+    what was started. `popen`: more subprocess.Popen arguments (the user to run as ...). Returns
+    its pid; the process is kept among our children."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as fh:
+        if owner is not None:
+            owner.own(log)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fh.write(f"---- {started} dbops sandbox: {what}: {' '.join(args)}\n".encode())
+        fh.flush()
+        try:
+            proc = subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
+                                    env=env, start_new_session=True, **popen)
+        except OSError as exc:
+            raise SandboxError(f"cannot start {what} ({' '.join(args)}): {exc}") from None
+    return adopt(proc)
+
+
+def already_up(engine: str, root: Path, running: dict[str, bool], progress: Progress) -> bool:
+    """Whether every server of `engine`'s sandbox (`running`: name -> whether it runs) is up;
+    SandboxError when only some are: a fresh `up` would collide with the ones left running."""
+    if all(running.values()):
+        progress(f"{engine} sandbox is already up")
+        return True
+    if any(running.values()):
+        down_names = ", ".join(n for n, r in running.items() if not r)
+        raise SandboxError(f"the {engine} sandbox under {root} is partly running ({down_names} down), perhaps after "
+                           "a drill; run `dbops sandbox down` and then `dbops sandbox up` for a fresh one")
+    return False
+
+
 
 def pid_alive(pid: int | None, needle: str | None = None) -> bool:
     """True if `pid` is a live (non-zombie) process whose command line contains `needle`.
@@ -299,6 +395,60 @@ class SingleProcessSandbox(EngineSandbox):
 
     def is_running(self) -> bool:
         return self.pid() is not None
+
+    # The log's size when the process was last spawned: it is appended to across starts, and only
+    # what this start writes says whether it is ready.
+    _log_from = 0
+
+    def _spawn_process(self, what: str, args: Sequence[str], env: dict[str, str] | None = None) -> int:
+        """Start the process (see spawn), its output in the log the state names; record its pid."""
+        log = Path(self.state["log"])
+        self._log_from = log.stat().st_size if log.exists() else 0
+        pid = spawn(what, args, log, self.dir, env)
+        self._record_pid(pid)
+        return pid
+
+    def _wait_process(self, pid: int, what: str, ready: bytes, ports: Iterable[int], *, timeout: float,
+                      poll: float = 0.1, host: str = "127.0.0.1") -> None:
+        """Wait until this start of the process says `ready` in its log and listens on `ports`."""
+        wait_ready(pid, Path(self.state["log"]), what, ready, ports, timeout=timeout, log_from=self._log_from,
+                   poll=poll, host=host)
+
+    def _record_pid(self, pid: int | None) -> None:
+        st = self.state
+        st["pid"] = pid
+        write_engine_state(self.root, self.ENGINE, st)
+
+    def _stop_process(self, progress: Progress, what: str, sig: signal.Signals, grace: float) -> None:
+        """`down`: signal the process (SIGKILL after `grace` seconds), then forget its pid."""
+        from dbops.sandbox import maven
+
+        pid = self.pid()
+        if pid is None:
+            return
+        progress(f"stop {what}")
+        maven.stop({pid: self._needle()}, sig, grace)
+        self._record_pid(None)
+
+
+def wait_ready(pid: int, log: Path, what: str, ready: bytes, ports: Iterable[int], *, timeout: float,
+               log_from: int = 0, poll: float = 0.1, host: str = "127.0.0.1") -> None:
+    """Wait until the process `pid` has written `ready` to `log` (past offset `log_from`, where
+    this start's output begins) and listens on every one of `ports`; SandboxError when it exits
+    first or `timeout` seconds pass."""
+    ports = list(ports)
+    deadline = time.monotonic() + timeout
+    while True:
+        if not pid_alive(pid):
+            raise SandboxError(f"{what} exited while starting; see {log}; it ends with:\n{tail(log)}")
+        with log.open("rb") as fh:
+            fh.seek(log_from)
+            started = ready in fh.read()
+        if started and all(port_open(p, host) for p in ports):
+            return
+        if time.monotonic() >= deadline:
+            raise SandboxError(f"{what} did not start within {timeout:.0f} s; see {log}")
+        time.sleep(poll)
 
 
 def toml_str(value: str) -> str:

@@ -29,7 +29,6 @@ password, TLS verify-ca with the sandbox's CA).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import shutil
 import signal
@@ -39,20 +38,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dbops.sandbox import maven
 from dbops.sandbox import (
-    down_on_failure,
     EngineSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
     _quiet,
+    already_up,
+    down_on_failure,
     free_ports,
+    maven,
     pid_alive,
     port_open,
+    spawn,
     tail,
     toml_str,
     write_engine_state,
+    write_private,
 )
 
 ENGINE = "kafka"
@@ -87,13 +89,6 @@ def kafka_uuid() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, 0600 from the start (no window with the umask's mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 class KafkaSandbox(EngineSandbox):
@@ -161,15 +156,8 @@ class KafkaSandbox(EngineSandbox):
 
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
         """Bring the three nodes up; returns (the config fragment, already_up)."""
-        if self._state():
-            running = {n: self.pid(n) is not None for n in NODES}
-            if all(running.values()):
-                progress("kafka sandbox is already up")
-                return self.config_fragment(), True
-            if any(running.values()):
-                raise SandboxError(f"the kafka sandbox under {self.root} is partly running "
-                                   f"({', '.join(n for n, r in running.items() if not r)} down); run `dbops sandbox down` "
-                                   "and then `dbops sandbox up` for a fresh one")
+        if self._state() and already_up(ENGINE, self.root, {n: self.pid(n) is not None for n in NODES}, progress):
+            return self.config_fragment(), True
         lib = maven.fetch(f"kafka-{VERSION}", ARTIFACTS, progress)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.down(progress)
@@ -287,7 +275,7 @@ class KafkaSandbox(EngineSandbox):
         d = self.node_dir(name)
         args = [maven.tool("java"), HEAP, "-Xms128m", f"-Dlog4j.configuration=file:{d / 'log4j.properties'}",
                 "-cp", f"{st['lib']}/*", "kafka.Kafka", str(d / "server.properties")]
-        pid = maven.spawn(f"kafka.Kafka ({name})", args, Path(st["nodes"][name]["log"]), d)
+        pid = spawn(f"kafka.Kafka ({name})", args, Path(st["nodes"][name]["log"]), d)
         st["nodes"][name]["pid"] = pid
         write_engine_state(self.root, ENGINE, st)
         return pid

@@ -34,7 +34,6 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,18 +42,18 @@ from pathlib import Path
 from typing import Any
 
 from dbops.sandbox import (
-    SingleProcessSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
+    SingleProcessSandbox,
     _quiet,
     down_on_failure,
     free_ports,
     maven,
     pid_alive,
-    port_open,
-    tail,
+    spawn,
     toml_str,
+    wait_ready,
     write_engine_state,
 )
 
@@ -246,18 +245,14 @@ def start(workdir: Path, progress: Progress = _quiet) -> KubernetesStandIn:
     # -Ddbops-k8s-stand-in marks the command line, so that stop() only ever signals this JVM.
     args = [maven.tool("java"), HEAP, "-Ddbops-k8s-stand-in=1", "-cp", f"{classes}:{lib}/*", "Launcher", str(port)]
     progress(f"start the Kubernetes API stand-in (fabric8 kubernetes-server-mock {VERSION}, CRUD mode) on {HOST}:{port}")
-    pid = maven.spawn("the Kubernetes API stand-in", args, log, workdir)
+    pid = spawn("the Kubernetes API stand-in", args, log, workdir)
     stand_in = KubernetesStandIn(port, pid, log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if not pid_alive(pid):
-            raise SandboxError(f"the Kubernetes stand-in exited while starting; its log ends with:\n{tail(log)}")
-        if READY.encode() in log.read_bytes() and port_open(port, HOST):
-            return stand_in
-        if time.monotonic() >= deadline:
-            stand_in.stop()
-            raise SandboxError(f"the Kubernetes stand-in did not start within {START_TIMEOUT:.0f} s; see {log}")
-        time.sleep(0.1)
+    try:
+        wait_ready(pid, log, "the Kubernetes stand-in", READY.encode(), [port], timeout=START_TIMEOUT, host=HOST)
+    except SandboxError:
+        stand_in.stop()  # one that never came up must not be left running (a no-op if it exited)
+        raise
+    return stand_in
 
 
 # ---------------------------------------------------------------------------------------------

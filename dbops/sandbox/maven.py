@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dbops.sandbox import Progress, SandboxError, _quiet, pid_alive
+from dbops.sandbox import Progress, SandboxError, _quiet, pid_alive, reap
 
 FETCH_TIMEOUT = 900.0  # seconds for the first fetch (Neo4j's jars are ~130 MB)
 APT_HINT = "install Debian's openjdk-17-jdk-headless and maven (apt-get install openjdk-17-jdk-headless maven)"
@@ -65,22 +65,6 @@ def fetch(name: str, artifacts: tuple[tuple[str, str, str], ...], progress: Prog
     return lib
 
 
-# JVMs this process started, by pid: kept so that a stopped one is reaped, not left a zombie.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def spawn(what: str, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
-    """Start a JVM in a session of its own (Ctrl-C in the terminal that ran `up` must not stop
-    it), its output appended to `log` after a line saying what was started."""
-    with open(log, "ab") as fh:
-        fh.write(f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} dbops sandbox: {what}\n".encode())
-        fh.flush()
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
-                                start_new_session=True, env=env)
-    _children[proc.pid] = proc
-    return proc.pid
-
-
 def stop(pids: dict[int, str], sig: signal.Signals, grace: float) -> None:
     """Send `sig` to each pid still running its own command line (`pids`: pid -> a string of
     that command line), wait until all are gone, SIGKILL what is left after `grace` seconds."""
@@ -90,9 +74,7 @@ def stop(pids: dict[int, str], sig: signal.Signals, grace: float) -> None:
     deadline = time.monotonic() + grace
     while True:
         for pid in pids:
-            proc = _children.get(pid)
-            if proc is not None and proc.poll() is not None:
-                del _children[pid]
+            reap(pid)
         left = [p for p in pids if pid_alive(p)]
         if not left:
             return

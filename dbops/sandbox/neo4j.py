@@ -23,21 +23,17 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from dbops.sandbox import (
-    down_on_failure,
-    SingleProcessSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
+    SingleProcessSandbox,
     _quiet,
+    down_on_failure,
     free_ports,
     maven,
-    pid_alive,
-    port_open,
-    tail,
     toml_str,
     write_engine_state,
 )
@@ -88,10 +84,6 @@ class Neo4jSandbox(SingleProcessSandbox):
     ENGINE = ENGINE
     LABEL = "Neo4j"
     UP = "dbops sandbox up --engines neo4j"
-
-    def __init__(self, root: Path | None = None):
-        super().__init__(root)
-        self._log_from = 0  # the log's size when the launcher was last spawned
 
     @property
     def port(self) -> int:
@@ -160,40 +152,15 @@ class Neo4jSandbox(SingleProcessSandbox):
 
     def _spawn(self) -> int:
         st = self.state
-        log = Path(st["log"])
-        # The log is appended to across starts: only what this start writes counts.
-        self._log_from = log.stat().st_size if log.exists() else 0
         args = [maven.tool("java"), HEAP, "-cp", f"{self.dir / 'classes'}:{st['lib']}/*", "Launcher", self._needle(), str(st["port"])]
-        pid = maven.spawn("the Neo4j launcher", args, Path(st["log"]), self.dir, env={**os.environ, "DBOPS_NEO4J_PASSWORD": st["password"]})
-        st["pid"] = pid
-        write_engine_state(self.root, ENGINE, st)
-        return pid
+        return self._spawn_process("the Neo4j launcher", args, env={**os.environ, "DBOPS_NEO4J_PASSWORD": st["password"]})
 
     def _wait_started(self, pid: int) -> None:
-        log = Path(self.state["log"])
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if not pid_alive(pid):
-                raise SandboxError(f"Neo4j exited while starting; see {log}; it ends with:\n{tail(log)}")
-            with log.open("rb") as fh:
-                fh.seek(self._log_from)
-                started = READY.encode() in fh.read()
-            if started and port_open(self.port, HOST):
-                return
-            if time.monotonic() >= deadline:
-                raise SandboxError(f"Neo4j did not start within {START_TIMEOUT:.0f} s; see {log}")
-            time.sleep(0.2)
+        self._wait_process(pid, "Neo4j", READY.encode(), [self.port], timeout=START_TIMEOUT, poll=0.2, host=HOST)
 
     def down(self, progress: Progress = _quiet) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        progress("stop neo4j")
         # SIGTERM: the launcher's shutdown hook closes the databases cleanly.
-        maven.stop({pid: self._needle()}, signal.SIGTERM, STOP_GRACE)
-        st = self.state
-        st["pid"] = None
-        write_engine_state(self.root, ENGINE, st)
+        self._stop_process(progress, "neo4j", signal.SIGTERM, STOP_GRACE)
 
     def status(self) -> list[ProcessStatus]:
         st = self._state()

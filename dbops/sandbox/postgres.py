@@ -34,18 +34,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dbops.sandbox import (
-    down_on_failure,
+    OwnedFiles,
     ProcessStatus,
     Progress,
     SandboxError,
-    ServerUser,
     _quiet,
+    already_up,
+    down_on_failure,
     engine_state,
     free_ports,
+    log_hint,
     pid_alive,
     port_open,
     sandbox_dir,
-    tail,
     toml_str,
     write_engine_state,
 )
@@ -142,8 +143,12 @@ def _shell_quote(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class PostgresSandbox:
+class PostgresSandbox(OwnedFiles):
     """The PostgreSQL + PgBouncer part of a sandbox rooted at `root` (the sandbox directory)."""
+
+    OWNER_CANDIDATES = ("postgres",)
+    OWNER_MISSING = ("running as root, the sandbox must run PostgreSQL as the `postgres` OS user, which does "
+                     "not exist; install the Debian package postgresql-15 (it creates that user)")
 
     def __init__(self, root: Path | None = None):
         self.root = sandbox_dir(root)
@@ -156,7 +161,6 @@ class PostgresSandbox:
         self.pgbackrest_dir = self.root / "pgbackrest"
         self.pgbackrest_conf = self.root / "pgbackrest.conf"
         self.restores_dir = self.root / "restores"  # postgres.restore's new data directories
-        self._owner: ServerUser | None = None
         self._bindir: Path | None = None
 
     # -- paths and recorded state ----------------------------------------------------------
@@ -224,14 +228,6 @@ class PostgresSandbox:
         return dict(c)
 
     @property
-    def owner(self) -> ServerUser:
-        if self._owner is None:
-            self._owner = ServerUser.detect(
-                ("postgres",), "running as root, the sandbox must run PostgreSQL as the `postgres` OS user, which does "
-                "not exist; install the Debian package postgresql-15 (it creates that user)")
-        return self._owner
-
-    @property
     def bindir(self) -> Path:
         if self._bindir is None:
             self._bindir = _pg_bindir()
@@ -270,32 +266,14 @@ class PostgresSandbox:
                 **self.owner.popen_kwargs(),
             )
         except subprocess.TimeoutExpired:
-            raise SandboxError(f"{what}: did not finish within {timeout:.0f} s" + self._log_hint(log)) from None
+            raise SandboxError(f"{what}: did not finish within {timeout:.0f} s" + log_hint(log)) from None
         except OSError as exc:
             raise SandboxError(f"{what}: cannot run {args[0]}: {exc}") from None
         if check and cp.returncode != 0:
             out = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-6:]
             detail = ("\n" + "\n".join("    " + ln for ln in out)) if out else ""
-            raise SandboxError(f"{what} failed (exit {cp.returncode}){detail}" + self._log_hint(log))
+            raise SandboxError(f"{what} failed (exit {cp.returncode}){detail}" + log_hint(log))
         return cp
-
-    @staticmethod
-    def _log_hint(log: Path | None) -> str:
-        if log is None:
-            return ""
-        last = tail(log)
-        return f"\n  see {log}" + (f"; it ends with:\n{last}" if last else "")
-
-    def _mkdir(self, path: Path) -> None:
-        path.mkdir(mode=0o700, parents=False, exist_ok=True)
-        path.chmod(0o700)  # mkdir's mode is masked by the umask
-        self.owner.own(path)
-
-    def _write(self, path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        self.owner.own(path)
 
     def psql(self, name: str, sql: str, *, database: str = DATABASE, timeout: float = 15) -> str:
         """Run SQL with psql and return its unaligned, tuples-only output (fields split by |).
@@ -354,17 +332,8 @@ class PostgresSandbox:
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
         """Bring pg1..pg3 and pgbouncer up; returns (config fragment, already_up)."""
         self._prerequisites()
-        if engine_state(self.root, ENGINE):
-            running = self._running_map()
-            if all(running.values()):
-                progress("postgres sandbox is already up")
-                return self.config_fragment(), True
-            if any(running.values()):
-                down_names = ", ".join(n for n, r in running.items() if not r)
-                raise SandboxError(
-                    f"the postgres sandbox under {self.root} is partly running ({down_names} down), perhaps "
-                    "after a drill; run `dbops sandbox down` and then `dbops sandbox up` for a fresh one"
-                )
+        if engine_state(self.root, ENGINE) and already_up(ENGINE, self.root, self._running_map(), progress):
+            return self.config_fragment(), True
         # Nothing of ours is running: start fresh. down() first in case an interrupted `up`
         # left a server behind without recording it.
         self.down(progress)
@@ -820,7 +789,7 @@ class PostgresSandbox:
         deadline = time.monotonic() + 10
         while not (self._bouncer_pid() and port_open(port)):
             if time.monotonic() >= deadline:
-                raise SandboxError(f"pgbouncer did not listen on port {port} within 10 s" + self._log_hint(self.bouncer_log))
+                raise SandboxError(f"pgbouncer did not listen on port {port} within 10 s" + log_hint(self.bouncer_log))
             time.sleep(0.05)
         self._record_pid(PGBOUNCER)
 
@@ -1054,7 +1023,7 @@ class PostgresSandbox:
             self.stop_member(name, "immediate")
             if self._postmaster_pid(name) is not None:
                 raise SandboxError(f"{name} still runs after pg_ctl stop -m immediate; it is NOT fenced"
-                                   + self._log_hint(self.log_file(name)))
+                                   + log_hint(self.log_file(name)))
         self._clear_dead_postmaster(name, progress, fencing=True)
         progress(f"make {name} start only as a standby of {new_primary}")
         auto = data / "postgresql.auto.conf"

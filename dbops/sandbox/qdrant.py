@@ -35,27 +35,24 @@ import os
 import secrets
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from dbops.sandbox import (
-    SingleProcessSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
+    SingleProcessSandbox,
     _quiet,
     down_on_failure,
     engine_state,
     free_ports,
-    maven,
-    pid_alive,
     port_open,
-    tail,
     toml_str,
     write_engine_state,
+    write_private,
 )
 
 ENGINE = "qdrant"
@@ -83,10 +80,6 @@ class QdrantSandbox(SingleProcessSandbox):
     ENGINE = ENGINE
     LABEL = "Qdrant"
     UP = "dbops sandbox up --engines qdrant"
-
-    def __init__(self, root: Path | None = None):
-        super().__init__(root)
-        self._log_from = 0
 
     # -- recorded state ----------------------------------------------------------------------
 
@@ -128,9 +121,7 @@ class QdrantSandbox(SingleProcessSandbox):
             ports = dict(zip(NODES, free_ports(len(NODES))))
             api_key, ro_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         for fname, key in (("api_key", api_key), ("read_only_api_key", ro_key)):
-            fd = os.open(self.dir / fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(key + "\n")
+            write_private(self.dir / fname, key + "\n")
         spec = _spec_path()
         write_engine_state(self.root, ENGINE, {
             "version": VERSION, "api_key": api_key, "read_only_api_key": ro_key, "ports": ports, "pid": None,
@@ -145,47 +136,20 @@ class QdrantSandbox(SingleProcessSandbox):
 
     def _spawn(self) -> int:
         st = self.state
-        log = Path(st["log"])
-        self._log_from = log.stat().st_size if log.exists() else 0
         args = [sys.executable, "-m", MODULE, "--ports", ",".join(str(p) for p in st["ports"].values()),
                 "--api-key-file", str(self.dir / "api_key"), "--read-only-api-key-file", str(self.dir / "read_only_api_key"),
                 "--state-file", st["state_file"], "--seed-demo"]
         if st.get("spec"):
             args += ["--spec", st["spec"]]
-        try:
-            pid = maven.spawn("the fake Qdrant cluster", args, log, self.dir, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        except OSError as exc:
-            raise SandboxError(f"cannot start the fake Qdrant ({' '.join(args[:3])}): {exc}") from None
-        st["pid"] = pid
-        write_engine_state(self.root, ENGINE, st)
-        return pid
+        return self._spawn_process("the fake Qdrant cluster", args, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def _wait_started(self, pid: int) -> None:
-        log = Path(self.state["log"])
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if not pid_alive(pid):
-                raise SandboxError(f"the fake Qdrant exited while starting; see {log}; it ends with:\n{tail(log)}")
-            with log.open("rb") as fh:
-                fh.seek(self._log_from)
-                started = b"nodes up on" in fh.read()
-            if started and all(port_open(p, HOST) for p in self.ports.values()):
-                return
-            if time.monotonic() >= deadline:
-                raise SandboxError(f"the fake Qdrant did not start within {START_TIMEOUT:.0f} s; see {log}")
-            time.sleep(0.1)
+        self._wait_process(pid, "the fake Qdrant", b"nodes up on", self.ports.values(), timeout=START_TIMEOUT, host=HOST)
 
     # -- down and status -------------------------------------------------------------------------
 
     def down(self, progress: Progress = _quiet) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        progress("stop the fake qdrant")
-        maven.stop({pid: self._needle()}, signal.SIGTERM, STOP_GRACE)  # SIGTERM: it saves its state and exits
-        st = self.state
-        st["pid"] = None
-        write_engine_state(self.root, ENGINE, st)
+        self._stop_process(progress, "the fake qdrant", signal.SIGTERM, STOP_GRACE)  # SIGTERM: it saves its state and exits
 
     def status(self) -> list[ProcessStatus]:
         st = self._state()

@@ -61,24 +61,26 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from dbops.sandbox import (
-    down_on_failure,
     EngineSandbox,
+    OwnedFiles,
     ProcessStatus,
     Progress,
     SandboxError,
-    ServerUser,
     _quiet,
+    already_up,
+    down_on_failure,
     engine_state,
     free_ports,
+    log_hint,
     pid_alive,
     port_open,
+    reap,
     sandbox_dir,
-    tail,
+    spawn,
     toml_str,
     write_engine_state,
 )
@@ -183,23 +185,15 @@ def _parse_fields(value: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in value.split(",") if "=" in part)
 
 
-# Servers this process started, by pid: kept so that the Popen object is not collected while the
-# server runs (it would warn "subprocess ... is still running") and so that a server that stops
-# is reaped instead of lingering as a zombie. A server started by an earlier dbops is not ours.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap(pid: int) -> None:
-    proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
-        del _children[pid]
-
-
 # ---------------------------------------------------------------------------------------------
 
 
-class RedisSandbox(EngineSandbox):
+class RedisSandbox(OwnedFiles, EngineSandbox):
     """The Redis part of a sandbox rooted at `root` (the sandbox directory)."""
+
+    OWNER_CANDIDATES = ("redis", "nobody")
+    OWNER_MISSING = ("running as root, the Redis sandbox needs an OS user to run the servers as, and "
+                     f"neither `redis` nor `nobody` exists; {APT_HINT} (it creates the `redis` user)")
 
     ENGINE = ENGINE
     LABEL = "Redis"
@@ -209,7 +203,6 @@ class RedisSandbox(EngineSandbox):
         # Absolute: the servers are started with their node directory as working directory, and
         # the configuration path in their process title is how we recognise them.
         super().__init__(sandbox_dir(root).absolute())
-        self._owner: ServerUser | None = None
         self._bindir: Path | None = None
 
     # -- paths and recorded state ----------------------------------------------------------
@@ -243,14 +236,6 @@ class RedisSandbox(EngineSandbox):
     def _check_node(name: str) -> None:
         if name not in NODE_NAMES:
             raise SandboxError(f"no Redis sandbox node {name!r}; nodes: {', '.join(NODE_NAMES)}")
-
-    @property
-    def owner(self) -> ServerUser:
-        if self._owner is None:
-            self._owner = ServerUser.detect(
-                ("redis", "nobody"), "running as root, the Redis sandbox needs an OS user to run the servers as, and "
-                f"neither `redis` nor `nobody` exists; {APT_HINT} (it creates the `redis` user)")
-        return self._owner
 
     @property
     def bindir(self) -> Path:
@@ -345,17 +330,8 @@ class RedisSandbox(EngineSandbox):
     def up(self, progress: Progress = _quiet) -> tuple[str, bool]:
         """Bring both deployments up; returns (their config fragment, already_up)."""
         version = self._prerequisites()
-        if self._state():
-            running = {n: self._live_pid(n) is not None for n in NODE_NAMES}
-            if all(running.values()):
-                progress("redis sandbox is already up")
-                return self.config_fragment(), True
-            if any(running.values()):
-                down_names = ", ".join(n for n, r in running.items() if not r)
-                raise SandboxError(
-                    f"the redis sandbox under {self.root} is partly running ({down_names} down), perhaps after "
-                    "a drill; run `dbops sandbox down` and then `dbops sandbox up` for a fresh one"
-                )
+        if self._state() and already_up(ENGINE, self.root, {n: self._live_pid(n) is not None for n in NODE_NAMES}, progress):
+            return self.config_fragment(), True
         # Nothing of ours is running: start fresh. down() first in case an interrupted `up`
         # left a server behind.
         self.down(progress)
@@ -399,17 +375,6 @@ class RedisSandbox(EngineSandbox):
         if self.dir.exists():
             shutil.rmtree(self.dir)
         write_engine_state(self.root, ENGINE, None)
-
-    def _mkdir(self, path: Path) -> None:
-        path.mkdir(mode=0o700, exist_ok=True)
-        path.chmod(0o700)  # mkdir's mode is masked by the umask
-        self.owner.own(path)
-
-    def _write(self, path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        self.owner.own(path)
 
     def _create(self, version: str, progress: Progress) -> None:
         t0 = time.monotonic()
@@ -533,36 +498,16 @@ class RedisSandbox(EngineSandbox):
         args = [str(self.bindir / "redis-server"), str(self.conf_file(name))]
         if _kind(name) == "sentinel":
             args.append("--sentinel")  # Debian 12 ships redis-sentinel in a package of its own
-        log = self.log_file(name)
         # The server appends to the same log once it opens it; before that, what it prints
         # (a configuration error) lands here too.
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "ab") as fh:
-            self.owner.own(log)
-            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            fh.write(f"---- {started} dbops sandbox: {' '.join(args)}\n".encode())
-            fh.flush()
-            try:
-                proc = subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.node_dir(name),
-                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
-                    # Its own session: Ctrl-C in the terminal that ran `up` must not stop it.
-                    start_new_session=True,
+        pid = spawn(name, args, self.log_file(name), self.node_dir(name),
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}, owner=self.owner,
                     # What it writes (its rewritten configuration holds the password) is its own.
-                    umask=0o077,
-                    **self.owner.popen_kwargs(),
-                )
-            except OSError as exc:
-                raise SandboxError(f"cannot start {name} ({' '.join(args)}): {exc}") from None
-        _children[proc.pid] = proc
+                    umask=0o077, **self.owner.popen_kwargs())
         st = self.state
-        st["nodes"][name]["pid"] = proc.pid
+        st["nodes"][name]["pid"] = pid
         write_engine_state(self.root, ENGINE, st)
-        return proc.pid
+        return pid
 
     def _start(self, names: Sequence[str]) -> None:
         """Start every named server, then wait for each to answer PING."""
@@ -576,7 +521,7 @@ class RedisSandbox(EngineSandbox):
         last = ""
         while True:
             if not pid_alive(pid):
-                _reap(pid)
+                reap(pid)
                 raise SandboxError(f"{name} (redis-server on {HOST}:{port}) exited right after starting"
                                    + self._log_hint(name))
             if port_open(port, HOST):
@@ -593,9 +538,7 @@ class RedisSandbox(EngineSandbox):
             time.sleep(0.05)
 
     def _log_hint(self, name: str) -> str:
-        log = self.log_file(name)
-        last = tail(log)
-        return f"\n  see {log}" + (f"; it ends with:\n{last}" if last else "")
+        return log_hint(self.log_file(name))
 
     def _cluster_create(self) -> None:
         addrs = [f"{HOST}:{self.port(n)}" for n in CLUSTER_NODES]
@@ -766,7 +709,7 @@ class RedisSandbox(EngineSandbox):
         deadline = time.monotonic() + timeout
         while True:
             for pid in pids.values():
-                _reap(pid)
+                reap(pid)
             # Without the needle: an exiting process shows an empty command line once its memory
             # is released, yet it holds its port until it is gone.
             left = {n: p for n, p in pids.items() if pid_alive(p)}

@@ -34,25 +34,26 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbops.sandbox import (
-    down_on_failure,
     EngineSandbox,
     ProcessStatus,
     Progress,
     SandboxError,
     _quiet,
+    children,
+    down_on_failure,
     free_ports,
+    log_hint,
     pid_alive,
     port_open,
-    tail,
+    reap,
+    spawn,
     toml_str,
     write_engine_state,
 )
@@ -102,20 +103,6 @@ def _port_free(port: int, wait: float = 0.0) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-
-
-# Servers this process started, by pid. Kept so that the Popen object is not collected while
-# the server runs (it would warn "subprocess ... is still running") and so that we can collect
-# its exit status once it stops.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status if the server is our own child (tests start it in-process), so it
-    does not linger as a zombie; a server started by an earlier dbops is not ours to wait for."""
-    proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
-        del _children[pid]
 
 
 class S3Sandbox(EngineSandbox):
@@ -177,7 +164,7 @@ class S3Sandbox(EngineSandbox):
         self.dir.mkdir(mode=0o700, exist_ok=True)
         if old:
             if old.get("pid"):
-                _reap(int(old["pid"]))
+                reap(int(old["pid"]))
             # Same port (when free) and keys as before: configs written for the old server still point here.
             port = int(old["port"]) if _port_free(int(old["port"]), wait=PORT_WAIT) else free_ports(1)[0]
             key_id, secret_key = old["access_key_id"], old["secret_access_key"]
@@ -217,39 +204,20 @@ class S3Sandbox(EngineSandbox):
 
     def _spawn(self, port: int) -> int:
         args = [sys.executable, "-m", MOTO_MODULE, "-H", HOST, "-p", str(port)]
-        with open(self.log, "ab") as log:
-            started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            log.write(f"---- {started} dbops sandbox up: {' '.join(args)}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.Popen(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.dir,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                    # Its own session: Ctrl-C in the terminal that ran `up` must not stop it.
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise SandboxError(f"cannot start moto's S3 server ({' '.join(args)}): {exc}") from None
-        _children[proc.pid] = proc
-        return proc.pid
+        return spawn("moto's S3 server", args, self.log, self.dir, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def _log_hint(self) -> str:
-        last = tail(self.log)
-        return f"\n  see {self.log}" + (f"; it ends with:\n{last}" if last else "")
+        return log_hint(self.log)
 
     def _wait_answering(self, pid: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        child = _children.get(pid)
+        child = children.get(pid)
         while not port_open(port, HOST):
             # Our own child: its exit status is the authority (and says how it ended); a server
             # started by an earlier dbops is judged by its pid and command line.
             ended = child.poll() if child is not None else (None if pid_alive(pid, self._command_needle(port)) else "?")
             if ended is not None:
-                _reap(pid)
+                reap(pid)
                 how = ("" if ended == "?" else f" (killed by signal {-ended})" if isinstance(ended, int) and ended < 0
                        else f" (exit status {ended})")
                 raise SandboxError(f"moto's S3 server exited right after starting on {HOST}:{port}{how}" + self._log_hint())
@@ -315,7 +283,7 @@ class S3Sandbox(EngineSandbox):
                     pass  # exited just now: the wait below sees it gone
             deadline = time.monotonic() + STOP_GRACE
             while time.monotonic() < deadline:
-                _reap(pid)
+                reap(pid)
                 # Without the needle here: an exiting process shows an empty command line once its
                 # memory is released, yet it holds its port until it is gone.
                 if not pid_alive(pid):
