@@ -17,13 +17,13 @@ if TYPE_CHECKING:
     from dbops.config import Config, ConfigError
 
 
-def fail_config(exc: "ConfigError", code: int) -> NoReturn:
+def fail_config(exc: ConfigError, code: int) -> NoReturn:
     for p in exc.problems:
         click.echo(f"error: {p}", err=True)
     sys.exit(code)
 
 
-def load_config(path: str | None, code: int = 2) -> "Config":
+def load_config(path: str | None, code: int = 2) -> Config:
     """The config a command runs with (--config, $DBOPS_CONFIG, ./dbops.toml, the user config
     dir), or its problems on stderr and exit `code`."""
     from dbops.config import ConfigError, find_config, load

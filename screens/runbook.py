@@ -127,7 +127,7 @@ class TuiFrontEnd:
     """The wizard's side of a runbook session. Called on the run's thread: a prompt shows a modal
     on the UI thread and waits for the answer; an event is posted to the screen."""
 
-    def __init__(self, screen: "RunbookScreen") -> None:
+    def __init__(self, screen: RunbookScreen) -> None:
         self.screen = screen
         self.pending: set[concurrent.futures.Future[bool]] = set()
 
@@ -173,6 +173,7 @@ class TuiFrontEnd:
 
 
 class RunbookScreen(Screen[None]):
+    session: RunbookSession  # made on mount, once the app is there
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("ctrl+l", "plan", "Plan"),
@@ -223,12 +224,6 @@ class RunbookScreen(Screen[None]):
             self._confirmer = TuiFrontEnd(self)
         return self._confirmer
 
-    @property
-    def session(self) -> RunbookSession:
-        if not hasattr(self, "_session"):
-            self._session = RunbookSession(self.app.config, self.confirmer, state=self.app.state_dir, audit=self.app.audit,
-                                           allow_writes=self.app.allow_writes)
-        return self._session
 
     def _from_thread(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """Run fn on the UI thread from a worker, unless the screen is closing (its widgets are
@@ -249,6 +244,9 @@ class RunbookScreen(Screen[None]):
             await asyncio.to_thread(self.run_done.wait, 10)
 
     def on_mount(self) -> None:
+        # Before any worker starts: they all use this one session (the app's audit log, its state dir).
+        self.session = RunbookSession(self.app.config, self.confirmer, state=self.app.state_dir, audit=self.app.audit,
+                                      allow_writes=self.app.allow_writes)
         self.title = f"{self.ref.name} · runbook"
         self.query_one("#rb-step-progress-row").display = False
         from dbops.actions import writes_allowed

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from dbops.runbook.session import RunbookSession, SessionError
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -25,11 +28,10 @@ def _config(ctx: click.Context) -> Any:
     return load_config(ctx.obj.get("config_path"))
 
 
-def _refused(exc: Exception) -> NoReturn:
+def _refused(exc: SessionError) -> NoReturn:
     """A session's refusal as a command line says it: a required parameter is a --param."""
-    from dbops.runbook.session import MissingParam, SessionError
+    from dbops.runbook.session import MissingParam
 
-    assert isinstance(exc, SessionError)
     if isinstance(exc, MissingParam):
         _fail(f"{exc.book.id} needs --param {exc.param.name}=... ({exc.param.description})")
     _fail(exc.message, int(exc.code))
@@ -55,7 +57,7 @@ def _overrides(raw: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _session(ctx: click.Context, front: Any) -> Any:
+def _session(ctx: click.Context, front: CliFrontEnd) -> RunbookSession:
     from dbops.config import state_dir
     from dbops.runbook.session import RunbookSession
 
@@ -238,7 +240,7 @@ class CliFrontEnd:
         return answer.strip().lower() == "done"
 
     def event(self, event: str, **data: Any) -> None:
-        step = data.get("step")
+        step: Any = data.get("step")  # the events about a step carry it
         if event == "opened":
             book, ref, run_id = data["runbook"], data["ref"], data["run_id"]
             click.echo(f"resuming {book.id} on {ref.key}, run {run_id}" if data["resumed"] else f"{book.id} on {ref.key}, run {run_id}")
@@ -393,7 +395,14 @@ def approve(ctx: click.Context, run_id: str, yes: bool) -> None:
     from dbops.audit import AuditLog
     from dbops.config import state_dir
     from dbops.model import human_seconds
-    from dbops.runbook.approvals import ApprovalError, ApprovalRefused, approve_audited, audit_declined, current_operator, same_person
+    from dbops.runbook.approvals import (
+        ApprovalError,
+        ApprovalRefused,
+        approve_audited,
+        audit_declined,
+        current_operator,
+        same_person,
+    )
 
     cfg = _config(ctx)
     store = _store(cfg)

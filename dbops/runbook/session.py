@@ -72,7 +72,7 @@ class FrontEnd(Confirmer, Protocol):
     # Why this front end could not answer `step`'s confirmation when the run reaches it (no
     # terminal, and no flag that answers it); None when it can, or will ask. In an environment
     # with the two-person rule a run is refused before asking a second operator to approve it.
-    def cannot_answer(self, step: Step, ref: "ClusterRef") -> str | None: ...
+    def cannot_answer(self, step: Step, ref: ClusterRef) -> str | None: ...
 
 
 class _Declines:
@@ -105,7 +105,7 @@ def unexpected(exc: BaseException, where: str) -> str:
 
 @dataclass(repr=False)  # its config can hold credentials: a crash report must not print them
 class RunbookSession:
-    config: "Config"
+    config: Config
     front: FrontEnd
     state: Path  # journals, the per-host lock files, the audit log's directory
     audit: AuditLog | None = None  # default: <state>/audit.jsonl
@@ -129,7 +129,7 @@ class RunbookSession:
                 self.front.event("warning", line=p)
         return self._books
 
-    def cluster(self, name: str) -> "ClusterRef":
+    def cluster(self, name: str) -> ClusterRef:
         """A cluster by its name, or by environment/name when the name is in several environments."""
         refs = self.config.clusters()
         matches = [r for r in refs if name in (r.name, r.key)]
@@ -147,7 +147,7 @@ class RunbookSession:
                                + "; see `dbops runbook list`")
         return books[runbook_id]
 
-    def runbook(self, runbook_id: str, ref: "ClusterRef") -> Runbook:
+    def runbook(self, runbook_id: str, ref: ClusterRef) -> Runbook:
         """The runbook, as it runs on this cluster; refused, naming the ones that apply, when it is
         for another engine or needs config the cluster lacks (a Kafka runbook on a PostgreSQL cluster)."""
         from dbops.runbook.registry import applies_to, not_applicable
@@ -212,7 +212,7 @@ class RunbookSession:
             if value not in allowed:
                 raise SessionError(f"--param {p.name}={value}: not one of {', '.join(allowed) or '(none available now)'}")
 
-    async def choices(self, book: Runbook, ref: "ClusterRef") -> dict[str, list[str]]:
+    async def choices(self, book: Runbook, ref: ClusterRef) -> dict[str, list[str]]:
         """The values each parameter with live choices may take now (to offer them)."""
         from dbops.runbook.journal import new_run_id
 
@@ -225,7 +225,7 @@ class RunbookSession:
 
     # -- plan, run, resume --------------------------------------------------------------------
 
-    def _context(self, ref: "ClusterRef", params: dict[str, Any], run_id: str) -> Context:
+    def _context(self, ref: ClusterRef, params: dict[str, Any], run_id: str) -> Context:
         event = self.front.event
         return Context(ref, params, run_id=run_id, log=lambda line: event("log", line=line),
                        progress=lambda done, total, unit: event("progress", done=done, total=total, unit=unit))
@@ -237,14 +237,14 @@ class RunbookSession:
         return Executor(book, ctx, audit=self.audit, confirmer=confirmer or self.front, observer=self.front.event,
                         allow_writes=self.allow_writes, approvals=store_for(self.config.locks.postgres, ctx.ref))
 
-    def _lock(self, book: Runbook, ref: "ClusterRef", run_id: str, overrides: dict[str, str] | None) -> Any:
+    def _lock(self, book: Runbook, ref: ClusterRef, run_id: str, overrides: dict[str, str] | None) -> Any:
         from dbops.runbook.locks import lock_for
 
         locks = self.config.locks
         return lock_for(ref, run_id, self.state, note=lambda line: self.front.event("note", line=line), leases=locks.kubernetes,
                         coordination=locks.postgres, overrides=overrides, changes_servers=book.changes_servers)
 
-    async def plan(self, book: Runbook, ref: "ClusterRef", params: dict[str, Any], overrides: dict[str, str] | None = None) -> Plan:
+    async def plan(self, book: Runbook, ref: ClusterRef, params: dict[str, Any], overrides: dict[str, str] | None = None) -> Plan:
         """Read-only: the live choices, the pre-checks and every step rendered. Changes nothing."""
         from dbops.runbook.journal import new_run_id
 
@@ -259,7 +259,7 @@ class RunbookSession:
 
         return await self._with_resources(book, ctx, go)
 
-    def _refuse_what_would_stop_after_approval(self, book: Runbook, ref: "ClusterRef") -> None:
+    def _refuse_what_would_stop_after_approval(self, book: Runbook, ref: ClusterRef) -> None:
         """A confirmation the front end cannot answer, found only at its step, would waste a
         second operator's approval given first: refuse before asking anyone."""
         if ref.env.approvals < 2:
@@ -269,7 +269,7 @@ class RunbookSession:
             if why is not None:
                 raise SessionError(f"{why}; refusing before asking a second operator to approve a run that would stop there")
 
-    async def run(self, book: Runbook, ref: "ClusterRef", params: dict[str, Any], overrides: dict[str, str] | None = None) -> RunResult:
+    async def run(self, book: Runbook, ref: ClusterRef, params: dict[str, Any], overrides: dict[str, str] | None = None) -> RunResult:
         """Live choices, then under the lock: pre-checks, each step with its confirmation,
         journaled and audited; the audit log shipped at the end. SessionError when refused before it ran."""
         from dbops.runbook.journal import Journal, JournalError, new_run_id

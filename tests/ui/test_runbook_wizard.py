@@ -12,7 +12,6 @@ from dbops.audit import verify
 from dbops.config import parse
 from dbops.screens.app import DbopsApp
 from dbops.screens.runbook import ConfirmStep, PickRunbook, RunbookScreen
-
 from tests.unit.runbook_fixtures.leaky import SECRET
 
 from .frozen import CONFIG, NOW, FrozenHub
@@ -227,7 +226,7 @@ async def test_the_wizard_scrubs_credentials_from_errors_as_the_cli_does(tmp_pat
         for n, where in enumerate(("choices", "setup"), start=1):
             screen.query_one("#param-where", Input).value = where
             await pilot.press("ctrl+l")
-            await settle(pilot, lambda: len(errors(app)) == n, f"the refusal ({where})")
+            await settle(pilot, lambda n=n: len(errors(app)) == n, f"the refusal ({where})")
             assert errors(app)[-1] == said[where]
         assert screen.plan is None
         shown = log_text(screen) + "\n".join(n.message for n in app._notifications)
