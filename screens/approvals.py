@@ -25,10 +25,18 @@ from dbops.model import human_seconds
 from dbops.runbook.approvals import ApprovalStore, Request, waiting_for
 
 from .periodic import PeriodicReads
-from .tables import sync_rows
+from .tables import PaneTable, cursor_key
 
-# The plan's hash is in full under the table (the columns fill 80 at this width already).
-COLUMNS = (("run", "Run"), ("runbook", "Runbook"), ("cluster", "Cluster"), ("by", "Requested by"), ("age", "Age"))
+
+class ApprovalTable(PaneTable):
+    DEFAULT_ID = "approvals-table"
+    DEFAULT_CSS = """
+    ApprovalTable { height: auto; max-height: 10; }
+    """
+    # The plan's hash is in full under the table (the columns fill 80 at this width already).
+    COLUMNS = (("run", "Run"), ("runbook", "Runbook"), ("cluster", "Cluster"), ("by", "Requested by"), ("age", "Age"))
+
+
 _APPROVE_GROUP = "approvals-approve"
 
 
@@ -81,42 +89,33 @@ class ApprovalsScreen(PeriodicReads, Screen[None]):
 
     DEFAULT_CSS = """
     ApprovalsScreen #approvals-title { height: auto; padding: 0 1; }
-    ApprovalsScreen #approvals-table { height: auto; max-height: 10; }
     ApprovalsScreen #approvals-plan { height: 1fr; border-top: solid $primary; padding: 0 1; }
     """
 
     READ_GROUP = "approvals-read"
     READ_WHAT = "the approval requests"
     MIN_INTERVAL = 5.0
+    SUMMARY_ID = "approvals-title"
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: dict[str, Request] = {}
-        self._rows: dict[str, tuple[Any, ...]] = {}
-        self.summary = ""  # the title line's text, for tests
 
     def compose(self) -> ComposeResult:
         yield Static("", id="approvals-title", markup=False)
-        yield DataTable(id="approvals-table", cursor_type="row")
+        yield ApprovalTable()
         with VerticalScroll(id="approvals-plan"):
             yield Static("", id="approvals-plan-text", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#approvals-table", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        table.focus()
+        self.query_one(ApprovalTable).focus()
         if self.app.config.locks.postgres is None:
-            self._set_summary(Text("approvals live in the coordination database every console shares, and this "
+            self.show_summary(Text("approvals live in the coordination database every console shares, and this "
                                    "config has no [locks.postgres]", style="bold yellow"))
             return
-        self._set_summary(Text("reading the waiting approvals …", style="dim"))
+        self.show_summary(Text("reading the waiting approvals …", style="dim"))
         self.read_now()
-
-    def _set_summary(self, text: Text) -> None:
-        self.summary = text.plain
-        self.query_one("#approvals-title", Static).update(text)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -139,25 +138,19 @@ class ApprovalsScreen(PeriodicReads, Screen[None]):
                        human_seconds(r.age_seconds))
             for r in result
         }
-        sync_rows(self.query_one("#approvals-table", DataTable), COLUMNS, rows, self._rows)
+        self.query_one(ApprovalTable).sync(rows)
         if result:
-            self._set_summary(Text(f"{len(result)} run(s) wait for a second operator: a shows the plan and approves it",
+            self.show_summary(Text(f"{len(result)} run(s) wait for a second operator: a shows the plan and approves it",
                                    style="bold yellow"))
         else:
-            self._set_summary(Text("no run waits for your approval", style="green"))
+            self.show_summary(Text("no run waits for your approval", style="green"))
         self._show_plan()
-
-    def read_failed(self, message: Text) -> None:
-        self._set_summary(message)
 
     def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
         self._show_plan()
 
     def _selected(self) -> Request | None:
-        table = self.query_one("#approvals-table", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        key = cursor_key(self.query_one(ApprovalTable))
         return self.requests.get(key) if key is not None else None
 
     def _show_plan(self) -> None:

@@ -31,6 +31,7 @@ from dbops.platform.backups import (
 )
 
 from .render import SEVERITY_STYLE, sparkline
+from .tables import PaneTable, cursor_key
 
 COLUMNS = (("cluster", "Cluster"), ("kind", "Kind"), ("age", "Newest"), ("size", "Size"), ("trend", "Trend"),
            ("count", "#"), ("wal", "WAL"), ("bucket", "Bucket"))
@@ -40,6 +41,14 @@ CLUSTER_WIDTH = 16
 DETAIL_LINES = 9
 # Kinds whose backups are not in the [backups] s3 bucket: the Bucket column says where they are.
 NOT_IN_BUCKET = {PGBACKREST_KIND: "repo", RDS_KIND: "aws", ELASTICACHE_KIND: "aws"}
+
+
+class BackupTable(PaneTable):
+    DEFAULT_ID = "backups-table"
+    DEFAULT_CSS = """
+    BackupTable { height: 1fr; min-height: 5; }
+    """
+    COLUMNS = COLUMNS
 
 
 def _short(text: str, width: int) -> str:
@@ -73,27 +82,22 @@ class BackupsScreen(Screen[None]):
 
     DEFAULT_CSS = """
     BackupsScreen #backups-title { height: 1; padding: 0 1; }
-    BackupsScreen #backups-table { height: 1fr; min-height: 5; }
     BackupsScreen #backups-detail { height: auto; max-height: 10; padding: 0 1; border-top: solid $primary; }
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._rows: dict[str, tuple[Any, ...]] = {}
         self._detail: dict[str, Text] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("", id="backups-title")
-        yield DataTable(id="backups-table", cursor_type="row")
+        yield BackupTable()
         yield Static("", id="backups-detail")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#backups-table", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
         self.redraw()
-        table.focus()
+        self.query_one(BackupTable).focus()
 
     # -- updates -----------------------------------------------------------------------------
 
@@ -202,8 +206,8 @@ class BackupsScreen(Screen[None]):
         return out
 
     def _sync(self, rows: dict[str, tuple[Any, ...]]) -> None:
-        table = self.query_one("#backups-table", DataTable)
-        if list(rows) != list(self._rows):
+        table = self.query_one(BackupTable)
+        if list(rows) != list(table.shown):
             selected = self._selected()
             table.clear()
             for key, cells in rows.items():
@@ -212,16 +216,13 @@ class BackupsScreen(Screen[None]):
                 table.move_cursor(row=list(rows).index(selected), animate=False)
         else:
             for key, cells in rows.items():
-                for (col, _), new, old in zip(COLUMNS, cells, self._rows[key]):
+                for (col, _), new, old in zip(COLUMNS, cells, table.shown[key]):
                     if new != old:
                         table.update_cell(key, col, new, update_width=True)
-        self._rows = rows
+        table.shown = rows
 
     def _selected(self) -> str | None:
-        table = self.query_one("#backups-table", DataTable)
-        if table.row_count == 0:
-            return None
-        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        return cursor_key(self.query_one(BackupTable))
 
     def _show_detail(self) -> None:
         key = self._selected()

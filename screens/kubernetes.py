@@ -84,7 +84,6 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.clusters: dict[str, ClusterK8s] = {}
-        self.summary = ""  # the summary's text, for tests and screen readers
         self._cells: dict[str, dict[str, tuple[Any, ...]]] = {name: {} for name in TABLES}
 
     def compose(self) -> ComposeResult:
@@ -107,23 +106,17 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
             table = self.query_one(f"#k8s-{name}-table", DataTable)
             for key, label in columns:
                 table.add_column(label, key=key)
-        self.refs = k8s_refs(self.app.refs())
-        self.clusters = {r.key: ClusterK8s(r) for r in self.refs}
-        if not self.refs:
-            self._set_summary(Text(
-                "No cluster has a [kubernetes] section. Add one to a cluster:\n"
-                "[environments.ENV.clusters.NAME.kubernetes] namespace = \"...\", selector = \"app=...\"", style="dim"))
-            return
-        self.read_now()
+        refs = k8s_refs(self.app.refs())
+        self.clusters = {r.key: ClusterK8s(r) for r in refs}
+        self.begin_reads(refs, "No cluster has a [kubernetes] section. Add one to a cluster:\n"
+                               "[environments.ENV.clusters.NAME.kubernetes] namespace = \"...\", selector = \"app=...\"")
 
     # -- refresh -------------------------------------------------------------------------------
 
     READ_GROUP = "k8s-refresh"
     READ_WHAT = "the Kubernetes API"
     MIN_INTERVAL = 10.0
-
-    def read_refs(self) -> list[ClusterRef]:
-        return getattr(self, "refs", [])
+    SUMMARY_ID = "k8s-summary"
 
     def start_read(self, refs: list[ClusterRef]) -> None:
         self.run_worker(lambda: read_all(refs), name="k8s-refresh", group=self.READ_GROUP,
@@ -138,9 +131,6 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
                 state.error, state.error_at = error, time.time()
         self._show()
 
-    def read_failed(self, message: Text) -> None:
-        self._set_summary(message)
-
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
@@ -148,10 +138,6 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
         self.app.pop_screen()
 
     # -- drawing -------------------------------------------------------------------------------
-
-    def _set_summary(self, text: Text) -> None:
-        self.summary = text.plain
-        self.query_one("#k8s-summary", Static).update(text)
 
     def _show(self) -> None:
         now = datetime.now(timezone.utc)
@@ -184,7 +170,7 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
             if view is not None:
                 self._rows(ref.key, view, now, rows)
         summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self.read_interval():g}s · r refreshes now · 1-4 tabs", style="dim")
-        self._set_summary(summary)
+        self.show_summary(summary)
         with self.app.batch_update():
             for name, columns in TABLES.items():
                 order = {k: n for n, k in enumerate(rows[name])}

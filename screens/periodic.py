@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 
@@ -20,14 +21,17 @@ class PeriodicReads:
     READ_GROUP: ClassVar[str]  # the workers' group
     READ_WHAT: ClassVar[str]  # for "cannot read <what>: <why>"
     MIN_INTERVAL: ClassVar[float]  # never more often than this, whatever the clusters' refresh
+    SUMMARY_ID: ClassVar[str]  # the Static on top: what was read, or why nothing could be
 
+    read_targets: list[Any] = []  # what is read, from begin_reads() on
+    summary = ""  # the summary's text, for tests and screen readers
     _read_again = False  # `r` pressed while a read was running
     _read_timer: Any = None
 
     # -- provided by the screen ----------------------------------------------------------------
 
     def read_refs(self) -> list[Any]:
-        raise NotImplementedError
+        return self.read_targets
 
     def start_read(self, refs: list[Any]) -> None:
         """Start the worker (group READ_GROUP) that reads `refs`."""
@@ -37,9 +41,21 @@ class PeriodicReads:
         raise NotImplementedError
 
     def read_failed(self, message: Text) -> None:
-        raise NotImplementedError
+        self.show_summary(message)
 
     # -- the cycle -----------------------------------------------------------------------------
+
+    def show_summary(self, text: Text) -> None:
+        self.summary = text.plain
+        self.query_one(f"#{self.SUMMARY_ID}", Static).update(text)  # type: ignore[attr-defined]
+
+    def begin_reads(self, targets: list[Any], none_configured: str) -> None:
+        """Read `targets` now and every interval after; with none, say how to configure one."""
+        self.read_targets = targets
+        if not targets:
+            self.show_summary(Text(none_configured, style="dim"))
+            return
+        self.read_now()
 
     def read_interval(self) -> float:
         return max([self.MIN_INTERVAL] + [r.refresh_interval for r in self.read_refs()])

@@ -10,6 +10,7 @@ every MIN_INTERVAL (15) seconds (r refreshes now).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,6 +57,17 @@ def _status_style(status: str) -> str:
     return SEVERITY_STYLE[status_severity(status)] if status != "available" else "green"
 
 
+def _title(view: Any, what: str) -> Text:
+    """A section's first line (cluster · what · region) and, when AWS could not be read, why."""
+    out = Text()
+    out.append(view.cluster, style="bold")
+    out.append(f" · {what} · {view.region}\n")
+    if view.error:
+        out.append(" CRIT ", style=SEVERITY_STYLE[Severity.CRIT])
+        out.append(f" {view.error}\n")
+    return out
+
+
 def _findings(out: Text, view: Any, all_well: str) -> Text:
     """A view's findings, worst first (or `all_well` when there are none), then its notes."""
     for f in view.findings:
@@ -98,24 +110,18 @@ class AwsScreen(PeriodicReads, Screen[None]):
 
     def on_mount(self) -> None:
         self.title = "AWS · RDS, ElastiCache"
-        self.rds_clusters = aws_refs(self.app.refs())
-        if not self.rds_clusters:
-            self.query_one("#aws-summary", Static).update(Text(
-                "No cluster has an [rds] or [elasticache] section. Add one to a postgres cluster:\n"
-                "[environments.ENV.clusters.NAME.rds] instance = \"DB instance identifier\"\n"
-                "or to a redis cluster:\n"
-                "[environments.ENV.clusters.NAME.elasticache] replication_group = \"group id\"", style="dim"))
-            return
-        self.read_now()
+        self.begin_reads(aws_refs(self.app.refs()),
+                         "No cluster has an [rds] or [elasticache] section. Add one to a postgres cluster:\n"
+                         "[environments.ENV.clusters.NAME.rds] instance = \"DB instance identifier\"\n"
+                         "or to a redis cluster:\n"
+                         "[environments.ENV.clusters.NAME.elasticache] replication_group = \"group id\"")
 
     # -- refresh -------------------------------------------------------------------------------
 
     READ_GROUP = "aws-refresh"
     READ_WHAT = "AWS"
     MIN_INTERVAL = 15.0
-
-    def read_refs(self) -> list[Any]:
-        return getattr(self, "rds_clusters", [])
+    SUMMARY_ID = "aws-summary"
 
     def start_read(self, refs: list[Any]) -> None:
         self.run_worker(collect_all(refs), name="aws-refresh", group=self.READ_GROUP,
@@ -124,9 +130,6 @@ class AwsScreen(PeriodicReads, Screen[None]):
     def read_done(self, result: Any) -> None:
         self.views = list(result or [])
         self._show()
-
-    def read_failed(self, message: Text) -> None:
-        self.query_one("#aws-summary", Static).update(message)
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -145,7 +148,7 @@ class AwsScreen(PeriodicReads, Screen[None]):
                 counts = "" if view.error else f": {len(view.instances)} instance(s), {len(view.snapshots)} snapshot(s)"
                 summary.append(f" {view.cluster} · {view.instance}{counts}\n")
         summary.append(f"read {now:%H:%M:%S} UTC · refresh every {self.read_interval():g}s · r refreshes now", style="dim")
-        self.query_one("#aws-summary", Static).update(summary)
+        self.show_summary(summary)
         with self.app.batch_update():
             for i, view in enumerate(self.views):
                 self._section(i, view)
@@ -174,12 +177,8 @@ class AwsScreen(PeriodicReads, Screen[None]):
             self._snapshots(i, view)
 
     def _head(self, view: Any) -> Text:
-        out = Text()
-        out.append(view.cluster, style="bold")
-        out.append(f" · RDS {view.instance} · {view.region}\n")
+        out = _title(view, f"RDS {view.instance}")
         if view.error:
-            out.append(" CRIT ", style=SEVERITY_STYLE[Severity.CRIT])
-            out.append(f" {view.error}\n")
             return out
         earliest = _when(view.earliest_restorable) if view.earliest_restorable else "not reported"
         if view.latest_restorable is not None:
@@ -196,11 +195,17 @@ class AwsScreen(PeriodicReads, Screen[None]):
         sync_rows(self.query_one(f"#aws-{table}", DataTable), columns, rows, self._aws_cells[table],
                   order=lambda k: order.get(k, len(order)))
 
-    def _snapshot_head(self, i: int, total: int, automated: int, shown: int) -> None:
-        head = Text(f"snapshots: {automated} automated, {total - automated} other", style="bold")
-        if total > shown:
-            head.append(f" · newest {shown} shown", style="dim")
+    def _put_snapshots(self, i: int, view: Any, automated: Callable[[Any], bool],
+                       row: Callable[[Any], tuple[str, tuple[Any, ...]]]) -> None:
+        """The newest SNAPSHOTS_SHOWN of a view's snapshots (row(s): its key and cells), under a
+        head that counts them all."""
+        shown = view.snapshots[:SNAPSHOTS_SHOWN]
+        total, auto = len(view.snapshots), sum(1 for s in view.snapshots if automated(s))
+        head = Text(f"snapshots: {auto} automated, {total - auto} other", style="bold")
+        if total > len(shown):
+            head.append(f" · newest {len(shown)} shown", style="dim")
         self.query_one(f"#aws-{i}-snaphead", Static).update(head)
+        self._put_rows(f"{i}-snapshots", SNAPSHOT_COLUMNS, dict(row(s) for s in shown))
 
     def _instances(self, i: int, view: Any) -> None:
         rows: dict[str, tuple[Any, ...]] = {}
@@ -218,25 +223,19 @@ class AwsScreen(PeriodicReads, Screen[None]):
         self._put_rows(f"{i}-members", INSTANCE_COLUMNS, rows)
 
     def _snapshots(self, i: int, view: Any) -> None:
-        shown = view.snapshots[:SNAPSHOTS_SHOWN]
-        self._snapshot_head(i, len(view.snapshots), sum(1 for s in view.snapshots if s.type == "automated"), len(shown))
-        rows: dict[str, tuple[Any, ...]] = {}
-        for s in shown:
+        def row(s: Any) -> tuple[str, tuple[Any, ...]]:
             age = human_seconds(max(0.0, (view.read_at - s.created).total_seconds())) if s.created else "in progress"
-            rows[s.id] = (_cell(s.id), _cell(s.type), _cell(_when(s.created)), _cell(age),
+            return s.id, (_cell(s.id), _cell(s.type), _cell(_when(s.created)), _cell(age),
                           _cell(f"{s.size_gib} GiB" if s.size_gib is not None else "-"),
                           _cell(s.status, "green" if s.status == "available" else "yellow"))
-        self._put_rows(f"{i}-snapshots", SNAPSHOT_COLUMNS, rows)
+
+        self._put_snapshots(i, view, lambda s: s.type == "automated", row)
 
     # -- ElastiCache -----------------------------------------------------------------------------
 
     def _cache_head(self, view: Any) -> Text:
-        out = Text()
-        out.append(view.cluster, style="bold")
-        out.append(f" · ElastiCache {view.group} · {view.region}\n")
+        out = _title(view, f"ElastiCache {view.group}")
         if view.error:
-            out.append(" CRIT ", style=SEVERITY_STYLE[Severity.CRIT])
-            out.append(f" {view.error}\n")
             return out
         retention = "not reported" if view.retention_days is None else f"{view.retention_days} day(s)"
         out.append(f"{view.status} · {view.engine} {view.node_type} · automatic failover {view.automatic_failover or '-'} · "
@@ -249,14 +248,12 @@ class AwsScreen(PeriodicReads, Screen[None]):
         self._put_rows(f"{i}-members", MEMBER_COLUMNS, rows)
 
     def _cache_snapshots(self, i: int, view: Any) -> None:
-        shown = view.snapshots[:SNAPSHOTS_SHOWN]
-        self._snapshot_head(i, len(view.snapshots), sum(1 for s in view.snapshots if s.source == "automated"), len(shown))
-        rows: dict[str, tuple[Any, ...]] = {}
-        for s in shown:
+        def row(s: Any) -> tuple[str, tuple[Any, ...]]:
             if s.created is not None:
                 created, age = _when(s.created), human_seconds(max(0.0, (view.read_at - s.created).total_seconds()))
             else:
                 created, age = "not reported", "-"
-            rows[s.name] = (_cell(s.name), _cell(s.source), _cell(created, "" if s.created else "dim"), _cell(age), _cell("-"),
+            return s.name, (_cell(s.name), _cell(s.source), _cell(created, "" if s.created else "dim"), _cell(age), _cell("-"),
                             _cell(s.status, "green" if s.status == "available" else "yellow"))
-        self._put_rows(f"{i}-snapshots", SNAPSHOT_COLUMNS, rows)
+
+        self._put_snapshots(i, view, lambda s: s.source == "automated", row)
