@@ -140,7 +140,7 @@ class ClusterPane(Screen[None]):
 
     @property
     def hub(self) -> Hub:
-        return self.app.hub  # type: ignore[attr-defined, no-any-return]
+        return self.app.hub  # type: ignore[attr-defined]
 
     @property
     def ref(self) -> ClusterRef:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from rich.text import Text
 
@@ -56,7 +56,7 @@ def health_text(health: ClusterHealth, all_member_metrics: bool = False) -> Text
     return out
 
 
-def sparkline(values: list[float | int | None], width: int = 12) -> str:
+def sparkline(values: Sequence[float | int | None], width: int = 12) -> str:
     """A text sparkline of the last `width` values; gaps (None) show as spaces.
 
     Scaled from zero so a flat non-zero lag does not look like a full bar of noise.

@@ -12,10 +12,10 @@ from typing import Any
 
 from dbops.config import ClusterRef, Config, parse
 from dbops.engines.postgres.data import Archiver, PgMemberData, ReplicaRow, Session, Slot, Statement, WalReceiver
-from dbops.health import assess_cluster
-from dbops.model import ClusterHealth, Reachability, Snapshot
 from dbops.engines.postgres.history import PgHistoryPoint
-from dbops.hub import Hub
+from dbops.health import assess_cluster
+from dbops.hub import HistoryPoint, Hub
+from dbops.model import ClusterHealth, Reachability, Snapshot
 from dbops.platform.backups import ClusterBackups
 
 NOW = 1_790_000_000.0
@@ -140,7 +140,7 @@ class FrozenHub(Hub):
     def snapshots(self, key: str) -> dict[str, Snapshot]:
         return dict(self._snapshots[key])
 
-    def history(self, key: str, member: str) -> list[PgHistoryPoint]:
+    def history(self, key: str, member: str) -> list[HistoryPoint]:
         lag = [i * MiB for i in (1, 2, 4, 8, 12, 16, 20, 26, 30, 34, 38, 40)] if member == "pg3" else [2 * MiB] * 12
         return [PgHistoryPoint(NOW - 2 * (12 - i), v, None, None) for i, v in enumerate(lag)]
 

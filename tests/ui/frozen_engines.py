@@ -182,7 +182,7 @@ def qdrant_hub() -> FrozenHub:
     config = parse(QDRANT_CONFIG)
     ref = config.clusters()[0]
     states = {(0, 11): "Active", (0, 22): "Active", (1, 22): "Active", (1, 33): "Dead"}
-    transfer = (Transfer(1, 22, 33, False, "stream_records", "Transferring records (4800/12000)"),)
+    transfer = (Transfer("docs", 1, 22, 33, False, "stream_records", "Transferring records (4800/12000)"),)
     data = QdrantData((_qnode("q1", states, {0: 24_000}, 12.0), _qnode("q2", states, {0: 24_000, 1: 12_000}, 380.0, transfer),
                        _qnode("q3", states, {1: 4_800}, 45.0)))
     return FrozenHub(config, {ref.key: unit_snapshot(ref, "nodes", data)})
