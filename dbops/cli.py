@@ -54,11 +54,11 @@ def _log_to_file() -> None:
 def tui(ctx: click.Context) -> None:
     """Open the console (the default command)."""
     cfg = _load_config(ctx.obj["config_path"])
-    from dbops.config import state_dir
-
-    from dbops.screens.app import DbopsApp
-
+    # Imported once the config is known to load: its errors are shown before textual is imported.
     import os
+
+    from dbops.config import state_dir
+    from dbops.screens.app import DbopsApp
 
     bench = os.environ.get("DBOPS_EXIT_AFTER_FIRST_FRAME") == "1"
     app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench)
