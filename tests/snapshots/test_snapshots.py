@@ -6,12 +6,14 @@ the report before committing the new SVGs.
 
 from __future__ import annotations
 
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from dbops.screens.app import DbopsApp
 
 from ..ui.frozen import NOW, FrozenHub
-from ..ui.frozen_engines import kafka_hub, neo4j_hub, qdrant_hub, redis_hub
+from ..ui.frozen_engines import kafka_hub, kubernetes_hub, kubernetes_view, neo4j_hub, qdrant_hub, redis_hub
 
 
 def frozen_app(state: Path, allow_writes: bool = False) -> DbopsApp:
@@ -57,3 +59,28 @@ def test_neo4j_pane_80x24(snap_compare, tmp_path):
 
 def test_qdrant_pane_80x24(snap_compare, tmp_path):
     assert snap_compare(engine_app(tmp_path, qdrant_hub()), terminal_size=(80, 24), press=["enter", "_"])
+
+
+class FrozenClock(datetime):
+    """A datetime whose now() is NOW: the Kubernetes pane and its judgement read the wall clock."""
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[override]
+        return datetime.fromtimestamp(NOW, tz)
+
+
+def test_kubernetes_pane_80x24(snap_compare, tmp_path, monkeypatch):
+    from dbops.screens import kubernetes as pane
+
+    now = FrozenClock.now(timezone.utc)
+    monkeypatch.setattr(pane, "datetime", FrozenClock)
+    # The package re-exports the function `assess` under its module's name: patch the module itself.
+    monkeypatch.setattr(sys.modules["dbops.platform.kubernetes.assess"], "datetime", FrozenClock)
+    monkeypatch.setattr(pane, "read_all", lambda refs: [(r.key, kubernetes_view(now), None) for r in refs])
+
+    async def read_once(pilot) -> None:
+        await pilot.press("K")
+        while not (isinstance(pilot.app.screen, pane.KubernetesScreen) and "orders-db" in pilot.app.screen.summary):
+            await pilot.pause(0.05)
+
+    assert snap_compare(engine_app(tmp_path, kubernetes_hub()), terminal_size=(80, 24), run_before=read_once)

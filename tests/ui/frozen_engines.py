@@ -6,12 +6,15 @@ Each `*_hub()` returns a FrozenHub serving that one cluster; the snapshot tests 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from dbops.config import parse
 from dbops.engines.kafka.data import Broker, Group, GroupPartition, KafkaData, LagSample, Member, Partition, Quorum, Topic
 from dbops.engines.neo4j.data import Database, Neo4jMemberData, Server, Transaction
 from dbops.engines.qdrant.data import LocalShard, Node, NodeCollection, QdrantData, RemoteShard, Transfer, raft_from
 from dbops.engines.redis.data import NodeResult, RedisTopology, SentinelData, node_data, parse_info
 from dbops.model import Reachability, Snapshot
+from dbops.platform.kubernetes import CnpgStatus, CronJobRow, EventRow, KubernetesView, PodRow, StatefulSetRow
 
 from .frozen import NOW, FrozenHub
 
@@ -186,3 +189,44 @@ def qdrant_hub() -> FrozenHub:
     data = QdrantData((_qnode("q1", states, {0: 24_000}, 12.0), _qnode("q2", states, {0: 24_000, 1: 12_000}, 380.0, transfer),
                        _qnode("q3", states, {1: 4_800}, 45.0)))
     return FrozenHub(config, {ref.key: unit_snapshot(ref, "nodes", data)})
+
+
+# -- Kubernetes: a CloudNativePG cluster with a pod in CrashLoopBackOff -----------------------------
+
+KUBERNETES_CONFIG = """
+[environments.production]
+[environments.production.clusters.orders-db]
+engine = "postgres"
+password = { env = "X" }
+members = [{ name = "pg1", host = "10.0.0.1", role = "primary" }]
+[environments.production.clusters.orders-db.kubernetes]
+namespace = "orders"
+selector = "app=orders-db"
+cnpg_cluster = "orders-pg"
+"""
+
+
+def kubernetes_hub() -> FrozenHub:
+    from .frozen import primary_data, snap
+
+    config = parse(KUBERNETES_CONFIG)
+    ref = config.clusters()[0]
+    return FrozenHub(config, {ref.key: {"pg1": snap(ref, "pg1", primary_data())}})
+
+
+def kubernetes_view(now: datetime) -> KubernetesView:
+    """What the API would say of orders-db at `now`: pod 2 crash-looping, a backup CronJob whose
+    last success is 30 h old (against the 26 h default), two Warning events."""
+    hour = timedelta(hours=1)
+    return KubernetesView(
+        namespace="orders",
+        pods=[PodRow("orders-pg-1", "Running", 1, 1, 0, "node-a", 86_400.0),
+              PodRow("orders-pg-2", "Running", 0, 1, 14, "node-b", 86_400.0, "CrashLoopBackOff"),
+              PodRow("orders-pg-3", "Running", 1, 1, 0, "node-c", 86_400.0)],
+        statefulsets=[StatefulSetRow("orders-pgbouncer", 2, 2, 2, 172_800.0)],
+        cronjobs=[CronJobRow("orders-backup", "0 2 * * *", False, now - 6 * hour, now - 30 * hour, 0)],
+        events=[EventRow(40.0, "Pod", "orders-pg-2", "BackOff", "Back-off restarting failed container postgres", 14),
+                EventRow(600.0, "Pod", "orders-pg-2", "Unhealthy", "Readiness probe failed: pg_isready: no response", 31)],
+        cnpg=CnpgStatus("orders-pg", "Cluster in healthy state", "orders-pg-1", "orders-pg-1", 3, 2),
+        taken_at=now.timestamp(),
+    )
