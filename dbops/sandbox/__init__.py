@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ class ServerUser:
     drop: bool  # True: switch to this user for every server command
 
     @classmethod
-    def detect(cls, candidates: tuple[str, ...], missing: str) -> "ServerUser":
+    def detect(cls, candidates: tuple[str, ...], missing: str) -> ServerUser:
         """Ourselves when not root; else the first of `candidates` that exists, or SandboxError(missing)."""
         import pwd
 
@@ -265,7 +265,7 @@ def spawn(what: str, args: Sequence[str], log: Path, cwd: Path, env: dict[str, s
     with os.fdopen(fd, "ab") as fh:
         if owner is not None:
             owner.own(log)
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = datetime.now(UTC).isoformat(timespec="seconds")
         fh.write(f"---- {started} dbops sandbox: {what}: {' '.join(args)}\n".encode())
         fh.flush()
         try:

@@ -120,10 +120,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 QDRANT_VERSION = "1.19.0"
 QDRANT_COMMIT = "fa4e1b3d2c0a9b8e7f6d5c4b3a29180706f5e4d3"  # a made-up commit id (it is a fake)
@@ -165,7 +166,7 @@ def _receiving_state(method: str) -> str:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,10 +580,10 @@ class ClusterState:
                 points = list(zip(ids, vectors, payloads))
             else:
                 raise _wrong("send `points` or `batch`")
-            for pid, vector, _ in points:
+            for _pid, vector, _ in points:
                 self._vector_ok(name, vector)
             shards = self.collections[name]["shards"]
-            for pid, vector, payload in points:
+            for pid, _vector, _payload in points:
                 sid = self.shard_of(name, pid)
                 if "Active" not in shards[sid]["replicas"].values():
                     raise ApiError(500, f"Service internal error: No active replica of shard {sid} to apply the update to")
@@ -730,7 +731,7 @@ class ClusterState:
                                                   "write_consistency_factor", "on_disk_payload")},
                    "shards": shards, "created": _now_iso()}
             data = json.dumps(doc, sort_keys=True).encode()
-            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d-%H-%M-%S")
             d = self._snap_dir(peer, name)
             base = f"{name}-{peer.peer_id}-{stamp}"
             snap, n = f"{base}.snapshot", 1
@@ -743,7 +744,7 @@ class ClusterState:
     @staticmethod
     def _describe_snapshot(path: Path) -> dict[str, Any]:
         data = path.read_bytes()
-        created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        created = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return {"name": path.name, "creation_time": created, "size": len(data),
                 "checksum": hashlib.sha256(data).hexdigest()}
 
@@ -929,7 +930,7 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, addr: tuple[str, int], cluster: "FakeQdrantCluster", peer: Peer):
+    def __init__(self, addr: tuple[str, int], cluster: FakeQdrantCluster, peer: Peer):
         self.cluster = cluster
         self.peer = peer
         super().__init__(addr, _Handler)
@@ -940,10 +941,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "qdrant-fake"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib's signature
         """Quiet: the sandbox's log gets errors only (see log_error)."""
 
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_error(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"fake-qdrant {self.server.peer.name}: {format % args}\n")
 
     def do_GET(self) -> None:
@@ -1093,7 +1094,7 @@ class FakeQdrantCluster:
             taken, self._violations = self._violations, []
             return taken
 
-    def start(self) -> "FakeQdrantCluster":
+    def start(self) -> FakeQdrantCluster:
         for p in self.peers:
             if p.down != "refuse":
                 self._serve(p)
@@ -1127,7 +1128,7 @@ class FakeQdrantCluster:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
-    def __enter__(self) -> "FakeQdrantCluster":
+    def __enter__(self) -> FakeQdrantCluster:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops.sandbox import Progress, SandboxError, _quiet, pid_alive, reap
@@ -61,7 +61,7 @@ def fetch(name: str, artifacts: tuple[tuple[str, str, str], ...], progress: Prog
     if r.returncode != 0 or not any(lib.glob(f"{artifacts[0][1]}-*.jar")):
         last = [line for line in (r.stdout + r.stderr).splitlines() if "ERROR" in line][:3]
         raise SandboxError(f"Maven could not fetch the {name} jars (is Maven Central reachable?):\n  " + "\n  ".join(last or ["no output"]))
-    done.write_text(datetime.now(timezone.utc).isoformat() + "\n")
+    done.write_text(datetime.now(UTC).isoformat() + "\n")
     return lib
 
 

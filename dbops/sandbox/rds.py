@@ -14,7 +14,8 @@ reads it): {"primary": "sandbox-pg-primary", "replica": "sandbox-pg-replica"}.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 PRIMARY = "sandbox-pg-primary"
 REPLICA = "sandbox-pg-replica"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dbops.platform import kubernetes as k8s
@@ -88,7 +88,7 @@ def render(ctx: Context) -> list[str]:
         return ["# the Cluster is read by the pre-check"]
     ns = common.settings(ctx).namespace
     name, instance = ctx.state["cluster"], ctx.params["instance"]
-    patch = k8s.cnpg_promotion_patch(ctx.state["resource_version"], instance, datetime.now(timezone.utc))
+    patch = k8s.cnpg_promotion_patch(ctx.state["resource_version"], instance, datetime.now(UTC))
     patch["status"]["targetPrimaryTimestamp"] = "<now, RFC 3339>"
     return [f"kubectl cnpg promote {name} {instance} -n {ns}",
             f"# = PATCH /apis/{k8s.CNPG_GROUP}/{k8s.CNPG_VERSION}/namespaces/{ns}/clusters/{name}/status (application/merge-patch+json):",
@@ -111,7 +111,7 @@ async def promote(ctx: Context) -> None:
             raise RuntimeError(f"a switchover started meanwhile: targetPrimary {status.target_primary}; not promoting")
         rv = (cluster.get("metadata") or {}).get("resourceVersion", "")
         try:
-            await common.call(ctx, k8s.patch_cnpg_status, name, k8s.cnpg_promotion_patch(rv, instance, datetime.now(timezone.utc)))
+            await common.call(ctx, k8s.patch_cnpg_status, name, k8s.cnpg_promotion_patch(rv, instance, datetime.now(UTC)))
         except k8s.KubernetesError as exc:
             if exc.status == 409 and attempt + 1 < CONFLICT_RETRIES:
                 ctx.log(f"the Cluster changed while patching (409 Conflict); reading it again (attempt {attempt + 2})")

@@ -71,7 +71,7 @@ async def do_elect(ctx: Context) -> None:
     try:
         results = await asyncio.wait_for(kc.elect_preferred_leaders(await common.admin(ctx), partitions, timeout_ms),
                                          timeout=ctx.ref.timeout * 3)
-    except (KafkaTimeoutError, RequestTimedOutError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaTimeoutError, RequestTimedOutError):
         # The controller may still have moved them: the verification reads the metadata and says.
         ctx.log(f"no answer to ElectLeaders within {ctx.ref.timeout:g}s; reading the metadata to see what moved")
         return

@@ -10,7 +10,7 @@ a consumer that is assigned the partitions and never joins the group, then read 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
@@ -35,7 +35,7 @@ def target(raw: str) -> tuple[str, Any]:
         raise ValueError(f"to={raw!r}: expected earliest, latest, an ISO timestamp (2026-11-22T03:00:00Z) or an offset") from None
     if when.tzinfo is None:
         raise ValueError(f"to={raw!r}: give the timestamp's zone (Z or +hh:mm); a bare time is ambiguous at 3 a.m.")
-    return "time", int(when.astimezone(timezone.utc).timestamp() * 1000)
+    return "time", int(when.astimezone(UTC).timestamp() * 1000)
 
 
 async def _group(ctx: Context) -> dict[str, Any]:

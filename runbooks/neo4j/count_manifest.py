@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops.runbook.model import Check, Context, Kind, Param, Runbook, Step, Verdict
@@ -43,7 +43,7 @@ async def write_manifest(ctx: Context) -> None:
     db = str(ctx.params["database"])
     nodes, rels = await common.adapter(ctx, ctx.state["member"]).counts(db)
     manifest = {"format": MANIFEST_FORMAT, "database": db, "nodes": nodes, "relationships": rels,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cluster": ctx.ref.name,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"), "cluster": ctx.ref.name,
                 "server_version": ctx.state.get("version")}
     out = Path(str(ctx.params["out"])).expanduser()
     tmp = out.with_name(out.name + ".tmp")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dbops.config import PgBackRest
 from dbops.engines.postgres import switchover as sw

@@ -14,7 +14,7 @@ import asyncio
 import os
 import shlex
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops.config import S3Location
@@ -87,7 +87,7 @@ async def check_source(ctx: Context) -> Verdict:
     if size is None:
         return Verdict(False, f"{conn.name} has no database {database(ctx)!r}")
     ctx.state.update(source=conn.name, database_size=int(size),
-                     stamp=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+                     stamp=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
     return Verdict(True, f"dump {database(ctx)} ({human_bytes(int(size))}) from {conn.name}")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dbops.config import Member
@@ -65,7 +65,7 @@ def _target_words(ctx: Context) -> str:
         t = target(ctx)
     except ValueError:
         return str(ctx.params.get("target"))
-    return "the end of the archived WAL" if t is None else f"{t.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f} UTC"
+    return "the end of the archived WAL" if t is None else f"{t.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f} UTC"
 
 
 def paths(ctx: Context) -> rs.CopyPaths:
@@ -114,7 +114,7 @@ async def check_target(ctx: Context) -> Verdict:
         t = target(ctx)
     except ValueError as exc:
         return Verdict(False, str(exc))
-    if t is not None and t > datetime.now(timezone.utc):
+    if t is not None and t > datetime.now(UTC):
         return Verdict(False, f"target {_target_words(ctx)} is in the future")
     return Verdict(True, f"recover to {_target_words(ctx)}")
 

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops.engines.postgres import dump as dp
@@ -77,7 +77,7 @@ async def check_backup(ctx: Context) -> Verdict:
     manifest = await asyncio.to_thread(s3.verify_object, loc, key)
     ctx.state.update(key=manifest.key, size=manifest.size, sha256=manifest.sha256, tables=manifest.meta.get("tables"))
     if not ctx.params.get("into"):
-        ctx.state["into"] = f"{source_database(ctx)}_restored_{datetime.now(timezone.utc):%Y%m%d%H%M}"
+        ctx.state["into"] = f"{source_database(ctx)}_restored_{datetime.now(UTC):%Y%m%d%H%M}"
     return Verdict(True, f"{manifest.key} ({human_bytes(manifest.size)}, taken {manifest.created:%Y-%m-%d %H:%M:%S} UTC): "
                          "SHA-256 matches its manifest")
 

@@ -12,7 +12,7 @@ stopped and removed, and its absence verified. The live cluster is never touched
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dbops.engines.postgres import restore as rs
 from dbops.runbook.model import Check, Context, Kind, Param, Runbook, Step, Verdict
@@ -21,7 +21,7 @@ from dbops.runbooks.postgres import restore as restore_rb
 
 
 def _age(when: datetime) -> str:
-    seconds = (datetime.now(timezone.utc) - when).total_seconds()
+    seconds = (datetime.now(UTC) - when).total_seconds()
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
@@ -42,7 +42,7 @@ async def check_newest_backup_age(ctx: Context) -> Verdict:
     info = ctx.resources["info"]
     newest = info.newest
     limit = ctx.ref.cluster.backups.max_age_seconds
-    age = (datetime.now(timezone.utc) - newest.stop).total_seconds()
+    age = (datetime.now(UTC) - newest.stop).total_seconds()
     ctx.state["newest_backup_age_seconds"] = round(age)
     text = f"newest backup {newest.label} ({newest.type}) ended {_age(newest.stop)} ago; limit {_limit(limit)}"
     return Verdict(age <= limit, text)
@@ -55,7 +55,7 @@ async def check_rpo(ctx: Context) -> Verdict:
     archived, failed = row["last_archived_time"], row["last_failed_time"]
     if archived is None:
         return Verdict(False, f"{primary.name} has never archived WAL: a disaster now would lose everything since the last backup")
-    age = (datetime.now(timezone.utc) - archived).total_seconds()
+    age = (datetime.now(UTC) - archived).total_seconds()
     ctx.state["wal_archive_age_seconds"] = round(age)
     text = f"{primary.name} last archived {row['last_archived_wal']} {_age(archived)} ago; RPO {_limit(limit)}"
     if failed is not None and failed > archived:

@@ -137,7 +137,8 @@ async def do_recover(ctx: Context) -> None:
         c = common.node(ctx, t["node"])
         try:
             await c.call(f"recovering {name} from {t['key']}",
-                         lambda q: q.recover_snapshot(name, location=url, checksum=t["sha256"], priority=priority, wait=True),
+                         lambda q, url=url, sha256=t["sha256"]: q.recover_snapshot(name, location=url, checksum=sha256,
+                                                                                   priority=priority, wait=True),
                          timeout=ACTION_TIMEOUT)
         except QdrantError as exc:
             # The presigned URL carries a signature: it never reaches a message, the screen or the audit log.

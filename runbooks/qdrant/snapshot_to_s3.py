@@ -160,7 +160,7 @@ async def do_cleanup(ctx: Context) -> None:
     name = _collection(ctx)
     for t in ctx.state["nodes"]:
         snap = ctx.state["snapshots"][t["node"]]["name"]
-        await common.node(ctx, t["node"]).call(f"deleting snapshot {snap}", lambda q: q.delete_snapshot(name, snap, wait=True),
+        await common.node(ctx, t["node"]).call(f"deleting snapshot {snap}", lambda q, snap=snap: q.delete_snapshot(name, snap, wait=True),
                                                timeout=ACTION_TIMEOUT)
         ctx.log(f"{t['node']}: deleted the node-local {snap} (the copy in S3 is verified)")
 

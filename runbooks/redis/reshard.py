@@ -12,10 +12,10 @@ cluster-node-timeout, and the target has memory for what it receives.
 
 from __future__ import annotations
 
-
 from dbops.engines.redis.topology import format_ranges, parse_slot_list, ranges
 from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
 from dbops.runbooks.redis import common
+
 
 async def check_plan(ctx: Context) -> Verdict:
     s = common.session(ctx)

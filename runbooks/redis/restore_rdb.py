@@ -233,7 +233,7 @@ async def do_verify(ctx: Context) -> None:
         for a in addrs:
             try:
                 replicas.append((a, int(await client(ctx, a).execute_command("DBSIZE"))))
-            except Exception:  # a replica still loading the new data answers LOADING: ask again  # noqa: BLE001
+            except Exception:  # a replica still loading the new data answers LOADING: ask again
                 replicas.append((a, -1))
         if len(replicas) >= ctx.state.get("replicas", 0) and all(n == expected for _, n in replicas):
             break

@@ -179,7 +179,7 @@ async def do_wait(ctx: Context) -> None:
         if new is not None:
             try:
                 role = await node(ctx, new).execute_command("ROLE")
-            except (RedisConnectionError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisConnectionError, ConnectionError, OSError) as exc:
                 # Sentinel closes the clients of a node it reconfigures (CLIENT KILL): reconnect.
                 await drop(ctx, new)
                 ctx.log(f"{label(ctx, new)}: {rc.classify(exc, new, ctx.ref.timeout)[1]}; asking again")
