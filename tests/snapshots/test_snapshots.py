@@ -13,7 +13,7 @@ from pathlib import Path
 from dbops.screens.app import DbopsApp
 
 from ..ui.frozen import NOW, FrozenHub
-from ..ui.frozen_engines import kafka_hub, kubernetes_hub, kubernetes_view, neo4j_hub, qdrant_hub, redis_hub
+from ..ui.frozen_engines import kafka_hub, kubernetes_hub, kubernetes_view, neo4j_hub, qdrant_hub, rds_hub, rds_view, redis_hub
 
 
 def frozen_app(state: Path, allow_writes: bool = False) -> DbopsApp:
@@ -84,3 +84,22 @@ def test_kubernetes_pane_80x24(snap_compare, tmp_path, monkeypatch):
             await pilot.pause(0.05)
 
     assert snap_compare(engine_app(tmp_path, kubernetes_hub()), terminal_size=(80, 24), run_before=read_once)
+
+
+def test_aws_pane_80x24(snap_compare, tmp_path, monkeypatch):
+    from dbops.screens import rds as pane
+
+    now = FrozenClock.now(timezone.utc)
+    monkeypatch.setattr(pane, "datetime", FrozenClock)
+
+    async def collect_all(refs):
+        return [rds_view(now) for _ in refs]
+
+    monkeypatch.setattr(pane, "collect_all", collect_all)
+
+    async def read_once(pilot) -> None:
+        await pilot.press("R")
+        while not (isinstance(pilot.app.screen, pane.AwsScreen) and "orders-db" in pilot.app.screen.summary):
+            await pilot.pause(0.05)
+
+    assert snap_compare(engine_app(tmp_path, rds_hub()), terminal_size=(80, 24), run_before=read_once)

@@ -13,8 +13,10 @@ from dbops.engines.kafka.data import Broker, Group, GroupPartition, KafkaData, L
 from dbops.engines.neo4j.data import Database, Neo4jMemberData, Server, Transaction
 from dbops.engines.qdrant.data import LocalShard, Node, NodeCollection, QdrantData, RemoteShard, Transfer, raft_from
 from dbops.engines.redis.data import NodeResult, RedisTopology, SentinelData, node_data, parse_info
-from dbops.model import Reachability, Snapshot
+from dbops.model import Reachability, Severity, Snapshot
+from dbops.platform.aws import Finding
 from dbops.platform.kubernetes import CnpgStatus, CronJobRow, EventRow, KubernetesView, PodRow, StatefulSetRow
+from dbops.platform.rds.data import DbInstance, DbSnapshot, RdsView
 
 from .frozen import NOW, FrozenHub
 
@@ -230,3 +232,38 @@ def kubernetes_view(now: datetime) -> KubernetesView:
         cnpg=CnpgStatus("orders-pg", "Cluster in healthy state", "orders-pg-1", "orders-pg-1", 3, 2),
         taken_at=now.timestamp(),
     )
+
+
+# -- AWS: an RDS primary with a lagging read replica and a day of snapshots -------------------------
+
+RDS_CONFIG = """
+[environments.production]
+[environments.production.clusters.orders-db]
+engine = "postgres"
+password = { env = "X" }
+members = [{ name = "pg1", host = "10.0.0.1", role = "primary" }]
+[environments.production.clusters.orders-db.rds]
+instance = "orders-prod"
+"""
+
+
+def rds_hub() -> FrozenHub:
+    from .frozen import primary_data, snap
+
+    config = parse(RDS_CONFIG)
+    ref = config.clusters()[0]
+    return FrozenHub(config, {ref.key: {"pg1": snap(ref, "pg1", primary_data())}})
+
+
+def rds_view(now: datetime) -> RdsView:
+    hour = timedelta(hours=1)
+    primary = DbInstance("orders-prod", "available", "db.r6g.large", "postgres", "15.8", "eu-west-1a", True,
+                         "orders-prod.abc.eu-west-1.rds.amazonaws.com:5432", None, ("orders-prod-ro",), 7, now - 0.1 * hour)
+    replica = DbInstance("orders-prod-ro", "available", "db.r6g.large", "postgres", "15.8", "eu-west-1b", False,
+                         "orders-prod-ro.abc.eu-west-1.rds.amazonaws.com:5432", "orders-prod", (), 0, None, lag_seconds=95.0)
+    snapshots = tuple(DbSnapshot(f"rds:orders-prod-2026-09-{21 - i:02d}-02-10", "orders-prod", "automated", now - (12 + 24 * i) * hour,
+                                 200, "available") for i in range(3))
+    return RdsView(cluster="production/orders-db", instance="orders-prod", region="eu-west-1", instances=(primary, replica),
+                   snapshots=(DbSnapshot("before-upgrade", "orders-prod", "manual", None, 200, "creating"), *snapshots),
+                   earliest_restorable=now - 7 * 24 * hour, latest_restorable=now - 0.1 * hour,
+                   findings=(Finding(Severity.WARN, "read replica orders-prod-ro lags 95s"),), error=None, read_at=now)
