@@ -134,7 +134,8 @@ class ClusterPane(Screen[None]):
         return self.ENGINE
 
     def prepare(self) -> None:
-        """What a pane sets up once mounted, before its first redraw."""
+        """What a pane sets up once mounted, before its first redraw. (Here, not in an on_mount of
+        the pane's own: Textual runs the on_mount of every class of the screen, this one's too.)"""
 
     # -- reading -----------------------------------------------------------------------------
 
