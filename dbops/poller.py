@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from dbops.config import ClusterRef, Config, Member
 from dbops.engines import adapter_class
@@ -117,7 +118,7 @@ async def close_quietly(adapter: Adapter) -> None:
     path on the next connect; closing a dead connection is expected to fail."""
     try:
         await asyncio.wait_for(adapter.close(), timeout=1.0)
-    except (asyncio.TimeoutError, TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError) as exc:
         # A hung or already-broken socket: expected after a failed poll, and the adapter drops
         # its reference either way. Logged, not shown: the member's state already says why.
         log.debug("closing %s/%s: %r", adapter.cluster.key, adapter.member.name, exc)
@@ -341,7 +342,7 @@ class PollerHub(Hub):
                 self._on_change()
             try:
                 await asyncio.wait_for(wake.wait(), timeout=ref.cluster.backups.refresh_seconds)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 pass  # the regular refresh
 
     def refresh_backups(self, key: str | None = None) -> None:

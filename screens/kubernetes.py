@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
@@ -23,13 +23,13 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from dbops.config import ClusterRef
 from dbops.model import Severity, human_seconds
+
 # The readers and the verdict live in the core: `dbops check` judges with the same ones.
 from dbops.platform.kubernetes import k8s_refs, read_all, verdict
 
 from .periodic import PeriodicReads
 from .render import SEVERITY_STYLE
 from .tables import sync_rows
-
 
 # The cluster goes last: with one cluster configured it says nothing new, and at 80 columns
 # what is cut off should be that.
@@ -140,7 +140,7 @@ class KubernetesScreen(PeriodicReads, Screen[None]):
     # -- drawing -------------------------------------------------------------------------------
 
     def _show(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         summary = Text()
         rows: dict[str, dict[str, tuple[Any, ...]]] = {name: {} for name in TABLES}
         for state in self.clusters.values():

@@ -11,7 +11,7 @@ every MIN_INTERVAL (15) seconds (r refreshes now).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from dbops.model import Severity, human_seconds
+
 # The readers live in the core: `dbops check` reads and judges with the same ones.
 from dbops.platform.aws import aws_refs, collect_all
 
@@ -137,7 +138,7 @@ class AwsScreen(PeriodicReads, Screen[None]):
     # -- drawing -------------------------------------------------------------------------------
 
     def _show(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         summary = Text()
         for view in self.views:
             summary.append_text(severity_text(view.severity))

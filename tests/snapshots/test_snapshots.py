@@ -7,7 +7,7 @@ the report before committing the new SVGs.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops.screens.app import DbopsApp
@@ -72,7 +72,7 @@ class FrozenClock(datetime):
 def test_kubernetes_pane_80x24(snap_compare, tmp_path, monkeypatch):
     from dbops.screens import kubernetes as pane
 
-    now = FrozenClock.now(timezone.utc)
+    now = FrozenClock.now(UTC)
     monkeypatch.setattr(pane, "datetime", FrozenClock)
     # The package re-exports the function `assess` under its module's name: patch the module itself.
     monkeypatch.setattr(sys.modules["dbops.platform.kubernetes.assess"], "datetime", FrozenClock)
@@ -89,7 +89,7 @@ def test_kubernetes_pane_80x24(snap_compare, tmp_path, monkeypatch):
 def test_aws_pane_80x24(snap_compare, tmp_path, monkeypatch):
     from dbops.screens import rds as pane
 
-    now = FrozenClock.now(timezone.utc)
+    now = FrozenClock.now(UTC)
     monkeypatch.setattr(pane, "datetime", FrozenClock)
 
     async def collect_all(refs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from datetime import UTC
 from typing import Any
 
 from dbops.config import ClusterRef, Config, parse
@@ -156,13 +157,13 @@ class FrozenHub(Hub):
     def backup_state(self, key: str, now: float) -> ClusterBackups | None:
         """orders-db's backups as the watcher would have read them: daily pg_dumps, the newest
         30 h old (WARN against the 26 h default), in a versioned bucket without Object Lock."""
-        from datetime import datetime, timedelta, timezone
+        from datetime import datetime, timedelta
 
         from dbops.platform.backups import BackupEntry, Fetched, KindFetched, judge
 
         if key != "production/orders-db":
             return None
-        newest = datetime.fromtimestamp(NOW, tz=timezone.utc) - timedelta(hours=30)
+        newest = datetime.fromtimestamp(NOW, tz=UTC) - timedelta(hours=30)
         entries = tuple(BackupEntry(f"dumps/orders-{i}.dump", newest - timedelta(days=i), (120 - i) * MiB) for i in range(6))
         fetched = Fetched(key, NOW, (KindFetched("pg_dump", "s3://orders-backups/dumps/", entries, 6),),
                           ("s3://orders-backups/dumps/",),

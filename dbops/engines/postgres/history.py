@@ -3,8 +3,8 @@ trends (replication lag, connections)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from dbops.engines.postgres.data import PgMemberData
 from dbops.model import MemberHealth, Snapshot
