@@ -24,6 +24,12 @@ class ConfirmBackendModal(ModalScreen[bool]):
     """
 
     BINDINGS = [Binding("escape", "decline", "Decline"), Binding("n", "decline", "No", show=False)]
+    # The dialog's frame (#confirm-dialog, #confirm-buttons) is in app.tcss: the runbook wizard's
+    # step confirmation shares it.
+    DEFAULT_CSS = """
+    ConfirmBackendModal { align: center middle; }
+    ConfirmBackendModal #confirm-query { background: $panel; padding: 0 1; max-height: 6; }
+    """
 
     def __init__(self, act: BackendAction, session: Session) -> None:
         super().__init__()

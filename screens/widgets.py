@@ -13,6 +13,10 @@ class EnvBanner(Static):
     key press will touch.
     """
 
+    DEFAULT_CSS = """
+    EnvBanner { height: 1; background: $panel; }
+    """
+
     def show(self, envs: list[tuple[str, bool, bool]], paused: bool, operator: str) -> None:
         """envs: (name, is_production, writes_allowed)."""
         text = Text()
