@@ -16,7 +16,7 @@ from dbops.config import ClusterRef
 
 if TYPE_CHECKING:
     from dbops.audit import AuditLog
-    from dbops.poller import PollerHub
+    from dbops.hub import Hub
 
 
 class ReadOnly(Exception):
@@ -96,7 +96,7 @@ def _finish(audit: AuditLog, intent: dict[str, Any], ok: bool, message: str, **r
     return ActionOutcome(ok, message)
 
 
-def perform(audit: AuditLog, hub: PollerHub, act: BackendAction, allow_writes: bool) -> ActionOutcome:
+def perform(audit: AuditLog, hub: Hub, act: BackendAction, allow_writes: bool) -> ActionOutcome:
     """Signal one backend: re-read it, write the intent, signal, write the result."""
     if not writes_allowed(act.ref, allow_writes):
         raise ReadOnly(read_only_reason(act.ref))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import logging
 import threading
 import time
@@ -29,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from dbops.config import ClusterRef, Config, Member
-from dbops.engines import adapter_class
+from dbops.engines import adapter_class, spec_of
 from dbops.engines.base import Adapter
+from dbops.engines.spec import load_attr
 from dbops.health import assess_cluster, update_baseline
 from dbops.hub import HistoryPoint, HistorySampler, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot
@@ -41,20 +41,13 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_SECONDS = 15.0
 
 
-# Engines that keep a history of their members' refreshes (for the panes' trends), and the
-# function making a point of one; imported when a configured cluster needs it. An engine not
-# listed keeps none.
-HISTORY_SAMPLERS = {
-    "postgres": "dbops.engines.postgres.history:sample",
-}
-
-
 def history_sampler(engine: str) -> HistorySampler | None:
-    target = HISTORY_SAMPLERS.get(engine)
+    """The function making a history point of an engine's refresh (for the panes' trends), as its
+    spec names it; None: the engine keeps no history. Imported when a configured cluster needs it."""
+    target = spec_of(engine).history
     if target is None:
         return None
-    module, _, attr = target.partition(":")
-    sampler: HistorySampler = getattr(importlib.import_module(module), attr)
+    sampler: HistorySampler = load_attr(target)
     return sampler
 
 

@@ -15,6 +15,7 @@ from textual.screen import Screen
 
 from dbops.audit import AuditLog
 from dbops.config import ClusterRef, Config
+from dbops.hub import Hub
 from dbops.model import ClusterHealth
 
 
@@ -67,7 +68,7 @@ class DbopsApp(App[None]):
         *,
         allow_writes: bool = False,
         state_dir: Path,
-        hub: Any | None = None,
+        hub: Hub | None = None,
         clock: Callable[[], float] = time.time,
         exit_after_first_frame: bool = False,
     ) -> None:
@@ -88,7 +89,8 @@ class DbopsApp(App[None]):
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
-    def hub(self) -> Any:
+    def hub(self) -> Hub:
+        assert self._hub is not None, "the hub is made on mount"
         return self._hub
 
     def on_mount(self) -> None:

@@ -63,6 +63,9 @@ class EngineSpec:
     # The model of the engine's thresholds, for documentation and `dbops config` (where they
     # live: inside `options`, or the cluster's own `thresholds` for PostgreSQL).
     thresholds: type | None = None
+    # "module:function" (snapshot, member health) -> a history point the hub keeps for the
+    # pane's trends (an hour by default); None: the engine keeps no history.
+    history: str | None = None
     # Polled as one unit named this (the engine's collect() reaches every node, discovered or
     # configured, in one refresh); None: each configured member is polled on its own.
     poll_unit: str | None = None

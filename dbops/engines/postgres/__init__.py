@@ -16,5 +16,6 @@ SPEC = EngineSpec(
     adapter="dbops.engines.postgres.adapter:PostgresAdapter",
     assessor="dbops.engines.postgres.assess",
     overview="dbops.engines.postgres.summary:overview_row",
+    history="dbops.engines.postgres.history:sample",
     thresholds=PostgresThresholds,
 )
