@@ -204,3 +204,11 @@ class Runbook:
     @property
     def changes_servers(self) -> bool:
         return any(s.kind in (Kind.ACTION, Kind.MANUAL) for s in self.steps)
+
+
+def host_variants(build: Callable[[bool], Runbook]) -> Runbook:
+    """A runbook whose host steps (stop, restore, start ... on a member's host) are manual steps
+    by default, and actions where dbops runs the servers: `build(managed)` makes each variant,
+    and the cluster's hosts (hosts_for) pick one when the runbook is built for a cluster."""
+    managed = build(True)
+    return replace(build(False), specialize=lambda ref: managed if hosts_for(ref).managed else None)

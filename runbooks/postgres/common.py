@@ -4,6 +4,7 @@ settings from the config, one connection per member, and finding the primary."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,15 @@ async def primary(ctx: Context) -> sw.Conn:
 
 
 # -- verifying what a restore brought back -----------------------------------------------------
+
+
+async def staging_free_bytes(ctx: Context) -> int:
+    """Free bytes on the disk of this run's staging directory, which may not exist yet (then
+    its nearest existing parent's)."""
+    probe = ctx.staging_dir.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return (await asyncio.to_thread(shutil.disk_usage, probe)).free
 
 
 def canary_tables(ctx: Context) -> list[str]:

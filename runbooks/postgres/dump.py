@@ -94,10 +94,7 @@ async def check_source(ctx: Context) -> Verdict:
 async def check_disk(ctx: Context) -> Verdict:
     size = int(ctx.state.get("database_size") or 0)
     where = ctx.staging_dir.parent
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = (await asyncio.to_thread(shutil.disk_usage, probe)).free
+    free = await common.staging_free_bytes(ctx)
     # The custom format is compressed; the database's size bounds the file from above.
     return Verdict(free >= size, f"{free / 1048576:.0f} MiB free under {where}, up to {size / 1048576:.0f} MiB needed")
 

@@ -98,10 +98,7 @@ async def check_new_database(ctx: Context) -> Verdict:
 async def check_disk(ctx: Context) -> Verdict:
     size = int(ctx.state.get("size") or 0)
     where = ctx.staging_dir.parent
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = (await asyncio.to_thread(shutil.disk_usage, probe)).free
+    free = await common.staging_free_bytes(ctx)
     need = int(size * DISK_MARGIN)
     return Verdict(free >= need, f"{free / 1048576:.0f} MiB free under {where}, {human_bytes(need)} needed "
                                  f"({DISK_MARGIN:g}x the dump)")

@@ -18,16 +18,14 @@ confirmation, then verifies from its own connection.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Any
 
-from dbops.config import ClusterRef
 from dbops.engines.postgres import pgbackrest as pb
 from dbops.engines.postgres import restore as rs
 from dbops.engines.postgres import switchover as sw
-from dbops.runbook.hosts import HostOp, Verb, hosts_for
-from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
+from dbops.runbook.hosts import HostOp, Verb
+from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict, host_variants
 from dbops.runbooks.postgres import common
 from dbops.runbooks.postgres import restore as restore_rb
 
@@ -371,12 +369,5 @@ def _book(steps: tuple[Step, ...]) -> Runbook:
     )
 
 
-MANAGED = _book(_steps(managed=True))
-
-
-def _specialize(ref: ClusterRef) -> Runbook | None:
-    return MANAGED if hosts_for(ref).managed else None
-
-
 # Manual host steps by default; where dbops runs the servers (the sandbox) they are automatic.
-RUNBOOK = dataclasses.replace(_book(_steps(managed=False)), specialize=_specialize)
+RUNBOOK = host_variants(lambda managed: _book(_steps(managed)))

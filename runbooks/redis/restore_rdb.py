@@ -16,18 +16,16 @@ elsewhere they are manual steps with the exact commands, run by the operator on 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from dbops.config import ClusterRef
 from dbops.engines.redis import client as rc
 from dbops.engines.redis import rdb
 from dbops.engines.redis.data import parse_info
-from dbops.runbook.hosts import HostOp, Verb, hosts_for
-from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict
+from dbops.runbook.hosts import HostOp, Verb
+from dbops.runbook.model import Check, Confirm, Context, Kind, Param, Runbook, Step, Verdict, host_variants
 from dbops.runbooks.redis import common
 from dbops.runbooks.redis.backup import KIND
 
@@ -324,11 +322,4 @@ def _book(steps: tuple[Step, ...]) -> Runbook:
     )
 
 
-MANAGED = _book(_steps(managed=True))
-
-
-def _specialize(ref: ClusterRef) -> Runbook | None:
-    return MANAGED if hosts_for(ref).managed else None
-
-
-RUNBOOK = dataclasses.replace(_book(_steps(managed=False)), specialize=_specialize)
+RUNBOOK = host_variants(lambda managed: _book(_steps(managed)))
