@@ -14,6 +14,7 @@ Engine class contract (see postgres.PostgresSandbox): ``Engine(root)`` with
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -210,13 +211,10 @@ class OwnedFiles:
 
     OWNER_CANDIDATES: tuple[str, ...]  # the OS users the servers may run as when we are root
     OWNER_MISSING: str  # what to do when none of them exists
-    _owner: ServerUser | None = None
 
-    @property
+    @functools.cached_property
     def owner(self) -> ServerUser:
-        if self._owner is None:
-            self._owner = ServerUser.detect(self.OWNER_CANDIDATES, self.OWNER_MISSING)
-        return self._owner
+        return ServerUser.detect(self.OWNER_CANDIDATES, self.OWNER_MISSING)
 
     def _mkdir(self, path: Path) -> None:
         path.mkdir(mode=0o700, exist_ok=True)

@@ -22,6 +22,7 @@ pg_basebackup, psql), so no driver is needed to bring the sandbox up.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shlex
@@ -161,7 +162,6 @@ class PostgresSandbox(OwnedFiles):
         self.pgbackrest_dir = self.root / "pgbackrest"
         self.pgbackrest_conf = self.root / "pgbackrest.conf"
         self.restores_dir = self.root / "restores"  # postgres.restore's new data directories
-        self._bindir: Path | None = None
 
     # -- paths and recorded state ----------------------------------------------------------
 
@@ -227,11 +227,9 @@ class PostgresSandbox(OwnedFiles):
                                "recreate it with `dbops sandbox down` and `dbops sandbox up`")
         return dict(c)
 
-    @property
+    @functools.cached_property
     def bindir(self) -> Path:
-        if self._bindir is None:
-            self._bindir = _pg_bindir()
-        return self._bindir
+        return _pg_bindir()
 
     # -- running commands as the server owner ----------------------------------------------
 

@@ -51,6 +51,7 @@ the password reaches redis-cli through REDISCLI_AUTH, never its command line.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -203,7 +204,6 @@ class RedisSandbox(OwnedFiles, EngineSandbox):
         # Absolute: the servers are started with their node directory as working directory, and
         # the configuration path in their process title is how we recognise them.
         super().__init__(sandbox_dir(root).absolute())
-        self._bindir: Path | None = None
 
     # -- paths and recorded state ----------------------------------------------------------
 
@@ -237,11 +237,9 @@ class RedisSandbox(OwnedFiles, EngineSandbox):
         if name not in NODE_NAMES:
             raise SandboxError(f"no Redis sandbox node {name!r}; nodes: {', '.join(NODE_NAMES)}")
 
-    @property
+    @functools.cached_property
     def bindir(self) -> Path:
-        if self._bindir is None:
-            self._bindir = _bindir()
-        return self._bindir
+        return _bindir()
 
     # -- process state ---------------------------------------------------------------------
 
