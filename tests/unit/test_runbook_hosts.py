@@ -70,3 +70,16 @@ def test_a_runbook_declaration_takes_its_engine_from_its_id_and_its_description_
     assert described.for_cluster(ref(sandbox=True)).description == "redis.thing: what it does."  # type: ignore[arg-type]
     declared = Runbook(id="redis.thing", title="t", description="its own")
     assert declared.described("redis.thing: other") is declared
+
+
+def test_host_variants_make_host_steps_actions_only_where_dbops_runs_the_servers():
+    from dbops.runbook.model import host_variants
+
+    def build(managed: bool) -> Runbook:
+        kind = Kind.ACTION if managed else Kind.MANUAL
+        return Runbook(id="postgres.thing", title="t", steps=(Step("stop", "Stop", "stops", kind, lambda ctx: [],
+                                                                   _nothing if managed else None),))
+
+    book = host_variants(build)
+    assert book.for_cluster(ref(sandbox=False)).steps[0].kind is Kind.MANUAL  # type: ignore[arg-type]
+    assert book.for_cluster(ref(sandbox=True)).steps[0].kind is Kind.ACTION  # type: ignore[arg-type]
