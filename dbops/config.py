@@ -387,12 +387,12 @@ class Cluster(Model):
 
     @classmethod
     def sections(cls) -> dict[str, type[Model]]:
-        from dbops.engines import specs
+        from dbops.engine_spec import specs
 
         return {kind: spec.options for kind, spec in specs().items() if spec.options is not None}
 
     def __post_init__(self) -> None:
-        from dbops.engines import specs
+        from dbops.engine_spec import specs
 
         spec = specs().get(self.engine)
         if spec is None:
@@ -422,7 +422,7 @@ class Cluster(Model):
         return self.options.get("qdrant")
 
     def check(self) -> list[Any]:
-        from dbops.engines import broken, specs
+        from dbops.engine_spec import broken, specs
 
         known = specs()
         if self.engine not in known:
@@ -635,7 +635,7 @@ class ClusterRef:
         whole cluster as one unit when its spec says so (a Redis deployment, whose nodes are
         discovered, so they are not all in the config; Kafka's brokers; Qdrant's nodes): that
         collect() reaches every node concurrently with a timeout per node."""
-        from dbops.engines import spec_of
+        from dbops.engine_spec import spec_of
 
         unit = spec_of(self.cluster.engine).poll_unit
         if unit is not None:

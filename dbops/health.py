@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbops.config import ClusterRef
-from dbops.engines import assessor
+from dbops.engine_spec import assessor
 from dbops.model import ClusterHealth, Snapshot
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from dbops.config import ClusterRef, Config, Member
-from dbops.engines import adapter_class, spec_of
+from dbops.engine_spec import adapter_class, spec_of
 from dbops.engines.base import Adapter
-from dbops.engines.spec import load_attr
+from dbops.engine_spec import load_attr
 from dbops.health import assess_cluster, update_baseline
 from dbops.hub import HistoryPoint, HistorySampler, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot

@@ -2,7 +2,7 @@
 replicas, its snapshots and its point-in-time window; for every redis cluster with an
 [elasticache] section, its replication group, members and snapshots; what is wrong on top.
 
-AWS is read off the UI thread (dbops.platform.aws.collect_all, one daemon thread per cluster); a one-shot
+AWS is read off the UI thread (dbops.platform.aws_views.collect_all, one daemon thread per cluster); a one-shot
 timer starts the next refresh only after the previous one finished, so refreshes never overlap
 however slow AWS is. AWS throttles Describe* calls per account, so this pane refreshes at most
 every MIN_INTERVAL (15) seconds (r refreshes now).
@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from dbops.model import Severity, human_seconds
 
 # The readers live in the core: `dbops check` reads and judges with the same ones.
-from dbops.platform.aws import aws_refs, collect_all
+from dbops.platform.aws_views import aws_refs, collect_all
 
 from .periodic import PeriodicReads
 from .render import SEVERITY_STYLE, severity_text

@@ -1,10 +1,9 @@
-"""The AWS side of every cluster that has one: an [rds] section (dbops.platform.rds) or an
-[elasticache] section (dbops.platform.elasticache), and what every AWS caller here shares
-(dbops.platform.s3 too): the boto3 clients, and one mapping of botocore's exceptions to one-line
-messages safe to show (explain()).
+"""What every AWS caller here shares (dbops.platform.rds, elasticache, s3, backups): the boto3
+clients, credentials, and one mapping of botocore's exceptions to one-line messages safe to show
+(explain()).
 
-The AWS pane and `dbops check` both read with collect_one/collect_all, so they judge alike (each
-view carries its own findings and severity).
+What the AWS pane and `dbops check` read of each cluster is dbops.platform.aws_views; this
+module is below every AWS caller and imports none of them.
 
 Core: no textual; boto3 and botocore are imported inside the functions (they cost a few hundred
 ms).
@@ -12,31 +11,26 @@ ms).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Severity
 from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
 
 if TYPE_CHECKING:
-    from dbops.config import AwsLocation, ClusterRef
+    from dbops.config import AwsLocation
 
 __all__ = [
-    "MAX_READERS",
     "AwsError",
     "AwsSession",
     "Finding",
     "Judged",
     "as_utc",
-    "aws_refs",
     "client_error_code",
-    "collect_all",
-    "collect_one",
     "endpoint_shown",
     "explain",
     "new_client",
@@ -45,39 +39,8 @@ __all__ = [
     "safe_line",
 ]
 
-MAX_READERS = 4  # clusters read at once
 
 
-def aws_refs(refs: list[ClusterRef]) -> list[ClusterRef]:
-    return [r for r in refs if r.cluster.rds is not None or r.cluster.elasticache is not None]
-
-
-def collect_one(ref: ClusterRef) -> Any:
-    """Blocking: the cluster's RdsView (an [rds] section) or CacheView (an [elasticache] one).
-    Never raises for what AWS says: a failed read is the view's `error` or one of its `notes`."""
-    if ref.cluster.rds is not None:
-        from dbops.platform import rds
-
-        return rds.collect(ref)
-    from dbops.platform import elasticache
-
-    return elasticache.collect(ref)
-
-
-async def collect_all(refs: list[ClusterRef]) -> list[Any]:
-    """Every cluster's view, in config order. Each cluster is read in a daemon thread of its own
-    (at most MAX_READERS at once), so a dead endpoint of one account does not hold up the others,
-    and a read stuck in boto3's timeouts and retries never holds the console open after `q` (the
-    default executor's threads, which thread workers use, are joined at exit)."""
-    from dbops.platform.backups import in_daemon_thread
-
-    gate = asyncio.Semaphore(MAX_READERS)
-
-    async def one(ref: ClusterRef) -> Any:
-        async with gate:
-            return await in_daemon_thread(collect_one, ref)
-
-    return list(await asyncio.gather(*(one(r) for r in refs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +68,7 @@ def as_utc(value: Any) -> datetime | None:
     """A time from boto3's answer, aware and in UTC; None for anything that is not a datetime."""
     if not isinstance(value, datetime):
         return None
-    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Judged:

@@ -1,7 +1,7 @@
 """What `dbops check` reports of the platform around each cluster: what the Kubernetes pane
 judges of a cluster with [kubernetes] and what the AWS pane judges of one with [rds] or
 [elasticache], read with those panes' own readers (dbops.platform.kubernetes.read_one,
-dbops.platform.aws.collect_one) and judged by their own functions (kubernetes.verdict, the
+dbops.platform.aws_views.collect_one) and judged by their own functions (kubernetes.verdict, the
 views' findings and severity); nothing is judged here.
 
 An API or endpoint that cannot be read is that cluster's CRIT, with its one-line reason, as on
@@ -58,7 +58,7 @@ def _kubernetes(ref: ClusterRef) -> PlatformCheck:
 
 
 def _aws(ref: ClusterRef) -> PlatformCheck:
-    from dbops.platform.aws import collect_one
+    from dbops.platform.aws_views import collect_one
 
     view = collect_one(ref)  # an [rds] section is read first, as on the AWS pane
     kind = "rds" if ref.cluster.rds is not None else "elasticache"
@@ -86,7 +86,7 @@ async def check_all(refs: list[ClusterRef], timeout: float = TIMEOUT) -> list[Pl
         async with gate:
             try:
                 return await asyncio.wait_for(in_daemon_thread(read, ref), timeout)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 what = "the Kubernetes API" if kind == "kubernetes" else "AWS"
                 return PlatformCheck(ref.key, kind, _target(ref, kind), Severity.CRIT,
                                      error=f"reading {what} took longer than {timeout:g} s")

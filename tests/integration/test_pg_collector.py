@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from dbops.config import ClusterRef, Member, SecretRef, load, parse
-from dbops.engines import adapter_class
+from dbops.engine_spec import adapter_class
 from dbops.engines.postgres.adapter import STATEMENTS_MISSING, PostgresAdapter, rank_statements
 from dbops.engines.postgres.assess import assess_cluster, update_baseline
 from dbops.engines.postgres.data import PgMemberData

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import dbops.engines
+import dbops.engine_spec
 
 SITE = Path(__file__).parent / "site"
 
@@ -22,8 +22,8 @@ def gauge_installed(monkeypatch):
     per process; the other tests' processes never see the gauge)."""
     monkeypatch.syspath_prepend(str(SITE))
     importlib.invalidate_caches()
-    monkeypatch.setattr(dbops.engines, "_specs", None)
-    monkeypatch.setattr(dbops.engines, "_broken", {})
+    monkeypatch.setattr(dbops.engine_spec, "_specs", None)
+    monkeypatch.setattr(dbops.engine_spec, "_broken", {})
     yield SITE
     for name in [m for m in sys.modules if m == "dbops_gauge" or m.startswith("dbops_gauge.")]:
         del sys.modules[name]

@@ -15,7 +15,7 @@ import pytest
 from textual.widgets import DataTable
 
 from dbops.config import ConfigError, parse
-from dbops.engines import overview_row
+from dbops.engine_spec import overview_row
 from dbops.poller import poll_once
 
 pytestmark = pytest.mark.usefixtures("gauge_installed")
@@ -55,9 +55,9 @@ def test_a_bad_plugin_section_is_reported_with_file_line_and_did_you_mean():
 
 
 def test_without_the_plugin_the_engine_is_unknown_and_named(monkeypatch):
-    import dbops.engines
+    import dbops.engine_spec
 
-    monkeypatch.setattr(dbops.engines, "_specs", {k: v for k, v in dbops.engines.specs().items() if k != "gauge"})
+    monkeypatch.setattr(dbops.engine_spec, "_specs", {k: v for k, v in dbops.engine_spec.specs().items() if k != "gauge"})
     with pytest.raises(ConfigError) as err:
         parse(gauge_config(1234, section=""))
     assert "engine: must be one of 'kafka', 'neo4j', 'postgres', 'qdrant', 'redis' (got 'gauge')" in str(err.value)

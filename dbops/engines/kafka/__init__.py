@@ -1,7 +1,7 @@
 """Kafka: brokers, partitions and consumer lag through aiokafka (imported only when a Kafka cluster is configured)."""
 
 from dbops.config import KafkaOptions, KafkaThresholds
-from dbops.engines.spec import EngineSpec
+from dbops.engine_spec import EngineSpec
 
 SPEC = EngineSpec(
     kind="kafka",

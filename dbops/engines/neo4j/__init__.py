@@ -1,7 +1,7 @@
 """Neo4j: server, databases and transactions through the neo4j driver (imported only when a Neo4j cluster is configured)."""
 
 from dbops.config import Neo4jOptions, Neo4jThresholds
-from dbops.engines.spec import EngineSpec
+from dbops.engine_spec import EngineSpec
 
 SPEC = EngineSpec(
     kind="neo4j",

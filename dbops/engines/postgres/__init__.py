@@ -6,7 +6,7 @@ and the UI imports `data` and `assess` without paying for asyncpg. PostgreSQL's 
 """
 
 from dbops.config import PostgresThresholds
-from dbops.engines.spec import EngineSpec
+from dbops.engine_spec import EngineSpec
 
 SPEC = EngineSpec(
     kind="postgres",

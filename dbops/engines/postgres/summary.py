@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dbops.config import ClusterRef
 from dbops.engines.postgres.data import PgMemberData
-from dbops.engines.spec import OverviewRow, topology, worst_lag
+from dbops.engine_spec import OverviewRow, topology, worst_lag
 from dbops.model import ClusterHealth
 
 

@@ -1,7 +1,7 @@
 """Qdrant: nodes over REST (qdrant-client and httpx), their raft state, collections and shard replicas."""
 
 from dbops.config import QdrantOptions, QdrantThresholds
-from dbops.engines.spec import EngineSpec
+from dbops.engine_spec import EngineSpec
 
 SPEC = EngineSpec(
     kind="qdrant",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dbops.config import ClusterRef
 from dbops.engines.qdrant.data import QdrantData
-from dbops.engines.spec import OverviewRow, topology
+from dbops.engine_spec import OverviewRow, topology
 from dbops.model import ClusterHealth
 
 

@@ -2,7 +2,7 @@
 `client`, `adapter` and `slots` import redis-py (lazily, when a Redis cluster is configured)."""
 
 from dbops.config import RedisOptions, RedisThresholds
-from dbops.engines.spec import EngineSpec
+from dbops.engine_spec import EngineSpec
 
 SPEC = EngineSpec(
     kind="redis",

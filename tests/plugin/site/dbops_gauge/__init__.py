@@ -5,7 +5,7 @@ dist-info (tests put the directory on sys.path / PYTHONPATH, as pip would instal
 
 from dataclasses import dataclass, field
 
-from dbops.engines.spec import EngineSpec
+from dbops.engine_spec import EngineSpec
 from dbops.schema import Model, limits
 
 

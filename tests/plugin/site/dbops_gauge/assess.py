@@ -1,6 +1,6 @@
 """Judges a gauge: its level against the [gauge] thresholds."""
 
-from dbops.engines.spec import OverviewRow, topology
+from dbops.engine_spec import OverviewRow, topology
 from dbops.model import ClusterHealth, MemberHealth, Metric, Severity, Snapshot
 
 

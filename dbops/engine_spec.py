@@ -1,24 +1,33 @@
-"""What an engine is, declared once: `EngineSpec`.
+"""What an engine is, declared once (`EngineSpec`), and the registry of every engine's spec.
 
-Every engine package (`dbops/engines/<kind>/__init__.py`, or a third party's) exports a SPEC
-and registers it in the `dbops.engines` entry-point group, built-ins included. The config, the
-poller, the severity rules, the overview and `dbops check` all read the spec, so adding an engine
-touches only its own package, its pane, its tests and the entry point.
+Every engine package (`dbops/engines/<kind>/__init__.py`, or a third party's) exports a SPEC and
+registers it in the `dbops.engines` entry-point group, built-ins included (pyproject.toml): one
+way in, so a plugin engine is validated, polled, judged and listed like PostgreSQL. The config,
+the poller, the severity rules, the overview and `dbops check` all read the specs, so adding an
+engine touches only its own package, its pane, its tests and the entry point.
 
-A spec names its adapter, assessor and overview row as import strings: reading the specs costs
-no client library, so start-up stays lazy.
+A spec names its adapter, assessor, overview row and history as import strings: reading the
+specs imports each engine's light package module only; adapters (and their client libraries)
+load when a configured cluster is first polled.
+
+This module sits below the config (which asks it for the engines' section models when it
+validates) and imports nothing of dbops but the model: the engines import the config, never the
+reverse through here, so there is no cycle.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from dbops.model import ClusterHealth, Reachability
 
 if TYPE_CHECKING:
     from dbops.config import ClusterRef
+    from dbops.engines.base import Adapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +85,7 @@ class EngineSpec:
     def load_assessor(self) -> Any:
         return importlib.import_module(self.assessor)
 
-    def overview_row(self, ref: "ClusterRef", health: ClusterHealth) -> OverviewRow:
+    def overview_row(self, ref: ClusterRef, health: ClusterHealth) -> OverviewRow:
         if self.overview is None:
             return generic_overview_row(health)
         row: Callable[[ClusterRef, ClusterHealth], OverviewRow] = load_attr(self.overview)
@@ -108,3 +117,70 @@ def worst_lag(health: ClusterHealth) -> str:
 
 def generic_overview_row(health: ClusterHealth) -> OverviewRow:
     return OverviewRow(topology=topology(health), lag=worst_lag(health))
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+GROUP = "dbops.engines"
+
+_lock = threading.Lock()
+_specs: "dict[str, EngineSpec] | None" = None
+_broken: dict[str, str] = {}
+
+
+class UnknownEngine(Exception):
+    pass
+
+
+def specs() -> dict[str, EngineSpec]:
+    """Every registered engine by kind, read once per process."""
+    global _specs
+    if _specs is None:
+        with _lock:
+            if _specs is None:
+                _specs = _discover()
+    return _specs
+
+
+def _discover() -> dict[str, EngineSpec]:
+    from importlib.metadata import entry_points
+
+    found: dict[str, EngineSpec] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            spec = ep.load()
+        except Exception as exc:  # a broken plugin must not take the built-ins down with it
+            _broken[ep.name] = f"{ep.value} cannot be loaded: {type(exc).__name__}: {exc}"
+            continue
+        if not isinstance(spec, EngineSpec) or spec.kind != ep.name:
+            _broken[ep.name] = f"{ep.value} is not an EngineSpec of kind {ep.name!r}"
+            continue
+        found[spec.kind] = spec
+    return found
+
+
+def broken() -> dict[str, str]:
+    """Registered engines that could not be loaded, with why (shown where a config names one)."""
+    specs()
+    return dict(_broken)
+
+
+def spec_of(kind: str) -> EngineSpec:
+    found = specs().get(kind)
+    if found is None:
+        why = broken().get(kind)
+        raise UnknownEngine(f"engine {kind!r}: {why}" if why else f"no engine named {kind!r}")
+    return found
+
+
+def adapter_class(kind: str) -> type[Adapter]:
+    cls: type[Adapter] = spec_of(kind).load_adapter()
+    return cls
+
+
+def assessor(kind: str) -> Any:
+    return spec_of(kind).load_assessor()
+
+
+def overview_row(ref: ClusterRef, health: ClusterHealth) -> OverviewRow:
+    return spec_of(ref.cluster.engine).overview_row(ref, health)
