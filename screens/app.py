@@ -217,35 +217,29 @@ class DbopsApp(App[None]):
             if handler is not None and screen.is_mounted:
                 handler(self._hub.paused)
 
-    def action_audit(self) -> None:
-        from .audit import AuditScreen
+    def _show_once(self, module: str, name: str, *args: Any) -> None:
+        """Open a console-wide screen unless it is the one showing; its module is imported on
+        first use, so the first frame never pays for it."""
+        import importlib
 
-        if not isinstance(self.screen, AuditScreen):
-            self.push_screen(AuditScreen(self.audit.path))
+        screen_class = getattr(importlib.import_module(f"dbops.screens.{module}"), name)
+        if not isinstance(self.screen, screen_class):
+            self.push_screen(screen_class(*args))
+
+    def action_audit(self) -> None:
+        self._show_once("audit", "AuditScreen", self.audit.path)
 
     def action_aws(self) -> None:
-        from .rds import AwsScreen
-
-        if not isinstance(self.screen, AwsScreen):
-            self.push_screen(AwsScreen())
+        self._show_once("rds", "AwsScreen")
 
     def action_kubernetes(self) -> None:
-        from .kubernetes import KubernetesScreen
-
-        if not isinstance(self.screen, KubernetesScreen):
-            self.push_screen(KubernetesScreen())
+        self._show_once("kubernetes", "KubernetesScreen")
 
     def action_approvals(self) -> None:
-        from .approvals import ApprovalsScreen
-
-        if not isinstance(self.screen, ApprovalsScreen):
-            self.push_screen(ApprovalsScreen())
+        self._show_once("approvals", "ApprovalsScreen")
 
     def action_backups(self) -> None:
-        from .backups import BackupsScreen
-
-        if not isinstance(self.screen, BackupsScreen):
-            self.push_screen(BackupsScreen())
+        self._show_once("backups", "BackupsScreen")
 
     def open_cluster(self, key: str) -> None:
         kind = self._hub.ref(key).cluster.engine
