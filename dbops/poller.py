@@ -80,30 +80,10 @@ async def poll_member(adapter: Adapter, ref: ClusterRef, member: Member, previou
             reach, message = Reachability.TIMEOUT, f"no answer within {ref.timeout:g}s"
         # The connection is in an unknown state after a failure: drop it so the next poll reconnects.
         await close_quietly(adapter)
-        return Snapshot(
-            environment=ref.environment,
-            cluster=ref.name,
-            member=member.name,
-            engine=ref.cluster.engine,
-            reachability=reach,
-            taken_at=taken_at,
-            duration_ms=(time.monotonic() - started) * 1000,
-            error=message,
-            last_good=last_good,
-            last_good_at=last_good_at,
-            seq=seq,
-        )
-    return Snapshot(
-        environment=ref.environment,
-        cluster=ref.name,
-        member=member.name,
-        engine=ref.cluster.engine,
-        reachability=Reachability.UP,
-        taken_at=taken_at,
-        duration_ms=(time.monotonic() - started) * 1000,
-        data=data,
-        seq=seq,
-    )
+        return member_snapshot(ref, member, reach, taken_at, duration_ms=(time.monotonic() - started) * 1000,
+                               error=message, last_good=last_good, last_good_at=last_good_at, seq=seq)
+    return member_snapshot(ref, member, Reachability.UP, taken_at, duration_ms=(time.monotonic() - started) * 1000,
+                           data=data, seq=seq)
 
 
 async def close_quietly(adapter: Adapter) -> None:
@@ -117,15 +97,14 @@ async def close_quietly(adapter: Adapter) -> None:
         log.debug("closing %s/%s: %r", adapter.cluster.key, adapter.member.name, exc)
 
 
+def member_snapshot(ref: ClusterRef, member: Member, reachability: Reachability, taken_at: float, **outcome: Any) -> Snapshot:
+    """A snapshot of `member` of `ref`; `outcome`: the poll's data or error, duration, sequence."""
+    return Snapshot(environment=ref.environment, cluster=ref.name, member=member.name, engine=ref.cluster.engine,
+                    reachability=reachability, taken_at=taken_at, **outcome)
+
+
 def pending_snapshot(ref: ClusterRef, member: Member) -> Snapshot:
-    return Snapshot(
-        environment=ref.environment,
-        cluster=ref.name,
-        member=member.name,
-        engine=ref.cluster.engine,
-        reachability=Reachability.PENDING,
-        taken_at=time.time(),
-    )
+    return member_snapshot(ref, member, Reachability.PENDING, time.time())
 
 
 class PollerHub(Hub):
