@@ -272,32 +272,22 @@ class RunbookSession:
     async def run(self, book: Runbook, ref: ClusterRef, params: dict[str, Any], overrides: dict[str, str] | None = None) -> RunResult:
         """Live choices, then under the lock: pre-checks, each step with its confirmation,
         journaled and audited; the audit log shipped at the end. SessionError when refused before it ran."""
-        from dbops.runbook.journal import Journal, JournalError, new_run_id
-        from dbops.runbook.locks import LockHeld
+        from dbops.runbook.journal import Journal, new_run_id
 
         self._refuse_what_would_stop_after_approval(book, ref)
         run_id = new_run_id()
         ctx = self._context(ref, params, run_id)
         ex = self._executor(book, ctx)
-        self.front.event("opened", runbook=book, ref=ref, run_id=run_id, resumed=False)
 
         async def go() -> RunResult:
             await self._check_choices(book, ctx)
             return await ex.run(Journal.create(self.state, run_id), self._lock(book, ref, run_id, overrides), overrides)
 
-        try:
-            result = await self._with_resources(book, ctx, go)
-        except (LockHeld, JournalError) as exc:
-            raise SessionError(str(exc), run_id=run_id) from None
-        except SessionError as exc:
-            exc.run_id = run_id
-            raise
-        return await self._over(result)
+        return await self._execute(book, ctx, resumed=False, body=go)
 
     async def resume(self, run_id: str) -> RunResult:
         """Continue a run after a crash, from its journal: the interrupted step re-verified first."""
         from dbops.runbook.journal import Journal, JournalError
-        from dbops.runbook.locks import LockHeld
 
         try:
             journal = Journal.open(self.state, run_id)
@@ -308,14 +298,22 @@ class RunbookSession:
         book = self._get(record.runbook).for_cluster(ref)
         ctx = self._context(ref, dict(record.params), run_id)
         ex = self._executor(book, ctx)
-        self.front.event("opened", runbook=book, ref=ref, run_id=run_id, resumed=True)
+        return await self._execute(
+            book, ctx, resumed=True, body=lambda: ex.resume(record, journal, self._lock(book, ref, run_id, record.overrides)))
+
+    async def _execute(self, book: Runbook, ctx: Context, *, resumed: bool, body: Callable[[], Awaitable[RunResult]]) -> RunResult:
+        """`body` (the executor's run or resume) with the runbook's resources open: a held lock or
+        a journal that cannot be written is a refusal naming the run; then the outcome."""
+        from dbops.runbook.journal import JournalError
+        from dbops.runbook.locks import LockHeld
+
+        self.front.event("opened", runbook=book, ref=ctx.ref, run_id=ctx.run_id, resumed=resumed)
         try:
-            result = await self._with_resources(
-                book, ctx, lambda: ex.resume(record, journal, self._lock(book, ref, run_id, record.overrides)))
-        except LockHeld as exc:
-            raise SessionError(str(exc), run_id=run_id) from None
+            result = await self._with_resources(book, ctx, body)
+        except (LockHeld, JournalError) as exc:
+            raise SessionError(str(exc), run_id=ctx.run_id) from None
         except SessionError as exc:
-            exc.run_id = run_id
+            exc.run_id = ctx.run_id
             raise
         return await self._over(result)
 
