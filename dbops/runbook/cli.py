@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from dbops.runbook.events import event_lines
+
 if TYPE_CHECKING:
     from dbops.runbook.session import RunbookSession, SessionError
 
@@ -240,56 +242,16 @@ class CliFrontEnd:
         return answer.strip().lower() == "done"
 
     def event(self, event: str, **data: Any) -> None:
-        step: Any = data.get("step")  # the events about a step carry it
-        if event == "opened":
-            book, ref, run_id = data["runbook"], data["ref"], data["run_id"]
-            click.echo(f"resuming {book.id} on {ref.key}, run {run_id}" if data["resumed"] else f"{book.id} on {ref.key}, run {run_id}")
-        elif event == "log":
-            click.echo(f"    {data['line']}")
-        elif event == "progress":
+        if event == "progress":
             self._progress.report(data["done"], data["total"], data["unit"])
-        elif event == "note":
-            click.echo(f"note: {data['line']}", err=True)
-        elif event == "warning":
-            click.echo(f"warning: {data['line']}", err=True)
+        elif event in ("note", "warning"):
+            click.echo(f"{event}: {data['line']}", err=True)
         elif event == "audit-shipped":
             ok, message = data["ok"], data["message"]
             click.echo(f"audit: {message}" if ok else f"warning: {message}", err=not ok)
-        elif event == "check":
-            v = data["verdict"]
-            mark = "ok" if v.ok else ("overridden" if data.get("overridden_by") else "FAIL")
-            click.echo(f"  check [{mark}] {data['check'].title}: {v.detail}")
-        elif event == "started":
-            click.echo(f"\n▶ {step.title}")
-            for c in data.get("commands", []):
-                click.echo(f"    $ {c}")
-        elif event == "done":
-            click.echo(f"  ✓ {step.title} ({data['seconds']:.1f}s)")
-        elif event == "verified":
-            v = data["verdict"]
-            click.echo(f"  {'✓' if v.ok else '✗'} verify: {v.detail}")
-        elif event == "failed":
-            click.echo(f"  ✗ {step.title}: {data['error']}")
-        elif event == "skipped":
-            click.echo(f"  · {step.title}: {data.get('reason') or 'already done'}")
-        elif event == "reverified":
-            v = data["verdict"]
-            click.echo(f"  interrupted step '{step.title}' re-verified: {'done' if v.ok else 'not done, running it again'} ({v.detail})")
-        elif event == "overridden":
-            click.echo(f"  ! {step.title} FAILED and was OVERRIDDEN ({data['reason']}): {data['error']}")
-        elif event == "resumed":
-            click.echo(f"resuming after: {', '.join(data['done']) or 'no completed step'}")
-        elif event == "approval-waiting":
-            click.echo(f"\n⏸ this run needs a second operator's approval of its plan before '{step.title}' (two-person rule)")
-            click.echo(f"  run id:    {data['run_id']}")
-            click.echo(f"  plan hash: {data['plan_hash']}")
-            click.echo(f"  requested by: {data['requester'].describe()}")
-            click.echo(f"  who may approve: {data['who']}")
-            click.echo(f"  waiting up to {data['ttl']}s ...")
-        elif event == "approved":
-            click.echo(f"  ✓ {data['message']} (plan {data['plan_hash'][:12]})")
-        elif event == "approval-refused":
-            click.echo(f"  ✗ {step.title}: {data['reason']}")
+        else:
+            for line in event_lines(event, data):
+                click.echo(line)
 
 
 def _finish(result: Any) -> NoReturn:
