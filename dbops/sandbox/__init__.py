@@ -319,6 +319,26 @@ def pid_alive(pid: int | None, needle: str | None = None) -> bool:
     return True
 
 
+def stop_processes(pids: dict[int, str], sig: signal.Signals, grace: float) -> None:
+    """Send `sig` to each pid still running its own command line (`pids`: pid -> a string of
+    that command line), wait until all are gone, SIGKILL what is left after `grace` seconds."""
+    for pid, needle in pids.items():
+        if pid_alive(pid, needle):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while True:
+        for pid in pids:
+            reap(pid)
+        left = [p for p in pids if pid_alive(p)]
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            for p in left:
+                os.kill(p, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+        time.sleep(0.1)
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports free on 127.0.0.1 right now (held open together so they differ)."""
     socks = []
@@ -419,13 +439,11 @@ class SingleProcessSandbox(EngineSandbox):
 
     def _stop_process(self, progress: Progress, what: str, sig: signal.Signals, grace: float) -> None:
         """`down`: signal the process (SIGKILL after `grace` seconds), then forget its pid."""
-        from dbops.sandbox import maven
-
         pid = self.pid()
         if pid is None:
             return
         progress(f"stop {what}")
-        maven.stop({pid: self._needle()}, sig, grace)
+        stop_processes({pid: self._needle()}, sig, grace)
         self._record_pid(None)
 
 

@@ -51,6 +51,7 @@ from dbops.sandbox import (
     pid_alive,
     port_open,
     spawn,
+    stop_processes,
     tail,
     toml_str,
     write_engine_state,
@@ -354,7 +355,7 @@ class KafkaSandbox(EngineSandbox):
             self._wait_started({name: self._spawn(name)})
 
     def _stop(self, pids: dict[str, int], sig: signal.Signals) -> None:
-        maven.stop({pid: self._needle(name) for name, pid in pids.items()}, sig, STOP_GRACE)
+        stop_processes({pid: self._needle(name) for name, pid in pids.items()}, sig, STOP_GRACE)
         st = self._state()
         if st:
             for name in pids:

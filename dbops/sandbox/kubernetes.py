@@ -52,6 +52,7 @@ from dbops.sandbox import (
     maven,
     pid_alive,
     spawn,
+    stop_processes,
     toml_str,
     wait_ready,
     write_engine_state,
@@ -213,7 +214,7 @@ class KubernetesStandIn:
         return pid_alive(self.pid, "dbops-k8s-stand-in")
 
     def stop(self) -> None:
-        maven.stop({self.pid: "dbops-k8s-stand-in"}, signal.SIGTERM, STOP_GRACE)
+        stop_processes({self.pid: "dbops-k8s-stand-in"}, signal.SIGTERM, STOP_GRACE)
 
 
 def _classes(progress: Progress) -> tuple[Path, Path]:
@@ -355,7 +356,7 @@ class KubernetesSandbox(SingleProcessSandbox):
         if pid is None:
             return
         progress("stop the kubernetes stand-in")
-        maven.stop({pid: "dbops-k8s-stand-in"}, signal.SIGTERM, STOP_GRACE)
+        stop_processes({pid: "dbops-k8s-stand-in"}, signal.SIGTERM, STOP_GRACE)
 
     def status(self) -> list[ProcessStatus]:
         st = self._state()

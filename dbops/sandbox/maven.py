@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops.sandbox import Progress, SandboxError, _quiet, pid_alive, reap
+from dbops.sandbox import Progress, SandboxError, _quiet
 
 FETCH_TIMEOUT = 900.0  # seconds for the first fetch (Neo4j's jars are ~130 MB)
 APT_HINT = "install Debian's openjdk-17-jdk-headless and maven (apt-get install openjdk-17-jdk-headless maven)"
@@ -63,23 +61,3 @@ def fetch(name: str, artifacts: tuple[tuple[str, str, str], ...], progress: Prog
         raise SandboxError(f"Maven could not fetch the {name} jars (is Maven Central reachable?):\n  " + "\n  ".join(last or ["no output"]))
     done.write_text(datetime.now(UTC).isoformat() + "\n")
     return lib
-
-
-def stop(pids: dict[int, str], sig: signal.Signals, grace: float) -> None:
-    """Send `sig` to each pid still running its own command line (`pids`: pid -> a string of
-    that command line), wait until all are gone, SIGKILL what is left after `grace` seconds."""
-    for pid, needle in pids.items():
-        if pid_alive(pid, needle):
-            os.kill(pid, sig)
-    deadline = time.monotonic() + grace
-    while True:
-        for pid in pids:
-            reap(pid)
-        left = [p for p in pids if pid_alive(p)]
-        if not left:
-            return
-        if time.monotonic() >= deadline:
-            for p in left:
-                os.kill(p, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-        time.sleep(0.1)

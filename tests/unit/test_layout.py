@@ -67,3 +67,22 @@ def test_every_package_on_disk_is_packaged():
             rel = init.parent.relative_to(root).parts
             on_disk.add(".".join((name, *rel)))
     assert on_disk - listed == set(), "add these packages to [tool.setuptools] packages"
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle among dbops' modules (the UI and runbooks included), deferred imports
+    inside functions counted too: a cycle is a layer that knows what sits above it."""
+    import grimp
+
+    sys.path.insert(0, str(REPO))  # runbooks/ and screens/ as the top-level packages they are on disk
+    try:
+        graph = grimp.build_graph("dbops", "runbooks", "screens", exclude_type_checking_imports=True)
+    finally:
+        sys.path.remove(str(REPO))
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            if module < imported and graph.chain_exists(importer=imported, imported=module):
+                cycles.append(" -> ".join(graph.find_shortest_chain(importer=module, imported=imported) or ())
+                              + " -> ... -> " + module)
+    assert cycles == []
