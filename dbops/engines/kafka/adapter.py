@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import importlib
-import sys
 import time
 from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from dbops.config import ClusterRef, Member as ConfigMember
-from dbops.engines.base import Adapter
+from dbops.config import ClusterRef
+from dbops.config import Member as ConfigMember
+from dbops.engines.base import Adapter, import_off_loop, names_by_address
 from dbops.engines.kafka import client as kc
 from dbops.engines.kafka.data import (
     END_HISTORY,
@@ -82,7 +81,7 @@ class KafkaAdapter(Adapter):
         opts = cluster.cluster.kafka
         assert opts is not None
         self.opts = opts
-        self.names = {f"{m.host}:{m.port}": m.name for m in cluster.cluster.members}
+        self.names = names_by_address(cluster.cluster.members)
         self._admin: Any = None
         self._consumer: Any = None
         self._creds: kc.Credentials | None = None
@@ -125,9 +124,7 @@ class KafkaAdapter(Adapter):
         return f"{self.cluster.name} ({', '.join(kc.bootstrap(self.cluster))})"
 
     async def _connect(self) -> None:
-        if "aiokafka.admin" not in sys.modules:
-            # ~0.2 s of imports: off the pollers' event loop, which serves every cluster.
-            await asyncio.to_thread(importlib.import_module, "aiokafka.admin")
+        await import_off_loop("aiokafka.admin")  # ~0.2 s of imports, the first time
         if self._admin is not None and self._consumer is not None:
             return
         self._connects += 1

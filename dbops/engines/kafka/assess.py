@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from dbops.config import ClusterRef
+from dbops.engines.base import no_data_health, unit_data
 from dbops.engines.kafka.data import Broker, Group, GroupPartition, KafkaData, Partition
 from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot, human_seconds
 
@@ -179,20 +180,10 @@ def broker_snapshot(unit: Snapshot, b: Broker, data: KafkaData) -> Snapshot:
 def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: dict[str, Any] | None = None,
                    now: float | None = None) -> ClusterHealth:
     now = time.time() if now is None else now
-    unit = next(iter(snapshots.values()))
-    data = unit.data if isinstance(unit.data, KafkaData) else None
+    unit, data = unit_data(snapshots, KafkaData)
     if data is None:
         # Pending, or no broker answered: one row per configured broker says why.
-        if unit.reachability is Reachability.PENDING:
-            pending = MemberHealth(unit, "?", UNKNOWN, (Metric("reachability", UNKNOWN, "not polled yet"),))
-            return ClusterHealth(ref.environment, ref.name, "kafka", UNKNOWN, (pending,))
-        rows = []
-        for m in ref.cluster.members:
-            snap = Snapshot(unit.environment, unit.cluster, m.name, unit.engine, unit.reachability, unit.taken_at,
-                            unit.duration_ms, None, unit.error, unit.last_good, unit.last_good_at, unit.seq)
-            rows.append(MemberHealth(snap, "broker", CRIT, (Metric("reachability", CRIT, f"{unit.reachability.value}: {unit.error}"),)))
-        return ClusterHealth(ref.environment, ref.name, "kafka", CRIT, tuple(rows),
-                             (Metric("brokers", CRIT, f"no broker answers: {unit.error}"),))
+        return no_data_health(ref, unit, "broker", "brokers", "no broker answers")
     members = []
     for b in data.brokers:
         snap = broker_snapshot(unit, b, data)

@@ -12,9 +12,9 @@ import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
-from dbops.engines.base import common_reachability
+from dbops.engines.base import classify_redacted
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, redact, resolve
+from dbops.secrets import Secret, resolve
 from dbops.tls import ENCRYPTED, client_context
 
 
@@ -171,14 +171,11 @@ class Credentials:
 
 
 def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | None) -> tuple[Reachability, str]:
-    reach, message = _classify(exc, where, timeout)
-    return reach, redact(message, *secrets)
+    return classify_redacted(exc, where, timeout, _driver_reachability, *secrets)
 
 
-def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
-    common = common_reachability(exc, where, timeout)
-    if common is not None:
-        return common
+def _driver_reachability(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
+    """aiokafka's own errors (classify_redacted has judged the common ones)."""
     import aiokafka.errors as ke
 
     if isinstance(exc, (ke.SaslAuthenticationFailed, ke.AuthenticationFailedError, ke.AuthenticationMethodNotSupported)):

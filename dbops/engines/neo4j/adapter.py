@@ -16,13 +16,11 @@ driver takes only with bolt:// and encrypted=True.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import ssl
 import sys
 from typing import Any
 
 from dbops.config import ClusterRef, Member
-from dbops.engines.base import Adapter, common_reachability
+from dbops.engines.base import Adapter, common_reachability, import_off_loop, redacted, tls_reachability
 from dbops.engines.neo4j.data import (
     SERVERS_ENTERPRISE_ONLY,
     Database,
@@ -30,12 +28,12 @@ from dbops.engines.neo4j.data import (
     Transaction,
     database_from_row,
     longest_first,
-    terminate_statement,
     server_from_row,
+    terminate_statement,
     transaction_from_row,
 )
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, redact, resolve
+from dbops.secrets import Secret, resolve
 from dbops.tls import client_context
 
 # Marks every statement dbops runs, so SHOW TRANSACTIONS can leave dbops' own out and an
@@ -48,17 +46,6 @@ TRANSACTION_COLUMNS = ("transactionId", "database", "username", "clientAddress",
 SHOW_TRANSACTIONS = "SHOW TRANSACTIONS YIELD " + ", ".join(TRANSACTION_COLUMNS)
 STORE_PROCEDURE = "apoc.monitor.store"
 STORE_MISSING = f"store size: not available (needs APOC Extended's {STORE_PROCEDURE}())"
-
-_neo4j: Any = None
-
-
-async def load_driver_module() -> Any:
-    """Import the neo4j driver off the event loop's thread, once."""
-    global _neo4j
-    if _neo4j is None:
-        _neo4j = await asyncio.to_thread(importlib.import_module, "neo4j")
-    return _neo4j
-
 
 def scheme(ref: ClusterRef) -> str:
     """The Bolt URI scheme the cluster's tls.mode stands for (what the docs and messages name)."""
@@ -95,7 +82,7 @@ class Neo4jAdapter(Adapter):
     async def open_driver(self) -> Any:
         """A new AsyncDriver for this member with the cluster's credentials and TLS, not managed
         by the adapter (runbooks own theirs). The caller closes it."""
-        neo4j = await load_driver_module()
+        neo4j = await import_off_loop("neo4j")
         cluster = self.cluster.cluster
         self._secret = resolve(cluster.password)  # SecretError: an AUTH state, never a crash
         uri, tls_kwargs = bolt_target(self.cluster, self.member)
@@ -129,7 +116,7 @@ class Neo4jAdapter(Adapter):
             return await self._run(query, database, timeout, params)
 
     async def _run(self, query: str, database: str, timeout: float | None, params: dict[str, Any]) -> list[dict[str, Any]]:
-        neo4j = await load_driver_module()
+        neo4j = await import_off_loop("neo4j")
         driver = await self._ensure()
         statement = neo4j.Query(query, metadata=METADATA, timeout=timeout or self.cluster.timeout)
         async with driver.session(database=database, fetch_size=-1) as session:
@@ -140,7 +127,7 @@ class Neo4jAdapter(Adapter):
 
     async def collect(self) -> Neo4jMemberData:
         async with self._lock:
-            neo4j = await load_driver_module()
+            neo4j = await import_off_loop("neo4j")
             components = await self._run("CALL dbms.components() YIELD name, versions, edition", "system", None, {})
             kernel = next((c for c in components if c.get("name") == "Neo4j Kernel"), components[0] if components else {})
             version = str((kernel.get("versions") or ["?"])[0])
@@ -171,7 +158,7 @@ class Neo4jAdapter(Adapter):
             self._has_store_procedure = bool(found)
         if not self._has_store_procedure:
             return None, STORE_MISSING
-        neo4j = await load_driver_module()
+        neo4j = await import_off_loop("neo4j")
         sizes: dict[str, int] = {}
         unread: list[str] = []
         for name in sorted({d.name for d in databases if d.type == "standard" and d.current_status == "online"}):
@@ -207,9 +194,8 @@ class Neo4jAdapter(Adapter):
     # -- errors ----------------------------------------------------------------------------------
 
     def classify(self, exc: BaseException) -> tuple[Reachability, str]:
-        reach, message = classify(exc, self.where, self.cluster.cluster.user or "neo4j", self.cluster.timeout,
-                                  self.cluster.cluster.tls.mode)
-        return reach, redact(message, self._secret)
+        return redacted(classify(exc, self.where, self.cluster.cluster.user or "neo4j", self.cluster.timeout,
+                                 self.cluster.cluster.tls.mode), self._secret)
 
 
 def _is_ours(row: dict[str, Any]) -> bool:
@@ -233,12 +219,9 @@ def classify(exc: BaseException, where: str, user: str, timeout: float, tls_mode
     if common is not None:
         return common
     chain = _chain(exc)
-    cert = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
-    if cert is not None:
-        return Reachability.TLS, f"TLS certificate of {where} not trusted: {cert.verify_message or first_line(str(cert))}"
-    tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-    if tls_error is not None:
-        return Reachability.TLS, f"TLS handshake with {where} failed: {tls_error.reason or first_line(str(tls_error))}"
+    tls = tls_reachability(chain, where)
+    if tls is not None:
+        return tls
     neo4j = sys.modules.get("neo4j")
     if neo4j is None:  # the failure came before the driver was imported (it may not be installed)
         return Reachability.ERROR, f"{where}: {type(exc).__name__}: {first_line(str(exc))}"

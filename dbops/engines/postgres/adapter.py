@@ -9,17 +9,15 @@ it unusable (lost connection, timeout, cancelled poll); the next poll reconnects
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
-import ssl
 import sys
 import time
-from dataclasses import replace
-from typing import Any
+from dataclasses import fields, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dbops.config import ClusterRef, Member
-from dbops.engines.base import Adapter
+from dbops.engines.base import Adapter, import_off_loop, redacted, tls_reachability
 from dbops.engines.postgres import queries as Q
 from dbops.engines.postgres.data import (
     Archiver,
@@ -33,26 +31,20 @@ from dbops.engines.postgres.data import (
 )
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, SecretError, redact, resolve, scrub_text
+from dbops.secrets import Secret, SecretError, resolve, scrub_text
 from dbops.tls import TLSConfigError, client_context
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger(__name__)
+
+_Row = TypeVar("_Row", bound="DataclassInstance")
 
 TOP_STATEMENTS = 20
 STATEMENTS_MISSING = (
     "pg_stat_statements not installed (add it to shared_preload_libraries and CREATE EXTENSION pg_stat_statements)"
 )
-
-_asyncpg: Any = None
-
-
-async def load_asyncpg() -> Any:
-    """Import asyncpg off the event loop's thread, once."""
-    global _asyncpg
-    if _asyncpg is None:
-        _asyncpg = await asyncio.to_thread(importlib.import_module, "asyncpg")
-    return _asyncpg
-
 
 def _pgbouncer_member(cluster: ClusterRef) -> Member:
     members = cluster.cluster.members
@@ -100,7 +92,7 @@ class PostgresAdapter(Adapter):
         """A new asyncpg connection to this member with the cluster's credentials and TLS, not
         managed by the adapter (runbooks own theirs: another application_name, longer timeouts).
         The caller closes it."""
-        asyncpg = await load_asyncpg()
+        asyncpg = await import_off_loop("asyncpg")
         cluster = self.cluster.cluster
         self._secret = resolve(cluster.password)
         timeout = self.cluster.timeout
@@ -164,7 +156,7 @@ class PostgresAdapter(Adapter):
             else:
                 try:
                     await conn.close(timeout=1.0)
-                except Exception as exc:  # noqa: BLE001 - a dead peer cannot say goodbye; drop the socket
+                except Exception as exc:  # a dead peer cannot say goodbye; drop the socket
                     log.debug("closing the connection to %s failed, terminating it: %r", self.where, exc)
                     conn.terminate()
         bouncer, self._pgbouncer = self._pgbouncer, None
@@ -190,7 +182,7 @@ class PostgresAdapter(Adapter):
                 data = replace(data, pgbouncer=await bouncer_task)
             return data
 
-    def _bouncer(self) -> "PgBouncerReader | _FailedReader":
+    def _bouncer(self) -> PgBouncerReader | _FailedReader:
         if self._pgbouncer is None:
             pb = self.cluster.cluster.pgbouncer
             assert pb is not None
@@ -216,7 +208,7 @@ class PostgresAdapter(Adapter):
         return data
 
     async def _statements(self, conn: Any) -> tuple[tuple[Statement, ...] | None, str | None]:
-        asyncpg = await load_asyncpg()
+        asyncpg = await import_off_loop("asyncpg")
         try:
             totals = await conn.fetch(Q.STATEMENT_TOTALS)
         except asyncpg.ObjectNotInPrerequisiteStateError:
@@ -268,8 +260,7 @@ class PostgresAdapter(Adapter):
     # -- errors ----------------------------------------------------------------------------------
 
     def classify(self, exc: BaseException) -> tuple[Reachability, str]:
-        reach, message = self._classify(exc)
-        return reach, redact(message, self._secret)
+        return redacted(self._classify(exc), self._secret)
 
     def _classify(self, exc: BaseException) -> tuple[Reachability, str]:
         where = self.where
@@ -278,10 +269,9 @@ class PostgresAdapter(Adapter):
             return Reachability.AUTH, f"password for {user}: {exc}"
         if isinstance(exc, TLSConfigError):
             return Reachability.TLS, str(exc)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return Reachability.TLS, f"TLS certificate of {where} not trusted: {getattr(exc, 'verify_message', None) or first_line(str(exc))}"
-        if isinstance(exc, ssl.SSLError):
-            return Reachability.TLS, f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or first_line(str(exc))}"
+        tls = tls_reachability([exc], where)
+        if tls is not None:
+            return tls
         asyncpg = sys.modules.get("asyncpg")
         if asyncpg is not None:
             exs = asyncpg.exceptions
@@ -360,16 +350,17 @@ def rank_statements(
     return out
 
 
+def _from_json(cls: type[_Row], d: dict[str, Any], **converted: Any) -> _Row:
+    """A dataclass from one JSON object of the poll's query: the query names its keys after the
+    dataclass' fields, so each field not `converted` by the caller is read under its own name (a
+    key missing from the object raises KeyError, as an explicit d["name"] would)."""
+    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name not in converted}, **converted)
+
+
 def _session(d: dict[str, Any]) -> Session:
-    return Session(
-        pid=d["pid"],
-        usename=d["usename"],
+    return _from_json(
+        Session, d,
         application_name=d["application_name"] or "",
-        client_addr=d["client_addr"],
-        database=d["database"],
-        state=d["state"],
-        wait_event_type=d["wait_event_type"],
-        wait_event=d["wait_event"],
         # pg_stat_activity shows a statement as the client sent it, passwords included.
         query=scrub_text(d["query"] or ""),
         query_age_seconds=d["query_age"],
@@ -381,25 +372,8 @@ def _session(d: dict[str, Any]) -> Session:
 
 def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: str | None) -> PgMemberData:
     in_recovery = bool(row["in_recovery"])
-    replicas = tuple(
-        ReplicaRow(
-            pid=r["pid"],
-            application_name=r["application_name"] or "",
-            client_addr=r["client_addr"],
-            state=r["state"],
-            sync_state=r["sync_state"],
-            sent_lsn=r["sent_lsn"],
-            replay_lsn=r["replay_lsn"],
-            write_lag_bytes=r["write_lag_bytes"],
-            flush_lag_bytes=r["flush_lag_bytes"],
-            replay_lag_bytes=r["replay_lag_bytes"],
-            write_lag_seconds=r["write_lag_seconds"],
-            flush_lag_seconds=r["flush_lag_seconds"],
-            replay_lag_seconds=r["replay_lag_seconds"],
-            slot_name=r["slot_name"],
-        )
-        for r in json.loads(row["replicas"])
-    )
+    replicas = tuple(_from_json(ReplicaRow, r, application_name=r["application_name"] or "")
+                     for r in json.loads(row["replicas"]))
     wal_receiver = None
     if in_recovery:
         w = json.loads(row["wal_receiver"]) if row["wal_receiver"] is not None else {}
@@ -415,17 +389,7 @@ def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: 
             replay_paused=bool(row["replay_paused"]),
             last_msg_age_seconds=w.get("last_msg_age"),
         )
-    slots = tuple(
-        Slot(
-            slot_name=s["slot_name"],
-            slot_type=s["slot_type"],
-            active=bool(s["active"]),
-            wal_status=s["wal_status"],
-            retained_bytes=s["retained_bytes"],
-            database=s["database"],
-        )
-        for s in json.loads(row["slots"])
-    )
+    slots = tuple(_from_json(Slot, s, active=bool(s["active"])) for s in json.loads(row["slots"]))
     archiver = Archiver(
         archived_count=row["archived_count"],
         failed_count=row["failed_count"],

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 
 from dbops.config import ClusterRef, Member
-from dbops.engines.postgres.pgbackrest import stop_process
+from dbops.engines.postgres.pgbackrest import communicate_or_stop
 from dbops.secrets import Secret, redact, resolve, scrub_text
 
 
@@ -82,12 +82,7 @@ async def _run(args: list[str], target: Target, what: str, timeout: float) -> st
             env=target.env(), cwd="/")
     except OSError as exc:
         raise DumpError(f"cannot run {args[0]}: {exc}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except BaseException:
-        # A step's timeout or cancellation: never leave a dump or restore running behind it.
-        await stop_process(proc)
-        raise
+    out, err = await communicate_or_stop(proc, timeout)
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()][-6:]
         detail = redact(scrub_text(" / ".join(lines)), target.password) or "no output"

@@ -27,10 +27,13 @@ import json
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbops.config import ClusterRef, Fencing, Member
 from dbops.secrets import scrub_text
+
+if TYPE_CHECKING:
+    from dbops.platform.kubernetes import Connection
 
 POOL_METHODS = ("pgbouncer",)
 CNPG_FENCE_ANNOTATION = "cnpg.io/fencedInstances"
@@ -162,20 +165,14 @@ def _fence_kubernetes(ref: ClusterRef, m: Member) -> FenceResult:
             after = _fenced_instances(k8s.get_cnpg_cluster(conn, k.cnpg_cluster))
             ok = m.name in after or "*" in after
             return FenceResult("kubernetes", m.name, ok, f"CNPG Cluster {k.cnpg_cluster} fences {', '.join(after) or 'nothing'}")
-        try:
-            pod = conn.call(f"read pod {k.namespace}/{m.name}", conn.core.read_namespaced_pod, m.name, k.namespace)
-        except k8s.KubernetesError as exc:
-            if exc.status == 404:
-                return FenceResult("kubernetes", m.name, True, f"pod {k.namespace}/{m.name} does not exist")
-            raise
+        pod = _read_pod(conn, k.namespace, m.name)
+        if pod is None:
+            return FenceResult("kubernetes", m.name, True, f"pod {k.namespace}/{m.name} does not exist")
         uid = (pod.get("metadata") or {}).get("uid")
         conn.call(f"delete pod {k.namespace}/{m.name}", conn.core.delete_namespaced_pod, m.name, k.namespace)
-        try:
-            again = conn.call(f"read pod {k.namespace}/{m.name}", conn.core.read_namespaced_pod, m.name, k.namespace)
-        except k8s.KubernetesError as exc:
-            if exc.status == 404:
-                return FenceResult("kubernetes", m.name, True, f"pod {k.namespace}/{m.name} deleted")
-            raise
+        again = _read_pod(conn, k.namespace, m.name)
+        if again is None:
+            return FenceResult("kubernetes", m.name, True, f"pod {k.namespace}/{m.name} deleted")
         new_uid = (again.get("metadata") or {}).get("uid")
         deleting = bool((again.get("metadata") or {}).get("deletionTimestamp"))
         if new_uid != uid:
@@ -183,6 +180,19 @@ def _fence_kubernetes(ref: ClusterRef, m: Member) -> FenceResult:
         return FenceResult("kubernetes", m.name, deleting, f"pod {k.namespace}/{m.name} " + ("is terminating" if deleting else "is still there"))
     finally:
         conn.close()
+
+
+def _read_pod(conn: Connection, namespace: str, name: str) -> Any:
+    """The pod, or None when the API server answers 404 (no such pod is what fencing wants; any
+    other error is raised)."""
+    from dbops.platform import kubernetes as k8s  # as in the caller: only a Kubernetes fence needs it
+
+    try:
+        return conn.call(f"read pod {namespace}/{name}", conn.core.read_namespaced_pod, name, namespace)
+    except k8s.KubernetesError as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def _fenced_instances(cluster: dict[str, Any]) -> list[str]:

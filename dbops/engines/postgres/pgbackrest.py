@@ -163,16 +163,22 @@ async def _run(conf: str, stanza: str, args: list[str], *, os_user: str | None, 
         raise PgBackRestError(f"{binary} not found; install the Debian package pgbackrest (apt-get install pgbackrest)") from None
     except OSError as exc:
         raise PgBackRestError(f"cannot run {binary}: {exc}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except BaseException:
-        # Timeout or cancellation: never leave a backup running behind the caller's back.
-        await stop_process(proc)
-        raise
+    out, err = await communicate_or_stop(proc, timeout)
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
     if proc.returncode != 0:
         raise _failure(what, proc.returncode, stderr, stdout)
     return stdout, stderr
+
+
+async def communicate_or_stop(proc: asyncio.subprocess.Process, timeout: float) -> tuple[bytes, bytes]:
+    """The process' stdout and stderr once it exits within `timeout`."""
+    try:
+        return await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except BaseException:
+        # Timeout or cancellation: never leave a backup, dump or restore running behind the
+        # caller's back.
+        await stop_process(proc)
+        raise
 
 
 async def stop_process(proc: asyncio.subprocess.Process) -> None:

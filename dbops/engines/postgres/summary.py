@@ -7,8 +7,8 @@ Pure: derived from ClusterHealth, which already holds every member's snapshot.
 from __future__ import annotations
 
 from dbops.config import ClusterRef
-from dbops.engines.postgres.data import PgMemberData
 from dbops.engine_spec import OverviewRow, topology, worst_lag
+from dbops.engines.postgres.data import PgMemberData
 from dbops.model import ClusterHealth
 
 

@@ -21,8 +21,8 @@ import asyncio
 import time
 
 from dbops.config import ClusterRef, Member
-from dbops.engines.base import Adapter, common_reachability
-from dbops.engines.qdrant.client import NodeClient, QdrantError, load, reading_key
+from dbops.engines.base import Adapter, common_reachability, import_off_loop
+from dbops.engines.qdrant.client import NodeClient, QdrantError, reading_key
 from dbops.engines.qdrant.data import Node, NodeCollection, QdrantData, collection_cluster_from, raft_from, worst_latency
 from dbops.model import Reachability, first_line
 from dbops.secrets import Secret, redact
@@ -79,7 +79,7 @@ class QdrantAdapter(Adapter):
         members = list(self.cluster.cluster.members)
         for m in members:
             self._client(m)
-        await load("httpx")  # once, before any node's time bound starts
+        await import_off_loop("httpx")  # once, before any node's time bound starts
         nodes = await asyncio.gather(*(self._poll_bounded(m) for m in members))
         up = [n for n in nodes if n.up]
         if not up:
@@ -96,7 +96,7 @@ class QdrantAdapter(Adapter):
             return await asyncio.wait_for(self._poll(m, client), timeout=self.node_timeout)
         except QdrantError as exc:
             return Node(m.name, client.address, False, exc.reachability.value, exc.message, last_up_at=self._last_up.get(m.name))
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return Node(m.name, client.address, False, Reachability.TIMEOUT.value,
                         f"no answer from {client.what} within {self.node_timeout:.1f}s", last_up_at=self._last_up.get(m.name))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

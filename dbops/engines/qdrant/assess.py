@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbops.config import ClusterRef, QdrantThresholds
+from dbops.engines.base import no_data_health, unit_data
 from dbops.engines.qdrant.data import ACTIVE, DEAD, Node, QdrantData, Replica
 from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot
 
@@ -145,19 +146,9 @@ def cluster_metrics(data: QdrantData) -> list[Metric]:
 
 def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: dict[str, Any] | None = None,
                    now: float | None = None) -> ClusterHealth:
-    unit = next(iter(snapshots.values()))
-    data = unit.data if isinstance(unit.data, QdrantData) else None
+    unit, data = unit_data(snapshots, QdrantData)
     if data is None:
-        if unit.reachability is Reachability.PENDING:
-            pending = MemberHealth(unit, "?", UNKNOWN, (Metric("reachability", UNKNOWN, "not polled yet"),))
-            return ClusterHealth(ref.environment, ref.name, "qdrant", UNKNOWN, (pending,))
-        rows = []
-        for m in ref.cluster.members:
-            snap = Snapshot(unit.environment, unit.cluster, m.name, unit.engine, unit.reachability, unit.taken_at,
-                            unit.duration_ms, None, unit.error, unit.last_good, unit.last_good_at, unit.seq)
-            rows.append(MemberHealth(snap, "?", CRIT, (Metric("reachability", CRIT, f"{unit.reachability.value}: {unit.error}"),)))
-        return ClusterHealth(ref.environment, ref.name, "qdrant", CRIT, tuple(rows),
-                             (Metric("nodes", CRIT, f"no node answers: {unit.error}"),))
+        return no_data_health(ref, unit, "?", "nodes", "no node answers")
     members = []
     for n in data.nodes:
         snap = node_snapshot(unit, n, data)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import json
 import math
 import ssl
@@ -23,22 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from dbops.config import ClusterRef, Member
+from dbops.engines.base import import_off_loop, tls_reachability
 from dbops.model import Reachability, first_line
 from dbops.secrets import Secret, redact, resolve, scrub_text
 from dbops.tls import client_context
 
 READ_ONLY_HINT = ("the API key is read-only; give the runbook a key that may manage the cluster "
                   "(qdrant.manage_api_key)")
-
-_modules: dict[str, Any] = {}
-
-
-async def load(name: str) -> Any:
-    """Import a client library off the event loop's thread, once."""
-    if name not in _modules:
-        _modules[name] = await asyncio.to_thread(importlib.import_module, name)
-    return _modules[name]
-
 
 class QdrantError(Exception):
     """A failed call to a node. `message` is one line, safe to show."""
@@ -124,7 +114,7 @@ class NodeClient:
 
     async def http(self) -> Any:
         if self._http is None:
-            httpx = await load("httpx")
+            httpx = await import_off_loop("httpx")
             self._http = httpx.AsyncClient(base_url=self.url, headers={**self._headers(), "User-Agent": "dbops"},
                                            timeout=self.timeout, verify=verify_option(self.ref), follow_redirects=False)
         return self._http
@@ -133,7 +123,7 @@ class NodeClient:
         """The node's AsyncQdrantClient (REST). No compatibility check: it would cost a request
         at every connect and warn on stderr."""
         if self._qdrant is None:
-            qc = await load("qdrant_client")
+            qc = await import_off_loop("qdrant_client")
             extra: dict[str, Any] = {}
             if scheme(self.ref) == "https":
                 extra["verify"] = verify_option(self.ref)
@@ -183,12 +173,9 @@ class NodeClient:
                or type(e).__name__ in ("TimeoutException", "ReadTimeout", "ConnectTimeout", "PoolTimeout", "WriteTimeout")
                for e in chain):
             return Reachability.TIMEOUT, f"no answer from {self.what} within {self.timeout:g}s ({doing})"
-        cert = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
-        if cert is not None:
-            return Reachability.TLS, f"TLS certificate of {self.what} not trusted: {cert.verify_message or first_line(str(cert))}"
-        tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-        if tls_error is not None:
-            return Reachability.TLS, f"TLS handshake with {self.what} failed: {tls_error.reason or first_line(str(tls_error))}"
+        tls = tls_reachability(chain, self.what)
+        if tls is not None:
+            return tls
         text = " ".join(str(e) for e in chain)
         if any(isinstance(e, ConnectionRefusedError) for e in chain) or "refused" in text.lower() or "Errno 111" in text:
             return Reachability.DOWN, f"connection refused at {self.what}"
@@ -239,7 +226,7 @@ class NodeClient:
                        timeout: float = 3600.0) -> tuple[int, str]:
         """Stream GET `path` into `dest`; (bytes, SHA-256 hex). The per-read timeout is the
         node's; the whole transfer is bounded by `timeout`."""
-        httpx = await load("httpx")
+        httpx = await import_off_loop("httpx")
         client = await self.http()
         digest = hashlib.sha256()
         size = 0

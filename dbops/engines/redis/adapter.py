@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbops.config import ClusterRef, Member
-from dbops.engines.base import Adapter
+from dbops.engines.base import Adapter, names_by_address
 from dbops.engines.redis import client as rc
 from dbops.engines.redis.data import NodeResult, RedisNodeData, RedisTopology, SentinelData, node_data, parse_info
 from dbops.engines.redis.topology import NodeLine, judge, parse_nodes
@@ -47,8 +47,8 @@ class RedisAdapter(Adapter):
         opts = cluster.cluster.redis
         assert opts is not None
         self.opts = opts
-        self.names = {f"{m.host}:{m.port}": m.name for m in cluster.cluster.members}
-        self.sentinel_names = {f"{m.host}:{m.port}": m.name for m in opts.sentinels}
+        self.names = names_by_address(cluster.cluster.members)
+        self.sentinel_names = names_by_address(opts.sentinels)
         self._nodes: dict[str, _NodeState] = {}
         self._known_data: list[str] = list(self.names)
         self._creds: rc.Credentials | None = None

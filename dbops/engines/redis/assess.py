@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from dbops.config import ClusterRef
+from dbops.engines.base import unit_data
 from dbops.engines.redis.data import NodeResult, RedisNodeData, RedisTopology, SentinelData
 from dbops.engines.redis.topology import SLOTS, format_ranges, ranges
 from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability, Severity, Snapshot, human_bytes
@@ -116,8 +117,7 @@ def _replica_lag(members: list[MemberHealth], address_of: dict[str, str]) -> lis
 def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: dict[str, Any] | None = None,
                    now: float | None = None) -> ClusterHealth:
     now = time.time() if now is None else now
-    unit = next(iter(snapshots.values()))
-    topo: RedisTopology | None = unit.data if isinstance(unit.data, RedisTopology) else None
+    unit, topo = unit_data(snapshots, RedisTopology)
     if topo is None:
         # Pending, or the refresh as a whole failed (a secret that cannot be read): one row says why.
         mh = assess_node(ref, unit)

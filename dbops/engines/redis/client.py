@@ -8,9 +8,9 @@ import ssl
 from typing import Any
 
 from dbops.config import ClusterRef
-from dbops.engines.base import common_reachability
+from dbops.engines.base import classify_redacted
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, redact, resolve
+from dbops.secrets import Secret, resolve
 from dbops.tls import check_files
 
 
@@ -83,14 +83,11 @@ async def close(client: Any) -> None:
 
 
 def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | None) -> tuple[Reachability, str]:
-    reach, message = _classify(exc, where, timeout)
-    return reach, redact(message, *secrets)
+    return classify_redacted(exc, where, timeout, _driver_reachability, *secrets)
 
 
-def _classify(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
-    common = common_reachability(exc, where, timeout)
-    if common is not None:
-        return common
+def _driver_reachability(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
+    """redis-py's own errors (classify_redacted has judged the common ones)."""
     import redis.exceptions as rex
 
     if isinstance(exc, rex.AuthenticationError) or (isinstance(exc, rex.ResponseError) and

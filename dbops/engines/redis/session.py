@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from dbops.config import ClusterRef
+from dbops.engines.base import names_by_address
 from dbops.engines.redis import client as rc
 from dbops.engines.redis.slots import GROUPS_IN_FLIGHT, Endpoint, Mover, masters
 from dbops.engines.redis.topology import ClusterView, NodeLine, judge, parse_nodes
@@ -31,7 +32,7 @@ class ClusterSession:
     def __init__(self, ref: ClusterRef) -> None:
         self.ref = ref
         self.creds = rc.Credentials(ref)
-        self.names = {f"{m.host}:{m.port}": m.name for m in ref.cluster.members}
+        self.names = names_by_address(ref.cluster.members)
         self.clients: dict[str, Any] = {}  # address -> redis-py client (bytes replies)
         self.pools: dict[str, WirePool] = {}  # address -> the slot mover's connections
         self.views: dict[str, tuple[NodeLine, ...]] = {}  # node id -> its CLUSTER NODES
