@@ -60,10 +60,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dbops.secrets import REDACTED, Secret, is_secret_key, scrub_text
 
@@ -169,8 +170,8 @@ def _redact_text(value: str | None) -> str | None:
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
-    return now.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_timestamp(ts: str) -> datetime:
@@ -543,7 +544,7 @@ class AuditLog:
         self._started_lock = threading.Lock()
 
     @classmethod
-    def default(cls) -> "AuditLog":
+    def default(cls) -> AuditLog:
         """The log in the state directory ($DBOPS_STATE_DIR or the user state dir)."""
         from dbops.config import state_dir
 
@@ -590,7 +591,7 @@ class AuditLog:
             duration_ms = max(0, round((time.monotonic() - started) * 1000))
         else:
             # The intent was written by another AuditLog (or process): use the wall clock.
-            elapsed = datetime.now(timezone.utc) - parse_timestamp(intent["ts"])
+            elapsed = datetime.now(UTC) - parse_timestamp(intent["ts"])
             duration_ms = max(0, round(elapsed.total_seconds() * 1000))
         fields = {
             "run_id": intent.get("run_id"),

@@ -41,7 +41,7 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +149,7 @@ def ship(log_path: Path, shipping: AuditShipping, *, host: str | None = None, no
         bucket = s3ops.Bucket(location)
         if bucket.head(key) is not None:
             return ShipResult(key, last_seq, verdict.count, False, bucket=location.bucket)
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         until = now + timedelta(days=shipping.retain_days)
         with bucket.errors(bucket.url(key)):
             bucket.client.put_object(

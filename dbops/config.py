@@ -214,7 +214,7 @@ class RedisOptions(Model):
             if not self.sentinels:
                 problems.append((("sentinels",), "sentinel mode needs at least one sentinel address"))
         elif self.sentinels or self.master_name:
-            problems.append(("sentinels and master_name are for mode = \"sentinel\""))
+            problems.append("sentinels and master_name are for mode = \"sentinel\"")
         return problems
 
 
@@ -587,7 +587,7 @@ class Config(Model):
 
     # -- convenience -------------------------------------------------------------------------
 
-    def clusters(self) -> list["ClusterRef"]:
+    def clusters(self) -> list[ClusterRef]:
         out = []
         for env_name, env in self.environments.items():
             for cname, cluster in env.clusters.items():

@@ -124,7 +124,7 @@ def generic_overview_row(health: ClusterHealth) -> OverviewRow:
 GROUP = "dbops.engines"
 
 _lock = threading.Lock()
-_specs: "dict[str, EngineSpec] | None" = None
+_specs: dict[str, EngineSpec] | None = None
 _broken: dict[str, str] = {}
 
 

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from dbops.config import ClusterRef, Config, Member
-from dbops.engine_spec import adapter_class, spec_of
+from dbops.engine_spec import adapter_class, load_attr, spec_of
 from dbops.engines.base import Adapter
-from dbops.engine_spec import load_attr
 from dbops.health import assess_cluster, update_baseline
 from dbops.hub import HistoryPoint, HistorySampler, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot

@@ -56,7 +56,7 @@ class Model:
         return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
     @classmethod
-    def sections(cls) -> dict[str, type["Model"]]:
+    def sections(cls) -> dict[str, type[Model]]:
         """Keys this model takes besides its fields, each with its model: tables whose set is
         known only at run time (an engine's own section, by engine kind). They are collected
         into the field whose metadata says {"sections": True}."""

@@ -43,7 +43,7 @@ class Secret:
         return bool(self._value)
 
 
-def resolve(ref: "SecretRefLike | None") -> Secret | None:
+def resolve(ref: SecretRefLike | None) -> Secret | None:
     """Read the secret a reference points at. Raises SecretError with a message safe to show."""
     if ref is None:
         return None

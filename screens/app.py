@@ -5,8 +5,9 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -27,7 +28,7 @@ class HealthChanged(Message):
 PANE_GROUP = "dbops.panes"
 
 
-def pane_for(kind: str) -> "type[Screen[None]] | None":
+def pane_for(kind: str) -> type[Screen[None]] | None:
     """An engine's pane, from the `dbops.panes` entry-point group: the one table of kinds to
     panes. Built-ins register there as a third party's engine does (pyproject.toml); read when a
     cluster is opened, so the first frame never pays for it."""

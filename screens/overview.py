@@ -8,8 +8,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from dbops.engine_spec import overview_row
-from dbops.engine_spec import TopologyEntry
+from dbops.engine_spec import TopologyEntry, overview_row
 from dbops.health import sort_worst_first
 from dbops.model import ClusterHealth, Reachability, Severity, human_seconds
 

@@ -70,7 +70,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Metric, Severity, human_bytes, human_seconds
@@ -316,7 +316,7 @@ def _judge_kind(k: KindFetched, cluster: str, targets: Backups, now: datetime) -
 
 def judge(fetched: Fetched, targets: Backups, now: float) -> ClusterBackups:
     """Severities and sentences for what fetch() read, as of `now` (epoch seconds)."""
-    when = datetime.fromtimestamp(now, tz=timezone.utc)
+    when = datetime.fromtimestamp(now, tz=UTC)
     cluster = fetched.key
     kinds = tuple(_judge_kind(k, cluster, targets, when) for k in sorted(fetched.kinds, key=lambda k: k.kind))
     metrics: list[Metric] = [m for k in kinds for m in k.metrics]
@@ -441,7 +441,7 @@ async def read_pgbackrest(ref: ClusterRef) -> tuple[KindFetched | None, str | No
         info = await pgb.info(cfg.config, cfg.stanza, os_user=cfg.os_user, binary=cfg.bin, timeout=TIMEOUT / 2)
     except pgb.PgBackRestError as exc:
         return None, f"{source}: {exc}"
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         return None, f"{source}: pgbackrest info gave no answer within {TIMEOUT / 2:g} s"
     if not info.usable:
         return None, f"{source}: {info.status_message or f'status {info.status_code}'}"
@@ -458,12 +458,12 @@ async def read_pgbackrest(ref: ClusterRef) -> tuple[KindFetched | None, str | No
                                         os_user=cfg.os_user, binary=cfg.bin, timeout=TIMEOUT / 2)
         except pgb.PgBackRestError as exc:
             error = f"{source}: reading the WAL archive: {exc}"
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             error = f"{source}: reading the WAL archive: pgbackrest repo-ls gave no answer within {TIMEOUT / 2:g} s"
         else:
             times = [v.get("time") for v in listing.values() if isinstance(v, dict) and isinstance(v.get("time"), int)]
             if times:
-                wal_time = datetime.fromtimestamp(max(times), tz=timezone.utc)
+                wal_time = datetime.fromtimestamp(max(times), tz=UTC)
     kind = KindFetched(
         PGBACKREST_KIND, source, entries, len(backups),
         checksum_errors=tuple(b.label for b in backups[:RECENT] if b.error),
@@ -627,7 +627,7 @@ async def fetch(ref: ClusterRef, timeout: float = TIMEOUT) -> Fetched:
         parts.append(pgbackrest_part())
     try:
         await asyncio.wait_for(asyncio.gather(*parts), timeout=timeout)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         errors.append(f"reading the backups took longer than {timeout:g} s")
     return Fetched(ref.key, time.time(), tuple(kinds), tuple(locations), protection, tuple(errors), tuple(empty))
 

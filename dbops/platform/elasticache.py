@@ -16,7 +16,7 @@ without SnapshotCreateTime: moto's answer) shows "not reported", and its age is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Severity, human_seconds
@@ -67,7 +67,7 @@ class CacheView(Judged):
     findings: tuple[Finding, ...] = ()
     notes: tuple[str, ...] = ()
     error: str | None = None
-    read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _members(group: dict[str, Any]) -> list[CacheMember]:
@@ -130,7 +130,7 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> CacheView:
     what AWS says: a failed call is the view's `error` (nothing read) or one of its `notes`."""
     ec_ref = ref.cluster.elasticache
     assert ec_ref is not None, "collect() is for clusters with an [elasticache] section"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     group_id = ec_ref.replication_group
     base = dict(cluster=ref.key, group=group_id, region=ec_ref.aws.region, read_at=now)
     from botocore.exceptions import ClientError

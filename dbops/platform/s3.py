@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -121,7 +121,7 @@ def _url(location: S3Location, key: str) -> str:
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("created must be a timezone-aware datetime")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ def upload_with_manifest(
             fh.seek(0)
             try:
                 # Built now so that a bad kind or meta is refused before anything is uploaded.
-                manifest = Manifest(key=key, size=size, sha256=digest, created=datetime.now(timezone.utc), kind=kind,
+                manifest = Manifest(key=key, size=size, sha256=digest, created=datetime.now(UTC), kind=kind,
                                     meta=dict(meta or {}))
             except ValueError as exc:
                 raise S3Error(f"{url}: {exc}", "bad_manifest") from None
@@ -398,7 +398,7 @@ def upload_with_manifest(
                       "file's); upload it again", "checksum_mismatch")
 
     # created = the moment the backup became complete in S3.
-    manifest = replace(manifest, created=datetime.now(timezone.utc))
+    manifest = replace(manifest, created=datetime.now(UTC))
     with _errors(location, secrets, f"writing {_url(location, manifest.manifest_key)}"):
         s3.put_object(Bucket=location.bucket, Key=manifest.manifest_key, Body=manifest.to_json().encode("utf-8"),
                       ContentType="application/json")

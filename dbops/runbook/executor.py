@@ -90,11 +90,11 @@ class Executor:
         runbook: Runbook,
         ctx: Context,
         *,
-        audit: "AuditLog",
+        audit: AuditLog,
         confirmer: Confirmer,
         observer: Observer = _silent,
         allow_writes: bool = False,
-        approvals: "ApprovalStore | None" = None,
+        approvals: ApprovalStore | None = None,
     ) -> None:
         self.runbook = runbook
         self.ctx = ctx
@@ -112,7 +112,7 @@ class Executor:
         self.approval_poll = 2.0
         self.plan_text: str | None = None
         self.plan_hash: str | None = None
-        self.approval: "ApprovalState | None" = None
+        self.approval: ApprovalState | None = None
         self._used_approval = False
 
     async def _attest(self, expected: str, commands: list[str]) -> bool:
@@ -133,7 +133,7 @@ class Executor:
             limit = check.timeout if check.timeout is not None else max(self.ctx.ref.timeout * 3, 10)
             try:
                 verdict = await asyncio.wait_for(check.run(self.ctx), timeout=limit)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 verdict = Verdict(False, f"could not be checked within {limit:g}s")
             except Exception as exc:  # a check that cannot run is a failed check, never a crash
                 verdict = Verdict(False, f"could not be checked: {scrub_text(str(exc)) or type(exc).__name__}")
@@ -324,7 +324,7 @@ class Executor:
                 self.observe("verified", step=step, verdict=verdict)
                 if not verdict.ok:
                     error = f"verification failed: {verdict.detail}"
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             error = f"did not finish within {step.timeout:g}s"
         except KeyError as exc:
             error = f"state from an earlier step is missing: {exc.args[0]} (the runbook should list it in that step's produces)"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from dbops.config import ClusterRef
 from dbops.runbook.model import Runbook
@@ -22,7 +22,7 @@ class UnknownRunbook(Exception):
 def _from_module(module: object) -> list[Runbook]:
     found = list(getattr(module, "RUNBOOKS", ()))
     if hasattr(module, "RUNBOOK"):
-        found.append(getattr(module, "RUNBOOK"))
+        found.append(module.RUNBOOK)
     return [r.described(getattr(module, "__doc__", None)) for r in found if isinstance(r, Runbook)]
 
 

@@ -15,7 +15,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ __all__ = ["Kube", "LOG_ANNOTATION", "running_stand_in", "ts"]
 
 
 @contextlib.contextmanager
-def running_stand_in(prefix: str = "dbops-k8s-") -> Iterator["Kube"]:
+def running_stand_in(prefix: str = "dbops-k8s-") -> Iterator[Kube]:
     """A stand-in for the duration of the block (use it from a module-scoped fixture: one JVM
     per test module). If it cannot start, the fixture errors with the reason."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
@@ -41,7 +41,7 @@ def running_stand_in(prefix: str = "dbops-k8s-") -> Iterator["Kube"]:
 
 def ts(seconds_ago: float = 0.0) -> str:
     """An RFC 3339 timestamp `seconds_ago` seconds in the past."""
-    return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ApiError(Exception):

@@ -46,7 +46,7 @@ class Env:
     state_dir: Path
     config: Path
 
-    def write(self, key: str | None, manage: str | None = None, timeout: float = 6.0, s3: Any = None) -> "Env":
+    def write(self, key: str | None, manage: str | None = None, timeout: float = 6.0, s3: Any = None) -> Env:
         self.config.write_text(config_text(self.cluster, key, manage, timeout, s3))
         return self
 

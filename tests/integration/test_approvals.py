@@ -33,7 +33,6 @@ import pytest
 from dbops.config import CoordinationDb, SecretRef
 from dbops.runbook.approvals import ApprovalRefused, ApprovalStore, Operator
 
-
 RUNBOOK = '''
 """A team runbook for the approvals test: one destructive step that writes a row."""
 import asyncpg
@@ -243,7 +242,7 @@ def _wait_exit(proc: subprocess.Popen, out: Path, timeout: float = 90) -> tuple[
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError(f"the run did not finish within {timeout}s:\n{out.read_text()}")
+        raise AssertionError(f"the run did not finish within {timeout}s:\n{out.read_text()}") from None
     return code, out.read_text()
 
 

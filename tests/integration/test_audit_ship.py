@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,7 +90,7 @@ def test_a_runbook_end_ships_a_locked_copy_that_verifies(s3_sandbox, tmp_path):
     assert key == f"{env.prefix}{host_name()}/audit-{10**12 - 1 - 1:012d}-seq1.jsonl"
     head = env.client.head_object(Bucket=AUDIT_BUCKET, Key=key)
     assert head["ObjectLockMode"] == "COMPLIANCE"
-    assert head["ObjectLockRetainUntilDate"] > datetime.now(timezone.utc) + timedelta(days=1)
+    assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(days=1)
     assert env.client.get_object(Bucket=AUDIT_BUCKET, Key=key)["Body"].read() == (env.state / "audit.jsonl").read_bytes()
 
     # Locked: S3 refuses to delete that version, and it stays.
@@ -116,7 +116,7 @@ def test_a_runbook_end_ships_a_locked_copy_that_verifies(s3_sandbox, tmp_path):
 def _put_locked(env: Env, key: str, body: bytes, meta: dict[str, str]) -> None:
     env.client.put_object(Bucket=AUDIT_BUCKET, Key=key, Body=body, Metadata=meta,
                           ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
-                          ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=datetime.now(timezone.utc) + timedelta(days=1))
+                          ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=datetime.now(UTC) + timedelta(days=1))
 
 
 def test_verify_shipped_fails_on_a_doctored_copy_and_on_a_diverged_local_log(s3_sandbox, tmp_path):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,7 @@ def backups(pg_sandbox, tmp_path_factory):
     config.write_text(text.replace('prefix = "dumps/"', f'prefix = "{prefix}"'))
     cfg = load(config)
     loc = next(r for r in cfg.clusters() if r.key == CLUSTER).cluster.backups.s3
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old = put_backup(loc, "sandbox-pg/old.dump", now - timedelta(hours=30), b"x" * 4000)
     new = put_backup(loc, "sandbox-pg/new.dump", now - timedelta(hours=2), b"y" * 4100)
     pg_sandbox.pg.pgbackrest("--type=incr", "backup", timeout=600)
@@ -148,7 +148,7 @@ def test_check_reports_the_backup_verdict_in_text_and_json(backups):
     # A newer dump whose object was deleted behind dbops's back (its manifest remains) is named,
     # and is not taken for a backup: the 30 h one is still the newest usable.
     loc = backups["loc"]
-    orphan = put_backup(loc, "sandbox-pg/orphan.dump", datetime.now(timezone.utc) - timedelta(hours=1), b"z" * 4200)
+    orphan = put_backup(loc, "sandbox-pg/orphan.dump", datetime.now(UTC) - timedelta(hours=1), b"z" * 4200)
     s3.client(loc).delete_object(Bucket=loc.bucket, Key=orphan)
     r = run_check(backups["config"], "--json")
     [b] = [b for b in json.loads(r.stdout)["backups"] if b["cluster"] == CLUSTER]

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from dbops import sandbox
-from dbops.sandbox.kafka import NODES, KafkaSandbox
 from dbops.sandbox import pid_alive, port_open
+from dbops.sandbox.kafka import NODES, KafkaSandbox
 
 from .conftest import running_sandbox
 

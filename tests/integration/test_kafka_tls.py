@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from dbops import sandbox
 from dbops.config import ClusterRef, load, parse
 from dbops.engines.kafka.adapter import KafkaAdapter
-from dbops import sandbox
 from dbops.model import Reachability, Snapshot
 from dbops.poller import poll_member
 from dbops.sandbox.kafka import NODES, TLS_CLUSTER_NAME, KafkaSandbox

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -548,7 +548,7 @@ async def test_a_lease_whose_version_moved_on_while_still_ours_is_released_not_l
     path = f"/apis/coordination.k8s.io/v1/namespaces/{LOCK_NS}/leases/{lease_name('prod/moved-on')}"
     await lock.acquire()
     held = env.kube.get(path)
-    env.kube.replace(path, {**held, "spec": {**held["spec"], "renewTime": k8s.micro_time(datetime.now(timezone.utc))}})  # as a renewal
+    env.kube.replace(path, {**held, "spec": {**held["spec"], "renewTime": k8s.micro_time(datetime.now(UTC))}})  # as a renewal
     assert env.kube.get(path)["metadata"]["resourceVersion"] != held["metadata"]["resourceVersion"]
     await lock.release()
     assert "holderIdentity" not in env.kube.get(path)["spec"], notes
@@ -561,7 +561,8 @@ async def test_a_lease_whose_version_moved_on_while_still_ours_is_released_not_l
 
 
 def test_cnpg_promote_patches_the_target_primary_and_waits_for_the_operator(env: Env) -> None:
-    from dbops.runbook.registry import applies_to, load as load_runbooks
+    from dbops.runbook.registry import applies_to
+    from dbops.runbook.registry import load as load_runbooks
 
     books = load_runbooks()[0]
     assert applies_to(books["cnpg.promote"], env.ref()) and applies_to(books["k8s.trigger-backup-job"], env.ref())

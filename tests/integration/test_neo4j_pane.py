@@ -27,7 +27,7 @@ from dbops.config import ClusterRef, load, parse
 from dbops.engines.neo4j.data import SERVERS_ENTERPRISE_ONLY, Neo4jMemberData
 from dbops.model import ClusterHealth, Reachability, Severity
 from dbops.poller import poll_once
-from dbops.runbook.executor import ExitCode, Executor
+from dbops.runbook.executor import Executor, ExitCode
 from dbops.runbook.journal import Journal, new_run_id
 from dbops.runbook.locks import lock_for
 from dbops.runbook.model import Context
@@ -81,7 +81,7 @@ class LongTransaction:
     error: list[BaseException] = field(default_factory=list)
     thread: threading.Thread | None = None
 
-    def __enter__(self) -> "LongTransaction":
+    def __enter__(self) -> LongTransaction:
         def run() -> None:
             try:
                 self.neo.cypher(LONG_QUERY)

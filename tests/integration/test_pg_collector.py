@@ -173,7 +173,7 @@ def offline_adapter() -> PostgresAdapter:
         ),
         (OSError(113, "No route to host"), Reachability.DOWN, "cannot reach 10.9.9.9:5433: No route to host"),
         (socket.gaierror(-2, "Name or service not known"), Reachability.DOWN, "cannot resolve host 10.9.9.9"),
-        (asyncio.TimeoutError(), Reachability.TIMEOUT, "no answer from 10.9.9.9:5433 within 3s"),
+        (TimeoutError(), Reachability.TIMEOUT, "no answer from 10.9.9.9:5433 within 3s"),
         (TimeoutError(), Reachability.TIMEOUT, "no answer from 10.9.9.9:5433 within 3s"),
         (SecretError("environment variable X is not set"), Reachability.AUTH, "password for postgres: environment variable X"),
         (ssl.SSLCertVerificationError(1, "certificate verify failed"), Reachability.TLS, "TLS certificate of 10.9.9.9:5433"),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ async def test_the_aws_pane_at_80x24_shows_instances_replicas_snapshots_the_pitr
         assert "20 GiB" in snapshots
         pitr = head("rds-pg")
         assert "point-in-time window: earliest not reported" in pitr  # moto has no RestoreWindow
-        assert f"latest {datetime.now(timezone.utc):%Y-%m-%d}" in pitr
+        assert f"latest {datetime.now(UTC):%Y-%m-%d}" in pitr
         assert "OK" in pitr and "WARN" not in pitr
 
         # What is wrong, one line each.

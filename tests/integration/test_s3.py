@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ def test_a_manifest_that_is_not_one_is_refused(location: S3Location) -> None:
     assert err.value.code == "bad_manifest"
     # A valid manifest of another object, copied beside this one, must not vouch for it.
     other = s3.Manifest(key=key + ".other", size=4, sha256=hashlib.sha256(b"data").hexdigest(),
-                        created=datetime.now(timezone.utc), kind="pg_dump")
+                        created=datetime.now(UTC), kind="pg_dump")
     client.put_object(Bucket=location.bucket, Key=key + s3.MANIFEST_SUFFIX, Body=other.to_json().encode())
     with pytest.raises(s3.S3Error, match=r"describes '.*x\.bin\.other', not '.*x\.bin'"):
         s3.verify_object(location, key)

@@ -9,15 +9,13 @@ import json
 import os
 import pwd
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from dbops.audit import AuditLog
 from dbops.config import load
 from dbops.runbook.approvals import ApprovalStore, Operator, Request, current_operator, judge, plan_hash, plan_text
-from dbops.runbook.executor import CheckResult, ExitCode, Executor, Plan
+from dbops.runbook.executor import CheckResult, Executor, ExitCode, Plan
 from dbops.runbook.journal import Journal
 from dbops.runbook.locks import LocalLock, me
 from dbops.runbook.model import Context, Verdict
@@ -113,7 +111,7 @@ BOB = Operator("bob", 1002, "bastion2")
 
 
 def _req(**kw) -> Request:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     base = dict(run_id="r1", environment="prod", cluster="main", runbook="x", plan_hash="h1", plan_text="t",
                 requester=ALICE, requested_at=now, wait_until=now + timedelta(minutes=30), ttl_seconds=1800,
                 approver=None, approved_at=None, expires_at=None, now=now)
@@ -122,7 +120,7 @@ def _req(**kw) -> Request:
 
 
 def test_judge():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     assert judge(None, "h1", ALICE).status == "missing"
     assert judge(_req(), "h1", ALICE).status == "waiting"
     ok = judge(_req(approver=BOB, approved_at=now, expires_at=now + timedelta(minutes=30)), "h1", ALICE)

@@ -5,7 +5,7 @@ judged against the RPO; a size that is not reported is not compared; and cluster
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from dbops.platform.backups import (
 )
 
 NOW = 1_790_000_000.0
-T = datetime.fromtimestamp(NOW, tz=timezone.utc)
+T = datetime.fromtimestamp(NOW, tz=UTC)
 GIB = 1024**3
 TARGETS = Backups(max_age_seconds=26 * 3600, rpo_seconds=900)
 

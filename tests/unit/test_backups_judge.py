@@ -3,7 +3,7 @@ shipping's pure parts (object names sort newest first; a shipped copy against th
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +13,7 @@ from dbops.model import Severity
 from dbops.platform.backups import BackupEntry, Fetched, KindFetched, judge
 
 NOW = 1_790_000_000.0
-T = datetime.fromtimestamp(NOW, tz=timezone.utc)
+T = datetime.fromtimestamp(NOW, tz=UTC)
 MiB = 1024 * 1024
 TARGETS = Backups(max_age_seconds=26 * 3600, rpo_seconds=900)
 VERSIONED = {"bucket": "b", "versioning": "Enabled", "mfa_delete": None, "object_lock": None}

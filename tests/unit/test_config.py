@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbops.cli import main
 from dbops.config import ConfigError, find_config, load, locate_keys, parse
@@ -41,7 +43,15 @@ def test_example_config_is_valid_and_documents_every_threshold():
     cfg = load(REPO / "config.example.toml")
     assert [r.key for r in cfg.clusters()] == ["production/orders-db", "production/sessions", "production/events",
                                                "production/prod-graph", "staging/orders-staging", "staging/cache-staging"]
-    from dbops.config import KafkaOptions, KafkaThresholds, Neo4jThresholds, PostgresThresholds, QdrantOptions, QdrantThresholds, RedisThresholds
+    from dbops.config import (
+        KafkaOptions,
+        KafkaThresholds,
+        Neo4jThresholds,
+        PostgresThresholds,
+        QdrantOptions,
+        QdrantThresholds,
+        RedisThresholds,
+    )
 
     text = (REPO / "config.example.toml").read_text()
     for key in (PostgresThresholds.field_names() + RedisThresholds.field_names() + KafkaThresholds.field_names()
@@ -206,8 +216,6 @@ def test_empty_members_and_two_secret_sources():
     assert "engine: must be one of 'kafka', 'neo4j', 'postgres', 'qdrant', 'redis' (got 'mysql')" in str(err.value)
 
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 70000), st.floats(allow_nan=False), st.text(max_size=8))
 _keys = st.sampled_from(["environments", "clusters", "members", "engine", "postgres", "name", "host", "port", "role",

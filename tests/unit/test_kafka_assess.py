@@ -6,7 +6,17 @@ from __future__ import annotations
 from dbops.config import parse
 from dbops.engines.kafka.assess import assess_cluster, partition_status
 from dbops.engines.kafka.data import (
-    Broker, Group, GroupPartition, KafkaData, LagSample, Member, Partition, Quorum, Topic, lag_seconds, with_inferred_ids,
+    Broker,
+    Group,
+    GroupPartition,
+    KafkaData,
+    LagSample,
+    Member,
+    Partition,
+    Quorum,
+    Topic,
+    lag_seconds,
+    with_inferred_ids,
 )
 from dbops.model import Reachability, Severity, Snapshot
 

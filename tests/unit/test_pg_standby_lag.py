@@ -3,7 +3,6 @@ replay is really stuck."""
 
 from __future__ import annotations
 
-
 from dbops.engines.postgres.adapter import bound_standby_lag
 
 from ..ui.frozen import replica_data

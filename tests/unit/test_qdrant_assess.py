@@ -7,7 +7,15 @@ from __future__ import annotations
 from dbops.config import parse
 from dbops.engines.qdrant.assess import assess_cluster
 from dbops.engines.qdrant.data import (
-    LocalShard, Node, NodeCollection, QdrantData, RemoteShard, Transfer, collection_cluster_from, raft_from, worst_latency,
+    LocalShard,
+    Node,
+    NodeCollection,
+    QdrantData,
+    RemoteShard,
+    Transfer,
+    collection_cluster_from,
+    raft_from,
+    worst_latency,
 )
 from dbops.model import Reachability, Severity, Snapshot
 

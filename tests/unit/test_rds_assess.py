@@ -4,13 +4,13 @@ reported broken, replica lag against the RPO, no automated backups, snapshots mi
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dbops.config import parse
 from dbops.model import Severity
 from dbops.platform.rds import DbInstance, DbSnapshot, RdsView, judge, status_severity
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CONFIG = """
 [environments.prod.clusters.orders]
 engine = "postgres"
@@ -124,7 +124,8 @@ aws = { access_key_id = { env = "KEY_ID" } }
 
 
 def test_an_elasticache_group_is_judged_by_status_retention_and_snapshot_age() -> None:
-    from dbops.platform.elasticache import CacheSnapshot, CacheView, judge as judge_cache
+    from dbops.platform.elasticache import CacheSnapshot, CacheView
+    from dbops.platform.elasticache import judge as judge_cache
 
     cache_ref = parse("""
 [environments.p.clusters.sessions]

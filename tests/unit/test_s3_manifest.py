@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -14,7 +14,7 @@ from dbops.config import S3Location
 from dbops.platform.s3 import MANIFEST_SUFFIX, Manifest, S3Error, key_for
 
 SHA = "ab" * 32
-WHEN = datetime(2026, 3, 1, 12, 30, 5, 123456, tzinfo=timezone.utc)
+WHEN = datetime(2026, 3, 1, 12, 30, 5, 123456, tzinfo=UTC)
 
 
 def manifest(**changes: object) -> Manifest:
@@ -66,7 +66,7 @@ def test_manifest_json_roundtrip() -> None:
 def test_created_is_kept_in_utc_and_must_be_aware() -> None:
     plus_two = timezone(timedelta(hours=2))
     m = manifest(created=datetime(2026, 3, 1, 14, 30, 5, 123456, tzinfo=plus_two))
-    assert m.created == WHEN and m.created.tzinfo == timezone.utc
+    assert m.created == WHEN and m.created.tzinfo == UTC
     assert Manifest.from_json(m.to_json()).created.utcoffset() == timedelta(0)
     with pytest.raises(ValueError, match="timezone-aware"):
         manifest(created=datetime(2026, 3, 1, 12, 30))

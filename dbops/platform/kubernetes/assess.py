@@ -3,7 +3,7 @@ Kubernetes pane and `dbops check` both judge with verdict(), so they agree."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dbops.model import Severity, human_seconds
@@ -20,7 +20,7 @@ def assess(view: KubernetesView, backup_max_age: float | None = None) -> list[tu
     all): WARN. A part that could not be read (view.problems): UNKNOWN, after the WARNs
     (Severity.rank). Nothing wrong: []."""
     found: list[tuple[Any, str]] = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for p in view.pods:
         if p.phase == "Succeeded":
             continue
@@ -48,7 +48,7 @@ def assess(view: KubernetesView, backup_max_age: float | None = None) -> list[tu
     return sorted(found, key=lambda f: -f[0].rank)
 
 
-def verdict(ref: "ClusterRef", view: KubernetesView | None, error: str | None) -> tuple[Any, list[tuple[Any, str]]]:
+def verdict(ref: ClusterRef, view: KubernetesView | None, error: str | None) -> tuple[Any, list[tuple[Any, str]]]:
     """A cluster's severity and findings (assess(), against its backups.max_age_seconds), as the
     Kubernetes pane and `dbops check` both show them: an API that could not be read (`error`)
     is CRIT, whatever the last good `view` said."""

@@ -15,9 +15,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from dbops.platform.kubernetes.data import (
     CNPG_GROUP,
@@ -122,11 +123,11 @@ def connect(namespace: str, kubeconfig: str | None = None, context: str | None =
     return Connection(client.ApiClient(cfg), namespace, cfg.host, timeout)
 
 
-def connect_ref(ref: "KubernetesRef", timeout: float = 10.0) -> Connection:
+def connect_ref(ref: KubernetesRef, timeout: float = 10.0) -> Connection:
     return connect(ref.namespace, ref.kubeconfig, ref.context, timeout)
 
 
-def connect_leases(leases: "LeaseLocks", timeout: float = 10.0) -> Connection:
+def connect_leases(leases: LeaseLocks, timeout: float = 10.0) -> Connection:
     return connect(leases.namespace, leases.kubeconfig, leases.context, timeout)
 
 
@@ -181,7 +182,7 @@ def explain(exc: BaseException, what: str, server: str) -> KubernetesError:
 # Reading: what the pane shows
 
 
-def overview(ref: "KubernetesRef", timeout: float = 10.0) -> KubernetesView:
+def overview(ref: KubernetesRef, timeout: float = 10.0) -> KubernetesView:
     """Everything the Kubernetes pane shows for one cluster. Raises KubernetesError when the API
     cannot be used at all (config, unreachable, credentials, no such namespace); a part that
     cannot be read (say, CronJobs forbidden) is a line in `problems`."""
@@ -192,9 +193,9 @@ def overview(ref: "KubernetesRef", timeout: float = 10.0) -> KubernetesView:
         conn.close()
 
 
-def _overview(conn: Connection, ref: "KubernetesRef") -> KubernetesView:
+def _overview(conn: Connection, ref: KubernetesRef) -> KubernetesView:
     ns = ref.namespace
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         conn.call(f"read namespace {ns}", conn.core.read_namespace, ns)
     except KubernetesError as exc:
@@ -237,11 +238,11 @@ def _overview(conn: Connection, ref: "KubernetesRef") -> KubernetesView:
 # Reading every cluster (the Kubernetes pane and `dbops check`)
 
 
-def k8s_refs(refs: "list[ClusterRef]") -> "list[ClusterRef]":
+def k8s_refs(refs: list[ClusterRef]) -> list[ClusterRef]:
     return [r for r in refs if r.cluster.kubernetes is not None]
 
 
-def read_one(ref: "ClusterRef") -> tuple[str, KubernetesView | None, str | None]:
+def read_one(ref: ClusterRef) -> tuple[str, KubernetesView | None, str | None]:
     """Blocking; runs in a worker thread: (cluster key, view or None, error or None)."""
     assert ref.cluster.kubernetes is not None
     try:
@@ -250,7 +251,7 @@ def read_one(ref: "ClusterRef") -> tuple[str, KubernetesView | None, str | None]
         return ref.key, None, str(exc)
 
 
-def read_all(refs: "list[ClusterRef]") -> list[tuple[str, KubernetesView | None, str | None]]:
+def read_all(refs: list[ClusterRef]) -> list[tuple[str, KubernetesView | None, str | None]]:
     """One thread per cluster: a dead API server of one cluster does not hold up the others."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -5,7 +5,7 @@ the judgement use these without it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # CloudNativePG's phases (api/v1 cluster_types.go: PhaseHealthy, PhaseSwitchover).
@@ -32,12 +32,12 @@ def parse_time(value: Any) -> datetime | None:
         t = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def micro_time(t: datetime) -> str:
     """A MicroTime (Lease renewTime/acquireTime) as the API writes it."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def age(t: datetime | None, now: datetime) -> float | None:

@@ -6,7 +6,7 @@ failure is an AwsError (one line, safe to show)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dbops.platform.aws import AwsError, AwsSession
@@ -53,7 +53,7 @@ def _replica_lag(session: AwsSession, ident: str, now: datetime) -> float | None
     points = [p for p in answer.get("Datapoints") or [] if isinstance(p.get("Maximum"), (int, float))]
     if not points:
         return None
-    newest = max(points, key=lambda p: as_utc(p.get("Timestamp")) or datetime.min.replace(tzinfo=timezone.utc))
+    newest = max(points, key=lambda p: as_utc(p.get("Timestamp")) or datetime.min.replace(tzinfo=UTC))
     return float(newest["Maximum"])
 
 
@@ -72,7 +72,7 @@ def _snapshots(session: AwsSession, ident: str, pages: int = SNAPSHOT_PAGES,
         for page in listing:
             out += [snapshot_from(s) for s in page.get("DBSnapshots") or []]
     # Newest first; one still being taken (no time yet) on top.
-    newest_first = sorted(out, key=lambda s: s.created or datetime.max.replace(tzinfo=timezone.utc), reverse=True)
+    newest_first = sorted(out, key=lambda s: s.created or datetime.max.replace(tzinfo=UTC), reverse=True)
     return newest_first, listing.resume_token is not None
 
 
@@ -93,7 +93,7 @@ def read_backups(aws: AwsLocation, ident: str) -> tuple[DbInstance, list[DbSnaps
         found, truncated = _snapshots(session, ident, pages=1, snapshot_type=snapshot_type)
         snapshots += found
         more = more or truncated
-    snapshots.sort(key=lambda s: s.created or datetime.max.replace(tzinfo=timezone.utc), reverse=True)
+    snapshots.sort(key=lambda s: s.created or datetime.max.replace(tzinfo=UTC), reverse=True)
     return instance, snapshots, more
 
 
@@ -117,7 +117,7 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> RdsView:
     a call that fails is the view's `error` (nothing read) or one of its `notes`."""
     rds_ref = ref.cluster.rds
     assert rds_ref is not None, "collect() is for clusters with an [rds] section"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     base = dict(cluster=ref.key, instance=rds_ref.instance, region=rds_ref.aws.region, read_at=now)
     try:
         session = AwsSession(rds_ref.aws, f"RDS instance {rds_ref.instance}")

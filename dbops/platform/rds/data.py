@@ -4,7 +4,7 @@ a field AWS leaves out is "not reported", never a crash). No boto3 here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dbops.platform.aws import Finding, Judged, as_utc
@@ -66,7 +66,7 @@ class RdsView(Judged):
     findings: tuple[Finding, ...] = ()
     notes: tuple[str, ...] = ()
     error: str | None = None
-    read_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    read_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def primary(self) -> DbInstance | None:
