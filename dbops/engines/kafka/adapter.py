@@ -133,6 +133,8 @@ class KafkaAdapter(Adapter):
         # Concurrently, and each bootstrap attempt bounded by a broker's share of the timeout: a
         # hung broker first in the list costs that share once, not the refresh.
         share = max(0.5, self.cluster.timeout * NODE_TIMEOUT_SHARE)
+        admin: Any  # a client, or the exception that stopped it starting
+        consumer: Any
         admin, consumer = await asyncio.gather(
             kc.admin(self.cluster, self._creds.password, servers, share) if self._admin is None else _same(self._admin),
             kc.consumer(self.cluster, self._creds.password, servers=servers, request_timeout=share)
