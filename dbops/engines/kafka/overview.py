@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dbops.config import ClusterRef
-from dbops.engines.kafka.data import KafkaData
 from dbops.engine_spec import OverviewRow, topology
+from dbops.engines.kafka.data import KafkaData
 from dbops.model import ClusterHealth, human_seconds
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dbops.config import ClusterRef
-from dbops.engines.neo4j.data import Neo4jMemberData
 from dbops.engine_spec import OverviewRow, topology, worst_lag
+from dbops.engines.neo4j.data import Neo4jMemberData
 from dbops.model import ClusterHealth
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dbops.config import ClusterRef
-from dbops.engines.qdrant.data import QdrantData
 from dbops.engine_spec import OverviewRow, topology
+from dbops.engines.qdrant.data import QdrantData
 from dbops.model import ClusterHealth
 
 
