@@ -21,13 +21,14 @@ import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dbops.model import ClusterHealth, Reachability
 
-if TYPE_CHECKING:
-    from dbops.config import ClusterRef
-    from dbops.engines.base import Adapter
+# A cluster (dbops.config.ClusterRef) as this module sees it: only its engine's kind is read.
+# Not imported, even for the type checker: the config imports this module, and an engine's
+# Adapter sits above it (its adapter_class is typed by the poller that uses it).
+ClusterRef = Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +174,9 @@ def spec_of(kind: str) -> EngineSpec:
     return found
 
 
-def adapter_class(kind: str) -> type[Adapter]:
-    cls: type[Adapter] = spec_of(kind).load_adapter()
+def adapter_class(kind: str) -> type[Any]:
+    """The engine's Adapter subclass (dbops.engines.base), its client library imported now."""
+    cls: type[Any] = spec_of(kind).load_adapter()
     return cls
 
 

@@ -34,7 +34,7 @@ from dbops.secrets import scrub_text
 if TYPE_CHECKING:
     from dbops.audit import AuditLog
     from dbops.config import ClusterRef, CoordinationDb
-    from dbops.runbook.executor import Plan
+    from dbops.runbook.model import Plan
 
 TABLE = "dbops_approvals"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dbops.actions import read_only_reason, writes_allowed
 from dbops.runbook.journal import Journal, RunRecord
 from dbops.runbook.locks import SHARED_LOCK, ClusterLock
-from dbops.runbook.model import Check, Confirm, Context, Kind, Runbook, Step, Verdict
+from dbops.runbook.model import CheckResult, Confirm, Context, Kind, Plan, PlannedStep, Runbook, Step, Verdict
 from dbops.secrets import scrub_text
 
 if TYPE_CHECKING:
@@ -48,31 +48,7 @@ def _silent(event: str, **data: Any) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    check: Check
-    verdict: Verdict
-    overridden_by: str | None = None  # the recorded reason
-
-
 UNRENDERED = "# the commands cannot be shown: "
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    step: Step
-    commands: list[str]
-
-
-@dataclass(frozen=True)
-class Plan:
-    runbook: Runbook
-    checks: list[CheckResult]
-    steps: list[PlannedStep]
-
-    @property
-    def refused(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.verdict.ok and c.overridden_by is None]
 
 
 @dataclass

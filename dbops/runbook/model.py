@@ -212,3 +212,30 @@ def host_variants(build: Callable[[bool], Runbook]) -> Runbook:
     and the cluster's hosts (hosts_for) pick one when the runbook is built for a cluster."""
     managed = build(True)
     return replace(build(False), specialize=lambda ref: managed if hosts_for(ref).managed else None)
+
+
+# -- a plan: what `plan` shows and what a second operator approves ----------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: Check
+    verdict: Verdict
+    overridden_by: str | None = None  # the recorded reason
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: Step
+    commands: list[str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    runbook: Runbook
+    checks: list[CheckResult]
+    steps: list[PlannedStep]
+
+    @property
+    def refused(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.verdict.ok and c.overridden_by is None]
