@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from dbops.config import ClusterRef
 
 if TYPE_CHECKING:
     from dbops.audit import AuditLog
+    from dbops.engines.base import Adapter
+    from dbops.engines.postgres.data import Session
     from dbops.hub import Hub
 
 
@@ -63,6 +65,20 @@ class BackendAction:
         return {"pid": self.pid, "sql": self.sql, "query": self.query[:500], "blocks": list(self.blocks)}
 
 
+@runtime_checkable
+class _Backends(Protocol):
+    """What re-reading a backend needs of a member's adapter (PostgreSQL's: the only engine with
+    backends to cancel or terminate). A protocol, so that this module imports no engine."""
+
+    async def session(self, pid: int) -> Session | None: ...
+
+
+def _backends(adapter: Adapter) -> _Backends:
+    if not isinstance(adapter, _Backends):
+        raise TypeError(f"{type(adapter).__name__} has no backends to act on (backend actions are PostgreSQL's)")
+    return adapter
+
+
 @dataclass(frozen=True)
 class ActionOutcome:
     ok: bool
@@ -104,7 +120,7 @@ def perform(audit: AuditLog, hub: Hub, act: BackendAction, allow_writes: bool) -
     # The row the operator confirmed is up to one refresh old. A pooled connection's pid may be
     # running something else by now: re-read it and refuse if it is not what was confirmed.
     try:
-        current = hub.submit(lambda adapter: adapter.session(pid), key, member).result()
+        current = hub.submit(lambda adapter: _backends(adapter).session(pid), key, member).result()
     except Exception as exc:
         _abort(audit, act, "target-unreadable", reason=_describe(exc))
         return ActionOutcome(False, f"could not re-read backend {pid} on {member} ({_describe(exc)}); nothing was sent")

@@ -157,9 +157,9 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
                     click.echo(f"             - {p}")
         for b in backups:
             click.echo(f"{b.severity.name:<8} {b.key} backups")
-            for m in b.metrics:
-                if m.severity is not Severity.OK or m.name.endswith(".age"):
-                    click.echo(f"  {m.severity.name:<8} {m.message.split(': ', 1)[-1]}")
+            for metric in b.metrics:
+                if metric.severity is not Severity.OK or metric.name.endswith(".age"):
+                    click.echo(f"  {metric.severity.name:<8} {metric.message.split(': ', 1)[-1]}")
         for p in platform:
             click.echo(f"{p.severity.name:<8} {p.cluster} {p.kind} ({p.target})")
             if p.error:

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -735,13 +735,14 @@ def _model_at(path: tuple[str, ...]) -> type[Model] | None:
         if not (isinstance(model, type) and issubclass(model, Model)):
             return None
         ann = model.hints().get(path[i])
-        declared = model.__dataclass_fields__.get(path[i])
+        # Every Model subclass is a dataclass, but the base class is not, so its type cannot say so.
+        declared: Field[Any] | None = getattr(model, "__dataclass_fields__", {}).get(path[i])
         if ann is None or (declared is not None and declared.metadata.get("sections")):
             ann = model.sections().get(path[i])  # an engine's own section
             if ann is None:
                 return None
         origin = getattr(ann, "__origin__", None)
-        args = getattr(ann, "__args__", ())
+        args: tuple[Any, ...] = getattr(ann, "__args__", ())
         if origin in (dict, list):
             model = args[-1]
             i += 2

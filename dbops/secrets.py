@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 REDACTED = "***"
 
@@ -200,7 +201,11 @@ def scrub_text(text: str) -> str:
     return _sub_at_words(_KV_PASSWORD, _KV_WORDS, text, text.lower(), _kv_repl)
 
 
-class SecretRefLike:  # pragma: no cover - typing aid only
-    env: str | None
-    file: str | None
-    value: str | None
+class SecretRefLike(Protocol):  # pragma: no cover - typing aid only
+    # Read-only properties, so that the config's SecretRef (a frozen dataclass) satisfies it.
+    @property
+    def env(self) -> str | None: ...
+    @property
+    def file(self) -> str | None: ...
+    @property
+    def value(self) -> str | None: ...

@@ -461,7 +461,8 @@ async def read_pgbackrest(ref: ClusterRef) -> tuple[KindFetched | None, str | No
         except TimeoutError:
             error = f"{source}: reading the WAL archive: pgbackrest repo-ls gave no answer within {TIMEOUT / 2:g} s"
         else:
-            times = [v.get("time") for v in listing.values() if isinstance(v, dict) and isinstance(v.get("time"), int)]
+            stamps = [v.get("time") for v in listing.values() if isinstance(v, dict)]
+            times = [t for t in stamps if isinstance(t, int)]
             if times:
                 wal_time = datetime.fromtimestamp(max(times), tz=UTC)
     kind = KindFetched(

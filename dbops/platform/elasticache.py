@@ -132,7 +132,8 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> CacheView:
     assert ec_ref is not None, "collect() is for clusters with an [elasticache] section"
     now = now or datetime.now(UTC)
     group_id = ec_ref.replication_group
-    base = dict(cluster=ref.key, group=group_id, region=ec_ref.aws.region, read_at=now)
+    # Nothing read yet: every return below fills in this view.
+    base = CacheView(cluster=ref.key, group=group_id, region=ec_ref.aws.region, read_at=now)
     from botocore.exceptions import ClientError
 
     try:
@@ -147,10 +148,10 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> CacheView:
                 else:
                     raise
     except AwsError as exc:
-        return CacheView(**base, error=exc.message)
+        return replace(base, error=exc.message)
     if not groups:
-        return CacheView(**base, error=f"ElastiCache replication group {group_id}: no such replication group in "
-                                       f"{ec_ref.aws.region} (check [elasticache] replication_group and aws.region)")
+        return replace(base, error=f"ElastiCache replication group {group_id}: no such replication group in "
+                                     f"{ec_ref.aws.region} (check [elasticache] replication_group and aws.region)")
     g = groups[0]
     notes: list[str] = []
     snapshots: list[CacheSnapshot] = []
@@ -159,8 +160,8 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> CacheView:
     except AwsError as exc:
         notes.append(exc.message)
     retention = g.get("SnapshotRetentionLimit")
-    view = CacheView(
-        **base, status=str(g.get("Status", "unknown")), engine=str(g.get("Engine", "redis")),
+    view = replace(
+        base, status=str(g.get("Status", "unknown")), engine=str(g.get("Engine", "redis")),
         node_type=str(g.get("CacheNodeType", "")), automatic_failover=str(g.get("AutomaticFailover", "")),
         multi_az=str(g.get("MultiAZ", "")), retention_days=int(retention) if isinstance(retention, int) else None,
         members=tuple(_members(g)), snapshots=tuple(snapshots), notes=tuple(notes),

@@ -299,9 +299,9 @@ def seed_demo(url: str) -> None:
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                        "containerStatuses": [{"name": "postgres", "ready": True, "restartCount": 2 if restarting else 0,
                                               "image": "postgresql:15", "imageID": "", "state": {"running": {"startedAt": _stamp(900)}}}]}})
-    template = {"metadata": {"labels": {"app.kubernetes.io/component": "backup"}},
-                "spec": {"backoffLimit": 1, "template": {"spec": {"restartPolicy": "Never", "containers": [
-                    {"name": "backup", "image": "postgresql:15", "command": ["sh", "-c", "pg_dump ... | aws s3 cp - s3://..."]}]}}}}
+    template: dict[str, Any] = {"metadata": {"labels": {"app.kubernetes.io/component": "backup"}},
+                               "spec": {"backoffLimit": 1, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                                   {"name": "backup", "image": "postgresql:15", "command": ["sh", "-c", "pg_dump ... | aws s3 cp - s3://..."]}]}}}}
     cron = _rest(url, "POST", f"/apis/batch/v1/namespaces/{ns}/cronjobs", {
         "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": f"{PG_CLUSTER}-nightly-backup", "labels": {**labels, "app.kubernetes.io/component": "backup"}},
         "spec": {"schedule": "30 1 * * *", "jobTemplate": template}, "status": {"lastScheduleTime": _stamp(8 * 3600)}})

@@ -145,8 +145,9 @@ def pod_row(pod: dict[str, Any], now: datetime) -> PodRow:
 
 def statefulset_row(s: dict[str, Any], now: datetime) -> StatefulSetRow:
     meta, spec, status = s.get("metadata") or {}, s.get("spec") or {}, s.get("status") or {}
+    replicas = spec.get("replicas")
     return StatefulSetRow(str(meta.get("name", "?")), int(status.get("readyReplicas") or 0),
-                          int(spec.get("replicas") if spec.get("replicas") is not None else 1),
+                          int(replicas) if replicas is not None else 1,
                           int(status.get("updatedReplicas") or 0), age(parse_time(meta.get("creationTimestamp")), now))
 
 
@@ -204,9 +205,9 @@ def last_success(cronjob: dict[str, Any], jobs: list[dict[str, Any]]) -> datetim
     """When a Job the CronJob owns last succeeded (its completionTime); the CronJob's own
     status.lastSuccessfulTime when none of its Jobs is left (history limits delete them)."""
     name = (cronjob.get("metadata") or {}).get("name")
-    done = [parse_time((j.get("status") or {}).get("completionTime")) for j in jobs
-            if _owned_by(j, "CronJob", str(name)) and job_outcome(j) == "succeeded"]
-    done = [t for t in done if t is not None]
+    finished = [parse_time((j.get("status") or {}).get("completionTime")) for j in jobs
+                if _owned_by(j, "CronJob", str(name)) and job_outcome(j) == "succeeded"]
+    done = [t for t in finished if t is not None]
     if done:
         return max(done)
     return parse_time((cronjob.get("status") or {}).get("lastSuccessfulTime"))
@@ -220,4 +221,7 @@ def job_selectors(cronjobs: list[dict[str, Any]]) -> list[str | None]:
     for c in cronjobs:
         labels = ((((c.get("spec") or {}).get("jobTemplate") or {}).get("metadata") or {}).get("labels")) or {}
         selectors.add(",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None)
-    return [None] if None in selectors else sorted(s for s in selectors if s is not None)
+    if None in selectors:
+        return [None]
+    named: list[str | None] = [*sorted(s for s in selectors if s is not None)]
+    return named

@@ -118,15 +118,16 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> RdsView:
     rds_ref = ref.cluster.rds
     assert rds_ref is not None, "collect() is for clusters with an [rds] section"
     now = now or datetime.now(UTC)
-    base = dict(cluster=ref.key, instance=rds_ref.instance, region=rds_ref.aws.region, read_at=now)
+    # Nothing read yet: every return below fills in this view.
+    base = RdsView(cluster=ref.key, instance=rds_ref.instance, region=rds_ref.aws.region, read_at=now)
     try:
         session = AwsSession(rds_ref.aws, f"RDS instance {rds_ref.instance}")
         primary = _describe(session, rds_ref.instance)
     except AwsError as exc:
-        return RdsView(**base, error=exc.message)
+        return replace(base, error=exc.message)
     if primary is None:
-        return RdsView(**base, error=f"RDS instance {rds_ref.instance}: no such DB instance in {rds_ref.aws.region} "
-                                     f"(check [rds] instance and aws.region)")
+        return replace(base, error=f"RDS instance {rds_ref.instance}: no such DB instance in {rds_ref.aws.region} "
+                                    f"(check [rds] instance and aws.region)")
     notes: list[str] = []
     instances = [primary]
     for ident in primary.replicas:
@@ -162,7 +163,7 @@ def collect(ref: ClusterRef, now: datetime | None = None) -> RdsView:
     except AwsError as exc:
         notes.append(exc.message)
     latest = latest or primary.latest_restorable
-    view = RdsView(**base, instances=tuple(instances), snapshots=tuple(snapshots), earliest_restorable=earliest,
+    view = replace(base, instances=tuple(instances), snapshots=tuple(snapshots), earliest_restorable=earliest,
                    latest_restorable=latest, notes=tuple(notes))
     return replace(view, findings=tuple(judge(view, ref, now)))
 
