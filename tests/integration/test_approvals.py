@@ -442,7 +442,7 @@ def test_a_console_shows_the_waiting_run_and_its_operator_approves_it_there(env:
                 shown = str(screen.query_one("#approvals-plan-text", Static).content)
                 assert req.plan_text in shown and req.plan_hash in shown
                 await pilot.press("a")
-                await _settle(pilot, lambda: isinstance(app.screen, ApproveModal), "the approve modal")
+                await _settle(pilot, lambda: isinstance(app.screen, ApproveModal) and app.screen.is_mounted, "the approve modal")
                 await pilot.press("y")
                 await _settle(pilot, lambda: any(f"approved run {req.run_id}" in n.message for n in app._notifications),
                               "the approval", show=lambda: [n.message for n in app._notifications])
@@ -486,7 +486,7 @@ def test_the_wizard_shows_the_waiting_state_until_a_second_operator_approves(env
             options.highlighted = next(i for i in range(options.option_count)
                                        if "team.write-row" in str(options.get_option_at_index(i).prompt))
             await pilot.press("enter")
-            await _settle(pilot, lambda: isinstance(app.screen, RunbookScreen), "the wizard")
+            await _settle(pilot, lambda: isinstance(app.screen, RunbookScreen) and app.screen.is_mounted, "the wizard")
             wizard = app.screen
             await pilot.press(*"wizard")  # the first parameter (tag) has the focus
             await pilot.press("ctrl+l")
@@ -504,7 +504,7 @@ def test_the_wizard_shows_the_waiting_state_until_a_second_operator_approves(env
             assert f"run {req.run_id}, plan {req.plan_hash[:12]}" in log
             r = await asyncio.to_thread(env.dbops, env.approver, "approve", req.run_id, "--yes")
             approved.append(r)
-            await _settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "the step's confirmation", attempts=300)
+            await _settle(pilot, lambda: isinstance(app.screen, ConfirmStep) and app.screen.is_mounted, "the step's confirmation", attempts=300)
             await pilot.press("y")
             await _settle(pilot, lambda: wizard.result is not None, "the run to finish", attempts=300)
             return "\n".join(str(line.text) for line in wizard.query_one("#rb-log").lines)

@@ -113,7 +113,7 @@ async def test_the_backups_pane_at_80x24_shows_rds_and_elasticache_snapshots_and
     app = DbopsApp(load(env.config), state_dir=tmp_path, clock=lambda: time.time() + offset[0])
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("B")
-        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen), "the Backups pane")
+        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen) and app.screen.is_mounted, "the Backups pane")
         pane = app.screen
         table = pane.query_one("#backups-table", DataTable)
         title = pane.query_one("#backups-title", Static)

@@ -88,7 +88,7 @@ async def test_deleting_the_newest_backup_then_time_passing_turns_the_pane_warn_
         # The overview's Backup column: the stalest kind's newest backup (pg_dump 2 h, pgBackRest just now).
         await settle(pilot, lambda: "2.0h" in rows(table), "the overview's Backup column", show=lambda: rows(table))
         await pilot.press("B")
-        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen), "the Backups pane")
+        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen) and app.screen.is_mounted, "the Backups pane")
         title = app.screen.query_one("#backups-title", Static)
         await settle(pilot, lambda: pane_row(app, "pg_dump").startswith("sandbox-pg pg_dump 2.0h 4.0 KiB"), "the pg_dump row",
                      show=lambda: pane_row(app, "pg_dump"))
@@ -203,7 +203,7 @@ backups = {{ s3 = {{ bucket = "dumps", region = "us-east-1", endpoint_url = "htt
     app = DbopsApp(load(config), state_dir=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("B")
-        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen), "the Backups pane")
+        await settle(pilot, lambda: isinstance(app.screen, BackupsScreen) and app.screen.is_mounted, "the Backups pane")
         table = app.screen.query_one("#backups-table", DataTable)
         await settle(pilot, lambda: rows(table).count(" ? ") == 2, "both clusters' unreadable rows", show=lambda: rows(table))
         assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["prod/orders", "stag/orders"]

@@ -328,7 +328,7 @@ async def test_the_pane_shows_a_killed_broker_and_its_under_replicated_partition
         await settle(pilot, lambda: CLUSTER in rows(app.screen.query_one("#clusters", DataTable)), "overview row")
         key = next(r.key for r in app.hub.refs if r.name == CLUSTER)
         app.open_cluster(key)
-        await settle(pilot, lambda: isinstance(app.screen, KafkaScreen), "the Kafka pane")
+        await settle(pilot, lambda: isinstance(app.screen, KafkaScreen) and app.screen.is_mounted, "the Kafka pane")
         pane = app.screen
         brokers = pane.query_one("#nodes", DataTable)
 

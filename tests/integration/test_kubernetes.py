@@ -182,7 +182,7 @@ async def test_the_pane_lists_pods_statefulsets_cronjobs_and_recent_warnings_at_
     app = DbopsApp(load(env.config), state_dir=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("K")
-        await settle(pilot, lambda: isinstance(app.screen, KubernetesScreen), "the Kubernetes pane")
+        await settle(pilot, lambda: isinstance(app.screen, KubernetesScreen) and app.screen.is_mounted, "the Kubernetes pane")
         pane = app.screen
         pods = pane.query_one("#k8s-pods-table", DataTable)
         await settle(pilot, lambda: pods.row_count == 3, "three pods", show=lambda: pane.summary + rows(pods))
@@ -496,7 +496,7 @@ async def test_the_wizard_refuses_the_run_naming_the_lease_holder(env: Env, bobs
     app = DbopsApp(load(env.config), state_dir=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         app.push_screen(RunbookScreen(load_runbooks()[0]["k8s.trigger-backup-job"], env.ref()))
-        await settle(pilot, lambda: isinstance(app.screen, RunbookScreen), "the runbook wizard")
+        await settle(pilot, lambda: isinstance(app.screen, RunbookScreen) and app.screen.is_mounted, "the runbook wizard")
         screen = app.screen
         screen.query_one("#param-cronjob", Input).value = CRON
         await pilot.press("ctrl+l")

@@ -109,7 +109,7 @@ async def test_the_pane_at_80x24_shows_the_dead_replica(tmp_path: Path) -> None:
             await settle(pilot, lambda: "9 repl ok" in rows(app.screen.query_one("#clusters", DataTable)), "replicas on the overview",
                          show=lambda: rows(app.screen.query_one("#clusters", DataTable)))
             app.open_cluster(next(r.key for r in app.hub.refs if r.name == NAME))
-            await settle(pilot, lambda: isinstance(app.screen, QdrantScreen), "the Qdrant pane")
+            await settle(pilot, lambda: isinstance(app.screen, QdrantScreen) and app.screen.is_mounted, "the Qdrant pane")
             pane = app.screen
             nodes = pane.query_one("#nodes", DataTable)
             replicas = pane.query_one("#replicas-table", DataTable)

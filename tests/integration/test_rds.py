@@ -170,7 +170,7 @@ async def test_the_aws_pane_at_80x24_shows_instances_replicas_snapshots_the_pitr
     app = DbopsApp(load(env.config), state_dir=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("R")
-        await settle(pilot, lambda: isinstance(app.screen, AwsScreen), "the AWS pane")
+        await settle(pilot, lambda: isinstance(app.screen, AwsScreen) and app.screen.is_mounted, "the AWS pane")
         pane = app.screen
         await settle(pilot, lambda: len(pane.views) == 11, "every [rds] and [elasticache] cluster read", attempts=600)
         keys = [v.cluster for v in pane.views]

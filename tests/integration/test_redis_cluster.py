@@ -592,7 +592,7 @@ async def test_the_pane_shows_timeout_for_a_stopped_master_only_and_stays_respon
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, lambda: "sandbox-redis" in rows(app.screen.query_one("#clusters", DataTable)), "overview row")
         app.open_cluster(next(r.key for r in app.hub.refs if r.name == "sandbox-redis"))
-        await settle(pilot, lambda: isinstance(app.screen, RedisScreen), "the Redis pane")
+        await settle(pilot, lambda: isinstance(app.screen, RedisScreen) and app.screen.is_mounted, "the Redis pane")
         pane = app.screen
         nodes = pane.query_one("#nodes", DataTable)
 

@@ -84,7 +84,7 @@ async def test_pane_and_overview_show_the_second_primary_within_two_refreshes(ro
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(pilot, lambda: "sandbox-pg" in rows(app.screen.query_one("#clusters", DataTable)), "overview row")
         await pilot.press("enter")
-        await settle(pilot, lambda: isinstance(app.screen, PostgresScreen), "the PostgreSQL pane")
+        await settle(pilot, lambda: isinstance(app.screen, PostgresScreen) and app.screen.is_mounted, "the PostgreSQL pane")
         pane = app.screen
         alert = pane.query_one("#cluster-alert", Static)
         topo = pane.query_one("#topology", DataTable)
@@ -106,7 +106,7 @@ async def test_pane_and_overview_show_the_second_primary_within_two_refreshes(ro
         assert SPLIT in health
 
         await pilot.press("escape")
-        await settle(pilot, lambda: isinstance(app.screen, OverviewScreen), "the overview")
+        await settle(pilot, lambda: isinstance(app.screen, OverviewScreen) and app.screen.is_mounted, "the overview")
         problems = app.screen.query_one("#problems", Static)
         await settle(pilot, lambda: f"sandbox-pg: {SPLIT}" in text_of(problems), "the overview's problem line",
                      show=lambda: text_of(problems))

@@ -38,7 +38,7 @@ def rows(table: DataTable) -> str:
 async def open_pane(pilot, app) -> PostgresScreen:
     await settle(pilot, lambda: "sandbox-pg" in rows(app.screen.query_one("#clusters", DataTable)), "overview row")
     await pilot.press("enter")
-    await settle(pilot, lambda: isinstance(app.screen, PostgresScreen), "the PostgreSQL pane")
+    await settle(pilot, lambda: isinstance(app.screen, PostgresScreen) and app.screen.is_mounted, "the PostgreSQL pane")
     return app.screen
 
 
@@ -57,7 +57,7 @@ async def test_cancel_a_real_long_query_through_the_modal(pg_sandbox, tmp_path):
                          show=lambda: f"filter {pane.filter_text!r}, member {pane.member}, rows {rows(table)!r}, screen {app.screen!r}")
             pid = int(str(table.get_row_at(0)[0]))
             await pilot.press("c")
-            await settle(pilot, lambda: isinstance(app.screen, ConfirmBackendModal), "the confirm modal")
+            await settle(pilot, lambda: isinstance(app.screen, ConfirmBackendModal) and app.screen.is_mounted, "the confirm modal")
             modal = app.screen
             assert f"SELECT pg_cancel_backend({pid})" in modal.act.sql
             await pilot.press("y")
@@ -89,7 +89,7 @@ async def test_decline_leaves_the_query_running_and_records_an_abort(pg_sandbox,
             await settle(pilot, lambda: table.row_count == 1, "the query in activity",
                          show=lambda: f"filter {pane.filter_text!r}, member {pane.member}, rows {rows(table)!r}, screen {app.screen!r}")
             await pilot.press("k")
-            await settle(pilot, lambda: isinstance(app.screen, ConfirmBackendModal), "the confirm modal")
+            await settle(pilot, lambda: isinstance(app.screen, ConfirmBackendModal) and app.screen.is_mounted, "the confirm modal")
             await pilot.press("n")
             await app.workers.wait_for_complete()
             await pilot.pause(0.5)
