@@ -18,7 +18,7 @@ DEMO_STATE_DIR ?= /var/tmp/dbops-demo
 
 help:
 	@echo "make demo   - set up, start the sandbox (real PostgreSQL + PgBouncer, Redis Cluster + Sentinel, Kafka, Neo4j, S3 with moto RDS, a fake 3-node Qdrant) and open the console"
-	@echo "make test   - set up, then run lint-imports and every test (unit, integration, UI)"
+	@echo "make test   - set up, then check the import contracts, lint rules (ruff) and types (mypy), and run every test (unit, integration, UI)"
 	@echo "make bench  - start-up, switchover write-unavailability, Redis slot-migration (vs redis-cli) and Kafka lag (vs kafka-consumer-groups) benchmarks"
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -43,8 +43,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Import contracts (layers, no textual in the core, engines independent), lint rules, and types.
 lint: venv
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check dbops screens runbooks tests benchmarks
+	$(VENV)/bin/mypy
 
 test: deps venv lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15

@@ -36,7 +36,7 @@ async def writable(sb, members) -> tuple[str, object] | None:
     for name in members:
         try:
             conn = await asyncpg.connect(sb.dsn(name), timeout=1)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             continue
         ro = await conn.fetchval("SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on'")
         if not ro:
@@ -57,7 +57,7 @@ async def probe(sb, stop: asyncio.Event, successes: list[float]) -> None:
             try:
                 await current[1].execute("INSERT INTO bench_probe VALUES (clock_timestamp())", timeout=1)
                 successes.append(time.monotonic())
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 current[1].terminate()
                 current = None
         await asyncio.sleep(max(0.0, PROBE_INTERVAL - (time.monotonic() - started)))
@@ -78,7 +78,7 @@ async def probe_pooled(sb, stop: asyncio.Event, successes: list[float], failures
                 conn = await asyncpg.connect(sb.dsn("pgbouncer"), timeout=5, statement_cache_size=0)
             await conn.execute("INSERT INTO bench_probe VALUES (clock_timestamp())", timeout=60)
             successes.append(time.monotonic())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             failures.append(type(exc).__name__ + ": " + str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             if conn is not None:
                 conn.terminate()
