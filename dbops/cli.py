@@ -17,7 +17,30 @@ from dbops.cli_common import load_config as _load_config
 log = logging.getLogger("dbops")
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommand groups are imported when one is named (`dbops runbook ...`), so
+    opening the console does not import the audit, runbook and sandbox commands it never runs."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, lazy={"audit": "dbops.audit_cli:audit", "runbook": "dbops.runbook.cli:runbook",
+                                  "sandbox": "dbops.sandbox.cli:sandbox"},
+             invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", envvar=None, help="Config file (default: $DBOPS_CONFIG, ./dbops.toml, user config dir).")
 @click.option("--allow-writes", is_flag=True, help="Allow server-changing actions in every environment for this session.")
 @click.version_option(package_name="dbops")
@@ -244,19 +267,6 @@ def config_path(ctx: click.Context) -> None:
                    "(config.example.toml documents every key; `dbops sandbox up` writes one for a local sandbox)")
         return
     click.echo(path)
-
-
-def _register_subgroups() -> None:
-    from dbops.audit_cli import audit
-    from dbops.runbook.cli import runbook
-    from dbops.sandbox.cli import sandbox
-
-    main.add_command(audit)
-    main.add_command(runbook)
-    main.add_command(sandbox)
-
-
-_register_subgroups()
 
 
 def run() -> None:
