@@ -198,11 +198,25 @@ class ServerUser:
             os.chown(path, self.uid, self.gid)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, 0600 from the start (no window with the umask's mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+def write_private(path: Path, text: str, prepare: Callable[[Path], None] | None = None) -> None:
+    """Write a file only its owner can read, 0600 from the start (no window with the umask's mode),
+    whole or not at all: written beside it, then renamed over it. A process killed mid-write (the
+    crash tests kill dbops at every step) must never leave a server a truncated config, which it
+    would refuse on its next RELOAD or start. `prepare` runs on the new file before the rename
+    (handing it to the server's user, so the server never sees a file it cannot read)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if prepare is not None:
+            prepare(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class OwnedFiles:
@@ -222,8 +236,7 @@ class OwnedFiles:
         self.owner.own(path)
 
     def _write(self, path: Path, text: str) -> None:
-        write_private(path, text)
-        self.owner.own(path)
+        write_private(path, text, prepare=self.owner.own)
 
 
 def log_hint(log: Path | None) -> str:
