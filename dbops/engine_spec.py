@@ -79,6 +79,10 @@ class EngineSpec:
     # Polled as one unit named this (the engine's collect() reaches every node, discovered or
     # configured, in one refresh); None: each configured member is polled on its own.
     poll_unit: str | None = None
+    # "module:attr" of the engine's drill probe (dbops.drill.probe.Probe), a class taking
+    # (ref, run_id): what a DR drill writes and reads back to measure RTO and RPO; None: the
+    # engine cannot be drilled with a probe.
+    probe: str | None = None
 
     def load_adapter(self) -> Any:
         return load_attr(self.adapter)

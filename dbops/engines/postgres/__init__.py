@@ -18,4 +18,5 @@ SPEC = EngineSpec(
     overview="dbops.engines.postgres.summary:overview_row",
     history="dbops.engines.postgres.history:sample",
     thresholds=PostgresThresholds,
+    probe="dbops.engines.postgres.probe:PostgresProbe",
 )
