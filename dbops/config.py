@@ -464,7 +464,13 @@ class Environment(Model):
     approvals: int = field(default=1, metadata=limits(ge=1, le=2))
     # An approval not used within this long is void.
     approval_ttl_seconds: int = field(default=1800, metadata=limits(ge=60))
+    # Whether DR drills (`dbops drill`) may inject faults here; unset: only in a sandbox.
+    drills: bool | None = None
     clusters: dict[str, Cluster] = field(default_factory=dict)
+
+    @property
+    def allows_drills(self) -> bool:
+        return self.drills if self.drills is not None else self.sandbox
 
     def is_production(self, name: str) -> bool:
         return self.production if self.production is not None else name.lower() in ("production", "prod")
@@ -527,11 +533,40 @@ class Locks(Model):
 
 
 @dataclass(frozen=True)
+class DrillTarget(Model):
+    rto_seconds: float | None = field(default=None, metadata=limits(gt=0))
+    rpo_seconds: float | None = field(default=None, metadata=limits(ge=0))
+
+
+@dataclass(frozen=True)
+class Drills(Model):
+    """What a DR drill is judged against: RTO (time to service back) and RPO (data lost, as
+    time). Defaults: RTO 15 min, RPO 1 h. `targets` overrides them for an environment ("prod")
+    or one cluster ("prod/orders"); the cluster's own wins over its environment's."""
+
+    rto_seconds: float = field(default=900.0, metadata=limits(gt=0))
+    rpo_seconds: float = field(default=3600.0, metadata=limits(ge=0))
+    targets: dict[str, DrillTarget] = field(default_factory=dict)
+
+    def for_cluster(self, environment: str, cluster: str) -> tuple[float, float]:
+        rto, rpo = self.rto_seconds, self.rpo_seconds
+        for key in (environment, f"{environment}/{cluster}"):
+            t = self.targets.get(key)
+            if t is not None:
+                rto = t.rto_seconds if t.rto_seconds is not None else rto
+                rpo = t.rpo_seconds if t.rpo_seconds is not None else rpo
+        return rto, rpo
+
+
+@dataclass(frozen=True)
 class Config(Model):
     defaults: Defaults = Defaults()
     operator: str | None = None
     # Directories of a team's own runbooks (*.py files exposing RUNBOOK or RUNBOOKS).
     runbook_dirs: list[str] = field(default_factory=list)
+    # Directories of a team's own drill scenarios (*.py files exposing SCENARIO or SCENARIOS).
+    drill_dirs: list[str] = field(default_factory=list)
+    drills: Drills = Drills()
     environments: dict[str, Environment] = field(default_factory=dict)
     audit: AuditOptions = AuditOptions()
     locks: Locks = Locks()
@@ -573,6 +608,11 @@ class Config(Model):
             if env.approvals > 1 and coordination is None:
                 problems.append((("environments", env_name, "approvals"),
                                  "approvals = 2 needs [locks.postgres]: approvals live in the coordination database every console shares"))
+        keys = set(self.environments) | {f"{e}/{c}" for e, env in self.environments.items() for c in env.clusters}
+        for key in self.drills.targets:
+            if key not in keys:
+                problems.append((("drills", "targets", key),
+                                 f"names no environment or environment/cluster; configured: {', '.join(sorted(keys)) or 'none'}"))
         # [audit.ship] belongs to no environment: literal keys only in a file of sandboxes alone.
         ship = self.audit.ship
         if ship is not None and not all(env.sandbox for env in self.environments.values()):
