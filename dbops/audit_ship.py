@@ -261,3 +261,35 @@ def verify_shipped(log_path: Path, shipping: AuditShipping, *, host: str | None 
         return ShippedCheck(key, chain, False, f"cannot read the local log {log_path}: {exc.strerror or exc}")
     consistent, text = compare(data, local)
     return ShippedCheck(key, chain, consistent, text)
+
+
+def ship_drill_report(files: list[Path], shipping: AuditShipping | None, run_id: str) -> tuple[bool, str] | None:
+    """A drill's report files beside the audit log ([audit.ship]), locked like it, after the
+    audit log that records their SHA-256: a reader can check each against its record. Never
+    raises; (ok, one line) or None when shipping is not configured."""
+    if shipping is None:
+        return None
+    from dbops.platform import s3 as s3ops
+
+    location = shipping.s3
+    prefix = f"{_prefix(location)}{host_name()}/drills/{run_id}/"
+    try:
+        require_object_lock(location)
+        bucket = s3ops.Bucket(location)
+        until = datetime.now(UTC) + timedelta(days=shipping.retain_days)
+        for path in files:
+            data = path.read_bytes()
+            key = prefix + path.name
+            with bucket.errors(bucket.url(key)):
+                bucket.client.put_object(
+                    Bucket=location.bucket, Key=key, Body=data,
+                    ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode("ascii"),
+                    ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until,
+                    Metadata={"sha256": hashlib.sha256(data).hexdigest(), "run-id": run_id})
+    except ShipError as exc:
+        return False, exc.message
+    except s3ops.S3Error as exc:
+        return False, f"drill report shipping: {exc.message}"
+    except OSError as exc:
+        return False, f"drill report shipping: cannot read {exc.filename}: {exc.strerror or exc}"
+    return True, f"drill report shipped to s3://{location.bucket}/{prefix} ({len(files)} files)"

@@ -16,10 +16,11 @@ drill's evidence, and must survive dbops itself being killed during the drill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -119,7 +120,7 @@ class AckLog:
     @staticmethod
     def read(path: Path) -> list[Ack]:
         """Every ack in the file; a torn last line (dbops killed while writing it) is not an ack."""
-        acks = []
+        acks: list[Ack] = []
         if not path.exists():
             return acks
         for line in path.read_text().splitlines():
@@ -155,6 +156,7 @@ class ProbeLoop:
         self.paused = False  # a test (or the RPO proof) holds the writes; reads stay off too
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._ticking = asyncio.Lock()
 
     async def tick(self) -> Attempt:
         """One write and its read-back, now."""
@@ -184,11 +186,18 @@ class ProbeLoop:
             self.on_attempt(attempt)
         return attempt
 
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """No write in flight or started inside: the tick under way (if any) ends first."""
+        async with self._ticking:
+            yield
+
     async def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
             if not self.paused:
-                await self.tick()
+                async with self._ticking:
+                    await self.tick()
             wait = max(0.0, self.interval - (time.monotonic() - started))
             try:
                 await asyncio.wait_for(self._stop.wait(), wait)

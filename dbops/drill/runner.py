@@ -1,0 +1,670 @@
+"""Runs one drill: announce, steady state, inject, detect, recover, verify, restore, report.
+
+The front end is a runbook session's FrontEnd (dbops.runbook.session): the recovery runbooks
+run through a RunbookSession with it, so their confirmations reach the operator exactly as in
+`dbops runbook run`, and the fault's own confirmation is asked the same way. Besides the
+session's events it hears the drill's own:
+
+  drill-phase (phase, state, detail)   a phase started ("running") or ended (done/failed/skipped/aborted)
+  drill-attempt (attempt)              one probe write and read-back (the strip, the RTO clock)
+  drill-mark (name, t)                 fault / detected / decision / recovered / verified
+  drill-log (line)                     what the drill itself did
+  drill-over (result)                  the DrillResult, report files written
+
+Every change a drill makes is audited like a runbook's: an intent record synced to disk before
+the fault, a result after it; the drill's start and end, and the report's SHA-256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dbops.audit import AuditLog
+from dbops.drill import measure
+from dbops.drill.journal import DrillJournal, new_drill_id
+from dbops.drill.model import PHASES, DrillContext, DrillRefused, Phase, Scenario
+from dbops.drill.probe import Ack, AckLog, Attempt, ProbeLoop, one_line, probe_for
+from dbops.runbook.executor import ExitCode
+from dbops.runbook.model import Confirm, Context, Kind, Step, Verdict
+
+if TYPE_CHECKING:
+    from dbops.config import ClusterRef, Config
+    from dbops.model import ClusterHealth
+    from dbops.runbook.session import FrontEnd
+
+STEADY_ATTEMPTS = 10  # consecutive probe successes that make a steady state (1 s of writes)
+STEADY_TIMEOUT = 30.0
+DETECT_TIMEOUT = 60.0  # how long the drill waits for dbops' own health to show the fault
+HEALTH_INTERVAL = 1.0
+BACK_TIMEOUT = 120.0  # after the recovery, how long the probe may take to write again
+
+
+class Outcome:
+    MET = "met"
+    MISSED = "missed"
+    FAILED = "failed"
+    DECLINED = "declined"
+    ABORTED = "aborted"
+
+
+EXIT = {Outcome.MET: 0, Outcome.MISSED: 1, Outcome.FAILED: 2, Outcome.DECLINED: 3, Outcome.ABORTED: 3}
+
+
+@dataclass
+class DrillResult:
+    run_id: str
+    outcome: str
+    message: str
+    report: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT[self.outcome]
+
+
+class Aborted(Exception):
+    pass
+
+
+def fault_step(scenario: Scenario, ref: ClusterRef) -> Step:
+    """The fault as a runbook step, for the front end's confirmation: typed cluster name in
+    production, yes/no elsewhere (it is destructive everywhere)."""
+    return Step(id="fault", title=f"drill fault: {scenario.fault.title}", description=scenario.description,
+                kind=Kind.ACTION, commands=lambda ctx: [], run=lambda ctx: asyncio.sleep(0), destructive=True,
+                confirm=Confirm.TYPE_CLUSTER if ref.production else Confirm.YES_NO)
+
+
+def healthy_enough(h: ClusterHealth, baseline: ClusterHealth | None) -> bool:
+    """Whether `h` shows no fault that `baseline` (the steady state) did not: as bad as it was
+    then, and no member unreachable that was reachable."""
+    from dbops.model import Reachability
+
+    def down(x: ClusterHealth) -> set[str]:
+        return {m.name for m in x.members if m.snapshot.reachability is not Reachability.UP}
+
+    if baseline is None:
+        return h.severity.rank <= 1 and not down(h)
+    return h.severity.rank <= baseline.severity.rank and down(h) <= down(baseline)
+
+
+async def poll_health(ref: ClusterRef) -> ClusterHealth:
+    from dbops.poller import poll_once
+
+    return (await poll_once([ref]))[0]
+
+
+@dataclass
+class DrillRunner:
+    config: Config
+    front: FrontEnd
+    state: Path
+    allow_writes: bool = False
+    config_hash: str = ""
+    # The console's own view of the cluster (the hub's health in the console; a poll headless):
+    # detection is when *this* first showed the fault.
+    health: Callable[[ClusterRef], Awaitable[ClusterHealth]] = poll_health
+    probe_interval: float = 0.1
+    detect_timeout: float = DETECT_TIMEOUT
+    notes: dict[str, str] = field(default_factory=dict)  # phase -> the operator's note (the screen edits it)
+
+    def __post_init__(self) -> None:
+        from dbops.runbook.session import RunbookSession
+
+        self.audit = AuditLog(self.state / "audit.jsonl")
+        self.session = RunbookSession(self.config, self.front, state=self.state, audit=self.audit, allow_writes=self.allow_writes)
+        self._abort = asyncio.Event()
+        self.loop: ProbeLoop | None = None
+        self.health_log: list[tuple[float, bool]] = []
+
+    # -- names -------------------------------------------------------------------------------
+
+    def scenarios(self) -> dict[str, Scenario]:
+        from dbops.drill.registry import load
+
+        found, problems = load(self.config.drill_dirs)
+        for p in problems:
+            self.front.event("warning", line=p)
+        return found
+
+    def scenario(self, scenario_id: str, ref: ClusterRef) -> Scenario:
+        import difflib
+
+        found = self.scenarios()
+        if scenario_id not in found:
+            close = difflib.get_close_matches(scenario_id, list(found), n=1)
+            raise DrillRefused(f"no drill {scenario_id!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                               + "; see `dbops drill list`")
+        s = found[scenario_id]
+        why = s.applies(ref)
+        if why is not None:
+            mine = sorted(x.id for x in found.values() if x.applies(ref) is None)
+            raise DrillRefused(f"{scenario_id} does not apply to {ref.key}: {why}; drills for it: {', '.join(mine) or 'none'}")
+        return s
+
+    def refusal(self, ref: ClusterRef) -> str | None:
+        """Why no drill may run on `ref`, or None."""
+        from dbops.actions import read_only_reason, writes_allowed
+
+        if not ref.env.allows_drills:
+            return (f"environment {ref.environment!r} does not allow drills: set drills = true under "
+                    f"[environments.{ref.environment}] (a sandbox allows them by default)")
+        if not writes_allowed(ref, self.allow_writes):
+            return read_only_reason(ref)
+        return None
+
+    def targets(self, ref: ClusterRef) -> tuple[float, float]:
+        return self.config.drills.for_cluster(ref.environment, ref.name)
+
+    # -- plan --------------------------------------------------------------------------------
+
+    def plan(self, scenario: Scenario, ref: ClusterRef) -> list[str]:
+        """What the drill will do, in order, with the fault's exact commands. Reads nothing."""
+        from dbops.runbook.hosts import hosts_for
+
+        ctx = DrillContext(ref, self.config, "(plan)", hosts_for(ref), self.state, log=lambda line: None)
+        rto, rpo = self.targets(ref)
+        performed = scenario.fault.inject is not None and scenario.fault.performed(ctx)
+        probe_lines: list[str]
+        try:
+            probe = probe_for(ref, "<run id>")
+            probe_lines = [f"probe: {probe.target}, every {self.probe_interval:g} s, each acknowledged write logged", *(f"    {c}" for c in probe.commands())]
+        except ValueError as exc:
+            probe_lines = [f"probe: none ({exc})"]
+        lines = [f"{scenario.id}: {scenario.title} on {ref.key}", f"  {scenario.description}",
+                 f"targets: RTO {rto:g} s, RPO {rpo:g} s", *probe_lines, ""]
+        for n, phase in enumerate(PHASES, 1):
+            lines.append(f"{n}. {phase.heading}")
+            if phase is Phase.INJECT:
+                lines.append(f"   {scenario.fault.title} ({'performed by dbops' if performed else 'MANUAL: you do it, then confirm'}; "
+                             f"{'type the cluster name' if ref.production else 'yes/no'} to go)")
+                lines += [f"   $ {c}" for c in scenario.fault.commands(ctx)]
+            if phase is Phase.RECOVER:
+                for r in scenario.recovery:
+                    lines.append(f"   runbook {r.runbook}" + (f": {r.why}" if r.why else "") + " (its own plan and confirmations)")
+        return lines
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Stop the drill: the fault is healed (if the recovery has not done it) and the restore
+        phase runs. From any thread of the loop (the console's key)."""
+        self._abort.set()
+
+    def _emit(self, event: str, **data: Any) -> None:
+        self.front.event(event, **data)
+
+    async def run(self, scenario_id: str, cluster: str) -> DrillResult:
+        from dbops.runbook.session import SessionError
+
+        try:
+            ref = self.session.cluster(cluster)
+            scenario = self.scenario(scenario_id, ref)
+        except (SessionError, DrillRefused) as exc:
+            return DrillResult("", Outcome.FAILED, str(exc))
+        why = self.refusal(ref)
+        if why is not None:
+            return DrillResult("", Outcome.FAILED, f"refused: {why}")
+        return await self._run(scenario, ref)
+
+    async def _run(self, scenario: Scenario, ref: ClusterRef) -> DrillResult:
+        from dbops.audit import operator_identity
+        from dbops.runbook.hosts import hosts_for
+
+        run_id = new_drill_id()
+        self._abort = asyncio.Event()
+        self.loop, self.health_log = None, []
+        rto_target, rpo_target = self.targets(ref)
+        journal = DrillJournal.create(self.state, run_id, {
+            "scenario": scenario.id, "title": scenario.title, "environment": ref.environment, "cluster": ref.name,
+            "operator": operator_identity(), "started": time.time(), "dbops_version": _version(),
+            "config_hash": self.config_hash, "targets": {"rto_seconds": rto_target, "rpo_seconds": rpo_target},
+        })
+        ctx = DrillContext(ref, self.config, run_id, hosts_for(ref), journal.dir,
+                           log=lambda line: self._emit("drill-log", line=line),
+                           acks=lambda: AckLog.read(journal.acks_path))
+        d = _Drill(self, scenario, ref, ctx, journal)
+        try:
+            return await d.run()
+        finally:
+            journal.close()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dbops")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Drill:
+    """One run's moving parts; DrillRunner keeps what is shared between runs."""
+
+    def __init__(self, runner: DrillRunner, scenario: Scenario, ref: ClusterRef, ctx: DrillContext, journal: DrillJournal):
+        self.r = runner
+        self.s = scenario
+        self.ref = ref
+        self.ctx = ctx
+        self.j = journal
+        self.marks: dict[str, float] = journal.data["marks"]
+        self.acks: AckLog | None = None
+        self.baseline: ClusterHealth | None = None
+        self.watch: asyncio.Task[None] | None = None
+        self.fault_injected = False
+        self.recovered_by_runbooks = False
+        self.outcome: str | None = None
+        self.message = ""
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def mark(self, name: str, t: float | None = None) -> float:
+        t = time.time() if t is None else t
+        self.marks[name] = t
+        self.j.save()
+        self.r._emit("drill-mark", name=name, t=t)
+        return t
+
+    def log(self, line: str) -> None:
+        self.ctx.log(line)
+
+    def audit_intent(self, action: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.r.audit.intent(action=action, environment=self.ref.environment, cluster=self.ref.name,
+                                   params=params or {}, run_id=self.ctx.run_id, step=action.rpartition(".")[2])
+
+    async def phase(self, phase: Phase, body: Callable[[], Awaitable[str]]) -> None:
+        """Run one phase: its start and end journaled and announced; an abort between phases."""
+        if self.r._abort.is_set() and phase not in (Phase.RESTORE, Phase.REPORT):
+            raise Aborted("aborted by the operator")
+        started = time.time()
+        self.j.phase(phase.value, state="running", started=started)
+        self.r._emit("drill-phase", phase=phase, state="running", detail="")
+        try:
+            detail = await body()
+        except Exception as exc:
+            state = "aborted" if isinstance(exc, Aborted) else "failed"
+            self.j.phase(phase.value, state=state, finished=time.time(), detail=one_line(exc))
+            self.r._emit("drill-phase", phase=phase, state=state, detail=one_line(exc))
+            raise
+        self.j.phase(phase.value, state="done", finished=time.time(), detail=detail)
+        self.r._emit("drill-phase", phase=phase, state="done", detail=detail)
+
+    def on_attempt(self, a: Attempt) -> None:
+        self.j.record_attempt(a)
+        self.r._emit("drill-attempt", attempt=a)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> DrillResult:
+        start = self.r.audit.intent(action=f"drill.{self.s.id}", environment=self.ref.environment, cluster=self.ref.name,
+                                    params={"scenario": self.s.id}, run_id=self.ctx.run_id, step="drill")
+        try:
+            await self.phase(Phase.ANNOUNCE, self.announce)
+            await self.phase(Phase.STEADY, self.steady)
+            await self.phase(Phase.INJECT, self.inject)
+            await self.phase(Phase.DETECT, self.detect)
+            await self.phase(Phase.RECOVER, self.recover)
+            await self.phase(Phase.VERIFY, self.verify)
+        except _Declined as exc:
+            self.outcome, self.message = Outcome.DECLINED, str(exc)
+        except Aborted as exc:
+            self.outcome, self.message = Outcome.ABORTED, str(exc)
+        except Exception as exc:  # a phase failed: the drill failed, and the restore still runs
+            self.outcome, self.message = Outcome.FAILED, one_line(exc)
+        try:
+            await self.phase(Phase.RESTORE, self.restore)
+        except Exception as exc:  # said in the report; the first failure stays the drill's message
+            if self.outcome in (None, Outcome.MET, Outcome.MISSED):
+                self.outcome, self.message = Outcome.FAILED, f"return to the steady state failed: {one_line(exc)}"
+        result = await self.report()
+        self.r.audit.result(start, outcome="ok" if result.outcome in (Outcome.MET, Outcome.MISSED) else result.outcome,
+                            error=None if result.outcome in (Outcome.MET, Outcome.MISSED) else result.message,
+                            detail={"report_sha256": result.report.get("sha256"), "outcome": result.outcome})
+        await asyncio.to_thread(self._ship, list(result.files.values()))
+        self.r._emit("drill-over", result=result)
+        return result
+
+    def _ship(self, files: list[Path]) -> None:
+        """The audit log (recording the report's SHA-256), then the report beside it."""
+        from dbops.audit_ship import ship_drill_report, ship_reporting
+
+        shipping = self.r.config.audit.ship
+        for shipped in (ship_reporting(self.r.audit.path, shipping), ship_drill_report(files, shipping, self.ctx.run_id)):
+            if shipped is not None:
+                ok, message = shipped
+                self.r._emit("audit-shipped", ok=ok, message=message)
+
+    # -- phases ------------------------------------------------------------------------------
+
+    async def announce(self) -> str:
+        for line in self.r.plan(self.s, self.ref):
+            self.log(line)
+        return f"drill {self.ctx.run_id} announced: {self.s.id} on {self.ref.key} by {self.j.data['operator'].get('user', '?')}"
+
+    async def steady(self) -> str:
+        self.baseline = await self.r.health(self.ref)
+        if not healthy_enough(self.baseline, None):
+            problems = "; ".join(self.baseline.problems[:3]) or self.baseline.severity.name
+            raise DrillRefused(f"{self.ref.key} is not in a steady state ({problems}): a drill starts from a healthy cluster")
+        lines = await self.s.prepare(self.ctx)
+        self.j.data["facts"] = self.ctx.facts
+        self.j.save()
+        probe = probe_for(self.ref, self.ctx.run_id)
+        self.ctx.probe = probe
+        self.j.data["probe_target"] = probe.target
+        await asyncio.wait_for(probe.open(), 30)
+        self.acks = AckLog(self.j.acks_path)
+        self.r.loop = ProbeLoop(probe, self.acks, on_attempt=self.on_attempt, interval=self.r.probe_interval)
+        self.r.loop.start()
+        self.ctx.hold_probe = self.r.loop.hold
+        deadline = time.monotonic() + STEADY_TIMEOUT
+        while True:
+            recent = self.r.loop.attempts[-STEADY_ATTEMPTS:]
+            if len(recent) == STEADY_ATTEMPTS and all(a.ok for a in recent):
+                break
+            if time.monotonic() > deadline:
+                last = next((a.error for a in reversed(self.r.loop.attempts) if a.error), "no attempt")
+                raise DrillRefused(f"the probe could not write steadily for {STEADY_TIMEOUT:.0f}s: {last}")
+            await asyncio.sleep(self.r.probe_interval)
+        self.watch = asyncio.get_running_loop().create_task(self._watch_health(), name="drill-health")
+        return "; ".join([f"healthy ({self.baseline.severity.name}), probe writing to {probe.target}", *lines])
+
+    async def _watch_health(self) -> None:
+        """dbops' own view of the cluster, once a second, for the time to detection."""
+        while True:
+            t = time.time()
+            try:
+                h = await asyncio.wait_for(self.r.health(self.ref), self.ref.timeout * 3 + 5)
+                ok = healthy_enough(h, self.baseline)
+            except Exception:  # a poll that cannot complete is the console showing trouble
+                ok = False
+            self.r.health_log.append((t, ok))
+            if not ok and "fault" in self.marks and "detected" not in self.marks:
+                self.mark("detected", t)
+            await asyncio.sleep(HEALTH_INTERVAL)
+
+    async def inject(self) -> str:
+        fault = self.s.fault
+        step = fault_step(self.s, self.ref)
+        commands = fault.commands(self.ctx)
+        rb_ctx = Context(self.ref, {}, run_id=self.ctx.run_id)
+        performed = fault.inject is not None and fault.performed(self.ctx)
+        if not await self.r.front.confirm(step, commands, rb_ctx):
+            self.r.audit.abort(action=f"drill.{self.s.id}.fault", environment=self.ref.environment, cluster=self.ref.name,
+                               run_id=self.ctx.run_id, step="fault", reason="the operator declined the fault")
+            raise _Declined("the operator declined the fault: nothing was injected")
+        intent = self.audit_intent(f"drill.{self.s.id}.fault", {"fault": fault.title, "commands": commands})
+        try:
+            if performed:
+                assert fault.inject is not None
+                t = time.time()
+                detail = await fault.inject(self.ctx)
+            else:
+                manual_step = Step(id="fault", title=f"drill fault (manual): {fault.title}", description=self.s.description,
+                                   kind=Kind.MANUAL, commands=lambda ctx: commands)
+                if not await self.r.front.manual_done(manual_step, commands, rb_ctx):
+                    raise _Declined("the manual fault was not confirmed done")
+                t = time.time()  # the operator's confirmation: the best time dbops has of a fault it did not make
+                detail = "done by hand, confirmed by the operator"
+        except _Declined:
+            self.r.audit.result(intent, outcome="declined")
+            raise
+        except Exception as exc:
+            self.r.audit.result(intent, outcome="failed", error=one_line(exc))
+            raise
+        self.fault_injected = True
+        self.mark("fault", self.ctx.marks.get("fault", t))
+        self.r.audit.result(intent, outcome="ok", detail={"detail": detail})
+        return detail
+
+    async def detect(self) -> str:
+        deadline = time.monotonic() + self.r.detect_timeout
+        while "detected" not in self.marks:
+            if self.r._abort.is_set():
+                raise Aborted("aborted by the operator")
+            if time.monotonic() > deadline:
+                return f"dbops' health did not show the fault within {self.r.detect_timeout:.0f}s (no detection time)"
+            await asyncio.sleep(0.2)
+        return f"dbops showed the fault {self.marks['detected'] - self.marks['fault']:.1f}s after it"
+
+    async def recover(self) -> str:
+        from dbops.runbook.session import SessionError
+
+        lines = []
+        for n, r in enumerate(self.s.recovery):
+            if self.r._abort.is_set():
+                raise Aborted("aborted by the operator")
+            book = self.r.session.runbook(r.runbook, self.ref)
+            params = self.r.session.params(book, await r.params(self.ctx) if r.params is not None else {})
+            if n == 0:
+                self.mark("decision")
+            entry: dict[str, Any] = {"runbook": r.runbook, "params": {k: str(v) for k, v in params.items()}}
+            self.ctx.recovery_runs = self.j.data["recovery"]
+            self.j.data["recovery"].append(entry)
+            self.j.save()
+            try:
+                result = await self.r.session.run(book, self.ref, params)
+            except SessionError as exc:
+                entry.update(run_id=exc.run_id, outcome="refused", message=exc.message)
+                self.j.save()
+                raise RuntimeError(f"{r.runbook} refused: {exc.message}") from None
+            entry.update(run_id=result.run_id, outcome=result.code.name.lower(), message=result.message)
+            self.j.save()
+            if result.code is ExitCode.ABORTED:
+                raise _Declined(f"{r.runbook}: {result.message}")
+            if result.code is not ExitCode.OK:
+                raise RuntimeError(f"{r.runbook} did not complete: {result.message}")
+            lines.append(f"{r.runbook} ok")
+        self.recovered_by_runbooks = True
+        return "; ".join(lines) or "no runbook"
+
+    async def _probe_back(self) -> None:
+        """The probe writing and reading again after the recovery (bounded)."""
+        loop = self.r.loop
+        assert loop is not None
+        deadline = time.monotonic() + BACK_TIMEOUT
+        while True:
+            recent = loop.attempts[-3:]
+            if recent and all(a.ok for a in recent) and recent[0].t > self.marks.get("fault", 0):
+                return
+            if time.monotonic() > deadline:
+                last = next((a.error for a in reversed(loop.attempts) if a.error), "?")
+                raise RuntimeError(f"the probe did not write again within {BACK_TIMEOUT:.0f}s of the recovery: {last}")
+            await asyncio.sleep(0.2)
+
+    async def verify(self) -> str:
+        verdicts: list[Verdict] = []
+        if self.s.rto == "availability":
+            await self._probe_back()
+        verdicts += await self.s.verify(self.ctx)
+        if "verified" in self.ctx.marks:
+            self.mark("verified", self.ctx.marks["verified"])
+        self.j.data["verification"] = [{"title": v.detail.partition(":")[0], "ok": v.ok, "detail": v.detail} for v in verdicts]
+        self.j.save()
+        bad = [v for v in verdicts if not v.ok]
+        if bad:
+            raise RuntimeError("verification failed: " + "; ".join(v.detail for v in bad))
+        return "; ".join(v.detail for v in verdicts) or "the probe writes and reads on the recovered service"
+
+    async def restore(self) -> str:
+        lines = []
+        if self.r.loop is not None:
+            await self.r.loop.stop()
+        if self.watch is not None:
+            self.watch.cancel()
+        # An aborted drill whose fault the recovery did not undo: heal it first.
+        if self.fault_injected and not self.recovered_by_runbooks and self.s.fault.heal is not None:
+            intent = self.audit_intent(f"drill.{self.s.id}.heal", {"fault": self.s.fault.title})
+            try:
+                lines.append(await self.s.fault.heal(self.ctx))
+                self.r.audit.result(intent, outcome="ok")
+            except Exception as exc:
+                self.r.audit.result(intent, outcome="failed", error=one_line(exc))
+                raise
+        if self.fault_injected:
+            lines += await self.s.restore(self.ctx)
+        await self._measure()
+        probe = self.ctx.probe
+        if probe is not None:
+            try:
+                await asyncio.wait_for(probe.close(drop=True), 60)
+                lines.append(f"probe data removed ({probe.target})")
+            except Exception as exc:  # the report says so; the table/stream is named for removal by hand
+                lines.append(f"probe data NOT removed ({probe.target}): {one_line(exc)}")
+        if self.acks is not None:
+            self.acks.close()
+        return "; ".join(x for x in lines if x) or "nothing to restore"
+
+    async def _measure(self) -> None:
+        """RTO and RPO, before the probe's data is dropped."""
+        m: dict[str, Any] = {}
+        fault = self.marks.get("fault")
+        acks = AckLog.read(self.j.acks_path)
+        m["acked"] = len(acks)
+        if fault is None or self.ctx.probe is None:
+            self.j.data["measured"] = {**m, "rto_note": "no fault was injected: nothing measured", "rpo_note": ""}
+            self.j.save()
+            return
+        if self.s.rto == "data":
+            rto = measure.data_rto(fault, self.marks.get("verified"), "the lost data")
+        else:
+            rto = measure.availability_rto(self.j.attempts(), fault, until=None)
+        if rto.recovered_at is not None and "recovered" not in self.marks:
+            self.mark("recovered", rto.recovered_at)
+        m.update(rto_seconds=rto.seconds, rto_note=rto.note)
+        if "detected" in self.marks:
+            m["detection_seconds"] = self.marks["detected"] - fault
+        if "decision" in self.marks:
+            m["decision_seconds"] = self.marks["decision"] - fault
+        try:
+            recovered = await self.s.recovered(self.ctx) if self.s.recovered is not None else self.ctx.probe
+            expected = self.s.expected(self.ctx, acks) if self.s.expected is not None else acks
+            present = await asyncio.wait_for(recovered.present([a.seq for a in acks]), 120)
+            r = measure.rpo(acks, present, fault, expected=expected)
+            m.update(rpo_lost=r.lost, rpo_window_seconds=r.window_seconds, newest_lost_age_seconds=r.newest_lost_age_seconds,
+                     rpo_note=r.note)
+            self.j.data["lost"] = [{"seq": a.seq, "acked_at": a.t} for a in r.lost_writes]
+            if self.s.unexpected is not None:
+                extra = sorted(present & {a.seq for a in self.s.unexpected(self.ctx, acks)})
+                m["unexpected"] = len(extra)
+                self.j.data["verification"].append({
+                    "title": "no write after the restore point", "ok": not extra,
+                    "detail": f"{len(extra)} writes acknowledged after the restore point are in the copy" if extra
+                    else "none of the writes acknowledged after the restore point is in the copy"})
+            if recovered is not self.ctx.probe:
+                await recovered.close(drop=False)
+        except Exception as exc:  # the report says the RPO could not be read, never a guess
+            m.update(rpo_lost=None, rpo_note=f"the recovered service could not be read: {one_line(exc)}")
+        rto_target, rpo_target = self.j.data["targets"]["rto_seconds"], self.j.data["targets"]["rpo_seconds"]
+        m["rto_met"] = m.get("rto_seconds") is not None and m["rto_seconds"] <= rto_target
+        m["rpo_met"] = m.get("rpo_lost") is not None and m.get("rpo_window_seconds", 0) <= rpo_target
+        self.j.data["measured"] = m
+        self.j.save()
+
+    async def report(self) -> DrillResult:
+        from dbops.drill.report import render_html, render_markdown
+
+        data = self.j.data
+        m = data.get("measured", {})
+        if self.outcome is None:
+            self.outcome = Outcome.MET if m.get("rto_met") and m.get("rpo_met") else Outcome.MISSED
+            self.message = _summary(m, data["targets"])
+        data["end"] = self.outcome
+        data["finished"] = time.time()
+        self.j.save()
+        report = build_report(self.j, self.r.notes, self.outcome, self.message, self.r.audit.path)
+        started = time.time()
+        files = {"json": self.j.dir / "report.json", "md": self.j.dir / "report.md", "html": self.j.dir / "report.html"}
+        import json
+
+        md, html = render_markdown(report), render_html(report)
+        files["md"].write_text(md)
+        files["html"].write_text(html)
+        report["sha256"] = {"md": _sha(md), "html": _sha(html)}
+        files["json"].write_text(json.dumps(report, indent=1, default=str))
+        intent = self.audit_intent(f"drill.{self.s.id}.report", {"files": [str(p) for p in files.values()]})
+        self.r.audit.result(intent, outcome="ok", detail={"report_md_sha256": report["sha256"]["md"],
+                                                          "report_html_sha256": report["sha256"]["html"]})
+        self.j.phase(Phase.REPORT.value, state="done", started=started, finished=time.time(), detail=str(files["html"]))
+        self.r._emit("drill-phase", phase=Phase.REPORT, state="done", detail=str(files["html"]))
+        return DrillResult(self.ctx.run_id, self.outcome, self.message, report, files)
+
+
+class _Declined(Exception):
+    pass
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _summary(m: dict[str, Any], targets: dict[str, float]) -> str:
+    rto = m.get("rto_seconds")
+    rto_s = f"RTO {rto:.1f}s" if rto is not None else "RTO not measured"
+    lost = m.get("rpo_lost")
+    rpo_s = (f"RPO {lost} writes lost ({m.get('rpo_window_seconds', 0):.1f}s of data)" if lost else "RPO 0 (no acknowledged write lost)") \
+        if lost is not None else "RPO not measured"
+    return (f"{rto_s} (target {targets['rto_seconds']:g}s, {'met' if m.get('rto_met') else 'MISSED'}); "
+            f"{rpo_s} (target {targets['rpo_seconds']:g}s, {'met' if m.get('rpo_met') else 'MISSED'})")
+
+
+def build_report(j: DrillJournal, notes: dict[str, str], outcome: str, message: str, audit_path: Path) -> dict[str, Any]:
+    """The report's data (dbops.drill.report renders it) from the run's journal and files."""
+    from dbops.audit import read_records
+
+    data = j.data
+    phases = []
+    for p in PHASES:
+        d = data["phases"].get(p.value, {})
+        phases.append({"name": p.value, "title": p.heading, "started": d.get("started"), "finished": d.get("finished"),
+                       "outcome": {"running": "failed"}.get(d.get("state", "pending"), d.get("state", "pending")),
+                       "detail": d.get("detail", ""), "note": notes.get(p.value, data["notes"].get(p.value, ""))})
+    try:
+        records = read_records(audit_path, strict=False)
+    except Exception:  # the report still renders; it says the audit log could not be read
+        records = []
+    runbooks = []
+    for r in data.get("recovery", []):
+        mine = [x for x in records if x.get("run_id") == r.get("run_id")]
+        steps: dict[str, dict[str, Any]] = {}
+        for x in mine:
+            key = x.get("step") or x.get("action") or "?"
+            s = steps.setdefault(key, {"title": key, "outcome": "", "audit_seqs": []})
+            s["audit_seqs"].append(x.get("seq"))
+            if x.get("phase") in ("result", "abort"):
+                s["outcome"] = x.get("outcome") or ""
+        runbooks.append({"runbook": r["runbook"], "run_id": r.get("run_id"), "outcome": r.get("outcome", "not run"),
+                         "message": r.get("message", ""), "steps": list(steps.values())})
+    m = data.get("measured", {})
+    return {
+        "drill": {"run_id": data["run_id"], "scenario": data["scenario"], "title": data["title"], "cluster": data["cluster"],
+                  "environment": data["environment"], "operator": data["operator"], "started": data["started"],
+                  "finished": data.get("finished"), "dbops_version": data["dbops_version"], "config_hash": data["config_hash"],
+                  "outcome": outcome, "message": message},
+        "targets": data["targets"],
+        "measured": {"rto_seconds": m.get("rto_seconds"), "rto_note": m.get("rto_note", ""),
+                     "detection_seconds": m.get("detection_seconds"), "decision_seconds": m.get("decision_seconds"),
+                     "rpo_lost": m.get("rpo_lost"), "rpo_window_seconds": m.get("rpo_window_seconds"),
+                     "newest_lost_age_seconds": m.get("newest_lost_age_seconds"), "acked": m.get("acked", 0),
+                     "rto_met": m.get("rto_met"), "rpo_met": m.get("rpo_met"), "rpo_note": m.get("rpo_note", "")},
+        "phases": phases,
+        "markers": {k: data["marks"].get(k) for k in ("fault", "detected", "decision", "recovered")},
+        "probe": {"target": data.get("probe_target", ""),
+                  "attempts": [{"t": a.t, "seq": a.seq, "ok": a.ok, **({"error": a.error} if a.error else {})} for a in j.attempts()]},
+        "runbooks": runbooks,
+        "verification": data.get("verification", []),
+        "notes": {**data["notes"], **notes},
+        "lost": data.get("lost", []),
+        "facts": data.get("facts", {}),
+    }
+
+
+def acks_before(t: float, acks: list[Ack]) -> list[Ack]:
+    return [a for a in acks if a.t < t]

@@ -1,0 +1,57 @@
+"""RTO and RPO from recorded evidence: what the drill report will say for given attempts and acks."""
+
+from __future__ import annotations
+
+from dbops.drill.measure import availability_rto, data_rto, first_detection, rpo
+from dbops.drill.probe import Ack, Attempt
+
+
+def attempts(spec: str, start: float = 100.0, step: float = 0.5) -> list[Attempt]:
+    """'++--+' : ok, ok, failed, failed, ok; one every `step` seconds from `start`."""
+    return [Attempt(start + i * step, i + 1, c == "+", c == "+", None if c == "+" else "refused") for i, c in enumerate(spec)]
+
+
+def test_rto_runs_from_the_fault_to_the_first_success_after_the_last_failure():
+    a = attempts("++" + "--" + "+" + "-" + "+++")  # a flap: back at 102.0, failing again at 102.5, back at 103.0
+    r = availability_rto(a, fault=101.0)
+    assert r.seconds == 2.0 and r.recovered_at == 103.0
+    assert "3 probe attempts failed" in r.note
+
+
+def test_no_failure_after_the_fault_is_an_rto_of_zero_said_as_such():
+    r = availability_rto(attempts("+++++"), fault=100.2)
+    assert r.seconds == 0.0 and "never went down" in r.note
+
+
+def test_a_service_that_never_came_back_has_no_rto():
+    r = availability_rto(attempts("++---"), fault=100.6)
+    assert r.seconds is None and "had not come back" in r.note and "refused" in r.note
+
+
+def test_rpo_counts_exactly_the_acknowledged_writes_missing_and_dates_them():
+    acks = [Ack(i, 100.0 + i) for i in range(1, 11)]  # acked at 101..110
+    present = {1, 2, 3, 4, 5, 6, 7}  # 8, 9, 10 lost
+    r = rpo(acks, present, fault=110.5)
+    assert r.lost == 3 and [a.seq for a in r.lost_writes] == [8, 9, 10]
+    assert r.newest_lost_age_seconds == 0.5  # seq 10, acked 0.5 s before the fault
+    assert r.window_seconds == 2.5  # from seq 8's ack to the fault
+
+
+def test_nothing_missing_is_an_rpo_of_zero():
+    acks = [Ack(i, 100.0 + i) for i in range(1, 4)]
+    r = rpo(acks, {1, 2, 3, 99}, fault=104)
+    assert (r.lost, r.window_seconds, r.newest_lost_age_seconds) == (0, 0.0, None)
+
+
+def test_rpo_of_a_restore_to_a_point_counts_only_what_preceded_it():
+    acks = [Ack(i, 100.0 + i) for i in range(1, 11)]
+    before_t = [a for a in acks if a.t < 106]  # 1..5
+    r = rpo(acks, {1, 2, 3, 4, 5}, fault=106, expected=before_t)
+    assert r.lost == 0 and r.acked == 10
+
+
+def test_data_rto_and_detection():
+    assert data_rto(100.0, 142.5, "the deleted rows").seconds == 42.5
+    assert data_rto(100.0, None, "the deleted rows").seconds is None
+    states = [(99.0, False), (100.5, True), (101.5, False), (102.5, False)]
+    assert first_detection(states, fault=100.0) == 101.5
