@@ -38,7 +38,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, lazy={"audit": "dbops.audit_cli:audit", "runbook": "dbops.runbook.cli:runbook",
+@click.group(cls=LazyGroup, lazy={"audit": "dbops.audit_cli:audit", "drill": "dbops.drill.cli:drill", "runbook": "dbops.runbook.cli:runbook",
                                   "sandbox": "dbops.sandbox.cli:sandbox"},
              invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", envvar=None, help="Config file (default: $DBOPS_CONFIG, ./dbops.toml, user config dir).")

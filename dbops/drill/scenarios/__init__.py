@@ -1,0 +1,1 @@
+"""The built-in drill scenarios, one module per engine."""

@@ -1,0 +1,311 @@
+"""PostgreSQL drills: losing the primary, an accidental DELETE, restoring the newest backup.
+
+The fault is dbops' own doing only where it can be: a member's server stopped through the
+cluster's managed hosts (the sandbox), or a statement through the database's own API (the
+DELETE). Elsewhere the plan shows the commands and the operator does it and confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from dbops.config import ClusterRef, Member
+from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario
+from dbops.drill.probe import Ack
+from dbops.runbook.hosts import HostOp, Verb
+from dbops.runbook.model import Verdict
+
+# -- the members, asked (the config's role hints go stale after a failover) --------------------
+
+
+async def _ask(ref: ClusterRef, m: Member, sql: str) -> Any:
+    from dbops.engines.postgres.adapter import PostgresAdapter
+
+    conn = await PostgresAdapter(ref, m).open_connection("dbops-drill")
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def roles(ref: ClusterRef) -> dict[str, str]:
+    """Each member's role now: primary, replica or down (did not answer)."""
+
+    async def one(m: Member) -> str:
+        try:
+            return "replica" if await asyncio.wait_for(_ask(ref, m, "SELECT pg_is_in_recovery()"), ref.timeout + 2) else "primary"
+        except Exception:  # a member that does not answer is what a drill expects to see
+            return "down"
+
+    found = await asyncio.gather(*(one(m) for m in ref.cluster.members))
+    return {m.name: r for m, r in zip(ref.cluster.members, found, strict=True)}
+
+
+def _member(ref: ClusterRef, name: str) -> Member:
+    return next(m for m in ref.cluster.members if m.name == name)
+
+
+def _replicated(ref: ClusterRef) -> str | None:
+    if ref.cluster.engine != "postgres":
+        return f"it is a {ref.cluster.engine} cluster"
+    if len(ref.cluster.members) < 2:
+        return "it has one member: there is no replica to fail over to"
+    return None
+
+
+# -- pg-primary-loss ---------------------------------------------------------------------------
+
+
+async def primary_loss_prepare(ctx: DrillContext) -> list[str]:
+    now = await roles(ctx.ref)
+    primaries = [n for n, r in now.items() if r == "primary"]
+    replicas = [n for n, r in now.items() if r == "replica"]
+    if len(primaries) != 1 or not replicas:
+        raise DrillRefused(f"{ctx.ref.key} needs one primary and a live replica for this drill; now: "
+                           + ", ".join(f"{n} {r}" for n, r in now.items()))
+    ctx.facts["victim"] = primaries[0]
+    return [f"the primary is {primaries[0]}; replicas {', '.join(replicas)}"]
+
+
+def _victim(ctx: DrillContext) -> str:
+    return str(ctx.facts.get("victim", "<the primary>"))
+
+
+def primary_loss_commands(ctx: DrillContext) -> list[str]:
+    victim = _victim(ctx)
+    where = f"{victim}'s host" if victim in {m.name for m in ctx.ref.cluster.members} else "the primary's host"
+    return ctx.hosts.render(HostOp(Verb.STOP, victim, ("immediate",), manual=(
+        f"# on {where}, as the postgres OS user: a crash (no checkpoint, clients cut off at once)",
+        "pg_ctl -D \"$PGDATA\" -m immediate stop",
+    ))) or [f"pg_ctl -m immediate stop of {victim}"]
+
+
+async def primary_loss_inject(ctx: DrillContext) -> str:
+    victim = _victim(ctx)
+    result = await ctx.hosts.perform(HostOp(Verb.STOP, victim, ("immediate",)))
+    if not result.ok:
+        raise RuntimeError(f"stopping {victim}: {result.detail}")
+    return f"{victim} crashed (immediate stop: no checkpoint, every client cut off)"
+
+
+async def primary_loss_heal(ctx: DrillContext) -> str:
+    victim = _victim(ctx)
+    result = await ctx.hosts.perform(HostOp(Verb.START, victim))
+    return f"{victim} started again (the drill was aborted before the failover)" if result.ok else f"{victim}: {result.detail}"
+
+
+async def most_advanced_replica(ctx: DrillContext) -> str:
+    """The live replica that received the most WAL: the one a failover must promote."""
+    lsns: dict[str, int] = {}
+    for m in ctx.ref.cluster.members:
+        if m.name == _victim(ctx):
+            continue
+        try:
+            lsn = await asyncio.wait_for(_ask(ctx.ref, m, "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint "
+                                                       "WHERE pg_is_in_recovery()"), ctx.ref.timeout + 2)
+        except Exception:  # a replica that does not answer cannot be promoted
+            continue
+        if lsn is not None:
+            lsns[m.name] = int(lsn)
+    if not lsns:
+        raise DrillRefused("no live replica answers: nothing to promote")
+    best = max(lsns, key=lambda n: lsns[n])
+    ctx.facts["candidate"] = best
+    ctx.log(f"the most advanced replica is {best} (received LSN {', '.join(f'{n} {v}' for n, v in lsns.items())})")
+    return best
+
+
+async def primary_loss_params(ctx: DrillContext) -> dict[str, str]:
+    return {"candidate": await most_advanced_replica(ctx)}
+
+
+async def primary_loss_verify(ctx: DrillContext) -> list[Verdict]:
+    now = await roles(ctx.ref)
+    candidate = ctx.facts.get("candidate")
+    primaries = [n for n, r in now.items() if r == "primary"]
+    return [Verdict(primaries == [candidate], f"one primary: {', '.join(primaries) or 'none'} (promoted: {candidate})")]
+
+
+async def primary_loss_restore(ctx: DrillContext) -> list[str]:
+    """The old primary rewound and rejoined as a replica of the new one: the cluster is back to
+    one primary and every member streaming (it is not switched back: a team decides that)."""
+    victim, candidate = _victim(ctx), ctx.facts.get("candidate")
+    if candidate is None:
+        return []
+    now = await roles(ctx.ref)
+    if now.get(victim) != "down":
+        return [f"{victim} is {now.get(victim)}: nothing to rejoin"]
+    if not ctx.hosts.managed:
+        return [f"{victim} is down: rejoin it as a replica of {candidate} with postgres.promote-replica's rejoin commands"]
+    result = await ctx.hosts.perform(HostOp(Verb.RUN, victim, ("rejoin", str(candidate))))
+    if not result.ok:
+        raise RuntimeError(f"rejoining {victim}: {result.detail}")
+    return [result.detail]
+
+
+# -- pg-accidental-delete ----------------------------------------------------------------------
+
+
+def _pgbackrest(ref: ClusterRef) -> str | None:
+    return _replicated(ref) if ref.cluster.engine != "postgres" else (
+        None if ref.cluster.pgbackrest is not None else "it has no [pgbackrest] settings: there is no backup to restore from")
+
+
+async def _primary_conn(ctx: DrillContext) -> Any:
+    from dbops.engines.postgres.adapter import connect_primary
+
+    conn = await connect_primary(ctx.ref, "dbops-drill")
+    if conn is None:
+        raise RuntimeError(f"no member of {ctx.ref.key} answers as primary")
+    return conn
+
+
+async def _backups(ctx: DrillContext) -> list[Any]:
+    from dbops.engines.postgres import pgbackrest as pb
+
+    s = ctx.ref.cluster.pgbackrest
+    assert s is not None
+    info = await pb.info(s.config, s.stanza, os_user=s.os_user, binary=s.bin)
+    return list(info.backups)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def delete_prepare(ctx: DrillContext) -> list[str]:
+    backups = await _backups(ctx)
+    if not backups:
+        raise DrillRefused(f"{ctx.ref.key} has no pgBackRest backup: take one first (dbops runbook run postgres.backup "
+                           f"--cluster {ctx.ref.name})")
+    ctx.facts["port"] = _free_port()
+    newest = max(b.stop for b in backups)
+    return [f"newest backup ended {newest:%Y-%m-%d %H:%M:%S} UTC; the copy will listen on 127.0.0.1:{ctx.facts['port']}"]
+
+
+def delete_commands(ctx: DrillContext) -> list[str]:
+    return [
+        "-- the probe holds its next write while these run, so every write is either before T or after the DELETE",
+        "SELECT clock_timestamp()  -- T, the time to restore to",
+        "DELETE FROM dbops_drill_probe  -- the accident: every probe row written so far",
+        "SELECT pg_switch_wal()  -- the WAL holding T goes to the archive now (the restore needs it)",
+    ]
+
+
+async def delete_inject(ctx: DrillContext) -> str:
+    conn = await _primary_conn(ctx)
+    try:
+        async with ctx.hold_probe():
+            t = await conn.fetchval("SELECT clock_timestamp()")
+            status = await conn.execute("DELETE FROM dbops_drill_probe")
+        ctx.facts["deleted_at"] = t.timestamp()
+        ctx.facts["deleted_rows"] = int(status.split()[-1])
+        ctx.marks["fault"] = t.timestamp()
+        segment = await conn.fetchval("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + 60
+        while True:  # the restore's pre-check wants WAL archived past T
+            last = await conn.fetchval("SELECT last_archived_wal FROM pg_stat_archiver")
+            if last is not None and last >= segment:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"WAL segment {segment} was not archived within 60s: the restore could not reach T")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    return f"DELETE of {ctx.facts['deleted_rows']} probe rows at {datetime.fromtimestamp(ctx.facts['deleted_at'], UTC):%H:%M:%S.%f} UTC"
+
+
+async def delete_params(ctx: DrillContext) -> dict[str, str]:
+    t = datetime.fromtimestamp(float(ctx.facts["deleted_at"]), UTC)
+    return {"target": t.isoformat(timespec="microseconds"), "port": str(ctx.facts["port"])}
+
+
+def _copy(ctx: DrillContext) -> Member:
+    return Member(name="restored copy", host="127.0.0.1", port=int(ctx.facts["port"]))
+
+
+async def copy_probe(ctx: DrillContext) -> Any:
+    from dbops.engines.postgres.probe import PostgresProbe
+
+    return PostgresProbe(ctx.ref, ctx.run_id, member=_copy(ctx))
+
+
+async def delete_verify(ctx: DrillContext) -> list[Verdict]:
+    probe = await copy_probe(ctx)
+    try:
+        before = [a.seq for a in ctx.acks() if a.t < float(ctx.facts["deleted_at"])]
+        back = await probe.present(before)
+        ctx.marks["verified"] = time.time()
+        rows = await probe.rows()
+    finally:
+        await probe.close(drop=False)
+    missing = len(before) - len(back)
+    return [Verdict(missing == 0, f"deleted rows back in the copy: {len(back)} of the {len(before)} acknowledged before T "
+                                  f"({rows} rows in the copy)")]
+
+
+def before_delete(ctx: DrillContext, acks: list[Ack]) -> list[Ack]:
+    return [a for a in acks if a.t < float(ctx.facts["deleted_at"])]
+
+
+def after_delete(ctx: DrillContext, acks: list[Ack]) -> list[Ack]:
+    return [a for a in acks if a.t >= float(ctx.facts["deleted_at"])]
+
+
+async def delete_restore(ctx: DrillContext) -> list[str]:
+    """The scratch copy stopped and removed: the drill leaves nothing running."""
+    from dbops.engines.postgres import restore as rs
+
+    s = ctx.ref.cluster.pgbackrest
+    from dbops.runbook.journal import Journal
+
+    run_id = next((r.get("run_id") for r in ctx.recovery_runs if r.get("run_id")), None)
+    if s is None or run_id is None:
+        return []
+    paths = rs.paths_for(s.restore_root, ctx.ref.name, run_id)
+    if not paths.root.exists():
+        return []
+    # The restore journaled the backup's PostgreSQL version: its binaries stop the copy.
+    major = Journal.open(ctx.state_dir, run_id).read().state.get("pg_major")
+    await rs.remove(rs.bindir(s.pg_bindir, major), paths, s.os_user, run_id)
+    return [f"the scratch copy {paths.root} stopped and removed"]
+
+
+SCENARIOS = [
+    Scenario(
+        id="pg-primary-loss",
+        title="Lose the primary: crash it, fail over with fencing, rejoin it",
+        engine="postgres",
+        description="The primary crashes (immediate stop); postgres.promote-replica promotes the most advanced replica "
+                    "(fencing included) and repoints PgBouncer; the old primary is rewound and rejoined as a replica.",
+        fault=Fault("crash the primary (immediate stop)", primary_loss_commands, primary_loss_inject, heal=primary_loss_heal),
+        recovery=(Recovery("postgres.promote-replica", primary_loss_params, "promote the most advanced replica"),),
+        applies=_replicated,
+        prepare=primary_loss_prepare,
+        verify=primary_loss_verify,
+        restore=primary_loss_restore,
+    ),
+    Scenario(
+        id="pg-accidental-delete",
+        title="An accidental DELETE: restore to just before it into a scratch copy",
+        engine="postgres",
+        description="Every probe row is DELETEd at T; postgres.restore recovers the newest backup to T into a scratch "
+                    "copy; the rows acknowledged before T must be there and none written after T.",
+        fault=Fault("DELETE every probe row", delete_commands, delete_inject, performed=lambda ctx: True),
+        recovery=(Recovery("postgres.restore", delete_params, "the newest backup, recovered to just before the DELETE"),),
+        applies=_pgbackrest,
+        prepare=delete_prepare,
+        verify=delete_verify,
+        restore=delete_restore,
+        rto="data",
+        recovered=copy_probe,
+        expected=before_delete,
+        unexpected=after_delete,
+    ),
+]
