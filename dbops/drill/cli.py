@@ -229,7 +229,7 @@ def _print_result(r: DrillResult) -> None:
 def report(ctx: click.Context, run_id: str, html_path: Path | None) -> None:
     """A drill's report (Markdown), and its HTML file where asked."""
     from dbops.config import state_dir
-    from dbops.drill.journal import DrillJournalError, DrillJournal
+    from dbops.drill.journal import DrillJournal, DrillJournalError
 
     try:
         j = DrillJournal.open(state_dir(), run_id)

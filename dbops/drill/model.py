@@ -62,6 +62,10 @@ async def _no_probe() -> AsyncIterator[None]:
     yield
 
 
+async def _no_runbooks(runbook: str, params: dict[str, str]) -> None:
+    raise RuntimeError(f"{runbook}: this drill context cannot run runbooks")
+
+
 @dataclass
 class DrillContext:
     ref: ClusterRef
@@ -83,6 +87,10 @@ class DrillContext:
     hold_probe: Callable[[], AbstractAsyncContextManager[None]] = _no_probe
     # The recovery runbooks' runs so far: {"runbook", "run_id", "outcome", ...} each.
     recovery_runs: list[dict[str, Any]] = field(default_factory=list)
+    # Run another runbook through the drill's session (its confirmations, lock, journal and
+    # audit records as always), e.g. to rejoin a replaced node on the way back; raises when it
+    # does not complete.
+    run_runbook: Callable[[str, dict[str, str]], Awaitable[None]] = _no_runbooks
 
     @property
     def state_dir(self) -> Path:
@@ -105,11 +113,15 @@ class Fault:
 
 @dataclass(frozen=True)
 class Recovery:
+    """A recovery step: a runbook by id, or (runbook empty) a host operation `do` titled `why`,
+    confirmed and audited by the drill like its fault."""
+
     runbook: str
     # Its parameters' raw values, decided when the recovery starts (the candidate: the most
     # advanced replica then).
     params: Callable[[DrillContext], Awaitable[dict[str, str]]] | None = None
     why: str = ""
+    do: Callable[[DrillContext], Awaitable[str]] | None = None
 
 
 async def _nothing(ctx: DrillContext) -> list[str]:
@@ -140,6 +152,9 @@ class Scenario:
     # "availability": the RTO ends when the probe writes and reads again; "data": when the
     # scenario marks "verified" (the lost rows are back).
     rto: str = "availability"
+    # Whether dbops' health shows this fault (a member down does; a DELETE does not): without it
+    # the detect phase says so instead of waiting, and the report has no detection time.
+    detectable: bool = True
     # Where the RPO is read: default the probe itself, reconnected to the recovered service; a
     # restore into a scratch copy gives a probe on the copy.
     recovered: Callable[[DrillContext], Awaitable[Probe]] | None = None

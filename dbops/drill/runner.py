@@ -230,6 +230,7 @@ class DrillRunner:
                            log=lambda line: self._emit("drill-log", line=line),
                            acks=lambda: AckLog.read(journal.acks_path))
         d = _Drill(self, scenario, ref, ctx, journal)
+        ctx.run_runbook = lambda runbook, params: d.run_runbook(runbook, params, phase="restore")
         try:
             return await d.run()
         finally:
@@ -312,6 +313,7 @@ class _Drill:
             await self.phase(Phase.DETECT, self.detect)
             await self.phase(Phase.RECOVER, self.recover)
             await self.phase(Phase.VERIFY, self.verify)
+            await self._measure()
         except _Declined as exc:
             self.outcome, self.message = Outcome.DECLINED, str(exc)
         except Aborted as exc:
@@ -425,6 +427,8 @@ class _Drill:
         return detail
 
     async def detect(self) -> str:
+        if not self.s.detectable:
+            return "dbops' health does not show this kind of fault (the data changed, the servers did not): no detection time"
         deadline = time.monotonic() + self.r.detect_timeout
         while "detected" not in self.marks:
             if self.r._abort.is_set():
@@ -435,35 +439,64 @@ class _Drill:
         return f"dbops showed the fault {self.marks['detected'] - self.marks['fault']:.1f}s after it"
 
     async def recover(self) -> str:
-        from dbops.runbook.session import SessionError
-
         lines = []
         for n, r in enumerate(self.s.recovery):
             if self.r._abort.is_set():
                 raise Aborted("aborted by the operator")
-            book = self.r.session.runbook(r.runbook, self.ref)
-            params = self.r.session.params(book, await r.params(self.ctx) if r.params is not None else {})
+            raw = await r.params(self.ctx) if r.params is not None else {}
             if n == 0:
                 self.mark("decision")
-            entry: dict[str, Any] = {"runbook": r.runbook, "params": {k: str(v) for k, v in params.items()}}
-            self.ctx.recovery_runs = self.j.data["recovery"]
-            self.j.data["recovery"].append(entry)
-            self.j.save()
-            try:
-                result = await self.r.session.run(book, self.ref, params)
-            except SessionError as exc:
-                entry.update(run_id=exc.run_id, outcome="refused", message=exc.message)
-                self.j.save()
-                raise RuntimeError(f"{r.runbook} refused: {exc.message}") from None
-            entry.update(run_id=result.run_id, outcome=result.code.name.lower(), message=result.message)
-            self.j.save()
-            if result.code is ExitCode.ABORTED:
-                raise _Declined(f"{r.runbook}: {result.message}")
-            if result.code is not ExitCode.OK:
-                raise RuntimeError(f"{r.runbook} did not complete: {result.message}")
+            if r.do is not None:
+                lines.append(await self.host_step(r.why, r.do))
+                continue
+            await self.run_runbook(r.runbook, raw)
             lines.append(f"{r.runbook} ok")
         self.recovered_by_runbooks = True
-        return "; ".join(lines) or "no runbook"
+        if not self.s.recovery:
+            return "no runbook: the service recovers by itself (the probe shows when)"
+        return "; ".join(lines)
+
+    async def host_step(self, title: str, do: Callable[[DrillContext], Awaitable[str]]) -> str:
+        """A recovery step that is not a runbook (restart a broker): confirmed, audited."""
+        step = Step(id="recover", title=f"drill recovery: {title}", description=title, kind=Kind.ACTION,
+                    commands=lambda ctx: [], run=lambda ctx: asyncio.sleep(0), destructive=True,
+                    confirm=Confirm.TYPE_CLUSTER if self.ref.production else Confirm.YES_NO)
+        if not await self.r.front.confirm(step, [title], Context(self.ref, {}, run_id=self.ctx.run_id)):
+            raise _Declined(f"the operator declined: {title}")
+        intent = self.audit_intent(f"drill.{self.s.id}.recover", {"step": title})
+        try:
+            detail = await do(self.ctx)
+        except Exception as exc:
+            self.r.audit.result(intent, outcome="failed", error=one_line(exc))
+            raise
+        self.r.audit.result(intent, outcome="ok", detail={"detail": detail})
+        self.j.data["recovery"].append({"runbook": f"({title})", "run_id": self.ctx.run_id, "outcome": "ok", "message": detail})
+        self.j.save()
+        return detail
+
+    async def run_runbook(self, runbook_id: str, raw: dict[str, str], phase: str = "recover") -> None:
+        """One runbook through the drill's session, recorded in the journal (the report lists
+        it with its audit records); raises when it does not complete."""
+        from dbops.runbook.session import SessionError
+
+        book = self.r.session.runbook(runbook_id, self.ref)
+        params = self.r.session.params(book, raw)
+        entry: dict[str, Any] = {"runbook": runbook_id, "phase": phase, "params": {k: str(v) for k, v in params.items()}}
+        self.j.data["recovery"].append(entry)
+        self.ctx.recovery_runs = self.j.data["recovery"]
+        self.j.save()
+        try:
+            result = await self.r.session.run(book, self.ref, params)
+        except SessionError as exc:
+            entry.update(run_id=exc.run_id, outcome="refused", message=exc.message)
+            self.j.save()
+            raise RuntimeError(f"{runbook_id} refused: {exc.message}") from None
+        entry.update(run_id=result.run_id, outcome=result.code.name.lower(), message=result.message)
+        self.j.save()
+        if result.code is ExitCode.ABORTED:
+            raise _Declined(f"{runbook_id}: {result.message}")
+        if result.code is not ExitCode.OK:
+            raise RuntimeError(f"{runbook_id} did not complete: {result.message}")
 
     async def _probe_back(self) -> None:
         """The probe writing and reading again after the recovery (bounded)."""
@@ -495,6 +528,10 @@ class _Drill:
 
     async def restore(self) -> str:
         lines = []
+        # Measured before the way back removes anything (a scratch copy, the probe's data); a
+        # drill that failed or was aborted is measured as far as it went.
+        if "measured" not in self.j.data:
+            await self._measure()
         if self.r.loop is not None:
             await self.r.loop.stop()
         if self.watch is not None:
@@ -510,7 +547,6 @@ class _Drill:
                 raise
         if self.fault_injected:
             lines += await self.s.restore(self.ctx)
-        await self._measure()
         probe = self.ctx.probe
         if probe is not None:
             try:

@@ -39,13 +39,17 @@ class SandboxHosts:
             from dbops.sandbox.redis import RedisSandbox
 
             return RedisSandbox()
+        if self.engine == "kafka":
+            from dbops.sandbox.kafka import KafkaSandbox
+
+            return KafkaSandbox()
         raise HostOpsError(f"the sandbox runs no {self.engine} hosts that runbooks operate on")
 
     # -- which sandbox server a member is --------------------------------------------------
 
     def server(self, member: str) -> str:
         """The sandbox's name for `member` (a config member name, or host:port)."""
-        if self.engine == "postgres":
+        if self.engine in ("postgres", "kafka"):
             return member  # the sandbox's config names its members as it does
         configured = next((m for m in self.ref.cluster.members if m.name == member), None)
         port = configured.port if configured is not None else int(member.rpartition(":")[2])
@@ -96,7 +100,19 @@ class SandboxHosts:
     def _perform(self, op: HostOp) -> HostResult:
         if self.engine == "postgres":
             return self._postgres(op)
+        if self.engine == "kafka":
+            return self._kafka(op)
         return self._redis(op)
+
+    def _kafka(self, op: HostOp) -> HostResult:
+        sb, name = self.sandbox, op.member
+        if op.verb is Verb.STOP:
+            sb.stop_node(name, kill=op.args[:1] != ("term",))
+            return HostResult(True, f"broker {name} stopped")
+        if op.verb is Verb.START:
+            sb.start_node(name)
+            return HostResult(True, f"broker {name} started")
+        raise HostOpsError(f"the sandbox's Kafka hosts cannot {op.verb.value} {' '.join(op.args)}".rstrip())
 
     def _postgres(self, op: HostOp) -> HostResult:
         sb, name = self.sandbox, op.member
@@ -140,6 +156,13 @@ class SandboxHosts:
             shutil.copyfile(source, d / name)
             sb.owner.own(d / name)
             return HostResult(True, f"{d / name} written; the old files kept as *.{suffix}")
+        if op.verb is Verb.RUN and op.args[0] == "wipe":
+            # A replacement machine on the node's address: no data, no cluster state of its own.
+            d = Path(sb.node_dir(node))
+            for item in ("nodes.conf", "dump.rdb"):
+                (d / item).unlink(missing_ok=True)
+            shutil.rmtree(d / "appendonlydir", ignore_errors=True)
+            return HostResult(True, f"{node}'s data and cluster state removed ({d})")
         if op.verb is Verb.RUN and op.args[0] == "config":
             key, value = op.args[1:]
             conf = sb.conf_file(node)

@@ -304,6 +304,7 @@ SCENARIOS = [
         verify=delete_verify,
         restore=delete_restore,
         rto="data",
+        detectable=False,
         recovered=copy_probe,
         expected=before_delete,
         unexpected=after_delete,
