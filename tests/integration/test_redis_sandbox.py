@@ -4,6 +4,7 @@ that leaves nothing running."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -360,6 +361,211 @@ def test_killed_cluster_master_fails_over_and_rejoins_as_replica(redis_sb: Redis
     assert rs.role("c1")[:4] == ["slave", "127.0.0.1", str(rs.port(replica)), "connected"]
     rs.wait_cluster_ok()
     assert redis_sb.cli("c1", "GET", key, follow_redirects=True) == "survives"
+
+
+# ---------------------------------------------------------------------------------------------
+# The drill probe (dbops.engines.redis.probe) against the real servers. The failover tests kill a
+# master and leave every node running again, replicating, with the sentinels agreeing on r1.
+
+
+def probe_ref(h: RedisHandle, name: str) -> dbops_config.ClusterRef:
+    return next(r for r in dbops_config.load(h.result.config_path).clusters() if r.name == name)
+
+
+def cluster_masters(h: RedisHandle) -> list[str]:
+    return [n for n in CLUSTER_NODES if h.rs.pid(n) is not None and h.rs.role(n)[0] == "master"]
+
+
+def serves(h: RedisHandle, node: str, key: str) -> bool:
+    """Whether `node` serves `key`'s slot (a node that does not answers MOVED)."""
+    return not h.cli(node, "XLEN", key).startswith("MOVED")
+
+
+async def write_until_ok(probe: Any, first: int, step: int = 1, timeout: float = 60.0) -> tuple[int, list[str]]:
+    """Write `first`, `first + step`, ... as the drill's loop does (a failure: reset, the next seq
+    at the next tick) until one is acknowledged and reads back; (that seq, the failures seen)."""
+    from dbops.drill.probe import CALL_TIMEOUT, one_line
+
+    failures: list[str] = []
+    deadline = time.monotonic() + timeout
+    seq = first
+    while True:
+        try:
+            await asyncio.wait_for(probe.write(seq), CALL_TIMEOUT)
+            if await asyncio.wait_for(probe.read(seq), CALL_TIMEOUT):
+                return seq, failures
+            failures.append(f"{seq} does not read back")
+        except Exception as exc:  # a failure is what the test watches for; each one is kept
+            failures.append(one_line(exc))
+        await probe.reset()
+        assert time.monotonic() < deadline, f"no write acknowledged within {timeout:.0f}s: {failures[-3:]}"
+        seq += step
+        await asyncio.sleep(0.1)
+
+
+def test_probe_writes_every_cluster_master_shard_and_reads_back(redis_sb: RedisHandle) -> None:
+    from dbops.engines.redis.probe import RedisProbe
+
+    probe = RedisProbe(probe_ref(redis_sb, "sandbox-redis"), "it-probe-shards")
+    assert "<tag>" in probe.target  # before open: nothing read yet
+    commands = "\n".join(probe.commands())
+    assert "XADD dbops:drill:{<tag>}:it-probe-shards <seq>-1 seq <seq>" in commands and redis_sb.rs.password not in commands
+
+    async def run() -> None:
+        try:
+            await probe.open()
+            for seq in range(1, 31):
+                await probe.write(seq)
+                assert await probe.read(seq), seq
+            assert not await probe.read(31)
+            assert await probe.present(range(0, 41)) == set(range(1, 31))
+            assert await probe.present([5, 7, 99]) == {5, 7}
+            masters = cluster_masters(redis_sb)
+            assert len(masters) == 3 and len(probe.keys) == 3 and probe.target.endswith("on 3 master shards")
+            # Each master serves exactly one of the streams and holds its ten entries (seq % 3 == g).
+            for m in masters:
+                mine = [k for k in probe.keys if serves(redis_sb, m, k)]
+                assert len(mine) == 1, (m, mine)
+                assert redis_sb.cli(m, "XLEN", mine[0]) == "10", m
+                g = probe.keys.index(mine[0])
+                assert redis_sb.cli(m, "XRANGE", mine[0], "-", "+", "COUNT", "1").splitlines()[0] == f"{g or 3}-1", m
+        finally:
+            await probe.close(drop=True)
+
+    asyncio.run(run())
+    for key in probe.keys:
+        assert redis_sb.cli("c1", "EXISTS", key, follow_redirects=True) == "0", key
+
+
+def test_probe_follows_a_cluster_failover_to_the_promoted_replica(redis_sb: RedisHandle) -> None:
+    from dbops.engines.redis.probe import RedisProbe
+
+    rs = redis_sb.rs
+    rs.wait_cluster_ok()
+    probe = RedisProbe(probe_ref(redis_sb, "sandbox-redis"), "it-probe-failover")
+
+    async def run() -> None:
+        victim = None
+        try:
+            await probe.open()
+            for seq in range(1, 7):
+                await probe.write(seq)
+            # Group 0's stream (seqs 3, 6, 9, ...): kill its master; that shard's replica takes over.
+            key = probe.keys[0]
+            victim = next(m for m in cluster_masters(redis_sb) if serves(redis_sb, m, key))
+            promoted = next(n for n in CLUSTER_NODES if rs.port(n) == int(rs.role(victim)[3]))
+            assert redis_sb.cli(victim, "WAIT", "1", "5000") == "1"  # seqs 3 and 6 are on the replica too
+            rs.stop_node(victim, "kill")
+            with pytest.raises(Exception):  # noqa: B017 - any failure: the master is gone
+                await asyncio.wait_for(probe.write(9), 2.0)
+            await probe.reset()
+            ok, failures = await write_until_ok(probe, 12, step=3)  # group 0 again: 12, 15, ...
+            assert failures, "writes to the killed master's stream should fail until the failover"
+            assert not [f for f in failures if rs.password in f]
+            assert rs.role(promoted)[0] == "master"
+            assert redis_sb.cli(promoted, "XRANGE", key, f"{ok}-1", f"{ok}-1").splitlines()[0] == f"{ok}-1"
+            # The refused writes are not there; everything acknowledged is.
+            assert await probe.present(range(1, ok + 1)) == {1, 2, 3, 4, 5, 6, ok}
+        finally:
+            if victim is not None:  # back as the promoted node's replica
+                rs.start_node(victim)
+                rs.wait_replicas_linked([victim])
+            rs.wait_cluster_ok()
+            await probe.close(drop=True)
+
+    asyncio.run(run())
+    for key in probe.keys:
+        assert redis_sb.cli("c1", "EXISTS", key, follow_redirects=True) == "0", key
+
+
+def restore_sentinel_r1(h: RedisHandle) -> None:
+    """r1 running again and the sentinels' master, r2 its replica: the module's topology."""
+    rs = h.rs
+    rs.start_node("r1")
+
+    def master() -> str | None:
+        addr = h.cli("s1", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-sentinel").splitlines()
+        name = next((n for n in ("r1", "r2") if addr[-1:] == [str(rs.port(n))]), None)
+        return name if name is not None and rs.role(name)[0] == "master" else None
+
+    if poll(master) == "r2":
+        rs.wait_replicas_linked(["r1"])
+        rs.wait_sentinels_ready(master="r2")
+        assert h.cli("s1", "SENTINEL", "FAILOVER", "sandbox-sentinel") == "OK"
+    rs.wait_sentinels_ready(master="r1")
+    rs.wait_replicas_linked(["r2"])
+
+
+def test_probe_follows_a_sentinel_failover_and_back(redis_sb: RedisHandle) -> None:
+    from dbops.engines.redis.probe import RedisProbe
+
+    rs = redis_sb.rs
+    rs.wait_sentinels_ready()  # r1 is the master
+    probe = RedisProbe(probe_ref(redis_sb, "sandbox-sentinel"), "it-probe-sentinel")
+    key = probe.keys[0]
+    assert "SENTINEL GET-MASTER-ADDR-BY-NAME sandbox-sentinel" in "\n".join(probe.commands())
+
+    async def run() -> None:
+        killed = False
+        try:
+            await probe.open()
+            for seq in range(1, 6):
+                await probe.write(seq)
+                assert await probe.read(seq)
+            assert redis_sb.cli("r1", "XLEN", key) == "5"
+            assert redis_sb.cli("r1", "WAIT", "1", "5000") == "1"
+            killed = True
+            rs.stop_node("r1", "kill")
+            with pytest.raises(Exception):  # noqa: B017 - any failure: the master is gone
+                await asyncio.wait_for(probe.write(6), 2.0)
+            await probe.reset()
+            # The sentinels promote r2 (down-after 2 s); the probe asks them again and writes there.
+            ok, failures = await write_until_ok(probe, 7)
+            assert failures, "writes should fail until the sentinels promote r2"
+            assert not [f for f in failures if rs.password in f]
+            assert rs.role("r2")[0] == "master" and redis_sb.cli("r2", "XLEN", key) == "6"
+            assert await probe.present(range(1, ok + 1)) == {1, 2, 3, 4, 5, ok}
+            restore_sentinel_r1(redis_sb)
+            killed = False
+            # r2 is a replica again (READONLY): the probe asks the sentinels again and finds r1.
+            back, _ = await write_until_ok(probe, 1000)
+            assert rs.role("r1")[0] == "master" and redis_sb.cli("r1", "XLEN", key) == "7"
+            assert await probe.present(range(1, back + 1)) == {1, 2, 3, 4, 5, ok, back}
+        finally:
+            if killed:
+                restore_sentinel_r1(redis_sb)
+            await probe.close(drop=True)
+
+    asyncio.run(run())
+    assert redis_sb.cli("r1", "EXISTS", key) == "0"
+    assert poll(lambda: redis_sb.cli("r2", "EXISTS", key) == "0")
+
+
+def test_probe_in_standalone_mode_writes_to_the_member_that_is_master(redis_sb: RedisHandle) -> None:
+    import dataclasses
+
+    from dbops.engines.redis.probe import RedisProbe
+
+    ref = probe_ref(redis_sb, "sandbox-sentinel")
+    opts = dataclasses.replace(ref.cluster.redis, mode="standalone", master_name=None, sentinels=[])
+    # r2 listed first: the probe must pick r1 by its ROLE, not by its place in the list.
+    members = list(reversed(ref.cluster.members))
+    cluster = dataclasses.replace(ref.cluster, options={**ref.cluster.options, "redis": opts}, members=members)
+    ref = dataclasses.replace(ref, cluster=cluster)
+    probe = RedisProbe(ref, "it-probe-standalone")
+
+    async def run() -> None:
+        try:
+            await probe.open()
+            for seq in (1, 2, 3):
+                await probe.write(seq)
+            assert await probe.present([1, 2, 3, 4]) == {1, 2, 3}
+            assert redis_sb.cli("r1", "XLEN", probe.keys[0]) == "3"
+        finally:
+            await probe.close(drop=True)
+
+    asyncio.run(run())
+    assert redis_sb.cli("r1", "EXISTS", probe.keys[0]) == "0"
 
 
 # ---------------------------------------------------------------------------------------------

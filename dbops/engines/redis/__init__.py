@@ -16,4 +16,6 @@ SPEC = EngineSpec(
     # A deployment's nodes are discovered (not all in the config): one collect() reaches every
     # node concurrently, each under its own timeout.
     poll_unit="nodes",
+    # A drill writes stream entries to every master shard (Sentinel, standalone: the master).
+    probe="dbops.engines.redis.probe:RedisProbe",
 )
