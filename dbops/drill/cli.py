@@ -200,6 +200,19 @@ def run(ctx: click.Context, scenario_id: str, cluster_name: str | None, yes: boo
     sys.exit(max(r.exit_code for _, _, r in results))
 
 
+@drill.command()
+@click.argument("run_id")
+@click.option("--yes", is_flag=True, help="Answer yes to yes/no confirmations.")
+@click.option("--confirm", "confirm_name", metavar="CLUSTER", help="Confirm steps that ask for the cluster's name.")
+@click.pass_context
+def resume(ctx: click.Context, run_id: str, yes: bool, confirm_name: str | None) -> None:
+    """Continue a drill after dbops stopped mid-way (its journal says where)."""
+    runner = _runner(ctx, DrillFrontEnd(yes, confirm_name, interactive=sys.stdin.isatty()))
+    result = asyncio.run(runner.resume(run_id))
+    _print_result(result)
+    sys.exit(result.exit_code)
+
+
 def _verdict(r: DrillResult) -> str:
     return {"met": "MET", "missed": "MISSED", "failed": "FAILED", "declined": "DECLINED", "aborted": "ABORTED"}[r.outcome]
 

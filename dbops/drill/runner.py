@@ -73,6 +73,32 @@ class Aborted(Exception):
     pass
 
 
+class _Relay:
+    """The front end as the drill's runbook session sees it: everything passed through, and the
+    drill hears the session's events too (a runbook's run id, journaled as soon as it opens)."""
+
+    def __init__(self, front: FrontEnd):
+        self.front = front
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    async def confirm(self, step: Step, commands: list[str], ctx: Context) -> bool:
+        return await self.front.confirm(step, commands, ctx)
+
+    async def attest(self, step: Step, commands: list[str], ctx: Context, expected: str) -> bool:
+        return await self.front.attest(step, commands, ctx, expected)
+
+    async def manual_done(self, step: Step, commands: list[str], ctx: Context) -> bool:
+        return await self.front.manual_done(step, commands, ctx)
+
+    def cannot_answer(self, step: Step, ref: ClusterRef) -> str | None:
+        return self.front.cannot_answer(step, ref)
+
+    def event(self, event: str, **data: Any) -> None:
+        for listen in list(self.listeners):
+            listen(event, data)
+        self.front.event(event, **data)
+
+
 def fault_step(scenario: Scenario, ref: ClusterRef) -> Step:
     """The fault as a runbook step, for the front end's confirmation: typed cluster name in
     production, yes/no elsewhere (it is destructive everywhere)."""
@@ -118,7 +144,8 @@ class DrillRunner:
         from dbops.runbook.session import RunbookSession
 
         self.audit = AuditLog(self.state / "audit.jsonl")
-        self.session = RunbookSession(self.config, self.front, state=self.state, audit=self.audit, allow_writes=self.allow_writes)
+        self.relay = _Relay(self.front)
+        self.session = RunbookSession(self.config, self.relay, state=self.state, audit=self.audit, allow_writes=self.allow_writes)
         self._abort = asyncio.Event()
         self.loop: ProbeLoop | None = None
         self.health_log: list[tuple[float, bool]] = []
@@ -213,6 +240,45 @@ class DrillRunner:
             return DrillResult("", Outcome.FAILED, f"refused: {why}")
         return await self._run(scenario, ref)
 
+    async def resume(self, run_id: str) -> DrillResult:
+        """Continue a drill after dbops stopped mid-way, from its journal: the phases done stay
+        done; a recovery runbook that was interrupted is resumed (its own journal); the probe
+        writes again, numbering on."""
+        from dbops.drill.journal import DrillJournalError
+        from dbops.runbook.hosts import hosts_for
+        from dbops.runbook.session import SessionError
+
+        try:
+            journal = DrillJournal.open(self.state, run_id)
+        except DrillJournalError as exc:
+            return DrillResult(run_id, Outcome.FAILED, str(exc))
+        data = journal.data
+        if data.get("end"):
+            return DrillResult(run_id, Outcome.FAILED, f"drill {run_id} is over ({data['end']}): nothing to resume; "
+                                                       f"`dbops drill report {run_id}` shows it")
+        try:
+            ref = self.session.cluster(f"{data['environment']}/{data['cluster']}")
+            scenario = self.scenario(data["scenario"], ref)
+        except (SessionError, DrillRefused) as exc:
+            return DrillResult(run_id, Outcome.FAILED, str(exc))
+        why = self.refusal(ref)
+        if why is not None:
+            return DrillResult(run_id, Outcome.FAILED, f"refused: {why}")
+        self._abort = asyncio.Event()
+        self.loop, self.health_log = None, []
+        ctx = DrillContext(ref, self.config, run_id, hosts_for(ref), journal.dir,
+                           log=lambda line: self._emit("drill-log", line=line),
+                           facts=data["facts"], acks=lambda: AckLog.read(journal.acks_path),
+                           recovery_runs=data["recovery"])
+        d = _Drill(self, scenario, ref, ctx, journal)
+        ctx.run_runbook = lambda runbook, params: d.run_runbook(runbook, params, phase="restore")
+        self._emit("drill-log", line=f"resuming drill {run_id}: done so far: "
+                   + (", ".join(p for p, v in data["phases"].items() if v.get("state") == "done") or "nothing"))
+        try:
+            return await d.run(resumed=True)
+        finally:
+            journal.close()
+
     async def _run(self, scenario: Scenario, ref: ClusterRef) -> DrillResult:
         from dbops.audit import operator_identity
         from dbops.runbook.hosts import hosts_for
@@ -303,16 +369,19 @@ class _Drill:
 
     # -- the run -----------------------------------------------------------------------------
 
-    async def run(self) -> DrillResult:
+    async def run(self, resumed: bool = False) -> DrillResult:
         start = self.r.audit.intent(action=f"drill.{self.s.id}", environment=self.ref.environment, cluster=self.ref.name,
-                                    params={"scenario": self.s.id}, run_id=self.ctx.run_id, step="drill")
+                                    params={"scenario": self.s.id}, run_id=self.ctx.run_id,
+                                    step="drill-resumed" if resumed else "drill")
         try:
-            await self.phase(Phase.ANNOUNCE, self.announce)
-            await self.phase(Phase.STEADY, self.steady)
-            await self.phase(Phase.INJECT, self.inject)
-            await self.phase(Phase.DETECT, self.detect)
-            await self.phase(Phase.RECOVER, self.recover)
-            await self.phase(Phase.VERIFY, self.verify)
+            if self.done(Phase.INJECT):
+                # Resumed after the fault: the probe and the health watch start again where
+                # they were (the fault and the marks come from the journal).
+                await self.start_probe(resumed=True)
+            for phase, body in ((Phase.ANNOUNCE, self.announce), (Phase.STEADY, self.steady), (Phase.INJECT, self.inject),
+                                (Phase.DETECT, self.detect), (Phase.RECOVER, self.recover), (Phase.VERIFY, self.verify)):
+                if not self.done(phase):
+                    await self.phase(phase, body)
             await self._measure()
         except _Declined as exc:
             self.outcome, self.message = Outcome.DECLINED, str(exc)
@@ -358,14 +427,9 @@ class _Drill:
         lines = await self.s.prepare(self.ctx)
         self.j.data["facts"] = self.ctx.facts
         self.j.save()
-        probe = probe_for(self.ref, self.ctx.run_id)
-        self.ctx.probe = probe
-        self.j.data["probe_target"] = probe.target
-        await asyncio.wait_for(probe.open(), 30)
-        self.acks = AckLog(self.j.acks_path)
-        self.r.loop = ProbeLoop(probe, self.acks, on_attempt=self.on_attempt, interval=self.r.probe_interval)
-        self.r.loop.start()
-        self.ctx.hold_probe = self.r.loop.hold
+        await self.start_probe(resumed=False)
+        assert self.r.loop is not None and self.ctx.probe is not None
+        probe = self.ctx.probe
         deadline = time.monotonic() + STEADY_TIMEOUT
         while True:
             recent = self.r.loop.attempts[-STEADY_ATTEMPTS:]
@@ -377,6 +441,35 @@ class _Drill:
             await asyncio.sleep(self.r.probe_interval)
         self.watch = asyncio.get_running_loop().create_task(self._watch_health(), name="drill-health")
         return "; ".join([f"healthy ({self.baseline.severity.name}), probe writing to {probe.target}", *lines])
+
+    def done(self, phase: Phase) -> bool:
+        return bool(self.j.data["phases"].get(phase.value, {}).get("state") == "done")
+
+    async def start_probe(self, *, resumed: bool) -> None:
+        """The probe open and writing; resumed, numbering on after every write already tried
+        (a write in flight when dbops died may have landed: its number is never reused)."""
+        if self.r.loop is not None:
+            return
+        if self.ctx.probe is None:
+            self.ctx.probe = probe_for(self.ref, self.ctx.run_id)
+        probe = self.ctx.probe
+        self.j.data["probe_target"] = probe.target
+        if resumed:
+            try:
+                await asyncio.wait_for(probe.open(), 30)
+            except Exception as exc:  # the service may still be down: the loop records the failures
+                self.log(f"the probe cannot open yet ({one_line(exc)}); it keeps trying")
+        else:
+            await asyncio.wait_for(probe.open(), 30)
+        tried = [a.seq for a in self.j.attempts()] + [a.seq for a in AckLog.read(self.j.acks_path)]
+        self.acks = AckLog(self.j.acks_path)
+        self.r.loop = ProbeLoop(probe, self.acks, first_seq=max(tried, default=0) + 1, on_attempt=self.on_attempt,
+                                interval=self.r.probe_interval)
+        self.r.loop.start()
+        self.ctx.hold_probe = self.r.loop.hold
+        if resumed:
+            self.baseline = None
+            self.watch = asyncio.get_running_loop().create_task(self._watch_health(), name="drill-health")
 
     async def _watch_health(self) -> None:
         """dbops' own view of the cluster, once a second, for the time to detection."""
@@ -440,11 +533,16 @@ class _Drill:
 
     async def recover(self) -> str:
         lines = []
+        earlier = [e for e in self.j.data["recovery"] if e.get("phase", "recover") == "recover"]
         for n, r in enumerate(self.s.recovery):
             if self.r._abort.is_set():
                 raise Aborted("aborted by the operator")
+            if n < len(earlier):  # resumed: this one ran before dbops stopped
+                if await self.resume_entry(earlier[n]):
+                    lines.append(f"{earlier[n]['runbook']} ok (before the resume)")
+                    continue
             raw = await r.params(self.ctx) if r.params is not None else {}
-            if n == 0:
+            if n == 0 and "decision" not in self.marks:
                 self.mark("decision")
             if r.do is not None:
                 lines.append(await self.host_step(r.why, r.do))
@@ -455,6 +553,47 @@ class _Drill:
         if not self.s.recovery:
             return "no runbook: the service recovers by itself (the probe shows when)"
         return "; ".join(lines)
+
+    def _watch_opened(self, entry: dict[str, Any]) -> Callable[[], None]:
+        """Journal the runbook's run id when its run opens: a drill resumed after dbops died
+        mid-runbook resumes that run rather than starting another."""
+
+        def listen(event: str, data: dict[str, Any]) -> None:
+            if event == "opened" and not entry.get("run_id"):
+                entry["run_id"] = data["run_id"]
+                self.j.save()
+
+        self.r.relay.listeners.append(listen)
+        return lambda: self.r.relay.listeners.remove(listen)
+
+    async def resume_entry(self, entry: dict[str, Any]) -> bool:
+        """A recovery step journaled before a resume: True when it is complete (done then, or
+        its interrupted runbook resumed to the end now); False to run it again."""
+        from dbops.runbook.journal import Journal, JournalError
+        from dbops.runbook.session import SessionError
+
+        if entry.get("outcome") == "ok":
+            return True
+        run_id = entry.get("run_id")
+        if entry.get("outcome") is not None or not run_id or entry["runbook"].startswith("("):
+            return False  # it failed or was refused: run again (a host step is safe to repeat)
+        try:
+            end = Journal.open(self.r.state, run_id).read().end
+        except JournalError:
+            return False  # it never started a journal: nothing ran
+        if end == "finished":
+            entry.update(outcome="ok", message="finished before dbops stopped")
+            self.j.save()
+            return True
+        try:
+            result = await self.r.session.resume(run_id)
+        except SessionError as exc:
+            raise RuntimeError(f"{entry['runbook']} (run {run_id}) cannot be resumed: {exc.message}") from None
+        entry.update(outcome=result.code.name.lower(), message=result.message)
+        self.j.save()
+        if result.code is not ExitCode.OK:
+            raise RuntimeError(f"{entry['runbook']} did not complete on resume: {result.message}")
+        return True
 
     async def host_step(self, title: str, do: Callable[[DrillContext], Awaitable[str]]) -> str:
         """A recovery step that is not a runbook (restart a broker): confirmed, audited."""
@@ -485,12 +624,15 @@ class _Drill:
         self.j.data["recovery"].append(entry)
         self.ctx.recovery_runs = self.j.data["recovery"]
         self.j.save()
+        opened = self._watch_opened(entry)
         try:
             result = await self.r.session.run(book, self.ref, params)
         except SessionError as exc:
             entry.update(run_id=exc.run_id, outcome="refused", message=exc.message)
             self.j.save()
             raise RuntimeError(f"{runbook_id} refused: {exc.message}") from None
+        finally:
+            opened()
         entry.update(run_id=result.run_id, outcome=result.code.name.lower(), message=result.message)
         self.j.save()
         if result.code is ExitCode.ABORTED:
