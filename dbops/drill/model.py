@@ -122,6 +122,8 @@ class Recovery:
     params: Callable[[DrillContext], Awaitable[dict[str, str]]] | None = None
     why: str = ""
     do: Callable[[DrillContext], Awaitable[str]] | None = None
+    # False (judged when the recovery reaches it): skipped, and the report says so.
+    when: Callable[[DrillContext], bool] | None = None
 
 
 async def _nothing(ctx: DrillContext) -> list[str]:

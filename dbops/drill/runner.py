@@ -271,7 +271,7 @@ class DrillRunner:
                            facts=data["facts"], acks=lambda: AckLog.read(journal.acks_path),
                            recovery_runs=data["recovery"])
         d = _Drill(self, scenario, ref, ctx, journal)
-        ctx.run_runbook = lambda runbook, params: d.run_runbook(runbook, params, phase="restore")
+        ctx.run_runbook = lambda runbook, params: d.run_runbook(runbook, params, phase=d.current.value)
         self._emit("drill-log", line=f"resuming drill {run_id}: done so far: "
                    + (", ".join(p for p, v in data["phases"].items() if v.get("state") == "done") or "nothing"))
         try:
@@ -296,7 +296,7 @@ class DrillRunner:
                            log=lambda line: self._emit("drill-log", line=line),
                            acks=lambda: AckLog.read(journal.acks_path))
         d = _Drill(self, scenario, ref, ctx, journal)
-        ctx.run_runbook = lambda runbook, params: d.run_runbook(runbook, params, phase="restore")
+        ctx.run_runbook = lambda runbook, params: d.run_runbook(runbook, params, phase=d.current.value)
         try:
             return await d.run()
         finally:
@@ -329,6 +329,7 @@ class _Drill:
         self.recovered_by_runbooks = False
         self.outcome: str | None = None
         self.message = ""
+        self.current = Phase.ANNOUNCE
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -351,6 +352,7 @@ class _Drill:
         if self.r._abort.is_set() and phase not in (Phase.RESTORE, Phase.REPORT):
             raise Aborted("aborted by the operator")
         started = time.time()
+        self.current = phase
         self.j.phase(phase.value, state="running", started=started)
         self.r._emit("drill-phase", phase=phase, state="running", detail="")
         try:
@@ -544,6 +546,9 @@ class _Drill:
             raw = await r.params(self.ctx) if r.params is not None else {}
             if n == 0 and "decision" not in self.marks:
                 self.mark("decision")
+            if r.when is not None and not r.when(self.ctx):
+                lines.append(f"{r.runbook or r.why}: not needed here")
+                continue
             if r.do is not None:
                 lines.append(await self.host_step(r.why, r.do))
                 continue
@@ -726,8 +731,14 @@ class _Drill:
             expected = self.s.expected(self.ctx, acks) if self.s.expected is not None else acks
             present = await asyncio.wait_for(recovered.present([a.seq for a in acks]), 120)
             r = measure.rpo(acks, present, fault, expected=expected)
+            note = r.note
+            if r.lost and r.lost == len(expected):
+                # Everything the probe wrote was lost: the loss may reach further back than the
+                # probe ran, and the report must not read as a bound it is not.
+                note += (f"; every write the probe made was lost, so the real window may be longer than the "
+                         f"{fault - min(a.t for a in expected):.1f}s the probe ran before the fault")
             m.update(rpo_lost=r.lost, rpo_window_seconds=r.window_seconds, newest_lost_age_seconds=r.newest_lost_age_seconds,
-                     rpo_note=r.note)
+                     rpo_note=note)
             self.j.data["lost"] = [{"seq": a.seq, "acked_at": a.t} for a in r.lost_writes]
             if self.s.unexpected is not None:
                 extra = sorted(present & {a.seq for a in self.s.unexpected(self.ctx, acks)})

@@ -180,13 +180,9 @@ def _free_port() -> int:
 
 
 async def delete_prepare(ctx: DrillContext) -> list[str]:
-    backups = await _backups(ctx)
-    if not backups:
-        raise DrillRefused(f"{ctx.ref.key} has no pgBackRest backup: take one first (dbops runbook run postgres.backup "
-                           f"--cluster {ctx.ref.name})")
+    lines = await _ensure_backup(ctx)
     ctx.facts["port"] = _free_port()
-    newest = max(b.stop for b in backups)
-    return [f"newest backup ended {newest:%Y-%m-%d %H:%M:%S} UTC; the copy will listen on 127.0.0.1:{ctx.facts['port']}"]
+    return [*lines, f"the copy will listen on 127.0.0.1:{ctx.facts['port']}"]
 
 
 def delete_commands(ctx: DrillContext) -> list[str]:
@@ -277,6 +273,162 @@ async def delete_restore(ctx: DrillContext) -> list[str]:
     return [f"the scratch copy {paths.root} stopped and removed"]
 
 
+# -- pg-backup-restore -------------------------------------------------------------------------
+
+
+async def _ensure_backup(ctx: DrillContext) -> list[str]:
+    """A pgBackRest backup to restore: the newest, or one taken now (postgres.backup, with its
+    own plan and confirmation) when the stanza has none."""
+    backups = await _backups(ctx)
+    if backups:
+        newest = max(b.stop for b in backups)
+        return [f"newest backup ended {newest:%Y-%m-%d %H:%M:%S} UTC"]
+    ctx.log(f"{ctx.ref.key} has no pgBackRest backup: taking one (postgres.backup) before the drill")
+    await ctx.run_runbook("postgres.backup", {"type": "full"})
+    return ["no backup existed: postgres.backup took a full one"]
+
+
+async def _has_dump(ctx: DrillContext) -> bool:
+    from dbops.platform import s3
+
+    loc = ctx.ref.cluster.backups.s3
+    if loc is None:
+        return False
+    found = await asyncio.to_thread(s3.list_backups, loc, "pg_dump")
+    return any(m.meta.get("cluster") == ctx.ref.name and m.meta.get("database") == ctx.ref.cluster.database for m in found)
+
+
+async def backup_prepare(ctx: DrillContext) -> list[str]:
+    lines = await _ensure_backup(ctx)
+    if ctx.ref.cluster.backups.s3 is not None:
+        if not await _has_dump(ctx):
+            ctx.log(f"{ctx.ref.key} has no pg_dump backup in S3: taking one (postgres.dump) before the drill")
+            await ctx.run_runbook("postgres.dump", {})
+            lines.append("no dump existed: postgres.dump took one")
+        ctx.facts["dump_into"] = f"{ctx.ref.cluster.database}_drill_{ctx.run_id.replace('-', '_')}"
+    ctx.facts["port"] = _free_port()
+    return lines
+
+
+def backup_commands(ctx: DrillContext) -> list[str]:
+    return [
+        "-- nothing is stopped or changed: the cluster is declared lost at T, and restored beside itself",
+        "SELECT clock_timestamp()  -- T",
+        "SELECT last_archived_wal, last_archived_time FROM pg_stat_archiver  -- what a disaster at T would leave",
+    ]
+
+
+async def backup_inject(ctx: DrillContext) -> str:
+    conn = await _primary_conn(ctx)
+    try:
+        row = await conn.fetchrow("SELECT clock_timestamp() AS t, last_archived_wal, last_archived_time FROM pg_stat_archiver")
+    finally:
+        await conn.close()
+    if row["last_archived_time"] is None:
+        raise RuntimeError("the primary has never archived WAL: a disaster now would leave only the base backups")
+    ctx.facts["lost_at"] = row["t"].timestamp()
+    ctx.facts["archived_until"] = row["last_archived_time"].timestamp()
+    ctx.facts["archived_wal"] = row["last_archived_wal"]
+    ctx.marks["fault"] = row["t"].timestamp()
+    behind = row["t"].timestamp() - row["last_archived_time"].timestamp()
+    return (f"declared lost at {row['t']:%H:%M:%S} UTC; the archive's newest segment {row['last_archived_wal']} was archived "
+            f"{behind:.1f}s before: everything after it exists only on the lost servers")
+
+
+async def backup_params(ctx: DrillContext) -> dict[str, str]:
+    # To the end of the archive: what a disaster at T leaves is the WAL archived by T. A time
+    # target cannot say that (recovery fails when the archive ends before it), so the verify
+    # step checks that the archive did not grow between T and the restore.
+    return {"target": "latest", "port": str(ctx.facts["port"])}
+
+
+async def _archive_unchanged(ctx: DrillContext) -> Verdict:
+    conn = await _primary_conn(ctx)
+    try:
+        now = await conn.fetchval("SELECT last_archived_wal FROM pg_stat_archiver")
+    finally:
+        await conn.close()
+    if now == ctx.facts["archived_wal"]:
+        age = float(ctx.facts["lost_at"]) - float(ctx.facts["archived_until"])
+        return Verdict(True, f"the archive ended at {now} at T and still does: the copy holds what a disaster at T would "
+                             f"leave; that segment was archived {age:.0f}s before T, and every write since then was lost "
+                             "(without archive_timeout a quiet primary archives rarely)")
+    return Verdict(False, f"the archive grew after T ({ctx.facts['archived_wal']} then, {now} at the restore): the copy may "
+                          "hold writes a disaster at T would have lost, so its RPO would be understated")
+
+
+async def dump_params(ctx: DrillContext) -> dict[str, str]:
+    return {"into": str(ctx.facts["dump_into"])}
+
+
+async def _counts(ref: ClusterRef, member: Member, database: str | None = None) -> dict[str, int]:
+    """Exact row counts of every user table (the probe's excluded): a restore drill compares
+    them, and sandbox-sized tables make count(*) cheap."""
+    from dbops.engines.postgres.adapter import PostgresAdapter
+
+    conn = await PostgresAdapter(ref, member).open_connection("dbops-drill", statement_timeout=60)
+    try:
+        if database is not None:
+            await conn.close()
+            import dataclasses
+
+            other = dataclasses.replace(ref.cluster, database=database)
+            conn = await PostgresAdapter(dataclasses.replace(ref, cluster=other), member).open_connection("dbops-drill", statement_timeout=60)
+        tables = await conn.fetch("SELECT format('%I.%I', schemaname, relname) AS t FROM pg_stat_user_tables "
+                                  "WHERE relname <> 'dbops_drill_probe' ORDER BY 1 LIMIT 200")
+        return {r["t"]: int(await conn.fetchval(f"SELECT count(*) FROM {r['t']}")) for r in tables}
+    finally:
+        await conn.close()
+
+
+def _compare(what: str, restored: dict[str, int], live: dict[str, int]) -> Verdict:
+    missing = sorted(set(live) - set(restored))
+    differ = sorted(t for t in set(live) & set(restored) if live[t] != restored[t])
+    detail = (f"{what}: {len(restored)} tables, {sum(restored.values())} rows; live {len(live)} tables, "
+              f"{sum(live.values())} rows")
+    if differ:
+        detail += "; counts differ (written since the backup): " + ", ".join(f"{t} {restored[t]} vs {live[t]}" for t in differ[:5])
+    if missing:
+        detail += "; missing: " + ", ".join(missing[:5])
+    return Verdict(not missing, detail)
+
+
+async def _live_primary(ctx: DrillContext) -> Member:
+    now = await roles(ctx.ref)
+    return _member(ctx.ref, next(n for n, r in now.items() if r == "primary"))
+
+
+async def backup_verify(ctx: DrillContext) -> list[Verdict]:
+    primary = await _live_primary(ctx)
+    live = await _counts(ctx.ref, primary)
+    copy = await _counts(ctx.ref, _copy(ctx))
+    verdicts = [await _archive_unchanged(ctx), _compare("pgBackRest copy", copy, live)]
+    probe = await copy_probe(ctx)
+    try:
+        back = await probe.present([a.seq for a in ctx.acks()])
+    finally:
+        await probe.close(drop=False)
+    ctx.marks["verified"] = time.time()
+    verdicts.append(Verdict(True, f"probe rows in the copy: {len(back)} (those archived before T)"))
+    if ctx.facts.get("dump_into"):
+        verdicts.append(_compare(f"dump restored into {ctx.facts['dump_into']}",
+                                 await _counts(ctx.ref, primary, str(ctx.facts["dump_into"])), live))
+    return verdicts
+
+
+async def backup_restore(ctx: DrillContext) -> list[str]:
+    lines = await delete_restore(ctx)
+    into = ctx.facts.get("dump_into")
+    if into and any(r.get("runbook") == "postgres.restore-dump" and r.get("outcome") == "ok" for r in ctx.recovery_runs):
+        conn = await _primary_conn(ctx)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{into}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        lines.append(f"the restored database {into} dropped")
+    return lines
+
+
 SCENARIOS = [
     Scenario(
         id="pg-primary-loss",
@@ -308,5 +460,26 @@ SCENARIOS = [
         recovered=copy_probe,
         expected=before_delete,
         unexpected=after_delete,
+    ),
+    Scenario(
+        id="pg-backup-restore",
+        title="Lose everything but the backups: restore the newest backup and dump beside the cluster",
+        engine="postgres",
+        description="The cluster is declared lost at T (nothing is stopped): postgres.restore recovers the newest "
+                    "pgBackRest backup with the WAL archived by T into a scratch copy, postgres.restore-dump the newest "
+                    "dump into a new database; table counts are compared with the live cluster, and the RPO is what the "
+                    "archive lacked at T.",
+        fault=Fault("declare the cluster lost (nothing is touched)", backup_commands, backup_inject, performed=lambda ctx: True),
+        recovery=(Recovery("postgres.restore", backup_params, "the newest backup with the WAL archived by T"),
+                  Recovery("postgres.restore-dump", dump_params, "the newest dump into a new database",
+                           when=lambda ctx: bool(ctx.facts.get("dump_into")))),
+        applies=_pgbackrest,
+        prepare=backup_prepare,
+        verify=backup_verify,
+        restore=backup_restore,
+        rto="data",
+        detectable=False,
+        recovered=copy_probe,
+        expected=lambda ctx, acks: [a for a in acks if a.t < float(ctx.facts["lost_at"])],
     ),
 ]
