@@ -92,6 +92,54 @@ def test_mark_dead_from_the_cli_shows_on_the_node(qd: QdrantSandbox) -> None:
         assert json.loads(resp.read()) == {"violations": []}  # the sandbox validates against the spec too
 
 
+def test_drill_probe_writes_reads_back_follows_a_node_loss_and_drops_its_collection(qd: QdrantSandbox) -> None:
+    import asyncio
+
+    from dbops.engines.qdrant.client import QdrantError
+    from dbops.engines.qdrant.probe import QdrantProbe
+
+    ref = next(c for c in load(qd.root / sandbox.CONFIG_FILE).clusters() if c.name == "sandbox-qdrant")
+    probe = QdrantProbe(ref, "it-probe")
+    path = "/collections/dbops_drill_it-probe"
+    commands = "\n".join(probe.commands())
+    assert f"PUT {path}/points?wait=true" in commands
+    assert qd.api_key not in commands and qd.read_only_api_key not in commands
+
+    async def run() -> None:
+        try:
+            await probe.open()
+            await probe.open()  # idempotent: the collection exists, it is kept
+            for seq in range(1, 26):
+                await probe.write(seq)
+                assert await probe.read(seq), seq
+            assert not await probe.read(26)
+            assert await probe.present(range(0, 2500)) == set(range(1, 26))  # three batches
+            status, body = get(qd.urls[2], path, qd.read_only_api_key)
+            params = body["result"]["config"]["params"]
+            # A shard per node, each on all three nodes; an acknowledged write is on two of them.
+            assert (params["shard_number"], params["replication_factor"], params["write_consistency_factor"]) == (3, 3, 2)
+            assert body["result"]["points_count"] == 25 and probe.target.endswith("(3 shards x 3 replicas, writes acknowledged by 2)")
+            # The node the probe talks to (q1: the first ready) goes away; after a reset it uses another.
+            qd.control("node-down", {"peer_id": "q1"})
+            try:
+                with pytest.raises(QdrantError) as failed:
+                    await probe.write(26)
+                assert "q1" in failed.value.message and qd.api_key not in failed.value.message
+                await probe.reset()
+                await probe.write(27)
+                assert await probe.read(27)
+                assert await probe.present(range(1, 30)) == {*range(1, 26), 27}
+            finally:
+                qd.control("node-up", {"peer_id": "q1"})
+        finally:
+            await probe.close(drop=True)
+
+    asyncio.run(run())
+    assert get(qd.urls[0], path, qd.read_only_api_key)[0] == 404
+    with urllib.request.urlopen(f"{qd.urls[1]}/__fake__/violations", timeout=10) as resp:
+        assert json.loads(resp.read()) == {"violations": []}
+
+
 def test_up_again_is_a_no_op_and_down_stops_every_node(qd: QdrantSandbox) -> None:
     pid = qd.pid()
     assert pid is not None and [r.running for r in sandbox.status(root=qd.root) if r.engine == "qdrant"] == [True] * 3

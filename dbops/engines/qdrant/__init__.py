@@ -16,4 +16,6 @@ SPEC = EngineSpec(
     # Every node answers from its own point of view: one refresh asks them all at once, each
     # under its own time bound, and judges them together.
     poll_unit="nodes",
+    # A drill upserts points into a replicated collection of its own and reads them back.
+    probe="dbops.engines.qdrant.probe:QdrantProbe",
 )
