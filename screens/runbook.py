@@ -123,11 +123,12 @@ class ConfirmStep(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class TuiFrontEnd:
-    """The wizard's side of a runbook session. Called on the run's thread: a prompt shows a modal
-    on the UI thread and waits for the answer; an event is posted to the screen."""
+class ModalFrontEnd:
+    """A runbook session's prompts in the console, for every screen that drives a session (the
+    wizard, a drill). Called on the run's thread: a prompt shows ConfirmStep on the UI thread and
+    waits for the answer. Where the events go is each screen's own (`event`)."""
 
-    def __init__(self, screen: RunbookScreen) -> None:
+    def __init__(self, screen: Screen[Any]) -> None:
         self.screen = screen
         self.pending: set[concurrent.futures.Future[bool]] = set()
 
@@ -164,6 +165,19 @@ class TuiFrontEnd:
 
     def cannot_answer(self, step: Step, ref: ClusterRef) -> str | None:
         return None  # the operator is at the console: every confirmation is asked when it comes
+
+    def event(self, event: str, **data: Any) -> None:
+        raise NotImplementedError
+
+
+class TuiFrontEnd(ModalFrontEnd):
+    """The wizard's side of a runbook session: the prompts as modals, each event handed to the
+    wizard on the UI thread."""
+
+    screen: RunbookScreen
+
+    def __init__(self, screen: RunbookScreen) -> None:
+        super().__init__(screen)
 
     def event(self, event: str, **data: Any) -> None:
         if event == "progress":
