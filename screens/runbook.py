@@ -104,6 +104,20 @@ class ConfirmStep(ModalScreen[bool]):
 
     def on_mount(self) -> None:
         (self.query_one("#typed-name", Input) if self.typed else self.query_one("#decline", Button)).focus()
+        self.call_after_refresh(self._fit)
+
+    def on_resize(self) -> None:
+        self.query_one("#step-commands").styles.max_height = None  # the stylesheet's, until measured again
+        self.call_after_refresh(self._fit)
+
+    def _fit(self) -> None:
+        """A long step at 80x24 (a drill's failover: long description, many commands) must not
+        push the typed name, the hint or the buttons off the screen: the commands, which scroll,
+        give up the lines the dialog lacks."""
+        dialog, commands = self.query_one("#confirm-dialog"), self.query_one("#step-commands")
+        over = dialog.outer_size.height - self.size.height
+        if over > 0:
+            commands.styles.max_height = max(3, commands.outer_size.height - over)
 
     def key_y(self) -> None:
         if not self.typed:
