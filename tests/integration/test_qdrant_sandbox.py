@@ -119,18 +119,21 @@ def test_drill_probe_writes_reads_back_follows_a_node_loss_and_drops_its_collect
             # A shard per node, each on all three nodes; an acknowledged write is on two of them.
             assert (params["shard_number"], params["replication_factor"], params["write_consistency_factor"]) == (3, 3, 2)
             assert body["result"]["points_count"] == 25 and probe.target.endswith("(3 shards x 3 replicas, writes acknowledged by 2)")
-            # The node the probe talks to (q1: the first ready) goes away; after a reset it uses another.
-            qd.control("node-down", {"peer_id": "q1"})
+            # The node the probe talks to (the first to answer /readyz) goes away; after a reset
+            # it uses another.
+            gone = probe.via
+            assert gone in qd.ports
+            qd.control("node-down", {"peer_id": gone})
             try:
                 with pytest.raises(QdrantError) as failed:
                     await probe.write(26)
-                assert "q1" in failed.value.message and qd.api_key not in failed.value.message
+                assert gone in failed.value.message and qd.api_key not in failed.value.message
                 await probe.reset()
                 await probe.write(27)
-                assert await probe.read(27)
+                assert probe.via not in (None, gone) and await probe.read(27)
                 assert await probe.present(range(1, 30)) == {*range(1, 26), 27}
             finally:
-                qd.control("node-up", {"peer_id": "q1"})
+                qd.control("node-up", {"peer_id": gone})
         finally:
             await probe.close(drop=True)
 

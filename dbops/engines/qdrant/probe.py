@@ -12,7 +12,7 @@ Points are read with `/points/scroll` and a `has_id` filter: one request for a p
 of ids, through an endpoint every Qdrant since 1.0 has (and the test stand-in implements).
 
 A node is a way in, not a primary: every node forwards to the shards' replicas. The probe talks
-to the first configured node that answers /readyz (asked all at once: a dead node costs the
+to the first node to answer /readyz (every configured node asked at once: a dead node costs the
 others nothing) and, after any failure (reset), asks again: a drill that kills that node sees
 the probe move to another. Connections are the Qdrant engine's (dbops.engines.qdrant.client):
 its API key (the managing key: the probe writes), TLS and messages that never hold the key.
@@ -70,6 +70,11 @@ class QdrantProbe:
 
     # -- the node it talks to ------------------------------------------------------------------
 
+    @property
+    def via(self) -> str | None:
+        """The configured name of the node it talks to now (None: it will ask at the next call)."""
+        return self._node.member.name if self._node is not None else None
+
     async def _client(self) -> NodeClient:
         if self._node is None:
             if not self._key_read:
@@ -78,7 +83,7 @@ class QdrantProbe:
         return self._node
 
     async def _first_ready(self) -> NodeClient:
-        """The first configured node to answer /readyz with 200 (all asked at once)."""
+        """The first node to answer /readyz with 200 (every configured node asked at once)."""
         members = list(self.ref.cluster.members)
         clients = [NodeClient(self.ref, m, self._key) for m in members]
 
