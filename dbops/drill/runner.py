@@ -476,12 +476,12 @@ class _Drill:
     async def _watch_health(self) -> None:
         """dbops' own view of the cluster, once a second, for the time to detection."""
         while True:
-            t = time.time()
             try:
                 h = await asyncio.wait_for(self.r.health(self.ref), self.ref.timeout * 3 + 5)
                 ok = healthy_enough(h, self.baseline)
             except Exception:  # a poll that cannot complete is the console showing trouble
                 ok = False
+            t = time.time()  # when the poll's answer was there to show, not when it was asked
             self.r.health_log.append((t, ok))
             if not ok and "fault" in self.marks and "detected" not in self.marks:
                 self.mark("detected", t)
@@ -729,7 +729,9 @@ class _Drill:
         try:
             recovered = await self.s.recovered(self.ctx) if self.s.recovered is not None else self.ctx.probe
             expected = self.s.expected(self.ctx, acks) if self.s.expected is not None else acks
-            present = await asyncio.wait_for(recovered.present([a.seq for a in acks]), 120)
+            # The probe's own connection is shared with its loop: hold the loop while it reads.
+            async with self.ctx.hold_probe():
+                present = await asyncio.wait_for(recovered.present([a.seq for a in acks]), 120)
             r = measure.rpo(acks, present, fault, expected=expected)
             note = r.note
             if r.lost and r.lost == len(expected):
@@ -758,6 +760,10 @@ class _Drill:
         self.j.save()
 
     async def report(self) -> DrillResult:
+        """The report's three files (data, Markdown, HTML), their SHA-256 in the audit log."""
+        import json
+
+        from dbops.drill.journal import write_atomic
         from dbops.drill.report import render_html, render_markdown
 
         data = self.j.data
@@ -765,23 +771,22 @@ class _Drill:
         if self.outcome is None:
             self.outcome = Outcome.MET if m.get("rto_met") and m.get("rpo_met") else Outcome.MISSED
             self.message = _summary(m, data["targets"])
-        data["end"] = self.outcome
-        data["finished"] = time.time()
-        self.j.save()
-        report = build_report(self.j, self.r.notes, self.outcome, self.message, self.r.audit.path)
-        started = time.time()
         files = {"json": self.j.dir / "report.json", "md": self.j.dir / "report.md", "html": self.j.dir / "report.html"}
-        import json
-
+        self.current = Phase.REPORT
+        self.r._emit("drill-phase", phase=Phase.REPORT, state="running", detail="")
+        now = time.time()
+        data["end"], data["finished"] = self.outcome, now
+        # The report is its own last phase: done as it is written (what it shows is what happened).
+        self.j.phase(Phase.REPORT.value, state="done", started=now, finished=now, detail=str(files["html"]))
+        report = build_report(self.j, self.r.notes, self.outcome, self.message, self.r.audit.path)
         md, html = render_markdown(report), render_html(report)
-        files["md"].write_text(md)
-        files["html"].write_text(html)
+        write_atomic(files["md"], md)
+        write_atomic(files["html"], html)
         report["sha256"] = {"md": _sha(md), "html": _sha(html)}
-        files["json"].write_text(json.dumps(report, indent=1, default=str))
+        write_atomic(files["json"], json.dumps(report, indent=1, default=str))
         intent = self.audit_intent(f"drill.{self.s.id}.report", {"files": [str(p) for p in files.values()]})
         self.r.audit.result(intent, outcome="ok", detail={"report_md_sha256": report["sha256"]["md"],
                                                           "report_html_sha256": report["sha256"]["html"]})
-        self.j.phase(Phase.REPORT.value, state="done", started=started, finished=time.time(), detail=str(files["html"]))
         self.r._emit("drill-phase", phase=Phase.REPORT, state="done", detail=str(files["html"]))
         return DrillResult(self.ctx.run_id, self.outcome, self.message, report, files)
 
@@ -842,7 +847,8 @@ def build_report(j: DrillJournal, notes: dict[str, str], outcome: str, message: 
                      "detection_seconds": m.get("detection_seconds"), "decision_seconds": m.get("decision_seconds"),
                      "rpo_lost": m.get("rpo_lost"), "rpo_window_seconds": m.get("rpo_window_seconds"),
                      "newest_lost_age_seconds": m.get("newest_lost_age_seconds"), "acked": m.get("acked", 0),
-                     "rto_met": m.get("rto_met"), "rpo_met": m.get("rpo_met"), "rpo_note": m.get("rpo_note", "")},
+                     "rto_met": m.get("rto_met"), "rpo_met": m.get("rpo_met"), "rpo_note": m.get("rpo_note", ""),
+                     "unexpected": m.get("unexpected")},
         "phases": phases,
         "markers": {k: data["marks"].get(k) for k in ("fault", "detected", "decision", "recovered")},
         "probe": {"target": data.get("probe_target", ""),

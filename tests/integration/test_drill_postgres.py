@@ -1,0 +1,213 @@
+"""PostgreSQL drills on the shared sandbox's real servers: the RTO/RPO a report states, proven
+against what the servers hold.
+
+Every test leaves the sandbox as it found it: pg1 primary, pg2 and pg3 streaming from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbops.drill.probe import AckLog
+
+
+def dbops(pg_sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), *args],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+async def primary(pg_sandbox) -> str:
+    for m in ("pg1", "pg2", "pg3"):
+        try:
+            if not (await pg_sandbox.fetch(m, "SELECT pg_is_in_recovery()"))[0][0]:
+                return m
+        except Exception:  # a member that is down is not the primary
+            continue
+    raise AssertionError("no primary")
+
+
+async def back_to_pg1(pg_sandbox) -> None:
+    """The sandbox as the session expects it: pg1 primary, pg2 and pg3 streaming from it."""
+    from dbops.sandbox import postgres as sandbox
+
+    now = await primary(pg_sandbox)
+    for m in ("pg1", "pg2", "pg3"):
+        if m != now and pg_sandbox.pid(m) is None:
+            await asyncio.to_thread(sandbox.rejoin_as_replica, m, now, root=pg_sandbox.root)
+    if now != "pg1":
+        r = dbops(pg_sandbox, "runbook", "run", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg1",
+                  "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 0, r.stdout + r.stderr
+    pg_sandbox.wait_streaming()
+
+
+def report_of(pg_sandbox, stdout: str) -> dict[str, Any]:
+    run_id = next(line.split()[-1] for line in stdout.splitlines() if line.strip().startswith("drill id:"))
+    return json.loads((pg_sandbox.state_dir / "drills" / run_id / "report.json").read_text())
+
+
+def test_primary_loss_fails_over_and_reports_rto_and_no_lost_write(pg_sandbox):
+    try:
+        r = dbops(pg_sandbox, "drill", "run", "pg-primary-loss", "--cluster", "sandbox-pg", "--yes", "--confirm", "sandbox-pg",
+                  "--note", "detect=seen on the overview")
+        assert r.returncode == 0, r.stdout + r.stderr
+        report = report_of(pg_sandbox, r.stdout)
+        m = report["measured"]
+        assert m["rpo_lost"] == 0 and m["rpo_met"] and m["rto_met"]
+        # The fault cut the probe off: the RTO is a real outage, ended by the failover.
+        assert m["rto_seconds"] > 0 and any(not a["ok"] for a in report["probe"]["attempts"])
+        assert m["detection_seconds"] is not None and m["decision_seconds"] is not None
+        assert [p["outcome"] for p in report["phases"]] == ["done"] * 8
+        assert report["runbooks"][0]["runbook"] == "postgres.promote-replica" and report["runbooks"][0]["outcome"] == "ok"
+        assert all(s["audit_seqs"] for s in report["runbooks"][0]["steps"])
+        assert "MET" in r.stdout and "RPO 0" in r.stdout
+        md = (Path(r.stdout.split("report: ")[1].split()[0])).read_text()
+        assert "seen on the overview" in md
+        # The probe's table is gone, and the old primary streams from the new one.
+        candidate = report["facts"]["candidate"]
+        assert asyncio.run(primary(pg_sandbox)) == candidate
+        rows = asyncio.run(pg_sandbox.fetch(candidate, "SELECT count(*) FROM pg_class WHERE relname = 'dbops_drill_probe'"))
+        assert rows[0][0] == 0
+    finally:
+        asyncio.run(back_to_pg1(pg_sandbox))
+
+
+class _Front:
+    """A drill front end that answers every confirmation, and before saying yes to the fault
+    runs `before_fault` (what the operator's hesitation lets happen)."""
+
+    def __init__(self, before_fault):
+        self.before_fault = before_fault
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    async def confirm(self, step, commands, ctx) -> bool:
+        if step.id == "fault":
+            await self.before_fault()
+        return True
+
+    async def attest(self, step, commands, ctx, expected) -> bool:
+        return False
+
+    async def manual_done(self, step, commands, ctx) -> bool:
+        return False
+
+    def cannot_answer(self, step, ref):
+        return None
+
+    def event(self, event: str, **data: Any) -> None:
+        self.events.append((event, data))
+
+
+N = 25
+
+
+@pytest.mark.parametrize("replay", ["stopped", "running"])
+def test_rpo_is_exactly_the_acknowledged_writes_the_candidate_never_received(pg_sandbox, replay):
+    """Replication to both replicas cut (their walreceivers stopped), the probe acknowledges N
+    more writes on the primary, the primary dies, the most advanced replica is promoted: the
+    report says exactly the writes it lacks are lost, and how old the newest one is. With
+    replication running, the same drill reports 0."""
+    import re
+
+    from dbops import config as cfg
+    from dbops.drill.runner import DrillRunner
+
+    config = cfg.load(pg_sandbox.config_path)
+    seen: dict[str, int] = {}
+    saved: dict[str, str] = {}
+
+    async def cut_replication() -> None:
+        if replay == "running":
+            return
+        for m in ("pg2", "pg3"):
+            # Pointed at a port nobody listens on: the walreceiver stops, and the failover's
+            # runbook still finds the user and password it rewrites the setting with.
+            saved[m] = (await pg_sandbox.fetch(m, "SELECT current_setting('primary_conninfo')"))[0][0]
+            dead = re.sub(r"port=\d+", "port=1", saved[m])
+            await pg_sandbox.fetch(m, f"ALTER SYSTEM SET primary_conninfo = '{dead}'")
+            await pg_sandbox.fetch(m, "SELECT pg_reload_conf()")
+        for _ in range(100):  # both walreceivers gone, and what they received replayed
+            rows = [(await pg_sandbox.fetch(m, "SELECT (SELECT count(*) FROM pg_stat_wal_receiver), "
+                                               "pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()"))[0] for m in ("pg2", "pg3")]
+            if all(r[0] == 0 and r[1] for r in rows):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the replicas kept receiving WAL")
+        for m in ("pg2", "pg3"):
+            seen[m] = (await pg_sandbox.fetch(m, "SELECT coalesce(max(seq), 0) FROM dbops_drill_probe"))[0][0]
+        acks = runner.state / "drills"
+        run_dir = max(acks.iterdir(), key=lambda p: p.stat().st_mtime)
+        start = len(AckLog.read(run_dir / "acks.jsonl"))
+        while len(AckLog.read(run_dir / "acks.jsonl")) < start + N:
+            await asyncio.sleep(0.05)
+
+    runner = DrillRunner(config, _Front(cut_replication), pg_sandbox.state_dir, config_hash="test")
+    try:
+        result = asyncio.run(runner.run("pg-primary-loss", "sandbox-pg"))
+        assert result.outcome in ("met", "missed"), result.message
+        m = result.report["measured"]
+        acks = AckLog.read(result.files["json"].parent / "acks.jsonl")
+        if replay == "running":
+            assert m["rpo_lost"] == 0 and m["newest_lost_age_seconds"] is None and result.report["lost"] == []
+            return
+        candidate = result.report["facts"]["candidate"]
+        fault = result.report["markers"]["fault"]
+        # Acknowledged by the old primary after replication was cut, before it died (what the
+        # probe wrote after the failover is on the new primary).
+        expected = [a for a in acks if a.seq > seen[candidate] and a.t < fault]
+        assert len(expected) >= N  # the probe went on until the primary died
+        assert m["rpo_lost"] == len(expected)
+        assert [x["seq"] for x in result.report["lost"]] == [a.seq for a in expected]
+        assert m["newest_lost_age_seconds"] == pytest.approx(fault - max(a.t for a in expected))
+        assert m["rpo_window_seconds"] == pytest.approx(fault - min(a.t for a in expected))
+        md = result.files["md"].read_text()
+        assert str(len(expected)) in md
+    finally:
+        async def repair() -> None:  # a run that failed before the runbook rewrote them
+            for m, conninfo in saved.items():
+                try:
+                    now = (await pg_sandbox.fetch(m, "SELECT current_setting('primary_conninfo')"))[0][0]
+                except Exception:  # down: the rejoin below rewrites it
+                    continue
+                if "port=1 " in now + " ":
+                    await pg_sandbox.fetch(m, f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'")
+                    await pg_sandbox.fetch(m, "SELECT pg_reload_conf()")
+
+        asyncio.run(repair())
+        asyncio.run(back_to_pg1(pg_sandbox))
+
+
+def test_accidental_delete_restores_the_rows_before_it_and_none_after(pg_sandbox):
+    r = dbops(pg_sandbox, "runbook", "run", "postgres.backup", "--cluster", "sandbox-pg", "--param", "type=full", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = dbops(pg_sandbox, "drill", "run", "pg-accidental-delete", "--cluster", "sandbox-pg", "--yes", "--confirm", "sandbox-pg")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = report_of(pg_sandbox, r.stdout)
+    m = report["measured"]
+    deleted_at = report["facts"]["deleted_at"]
+    acks = AckLog.read(pg_sandbox.state_dir / "drills" / report["drill"]["run_id"] / "acks.jsonl")
+    before = [a for a in acks if a.t < deleted_at]
+    after = [a for a in acks if a.t >= deleted_at]
+    assert before and after  # the probe wrote on both sides of the DELETE
+    assert report["facts"]["deleted_rows"] >= len(before)
+    # Every row acknowledged before T is back in the copy, and none written after T.
+    assert m["rpo_lost"] == 0 and m["unexpected"] == 0
+    checks = {v["title"]: v for v in report["verification"]}
+    assert checks["no write after the restore point"]["ok"]
+    assert m["rto_seconds"] > 0 and m["rto_met"]
+    # The scratch copy is stopped and removed: nothing left running.
+    restore = next(p for p in report["phases"] if p["name"] == "restore")
+    assert "stopped and removed" in restore["detail"]
+    assert not list(Path(pg_sandbox.pg.restores_dir).glob(f"sandbox-pg-{report['runbooks'][0]['run_id']}*"))
