@@ -15,4 +15,6 @@ SPEC = EngineSpec(
     thresholds=KafkaThresholds,
     # One admin client sees every broker: the brokers are judged from one refresh.
     poll_unit="brokers",
+    # A drill writes records to a topic of its own, acks=all, and reads them back.
+    probe="dbops.engines.kafka.probe:KafkaProbe",
 )
