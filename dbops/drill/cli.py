@@ -108,7 +108,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     for s in sorted(found.values(), key=lambda s: s.id):
         rows.append({"id": s.id, "engine": s.engine, "title": s.title, "source": sources[s.id],
                      "clusters": [r.key for r in refs if s.applies(r) is None],
-                     "recovery": [r.runbook for r in s.recovery]})
+                     "recovery": [r.runbook or f"({r.why})" for r in s.recovery] or ["automatic (no runbook)"]})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -139,7 +139,23 @@ def _pairs(runner: DrillRunner, scenario_id: str, cluster: str | None) -> list[t
             refs = [runner.session.cluster(cluster)]
         except SessionError as exc:
             _fail(exc.message, 2)
-    pairs = [(s.id, r) for r in refs if r.env.allows_drills for s in runner.scenarios().values() if s.applies(r) is None]
+    pairs: list[tuple[str, ClusterRef]] = []
+    servers: dict[tuple[str, frozenset[tuple[str, str]]], str] = {}
+    for r in refs:
+        if not r.env.allows_drills:
+            continue
+        for s in runner.scenarios().values():
+            if s.applies(r) is not None:
+                continue
+            # Two views of the same servers (the sandbox's Kafka through its TLS listeners):
+            # same member names on the same hosts. One drill of them is enough.
+            same = (s.id, frozenset((m.host, m.name) for m in r.cluster.members))
+            if same in servers:
+                click.echo(f"skipping {s.id} on {r.key}: the same servers as {servers[same]} (members "
+                           f"{', '.join(sorted(m.name for m in r.cluster.members))} on the same hosts)")
+                continue
+            servers[same] = r.key
+            pairs.append((s.id, r))
     if not pairs:
         _fail("no drill applies to a cluster of an environment that allows drills (drills = true; a sandbox allows them)", 2)
     return pairs

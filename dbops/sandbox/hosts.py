@@ -43,13 +43,17 @@ class SandboxHosts:
             from dbops.sandbox.kafka import KafkaSandbox
 
             return KafkaSandbox()
+        if self.engine == "qdrant":
+            from dbops.sandbox.qdrant import QdrantSandbox
+
+            return QdrantSandbox()
         raise HostOpsError(f"the sandbox runs no {self.engine} hosts that runbooks operate on")
 
     # -- which sandbox server a member is --------------------------------------------------
 
     def server(self, member: str) -> str:
         """The sandbox's name for `member` (a config member name, or host:port)."""
-        if self.engine in ("postgres", "kafka"):
+        if self.engine in ("postgres", "kafka", "qdrant"):
             return member  # the sandbox's config names its members as it does
         configured = next((m for m in self.ref.cluster.members if m.name == member), None)
         port = configured.port if configured is not None else int(member.rpartition(":")[2])
@@ -102,7 +106,17 @@ class SandboxHosts:
             return self._postgres(op)
         if self.engine == "kafka":
             return self._kafka(op)
+        if self.engine == "qdrant":
+            return self._qdrant(op)
         return self._redis(op)
+
+    def _qdrant(self, op: HostOp) -> HostResult:
+        # The stand-in's own fault injection: a replica's state, as a node that missed updates
+        # leaves it (a real Qdrant has no API for this: there the fault is manual).
+        if op.verb is Verb.RUN and op.args[0] == "replica-state":
+            collection, shard, state = op.args[1:]
+            return HostResult(True, self.sandbox.mark_replica(collection, int(shard), op.member, state))
+        raise HostOpsError(f"the sandbox's Qdrant hosts cannot {op.verb.value} {' '.join(op.args)}".rstrip())
 
     def _kafka(self, op: HostOp) -> HostResult:
         sb, name = self.sandbox, op.member
