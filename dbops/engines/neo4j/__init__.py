@@ -13,4 +13,6 @@ SPEC = EngineSpec(
     overview="dbops.engines.neo4j.overview:overview_row",
     options=Neo4jOptions,
     thresholds=Neo4jThresholds,
+    # A drill creates one node per write, labelled :DbopsDrillProbe, and reads it back.
+    probe="dbops.engines.neo4j.probe:Neo4jProbe",
 )
