@@ -491,7 +491,14 @@ def restore_sentinel_r1(h: RedisHandle) -> None:
     if poll(master) == "r2":
         rs.wait_replicas_linked(["r1"])
         rs.wait_sentinels_ready(master="r2")
-        assert h.cli("s1", "SENTINEL", "FAILOVER", "sandbox-sentinel") == "OK"
+        # Sentinel may refuse (NOGOODSLAVE) or abort the failover while its view of the freshly
+        # reattached r1 is older than its INFO period: ask again until r1 is the master.
+        said = []
+        deadline = time.monotonic() + 90
+        while master() != "r1":
+            assert time.monotonic() < deadline, f"r1 not promoted back; SENTINEL FAILOVER said {said[-3:]}"
+            said.append(h.cli("s1", "SENTINEL", "FAILOVER", "sandbox-sentinel"))
+            poll(lambda: master() == "r1", timeout=15)
     rs.wait_sentinels_ready(master="r1")
     rs.wait_replicas_linked(["r2"])
 
