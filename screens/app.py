@@ -59,6 +59,7 @@ class DbopsApp(App[None]):
         Binding("R", "aws", "AWS (RDS)", key_display="R", show=False),
         Binding("K", "kubernetes", "Kubernetes", key_display="K", show=False),
         Binding("V", "approvals", "Approvals", key_display="V", show=False),
+        Binding("D", "drill", "Drill", key_display="D", show=False),
     ]
     # How often a console looks for runs waiting for its operator's approval (two-person rule).
     APPROVALS_EVERY = 10.0
@@ -72,9 +73,12 @@ class DbopsApp(App[None]):
         hub: Hub | None = None,
         clock: Callable[[], float] = time.time,
         exit_after_first_frame: bool = False,
+        config_path: Path | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        # The file it was read from, when known: a drill's report names the config by its SHA-256.
+        self.config_path = config_path
         self.allow_writes = allow_writes
         self.state_dir = state_dir
         self.clock = clock
@@ -242,6 +246,19 @@ class DbopsApp(App[None]):
     def action_backups(self) -> None:
         self._show_once("backups", "BackupsScreen")
 
+    def action_drill(self) -> None:
+        from .drill import DrillScreen
+
+        # One drill screen at a time (a second could start a drill while one runs), even when a
+        # confirmation or another screen is on top of it.
+        if any(isinstance(s, DrillScreen) for s in self.screen_stack):
+            if not isinstance(self.screen, DrillScreen):
+                self.notify("the drill screen is open below this one", severity="warning")
+            return
+        # From a cluster's pane, that cluster's drills are listed first.
+        key = getattr(self.screen, "key", None)
+        self.push_screen(DrillScreen(key if isinstance(key, str) else None))
+
     def open_cluster(self, key: str) -> None:
         kind = self._hub.ref(key).cluster.engine
         try:
@@ -283,6 +300,7 @@ class DbopsApp(App[None]):
         yield SystemCommand("Audit log", "Show the audit log and verify its hash chain", self.action_audit)
         yield SystemCommand("AWS", "RDS instances and read replicas, snapshots, PITR window; ElastiCache groups", self.action_aws)
         yield SystemCommand("Approvals", "Runs waiting for a second operator's approval (two-person rule)", self.action_approvals)
+        yield SystemCommand("Drill", "A guided DR drill: a fault, the recovery runbooks, RTO and RPO measured", self.action_drill)
         yield SystemCommand("Backups", "Newest backup of every cluster, its age, size trend, WAL archive, bucket", self.action_backups)
         yield SystemCommand("Pause / resume refresh", "Freeze or unfreeze the live values", self.action_toggle_pause)
         yield SystemCommand("Help", "Keys and what the colours mean", self.action_help)

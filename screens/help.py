@@ -11,8 +11,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = (
-    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("V", "approvals: runs waiting for a second operator"), ("q", "quit")]),
+    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("V", "approvals: runs waiting for a second operator"), ("D", "DR drill: pick one, run it, RTO/RPO and a report"), ("q", "quit")]),
     ("Approvals", [("↑ ↓", "pick a run: its plan shows below"), ("a", "approve the plan (as you; never your own run)"), ("r", "read again now"), ("escape", "back")]),
+    ("Drill", [("↑ ↓", "pick a drill and a cluster; its plan shows below"), ("s", "start it (the fault asks its own confirmation)"),
+               ("↑ ↓ / n or enter", "pick a phase / note on it (in the report)"),
+               ("x", "abort: the fault is healed, the restore phase runs"), ("escape", "back (not while a drill runs)")]),
     ("Overview", [("↑ ↓", "move"), ("enter", "open the cluster's pane")]),
     ("Kubernetes pane", [("1-4", "tabs: pods, StatefulSets, backup CronJobs, Warning events"), ("r", "read the API again now"),
                          ("escape", "back")]),
