@@ -164,3 +164,26 @@ class Scenario:
     expected: Callable[[DrillContext, list[Ack]], list[Ack]] | None = None
     # Writes that must NOT be there (written after the point restored to): checked and reported.
     unexpected: Callable[[DrillContext, list[Ack]], list[Ack]] | None = None
+
+
+async def still_listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections on host:port: a fault that stopped a server is
+    verified, not assumed (a stop that did nothing must not be reported as done)."""
+    import asyncio
+
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def require_stopped(ctx: DrillContext, member: str, what: str) -> None:
+    m = next((m for m in ctx.ref.cluster.members if m.name == member), None)
+    if m is None or m.port is None:
+        return
+    if await still_listening(m.host, m.port):
+        raise RuntimeError(f"{what} was reported done, but {member} ({m.host}:{m.port}) still accepts connections: "
+                           "the fault did not take")
+

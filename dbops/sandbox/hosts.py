@@ -53,14 +53,35 @@ class SandboxHosts:
 
     def server(self, member: str) -> str:
         """The sandbox's name for `member` (a config member name, or host:port)."""
-        if self.engine in ("postgres", "kafka", "qdrant"):
+        if self.engine in ("postgres", "kafka"):
+            self._same_server(member)
             return member  # the sandbox's config names its members as it does
+        if self.engine == "qdrant":
+            return member
         configured = next((m for m in self.ref.cluster.members if m.name == member), None)
         port = configured.port if configured is not None else int(member.rpartition(":")[2])
         name = next((n for n, v in self.sandbox.state["nodes"].items() if v["port"] == port), None)
         if name is None:
             raise HostOpsError(f"{member} is not a node of this sandbox")
         return name
+
+    def _same_server(self, member: str) -> None:
+        """The sandbox this process manages ($DBOPS_STATE_DIR's) must be the one the config
+        describes: a config of another sandbox names members of the same names on other ports,
+        and stopping "pg1" there would stop someone else's server (or nothing, reported done)."""
+        configured = next((m for m in self.ref.cluster.members if m.name == member), None)
+        if configured is None:
+            return
+        try:
+            port = self.sandbox.port(member)
+            # Kafka's brokers also listen for SASL_SSL: the TLS view of the same brokers.
+            ports = {port, self.sandbox.sasl_ssl_port(member)} if self.engine == "kafka" else {port}
+        except (SandboxError, KeyError) as exc:
+            raise HostOpsError(f"{member} is not a server of the sandbox at {self.sandbox.root} ({exc})") from None
+        if configured.port not in ports:
+            raise HostOpsError(f"the sandbox at {self.sandbox.root} runs {member} on port {port}, the config on "
+                               f"{configured.port}: it is another sandbox's config; set DBOPS_STATE_DIR to the directory "
+                               "holding the sandbox the config was written for")
 
     def data_dir(self, member: str) -> Path | None:
         if self.engine == "postgres":
@@ -120,6 +141,7 @@ class SandboxHosts:
 
     def _kafka(self, op: HostOp) -> HostResult:
         sb, name = self.sandbox, op.member
+        self._same_server(name)
         if op.verb is Verb.STOP:
             sb.stop_node(name, kill=op.args[:1] != ("term",))
             return HostResult(True, f"broker {name} stopped")
@@ -130,6 +152,8 @@ class SandboxHosts:
 
     def _postgres(self, op: HostOp) -> HostResult:
         sb, name = self.sandbox, op.member
+        if name != "pgbouncer":
+            self._same_server(name)
         if op.verb is Verb.STOP:
             sb.stop_member(name, op.args[0])
             return HostResult(True, f"{name} stopped")

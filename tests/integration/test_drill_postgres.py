@@ -211,3 +211,20 @@ def test_accidental_delete_restores_the_rows_before_it_and_none_after(pg_sandbox
     restore = next(p for p in report["phases"] if p["name"] == "restore")
     assert "stopped and removed" in restore["detail"]
     assert not list(Path(pg_sandbox.pg.restores_dir).glob(f"sandbox-pg-{report['runbooks'][0]['run_id']}*"))
+
+
+def test_a_config_of_another_sandbox_is_refused_at_the_fault_and_nothing_is_stopped(pg_sandbox, tmp_path):
+    """dbops manages the sandbox of its state directory; a config written for another one names
+    members of the same names: the fault is refused, not performed on the wrong servers (or
+    reported done after stopping nothing)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "drill", "run", "pg-primary-loss",
+         "--cluster", "sandbox-pg", "--yes", "--confirm", "sandbox-pg"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "DBOPS_STATE_DIR": str(tmp_path)},
+        stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "pg1 is not a server of the sandbox at" in r.stdout
+    assert asyncio.run(primary(pg_sandbox)) == "pg1" and pg_sandbox.pid("pg1") is not None
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    fault = [x for x in audit if x["action"] == "drill.pg-primary-loss.fault"]
+    assert [x["phase"] for x in fault] == ["intent", "result"] and fault[1]["outcome"] == "failed"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbops.config import ClusterRef
-from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario
+from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario, require_stopped
 from dbops.runbook.hosts import HostOp, Verb
 from dbops.runbook.model import Verdict
 
@@ -40,6 +40,7 @@ async def stop(ctx: DrillContext) -> str:
     r = await ctx.hosts.perform(HostOp(Verb.STOP, _victim(ctx), ("kill",)))
     if not r.ok:
         raise RuntimeError(r.detail)
+    await require_stopped(ctx, _victim(ctx), f"killing broker {_victim(ctx)}")
     return f"broker {_victim(ctx)} killed"
 
 

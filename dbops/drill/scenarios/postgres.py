@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dbops.config import ClusterRef, Member
-from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario
+from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario, require_stopped
 from dbops.drill.probe import Ack
 from dbops.runbook.hosts import HostOp, Verb
 from dbops.runbook.model import Verdict
@@ -89,6 +89,7 @@ async def primary_loss_inject(ctx: DrillContext) -> str:
     result = await ctx.hosts.perform(HostOp(Verb.STOP, victim, ("immediate",)))
     if not result.ok:
         raise RuntimeError(f"stopping {victim}: {result.detail}")
+    await require_stopped(ctx, victim, f"stopping {victim}")
     return f"{victim} crashed (immediate stop: no checkpoint, every client cut off)"
 
 
@@ -189,7 +190,7 @@ def delete_commands(ctx: DrillContext) -> list[str]:
     return [
         "-- the probe holds its next write while these run, so every write is either before T or after the DELETE",
         "SELECT clock_timestamp()  -- T, the time to restore to",
-        "DELETE FROM dbops_drill_probe  -- the accident: every probe row written so far",
+        "DELETE FROM dbops_drill_probe WHERE run_id = '<run id>'  -- the accident: every probe row written so far",
         "SELECT pg_switch_wal()  -- the WAL holding T goes to the archive now (the restore needs it)",
     ]
 
@@ -199,7 +200,7 @@ async def delete_inject(ctx: DrillContext) -> str:
     try:
         async with ctx.hold_probe():
             t = await conn.fetchval("SELECT clock_timestamp()")
-            status = await conn.execute("DELETE FROM dbops_drill_probe")
+            status = await conn.execute("DELETE FROM dbops_drill_probe WHERE run_id = $1", ctx.run_id)
         ctx.facts["deleted_at"] = t.timestamp()
         ctx.facts["deleted_rows"] = int(status.split()[-1])
         ctx.marks["fault"] = t.timestamp()

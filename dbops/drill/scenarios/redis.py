@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from dbops.config import ClusterRef
-from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario
+from dbops.drill.model import DrillContext, DrillRefused, Fault, Recovery, Scenario, require_stopped
 from dbops.runbook.hosts import HostOp, Verb
 from dbops.runbook.model import Verdict
 
@@ -68,6 +68,7 @@ async def stop_victim(ctx: DrillContext) -> str:
     result = await ctx.hosts.perform(HostOp(Verb.STOP, victim, ("kill",)))
     if not result.ok:
         raise RuntimeError(result.detail)
+    await require_stopped(ctx, victim, f"killing {victim}")
     return f"{victim} killed ({_address(ctx, victim)})"
 
 

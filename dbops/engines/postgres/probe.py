@@ -38,14 +38,16 @@ class PostgresProbe:
         else:
             self.target = f"table {table} on the primary"
         self._conn: Any = None
+        self._run = f"'{_literal(run_id)}'"  # the run id as an SQL literal (simple query protocol)
 
     def commands(self) -> list[str]:
         return [
-            f"CREATE TABLE IF NOT EXISTS {self.table} (seq bigint PRIMARY KEY, run_id text NOT NULL, "
-            "written_at timestamptz NOT NULL DEFAULT clock_timestamp())",
-            f"INSERT INTO {self.table} (seq, run_id) VALUES (<seq>, '<run id>')  -- every 0.1 s, autocommit",
-            f"SELECT 1 FROM {self.table} WHERE seq = <seq>  -- read back",
-            f"DROP TABLE IF EXISTS {self.table}  -- at the end of the drill",
+            f"CREATE TABLE IF NOT EXISTS {self.table} (run_id text NOT NULL, seq bigint NOT NULL, "
+            "written_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (run_id, seq))",
+            f"INSERT INTO {self.table} (run_id, seq) VALUES ('<run id>', <seq>)  -- every 0.1 s, autocommit",
+            f"SELECT 1 FROM {self.table} WHERE run_id = '<run id>' AND seq = <seq>  -- read back",
+            f"DELETE FROM {self.table} WHERE run_id = '<run id>'; DROP TABLE {self.table} when no other drill's rows "
+            "are left  -- at the end of the drill",
         ]
 
     async def _connect_to(self, host: str, port: int) -> Any:
@@ -99,11 +101,11 @@ class PostgresProbe:
 
     async def write(self, seq: int) -> None:
         conn = await self._ensure()
-        await conn.execute(f"INSERT INTO {self.table} (seq, run_id) VALUES ({int(seq)}, '{_literal(self.run_id)}')")
+        await conn.execute(f"INSERT INTO {self.table} (run_id, seq) VALUES ({self._run}, {int(seq)})")
 
     async def read(self, seq: int) -> bool:
         conn = await self._ensure()
-        return await conn.fetchval(f"SELECT count(*) FROM {self.table} WHERE seq = {int(seq)}") == 1
+        return await conn.fetchval(f"SELECT count(*) FROM {self.table} WHERE run_id = {self._run} AND seq = {int(seq)}") == 1
 
     async def present(self, seqs: Sequence[int]) -> set[int]:
         conn = await self._ensure()
@@ -111,13 +113,14 @@ class PostgresProbe:
         wanted = sorted(set(seqs))
         for i in range(0, len(wanted), BATCH):
             chunk = wanted[i:i + BATCH]
-            rows = await conn.fetch(f"SELECT seq FROM {self.table} WHERE seq = ANY('{{{','.join(map(str, chunk))}}}'::bigint[])")
+            rows = await conn.fetch(f"SELECT seq FROM {self.table} WHERE run_id = {self._run} "
+                                    f"AND seq = ANY('{{{','.join(map(str, chunk))}}}'::bigint[])")
             found.update(int(r["seq"]) for r in rows)
         return found
 
     async def rows(self) -> int:
         conn = await self._ensure()
-        return int(await conn.fetchval(f"SELECT count(*) FROM {self.table}"))
+        return int(await conn.fetchval(f"SELECT count(*) FROM {self.table} WHERE run_id = {self._run}"))
 
     async def reset(self) -> None:
         conn, self._conn = self._conn, None
@@ -131,7 +134,10 @@ class PostgresProbe:
                 while True:  # right after a failover the pooler may still be reconnecting
                     try:
                         conn = await self._ensure()
-                        await conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+                        await conn.execute(f"DELETE FROM {self.table} WHERE run_id = {self._run}")
+                        # Another drill on this cluster may still be writing: its rows keep the table.
+                        if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.table})"):
+                            await conn.execute(f"DROP TABLE IF EXISTS {self.table}")
                         break
                     except Exception:
                         await self.reset()
