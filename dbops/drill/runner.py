@@ -487,17 +487,60 @@ class _Drill:
                 self.mark("detected", t)
             await asyncio.sleep(HEALTH_INTERVAL)
 
+    async def approved_by(self, step: Step) -> dict[str, Any] | None:
+        """The two-person rule (approvals = 2): the drill's plan, published in the coordination
+        database, approved by another operator before its fault (the recovery runbooks ask for
+        their own). None where the rule does not apply; raises when it is not approved in time."""
+        from dbops.runbook.approvals import ApprovalError, current_operator, plan_hash, store_for
+
+        env = self.ref.env
+        if env.approvals < 2:
+            return None
+        store = store_for(self.r.config.locks.postgres, self.ref)
+        if store is None:
+            raise DrillRefused(f"{self.ref.environment} needs a second operator's approval, and no approval store "
+                               "([locks.postgres]) is configured here")
+        text = "\n".join(self.r.plan(self.s, self.ref) + [f"victim facts: {json_facts(self.ctx.facts)}"])
+        digest = plan_hash(text)
+        me = current_operator()
+        ttl = env.approval_ttl_seconds
+        try:
+            state = await store.approval_state(self.ctx.run_id, digest, me)
+            if not state.approved:
+                await store.request(self.ctx.run_id, environment=self.ref.environment, cluster=self.ref.name,
+                                    runbook=f"drill:{self.s.id}", plan_hash=digest, plan_text=text, requester=me, ttl_seconds=ttl)
+                who = f"any operator other than {me.name} (uid {me.uid}) — `dbops runbook approve {self.ctx.run_id}`"
+                self.r._emit("approval-waiting", step=step, run_id=self.ctx.run_id, plan_hash=digest, requester=me, who=who, ttl=ttl)
+                deadline = time.monotonic() + ttl
+                while True:
+                    state = await store.approval_state(self.ctx.run_id, digest, me)
+                    if state.status != "waiting" or self.r._abort.is_set():
+                        break
+                    if time.monotonic() >= deadline:
+                        raise DrillRefused(f"no second operator approved the drill's plan within {ttl}s: nothing was injected")
+                    await asyncio.sleep(2.0)
+        except ApprovalError as exc:
+            raise DrillRefused(f"the approval cannot be checked: {exc}: nothing was injected") from None
+        if self.r._abort.is_set():
+            raise Aborted("aborted by the operator while waiting for an approval")
+        if not state.approved:
+            raise DrillRefused(f"{state.message}: nothing was injected")
+        self.r._emit("approved", step=step, approver=state.approver, plan_hash=digest, message=state.message)
+        return state.approver.as_dict() if state.approver is not None else None
+
     async def inject(self) -> str:
         fault = self.s.fault
         step = fault_step(self.s, self.ref)
         commands = fault.commands(self.ctx)
         rb_ctx = Context(self.ref, {}, run_id=self.ctx.run_id)
         performed = fault.inject is not None and fault.performed(self.ctx)
+        approver = await self.approved_by(step)
         if not await self.r.front.confirm(step, commands, rb_ctx):
             self.r.audit.abort(action=f"drill.{self.s.id}.fault", environment=self.ref.environment, cluster=self.ref.name,
                                run_id=self.ctx.run_id, step="fault", reason="the operator declined the fault")
             raise _Declined("the operator declined the fault: nothing was injected")
-        intent = self.audit_intent(f"drill.{self.s.id}.fault", {"fault": fault.title, "commands": commands})
+        intent = self.audit_intent(f"drill.{self.s.id}.fault", {"fault": fault.title, "commands": commands,
+                                                                  **({"approved_by": approver} if approver else {})})
         try:
             if performed:
                 assert fault.inject is not None
@@ -793,6 +836,12 @@ class _Drill:
 
 class _Declined(Exception):
     pass
+
+
+def json_facts(facts: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(facts, sort_keys=True, default=str)
 
 
 def _sha(text: str) -> str:

@@ -228,3 +228,50 @@ def test_a_config_of_another_sandbox_is_refused_at_the_fault_and_nothing_is_stop
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     fault = [x for x in audit if x["action"] == "drill.pg-primary-loss.fault"]
     assert [x["phase"] for x in fault] == ["intent", "result"] and fault[1]["outcome"] == "failed"
+
+
+def test_with_the_two_person_rule_the_fault_waits_for_a_second_operator(pg_sandbox, tmp_path):
+    """approvals = 2: the drill publishes its plan in the coordination database and injects
+    nothing until another operator approves that plan; its own operator cannot approve it."""
+    from dbops import config as cfg
+    from dbops.drill.runner import DrillRunner
+    from dbops.runbook.approvals import ApprovalRefused, ApprovalStore, Operator, current_operator
+
+    text = pg_sandbox.config_path.read_text().replace("[environments.sandbox]", "[environments.sandbox]\napprovals = 2", 1)
+    path = tmp_path / "dbops.toml"
+    path.write_text(text)
+    config = cfg.load(path)
+    assert config.locks.postgres is not None
+    store = ApprovalStore(config.locks.postgres)
+    asked: list[str] = []
+
+    class Declines(_Front):
+        async def confirm(self, step, commands, ctx) -> bool:
+            asked.append(step.id)
+            return False  # approved, then the operator thinks better of it: nothing is injected
+
+    runner = DrillRunner(config, Declines(None), pg_sandbox.state_dir, config_hash="test")
+
+    async def drill_and_approve():
+        task = asyncio.create_task(runner.run("pg-primary-loss", "sandbox-pg"))
+        waiting = []
+        for _ in range(300):
+            waiting = [r for r in await store.pending() if r.runbook == "drill:pg-primary-loss"]
+            if waiting or task.done():
+                break
+            await asyncio.sleep(0.1)
+        assert waiting, "the drill never asked for an approval"
+        req = waiting[0]
+        assert "pg-primary-loss" in req.plan_text and "pg_ctl" in req.plan_text
+        assert asked == []  # nothing confirmed, nothing injected while it waits
+        with pytest.raises(ApprovalRefused, match="self-approval"):
+            await store.approve(req.run_id, req.plan_hash, current_operator())
+        await store.approve(req.run_id, req.plan_hash, Operator("second-operator", 54321, "other-bastion"))
+        return await asyncio.wait_for(task, 60)
+
+    result = asyncio.run(drill_and_approve())
+    assert asked == ["fault"]
+    assert result.outcome == "declined" and result.exit_code == 3
+    assert asyncio.run(primary(pg_sandbox)) == "pg1" and pg_sandbox.pid("pg1") is not None
+    events = [e for e, _ in runner.front.events]
+    assert "approval-waiting" in events and "approved" in events
