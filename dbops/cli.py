@@ -80,11 +80,13 @@ def tui(ctx: click.Context) -> None:
     # Imported once the config is known to load: its errors are shown before textual is imported.
     import os
 
-    from dbops.config import state_dir
+    from dbops.config import find_config, state_dir
     from dbops.screens.app import DbopsApp
 
     bench = os.environ.get("DBOPS_EXIT_AFTER_FIRST_FRAME") == "1"
-    app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench)
+    # The file the config came from: a drill run from the console names it by its SHA-256.
+    app = DbopsApp(cfg, allow_writes=ctx.obj["allow_writes"], state_dir=state_dir(), exit_after_first_frame=bench,
+                   config_path=find_config(ctx.obj["config_path"]))
     app.run(headless=bench)
     if app.crash_message:
         click.echo(f"error: {app.crash_message}", err=True)

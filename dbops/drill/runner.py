@@ -280,7 +280,6 @@ class DrillRunner:
             journal.close()
 
     async def _run(self, scenario: Scenario, ref: ClusterRef) -> DrillResult:
-        from dbops.audit import operator_identity
         from dbops.runbook.hosts import hosts_for
 
         run_id = new_drill_id()
@@ -289,7 +288,7 @@ class DrillRunner:
         rto_target, rpo_target = self.targets(ref)
         journal = DrillJournal.create(self.state, run_id, {
             "scenario": scenario.id, "title": scenario.title, "environment": ref.environment, "cluster": ref.name,
-            "operator": operator_identity(), "started": time.time(), "dbops_version": _version(),
+            "operator": _operator(), "started": time.time(), "dbops_version": _version(),
             "config_hash": self.config_hash, "targets": {"rto_seconds": rto_target, "rpo_seconds": rpo_target},
         })
         ctx = DrillContext(ref, self.config, run_id, hosts_for(ref), journal.dir,
@@ -301,6 +300,16 @@ class DrillRunner:
             return await d.run()
         finally:
             journal.close()
+
+
+def _operator() -> dict[str, Any]:
+    """Who runs the drill (the audit log's identity), with the user and host a report names."""
+    import socket
+
+    from dbops.audit import operator_identity
+
+    ident = operator_identity()
+    return {"user": ident.get("sudo_user") or ident.get("login") or f"uid {ident.get('uid')}", "host": socket.gethostname(), **ident}
 
 
 def _version() -> str:
@@ -684,6 +693,8 @@ class _Drill:
         entry.update(run_id=result.run_id, outcome=result.code.name.lower(), message=result.message)
         self.j.save()
         if result.code is ExitCode.ABORTED:
+            if self.r._abort.is_set():  # the front end declined it because the operator aborted the drill
+                raise Aborted(f"aborted by the operator during {runbook_id}: {result.message}")
             raise _Declined(f"{runbook_id}: {result.message}")
         if result.code is not ExitCode.OK:
             raise RuntimeError(f"{runbook_id} did not complete: {result.message}")
@@ -720,12 +731,14 @@ class _Drill:
         lines = []
         # Measured before the way back removes anything (a scratch copy, the probe's data); a
         # drill that failed or was aborted is measured as far as it went.
-        if "measured" not in self.j.data:
-            await self._measure()
-        if self.r.loop is not None:
-            await self.r.loop.stop()
+        # Nothing is written or watched any more: a write still in flight ends (and counts)
+        # before anything is measured, and no detection is marked after the drill ended.
         if self.watch is not None:
             self.watch.cancel()
+        if self.r.loop is not None:
+            await self.r.loop.stop()
+        if "measured" not in self.j.data:
+            await self._measure()
         # An aborted drill whose fault the recovery did not undo: heal it first.
         if self.fault_injected and not self.recovered_by_runbooks and self.s.fault.heal is not None:
             intent = self.audit_intent(f"drill.{self.s.id}.heal", {"fault": self.s.fault.title})
@@ -758,7 +771,11 @@ class _Drill:
             self.j.data["measured"] = {**m, "rto_note": "no fault was injected: nothing measured", "rpo_note": ""}
             self.j.save()
             return
-        if self.s.rto == "data":
+        if not self.done(Phase.VERIFY):
+            # Aborted or failed before the recovery was verified: whatever the probe saw, the
+            # drill did not show the service recovered, and an RTO would say it did.
+            rto = measure.Rto(None, f"no RTO: the drill ended ({self.outcome or 'unfinished'}) before the recovery was verified", None)
+        elif self.s.rto == "data":
             rto = measure.data_rto(fault, self.marks.get("verified"), "the lost data")
         else:
             rto = measure.availability_rto(self.j.attempts(), fault, until=None)

@@ -275,3 +275,53 @@ def test_with_the_two_person_rule_the_fault_waits_for_a_second_operator(pg_sandb
     assert asyncio.run(primary(pg_sandbox)) == "pg1" and pg_sandbox.pid("pg1") is not None
     events = [e for e, _ in runner.front.events]
     assert "approval-waiting" in events and "approved" in events
+
+
+def test_dbops_killed_during_the_recovery_resumes_the_drill_to_its_report(pg_sandbox):
+    """kill -9 of dbops while the failover runbook runs: `dbops drill resume` resumes that
+    runbook from its own journal, writes on with the probe (never reusing a number) and
+    reports; no acknowledged write is lost."""
+    import signal
+    import time
+
+    env = {**os.environ, "DBOPS_STATE_DIR": str(pg_sandbox.state_dir)}
+    drills = pg_sandbox.state_dir / "drills"
+    before = set(drills.iterdir()) if drills.exists() else set()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbops.cli", "--config", str(pg_sandbox.config_path), "drill", "run", "pg-primary-loss",
+         "--cluster", "sandbox-pg", "--yes", "--confirm", "sandbox-pg"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        run_dir = None
+        while time.monotonic() < deadline:
+            new = set(drills.iterdir()) - before if drills.exists() else set()
+            if new:
+                run_dir = new.pop()
+                data = json.loads((run_dir / "journal.json").read_text())
+                runs = [r for r in data["recovery"] if r.get("run_id")]
+                if runs:
+                    rb_journal = pg_sandbox.state_dir / "runs" / f"{runs[0]['run_id']}.jsonl"
+                    if rb_journal.exists() and '"step-done"' in rb_journal.read_text():
+                        break  # the failover is under way: one step done
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the drill never reached its recovery")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert run_dir is not None
+        assert json.loads((run_dir / "journal.json").read_text())["end"] is None
+        r = dbops(pg_sandbox, "drill", "resume", run_dir.name, "--yes", "--confirm", "sandbox-pg")
+        assert r.returncode == 0, r.stdout + r.stderr
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["drill"]["outcome"] == "met" and report["measured"]["rpo_lost"] == 0
+        assert [p["outcome"] for p in report["phases"]] == ["done"] * 8
+        seqs = [a["seq"] for a in report["probe"]["attempts"]]
+        assert len(seqs) == len(set(seqs))  # resumed numbering never reuses one
+        assert report["runbooks"][0]["outcome"] == "ok"
+        r = dbops(pg_sandbox, "drill", "resume", run_dir.name)
+        assert r.returncode == 2 and "is over (met): nothing to resume" in r.stdout
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        asyncio.run(back_to_pg1(pg_sandbox))

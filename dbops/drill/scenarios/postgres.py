@@ -131,21 +131,41 @@ async def primary_loss_verify(ctx: DrillContext) -> list[Verdict]:
     return [Verdict(primaries == [candidate], f"one primary: {', '.join(primaries) or 'none'} (promoted: {candidate})")]
 
 
+async def _upstream_port(ref: ClusterRef, m: Member) -> int | None:
+    """The port a replica streams from now (None when its walreceiver is not streaming)."""
+    try:
+        return await asyncio.wait_for(_ask(ref, m, "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'"),
+                                      ref.timeout + 2)
+    except Exception:  # down or not answering: it is rejoined below
+        return None
+
+
 async def primary_loss_restore(ctx: DrillContext) -> list[str]:
-    """The old primary rewound and rejoined as a replica of the new one: the cluster is back to
-    one primary and every member streaming (it is not switched back: a team decides that)."""
-    victim, candidate = _victim(ctx), ctx.facts.get("candidate")
-    if candidate is None:
-        return []
+    """Back to one primary with every other member streaming from it: the old primary rewound
+    and rejoined (after a failover), and any replica a half-run failover left pointing at the
+    candidate (an abort, a declined fence) rejoined to whichever member is primary now. The new
+    primary is not switched back: a team decides that."""
     now = await roles(ctx.ref)
-    if now.get(victim) != "down":
-        return [f"{victim} is {now.get(victim)}: nothing to rejoin"]
-    if not ctx.hosts.managed:
-        return [f"{victim} is down: rejoin it as a replica of {candidate} with postgres.promote-replica's rejoin commands"]
-    result = await ctx.hosts.perform(HostOp(Verb.RUN, victim, ("rejoin", str(candidate))))
-    if not result.ok:
-        raise RuntimeError(f"rejoining {victim}: {result.detail}")
-    return [result.detail]
+    primaries = [n for n, r in now.items() if r == "primary"]
+    if len(primaries) != 1:
+        raise RuntimeError(f"{ctx.ref.key} does not have one primary now ({', '.join(f'{n} {r}' for n, r in now.items())}): "
+                           "the way back needs an operator")
+    primary = _member(ctx.ref, primaries[0])
+    lines = []
+    for m in ctx.ref.cluster.members:
+        if m.name == primary.name:
+            continue
+        if now[m.name] == "replica" and await _upstream_port(ctx.ref, m) == primary.port:
+            continue
+        why = "down" if now[m.name] == "down" else "not streaming from it"
+        if not ctx.hosts.managed:
+            lines.append(f"{m.name} is {why}: rejoin it as a replica of {primary.name} (postgres.promote-replica's rejoin commands)")
+            continue
+        result = await ctx.hosts.perform(HostOp(Verb.RUN, m.name, ("rejoin", primary.name)))
+        if not result.ok:
+            raise RuntimeError(f"rejoining {m.name}: {result.detail}")
+        lines.append(f"{m.name} was {why}: {result.detail}")
+    return lines or [f"every member streams from {primary.name}"]
 
 
 # -- pg-accidental-delete ----------------------------------------------------------------------
