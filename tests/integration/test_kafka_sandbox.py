@@ -193,6 +193,19 @@ async def test_probe_through_a_broker_loss_acks_continue_or_fail_within_the_boun
         await probe.close(drop=True)
 
 
+def test_drill_kafka_broker_loss_triages_restarts_and_loses_no_acknowledged_record(kafka: KafkaSandbox) -> None:
+    from .drills import assert_met, run_drill
+
+    kafka.wait_quorum()
+    r, report = run_drill(sandbox.config_path(root=kafka.root), kafka.root.parent, "kafka-broker-loss", "sandbox-kafka")
+    assert_met(r, report)
+    victim = report["facts"]["victim"]
+    assert [x["runbook"] for x in report["runbooks"]] == [
+        "kafka.broker-down-triage", "(restart the broker)", "kafka.preferred-leader-election"]
+    assert kafka.pid(victim) is not None  # restarted
+    assert f"broker {victim} killed" in next(p for p in report["phases"] if p["name"] == "inject")["detail"]
+
+
 def test_up_again_is_a_no_op_and_down_stops_every_node(kafka: KafkaSandbox) -> None:
     pids = {n: kafka.pid(n) for n in NODES}
     result = sandbox.up(("kafka",), root=kafka.root)

@@ -143,6 +143,18 @@ def test_drill_probe_writes_reads_back_follows_a_node_loss_and_drops_its_collect
         assert json.loads(resp.read()) == {"violations": []}
 
 
+def test_drill_qdrant_replica_loss_rebuilds_the_dead_replica_and_loses_no_point(qd: QdrantSandbox) -> None:
+    from .drills import assert_met, run_drill
+
+    r, report = run_drill(sandbox.config_path(root=qd.root), qd.root.parent, "qdrant-replica-loss", "sandbox-qdrant")
+    assert_met(r, report)
+    assert "is now Dead" in next(p for p in report["phases"] if p["name"] == "inject")["detail"]
+    assert [x["runbook"] for x in report["runbooks"]] == ["qdrant.recover-dead-replica"]
+    assert report["runbooks"][0]["outcome"] == "ok"
+    with urllib.request.urlopen(f"{qd.urls[1]}/__fake__/violations", timeout=10) as resp:
+        assert json.loads(resp.read()) == {"violations": []}
+
+
 def test_up_again_is_a_no_op_and_down_stops_every_node(qd: QdrantSandbox) -> None:
     pid = qd.pid()
     assert pid is not None and [r.running for r in sandbox.status(root=qd.root) if r.engine == "qdrant"] == [True] * 3

@@ -691,3 +691,36 @@ def test_a_dead_master_shows_down_and_cluster_fix_verifies_every_key_kept(cluste
     assert "nothing to repair" in r.stdout and "every node agrees" in r.stdout
     assert h.data() == before
     h.rs.start_node(victim)
+
+
+def test_drill_redis_master_loss_measures_the_failover_and_attaches_a_replacement(cluster: Cluster) -> None:
+    from .drills import assert_met, run_drill
+
+    h = cluster
+    h.rs.wait_cluster_ok()
+    assert wait_healthy(h, timeout=60).severity is Severity.OK
+    before = h.data()
+    r, report = run_drill(h.config, h.state_dir, "redis-master-loss", "sandbox-redis")
+    assert_met(r, report)
+    victim = report["facts"]["victim"]
+    assert [x["runbook"] for x in report["runbooks"]] == [
+        "redis.cluster-replace-failed-master", "redis.cluster-fix", "redis.cluster-replace-failed-master"]
+    # The killed master's replacement is a replica, the cluster whole, every key kept.
+    h.rs.wait_cluster_ok()
+    assert wait_healthy(h, timeout=60).severity is Severity.OK
+    assert h.cli(victim, "ROLE").split()[0] == "slave"
+    assert h.data() == before
+
+
+def test_drill_redis_sentinel_failover_is_sentinels_own_and_the_old_master_returns_as_a_replica(cluster: Cluster) -> None:
+    from .drills import assert_met, run_drill
+
+    h = cluster
+    h.rs.wait_sentinels_ready()
+    r, report = run_drill(h.config, h.state_dir, "redis-sentinel-failover", "sandbox-sentinel")
+    assert_met(r, report)
+    assert report["runbooks"] == []  # Sentinel recovers by itself
+    m = report["measured"]
+    assert m["rto_seconds"] > 0 and m["detection_seconds"] is not None
+    victim = report["facts"]["victim"]
+    assert h.cli(victim, "ROLE").split()[0] == "slave"
