@@ -29,7 +29,7 @@ from dbops.audit import AuditLog
 from dbops.drill import measure
 from dbops.drill.journal import DrillJournal, new_drill_id
 from dbops.drill.model import PHASES, DrillContext, DrillRefused, Phase, Scenario
-from dbops.drill.probe import Ack, AckLog, Attempt, ProbeLoop, one_line, probe_for
+from dbops.drill.probe import AckLog, Attempt, ProbeLoop, one_line, probe_for
 from dbops.runbook.executor import ExitCode
 from dbops.runbook.model import Confirm, Context, Kind, Step, Verdict
 
@@ -492,8 +492,10 @@ class _Drill:
                 ok = False
             t = time.time()  # when the poll's answer was there to show, not when it was asked
             self.r.health_log.append((t, ok))
-            if not ok and "fault" in self.marks and "detected" not in self.marks:
-                self.mark("detected", t)
+            if "fault" in self.marks and "detected" not in self.marks:
+                seen = measure.first_detection(self.r.health_log, self.marks["fault"])
+                if seen is not None:
+                    self.mark("detected", seen)
             await asyncio.sleep(HEALTH_INTERVAL)
 
     async def approved_by(self, step: Step) -> dict[str, Any] | None:
@@ -925,7 +927,3 @@ def build_report(j: DrillJournal, notes: dict[str, str], outcome: str, message: 
         "lost": data.get("lost", []),
         "facts": data.get("facts", {}),
     }
-
-
-def acks_before(t: float, acks: list[Ack]) -> list[Ack]:
-    return [a for a in acks if a.t < t]
