@@ -179,11 +179,21 @@ async def still_listening(host: str, port: int, timeout: float = 1.0) -> bool:
     return True
 
 
+STOP_SETTLE = 15.0  # a killed server's sockets close when the kernel has torn the process down
+
+
 async def require_stopped(ctx: DrillContext, member: str, what: str) -> None:
+    import asyncio
+    import time
+
     m = next((m for m in ctx.ref.cluster.members if m.name == member), None)
     if m is None or m.port is None:
         return
-    if await still_listening(m.host, m.port):
-        raise RuntimeError(f"{what} was reported done, but {member} ({m.host}:{m.port}) still accepts connections: "
-                           "the fault did not take")
+    deadline = time.monotonic() + STOP_SETTLE
+    while await still_listening(m.host, m.port):
+        if time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            continue
+        raise RuntimeError(f"{what} was reported done, but {member} ({m.host}:{m.port}) still accepts connections "
+                           f"{STOP_SETTLE:.0f}s later: the fault did not take")
 

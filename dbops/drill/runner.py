@@ -556,6 +556,9 @@ class _Drill:
             if performed:
                 assert fault.inject is not None
                 t = time.time()
+                # Attempted: whatever happens next, the way back heals it (a kill whose check
+                # failed may still have killed).
+                self.fault_injected = True
                 detail = await fault.inject(self.ctx)
             else:
                 manual_step = Step(id="fault", title=f"drill fault (manual): {fault.title}", description=self.s.description,

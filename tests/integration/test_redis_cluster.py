@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,11 +159,19 @@ def test_sentinel_failover_moves_the_master_and_a_write_lands_on_the_new_one(clu
     r = h.dbops("runbook", "run", "redis.sentinel-failover", "--cluster", "sandbox-sentinel", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     new = "r2" if old == "r1" else "r1"
-    assert f"3 name {new} (127.0.0.1:{h.rs.port(new)}), which answers ROLE master" in r.stdout
+    # The runbook moves on once a quorum (2 of 3) names the new master; the third sentinel may
+    # take another moment (CI saw "2 name r2" as often as "3 name r2").
+    named = re.search(rf"(\d) name {new} \(127\.0\.0\.1:{h.rs.port(new)}\), which answers ROLE master", r.stdout)
+    assert named is not None and int(named.group(1)) >= 2, r.stdout
     probe = r.stdout.split("write probe ")[1].split()[0]
     assert probe.startswith("dbops:failover-probe:") and 0 < int(h.cli(new, "PTTL", probe)) <= 60000
-    for s in ("s1", "s2", "s3"):
-        assert h.cli(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-sentinel").splitlines()[1] == str(h.rs.port(new))
+    deadline = time.monotonic() + 30
+    while True:
+        named_by = [h.cli(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "sandbox-sentinel").splitlines()[1] for s in ("s1", "s2", "s3")]
+        if named_by == [str(h.rs.port(new))] * 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert named_by == [str(h.rs.port(new))] * 3
     deadline = time.monotonic() + 30
     while True:
         ch = health(h, "sandbox-sentinel")
@@ -716,7 +725,9 @@ def test_drill_redis_sentinel_failover_is_sentinels_own_and_the_old_master_retur
     from .drills import assert_met, run_drill
 
     h = cluster
-    h.rs.wait_sentinels_ready()
+    # The tests before may have left either data node the master: the drill takes it as it is.
+    master = next(m.name for m in health(h, "sandbox-sentinel").members if m.role == "primary")
+    h.rs.wait_sentinels_ready(master)
     r, report = run_drill(h.config, h.state_dir, "redis-sentinel-failover", "sandbox-sentinel")
     assert_met(r, report)
     assert report["runbooks"] == []  # Sentinel recovers by itself

@@ -44,11 +44,40 @@ async def stop(ctx: DrillContext) -> str:
     return f"broker {_victim(ctx)} killed"
 
 
+REJOIN_TIMEOUT = 180.0  # a restarted broker fetching up to every leader it follows
+
+
+async def _rejoined(ctx: DrillContext) -> str | None:
+    """None once every broker answers and every partition is fully replicated again; otherwise
+    what is still missing."""
+    from dbops.poller import poll_once
+
+    health = (await poll_once([ctx.ref]))[0]
+    down = [m.name for m in health.members if m.snapshot.reachability.value != "UP"]
+    if down:
+        return f"brokers not answering: {', '.join(down)}"
+    under = [m.message for m in health.metrics if m.name in ("under_replicated", "under_min_isr", "offline") and m.severity.name != "OK"]
+    return "; ".join(under) or None
+
+
 async def start(ctx: DrillContext) -> str:
+    """The broker started, and back in every ISR: a preferred-leader election before that
+    finds nothing it may move (its replica is not in the ISR yet)."""
+    import asyncio
+    import time
+
     r = await ctx.hosts.perform(HostOp(Verb.START, _victim(ctx)))
     if not r.ok:
         raise RuntimeError(r.detail)
-    return r.detail
+    started = time.monotonic()
+    while True:
+        missing = await _rejoined(ctx)
+        if missing is None:
+            return f"{r.detail}; back in every ISR after {time.monotonic() - started:.1f}s"
+        if time.monotonic() - started > REJOIN_TIMEOUT:
+            raise RuntimeError(f"{r.detail}, but not back after {REJOIN_TIMEOUT:.0f}s: {missing}")
+        ctx.log(f"waiting for {_victim(ctx)} to rejoin: {missing}")
+        await asyncio.sleep(1.0)
 
 
 async def triage_params(ctx: DrillContext) -> dict[str, str]:
@@ -56,12 +85,9 @@ async def triage_params(ctx: DrillContext) -> dict[str, str]:
 
 
 async def verify(ctx: DrillContext) -> list[Verdict]:
-    from dbops.poller import poll_once
-
-    health = (await poll_once([ctx.ref]))[0]
-    down = [m.name for m in health.members if m.snapshot.reachability.value != "UP"]
-    return [Verdict(not down, f"every broker answers ({', '.join(m.name for m in health.members)})" if not down
-                    else f"brokers still down: {', '.join(down)}")]
+    missing = await _rejoined(ctx)
+    return [Verdict(missing is None, "every broker answers and every partition is fully replicated" if missing is None
+                    else missing)]
 
 
 SCENARIOS = [
