@@ -94,6 +94,7 @@ class KafkaAdapter(Adapter):
         self._seen: dict[str, int] = {}  # address -> node id, for brokers that have gone
         self._zookeeper = False  # learnt from a broker that does not know DescribeQuorum
         self._last_up: dict[str, float] = {}  # address -> when it last answered
+        self._asked: set[str] = set()  # brokers _answering_node() chose in this refresh
         self._connects = 0  # rotates the bootstrap order when nothing answered lately
         self._deadline: float | None = None  # loop time by which this refresh must be done
         self._closing: set[asyncio.Task[None]] = set()
@@ -158,6 +159,7 @@ class KafkaAdapter(Adapter):
         # The poller cancels a refresh at the cluster's timeout; ending a little before it leaves
         # the steps that did answer (a broker that did not is a row, not a cluster TIMEOUT).
         self._deadline = asyncio.get_running_loop().time() + self.cluster.timeout * 0.9
+        self._asked.clear()
         try:
             return await self._collect()
         except asyncio.CancelledError:
@@ -200,9 +202,14 @@ class KafkaAdapter(Adapter):
             notes=tuple(notes), configs_at=self._configs_at, window=self.opts.thresholds.lag_window, quorum=quorum)
 
     def _answering_node(self) -> int | None:
-        """The node id of the broker that answered most recently (None: let aiokafka pick)."""
-        recent = sorted((a for a in self._last_up if a in self._seen), key=lambda a: -self._last_up[a])
-        return self._seen[recent[0]] if recent else None
+        """The node id of the broker that answered most recently (None: let aiokafka pick). The
+        chosen one is not chosen again in this refresh: the retry of a call it failed (it died
+        since its last answer) goes to the next most recent, not to it again."""
+        recent = sorted((a for a in self._last_up if a in self._seen and a not in self._asked), key=lambda a: -self._last_up[a])
+        if not recent:
+            return None
+        self._asked.add(recent[0])
+        return self._seen[recent[0]]
 
     async def _probe(self, brokers: list[Broker]) -> set[str]:
         """ListGroups on every broker the metadata names, concurrently: the groups, and each
