@@ -891,10 +891,13 @@ def build_report(j: DrillJournal, notes: dict[str, str], outcome: str, message: 
         phases.append({"name": p.value, "title": p.heading, "started": d.get("started"), "finished": d.get("finished"),
                        "outcome": {"running": "failed"}.get(d.get("state", "pending"), d.get("state", "pending")),
                        "detail": d.get("detail", ""), "note": notes.get(p.value, data["notes"].get(p.value, ""))})
+    unread: list[dict[str, Any]] = []
     try:
         records = read_records(audit_path, strict=False)
-    except Exception:  # the report still renders; it says the audit log could not be read
+    except Exception as exc:  # the report still renders, and says why its steps have no audit numbers
         records = []
+        unread = [{"title": "audit log", "ok": False,
+                   "detail": f"{audit_path} could not be read ({one_line(exc)}): the runbook steps have no audit sequence numbers"}]
     runbooks = []
     for r in data.get("recovery", []):
         mine = [x for x in records if x.get("run_id") == r.get("run_id")]
@@ -925,7 +928,7 @@ def build_report(j: DrillJournal, notes: dict[str, str], outcome: str, message: 
         "probe": {"target": data.get("probe_target", ""),
                   "attempts": [{"t": a.t, "seq": a.seq, "ok": a.ok, **({"error": a.error} if a.error else {})} for a in j.attempts()]},
         "runbooks": runbooks,
-        "verification": data.get("verification", []),
+        "verification": data.get("verification", []) + unread,
         "notes": {**data["notes"], **notes},
         "lost": data.get("lost", []),
         "facts": data.get("facts", {}),
