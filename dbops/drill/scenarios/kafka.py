@@ -85,7 +85,16 @@ async def triage_params(ctx: DrillContext) -> dict[str, str]:
 
 
 async def verify(ctx: DrillContext) -> list[Verdict]:
+    """Every broker answering and every partition fully replicated, within REJOIN_TIMEOUT: the
+    metadata a broker answers with can lag a moment behind the ISR the restart step saw."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + REJOIN_TIMEOUT
     missing = await _rejoined(ctx)
+    while missing is not None and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        missing = await _rejoined(ctx)
     return [Verdict(missing is None, "every broker answers and every partition is fully replicated" if missing is None
                     else missing)]
 
