@@ -8,10 +8,10 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import Iterable
-from pathlib import Path
 from types import ModuleType
 
 from dbops.drill.model import Scenario
+from dbops.runbook.registry import dir_modules
 
 BUILT_IN = "built-in"
 
@@ -43,21 +43,10 @@ def catalog(extra_dirs: Iterable[str] = ()) -> tuple[dict[str, Scenario], dict[s
             add(_from_module(importlib.import_module(info.name)), info.name, BUILT_IN)
         except Exception as exc:  # a broken scenario module must not hide the others
             problems.append(f"{info.name}: cannot be loaded: {type(exc).__name__}: {exc}")
-    for d in extra_dirs:
-        path = Path(d).expanduser()
-        if not path.is_dir():
-            problems.append(f"drill_dirs: {path} is not a directory")
-            continue
-        for file in sorted(path.glob("*.py")):
-            name = f"dbops_user_drills.{file.stem}"
-            try:
-                spec = importlib.util.spec_from_file_location(name, file)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                add(_from_module(module), str(file), str(file))
-            except Exception as exc:  # a team's broken module must not hide the other drills
-                problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
+    modules, more = dir_modules(extra_dirs, "drill_dirs", "dbops_user_drills")
+    problems += more
+    for file, module in modules:
+        add(_from_module(module), str(file), str(file))
     return found, sources, problems
 
 

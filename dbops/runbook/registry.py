@@ -10,6 +10,7 @@ import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from dbops.config import ClusterRef
 from dbops.runbook.model import Runbook
@@ -47,6 +48,29 @@ class Catalog:
                 self.sources[rb.id] = source
 
 
+def dir_modules(dirs: Iterable[str], setting: str, package: str) -> tuple[list[tuple[Path, ModuleType]], list[str]]:
+    """Every *.py file of a team's directories (`setting` in the config: runbook_dirs,
+    drill_dirs) loaded as `package`.<stem>, and one line per directory or file that could not
+    be: a broken module must not hide the others."""
+    modules: list[tuple[Path, ModuleType]] = []
+    problems: list[str] = []
+    for d in dirs:
+        path = Path(d).expanduser()
+        if not path.is_dir():
+            problems.append(f"{setting}: {path} is not a directory")
+            continue
+        for file in sorted(path.glob("*.py")):
+            try:
+                spec = importlib.util.spec_from_file_location(f"{package}.{file.stem}", file)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                modules.append((file, module))
+            except Exception as exc:  # reported by name; the other files still load
+                problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
+    return modules, problems
+
+
 def catalog(extra_dirs: Iterable[str] = ()) -> Catalog:
     """The built-in runbooks, then those of `extra_dirs` (a config's runbook_dirs)."""
     import dbops.runbooks as builtin
@@ -57,21 +81,10 @@ def catalog(extra_dirs: Iterable[str] = ()) -> Catalog:
             found.add(_from_module(importlib.import_module(info.name)), info.name, BUILT_IN)
         except Exception as exc:  # a broken runbook module must not hide the others
             found.problems.append(f"{info.name}: cannot be loaded: {type(exc).__name__}: {exc}")
-    for d in extra_dirs:
-        path = Path(d).expanduser()
-        if not path.is_dir():
-            found.problems.append(f"runbook_dirs: {path} is not a directory")
-            continue
-        for file in sorted(path.glob("*.py")):
-            name = f"dbops_user_runbooks.{file.stem}"
-            try:
-                spec = importlib.util.spec_from_file_location(name, file)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                found.add(_from_module(module), str(file), str(file))
-            except Exception as exc:  # a team's broken module must not hide the other runbooks
-                found.problems.append(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}")
+    modules, problems = dir_modules(extra_dirs, "runbook_dirs", "dbops_user_runbooks")
+    found.problems += problems
+    for file, module in modules:
+        found.add(_from_module(module), str(file), str(file))
     return found
 
 
