@@ -123,3 +123,25 @@ def test_targets_must_name_a_configured_environment_or_cluster(tmp_path):
     res = invoke(tmp_path, "list", config=CONFIG.replace('[drills.targets.prod]', '[drills.targets.prdo]'))
     assert res.exit_code != 0
     assert "drills.targets.prdo: names no environment or environment/cluster" in res.output
+
+
+def test_a_teams_scenarios_load_from_drill_dirs_and_a_broken_file_is_named(tmp_path):
+    team = tmp_path / "drills"
+    team.mkdir()
+    (team / "ours.py").write_text('''
+from dbops.drill.model import Fault, Scenario
+
+async def _inject(ctx):
+    return "nothing"
+
+SCENARIO = Scenario(id="team-noop", title="A team's own drill", engine="postgres", description="d",
+                    fault=Fault("nothing", lambda ctx: ["true"], _inject), recovery=(),
+                    applies=lambda ref: None if ref.cluster.engine == "postgres" else "not postgres")
+''')
+    (team / "broken.py").write_text("raise RuntimeError('half written')\n")
+    res = invoke(tmp_path, "list", "--json", config=f'drill_dirs = ["{team}"]\n' + CONFIG)
+    assert res.exit_code == 0, res.output
+    rows = {r["id"]: r for r in json.loads(res.stdout)}
+    assert rows["team-noop"]["source"] == str(team / "ours.py")
+    assert "pg-primary-loss" in rows  # the built-ins still load
+    assert f"{team / 'broken.py'}: cannot be loaded: RuntimeError: half written" in res.stderr
