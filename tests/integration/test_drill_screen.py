@@ -206,8 +206,10 @@ async def test_primary_loss_driven_by_keys_to_its_outcome_and_report(pg_sandbox)
             outcome = text(screen, "#drill-outcome")
             assert outcome.startswith("MET: RTO ") and "RPO 0" in outcome
             assert f"report: {result.files['md']}" in outcome and f"report: {result.files['html']}" in outcome
-            regions = {w: screen.query_one(w).region for w in ("#drill-outcome", "#drill-phases", "#drill-log")}
-            assert on_screen(screen.query_one("#drill-outcome")) and on_screen(screen.query_one("#drill-phases")), regions
+            # The outcome is shown at the next layout after the result (a refresh away).
+            regions = lambda: {w: screen.query_one(w).region for w in ("#drill-outcome", "#drill-phases", "#drill-log")}  # noqa: E731
+            await settle(pilot, lambda: on_screen(screen.query_one("#drill-outcome")), "the outcome laid out", attempts=50, show=regions)
+            assert on_screen(screen.query_one("#drill-outcome")) and on_screen(screen.query_one("#drill-phases")), regions()
             assert screen.query_one("#drill-phases").region.height >= len(PHASES) + 1
             log = "\n".join(str(x.text) for x in screen.query_one("#drill-log").lines)
             assert "▶ Fence the old primary" in log and "✓ Promote the candidate" in log  # the runbook's own events

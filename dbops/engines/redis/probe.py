@@ -254,6 +254,9 @@ class RedisProbe:
         return bool(await client.execute_command("XRANGE", key, entry, entry))
 
     async def present(self, seqs: Sequence[int]) -> set[int]:
+        return await self._once_settled(lambda: self._present(seqs))
+
+    async def _present(self, seqs: Sequence[int]) -> set[int]:
         routes = await self._routes()
         wanted = {int(s) for s in seqs}
         found: set[int] = set()
@@ -276,6 +279,25 @@ class RedisProbe:
                 start = "(" + tail
         return found
 
+    async def _once_settled(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, tried again (routes found afresh) for a bounded while: right after a failover a
+        cluster's nodes learn of the new master by gossip, and one may still answer CLUSTERDOWN or
+        MOVED to the dead master for a moment. The RPO read and the cleanup run then; the probe's
+        own writes do not (a failure there is the measurement)."""
+        deadline = time.monotonic() + self.ref.timeout * 3
+        while True:
+            try:
+                return await call()
+            except Exception:
+                await self.reset()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _drop(self) -> None:
+        for key, client in await self._routes():
+            await client.execute_command("DEL", key)
+
     async def reset(self) -> None:
         self._route = None
         clients, self._clients = list(self._clients.values()), {}
@@ -284,17 +306,7 @@ class RedisProbe:
     async def close(self, drop: bool) -> None:
         try:
             if drop:
-                deadline = time.monotonic() + self.ref.timeout * 3
-                while True:  # right after a failover the new master may not be known everywhere yet
-                    try:
-                        for key, client in await self._routes():
-                            await client.execute_command("DEL", key)
-                        break
-                    except Exception:
-                        await self.reset()
-                        if time.monotonic() > deadline:
-                            raise
-                        await asyncio.sleep(0.2)
+                await self._once_settled(self._drop)
         finally:
             await self.reset()
 
