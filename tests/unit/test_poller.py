@@ -154,4 +154,4 @@ def test_history_points_are_made_by_the_engines_sampler():
     hub = PollerHub(cfg)
     hub._record(ref, Snapshot("t", "c", "m", "postgres", Reachability.UP, NOW, 5.0, data=primary_data(), seq=1))
     hub._record(ref, Snapshot("t", "c", "m", "postgres", Reachability.DOWN, NOW + 2, 5.0, error="refused", seq=2))
-    assert hub.history(ref.key, "m") == [PgHistoryPoint(NOW, None, None, 17)]  # the unreachable refresh keeps no point
+    assert hub.history(ref.key, "m") == [PgHistoryPoint(NOW, None, None, 17, 0x9000000)]  # the unreachable refresh keeps no point; the primary's WAL position 0/9000000 is kept
