@@ -3,21 +3,40 @@
 A config names a secret as `{ env = "VAR" }`, `{ file = "/path" }`, or (sandbox environments
 only) `{ value = "literal" }`. The value is read when a connection is made, wrapped in `Secret`
 so that str(), repr(), f-strings and logging print `***` instead of the value.
+
+Secrets kept in a service, `{ aws_secret = ... }`, `{ k8s_secret = ... }` and `{ rds_iam = true }`,
+are read by dbops.platform.credentials (it needs boto3, the kubernetes client and the cluster
+the reference belongs to) and cached in memory there. What every kind shares is here:
+`with_reread`, which re-reads a cached credential once when a server refuses it (a rotation)
+and retries once; any engine's connect can use it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 REDACTED = "***"
 
 
 class SecretError(Exception):
     """A reference that cannot be resolved. The message names the reference, never a value."""
+
+
+class CredentialRejected(SecretError):
+    """A server refused a credential read from a service, and re-reading it did not help (the
+    value was unchanged, or the fresh one was refused too). `cause` is the server's refusal."""
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class Secret:
@@ -66,7 +85,71 @@ def resolve(ref: SecretRefLike | None) -> Secret | None:
             raise SecretError(f"secret file {path} cannot be read: {type(exc).__name__}") from None
     if ref.value is not None:
         return Secret(ref.value)
+    remote = next((k for k in REMOTE_KINDS if getattr(ref, k, None) is not None), None)
+    if remote is not None:
+        # dbops.platform.credentials reads these, knowing the cluster and member they are for.
+        raise SecretError(f"{remote} reference: this connection reads only env, file or value references "
+                          "(aws_secret, k8s_secret and rds_iam are read for PostgreSQL clusters' connections)")
     raise SecretError("credential reference names neither env, file nor value")
+
+
+# Reference kinds read from a service (dbops.platform.credentials), not from this host.
+REMOTE_KINDS = ("aws_secret", "k8s_secret", "rds_iam")
+
+
+class CredentialSource(Protocol):
+    """Where one connection's credential comes from (dbops.platform.credentials.Credential)."""
+
+    def describe(self) -> str:
+        """The reference as a message names it: never a value."""
+        ...
+
+    @property
+    def rereadable(self) -> bool:
+        """Whether reading it again may give another value (a cached value from a service)."""
+        ...
+
+    async def get(self) -> Secret | None:
+        """The credential: cached, or read (raises SecretError naming the reference)."""
+        ...
+
+    def invalidate(self, rejected: Secret | None) -> None:
+        """Drop the cached value if it is still `rejected`: the next get() reads it again."""
+        ...
+
+
+async def with_reread(source: CredentialSource, attempt: Callable[[Secret | None], Awaitable[_T]],
+                      refused: Callable[[BaseException], bool]) -> _T:
+    """`attempt(credential)` (a connect), re-reading the credential once when the server refuses it.
+
+    A credential kept in a service is cached; after a rotation the cached value is stale and the
+    server refuses it. On a refusal (`refused(exc)`: the driver's authentication error) the
+    cached value is dropped and read again; if it changed the attempt is made once more. A
+    refusal that re-reading cannot fix (the value is unchanged, or the new one is refused as
+    well) raises CredentialRejected, naming the reference, with the server's error as `cause`.
+    Anything else the attempt raises goes up as it is."""
+    secret = await source.get()
+    try:
+        return await attempt(secret)
+    except Exception as exc:
+        if not (source.rereadable and refused(exc)):
+            raise
+        first = exc
+    source.invalidate(secret)
+    fresh = await source.get()
+    if _same(fresh, secret):
+        raise CredentialRejected(f"{source.describe()} was refused; read again, it is unchanged", first) from first
+    log.info("%s was refused; read it again (it changed: rotated) and retrying once", source.describe())
+    try:
+        return await attempt(fresh)
+    except Exception as exc:
+        if refused(exc):
+            raise CredentialRejected(f"{source.describe()} was refused, and again after reading it anew", exc) from exc
+        raise
+
+
+def _same(a: Secret | None, b: Secret | None) -> bool:
+    return (a.reveal() if a is not None else None) == (b.reveal() if b is not None else None)
 
 
 def redact(text: str, *secrets: Secret | None) -> str:
@@ -209,3 +292,5 @@ class SecretRefLike(Protocol):  # pragma: no cover - typing aid only
     def file(self) -> str | None: ...
     @property
     def value(self) -> str | None: ...
+    # (The remote kinds, aws_secret, k8s_secret and rds_iam, are read with getattr: an object
+    # without them names none.)
