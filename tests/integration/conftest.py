@@ -13,12 +13,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from dbops import sandbox
 from dbops.sandbox.postgres import PostgresSandbox, StopMode
+
+if TYPE_CHECKING:
+    from ..fakes.kubernetes import Kube
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -137,6 +140,17 @@ def pg_sandbox() -> Iterator[PgSandbox]:
             # (DBOPS_KEEP_SANDBOX=1).
             if ok and not os.environ.get("DBOPS_KEEP_SANDBOX"):
                 shutil.rmtree(state_dir, ignore_errors=False)
+
+
+@pytest.fixture(scope="session")
+def kube_stand_in() -> Iterator[Kube]:
+    """The Kubernetes API stand-in (tests/fakes/kubernetes.py), one JVM for every module that
+    asks for it. Each module keeps to namespaces of its own and writes its own kubeconfig
+    (`kube.stand_in.kubeconfig(path)`): the stand-in's objects are shared."""
+    from ..fakes.kubernetes import running_stand_in
+
+    with running_stand_in("dbops-it-k8s-") as kube:
+        yield kube
 
 
 async def pg_exec(dsn: str, sql: str, *args: Any) -> list[Any]:
