@@ -416,10 +416,14 @@ class PollerHub(Hub):
         return asyncio.run_coroutine_threadsafe(call(), self._loop)
 
 
-async def poll_once(refs: Iterable[ClusterRef], refreshes: int = 1) -> list[ClusterHealth]:
+async def poll_once(
+    refs: Iterable[ClusterRef], refreshes: int = 1, history: dict[tuple[str, str], list[HistoryPoint]] | None = None
+) -> list[ClusterHealth]:
     """One poll of every member of every cluster, concurrently (for `dbops check`); with
     refreshes > 1, that many, a refresh interval apart, judged after the last (what is judged
-    over a window, like Kafka consumer lag, needs several)."""
+    over a window, like Kafka consumer lag, needs several). `history`, when given, gets each
+    member's points, (cluster key, member) -> oldest first, as the hub keeps them: every
+    refresh judged and sampled by the engine's history sampler (PostgreSQL's catch-up trend)."""
     refs = list(refs)
 
     async def cluster(ref: ClusterRef) -> ClusterHealth:
@@ -436,8 +440,23 @@ async def poll_once(refs: Iterable[ClusterRef], refreshes: int = 1) -> list[Clus
                 previous = dict(zip((m.name for m in ref.poll_units), snaps))
                 snaps = list(await asyncio.gather(*(poll_member(adapters[m.name], ref, m, previous.get(m.name))
                                                     for m in ref.poll_units)))
+                if history is not None:
+                    keep_history(ref, snaps, history)
         finally:
             await asyncio.gather(*(close_quietly(a) for a in adapters.values()))
         return assess_cluster(ref, {s.member: s for s in snaps})
 
     return list(await asyncio.gather(*(cluster(r) for r in refs)))
+
+
+def keep_history(ref: ClusterRef, snaps: list[Snapshot], history: dict[tuple[str, str], list[HistoryPoint]]) -> None:
+    """Append one refresh's history points (its answered members', judged together) to
+    `history`, as PollerHub keeps them; nothing for an engine that keeps no history."""
+    sampler = history_sampler(ref.cluster.engine)
+    if sampler is None:
+        return
+    health = assess_cluster(ref, {s.member: s for s in snaps})
+    for mh in health.members:
+        snap = next((s for s in snaps if s.member == mh.name), None)
+        if snap is not None and snap.reachable and (point := sampler(snap, mh)) is not None:
+            history.setdefault((ref.key, mh.name), []).append(point)

@@ -155,3 +155,33 @@ def test_history_points_are_made_by_the_engines_sampler():
     hub._record(ref, Snapshot("t", "c", "m", "postgres", Reachability.UP, NOW, 5.0, data=primary_data(), seq=1))
     hub._record(ref, Snapshot("t", "c", "m", "postgres", Reachability.DOWN, NOW + 2, 5.0, error="refused", seq=2))
     assert hub.history(ref.key, "m") == [PgHistoryPoint(NOW, None, None, 17, 0x9000000)]  # the unreachable refresh keeps no point; the primary's WAL position 0/9000000 is kept
+
+
+def test_check_keeps_the_history_the_hub_would():
+    """poll_once's history (dbops check --refreshes): each refresh's answered members, judged
+    together (a replica's lag against the primary of the same refresh); a refresh a member did
+    not answer keeps no point for it."""
+    from dbops.engines.postgres.history import PgHistoryPoint
+    from dbops.model import Snapshot
+    from dbops.poller import keep_history
+
+    from ..ui.frozen import NOW, MiB, primary_data, replica_data
+
+    ref = parse("""
+[environments.t.clusters.c]
+engine = "postgres"
+members = [{ name = "pg1", host = "127.0.0.1", role = "primary" }, { name = "pg3", host = "127.0.0.2", role = "replica" }]
+""").clusters()[0]
+
+    def snap(member: str, ts: float, data=None) -> Snapshot:
+        reach = Reachability.UP if data is not None else Reachability.DOWN
+        return Snapshot("t", "c", member, "postgres", reach, ts, 5.0, data=data, seq=1)
+
+    history: dict = {}
+    keep_history(ref, [snap("pg1", NOW, primary_data()), snap("pg3", NOW, replica_data(3 * MiB, 1.0))], history)
+    keep_history(ref, [snap("pg1", NOW + 2, primary_data()), snap("pg3", NOW + 2)], history)
+    # pg3's lag is the worst of its own view (3 MiB) and pg1's row for it (40 MiB, 14 s)
+    assert history[(ref.key, "pg3")] == [PgHistoryPoint(NOW, 40 * MiB, 14.0, 6, 0x8000000)]
+    assert [p.ts for p in history[(ref.key, "pg1")]] == [NOW, NOW + 2]
+    keep_history(parse(CONFIG).clusters()[0], [], history)  # nothing polled, nothing kept
+    assert len(history) == 2
