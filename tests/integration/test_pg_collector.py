@@ -852,3 +852,103 @@ async def test_blackholed_port_times_out() -> None:
             w.close()
         server.close()
         await server.wait_closed()
+
+
+# ---------------------------------------------------------------------------------------------
+# Catch-up trend from the hub's history, on real polls
+
+
+async def test_delayed_replica_falls_behind_then_catches_up_with_an_eta(pg_sandbox: Any, tmp_path: Any) -> None:
+    """pg3 applies each commit only APPLY_DELAY s after it was made (recovery_min_apply_delay)
+    while pg1 writes steadily for as long: its lag grows (falling behind); when the writes stop
+    it shrinks at the rate it was written (catching up, with an ETA); then it is caught up.
+    The hub polls the real servers; the trend is judged from its kept history. `dbops check
+    --json --refreshes` during the writes names the trend for pg3 too."""
+    import json
+    import os
+
+    from dbops.engines.postgres.catchup import Trend, from_history
+    from dbops.poller import PollerHub
+
+    apply_delay = 30
+    await ready(pg_sandbox)
+    await settled(pg_sandbox)
+    text = pg_sandbox.config_path.read_text()
+    assert "refresh_interval = 2.0" in text
+    config = tmp_path / "catchup.toml"
+    config.write_text(text.replace("refresh_interval = 2.0", "refresh_interval = 0.5", 1))
+    hub = PollerHub(load(config))
+    key = cluster_ref(pg_sandbox).key
+    seen: list[tuple[Trend, str]] = []  # each trend judged on the way, once in a row
+
+    async def trend(want: Trend, need_eta: bool = False, attempts: int = 600) -> Any:
+        async def check() -> Any:
+            c = from_history(hub.history(key, "pg3"))
+            if not seen or seen[-1][1] != c.message:
+                seen.append((c.trend, c.message))
+            return c if c.trend is want and (c.eta_seconds is not None or not need_eta) else None
+
+        return await wait_until(check, f"pg3 {want.value} (seen: {seen[-6:]})", attempts=attempts, delay=0.2)
+
+    writing = True
+
+    async def writer() -> None:
+        # about 1.3 MiB/s of WAL, each message its own transaction (a commit for the delay to hold)
+        async with connection(pg_sandbox) as conn:
+            while writing:
+                await conn.execute("SELECT pg_logical_emit_message(true, 'dbops-it', repeat('x', 131072))")
+                await asyncio.sleep(0.1)
+
+    def run_check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dbops.cli", "--config", str(config), "check", "--json", "--refreshes", "25",
+             "--no-backups", "--no-platform"],
+            capture_output=True, text=True, timeout=120, env={**os.environ},
+        )
+
+    hub.start()
+    task = None
+    try:
+        await wait_until(lambda: asyncio.sleep(0, result=len(hub.history(key, "pg3")) >= 3), "the hub's first refreshes")
+        assert from_history(hub.history(key, "pg3")).trend is Trend.CAUGHT_UP
+        await pg_sandbox.fetch("pg3", f"ALTER SYSTEM SET recovery_min_apply_delay = '{apply_delay}s'")
+        await pg_sandbox.fetch("pg3", "SELECT pg_reload_conf()")
+        task = asyncio.create_task(writer())
+        started = time.monotonic()
+        checked = asyncio.create_task(asyncio.to_thread(run_check))
+        behind = await trend(Trend.FALLING_BEHIND)
+        assert behind.rate is not None and behind.rate > 0 and behind.eta_seconds is None
+        assert behind.message.startswith("falling behind at ") and "refreshes)" in behind.message, behind.message
+
+        r = await checked
+        report = json.loads(r.stdout)
+        members = {m["name"]: m for m in report["clusters"][0]["members"]}
+        assert members["pg1"]["catchup"] is None
+        assert members["pg3"]["catchup"]["trend"] == "falling_behind", members["pg3"]["catchup"]
+        assert members["pg3"]["catchup"]["points"] >= 5 and members["pg3"]["catchup"]["rate_bytes_per_second"] > 0
+        assert members["pg2"]["catchup"]["trend"] == "caught_up", members["pg2"]["catchup"]
+
+        # keep writing until the first delayed commit is due (the lag's peak), then stop
+        await asyncio.sleep(max(0.0, apply_delay - (time.monotonic() - started)))
+        writing = False
+        await task
+        catching = await trend(Trend.CATCHING_UP, need_eta=True)
+        assert catching.rate is not None and catching.rate < 0
+        assert catching.eta_seconds == pytest.approx(catching.lag_bytes / -catching.rate)
+        assert ", ETA " in catching.message and "refreshes)" in catching.message, catching.message
+        # judged from after the turn only: never more than the window since it
+        assert catching.window_seconds <= 60
+        await trend(Trend.CAUGHT_UP)
+        # never caught up between falling behind and catching up: the ETA came from a replica
+        # really working off its backlog
+        trends = [t for t, _ in seen]
+        between = trends[trends.index(Trend.FALLING_BEHIND): trends.index(Trend.CATCHING_UP)]
+        assert Trend.CAUGHT_UP not in between, seen
+    finally:
+        writing = False
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        hub.stop()
+        await pg_sandbox.fetch("pg3", "ALTER SYSTEM RESET recovery_min_apply_delay")
+        await pg_sandbox.fetch("pg3", "SELECT pg_reload_conf()")
+    await settled(pg_sandbox)
