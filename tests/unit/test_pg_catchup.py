@@ -145,6 +145,30 @@ def test_a_turn_from_falling_behind_to_catching_up_is_seen_in_the_window():
     assert c.trend is Trend.UNKNOWN and "the lag turned from rising to falling 4.0s ago" in c.message
 
 
+def test_a_turn_after_a_flat_start_and_one_too_recent_for_a_fit():
+    # caught up for 10 s, falling behind for 30 s, then catching up at 1.25 MiB/s, every 2 s
+    def lag(t: float) -> int:
+        if t < 10:
+            return 300 * 1024
+        if t < 40:
+            return int((t - 10) / 30 * 37 * MiB)
+        return int(37 * MiB - (t - 40) * 1.25 * MiB)
+
+    def at(end: int):
+        return estimate([(1000.0 + t, lag(t)) for t in range(0, end + 1, 2)])
+
+    c = at(40)
+    assert c.trend is Trend.FALLING_BEHIND and c.window_seconds == 30.0  # the flat start left out
+    # 8 s after the turn the fit over the window still leans to falling behind; the newest
+    # figures, each lower than the one before, say it turned: no trend yet, not the old one
+    c = at(48)
+    assert c.trend is Trend.UNKNOWN and c.rate is None, c.message
+    assert c.message == "not enough history yet: the lag turned from rising to falling 8.0s ago (needs 5 figures over 10s since)"
+    c = at(50)
+    assert c.trend is Trend.CATCHING_UP and c.window_seconds == 10.0
+    assert c.eta_seconds == pytest.approx(19.6)  # 24.5 MiB left at 1.25 MiB/s
+
+
 def test_only_the_recent_window_counts():
     # an hour ago it fell behind fast; over the last minute it has been steady
     old = [(1000.0 + 2 * i, (10 + 5 * i) * MiB) for i in range(30)]

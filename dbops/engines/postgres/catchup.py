@@ -47,6 +47,8 @@ JUMP_SHARE = 0.5
 # two lines, before and after one figure, fitting with at most this share of one line's squared
 # error. Only the newer line then tells the trend now.
 TURN_SSR_SHARE = 0.25
+# ... and a turn too recent for that: the last TURN_TAIL figures each moving against the trend.
+TURN_TAIL = 3
 ETA_MAX_FACTOR = 20.0  # no ETA further out than this many times the span seen
 STALE_SECONDS = 10.0  # no lag figure for max(this, 3 refresh intervals): no trend to tell
 
@@ -199,9 +201,9 @@ def estimate(
         before, after = recent[jump - 1][1], recent[jump][1]
         why = f"; lag jumped from {human_bytes(before)} to {human_bytes(after)} {human_seconds(end - recent[jump][0])} ago"
         recent = recent[jump:]
-    # A turn of the trend: only the newer line tells the trend now.
-    turn = _last_turn(recent)
-    if turn is not None:
+    # A turn of the trend: only the newer line tells the trend now. Again within what is left
+    # (flat, then rising, then falling: the newest turn is the one that counts).
+    while (turn := _last_turn(recent)) is not None:
         before_slope, after_slope = _fit(recent[: turn + 1])[0], _fit(recent[turn:])[0]
         if before_slope > 0 >= after_slope:
             how = "turned from rising to falling"
@@ -227,6 +229,21 @@ def estimate(
     over = _over(span, n)
     if t_stat < MIN_T or change < max(MIN_CHANGE_BYTES, MIN_CHANGE_SHARE * mean):
         return CatchUp(Trend.STEADY, f"steady at {human_bytes(last)} (no clear trend, {over})", last, slope, None, span, n)
+    # The newest figures already going the other way, each step, by more than noise: a turn
+    # too recent for the fit to see. No trend until there is enough history since.
+    tail = recent[-TURN_TAIL:]
+    steps = [b - a for (_, a), (_, b) in zip(tail, tail[1:])]
+    if all(d * slope < 0 for d in steps) and abs(tail[-1][1] - tail[0][1]) >= max(MIN_CHANGE_BYTES, MIN_CHANGE_SHARE * mean):
+        how = "from rising to falling" if slope > 0 else "from falling to rising"
+        start = len(recent) - 1
+        while start > 0 and (recent[start][1] - recent[start - 1][1]) * slope < 0:
+            start -= 1
+        return CatchUp(
+            Trend.UNKNOWN,
+            f"not enough history yet: the lag turned {how} {human_seconds(end - recent[start][0])} ago "
+            f"(needs {MIN_POINTS} figures over {human_seconds(MIN_SPAN_SECONDS)} since)",
+            last, None, None, span, n,
+        )
     rate = f"{human_bytes(abs(slope))}/s"
     if slope > 0:
         return CatchUp(Trend.FALLING_BEHIND, f"falling behind at {rate}, lag {human_bytes(last)} ({over})", last, slope, None, span, n)
