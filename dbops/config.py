@@ -24,21 +24,83 @@ SENTINEL_PORT = 26379
 
 @dataclass(frozen=True)
 class SecretRef(Model):
-    """Where a credential lives: exactly one of env, file or value (value: sandbox only)."""
+    """Where a credential lives: exactly one of env, file, value (sandbox only), aws_secret,
+    k8s_secret or rds_iam (dbops.secrets and dbops.platform.credentials read them).
+
+    aws_secret: a Secrets Manager secret's ARN or name; `key` picks a field of its JSON
+    SecretString (without key the whole SecretString is the value). Region, endpoint and AWS
+    credentials: `region` / `endpoint_url` here, else the region in the ARN, else the cluster's
+    [rds] aws location (its keys too), else boto3's usual chain (AWS_REGION, ~/.aws, a role).
+    k8s_secret: "namespace/name" of a Kubernetes Secret; `key` names its data field. The API is
+    the one `kubeconfig` / `context` here name, else the cluster's [kubernetes] ones, else the
+    in-cluster service account or ~/.kube/config (as dbops.platform.kubernetes connects).
+    rds_iam = true: an RDS IAM authentication token for the member's host, port and user,
+    generated with the cluster's [rds] aws credentials (or boto3's chain); needs TLS.
+    """
 
     env: str | None = None
     file: str | None = None
     value: str | None = field(default=None, repr=False)
+    aws_secret: str | None = None
+    k8s_secret: str | None = None
+    rds_iam: bool | None = None
+    key: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
 
-    def check(self) -> list[str]:
-        given = [k for k in ("env", "file", "value") if getattr(self, k) is not None]
-        return [] if len(given) == 1 else ["give exactly one of env, file or value"]
+    KINDS = ("env", "file", "value", "aws_secret", "k8s_secret", "rds_iam")
+
+    @property
+    def kind(self) -> str | None:
+        """Which kind of reference this is (None when it names none)."""
+        return next((k for k in self.KINDS if getattr(self, k) is not None), None)
+
+    @property
+    def remote(self) -> bool:
+        """Read from a service (and cached in memory): re-read when a server refuses it."""
+        return self.kind in ("aws_secret", "k8s_secret", "rds_iam")
+
+    def check(self) -> list[Any]:
+        given = [k for k in self.KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            return ["give exactly one of env, file or value, or one read from a service: aws_secret, k8s_secret or rds_iam"]
+        kind = given[0]
+        problems: list[Any] = []
+        if self.rds_iam is False:
+            problems.append((("rds_iam",), "rds_iam = false names no credential: leave it out, or give env, file ..."))
+        if self.key is not None and kind not in ("aws_secret", "k8s_secret"):
+            problems.append((("key",), "key picks a field of an aws_secret or a k8s_secret"))
+        if kind == "k8s_secret":
+            ns, _, name = (self.k8s_secret or "").partition("/")
+            if not ns or not name or "/" in name:
+                problems.append((("k8s_secret",), 'give the Secret as "namespace/name"'))
+            if not self.key:
+                problems.append((("key",), "a k8s_secret needs key = the data field that holds the credential"))
+        for name in ("region", "endpoint_url"):
+            if getattr(self, name) is not None and kind not in ("aws_secret", "rds_iam"):
+                problems.append(((name,), f"{name} is for aws_secret or rds_iam"))
+        if self.endpoint_url is not None and kind == "rds_iam":
+            problems.append((("endpoint_url",), "an RDS IAM token is made locally, not fetched: endpoint_url is for aws_secret"))
+        for name in ("kubeconfig", "context"):
+            if getattr(self, name) is not None and kind != "k8s_secret":
+                problems.append(((name,), f"{name} is for k8s_secret"))
+        return problems
 
     def describe(self) -> str:
+        """The reference as messages name it (never a value)."""
         if self.env is not None:
             return f"env:{self.env}"
         if self.file is not None:
             return f"file:{self.file}"
+        if self.aws_secret is not None:
+            # (key in parentheses: "key password: ..." would read as a password to scrub_text)
+            return f"aws_secret {self.aws_secret}" + (f" (key {self.key})" if self.key else "")
+        if self.k8s_secret is not None:
+            return f"k8s_secret {self.k8s_secret}" + (f" (key {self.key})" if self.key else "")
+        if self.rds_iam:
+            return "rds_iam token"
         return "literal (sandbox)"
 
 
@@ -449,6 +511,15 @@ class Cluster(Model):
             problems.append((("fencing", "methods"), 'the "kubernetes" fence needs the cluster\'s [kubernetes]'))
         if self.engine == "kafka" and self.user is not None and self.password is None:
             problems.append((("password",), "SASL (a `user` on a Kafka cluster) needs a password"))
+        if self.password is not None and self.password.rds_iam:
+            if self.engine != "postgres":
+                problems.append((("password", "rds_iam"), "rds_iam is for an engine = \"postgres\" cluster on RDS"))
+            elif self.tls.mode in ("disable", "prefer"):
+                problems.append((("password", "rds_iam"),
+                                 f"rds_iam sends an IAM token as the password, which RDS accepts only over TLS: set "
+                                 f"tls.mode = \"require\", \"verify-ca\" or \"verify-full\" (it is \"{self.tls.mode}\")"))
+        if self.pgbouncer is not None and self.pgbouncer.password is not None and self.pgbouncer.password.rds_iam:
+            problems.append((("pgbouncer", "password", "rds_iam"), "rds_iam is for the cluster's own password, not PgBouncer's"))
         return problems
 
 

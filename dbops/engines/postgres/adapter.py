@@ -31,7 +31,7 @@ from dbops.engines.postgres.data import (
 )
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
 from dbops.model import Reachability, first_line
-from dbops.secrets import Secret, SecretError, resolve, scrub_text
+from dbops.secrets import CredentialRejected, Secret, SecretError, resolve, scrub_text, with_reread
 from dbops.tls import TLSConfigError, client_context
 
 if TYPE_CHECKING:
@@ -91,26 +91,40 @@ class PostgresAdapter(Adapter):
     async def open_connection(self, application_name: str = Q.APPLICATION_NAME, statement_timeout: float | None = None) -> Any:
         """A new asyncpg connection to this member with the cluster's credentials and TLS, not
         managed by the adapter (runbooks own theirs: another application_name, longer timeouts).
-        The caller closes it."""
+        The caller closes it.
+
+        A password kept in a service (aws_secret, k8s_secret, rds_iam) comes from the in-memory
+        cache of dbops.platform.credentials; when the server refuses it, it is read again once
+        (rotated since it was cached) and the connect retried once (dbops.secrets.with_reread)."""
         asyncpg = await import_off_loop("asyncpg")
+        from dbops.platform.credentials import credential
+
         cluster = self.cluster.cluster
-        self._secret = resolve(cluster.password)
         timeout = self.cluster.timeout
-        return await asyncpg.connect(
-            host=self.member.host,
-            port=self.member.port,
-            user=cluster.user,
-            database=cluster.database,
-            password=self._secret.reveal() if self._secret is not None else None,
-            ssl=self._ssl(),
-            timeout=timeout,
-            server_settings={
-                "application_name": application_name,
-                "statement_timeout": str(int((statement_timeout or timeout) * 1000)),
-                "lock_timeout": "1000",
-                "idle_in_transaction_session_timeout": "60000",
-            },
-        )
+        ssl = self._ssl()
+
+        async def attempt(secret: Secret | None) -> Any:
+            self._secret = secret
+            return await asyncpg.connect(
+                host=self.member.host,
+                port=self.member.port,
+                user=cluster.user,
+                database=cluster.database,
+                password=secret.reveal() if secret is not None else None,
+                ssl=ssl,
+                timeout=timeout,
+                server_settings={
+                    "application_name": application_name,
+                    "statement_timeout": str(int((statement_timeout or timeout) * 1000)),
+                    "lock_timeout": "1000",
+                    "idle_in_transaction_session_timeout": "60000",
+                },
+            )
+
+        def refused(exc: BaseException) -> bool:
+            return isinstance(exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError))
+
+        return await with_reread(credential(self.cluster, self.member), attempt, refused)
 
     async def _ensure(self) -> Any:
         if self._conn is None or self._conn.is_closed():
@@ -265,6 +279,8 @@ class PostgresAdapter(Adapter):
     def _classify(self, exc: BaseException) -> tuple[Reachability, str]:
         where = self.where
         user = self.cluster.cluster.user
+        if isinstance(exc, CredentialRejected):
+            return Reachability.AUTH, f"{where} rejected user {user}: {first_line(str(exc.cause))}; {exc}"
         if isinstance(exc, SecretError):
             return Reachability.AUTH, f"password for {user}: {exc}"
         if isinstance(exc, TLSConfigError):
