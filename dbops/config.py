@@ -130,6 +130,20 @@ class PostgresThresholds(Model):
     long_query_seconds: float = 60.0
     idle_in_transaction_seconds_warn: float = 60.0
     idle_in_transaction_seconds_crit: float = 600.0
+    # A transaction open this long (since xact_start, whatever its state), apart from long queries.
+    long_transaction_seconds_warn: float = 300.0
+    long_transaction_seconds_crit: float = 1800.0
+    # What holds the xmin horizon back (a session, a prepared transaction, a slot, a standby's
+    # feedback): judged by how many transactions ago its xmin was, and how long ago it began.
+    xmin_horizon_xid_age_warn: int = 50_000_000
+    xmin_horizon_xid_age_crit: int = 200_000_000
+    xmin_horizon_seconds_warn: float = 600.0
+    xmin_horizon_seconds_crit: float = 3600.0
+    mxid_age_warn: int = 500_000_000
+    mxid_age_crit: int = 1_500_000_000
+    # PgBouncer: a client waiting at least this long for a server connection (maxwait).
+    pgbouncer_wait_seconds_warn: float = 1.0
+    pgbouncer_wait_seconds_crit: float = 10.0
 
     def check(self) -> list[str]:
         pairs = [
@@ -138,6 +152,11 @@ class PostgresThresholds(Model):
             ("connections_pct", self.connections_pct_warn, self.connections_pct_crit),
             ("xid_age", self.xid_age_warn, self.xid_age_crit),
             ("idle_in_transaction_seconds", self.idle_in_transaction_seconds_warn, self.idle_in_transaction_seconds_crit),
+            ("long_transaction_seconds", self.long_transaction_seconds_warn, self.long_transaction_seconds_crit),
+            ("xmin_horizon_xid_age", self.xmin_horizon_xid_age_warn, self.xmin_horizon_xid_age_crit),
+            ("xmin_horizon_seconds", self.xmin_horizon_seconds_warn, self.xmin_horizon_seconds_crit),
+            ("mxid_age", self.mxid_age_warn, self.mxid_age_crit),
+            ("pgbouncer_wait_seconds", self.pgbouncer_wait_seconds_warn, self.pgbouncer_wait_seconds_crit),
         ]
         return [f"{name}_warn ({warn:g}) is above {name}_crit ({crit:g})" for name, warn, crit in pairs if warn > crit]
 

@@ -482,6 +482,7 @@ class PostgresSandbox(OwnedFiles):
             "unix_socket_permissions = 0700  # local trust auth is safe only because of this",
             f"cluster_name = {_conf_quote(name)}",
             "max_connections = 50",
+            "max_prepared_transactions = 10  # a prepared transaction that holds the xmin horizon, on purpose",
             "shared_buffers = 16MB",
             "wal_level = replica",
             "wal_log_hints = on  # pg_rewind needs it to rejoin an old primary after a switchover",

@@ -21,13 +21,18 @@ from dbops.engines.base import Adapter, import_off_loop, redacted, tls_reachabil
 from dbops.engines.postgres import queries as Q
 from dbops.engines.postgres.data import (
     Archiver,
+    ConnectionGroup,
+    ConnectionLimit,
+    HorizonHolder,
     PgBouncerData,
     PgMemberData,
     ReplicaRow,
     Session,
     Slot,
     Statement,
+    VacuumProgress,
     WalReceiver,
+    WraparoundTable,
 )
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
 from dbops.model import Reachability, first_line
@@ -45,6 +50,10 @@ TOP_STATEMENTS = 20
 STATEMENTS_MISSING = (
     "pg_stat_statements not installed (add it to shared_preload_libraries and CREATE EXTENSION pg_stat_statements)"
 )
+
+# The tables nearest wraparound are read from pg_class, whole: once a minute, not every refresh.
+WRAPAROUND_TABLES_EVERY = 60.0
+
 
 def _pgbouncer_member(cluster: ClusterRef) -> Member:
     members = cluster.cluster.members
@@ -64,6 +73,7 @@ class PostgresAdapter(Adapter):
         self._pgbouncer: PgBouncerReader | None = None
         self._caught_up_at: float | None = None  # last poll at which this standby had replayed all it received
         self._cache = CacheHitWindow()
+        self._wraparound: tuple[tuple[WraparoundTable, ...], float] | None = None  # (tables, read at)
         self.collects_pgbouncer = cluster.cluster.pgbouncer is not None and _pgbouncer_member(cluster).name == member.name
 
     # -- connection ------------------------------------------------------------------------------
@@ -210,7 +220,11 @@ class PostgresAdapter(Adapter):
         return self._pgbouncer
 
     async def _collect(self, conn: Any) -> PgMemberData:
-        row = await conn.fetchrow(Q.OVERVIEW)
+        now = time.time()
+        read_wraparound = self._wraparound is None or now - self._wraparound[1] >= WRAPAROUND_TABLES_EVERY
+        row = await conn.fetchrow(Q.OVERVIEW, read_wraparound)
+        if read_wraparound:
+            self._wraparound = (wraparound_tables(row), now)
         if row["has_pg_stat_statements"]:
             statements, note = await self._statements(conn)
         else:
@@ -218,6 +232,8 @@ class PostgresAdapter(Adapter):
             statements, note = None, STATEMENTS_MISSING
         data = build_member_data(row, statements, note)
         data = replace(data, cache_hit_ratio=self._cache.update(row["blks_hit"], row["blks_read"]))
+        if self._wraparound is not None:
+            data = replace(data, wraparound_tables=self._wraparound[0], wraparound_read_at=self._wraparound[1])
         data, self._caught_up_at = bound_standby_lag(data, self._caught_up_at, time.time())
         return data
 
@@ -383,7 +399,16 @@ def _session(d: dict[str, Any]) -> Session:
         xact_age_seconds=d["xact_age"],
         state_age_seconds=d["state_age"],
         blocked_by=tuple(d["blocked_by"] or ()),
+        backend_type=d.get("backend_type") or "client backend",
     )
+
+
+def wraparound_tables(row: Any) -> tuple[WraparoundTable, ...]:
+    return tuple(_from_json(WraparoundTable, t) for t in json.loads(row["wraparound_tables"] or "[]"))
+
+
+def _limits(raw: str | None) -> tuple[ConnectionLimit, ...]:
+    return tuple(ConnectionLimit(name, int(limit), int(used)) for name, limit, used in json.loads(raw or "[]"))
 
 
 def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: str | None) -> PgMemberData:
@@ -434,6 +459,20 @@ def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: 
         max_xid_age_database=row["max_xid_age_database"],
         archiver=archiver,
         read_only_fence=bool(row[Q.READ_ONLY_FENCE]),
+        vacuums=tuple(
+            _from_json(VacuumProgress, v, query=scrub_text(v["query"] or ""), autovacuum=bool(v["autovacuum"]),
+                       elapsed_seconds=v["elapsed"])
+            for v in json.loads(row["vacuums"])
+        ),
+        horizon=tuple(_from_json(HorizonHolder, h, application=h["application"] or "") for h in json.loads(row["horizon"])),
+        max_mxid_age=row["max_mxid_age"],
+        max_mxid_age_database=row["max_mxid_age_database"],
+        connection_groups=tuple(
+            ConnectionGroup(db, user, app or "", state, int(n)) for db, user, app, state, n in json.loads(row["connection_groups"])
+        ),
+        reserved_connections=int(row["reserved_connections"] or 0),
+        database_limits=_limits(row["database_limits"]),
+        role_limits=_limits(row["role_limits"]),
         # (data.py's WalReceiver has no field for it yet; assess.replica_lag reads it from here)
         extra={Q.REPLAY_WAITING_FOR_WAL: bool(row[Q.REPLAY_WAITING_FOR_WAL])} if in_recovery else {},
     )

@@ -2,21 +2,22 @@
 
 Every rule compares with the cluster's PostgresThresholds and is strict: a value equal to a
 threshold is still fine, one past it is not ("lag > warn", "cache hit ratio < warn"). The one
-exception, PgBouncer's wait limits (module constants), says why where they are defined.
+exception, PgBouncer's wait limits, says why where they are judged (_pool).
 Each Metric.message is one short sentence for the engineer reading it at 3 a.m.
 
 Metric names (stable, for panes and tests): reachability, streaming, replay_paused, lag_bytes,
-lag_seconds, connections, cache_hit_ratio, archiver, xid_age, slots / slot:<name>,
-long_queries, idle_in_transaction, pgbouncer, pgbouncer:<database>/<user> (one per pool with a
-problem); on the cluster: primary (CRIT with split_brain_message when two or more members answer
+lag_seconds, connections, connections:database:<name> / connections:role:<name> (a
+CONNECTION LIMIT being approached; only with a problem), cache_hit_ratio, archiver, xid_age,
+mxid_age, xmin_horizon (its oldest holder named), vacuum (running VACUUMs), slots /
+slot:<name>, long_queries, long_transactions, idle_in_transaction, pgbouncer,
+pgbouncer:<database>/<user> (one per pool with a problem); on the cluster: primary (CRIT with split_brain_message when two or more members answer
 as writable primaries: out of recovery and not fenced read-only).
 
 Replica lag: lag_bytes is the worst of the standby's own view and the primary's; lag_seconds
 comes from the primary's pg_stat_replication row whenever the primary is reachable and has one
 for the standby (replay_lag; flush_lag while the standby waits for WAL), and from the standby's
-own estimate only without one (replica_lag says why). The archiver's "flaky" rule and ARCHIVER_QUIET_SECONDS, and the PgBouncer pool
-limits POOL_WAIT_WARN_SECONDS / POOL_WAIT_CRIT_SECONDS, are module constants (PostgresThresholds
-has no field for them).
+own estimate only without one (replica_lag says why). The archiver's "flaky" rule and
+ARCHIVER_QUIET_SECONDS are module constants (PostgresThresholds has no field for them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
-from dbops.engines.postgres.data import Archiver, PgMemberData, PoolRow, Session
+from dbops.engines.postgres.data import Archiver, HorizonHolder, PgMemberData, PoolRow, Session
 from dbops.engines.postgres.queries import REPLAY_WAITING_FOR_WAL
 from dbops.model import (
     ClusterHealth,
@@ -190,15 +191,40 @@ def _replica_metrics(
 
 
 def _connections(t: PostgresThresholds, data: PgMemberData) -> Metric:
-    if data.max_connections <= 0:
+    available = data.available_connections
+    if available <= 0:
         return Metric("connections", UNKNOWN, "max_connections unknown", None)
-    pct = 100.0 * data.connections_total / data.max_connections
-    text = f"connections {data.connections_total}/{data.max_connections} ({pct:.0f}%)"
+    pct = 100.0 * data.connections_total / available
+    reserved = f", {data.reserved_connections} more reserved for superusers" if data.reserved_connections else ""
+    text = f"connections {data.connections_total}/{available} ({pct:.0f}%{reserved})"
+    return _pct_metric(t, "connections", pct, text)
+
+
+def _pct_metric(t: PostgresThresholds, name: str, pct: float, text: str) -> Metric:
     if pct > t.connections_pct_crit:
-        return Metric("connections", CRIT, f"{text} > crit {_pct(t.connections_pct_crit)}", pct)
+        return Metric(name, CRIT, f"{text} > crit {_pct(t.connections_pct_crit)}", pct)
     if pct > t.connections_pct_warn:
-        return Metric("connections", WARN, f"{text} > warn {_pct(t.connections_pct_warn)}", pct)
-    return Metric("connections", OK, text, pct)
+        return Metric(name, WARN, f"{text} > warn {_pct(t.connections_pct_warn)}", pct)
+    return Metric(name, OK, text, pct)
+
+
+def _connection_limits(t: PostgresThresholds, data: PgMemberData) -> list[Metric]:
+    """A database's datconnlimit or a role's rolconnlimit being approached (only the ones with a
+    problem: every limited role would otherwise be a line of its own)."""
+    out = []
+    for kind, word, limits in (("database", "database", data.database_limits), ("role", "role", data.role_limits)):
+        for lim in limits:
+            if lim.limit <= 0:
+                if lim.used > 0:  # CONNECTION LIMIT 0: nobody new gets in, and these were let in before
+                    out.append(Metric(f"connections:{kind}:{lim.name}", WARN,
+                                      f"{word} {lim.name} has {lim.used} connections and a limit of 0", lim.used))
+                continue
+            pct = 100.0 * lim.used / lim.limit
+            m = _pct_metric(t, f"connections:{kind}:{lim.name}", pct,
+                            f"{word} {lim.name}: {lim.used}/{lim.limit} connections ({pct:.0f}% of its CONNECTION LIMIT)")
+            if m.severity is not OK:
+                out.append(m)
+    return out
 
 
 def _cache(t: PostgresThresholds, data: PgMemberData) -> Metric:
@@ -257,6 +283,72 @@ def _xid(t: PostgresThresholds, data: PgMemberData) -> Metric | None:
     return _threshold("xid_age", age, t.xid_age_warn, t.xid_age_crit, f"oldest xid age{where}", human_count)
 
 
+def _mxid(t: PostgresThresholds, data: PgMemberData) -> Metric | None:
+    age = data.max_mxid_age
+    if age is None:
+        return None
+    where = f" in database {data.max_mxid_age_database}" if data.max_mxid_age_database else ""
+    return _threshold("mxid_age", age, t.mxid_age_warn, t.mxid_age_crit, f"oldest multixact age{where}", human_count)
+
+
+def holder_severity(t: PostgresThresholds, h: HorizonHolder) -> Severity:
+    """How far one holder holds the xmin horizon back: the worse of its age in transactions and
+    in time (a slot or a standby's feedback has no start time: transactions only)."""
+    out = OK
+    if h.xmin_age is not None:
+        out = CRIT if h.xmin_age > t.xmin_horizon_xid_age_crit else WARN if h.xmin_age > t.xmin_horizon_xid_age_warn else OK
+    if h.age_seconds is not None and out is not CRIT:
+        by_time = CRIT if h.age_seconds > t.xmin_horizon_seconds_crit else WARN if h.age_seconds > t.xmin_horizon_seconds_warn else OK
+        out = Severity.worst([out, by_time])
+    return out
+
+
+def holder_age(h: HorizonHolder) -> str:
+    """"1.2M xids, 23m": its age in transactions and, when it has one, in time."""
+    parts = [f"{human_count(h.xmin_age)} xids" if h.xmin_age is not None else "age unknown"]
+    if h.age_seconds is not None:
+        parts.append(human_seconds(h.age_seconds))
+    return ", ".join(parts)
+
+
+NAMED_HOLDERS = 5  # in the xmin_horizon message (a replica's feedback often follows the primary's own holder); the Vacuum tab lists all
+
+
+def _horizon(t: PostgresThresholds, data: PgMemberData) -> Metric:
+    """What holds the xmin horizon back, named (the oldest holder first): VACUUM cannot remove
+    what was deleted after it, so tables bloat and xid age climbs until it lets go."""
+    if not data.horizon:
+        return Metric("xmin_horizon", OK, "nothing holds the xmin horizon back", 0)
+    judged = [(holder_severity(t, h), h) for h in data.horizon]
+    worst = Severity.worst([sev for sev, _ in judged])
+    bad = [h for sev, h in judged if sev is not OK]
+    # The worst first (the oldest by transactions, unless a younger one is worse by its time),
+    # then the others with a problem, oldest first: up to NAMED_HOLDERS of them by name.
+    first = next(h for sev, h in judged if sev is worst)
+    if worst is OK:
+        return Metric("xmin_horizon", OK, f"oldest xmin: {first.describe()}, {holder_age(first)}", first.xmin_age)
+    named = [first, *[h for h in bad if h is not first]][:NAMED_HOLDERS]
+    text = "xmin horizon held back by " + "; ".join(f"{h.describe()}: {holder_age(h)}" for h in named)
+    if len(bad) > len(named):
+        text += f" (and {len(bad) - len(named)} more)"
+    return Metric("xmin_horizon", worst, text, first.xmin_age)
+
+
+def _vacuums(data: PgMemberData) -> Metric:
+    """Running VACUUMs: not a problem in themselves, said so the Health tab and check show them."""
+    n = len(data.vacuums)
+    if not n:
+        return Metric("vacuum", OK, "no VACUUM running", 0)
+    wrap = sum(1 for v in data.vacuums if v.to_prevent_wraparound)
+    parts = []
+    for v in data.vacuums[:3]:
+        pct = f" {v.percent_scanned:.0f}%" if v.percent_scanned is not None else ""
+        parts.append(f"{v.table} ({v.phase}{pct})")
+    more = f" and {n - 3} more" if n > 3 else ""
+    wraps = f", {wrap} to prevent wraparound" if wrap else ""
+    return Metric("vacuum", OK, f"{n} VACUUM{'s' if n != 1 else ''} running{wraps}: {', '.join(parts)}{more}", n)
+
+
 def _slots(t: PostgresThresholds, data: PgMemberData) -> list[Metric]:
     out = []
     for s in data.slots:
@@ -305,6 +397,30 @@ def _long_queries(t: PostgresThresholds, data: PgMemberData) -> Metric:
     )
 
 
+def _long_transactions(t: PostgresThresholds, data: PgMemberData) -> Metric:
+    """Transactions open long (xact_start), whatever they do now: a long query and an idle in
+    transaction session are judged on their own too; this is the transaction that holds locks
+    and its snapshot. Autovacuum workers are not transactions anyone can end."""
+    warn = t.long_transaction_seconds_warn
+    long = [
+        s for s in data.sessions
+        if not s.is_autovacuum and s.xact_age_seconds is not None and s.xact_age_seconds > warn
+    ]
+    if not long:
+        return Metric("long_transactions", OK, f"no transaction open > {human_seconds(warn)}", 0)
+    worst = _longest(long, lambda s: s.xact_age_seconds)
+    n = len(long)
+    crit = worst.xact_age_seconds is not None and worst.xact_age_seconds > t.long_transaction_seconds_crit
+    limit = t.long_transaction_seconds_crit if crit else warn
+    return Metric(
+        "long_transactions",
+        CRIT if crit else WARN,
+        f"{n} transaction{'s' if n != 1 else ''} open > {'crit' if crit else 'warn'} {human_seconds(limit)} "
+        f"(longest {human_seconds(worst.xact_age_seconds)}, pid {worst.pid}, {worst.state})",
+        n,
+    )
+
+
 def _idle_in_transaction(t: PostgresThresholds, data: PgMemberData) -> Metric:
     idle = [
         s for s in data.sessions
@@ -329,20 +445,15 @@ def _idle_in_transaction(t: PostgresThresholds, data: PgMemberData) -> Metric:
     )
 
 
-# PgBouncer pools. PostgresThresholds (dbops.config) has no PgBouncer fields yet, so these are
-# fixed here. Unlike the threshold rules above they are "at least" limits: PgBouncer before
-# 1.8 reports maxwait in whole seconds, where 1 already means a client waited a second or more.
-POOL_WAIT_WARN_SECONDS = 1.0  # a client waiting this long for a server connection: WARN
-POOL_WAIT_CRIT_SECONDS = 10.0  # ... this long: CRIT
-
-
-def _pool(p: PoolRow) -> Metric | None:
+def _pool(t: PostgresThresholds, p: PoolRow) -> Metric | None:
     """One pool's problem, or None when it has none.
 
-    Waiting: clients queue (cl_waiting > 0) and the oldest has waited POOL_WAIT_WARN_SECONDS
-    (WARN) or POOL_WAIT_CRIT_SECONDS (CRIT). Saturated: every server connection the pool may
-    open is busy (sv_active >= pool_size, when the pool size is known) and clients queue: WARN
-    even before the wait gets long, since the next burst has nowhere to go.
+    Waiting: clients queue (cl_waiting > 0) and the oldest has waited pgbouncer_wait_seconds_warn
+    (WARN) or _crit (CRIT). Unlike the other threshold rules these are "at least" limits:
+    PgBouncer before 1.8 reports maxwait in whole seconds, where 1 already means a client waited
+    a second or more. Saturated: every server connection the pool may open is busy (sv_active >=
+    pool_size, when the pool size is known) and clients queue: WARN even before the wait gets
+    long, since the next burst has nowhere to go.
     """
     if p.cl_waiting <= 0:
         return None
@@ -350,10 +461,10 @@ def _pool(p: PoolRow) -> Metric | None:
     where = f"pool {p.database}/{p.user}"
     wait = p.maxwait_seconds
     saturated = p.pool_size is not None and p.pool_size > 0 and p.sv_active >= p.pool_size
-    waits_long = wait >= POOL_WAIT_WARN_SECONDS
+    waits_long = wait >= t.pgbouncer_wait_seconds_warn
     if not (saturated or waits_long):
         return None
-    severity = CRIT if wait >= POOL_WAIT_CRIT_SECONDS else WARN
+    severity = CRIT if wait >= t.pgbouncer_wait_seconds_crit else WARN
     n = p.cl_waiting
     clients = f"{n} client{'s' if n != 1 else ''} waiting, longest {human_seconds(wait)}"
     if saturated and waits_long:
@@ -402,20 +513,22 @@ def assess_member(
         replica, lag_bytes, lag_seconds = _replica_metrics(t, member, data, primaries)
         metrics.extend(replica)
     metrics.append(_connections(t, data))
+    metrics.extend(_connection_limits(t, data))
     metrics.append(_cache(t, data))
     metrics.append(_archiver(t, data, (baseline or {}).get(member.name)))
-    xid = _xid(t, data)
-    if xid is not None:
-        metrics.append(xid)
+    metrics.extend(m for m in (_xid(t, data), _mxid(t, data)) if m is not None)
+    metrics.append(_horizon(t, data))
+    metrics.append(_vacuums(data))
     metrics.extend(_slots(t, data))
     metrics.append(_long_queries(t, data))
+    metrics.append(_long_transactions(t, data))
     metrics.append(_idle_in_transaction(t, data))
     if data.pgbouncer is not None and data.pgbouncer.error:
         metrics.append(Metric("pgbouncer", WARN, f"PgBouncer unreadable: {data.pgbouncer.error}", None))
     elif data.pgbouncer is not None:
         waiting = sum(p.cl_waiting for p in data.pgbouncer.pools)
         metrics.append(Metric("pgbouncer", OK, f"PgBouncer: {len(data.pgbouncer.pools)} pools, {waiting} clients waiting", waiting))
-        metrics.extend(m for p in data.pgbouncer.pools if (m := _pool(p)) is not None)
+        metrics.extend(m for p in data.pgbouncer.pools if (m := _pool(t, p)) is not None)
     severity = Severity.worst([m.severity for m in metrics], default=OK)
     return MemberHealth(snap, role, severity, tuple(metrics), lag_bytes, lag_seconds)
 

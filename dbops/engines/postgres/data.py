@@ -72,6 +72,103 @@ class Session:
     xact_age_seconds: float | None
     state_age_seconds: float | None
     blocked_by: tuple[int, ...] = ()  # pg_blocking_pids, only computed for waiting sessions
+    backend_type: str = "client backend"  # or "autovacuum worker"
+
+    @property
+    def is_autovacuum(self) -> bool:
+        return self.backend_type == "autovacuum worker"
+
+
+@dataclass(frozen=True, slots=True)
+class VacuumProgress:
+    """A running VACUUM (autovacuum's or a client's): pg_stat_progress_vacuum with its backend."""
+
+    pid: int
+    database: str | None
+    relation: str | None  # schema-qualified when in the connection's database, else None (see query)
+    phase: str
+    heap_blks_total: int | None
+    heap_blks_scanned: int | None
+    heap_blks_vacuumed: int | None
+    index_vacuum_count: int | None
+    autovacuum: bool
+    query: str  # "autovacuum: VACUUM public.t (to prevent wraparound)", "VACUUM t"
+    elapsed_seconds: float | None
+
+    @property
+    def percent_scanned(self) -> float | None:
+        if not self.heap_blks_total or self.heap_blks_scanned is None:
+            return None
+        return min(100.0, 100.0 * self.heap_blks_scanned / self.heap_blks_total)
+
+    @property
+    def table(self) -> str:
+        """The table's name: the relation when resolvable, else what the worker's query names."""
+        if self.relation:
+            return self.relation
+        q = self.query.removeprefix("autovacuum: ").removesuffix(" (to prevent wraparound)")
+        for verb in ("VACUUM ANALYZE ", "VACUUM "):
+            if q.upper().startswith(verb):
+                return q[len(verb):].strip() or "?"
+        return "?"
+
+    @property
+    def to_prevent_wraparound(self) -> bool:
+        return self.query.endswith("(to prevent wraparound)")
+
+
+@dataclass(frozen=True, slots=True)
+class HorizonHolder:
+    """Something that holds the xmin horizon back: VACUUM cannot remove a row version deleted
+    after the oldest of these began."""
+
+    kind: str  # session, prepared (transaction), slot, replica (hot_standby_feedback)
+    name: str  # the pid, the prepared transaction's gid, the slot's or the standby's name
+    owner: str | None
+    database: str | None
+    application: str
+    state: str | None  # a session's state; "prepared"; a slot's active/inactive; a replica's state
+    xmin_age: int | None  # transactions since its xmin (or xid) was current
+    age_seconds: float | None  # since its transaction began (sessions) or was prepared; None for slots, replicas
+
+    def describe(self) -> str:
+        """"session pid 4242 (idle in transaction, psql, alice)", "prepared transaction 'tx1'",
+        "inactive slot s1", "replica pg2 (hot_standby_feedback)"."""
+        if self.kind == "session":
+            detail = ", ".join(x for x in (self.state, self.application, self.owner) if x)
+            return f"session pid {self.name}" + (f" ({detail})" if detail else "")
+        if self.kind == "prepared":
+            return f"prepared transaction '{self.name}'" + (f" ({self.owner})" if self.owner else "")
+        if self.kind == "slot":
+            return f"{self.state or ''} slot {self.name}".strip()
+        return f"replica {self.name} (hot_standby_feedback)"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionGroup:
+    """Client connections sharing a database, user, application and state."""
+
+    database: str | None
+    user: str | None
+    application: str
+    state: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimit:
+    """A database's datconnlimit or a role's rolconnlimit, and the client connections counting against it."""
+
+    name: str
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class WraparoundTable:
+    relation: str
+    xid_age: int
+    mxid_age: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,4 +242,23 @@ class PgMemberData:
     # default_transaction_read_only = on server-wide (a switchover's fence): a primary that
     # takes no writes from well-behaved clients, so not a second writable primary.
     read_only_fence: bool = False
+    vacuums: tuple[VacuumProgress, ...] = ()
+    horizon: tuple[HorizonHolder, ...] = ()  # oldest first, at most queries.HORIZON_ROWS
+    max_mxid_age: int | None = None
+    max_mxid_age_database: str | None = None
+    # The connection's database's tables nearest wraparound, oldest first: read every
+    # adapter.WRAPAROUND_TABLES_EVERY seconds (pg_class is read whole), kept in between;
+    # None until first read. wraparound_read_at: when (epoch seconds).
+    wraparound_tables: tuple[WraparoundTable, ...] | None = None
+    wraparound_read_at: float | None = None
+    connection_groups: tuple[ConnectionGroup, ...] = ()  # busiest first, at most queries.CONNECTION_GROUPS
+    reserved_connections: int = 0  # superuser_reserved_connections (+ reserved_connections, PG 16)
+    database_limits: tuple[ConnectionLimit, ...] = ()  # databases with a datconnlimit
+    role_limits: tuple[ConnectionLimit, ...] = ()  # login roles with a rolconnlimit
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def available_connections(self) -> int:
+        """What clients may use: max_connections less the slots reserved for superusers (and
+        pg_use_reserved_connections)."""
+        return max(0, self.max_connections - self.reserved_connections)

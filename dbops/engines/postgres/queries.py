@@ -2,7 +2,8 @@
 (pg_current_wal_lsn() is only reached when the server is not in recovery) and on PostgreSQL 13-16.
 
 One poll is OVERVIEW (one round trip: every scalar plus replicas, walreceiver, slots,
-connections and sessions as JSON arrays) and, when pg_stat_statements is installed,
+connections, sessions, VACUUM progress and what holds the xmin horizon back as JSON arrays;
+its one parameter says whether to read the tables nearest wraparound this time) and, when pg_stat_statements is installed,
 STATEMENT_TOTALS (plus STATEMENT_TEXTS only for top statements whose text is not cached yet).
 """
 
@@ -34,6 +35,11 @@ READ_ONLY_FENCE = "read_only_fence"
 _WAITING_FOR_WAL = "('RecoveryWalStream', 'RecoveryRetrieveRetryInterval')"
 
 
+# Bounds of the poll's lists: the horizon's holders, connection groups, the tables nearest wraparound.
+HORIZON_ROWS = 10
+CONNECTION_GROUPS = 200
+WRAPAROUND_TABLES = 5
+
 # One pg_stat_activity row (alias a) as JSON. pg_blocking_pids() is costly (it takes the lock
 # manager's partition locks), so it runs only for sessions that wait on a heavyweight lock.
 _SESSION_JSON = f"""
@@ -50,7 +56,8 @@ json_build_object(
     'query_age', {_age('a.query_start')},
     'xact_age', {_age('a.xact_start')},
     'state_age', {_age('a.state_change')},
-    'blocked_by', CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END
+    'blocked_by', CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END,
+    'backend_type', a.backend_type
 )"""
 
 OVERVIEW = f"""
@@ -135,12 +142,92 @@ SELECT
     (SELECT coalesce(json_agg({_SESSION_JSON}
             ORDER BY coalesce(a.xact_start, a.query_start), a.pid), '[]')
        FROM (SELECT * FROM pg_stat_activity
-              WHERE backend_type = 'client backend'
+              WHERE backend_type IN ('client backend', 'autovacuum worker')
                 AND state IS DISTINCT FROM 'idle'
                 AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'
                 AND pid <> pg_backend_pid()
               ORDER BY coalesce(xact_start, query_start) NULLS LAST
               LIMIT 500) a) AS sessions,
+    (SELECT coalesce(json_agg(json_build_object(
+                'pid', v.pid,
+                'database', v.datname,
+                -- relid names a table only in the database this connection is in; elsewhere the
+                -- worker's query text says which (autovacuum: VACUUM public.t).
+                'relation', CASE WHEN v.datname = current_database() THEN v.relid::regclass::text END,
+                'phase', v.phase,
+                'heap_blks_total', v.heap_blks_total,
+                'heap_blks_scanned', v.heap_blks_scanned,
+                'heap_blks_vacuumed', v.heap_blks_vacuumed,
+                'index_vacuum_count', v.index_vacuum_count,
+                'autovacuum', a.backend_type = 'autovacuum worker',
+                'query', coalesce(a.query, ''),
+                'elapsed', {_age('coalesce(a.xact_start, a.query_start)')}
+            ) ORDER BY v.pid), '[]')
+       FROM pg_stat_progress_vacuum v LEFT JOIN pg_stat_activity a ON a.pid = v.pid) AS vacuums,
+    -- What holds the xmin horizon back (VACUUM cannot remove rows deleted after it), oldest
+    -- first: sessions with a transaction id or a snapshot (walsenders report their standby's
+    -- feedback, listed as replicas; a VACUUM's own snapshot does not hold the horizon back),
+    -- prepared transactions, replication slots' xmin and catalog_xmin, standbys' hot_standby_feedback.
+    (SELECT coalesce(json_agg(h ORDER BY h.xmin_age DESC NULLS LAST, h.age_seconds DESC NULLS LAST), '[]')
+       FROM (SELECT * FROM (
+                SELECT 'session' AS kind, a.pid::text AS name, a.usename AS owner, a.datname AS database,
+                       coalesce(a.application_name, '') AS application, a.state AS state,
+                       greatest(age(a.backend_xmin), age(a.backend_xid))::bigint AS xmin_age,
+                       {_age('a.xact_start')} AS age_seconds
+                  FROM pg_stat_activity a
+                 WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+                   AND a.backend_type <> 'walsender'
+                   AND a.pid <> pg_backend_pid()
+                   AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.pid = a.pid)
+                UNION ALL
+                SELECT 'prepared', p.gid, p.owner, p.database, '', 'prepared',
+                       age(p.transaction)::bigint, {_age('p.prepared')}
+                  FROM pg_prepared_xacts p
+                UNION ALL
+                SELECT 'slot', s.slot_name, NULL, s.database, '', CASE WHEN s.active THEN 'active' ELSE 'inactive' END,
+                       greatest(age(s.xmin), age(s.catalog_xmin))::bigint, NULL
+                  FROM pg_replication_slots s
+                 WHERE s.xmin IS NOT NULL OR s.catalog_xmin IS NOT NULL
+                UNION ALL
+                SELECT 'replica', coalesce(sr.application_name, ''), NULL, NULL, '', sr.state,
+                       age(sr.backend_xmin)::bigint, NULL
+                  FROM pg_stat_replication sr
+                 WHERE sr.backend_xmin IS NOT NULL
+             ) u
+             ORDER BY xmin_age DESC NULLS LAST
+             LIMIT {HORIZON_ROWS}) h) AS horizon,
+    -- Client connections by database, user, application and state (dbops' own included: they
+    -- count against every limit), and the limits they count against.
+    (SELECT coalesce(json_agg(json_build_array(g.datname, g.usename, g.app, g.state, g.n) ORDER BY g.n DESC), '[]')
+       FROM (SELECT datname, usename, coalesce(application_name, '') AS app, coalesce(state, 'unknown') AS state,
+                    count(*)::int AS n
+               FROM pg_stat_activity
+              WHERE backend_type = 'client backend'
+              GROUP BY 1, 2, 3, 4
+              ORDER BY 5 DESC
+              LIMIT {CONNECTION_GROUPS}) g) AS connection_groups,
+    current_setting('superuser_reserved_connections')::int
+      + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections,
+    (SELECT coalesce(json_agg(json_build_array(d.datname, d.datconnlimit,
+                (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'))), '[]')
+       FROM pg_database d WHERE d.datconnlimit >= 0) AS database_limits,
+    (SELECT coalesce(json_agg(json_build_array(r.rolname, r.rolconnlimit,
+                (SELECT count(*) FROM pg_stat_activity a WHERE a.usesysid = r.oid AND a.backend_type = 'client backend'))), '[]')
+       FROM pg_roles r WHERE r.rolconnlimit >= 0 AND r.rolcanlogin) AS role_limits,
+    m.datname AS max_mxid_age_database,
+    m.mxid_age AS max_mxid_age,
+    -- The tables of this connection's database nearest wraparound: pg_class is read whole, so
+    -- only when asked ($1; the adapter asks every WRAPAROUND_TABLES_EVERY seconds).
+    CASE WHEN $1::bool THEN (
+        SELECT coalesce(json_agg(json_build_object('relation', t.rel, 'xid_age', t.xid_age, 'mxid_age', t.mxid_age)
+                        ORDER BY t.xid_age DESC), '[]')
+          FROM (SELECT c.oid::regclass::text AS rel, age(c.relfrozenxid)::bigint AS xid_age,
+                       mxid_age(c.relminmxid)::bigint AS mxid_age
+                  FROM pg_class c
+                 WHERE c.relkind IN ('r', 'm', 't')
+                 ORDER BY age(c.relfrozenxid) DESC
+                 LIMIT {WRAPAROUND_TABLES}) t)
+    END AS wraparound_tables,
     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') AS has_pg_stat_statements,
     (SELECT sum(blks_hit) FROM pg_stat_database)::float8 AS blks_hit,
     (SELECT sum(blks_read) FROM pg_stat_database)::float8 AS blks_read,
@@ -161,6 +248,9 @@ CROSS JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT datname, age(datfrozenxid)::bigint AS xid_age FROM pg_database ORDER BY 2 DESC LIMIT 1
 ) x ON true
+LEFT JOIN LATERAL (
+    SELECT datname, mxid_age(datminmxid)::bigint AS mxid_age FROM pg_database ORDER BY 2 DESC LIMIT 1
+) m ON true
 CROSS JOIN LATERAL (
     -- A standby whose startup process waits for WAL to arrive has replayed every complete
     -- record it received (NULL on a primary; false when this role may not see the startup
