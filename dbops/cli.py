@@ -98,7 +98,8 @@ def tui(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--refreshes", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Poll this many times, a refresh interval apart, and judge the last: Kafka consumer lag "
-                   "(STALL/STOP) is judged over kafka.thresholds.lag_window refreshes.")
+                   "(STALL/STOP) is judged over kafka.thresholds.lag_window refreshes, a PostgreSQL replica's "
+                   "catch-up trend (--json) over 5 or more spanning 10 s (6 at a 2 s refresh interval).")
 @click.option("--backups/--no-backups", "with_backups", default=True, show_default=True,
               help="Also judge every cluster's backups ([backups] s3, [pgbackrest], [rds] and [elasticache] snapshots): "
                    "newest age, size, WAL archive or point-in-time window, bucket.")
@@ -124,8 +125,10 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
     from dbops.platform.backups import fetch_all, judge
     from dbops.platform.checks import check_all
 
+    history: dict[tuple[str, str], list[Any]] = {}
+
     async def everything() -> tuple[Any, Any, Any]:
-        return await asyncio.gather(poll_once(refs, refreshes), fetch_all(refs) if with_backups else asyncio.sleep(0, []),
+        return await asyncio.gather(poll_once(refs, refreshes, history), fetch_all(refs) if with_backups else asyncio.sleep(0, []),
                                     check_all(refs) if with_platform else asyncio.sleep(0, []))
 
     polled, fetched, platform = asyncio.run(everything())
@@ -157,6 +160,10 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
                             "lag_bytes": m.lag_bytes,
                             "lag_seconds": m.lag_seconds,
                             "problems": m.problems,
+                            "catchup": _catchup_json(c, m, history),
+                            # Every judged value, OK ones too: what holds the xmin horizon back
+                            # (named, with its age) is there while it is still harmless.
+                            "metrics": [{"name": x.name, "severity": x.severity.name, "message": x.message} for x in m.metrics],
                         }
                         for m in c.members
                     ],
@@ -194,6 +201,15 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
             if len(p.findings) > PLATFORM_FINDINGS_SHOWN:
                 click.echo(f"           ... and {len(p.findings) - PLATFORM_FINDINGS_SHOWN} more (--json lists them all)")
     sys.exit(int(overall))
+
+
+def _catchup_json(c: Any, m: Any, history: dict[tuple[str, str], list[Any]]) -> dict[str, Any] | None:
+    """A PostgreSQL replica's catch-up trend over this check's refreshes; None for any other member."""
+    if c.engine != "postgres" or m.role != "replica":
+        return None
+    from dbops.engines.postgres.catchup import from_history
+
+    return from_history(history.get((f"{c.environment}/{c.name}", m.name), [])).as_json()
 
 
 # The worst findings of a platform check in the text output; --json carries every one.
