@@ -97,7 +97,9 @@ class ClusterPane(Screen[None]):
         if "TABS" in cls.__dict__:
             member = [Binding("m", "next_member", cls.MEMBER_WORD.capitalize())] if cls.MEMBER_WORD else []
             show_all = [Binding("a", "show_all", cls.SHOW_ALL)] if cls.SHOW_ALL else []
-            tabs = [Binding(str(n), f"tab('{t.id}')", t.key_label or t.title, show=False) for n, t in enumerate(cls.TABS, 1)]
+            # Keys 1..9, then 0 for a tenth tab (as the tab's label says).
+            assert len(cls.TABS) <= 10, f"{cls.__name__}: more tabs than number keys"
+            tabs = [Binding(str(n % 10), f"tab('{t.id}')", t.key_label or t.title, show=False) for n, t in enumerate(cls.TABS, 1)]
             cls.BINDINGS = [*member, *cls.__dict__.get("BINDINGS", []), Binding("r", "runbooks", "Runbooks"), *show_all, *tabs]
         super().__init_subclass__(**kwargs)
 
@@ -117,7 +119,7 @@ class ClusterPane(Screen[None]):
             yield make()
         with TabbedContent(id="tabs", initial=self.INITIAL_TAB or self.TABS[0].id):
             for n, t in enumerate(self.TABS, 1):
-                with TabPane(f"{n} {t.title}", id=t.id):
+                with TabPane(f"{n % 10} {t.title}", id=t.id):
                     for make in t.content:
                         yield make()
         yield Static(id="status")

@@ -7,7 +7,7 @@ from typing import Any
 from rich.text import Text
 from textual import events, work
 from textual.binding import Binding
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from dbops.actions import BackendAction, ReadOnly, decline, perform, read_only_reason, writes_allowed
 from dbops.engines.postgres.data import PgMemberData, Session
@@ -15,7 +15,20 @@ from dbops.engines.postgres.history import lag_bytes
 from dbops.model import ClusterHealth, MemberHealth, Severity, human_bytes, human_seconds
 
 from .modals import ConfirmBackendModal
-from .pane import ClusterPane, static, tab, unreachable
+from .pane import ClusterPane, scrolled, static, tab, unreachable
+from .pg_history import PgHistory, catchup_lines
+from .pg_tables import TableHealthView
+from .pg_vacuum import (
+    ConnectionsTable,
+    PoolTable,
+    VacuumTable,
+    connection_rows,
+    connections_summary,
+    horizon_text,
+    pgbouncer_summary,
+    pool_rows,
+    vacuum_rows,
+)
 from .render import SEVERITY_STYLE, one_line, severity_text, sparkline, state_text
 from .tables import PaneTable, TabTable, cursor_key
 
@@ -47,6 +60,7 @@ class ActivityTable(TabTable):
     COLUMNS = (
         ("pid", "PID"),
         ("age", "Age"),
+        ("xact", "Xact"),
         ("state", "State"),
         ("blocked", "Blocked by"),
         ("user", "User"),
@@ -132,6 +146,7 @@ class PostgresScreen(ClusterPane):
         Binding("s", "sort", "Sort"),
         Binding("c", "cancel_backend", "Cancel query"),
         Binding("k", "terminate_backend", "Terminate"),
+        Binding("w", "history_window", "Window", show=False),
     ]
 
     # The cluster's own problems (two primaries, no reachable primary) in a bar above the
@@ -153,7 +168,12 @@ class PostgresScreen(ClusterPane):
         tab("blocking", "Blocking", static("blocking-tree")),
         tab("statements", "Statements", static("statements-note"), StatementTable),
         tab("slots", "Slots", SlotTable),
+        tab("vacuum", "Vacuum", VacuumTable, scrolled("horizon-text")),
+        tab("connections", "Conns", static("connections-summary"), ConnectionsTable),
+        tab("pgbouncer", "PgBouncer", static("pgbouncer-summary"), PoolTable),
         tab("health", "Health", static("health-text")),
+        tab("history", "History", PgHistory),
+        tab("tables", "Tables", TableHealthView),
     )
     FOCUS = "#activity-table"
     MEMBER_WORD = "member"
@@ -184,6 +204,10 @@ class PostgresScreen(ClusterPane):
             self.query_one("#blocking-tree", Static).update(blocking_tree(data.sessions))
             self._draw_statements(data)
             self._draw_slots(data)
+            self._draw_vacuum(data)
+            self._draw_connections(data)
+        self._draw_pgbouncer(health)
+        self.query_one(PgHistory).draw(lambda name: self.hub.history(self.key, name), self.ref.cluster.thresholds, health, mh, self.app.clock())
         self.show_health(self._health_text(health, mh))
         self._draw_status(mh)
 
@@ -210,7 +234,7 @@ class PostgresScreen(ClusterPane):
             sync = "-"
             conns = "-"
             if isinstance(data, PgMemberData):
-                conns = f"{data.connections_total}/{data.max_connections}"
+                conns = f"{data.connections_total}/{data.available_connections}"
             primary = next((x.snapshot.shown for x in health.members if x.role == "primary" and isinstance(x.snapshot.shown, PgMemberData)), None)
             if primary is not None and m.role == "replica":
                 row = next((r for r in primary.replicas if r.application_name in (m.name, self._app_name(m.name))), None)
@@ -246,12 +270,23 @@ class PostgresScreen(ClusterPane):
         if s.state and s.state.startswith("idle in transaction"):
             state_style = "bold yellow" if (s.state_age_seconds or 0) > th.idle_in_transaction_seconds_warn else "yellow"
         age_style = "bold yellow" if s.state == "active" and (age or 0) > th.long_query_seconds else ""
+        xact = s.xact_age_seconds
+        xact_style = ""
+        if xact is not None and not s.is_autovacuum:
+            if xact > th.long_transaction_seconds_crit:
+                xact_style = "bold red"
+            elif xact > th.long_transaction_seconds_warn:
+                xact_style = "bold yellow"
+        state = "autovacuum" if s.is_autovacuum else SHORT_STATES.get(s.state or "", s.state or "")
+        if s.is_autovacuum:
+            state_style = "dim"
         wait = f"{s.wait_event_type}:{s.wait_event}" if s.wait_event_type else ""
-        query_width = max(30, self.app.size.width - 48)
+        query_width = max(30, self.app.size.width - 54)
         return (
             s.pid,
             Text(human_seconds(age), style=age_style),
-            Text(SHORT_STATES.get(s.state or "", s.state or ""), style=state_style),
+            Text(human_seconds(xact) if xact is not None else "-", style=xact_style),
+            Text(state, style=state_style),
             Text(",".join(map(str, s.blocked_by)), style="bold red") if s.blocked_by else "",
             s.usename or "",
             one_line(s.query, query_width),
@@ -318,6 +353,26 @@ class PostgresScreen(ClusterPane):
             )
         self.query_one(SlotTable).sync(rows, order=lambda k: k)
 
+    def _draw_vacuum(self, data: PgMemberData) -> None:
+        table = self.query_one(VacuumTable)
+        table.sync(vacuum_rows(data), order=lambda k: int(k))
+        table.display = bool(data.vacuums)  # an empty table's header would only push the horizon down
+        self.query_one("#horizon-text", Static).update(
+            horizon_text(data, self.ref.cluster.thresholds, self.app.clock(), self.ref.cluster.database))
+
+    def _draw_connections(self, data: PgMemberData) -> None:
+        self.query_one("#connections-summary", Static).update(connections_summary(data, self.ref.cluster.thresholds))
+        rows, rank = connection_rows(data)
+        self.query_one(ConnectionsTable).sync_ranked(rows, rank)
+
+    def _draw_pgbouncer(self, health: ClusterHealth) -> None:
+        # PgBouncer is read with one member's refresh (the primary's), whichever member is shown.
+        pb = next((m.snapshot.shown.pgbouncer for m in health.members
+                   if isinstance(m.snapshot.shown, PgMemberData) and m.snapshot.shown.pgbouncer is not None), None)
+        configured = self.ref.cluster.pgbouncer is not None
+        self.query_one("#pgbouncer-summary", Static).update(pgbouncer_summary(pb, configured))
+        self.query_one(PoolTable).sync(pool_rows(pb, self.ref.cluster.thresholds) if pb is not None else {}, order=lambda k: k)
+
     def _health_text(self, health: ClusterHealth, mh: MemberHealth | None) -> Text:
         out = Text()
         out.append(f"{health.name}: ", style="bold")
@@ -330,6 +385,7 @@ class PostgresScreen(ClusterPane):
             bad = [x for x in m.metrics if x.severity is not Severity.OK]
             for x in bad:
                 out.append(f"  {m.name}: {x.message}\n", style=SEVERITY_STYLE[x.severity])
+        out.append_text(catchup_lines(lambda name: self.hub.history(self.key, name), health, self.app.clock()))
         data = mh.snapshot.shown if mh else None
         if isinstance(data, PgMemberData):
             out.append(f"\n{self.member} (PostgreSQL {data.server_version}, timeline {data.timeline})\n", style="bold")
@@ -348,7 +404,7 @@ class PostgresScreen(ClusterPane):
             if data.cache_hit_ratio is not None:
                 out.append(f"  cache hit ratio {data.cache_hit_ratio:.2f}%\n")
             states = ", ".join(f"{state} {n}" for state, n in data.connections_by_state) or "no clients besides dbops"
-            out.append(f"  connections {data.connections_total}/{data.max_connections}: {states}\n")
+            out.append(f"  connections {data.connections_total}/{data.available_connections}: {states}\n")
             for r in data.replicas:
                 out.append(
                     f"  replica {r.application_name} ({r.state}, {r.sync_state}): lag write {human_bytes(r.write_lag_bytes)}/"
@@ -435,6 +491,13 @@ class PostgresScreen(ClusterPane):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
             self.query_one(ActivityTable).focus()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # The Tables tab reads when it is opened (and takes the keys while it is shown).
+        self.query_one(TableHealthView).tab_shown(event.pane.id == "tables")
+
+    def action_history_window(self) -> None:
+        self.query_one(PgHistory).window_key()
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)

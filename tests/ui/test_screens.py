@@ -54,12 +54,13 @@ async def test_enter_opens_pane_with_topology_lag_and_blocking(tmp_path):
         assert "pg1" in topo and "primary" in topo
         assert "pg3" in topo and "40.0 MiB" in topo and "14s" in topo
         activity = table_text(app.screen.query_one("#activity-table", DataTable))
-        assert "101 5m idle in tx" in activity and "103 2m active" in activity
+        # pid, query age, transaction age, state
+        assert "101 5m 5m idle in tx" in activity and "103 2m 2m active" in activity
         await pilot.press("2")
         await pilot.pause()
         tree = str(app.screen.query_one("#blocking-tree").render())
         assert "pid 101" in tree and "└─ pid 102" in tree
-        await pilot.press("5")
+        await pilot.press(str(next(n for n, t in enumerate(PostgresScreen.TABS, 1) if t.id == "health")))
         await pilot.pause()
         health = str(app.screen.query_one("#health-text").render())
         assert "old_etl" in health  # inactive slot retaining 3 GiB
