@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,86 @@ def test_config_error_is_unknown_for_check(tmp_path):
     assert r.returncode == 3
     assert "did you mean 'host'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# What holds the xmin horizon back: judged after a second and a handful of transactions, so a
+# quick scenario shows all three holders as problems (the defaults are 10 minutes and 50M).
+HORIZON_THRESHOLDS = """
+xmin_horizon_seconds_warn = 1.0
+xmin_horizon_xid_age_warn = 5
+long_transaction_seconds_warn = 1.0
+"""
+
+
+async def test_open_transaction_prepared_transaction_and_dead_replicas_slot_are_named_as_holding_the_horizon(
+    pg_sandbox, check_config
+):
+    import asyncpg
+
+    config = check_config.with_name("horizon.toml")
+    config.write_text(check_config.read_text() + HORIZON_THRESHOLDS)
+    await pg_sandbox.fetch("pg1", "CREATE TABLE IF NOT EXISTS horizon_t (i int)")
+    writer = await asyncpg.connect(pg_sandbox.dsn("pg1"), server_settings={"application_name": "forgotten-writer"})
+    preparer = await asyncpg.connect(pg_sandbox.dsn("pg1"))
+    stopped = False
+    try:
+        # A transaction that wrote and was left open; a prepared transaction nobody committed;
+        # the slot of a replica that went away (pg2's, holding the xmin its feedback last sent).
+        await writer.execute("BEGIN; INSERT INTO horizon_t VALUES (1)")
+        await preparer.execute("BEGIN; INSERT INTO horizon_t VALUES (2); PREPARE TRANSACTION 'dbops-horizon-test'")
+        pg_sandbox.stop_member("pg2")
+        stopped = True
+        for i in range(20):  # transactions since: the holders' age in xids
+            await pg_sandbox.fetch("pg1", "INSERT INTO horizon_t VALUES ($1)", i)
+        await asyncio.sleep(1.5)  # past this config's 1 s
+        r = run_check(config, "--json")
+        assert r.returncode in (1, 2), r.stdout + r.stderr
+        pg1 = member(json.loads(r.stdout), "pg1")
+        horizon = next(m for m in pg1["metrics"] if m["name"] == "xmin_horizon")
+        assert horizon["severity"] == "WARN", horizon
+        pid = writer.get_server_pid()
+        message = horizon["message"]
+        assert f"session pid {pid} (idle in transaction, forgotten-writer, postgres)" in message, message
+        assert "prepared transaction 'dbops-horizon-test'" in message, message
+        assert "inactive slot pg2" in message, message
+        # each with its age: transactions, and time where it has a start
+        assert re.search(rf"session pid {pid} [^:]*: \d+ xids, \d+(\.\d)?s", message), message
+        assert message in pg1["problems"]
+        # The long transaction is judged on its own too.
+        long_tx = next(m for m in pg1["metrics"] if m["name"] == "long_transactions")
+        assert long_tx["severity"] == "WARN" and f"pid {pid}" in long_tx["message"], long_tx
+    finally:
+        await writer.close()
+        await preparer.execute("ROLLBACK PREPARED 'dbops-horizon-test'")
+        await preparer.close()
+        await pg_sandbox.fetch("pg1", "DROP TABLE IF EXISTS horizon_t")
+        if stopped:
+            pg_sandbox.start_member("pg2")
+            pg_sandbox.wait_streaming()
+    # Let go of, the horizon is no longer a problem (pg2's slot moves on once it streams again).
+    r = run_check(config, "--json")
+    horizon = next(m for m in member(json.loads(r.stdout), "pg1")["metrics"] if m["name"] == "xmin_horizon")
+    assert "dbops-horizon-test" not in horizon["message"] and "forgotten-writer" not in horizon["message"], horizon
+
+
+async def test_a_role_at_its_connection_limit_is_named(pg_sandbox, check_config):
+    import asyncpg
+
+    await pg_sandbox.fetch("pg1", "DROP ROLE IF EXISTS dbops_limited")
+    await pg_sandbox.fetch("pg1", f"CREATE ROLE dbops_limited LOGIN CONNECTION LIMIT 4 PASSWORD '{pg_sandbox.password}'")
+    conns = []
+    try:
+        for _ in range(4):
+            conns.append(await asyncpg.connect(host="127.0.0.1", port=pg_sandbox.port("pg1"), user="dbops_limited",
+                                               password=pg_sandbox.password, database="postgres"))
+        r = run_check(check_config, "--json")
+        pg1 = member(json.loads(r.stdout), "pg1")
+        assert "role dbops_limited: 4/4 connections (100% of its CONNECTION LIMIT) > crit 95%" in pg1["problems"], pg1["problems"]
+        # A fifth is refused by the server: what the CRIT was about.
+        with pytest.raises(asyncpg.TooManyConnectionsError):
+            await asyncpg.connect(host="127.0.0.1", port=pg_sandbox.port("pg1"), user="dbops_limited",
+                                  password=pg_sandbox.password, database="postgres")
+    finally:
+        for c in conns:
+            await c.close()
+        await pg_sandbox.fetch("pg1", "DROP ROLE IF EXISTS dbops_limited")

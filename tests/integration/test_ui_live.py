@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import asyncpg
 from textual.widgets import DataTable, Input
@@ -101,3 +102,53 @@ async def test_decline_leaves_the_query_running_and_records_an_abort(pg_sandbox,
         await victim.close()
     recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["outcome"], r["action"]) for r in recs] == [("abort", "declined", "postgres.terminate_backend")]
+
+
+def text_of(pane, selector: str) -> str:
+    return str(pane.query_one(selector).render())
+
+
+async def test_a_running_vacuum_and_what_holds_the_horizon_show_on_the_vacuum_tab(pg_sandbox, tmp_path):
+    """A VACUUM of a large table (throttled, as autovacuum is) shows its phase and how far it has
+    scanned; an open transaction is named as what holds the xmin horizon, with its age; the
+    activity's Xact column shows how long that transaction has been open."""
+    setup = await asyncpg.connect(pg_sandbox.dsn("pg1"))
+    await setup.execute("DROP TABLE IF EXISTS ui_vacuum_big")
+    await setup.execute("CREATE TABLE ui_vacuum_big WITH (autovacuum_enabled = off) AS "
+                        "SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g")
+    await setup.execute("DELETE FROM ui_vacuum_big WHERE id % 2 = 0")
+    holder = await asyncpg.connect(pg_sandbox.dsn("pg1"), server_settings={"application_name": "ui-holder"})
+    await holder.execute("BEGIN; INSERT INTO ui_vacuum_big VALUES (0, 'held')")
+    vacuumer = await asyncpg.connect(pg_sandbox.dsn("pg1"), server_settings={"application_name": "ui-vacuum"})
+    # Throttled like autovacuum: a sleep after every few pages, so the scan is seen under way.
+    await vacuumer.execute("SET vacuum_cost_delay = '20ms'; SET vacuum_cost_limit = 20")
+    vacuum = asyncio.create_task(vacuumer.execute("VACUUM ui_vacuum_big"))
+    app = DbopsApp(load(pg_sandbox.config_path), state_dir=tmp_path)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            pane = await open_pane(pilot, app)
+            await pilot.press("5")
+            table = pane.query_one("#vacuum-table", DataTable)
+            await settle(pilot, lambda: "ui_vacuum_big" in rows(table) and "%" in rows(table), "the VACUUM's progress",
+                         show=lambda: rows(table))
+            row = rows(table)
+            assert "client" in row and re.search(r"\b\d{1,3}%", row), row
+            assert any(phase in row for phase in ("scanning heap", "vacuuming heap", "vacuuming indexes", "cleaning up indexes")), row
+            pid = holder.get_server_pid()
+            await settle(pilot, lambda: f"session pid {pid} (idle in transaction, ui-holder" in text_of(pane, "#horizon-text"),
+                         "the holder named", show=lambda: text_of(pane, "#horizon-text"))
+            assert re.search(rf"session pid {pid} \(idle in transaction, ui-holder, postgres\): \d+ xids, [\d.]+(ms|s)",
+                             text_of(pane, "#horizon-text"))
+            await pilot.press("1")
+            activity = pane.query_one("#activity-table", DataTable)
+            await settle(pilot, lambda: str(pid) in rows(activity), "the holder in activity")
+            cells = next(activity.get_row_at(i) for i in range(activity.row_count) if str(activity.get_row_at(i)[0]) == str(pid))
+            assert [c.key.value for c in activity.columns.values()][:4] == ["pid", "age", "xact", "state"]
+            assert re.fullmatch(r"[\d.]+(ms|s)", str(cells[2])), cells
+    finally:
+        vacuum.cancel()
+        await asyncio.gather(vacuum, return_exceptions=True)
+        await vacuumer.close()
+        await holder.close()
+        await setup.execute("DROP TABLE IF EXISTS ui_vacuum_big")
+        await setup.close()

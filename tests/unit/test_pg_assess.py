@@ -15,12 +15,15 @@ from dbops.engines.postgres.adapter import bound_standby_lag
 from dbops.engines.postgres.assess import assess_cluster, human_count, update_baseline
 from dbops.engines.postgres.data import (
     Archiver,
+    ConnectionLimit,
+    HorizonHolder,
     PgBouncerData,
     PgMemberData,
     PoolRow,
     ReplicaRow,
     Session,
     Slot,
+    VacuumProgress,
     WalReceiver,
 )
 from dbops.engines.postgres.queries import REPLAY_WAITING_FOR_WAL
@@ -780,3 +783,126 @@ def test_every_problem_message_is_one_short_line(ref):
     assert len(h.problems) >= 7
     for p in h.problems:
         assert "\n" not in p and len(p) < 140, p
+
+
+# -- the xmin horizon, long transactions, multixacts, connection limits (issue 16) --------------
+
+
+def holder(kind="session", name="4242", xmin_age=10, age_seconds=5.0, state="idle in transaction", **kw):
+    base = dict(kind=kind, name=name, owner="alice", database="app", application="psql", state=state,
+                xmin_age=xmin_age, age_seconds=age_seconds)
+    base.update(kw)
+    return HorizonHolder(**base)
+
+
+def test_nothing_holding_the_horizon_is_said(ref):
+    h = assess_cluster(ref, healthy(), now=NOW)
+    m = metric(h, "pg1", "xmin_horizon")
+    assert (m.severity, m.message) == (Severity.OK, "nothing holds the xmin horizon back")
+
+
+def test_a_harmless_holder_is_named_but_ok(ref):
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(horizon=(holder(),)))), now=NOW)
+    m = metric(h, "pg1", "xmin_horizon")
+    assert m.severity is Severity.OK
+    assert m.message == "oldest xmin: session pid 4242 (idle in transaction, psql, alice), 10 xids, 5.0s"
+
+
+@pytest.mark.parametrize(
+    "xmin_age, age_seconds, severity",
+    [
+        (50_000_000, 600.0, Severity.OK),  # equal to both warns: fine
+        (50_000_001, 1.0, Severity.WARN),  # old by transactions
+        (10, 600.5, Severity.WARN),  # old by time
+        (10, 3601.0, Severity.CRIT),
+        (200_000_001, None, Severity.CRIT),  # a slot: transactions only
+    ],
+)
+def test_horizon_is_judged_by_transactions_and_time(ref, xmin_age, age_seconds, severity):
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(horizon=(holder(xmin_age=xmin_age, age_seconds=age_seconds),)))), now=NOW)
+    assert metric(h, "pg1", "xmin_horizon").severity is severity
+    assert member(h, "pg1").severity is severity
+
+
+def test_every_holder_with_a_problem_is_named_worst_first(ref):
+    horizon = (
+        holder(kind="slot", name="pg2_slot", state="inactive", xmin_age=900, age_seconds=None),
+        holder(name="4242", xmin_age=800, age_seconds=4000.0),  # younger in xids, but CRIT by its time
+        holder(kind="prepared", name="tx1", state="prepared", xmin_age=700, age_seconds=700.0),
+        holder(kind="replica", name="pg3", state="streaming", xmin_age=5, age_seconds=None),  # fine
+    )
+    ref = with_thresholds(ref, xmin_horizon_xid_age_warn=100)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(horizon=horizon))), now=NOW)
+    m = metric(h, "pg1", "xmin_horizon")
+    assert m.severity is Severity.CRIT
+    assert m.message == (
+        "xmin horizon held back by session pid 4242 (idle in transaction, psql, alice): 800 xids, 67m; "
+        "inactive slot pg2_slot: 900 xids; prepared transaction 'tx1' (alice): 700 xids, 12m"
+    )
+
+
+@pytest.mark.parametrize("xact_age, severity", [(300.0, Severity.OK), (300.5, Severity.WARN), (1800.5, Severity.CRIT)])
+def test_long_transactions_judged_by_xact_start(ref, xact_age, severity):
+    # Active, with a short query: a long transaction of many short statements is still one.
+    s = session(pid=77, state="active", query_age=0.5, xact_age_seconds=xact_age)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(sessions=(s,)))), now=NOW)
+    m = metric(h, "pg1", "long_transactions")
+    assert m.severity is severity
+    assert metric(h, "pg1", "long_queries").severity is Severity.OK
+    if severity is Severity.CRIT:
+        assert m.message == "1 transaction open > crit 30m (longest 30m, pid 77, active)"
+
+
+def test_an_autovacuum_worker_is_not_a_long_transaction(ref):
+    s = session(pid=88, state="active", query_age=5000.0, backend_type="autovacuum worker",
+                query="autovacuum: VACUUM public.orders (to prevent wraparound)")
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(sessions=(s,)))), now=NOW)
+    assert metric(h, "pg1", "long_transactions").severity is Severity.OK
+
+
+@pytest.mark.parametrize("age, severity", [(500_000_000, Severity.OK), (500_000_001, Severity.WARN), (1_500_000_001, Severity.CRIT)])
+def test_multixact_age(ref, age, severity):
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(max_mxid_age=age, max_mxid_age_database="app"))), now=NOW)
+    m = metric(h, "pg1", "mxid_age")
+    assert m.severity is severity and "in database app" in m.message
+
+
+def test_connections_count_against_what_is_left_after_reserved_slots(ref):
+    # 90 of 100 is 90%, but with 5 reserved for superusers clients have 95: 94.7%: WARN, not CRIT.
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(connections_total=90, reserved_connections=5))), now=NOW)
+    m = metric(h, "pg1", "connections")
+    assert m.severity is Severity.WARN
+    assert m.message == "connections 90/95 (95%, 5 more reserved for superusers) > warn 80%"
+
+
+def test_a_role_or_database_near_its_connection_limit_is_named(ref):
+    data = primary(
+        role_limits=(ConnectionLimit("reporting", 10, 9), ConnectionLimit("api", 100, 3)),
+        database_limits=(ConnectionLimit("shop", 20, 20), ConnectionLimit("frozen", 0, 2)),
+    )
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", data)), now=NOW)
+    got = {m.name: (m.severity, m.message) for m in member(h, "pg1").metrics if m.name.startswith("connections:")}
+    assert got == {
+        "connections:role:reporting": (Severity.WARN, "role reporting: 9/10 connections (90% of its CONNECTION LIMIT) > warn 80%"),
+        "connections:database:shop": (Severity.CRIT, "database shop: 20/20 connections (100% of its CONNECTION LIMIT) > crit 95%"),
+        "connections:database:frozen": (Severity.WARN, "database frozen has 2 connections and a limit of 0"),
+    }
+
+
+def test_pgbouncer_wait_limits_come_from_the_config(ref):
+    ref = with_thresholds(ref, pgbouncer_wait_seconds_warn=5.0, pgbouncer_wait_seconds_crit=30.0)
+    _, ms = pool_metrics(ref, pool(database="shop", user="api", cl_waiting=4, maxwait=3.0))
+    assert [m.name for m in ms] == ["pgbouncer"]  # 3 s is under this cluster's 5 s
+    _, ms = pool_metrics(ref, pool(database="shop", user="api", cl_waiting=4, maxwait=12.0))
+    assert [(m.name, m.severity) for m in ms][1:] == [("pgbouncer:shop/api", Severity.WARN)]
+
+
+def test_running_vacuums_are_said(ref):
+    vac = VacuumProgress(pid=9, database="app", relation="public.orders", phase="scanning heap", heap_blks_total=1000,
+                         heap_blks_scanned=250, heap_blks_vacuumed=0, index_vacuum_count=0, autovacuum=True,
+                         query="autovacuum: VACUUM public.orders (to prevent wraparound)", elapsed_seconds=30.0)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(vacuums=(vac,)))), now=NOW)
+    m = metric(h, "pg1", "vacuum")
+    assert (m.severity, m.message) == (Severity.OK, "1 VACUUM running, 1 to prevent wraparound: public.orders (scanning heap 25%)")
+    other_db = dataclasses.replace(vac, relation=None, query="autovacuum: VACUUM ANALYZE public.items")
+    assert other_db.table == "public.items" and not other_db.to_prevent_wraparound
