@@ -68,6 +68,7 @@ bench: deps venv
 	$(PY) benchmarks/switchover.py
 	$(PY) benchmarks/redis_reshard.py
 	$(PY) benchmarks/kafka_lag.py
+	$(PY) benchmarks/pg_refresh_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
