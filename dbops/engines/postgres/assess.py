@@ -275,20 +275,19 @@ def _archiver(t: PostgresThresholds, data: PgMemberData, base: dict[str, Any] | 
     )
 
 
-def _xid(t: PostgresThresholds, data: PgMemberData) -> Metric | None:
-    age = data.max_xid_age
+def _wraparound_age(name: str, what: str, age: int | None, database: str | None, warn: float, crit: float) -> Metric | None:
     if age is None:
         return None
-    where = f" in database {data.max_xid_age_database}" if data.max_xid_age_database else ""
-    return _threshold("xid_age", age, t.xid_age_warn, t.xid_age_crit, f"oldest xid age{where}", human_count)
+    where = f" in database {database}" if database else ""
+    return _threshold(name, age, warn, crit, f"oldest {what} age{where}", human_count)
+
+
+def _xid(t: PostgresThresholds, data: PgMemberData) -> Metric | None:
+    return _wraparound_age("xid_age", "xid", data.max_xid_age, data.max_xid_age_database, t.xid_age_warn, t.xid_age_crit)
 
 
 def _mxid(t: PostgresThresholds, data: PgMemberData) -> Metric | None:
-    age = data.max_mxid_age
-    if age is None:
-        return None
-    where = f" in database {data.max_mxid_age_database}" if data.max_mxid_age_database else ""
-    return _threshold("mxid_age", age, t.mxid_age_warn, t.mxid_age_crit, f"oldest multixact age{where}", human_count)
+    return _wraparound_age("mxid_age", "multixact", data.max_mxid_age, data.max_mxid_age_database, t.mxid_age_warn, t.mxid_age_crit)
 
 
 def holder_severity(t: PostgresThresholds, h: HorizonHolder) -> Severity:
