@@ -721,6 +721,54 @@ def test_drill_redis_master_loss_measures_the_failover_and_attaches_a_replacemen
     assert h.data() == before
 
 
+def test_drill_redis_master_loss_declined_at_the_promotion_heals_the_node_and_says_it_rejoined(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator says no to the runbook's promotion: the killed master is restarted with its
+    own data and rejoins by itself, and the way back says so (not 'failed' on a whole cluster)."""
+    import asyncio
+
+    from dbops.drill.runner import DrillRunner
+
+    h = cluster
+    h.rs.wait_cluster_ok()
+    assert wait_healthy(h, timeout=60).severity is Severity.OK
+    before = h.data()
+    asked: list[str] = []
+
+    class DeclinesThePromotion:
+        async def confirm(self, step, commands, ctx) -> bool:
+            asked.append(step.id)
+            return step.id == "fault"
+
+        async def attest(self, step, commands, ctx, expected) -> bool:
+            asked.append(step.id)  # the promotion asks for the cluster's name: not given
+            return False
+
+        async def manual_done(self, step, commands, ctx) -> bool:
+            return False
+
+        def cannot_answer(self, step, ref):
+            return None
+
+        def event(self, event: str, **data) -> None:
+            pass
+
+    monkeypatch.setenv("DBOPS_STATE_DIR", str(h.state_dir))  # where the drill's sandbox hosts find the servers
+    runner = DrillRunner(load(h.config), DeclinesThePromotion(), h.state_dir, config_hash="test")
+    result = asyncio.run(runner.run("redis-master-loss", "sandbox-redis"))
+    assert asked[:2] == ["fault", "promote"], (asked, result.message)
+    assert result.outcome == "declined" and result.exit_code == 3, result.message
+    assert "declined at 'Promote the replica'" in result.message
+    phases = {p["name"]: p for p in result.report["phases"]}
+    victim = result.report["facts"]["victim"]
+    assert phases["restore"]["outcome"] == "done", phases["restore"]
+    assert f"{victim} restarted with its own data and rejoined the cluster" in phases["restore"]["detail"]
+    assert "probe data removed" in phases["restore"]["detail"]
+    h.rs.wait_cluster_ok()
+    assert wait_healthy(h, timeout=60).severity is Severity.OK
+    assert h.data() == before
+
+
 def test_drill_redis_sentinel_failover_is_sentinels_own_and_the_old_master_returns_as_a_replica(cluster: Cluster) -> None:
     from .drills import assert_met, run_drill
 

@@ -133,10 +133,45 @@ async def cluster_restore(ctx: DrillContext) -> list[str]:
     if not ctx.hosts.managed:
         return [f"bring a replacement up on {_address(ctx, victim)} and attach it with redis.cluster-replace-failed-master "
                 f"--param attach={_address(ctx, victim)}"]
+    if (await _roles(ctx)).get(victim) != "down":
+        # Healed before the recovery forgot it (an abort, or a declined promotion): the node is back
+        # with its own data and cluster state and rejoins by itself. A wipe would not reach the
+        # running server, and the attach runbook rightly refuses a node that is not empty.
+        return [await _rejoined(ctx, victim)]
     wiped = await ctx.hosts.perform(HostOp(Verb.RUN, victim, ("wipe",)))
     started = await start_victim(ctx)
     await ctx.run_runbook("redis.cluster-replace-failed-master", {"attach": _address(ctx, victim), "expect_writes": "true"})
     return [wiped.detail, started, f"{victim} attached as a replica (redis.cluster-replace-failed-master)"]
+
+
+async def _cluster_state(ctx: DrillContext, name: str) -> str:
+    """CLUSTER INFO's cluster_state on that node, or why it could not be read."""
+    from dbops.engines.redis.client import close, connect
+
+    client = connect(ctx.ref, _address(ctx, name))
+    try:
+        text = await asyncio.wait_for(client.execute_command("CLUSTER", "INFO"), ctx.ref.timeout + 1)
+    except Exception as exc:  # still starting, or not answering: the caller waits and says so
+        return f"no answer ({type(exc).__name__})"
+    finally:
+        await close(client)
+    lines = str(text).splitlines()
+    return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith("cluster_state:")), "unknown")
+
+
+async def _rejoined(ctx: DrillContext, victim: str) -> str:
+    deadline = time.monotonic() + WAIT
+    role, state = "down", "unknown"
+    while time.monotonic() < deadline:
+        role = (await _roles(ctx)).get(victim, "down")
+        state = await _cluster_state(ctx, victim)
+        if role in ("master", "slave") and state == "ok":
+            what = "a replica" if role == "slave" else "a master (no failover had happened)"
+            return f"{victim} restarted with its own data and rejoined the cluster as {what}; cluster_state ok"
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"{victim} restarted with its own data but is not back in the cluster after {WAIT:.0f}s "
+                       f"(role {role}, cluster_state {state}): attach a fresh node on {_address(ctx, victim)} with "
+                       f"redis.cluster-replace-failed-master --param attach={_address(ctx, victim)}")
 
 
 SCENARIOS = [
