@@ -49,11 +49,18 @@ lint: venv
 	$(VENV)/bin/ruff check dbops screens runbooks tests benchmarks
 	$(VENV)/bin/mypy
 
+# The pytest plugins, named: autoloading them makes pytest AST-rewrite every module of their
+# distributions (all of hypothesis, anyio, syrupy, platformdirs) on each run, and CPython 3.11's
+# AST constructor can fail on such a parse with "AST constructor recursion depth mismatch"
+# (python/cpython#106905; seen once here at collection). Named, only the plugin modules are rewritten.
+PYTEST := PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -p pytest_asyncio.plugin -p pytest_timeout -p syrupy \
+	-p pytest_textual_snapshot -p _hypothesis_pytestplugin
+
 test: deps venv lint
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PYTEST) -q -p no:cacheprovider --durations=15
 
 unit: venv
-	$(PY) -m pytest -q tests/unit tests/ui
+	$(PYTEST) -q tests/unit tests/ui
 
 demo: deps venv
 	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres,redis,kafka,neo4j,qdrant,kubernetes
