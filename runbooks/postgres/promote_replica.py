@@ -401,6 +401,8 @@ async def do_repoint_pooler(ctx: Context) -> None:
     ctx.log(f"PgBouncer now sends new server connections to {candidate(ctx)}")
     if await fencing.resume_pool(ctx.ref):
         ctx.log(f"PgBouncer: {ctx.ref.cluster.database} resumed; waiting clients go on, on {candidate(ctx)}")
+    for line in await fencing.first_login_now(ctx.ref):
+        ctx.log(f"PgBouncer: {line}")
 
 
 async def verify_pooler(ctx: Context) -> Verdict:
@@ -423,17 +425,21 @@ def pooler_cmds(ctx: Context) -> list[str]:
     db = ctx.ref.cluster.database
     if ctx.hosts.managed:
         return [*ctx.hosts.render(_repoint_pooler(ctx)),
-                fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # only if it is paused"]
+                fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # only if it is paused",
+                *fencing.first_login_lines(ctx.ref)]
     return ctx.hosts.render(_repoint_pooler(ctx, manual=(
         f"# on the PgBouncer host ({pb.host}:{pb.port}): in pgbouncer.ini, [databases], point {db} at the new primary:",
         f"{db} = host={new.host} port={new.port} dbname={db}",
         f"psql -h {pb.host} -p {pb.port} -U {pb.user} -d pgbouncer -c RELOAD",
-        fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # if it is paused (the fence paused it); clients waiting go on")))
+        fencing.pool_admin_line(ctx.ref, f"RESUME {db}") + "   # if it is paused (the fence paused it); clients waiting go on",
+        *fencing.first_login_lines(ctx.ref))))
 
 
 POOLER_AUTOMATIC = Step(
     "pooler", "Point PgBouncer at the new primary", "Its database entry names the new primary, then RELOAD and RESUME: "
-    "new server connections go there, and clients that waited while it was paused go on; clients stay connected.", Kind.ACTION,
+    "new server connections go there, and clients that waited while it was paused go on; clients stay connected. "
+    "dbops then queries through it, with server_login_retry at 1 s meanwhile, so that PgBouncer logs in to the new "
+    "primary at once rather than after its retry wait.", Kind.ACTION,
     pooler_cmds, do_repoint_pooler, verify_pooler, timeout=60,
     on_failure="clients of PgBouncer still reach the old (fenced, read-only) primary: edit pgbouncer.ini and RELOAD by hand",
 )

@@ -88,16 +88,29 @@ def test_failover_with_the_sandbox_fence_the_old_primary_comes_back_only_as_a_re
     pg.psql("pg1", "CREATE TABLE fence_rows (id int PRIMARY KEY); INSERT INTO fence_rows SELECT generate_series(1, 20)")
     pg.wait_streaming()
     kill_9(pg, "pg1")
+    # An application behind PgBouncer tries meanwhile: PgBouncer's login to pg1 fails, and from
+    # then on it waits out server_login_retry (15 s) before it logs in anywhere again.
+    with pytest.raises(Exception):  # noqa: B017 - the pooler's refusal or psql's timeout, whichever comes first
+        pg.psql("pgbouncer", "SELECT 1", timeout=3)
 
     plan = dbops(config, state, "runbook", "plan", "postgres.promote-replica", "--cluster", "sandbox-pg", "--param", "candidate=pg2")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "failover: fence pg1 by sandbox" in plan.stdout
     assert "standby.signal" in plan.stdout and pg.password not in plan.stdout
+    assert "SET server_login_retry = 1" in plan.stdout and "SET server_login_retry = <as it was>" in plan.stdout
 
     r = dbops(config, state, *PROMOTE, "--param", "candidate=pg2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sandbox fence of pg1: verified" in r.stdout
     assert role(pg, "pg2") == "primary"
+    # The pooler step logged PgBouncer in to pg2 before the run ended (not up to 15 s later, at
+    # a client's next try), and put server_login_retry back.
+    assert "a query through PgBouncer reached the new primary" in r.stdout, r.stdout
+    servers = pg.psql("pgbouncer", "SHOW SERVERS", database="pgbouncer").splitlines()
+    assert any(f"|{pg.port('pg2')}|" in line for line in servers), servers
+    config_rows = pg.psql("pgbouncer", "SHOW CONFIG", database="pgbouncer").splitlines()
+    assert next(line for line in config_rows if line.startswith("server_login_retry|")).split("|")[1] == "15"
+    assert pg.psql("pgbouncer", "SELECT inet_server_port()") == str(pg.port("pg2"))
     [result] = fence_results(state)
     assert result["outcome"] == "ok" and result["detail"]["fence"][0]["method"] == "sandbox"
 

@@ -96,7 +96,19 @@ async def primary_loss_inject(ctx: DrillContext) -> str:
 async def primary_loss_heal(ctx: DrillContext) -> str:
     victim = _victim(ctx)
     result = await ctx.hosts.perform(HostOp(Verb.START, victim))
-    return f"{victim} started again (the drill was aborted before the failover)" if result.ok else f"{victim}: {result.detail}"
+    if not result.ok:
+        return f"{victim}: {result.detail}"
+    line = f"{victim} started again (the drill was aborted before the failover)"
+    if ctx.ref.cluster.pgbouncer is None:
+        return line
+    from dbops.engines.postgres.fencing import first_login_now
+
+    # PgBouncer's logins to the crashed primary failed: without this its clients would wait out
+    # server_login_retry although the primary is back.
+    try:
+        return "; ".join([line, *(f"PgBouncer: {x}" for x in await first_login_now(ctx.ref))])
+    except RuntimeError as exc:  # PgBouncer reaches a server in recovery: said, the restore goes on
+        return f"{line}; PgBouncer: {exc}"
 
 
 async def most_advanced_replica(ctx: DrillContext) -> str:

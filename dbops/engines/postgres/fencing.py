@@ -325,3 +325,76 @@ async def resume_pool(ref: ClusterRef) -> bool:
         return False
     await _pool_admin(ref, f"RESUME {ref.cluster.database}", timeout=ref.timeout + 2)
     return True
+
+
+# PgBouncer waits server_login_retry (15 s by default) after a failed server login before it tries
+# again, and a RELOAD that points it at another server does not end that wait: right after a
+# failover its clients would hang that long, although the new primary is up (measured by the
+# pg-primary-loss drill: 13 s of the 15 s RTO). One successful login ends the wait for every client.
+LOGIN_RETRY_WHILE_REPOINTING = 1
+
+
+def first_login_lines(ref: ClusterRef) -> list[str]:
+    return [
+        pool_admin_line(ref, f"SET server_login_retry = {LOGIN_RETRY_WHILE_REPOINTING}")
+        + "   # PgBouncer would wait out server_login_retry after the failed logins to the old primary",
+        f"SELECT pg_is_in_recovery();  -- through PgBouncer as {ref.cluster.user}: its first login to the new primary (expect f)",
+        pool_admin_line(ref, "SET server_login_retry = <as it was>") + "   # back to the value SHOW CONFIG gave",
+    ]
+
+
+async def first_login_now(ref: ClusterRef) -> list[str]:
+    """Have PgBouncer log in to the (new) server now: server_login_retry lowered to 1 s while dbops
+    queries through the pool as a client, then set back to what it was. Raises only when that
+    query answers from a server in recovery; the lines say what was done, or why it could not be."""
+    from dbops.engines.postgres.pgbouncer import ServerError
+
+    (config,) = await _pool_admin(ref, "SHOW CONFIG", timeout=ref.timeout + 2)
+    retry = next((str(r.get("value")) for r in config if r.get("key") == "server_login_retry"), None)
+    lines: list[str] = []
+    lowered = False
+    if retry is not None and retry != str(LOGIN_RETRY_WHILE_REPOINTING):
+        try:
+            await _pool_admin(ref, f"SET server_login_retry = {LOGIN_RETRY_WHILE_REPOINTING}", timeout=ref.timeout + 2)
+            lowered = True
+        except ServerError as exc:  # an admin user without SET rights: the wait stays, say so
+            lines.append(f"server_login_retry stays {retry}s (SET refused: {scrub_text(str(exc))}): "
+                         f"clients may wait that long for their first server connection")
+    in_recovery: bool | None
+    try:
+        in_recovery = await asyncio.wait_for(_query_through_pool(ref), timeout=ref.timeout * 3 + LOGIN_RETRY_WHILE_REPOINTING)
+    except Exception as exc:  # dbops' own way in through the pool (its user, TLS): said, the repoint stands
+        in_recovery = None
+        lines.append(f"could not query through PgBouncer as {ref.cluster.user} ({scrub_text(str(exc)) or type(exc).__name__}): "
+                     f"its clients may wait up to server_login_retry ({retry}s) for their first server connection")
+    finally:
+        if lowered:
+            await _pool_admin(ref, f"SET server_login_retry = {retry}", timeout=ref.timeout + 2)
+    if in_recovery:
+        raise RuntimeError("a query through PgBouncer reached a server in recovery, not the new primary")
+    if in_recovery is not None:
+        lines.append("a query through PgBouncer reached the new primary (pg_is_in_recovery() = f)"
+                     + (f"; server_login_retry was {LOGIN_RETRY_WHILE_REPOINTING}s for it, set back to {retry}" if lowered else ""))
+    return lines
+
+
+async def _query_through_pool(ref: ClusterRef) -> bool:
+    """pg_is_in_recovery() through PgBouncer, as the cluster's user (its clients' way in)."""
+    from dbops.engines.base import import_off_loop
+    from dbops.engines.postgres.adapter import PostgresAdapter
+    from dbops.secrets import resolve
+
+    asyncpg = await import_off_loop("asyncpg")
+    pb = ref.cluster.pgbouncer
+    assert pb is not None
+    secret = resolve(ref.cluster.password)
+    # The members' TLS settings, as the pool's clients have them; no startup settings PgBouncer
+    # would refuse, no prepared statements (transaction pooling).
+    ssl = PostgresAdapter(ref, Member(name="pgbouncer", host=pb.host, port=pb.port))._ssl()
+    conn = await asyncpg.connect(host=pb.host, port=pb.port, user=ref.cluster.user, database=ref.cluster.database,
+                                 password=secret.reveal() if secret is not None else None, ssl=ssl,
+                                 timeout=ref.timeout + LOGIN_RETRY_WHILE_REPOINTING, statement_cache_size=0)
+    try:
+        return bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+    finally:
+        await conn.close()
