@@ -6,7 +6,9 @@ Definitions (the report prints them too):
 
 - RTO (availability): from the fault to the first probe write *and* read-back that succeeded
   after the last one that failed, i.e. the moment service came back and stayed back. No failed
-  attempt after the fault: the service never went down, and the RTO is 0 (said so, not hidden).
+  attempt after the fault: to the first write after it that was acknowledged and read back. A
+  write that was held rather than refused (queued by a paused pooler during a failover) counts
+  until it returned: clients waited that long, so the service was not there for them.
 - RTO (data): for a scenario whose fault loses data rather than service (an accidental DELETE),
   from the fault to the moment the lost data was verified back (the scenario marks it).
 - RPO: the acknowledged writes missing from the recovered service: how many, the age at the
@@ -20,7 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dbops.drill.probe import Ack, Attempt
+from dbops.drill.probe import INTERVAL, Ack, Attempt
+
+# A write that returned later than this after the fault was held by the service, not just slow.
+HELD_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,23 @@ def availability_rto(attempts: Sequence[Attempt], fault: float, until: float | N
     if not after:
         return Rto(None, "the probe made no attempt after the fault: nothing to measure", None)
     if not failed:
-        return Rto(0.0, "no probe write failed after the fault: the service never went down", fault)
+        first = after[0]
+        seconds = first.t - fault
+        held = f" (held {seconds:.1f}s, not refused: clients waited that long)" if seconds > HELD_SECONDS else ""
+        return Rto(seconds, f"no probe write failed after the fault; the first one after it was acknowledged and read "
+                   f"back at +{seconds:.1f}s{held}", first.t)
     last_failure = failed[-1]
     back = next((a for a in after if a.t > last_failure.t and a.ok), None)
     if back is None:
         return Rto(None, f"the service had not come back: the probe's last attempt failed ({last_failure.error})", None)
     return Rto(back.t - fault, f"{len(failed)} probe attempts failed; the first write and read-back after the last "
                f"failure succeeded at +{back.t - fault:.1f}s", back.t)
+
+
+def held(previous: float | None, t: float) -> bool:
+    """An attempt that ended at `t` after one that ended at `previous` was held by the service
+    (the probe starts one every INTERVAL, so the gap is how long this one waited)."""
+    return previous is not None and t - previous > INTERVAL + HELD_SECONDS
 
 
 def data_rto(fault: float, verified_at: float | None, what: str) -> Rto:

@@ -65,8 +65,10 @@ def test_primary_loss_fails_over_and_reports_rto_and_no_lost_write(pg_sandbox):
         report = report_of(pg_sandbox, r.stdout)
         m = report["measured"]
         assert m["rpo_lost"] == 0 and m["rpo_met"] and m["rto_met"]
-        # The fault cut the probe off: the RTO is a real outage, ended by the failover.
-        assert m["rto_seconds"] > 0 and any(not a["ok"] for a in report["probe"]["attempts"])
+        # The fault cut the probe off (a write refused, or held by PgBouncer until the failover):
+        # the RTO is a real outage, ended by the failover.
+        assert m["rto_seconds"] > 0
+        assert "probe attempts failed" in m["rto_note"] or "not refused: clients waited" in m["rto_note"], m["rto_note"]
         assert m["detection_seconds"] is not None and m["decision_seconds"] is not None
         assert [p["outcome"] for p in report["phases"]] == ["done"] * 8
         assert report["runbooks"][0]["runbook"] == "postgres.promote-replica" and report["runbooks"][0]["outcome"] == "ok"

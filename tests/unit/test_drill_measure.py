@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dbops.drill.measure import availability_rto, data_rto, first_detection, rpo
 from dbops.drill.probe import Ack, Attempt
 
@@ -18,9 +20,19 @@ def test_rto_runs_from_the_fault_to_the_first_success_after_the_last_failure():
     assert "3 probe attempts failed" in r.note
 
 
-def test_no_failure_after_the_fault_is_an_rto_of_zero_said_as_such():
+def test_no_failure_after_the_fault_runs_to_the_first_write_after_it():
     r = availability_rto(attempts("+++++"), fault=100.2)
-    assert r.seconds == 0.0 and "never went down" in r.note
+    assert r.seconds == pytest.approx(0.3) and r.recovered_at == 100.5
+    assert "no probe write failed" in r.note and "held" not in r.note
+
+
+def test_a_write_held_through_the_failover_counts_until_it_returned():
+    # A pooler paused during a failover queues the write instead of refusing it: no attempt
+    # fails, but clients waited 1.7 s, and that is the RTO.
+    held = [Attempt(100.0, 1, True, True), Attempt(101.8, 2, True, True), Attempt(101.9, 3, True, True)]
+    r = availability_rto(held, fault=100.1)
+    assert r.seconds == pytest.approx(1.7) and r.recovered_at == 101.8
+    assert "held 1.7s, not refused" in r.note
 
 
 def test_a_service_that_never_came_back_has_no_rto():
