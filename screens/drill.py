@@ -54,6 +54,8 @@ STYLES = {"pending": "dim", "running": "bold cyan", "done": "bold green", "faile
 VERDICTS = {"met": ("MET", "bold green"), "missed": ("MISSED", "bold yellow"), "failed": ("FAILED", "bold red"),
             "declined": ("DECLINED", "bold yellow"), "aborted": ("ABORTED", "bold yellow")}
 STRIP = 60  # probe attempts shown: six seconds at the runner's 0.1 s interval, and 80 columns hold them
+# A write acknowledged late (held by the service, not refused) is part of the outage: not green.
+STRIP_CELLS = {"ok": ("█", "green"), "held": ("▒", "bold yellow"), "failed": ("╳", "bold red")}
 NOTE_WIDTH = 28  # the checklist's note column at 80 columns; the modal shows the whole note
 
 
@@ -183,7 +185,7 @@ class DrillScreen(Screen[None]):
         self.phases: dict[Phase, dict[str, Any]] = {p: {"state": "pending"} for p in PHASES}
         self.marks: dict[str, float] = {}
         self.attempts: list[tuple[float, bool]] = []
-        self.strip: deque[bool] = deque(maxlen=STRIP)
+        self.strip: deque[str] = deque(maxlen=STRIP)  # per attempt: ok, held (acknowledged late) or failed
         self.begun: float | None = None  # the first phase's start: the checklist's times are from it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_ok: bool | None = None
@@ -303,7 +305,7 @@ class DrillScreen(Screen[None]):
         if action == "start":
             return not self.started
         if action == "note":
-            return self.started and self.result is None
+            return self.started
         if action == "abort":
             return self.running
         return True  # escape while a drill runs says how to stop it
@@ -427,8 +429,15 @@ class DrillScreen(Screen[None]):
                     self.log_line(line, style)
 
     def _attempt(self, a: Attempt) -> None:
+        from dbops.drill.measure import held
+
+        previous = self.attempts[-1][0] if self.attempts else None
+        late = a.ok and held(previous, a.t)
         self.attempts.append((a.t, a.ok))
-        self.strip.append(a.ok)
+        self.strip.append("held" if late else "ok" if a.ok else "failed")
+        if late and previous is not None:
+            # Not refused, but clients waited (a paused pooler during a failover): part of the outage.
+            self.log_line(f"probe write held {a.t - previous:.1f}s before it was acknowledged, at {self._since(a.t)}", "yellow")
         if a.ok != self._probe_ok:
             # One line per change, not per write (the strip shows every write).
             if a.ok:
@@ -483,8 +492,8 @@ class DrillScreen(Screen[None]):
         text = Text("probe ", style="bold")
         if not self.strip:
             text.append("starts with the steady state phase", style="dim")
-        for ok in self.strip:
-            text.append("█" if ok else "╳", style="green" if ok else "bold red")
+        for state in self.strip:
+            text.append(*STRIP_CELLS[state])
         good = sum(1 for _, ok in self.attempts if ok)
         text.append(f" {good}✓ {len(self.attempts) - good}✗", style="dim")
         self.query_one("#drill-strip", Static).update(text)
@@ -571,24 +580,43 @@ class DrillScreen(Screen[None]):
         return PHASES[max(0, min(table.cursor_row, len(PHASES) - 1))]
 
     def action_note(self) -> None:
-        if not self.started or self.result is not None:
-            self.notify("notes go into the report: start a drill first; once it is written they would not be in it",
-                        severity="warning")
+        if not self.started:
+            self.notify("notes go into the drill's report: start a drill first", severity="warning")
             return
         phase = self._selected_phase()
 
         def saved(text: str | None) -> None:
-            if text is None or self.result is not None:
-                if text is not None:
-                    self.notify("the report was written meanwhile: the note is not in it", severity="warning")
+            if text is None:
                 return
             if text:
                 self.runner.notes[phase.value] = text  # read by the report phase, on the drill's thread
             else:
                 self.runner.notes.pop(phase.value, None)
             self._draw_phase(phase)
+            if self.result is not None and self.result.run_id:
+                # Written after the drill's end (as often as during it): the report is written again.
+                self._amend(self.result)
 
         self.app.push_screen(PhaseNote(phase, self.runner.notes.get(phase.value, "")), saved)
+
+    @work(thread=True, group="drill-amend")
+    def _amend(self, result: DrillResult) -> None:
+        from dbops.drill.journal import DrillJournalError
+
+        try:
+            amended = asyncio.run(self.runner.amend_notes(result))
+        except (DrillJournalError, OSError) as exc:  # the note stays on screen; the report keeps what it had
+            self.app.call_from_thread(self.notify, f"the report could not be written again: {exc}", severity="error")
+            return
+        except Exception as exc:  # a bug of ours: the crash file says where
+            message = unexpected(exc, "drill note")
+            self.app.call_from_thread(self.notify, f"the report could not be written again: {message}", severity="error")
+            return
+        self.app.call_from_thread(self._amended, amended)
+
+    def _amended(self, amended: DrillResult) -> None:
+        self.result = amended
+        self.log_line(f"note saved: report written again ({amended.files['md']}; its new SHA-256 is in the audit log)", "green")
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "drill-phases":

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbops.audit import AuditLog
 from dbops.drill import measure
-from dbops.drill.journal import DrillJournal, new_drill_id
+from dbops.drill.journal import DrillJournal, DrillJournalError, new_drill_id
 from dbops.drill.model import PHASES, DrillContext, DrillRefused, Phase, Scenario
 from dbops.drill.probe import AckLog, Attempt, ProbeLoop, one_line, probe_for
 from dbops.runbook.executor import ExitCode
@@ -244,7 +244,6 @@ class DrillRunner:
         """Continue a drill after dbops stopped mid-way, from its journal: the phases done stay
         done; a recovery runbook that was interrupted is resumed (its own journal); the probe
         writes again, numbering on."""
-        from dbops.drill.journal import DrillJournalError
         from dbops.runbook.hosts import hosts_for
         from dbops.runbook.session import SessionError
 
@@ -279,6 +278,21 @@ class DrillRunner:
         finally:
             journal.close()
 
+    async def amend_notes(self, result: DrillResult) -> DrillResult:
+        """The report of a drill that has ended, written again with the notes as they are now (an
+        operator writes them after the drill as often as during it); audited and shipped again."""
+        journal = DrillJournal.open(self.state, result.run_id)
+        try:
+            if not journal.data.get("end"):
+                raise DrillJournalError(f"drill {result.run_id} has not ended: its report is written at its end")
+            journal.data["notes"] = dict(self.notes)
+            journal.save()
+            amended = write_report(self, journal, result.outcome, result.message, amended=True)
+        finally:
+            journal.close()
+        await asyncio.to_thread(ship_report, self, result.run_id, list(amended.files.values()))
+        return amended
+
     async def _run(self, scenario: Scenario, ref: ClusterRef) -> DrillResult:
         from dbops.runbook.hosts import hosts_for
 
@@ -300,6 +314,17 @@ class DrillRunner:
             return await d.run()
         finally:
             journal.close()
+
+
+def ship_report(runner: DrillRunner, run_id: str, files: list[Path]) -> None:
+    """The audit log (recording the report's SHA-256), then the report beside it."""
+    from dbops.audit_ship import ship_drill_report, ship_reporting
+
+    shipping = runner.config.audit.ship
+    for shipped in (ship_reporting(runner.audit.path, shipping), ship_drill_report(files, shipping, run_id)):
+        if shipped is not None:
+            ok, message = shipped
+            runner._emit("audit-shipped", ok=ok, message=message)
 
 
 def _operator() -> dict[str, Any]:
@@ -414,14 +439,7 @@ class _Drill:
         return result
 
     def _ship(self, files: list[Path]) -> None:
-        """The audit log (recording the report's SHA-256), then the report beside it."""
-        from dbops.audit_ship import ship_drill_report, ship_reporting
-
-        shipping = self.r.config.audit.ship
-        for shipped in (ship_reporting(self.r.audit.path, shipping), ship_drill_report(files, shipping, self.ctx.run_id)):
-            if shipped is not None:
-                ok, message = shipped
-                self.r._emit("audit-shipped", ok=ok, message=message)
+        ship_report(self.r, self.ctx.run_id, files)
 
     # -- phases ------------------------------------------------------------------------------
 
@@ -826,34 +844,46 @@ class _Drill:
 
     async def report(self) -> DrillResult:
         """The report's three files (data, Markdown, HTML), their SHA-256 in the audit log."""
-        import json
-
-        from dbops.drill.journal import write_atomic
-        from dbops.drill.report import render_html, render_markdown
-
         data = self.j.data
         m = data.get("measured", {})
         if self.outcome is None:
             self.outcome = Outcome.MET if m.get("rto_met") and m.get("rpo_met") else Outcome.MISSED
             self.message = _summary(m, data["targets"])
-        files = {"json": self.j.dir / "report.json", "md": self.j.dir / "report.md", "html": self.j.dir / "report.html"}
         self.current = Phase.REPORT
         self.r._emit("drill-phase", phase=Phase.REPORT, state="running", detail="")
         now = time.time()
         data["end"], data["finished"] = self.outcome, now
         # The report is its own last phase: done as it is written (what it shows is what happened).
-        self.j.phase(Phase.REPORT.value, state="done", started=now, finished=now, detail=str(files["html"]))
-        report = build_report(self.j, self.r.notes, self.outcome, self.message, self.r.audit.path)
-        md, html = render_markdown(report), render_html(report)
-        write_atomic(files["md"], md)
-        write_atomic(files["html"], html)
-        report["sha256"] = {"md": _sha(md), "html": _sha(html)}
-        write_atomic(files["json"], json.dumps(report, indent=1, default=str))
-        intent = self.audit_intent(f"drill.{self.s.id}.report", {"files": [str(p) for p in files.values()]})
-        self.r.audit.result(intent, outcome="ok", detail={"report_md_sha256": report["sha256"]["md"],
-                                                          "report_html_sha256": report["sha256"]["html"]})
-        self.r._emit("drill-phase", phase=Phase.REPORT, state="done", detail=str(files["html"]))
-        return DrillResult(self.ctx.run_id, self.outcome, self.message, report, files)
+        self.j.phase(Phase.REPORT.value, state="done", started=now, finished=now, detail=str(self.j.dir / "report.html"))
+        result = write_report(self.r, self.j, self.outcome, self.message or "")
+        self.r._emit("drill-phase", phase=Phase.REPORT, state="done", detail=str(result.files["html"]))
+        return result
+
+
+def write_report(runner: DrillRunner, journal: DrillJournal, outcome: str, message: str, *, amended: bool = False) -> DrillResult:
+    """Write a drill's report (JSON, Markdown, HTML) from its journal and the operator's notes, and
+    audit it with the files' SHA-256 (an amendment, when notes came after the drill's end)."""
+    import json
+
+    from dbops.drill.journal import write_atomic
+    from dbops.drill.report import render_html, render_markdown
+
+    data = journal.data
+    files = {"json": journal.dir / "report.json", "md": journal.dir / "report.md", "html": journal.dir / "report.html"}
+    report = build_report(journal, runner.notes, outcome, message, runner.audit.path)
+    md, html = render_markdown(report), render_html(report)
+    write_atomic(files["md"], md)
+    write_atomic(files["html"], html)
+    report["sha256"] = {"md": _sha(md), "html": _sha(html)}
+    write_atomic(files["json"], json.dumps(report, indent=1, default=str))
+    params: dict[str, Any] = {"files": [str(p) for p in files.values()]}
+    if amended:
+        params["amended"] = "the operator's notes, after the drill's end"
+    intent = runner.audit.intent(action=f"drill.{data['scenario']}.report", environment=data["environment"], cluster=data["cluster"],
+                                 params=params, run_id=journal.dir.name, step="report")
+    runner.audit.result(intent, outcome="ok", detail={"report_md_sha256": report["sha256"]["md"],
+                                                      "report_html_sha256": report["sha256"]["html"]})
+    return DrillResult(journal.dir.name, outcome, message, report, files)
 
 
 class _Declined(Exception):

@@ -155,7 +155,7 @@ async def test_primary_loss_driven_by_keys_to_its_outcome_and_report(pg_sandbox)
     asked: list[str] = []
     states: set[tuple[str, str]] = set()
     clocks: set[str] = set()
-    strip_failed = False
+    strip_outage = False
     try:
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_drill(pilot, app)
@@ -170,17 +170,11 @@ async def test_primary_loss_driven_by_keys_to_its_outcome_and_report(pg_sandbox)
                 states |= {(p.value, screen.phases[p]["state"]) for p in PHASES}
                 clock = text(screen, "#drill-clock")
                 clocks |= {w for w in ("starts at the fault", "counting", "recovered") if w in clock}
-                strip_failed = strip_failed or "╳" in text(screen, "#drill-strip")
+                strip_outage = strip_outage or any(c in text(screen, "#drill-strip") for c in "╳▒")
                 top = app.screen
                 if isinstance(top, ConfirmStep) and top.is_mounted:
                     asked.append(await answer(pilot, app))
                     continue
-                if top is screen:
-                    if screen.phases[Phase.RECOVER]["state"] == "done" and Phase.DETECT.value not in screen.runner.notes:
-                        # No confirmation comes after the recovery: a note fits before the report.
-                        await note(pilot, app, screen, Phase.DETECT, NOTE)
-                        assert screen.runner.notes == {"detect": NOTE}, [n.message for n in app._notifications]
-                        assert cell(screen, Phase.DETECT, "note") == NOTE
                 await pilot.pause(0.1)
             result = screen.result
             assert result is not None, f"the drill did not end; phases {screen.phases}"
@@ -199,8 +193,9 @@ async def test_primary_loss_driven_by_keys_to_its_outcome_and_report(pg_sandbox)
             assert clocks >= {"starts at the fault", "counting"}, clocks
             final = text(screen, "#drill-clock")
             assert "recovered" in final and "detected +" in final and "decision +" in final
-            # The strip showed the outage (failed cells) and the probe writing again.
-            assert strip_failed and any(not ok for _, ok in screen.attempts) and screen.attempts[-1][1]
+            # The strip showed the outage (writes refused, or held by PgBouncer until the failover)
+            # and the probe writing again.
+            assert strip_outage and screen.attempts[-1][1]
             assert len(text(screen, "#drill-strip")) <= SIZE[0] - 2
             # The outcome and the report's paths, readable at 80x24 with the checklist.
             outcome = text(screen, "#drill-outcome")
@@ -213,12 +208,27 @@ async def test_primary_loss_driven_by_keys_to_its_outcome_and_report(pg_sandbox)
             assert screen.query_one("#drill-phases").region.height >= len(PHASES) + 1
             log = "\n".join(str(x.text) for x in screen.query_one("#drill-log").lines)
             assert "▶ Fence the old primary" in log and "✓ Promote the candidate" in log  # the runbook's own events
+            # A note written after the end (the drill is over in seconds): the report is written again.
+            first_sha = result.report["sha256"]["md"]
+            await note(pilot, app, screen, Phase.DETECT, NOTE)
+            assert screen.runner.notes == {"detect": NOTE}, [n.message for n in app._notifications]
+            assert cell(screen, Phase.DETECT, "note") == NOTE
+            logged = lambda: "\n".join(str(x.text) for x in screen.query_one("#drill-log").lines)  # noqa: E731
+            await settle(pilot, lambda: "note saved: report written again" in logged(), "the report written again",
+                         show=lambda: [n.message for n in app._notifications])
+            result = screen.result
+            assert result.report["sha256"]["md"] != first_sha
         md = result.files["md"].read_text()
         assert NOTE in md
         report = json.loads(result.files["json"].read_text())
         assert report["notes"]["detect"] == NOTE
         assert next(p for p in report["phases"] if p["name"] == "detect")["note"] == NOTE
         assert report["drill"]["config_hash"] == hashlib.sha256(pg_sandbox.config_path.read_bytes()).hexdigest()
+        # Both versions of the report are in the audit log, the second marked as the notes' amendment.
+        audit = [json.loads(line) for line in (pg_sandbox.state_dir / "audit.jsonl").read_text().splitlines()]
+        reports = [x for x in audit if x["action"] == "drill.pg-primary-loss.report" and x.get("run_id") == result.run_id]
+        assert [x["phase"] for x in reports] == ["intent", "result", "intent", "result"], reports
+        assert "amended" in reports[2]["params"] and reports[3]["detail"]["report_md_sha256"] == report["sha256"]["md"]
         # The failover happened for real: the candidate is the primary, the old one follows it.
         candidate = report["facts"]["candidate"]
         assert (await roles(pg_sandbox))[candidate] == "primary"
