@@ -431,13 +431,12 @@ class DrillScreen(Screen[None]):
     def _attempt(self, a: Attempt) -> None:
         from dbops.drill.measure import held
 
-        previous = self.attempts[-1][0] if self.attempts else None
-        late = a.ok and held(previous, a.t)
+        late = held(a)
         self.attempts.append((a.t, a.ok))
         self.strip.append("held" if late else "ok" if a.ok else "failed")
-        if late and previous is not None:
+        if late and a.started is not None:
             # Not refused, but clients waited (a paused pooler during a failover): part of the outage.
-            self.log_line(f"probe write held {a.t - previous:.1f}s before it was acknowledged, at {self._since(a.t)}", "yellow")
+            self.log_line(f"probe write held {a.t - a.started:.1f}s before it was acknowledged, at {self._since(a.t)}", "yellow")
         if a.ok != self._probe_ok:
             # One line per change, not per write (the strip shows every write).
             if a.ok:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from dbops.drill.probe import INTERVAL, Ack, Attempt
+from dbops.drill.probe import Ack, Attempt
 
 # A write that returned later than this after the fault was held by the service, not just slow.
 HELD_SECONDS = 0.5
@@ -65,10 +65,9 @@ def availability_rto(attempts: Sequence[Attempt], fault: float, until: float | N
                f"failure succeeded at +{back.t - fault:.1f}s", back.t)
 
 
-def held(previous: float | None, t: float) -> bool:
-    """An attempt that ended at `t` after one that ended at `previous` was held by the service
-    (the probe starts one every INTERVAL, so the gap is how long this one waited)."""
-    return previous is not None and t - previous > INTERVAL + HELD_SECONDS
+def held(a: Attempt) -> bool:
+    """A write acknowledged this late after it was sent was held by the service, not refused."""
+    return a.ok and a.started is not None and a.t - a.started > HELD_SECONDS
 
 
 def data_rto(fault: float, verified_at: float | None, what: str) -> Rto:

@@ -83,13 +83,14 @@ def probe_for(ref: ClusterRef, run_id: str) -> Probe:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One tick of the probe: a write and its read-back, at wall-clock time `t`."""
+    """One tick of the probe: a write and its read-back, ended at wall-clock time `t`."""
 
     t: float
     seq: int
     wrote: bool
     read: bool
     error: str | None = None
+    started: float | None = None  # when the write was sent (not journaled: the screen's live view)
 
     @property
     def ok(self) -> bool:
@@ -160,6 +161,7 @@ class ProbeLoop:
 
     async def tick(self) -> Attempt:
         """One write and its read-back, now."""
+        started = self.clock()
         seq = self.seq
         self.seq += 1
         wrote = read = False
@@ -180,7 +182,7 @@ class ProbeLoop:
                 await self.probe.reset()
             except Exception as exc:  # the next tick reconnects anyway; say why this one could not
                 error = f"{error}; reset: {one_line(exc)}"
-        attempt = Attempt(self.clock(), seq, wrote, read, error)
+        attempt = Attempt(self.clock(), seq, wrote, read, error, started)
         self.attempts.append(attempt)
         if self.on_attempt is not None:
             self.on_attempt(attempt)

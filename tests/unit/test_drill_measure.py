@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbops.drill.measure import availability_rto, data_rto, first_detection, rpo
+from dbops.drill.measure import availability_rto, data_rto, first_detection, held, rpo
 from dbops.drill.probe import Ack, Attempt
 
 
@@ -33,6 +33,13 @@ def test_a_write_held_through_the_failover_counts_until_it_returned():
     r = availability_rto(held, fault=100.1)
     assert r.seconds == pytest.approx(1.7) and r.recovered_at == 101.8
     assert "held 1.7s, not refused" in r.note
+
+
+def test_a_write_is_held_when_it_was_acknowledged_late_after_it_was_sent():
+    assert held(Attempt(101.8, 2, True, True, started=100.1))
+    assert not held(Attempt(100.2, 2, True, True, started=100.19))
+    assert not held(Attempt(101.8, 2, False, False, "no answer within 2s", started=100.1))  # refused: failed, not held
+    assert not held(Attempt(101.8, 2, True, True))  # read back from a journal: no start time, nothing claimed
 
 
 def test_a_service_that_never_came_back_has_no_rto():
