@@ -941,6 +941,10 @@ class PostgresSandbox(OwnedFiles):
                                    f"WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}')")
         progress(f"stop {name}")
         self.stop_member(name, "fast")
+        # A member killed -9 leaves a postmaster.pid whose pid may still be an unreaped zombie, and
+        # orphaned backends (a pooler's idle server connection) holding its shared memory:
+        # pg_rewind's single-user crash recovery would take either for a running server.
+        self._clear_dead_postmaster(name, progress)
         data = self.data_dir(name)
         if (self._controldata(name).get("Database cluster state") not in _CLEAN_STATES
                 and (data / "standby.signal").exists()):

@@ -262,3 +262,26 @@ def test_fence_of_a_running_primary_stops_it(fence_root: Path) -> None:
     (pg.data_dir("pg1") / "standby.signal").unlink()
     ok, why = pg.fence_state("pg1")
     assert not ok and "writable primary" in why
+
+
+def test_a_member_killed_with_a_client_connected_rejoins_at_once(fence_root: Path) -> None:
+    """kill -9 leaves a postmaster that nothing has reaped yet (a container's PID 1 reaps late)
+    and the backend of a connected client (a pooler's idle server connection): rejoin clears
+    both rather than failing to start the member, or pg_rewind's crash recovery, on them."""
+    import subprocess
+
+    pg = PostgresSandbox(fence_root)
+    running = [n for n in ("pg1", "pg2", "pg3") if pg.pid(n) is not None]
+    primary = next(n for n in running if not _in_recovery(pg, n))
+    victim = next(n for n in reversed(running) if n != primary)
+    client = subprocess.Popen([str(pg.bindir / "psql"), pg.dsn(victim), "-c", "SELECT pg_sleep(60)"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pg.psql(victim, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'") == "1",
+                 "the client's session")
+        _kill9(pg, victim)
+        pg.rejoin_as_replica(victim, primary)
+    finally:
+        client.kill()
+        client.wait()
+    assert _in_recovery(pg, victim)
