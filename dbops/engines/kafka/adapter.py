@@ -95,6 +95,7 @@ class KafkaAdapter(Adapter):
         self._zookeeper = False  # learnt from a broker that does not know DescribeQuorum
         self._last_up: dict[str, float] = {}  # address -> when it last answered
         self._asked: set[str] = set()  # brokers _answering_node() chose in this refresh
+        self._asked_ids: set[int] = set()  # their node ids, and those it chose before any answered
         self._connects = 0  # rotates the bootstrap order when nothing answered lately
         self._deadline: float | None = None  # loop time by which this refresh must be done
         self._closing: set[asyncio.Task[None]] = set()
@@ -160,6 +161,7 @@ class KafkaAdapter(Adapter):
         # the steps that did answer (a broker that did not is a row, not a cluster TIMEOUT).
         self._deadline = asyncio.get_running_loop().time() + self.cluster.timeout * 0.9
         self._asked.clear()
+        self._asked_ids.clear()
         try:
             return await self._collect()
         except asyncio.CancelledError:
@@ -206,10 +208,18 @@ class KafkaAdapter(Adapter):
         chosen one is not chosen again in this refresh: the retry of a call it failed (it died
         since its last answer) goes to the next most recent, not to it again."""
         recent = sorted((a for a in self._last_up if a in self._seen and a not in self._asked), key=lambda a: -self._last_up[a])
-        if not recent:
-            return None
-        self._asked.add(recent[0])
-        return self._seen[recent[0]]
+        if recent:
+            self._asked.add(recent[0])
+            self._asked_ids.add(self._seen[recent[0]])
+            return self._seen[recent[0]]
+        # None has answered yet (a new connection): a broker of the bootstrap's metadata not asked
+        # in this refresh, in turn. aiokafka's own pick is random and can land twice on the one
+        # that accepts connections and answers nothing, which costs the whole refresh.
+        known = sorted(b.nodeId for b in self._admin._client.cluster.brokers()) if self._admin is not None else []
+        node = next((n for n in known if n not in self._asked_ids), None)
+        if node is not None:
+            self._asked_ids.add(node)
+        return node
 
     async def _probe(self, brokers: list[Broker]) -> set[str]:
         """ListGroups on every broker the metadata names, concurrently: the groups, and each
