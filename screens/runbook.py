@@ -86,7 +86,7 @@ class ConfirmStep(ModalScreen[bool]):
             else:
                 head = "MANUAL STEP: run these on the host, then confirm" if self.manual else f"Run step: {s.title}"
             yield Label(Text(head, style="bold red" if s.destructive else "bold"))
-            yield Static(s.description)
+            yield Static(Text(s.description))  # plain text: "[fencing]" is a config section, not markup
             # Every command must be readable before it is confirmed: long plans scroll, never clip.
             with VerticalScroll(id="step-commands"):
                 yield Static(Text("\n".join(f"$ {c}" for c in self.commands), style="bold cyan"))
@@ -228,7 +228,7 @@ class RunbookScreen(Screen[None]):
             yield Static(Text.assemble((f"{self.book.id}", "bold"), f": {self.book.title}", (more, "dim")))
             for p in self.book.params:
                 label = f"{p.name}{' (required)' if p.required else ''}: {p.description}"
-                yield Label(label)
+                yield Label(Text(label))
                 yield Input(value="" if p.default is None else str(p.default), id=f"param-{p.name}")
         yield DataTable(id="rb-checks", cursor_type="none")
         yield DataTable(id="rb-steps", cursor_type="row")

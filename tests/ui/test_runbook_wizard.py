@@ -76,6 +76,9 @@ async def test_plan_then_run_with_confirmations_and_summary(tmp_path):
         assert list(work.iterdir()) == [work / "go"]  # planning changed nothing
         await pilot.press("ctrl+r")
         await settle(pilot, lambda: isinstance(app.screen, ConfirmStep), "step b's confirmation")
+        # the step's description as written: a config section's name in brackets is not markup
+        shown = "\n".join(str(w.render()) for w in app.screen.query(Static))
+        assert "named in [work] like a config section" in shown, shown
         # step a reported its progress: the step's own bar and its line are shown
         assert screen.query_one("#rb-step-progress-row").display
         assert "progress: 100% (2 files of 2 files)" in str(screen.query_one("#rb-step-progress-text", Static).content)

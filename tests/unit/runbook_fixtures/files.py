@@ -66,7 +66,7 @@ RUNBOOK = Runbook(
     prechecks=(Check("dir", "work directory", _dir_ok), Check("lag", "candidate lag", _lag, overridable=True)),
     steps=(
         Step("a", "write a", "appends to a", Kind.ACTION, cmd("a"), _touch("a"), _exists("a")),
-        Step("b", "wait for go, write b", "waits for the go file", Kind.ACTION, cmd("b"), _wait_for_go, _exists("b"), confirm=Confirm.YES_NO),
+        Step("b", "wait for go, write b", "waits for the go file (named in [work] like a config section)", Kind.ACTION, cmd("b"), _wait_for_go, _exists("b"), confirm=Confirm.YES_NO),
         Step("c", "write c", "appends to c", Kind.ACTION, cmd("c"), _touch("c"), _exists("c"), destructive=True,
              confirm=Confirm.TYPE_CLUSTER, on_failure="look at the server log"),
         Step("fail", "maybe fail", "fails when --param fail=true", Kind.ACTION, lambda ctx: ["false"], _fail,
