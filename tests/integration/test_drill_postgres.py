@@ -298,9 +298,9 @@ def test_dbops_killed_during_the_recovery_resumes_the_drill_to_its_report(pg_san
         run_dir = None
         while time.monotonic() < deadline:
             new = set(drills.iterdir()) - before if drills.exists() else set()
-            if new:
-                run_dir = new.pop()
-                data = json.loads((run_dir / "journal.json").read_text())
+            if new and (journal_path := next(iter(new)) / "journal.json").exists():  # the directory comes first, then its journal
+                run_dir = journal_path.parent
+                data = json.loads(journal_path.read_text())
                 runs = [r for r in data["recovery"] if r.get("run_id")]
                 if runs:
                     rb_journal = pg_sandbox.state_dir / "runs" / f"{runs[0]['run_id']}.jsonl"
