@@ -107,8 +107,10 @@ async def primary_loss_heal(ctx: DrillContext) -> str:
     # server_login_retry although the primary is back.
     try:
         return "; ".join([line, *(f"PgBouncer: {x}" for x in await first_login_now(ctx.ref))])
-    except RuntimeError as exc:  # PgBouncer reaches a server in recovery: said, the restore goes on
-        return f"{line}; PgBouncer: {exc}"
+    except Exception as exc:  # PgBouncer unreachable, or reaching a server in recovery: said; the primary is back
+        from dbops.drill.probe import one_line
+
+        return f"{line}; PgBouncer: {one_line(exc)}"
 
 
 async def most_advanced_replica(ctx: DrillContext) -> str:
