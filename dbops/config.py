@@ -464,6 +464,9 @@ class Cluster(Model):
     rds: RdsRef | None = None
     elasticache: ElastiCacheRef | None = None
     fencing: Fencing | None = None
+    # Alertmanager alerts and Prometheus series whose labels hold every one of these (exact
+    # values) belong to this cluster; empty: the [alertmanager.labels] rules decide.
+    alert_labels: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
     @classmethod
@@ -571,6 +574,14 @@ class Defaults(Model):
     refresh_interval: float = field(default=2.0, metadata=limits(gt=0))
     timeout: float = field(default=3.0, metadata=limits(gt=0))
     history_seconds: int = field(default=3600, metadata=limits(ge=60))
+    # At most this many polls run at once, and at most max_concurrent_polls_per_engine of one
+    # engine: a fleet's refresh is spread out instead of opening hundreds of sockets in the
+    # same millisecond, and a slow engine cannot take every slot.
+    max_concurrent_polls: int = field(default=64, metadata=limits(ge=1))
+    max_concurrent_polls_per_engine: int = field(default=32, metadata=limits(ge=1))
+    # Clusters the operator has not open are polled this often instead (the overview says so);
+    # unset: every cluster at its refresh_interval.
+    unwatched_refresh_interval: float | None = field(default=None, metadata=limits(gt=0))
 
 
 @dataclass(frozen=True)
@@ -649,6 +660,58 @@ class Drills(Model):
 
 
 @dataclass(frozen=True)
+class AlertLabels(Model):
+    """How an alert's or a series' labels name a cluster and a member, for clusters without
+    their own alert_labels. The defaults are the usual exporters' and Prometheus' labels: a
+    `cluster` label (kube-prometheus, most relabelings) with an optional `environment`/`env`
+    beside it, and a member's address in `instance`, `server` (postgres_exporter),
+    `addr` or `redis` (redis_exporter), or its name in `pod`/`member`."""
+
+    cluster: list[str] = field(default_factory=lambda: ["cluster", "dbops_cluster", "cluster_name"])
+    environment: list[str] = field(default_factory=lambda: ["environment", "env"])
+    member: list[str] = field(default_factory=lambda: ["instance", "server", "addr", "redis", "pod", "member"])
+
+
+@dataclass(frozen=True)
+class HttpService(Model):
+    """A monitoring service's HTTP API: basic auth (user + password) or a bearer token, TLS as
+    everywhere else (verify-ca / verify-full check the certificate against ca_file)."""
+
+    url: str
+    user: str | None = None
+    password: SecretRef | None = None
+    bearer_token: SecretRef | None = None
+    tls: TLS = TLS()
+    timeout: float = field(default=5.0, metadata=limits(gt=0))
+    labels: AlertLabels = AlertLabels()
+
+    def check(self) -> list[Any]:
+        problems: list[Any] = []
+        if not self.url.startswith(("http://", "https://")):
+            problems.append((("url",), f"give an http:// or https:// URL (it is {self.url!r})"))
+        if self.password is not None and self.bearer_token is not None:
+            problems.append((("bearer_token",), "give user + password or bearer_token, not both"))
+        if (self.user is None) != (self.password is None):
+            problems.append((("password" if self.user is not None else "user",), "basic auth needs both user and password"))
+        return problems
+
+
+@dataclass(frozen=True)
+class AlertmanagerOptions(HttpService):
+    # How often the firing alerts are read (one GET /api/v2/alerts for the whole fleet).
+    refresh_interval: float = field(default=10.0, metadata=limits(gt=0))
+
+
+@dataclass(frozen=True)
+class PrometheusOptions(HttpService):
+    # fleet = true: the overview's rows come from PromQL over the exporters' metrics, a few
+    # queries for the whole fleet every refresh_interval; a cluster is polled directly only
+    # while the operator has it open (and by `dbops check --cluster`).
+    fleet: bool = False
+    refresh_interval: float = field(default=15.0, metadata=limits(gt=0))
+
+
+@dataclass(frozen=True)
 class Config(Model):
     defaults: Defaults = Defaults()
     operator: str | None = None
@@ -660,6 +723,8 @@ class Config(Model):
     environments: dict[str, Environment] = field(default_factory=dict)
     audit: AuditOptions = AuditOptions()
     locks: Locks = Locks()
+    alertmanager: AlertmanagerOptions | None = None
+    prometheus: PrometheusOptions | None = None
 
     def check(self) -> list[Any]:
         problems: list[Any] = []
@@ -703,7 +768,14 @@ class Config(Model):
             if key not in keys:
                 problems.append((("drills", "targets", key),
                                  f"names no environment or environment/cluster; configured: {', '.join(sorted(keys)) or 'none'}"))
-        # [audit.ship] belongs to no environment: literal keys only in a file of sandboxes alone.
+        # [alertmanager], [prometheus] and [audit.ship] belong to no environment: literal
+        # credentials only in a file of sandboxes alone.
+        for section, service in (("alertmanager", self.alertmanager), ("prometheus", self.prometheus)):
+            for key in ("password", "bearer_token"):
+                ref = getattr(service, key, None)
+                if ref is not None and ref.value is not None and not all_sandbox:
+                    problems.append(((section, key),
+                                     'a literal credential is only allowed in a config of sandbox environments; use { env = "VAR" } or { file = "/path" }'))
         ship = self.audit.ship
         if ship is not None and not all(env.sandbox for env in self.environments.values()):
             for key in ("access_key_id", "secret_access_key"):

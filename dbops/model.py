@@ -127,6 +127,10 @@ class ClusterHealth:
     severity: Severity
     members: tuple[MemberHealth, ...] = field(default_factory=tuple)
     metrics: tuple[Metric, ...] = ()
+    # Where this judgement came from: "poll" (dbops' own pollers, each member's snapshot has its
+    # time) or "prometheus" (fleet mode: the exporters' series, newest sample at `observed_at`).
+    source: str = "poll"
+    observed_at: float | None = None
 
     @property
     def problems(self) -> list[str]:
