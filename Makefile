@@ -9,7 +9,7 @@ DBOPS := $(VENV)/bin/dbops
 # Debian packages the sandbox and the tests run: PostgreSQL 15 (with pg_stat_statements), PgBouncer, pgBackRest,
 # Redis 7 (redis-tools: redis-cli and redis-check-rdb for RDB backups), openssl (the Redis TLS test's certificates),
 # a JDK and Maven (the Kafka and Neo4j sandboxes run Maven Central's jars; the Neo4j launcher is compiled).
-APT_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer pgbackrest redis-server redis-tools openssl openjdk-17-jdk-headless maven tmux chromium
+APT_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer pgbackrest redis-server redis-tools openssl openjdk-17-jdk-headless maven tmux chromium prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-redis-exporter
 # The demo's state (sandbox data, audit log) must be reachable by the postgres user, which a
 # home directory of root's is not; override DEMO_STATE_DIR to keep it elsewhere.
 DEMO_STATE_DIR ?= /var/tmp/dbops-demo
@@ -63,7 +63,7 @@ unit: venv
 	$(PYTEST) -q tests/unit tests/ui
 
 demo: deps venv
-	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres,redis,kafka,neo4j,qdrant,kubernetes
+	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox up --engines s3,postgres,redis,kafka,neo4j,qdrant,kubernetes,prometheus
 	DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) --config "$$(DBOPS_STATE_DIR=$(DEMO_STATE_DIR) $(DBOPS) sandbox config)"
 
 demo-down: venv

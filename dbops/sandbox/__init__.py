@@ -53,6 +53,7 @@ _ENGINES: dict[str, tuple[str, str]] = {
     "neo4j": ("dbops.sandbox.neo4j", "Neo4jSandbox"),
     "qdrant": ("dbops.sandbox.qdrant", "QdrantSandbox"),
     "kubernetes": ("dbops.sandbox.kubernetes", "KubernetesSandbox"),
+    "prometheus": ("dbops.sandbox.prometheus", "PrometheusSandbox"),
 }
 KNOWN_ENGINES: tuple[str, ...] = tuple(_ENGINES)
 DEFAULT_ENGINES: tuple[str, ...] = ("s3", "postgres")
@@ -60,8 +61,9 @@ DEFAULT_ENGINES: tuple[str, ...] = ("s3", "postgres")
 # Engines others depend on come up first and go down last, whatever order they are named in:
 # the postgres sandbox attaches the s3 sandbox's bucket to its cluster when s3 is up. Redis
 # depends on nothing and nothing on it (yet): last up, first down.
-# The kubernetes stand-in describes the postgres sandbox's cluster: after it.
-_START_ORDER: tuple[str, ...] = ("s3", "postgres", "redis", "kafka", "neo4j", "qdrant", "kubernetes")
+# The kubernetes stand-in describes the postgres sandbox's cluster: after it. Prometheus scrapes
+# the database engines that are up when it starts (its exporters are made for them): after all.
+_START_ORDER: tuple[str, ...] = ("s3", "postgres", "redis", "kafka", "neo4j", "qdrant", "kubernetes", "prometheus")
 
 
 def _start_order(names: Iterable[str]) -> list[str]:

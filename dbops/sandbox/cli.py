@@ -56,7 +56,8 @@ def _print_status(rows: list[sb.ProcessStatus]) -> None:
 @click.group()
 def sandbox() -> None:
     """Real local servers to try dbops against: PostgreSQL (primary, 2 replicas, PgBouncer, a
-    pgBackRest stanza), S3 (moto) and, with --engines redis, Redis 7 (Sentinel and a Cluster).
+    pgBackRest stanza), S3 (moto) and, with --engines redis, Redis 7 (Sentinel and a Cluster);
+    with prometheus, Prometheus and Alertmanager watching those through their exporters.
 
     Lives under $DBOPS_STATE_DIR/sandbox (default: the user state directory).
     """
