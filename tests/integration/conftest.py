@@ -162,3 +162,27 @@ async def pg_exec(dsn: str, sql: str, *args: Any) -> list[Any]:
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+@dataclass
+class MonitoringSandbox:
+    """What tests get from the `monitoring_sandbox` fixture: PostgreSQL and Redis watched by the
+    sandbox's Prometheus (exporters, alert rules) and Alertmanager."""
+
+    root: Path
+    config_path: Path
+    pg: PostgresSandbox
+    redis: Any  # dbops.sandbox.redis.RedisSandbox
+    prometheus: Any  # dbops.sandbox.prometheus.PrometheusSandbox
+
+
+@pytest.fixture(scope="session")
+def monitoring_sandbox() -> Iterator[MonitoringSandbox]:
+    """One sandbox of postgres, redis and prometheus for every module that asks for it. A test
+    that stops a member starts it again before it ends (the others see a whole fleet)."""
+    from dbops.sandbox.prometheus import PrometheusSandbox
+    from dbops.sandbox.redis import RedisSandbox
+
+    with running_sandbox(("postgres", "redis", "prometheus"), "dbops-it-mon-") as root:
+        yield MonitoringSandbox(root, sandbox.config_path(root=root), PostgresSandbox(root), RedisSandbox(root),
+                                PrometheusSandbox(root))
