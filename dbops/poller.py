@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import random
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,31 @@ from dbops.platform import backups as platform_backups
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 15.0
+# A member's second poll is put off by up to this share of its interval, chosen at random.
+JITTER_FRACTION = 0.5
+
+
+class PollSlots:
+    """Bounds on the polls in flight: at most `overall` at once, and `per_engine` of one engine.
+
+    A fleet's refresh is then a steady stream rather than hundreds of connections opened in the
+    same millisecond (which a server, and this process, answer with timeouts that cost a
+    reconnect each); a slow engine (every Kafka broker timing out) holds only its own slots.
+    The engine's slot is taken first, so a poll waiting for a busy engine holds no overall slot.
+    """
+
+    def __init__(self, overall: int, per_engine: int) -> None:
+        self._overall = asyncio.Semaphore(overall)
+        self._per_engine_limit = per_engine
+        self._engines: dict[str, asyncio.Semaphore] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, engine: str) -> AsyncIterator[None]:
+        sem = self._engines.get(engine)
+        if sem is None:
+            sem = self._engines[engine] = asyncio.Semaphore(self._per_engine_limit)
+        async with sem, self._overall:
+            yield
 
 
 def history_sampler(engine: str) -> HistorySampler | None:
@@ -118,6 +145,13 @@ class PollerHub(Hub):
                  audit_path: Path | None = None) -> None:
         self.config = config
         self.refs = config.clusters()
+        self._refs_by_key = {r.key: r for r in self.refs}
+        self._watched: str | None = None
+        # A member loop's wake-up, per cluster: set when the operator opens (or leaves) it.
+        # (asyncio's primitives bind to the loop that first waits on them: the hub's.)
+        self._wake: dict[str, asyncio.Event] = {r.key: asyncio.Event() for r in self.refs}
+        self._jitter = random.Random()
+        self._slots = PollSlots(config.defaults.max_concurrent_polls, config.defaults.max_concurrent_polls_per_engine)
         self._on_change = on_change
         # Backups: what the watcher last read per cluster (judged on reading, against the
         # reader's clock); a wake-up per cluster for an immediate refresh.
@@ -215,14 +249,29 @@ class PollerHub(Hub):
         return self._adapters[key]
 
     async def _member_loop(self, ref: ClusterRef, member: Member) -> None:
+        """Poll one member for ever, on a cadence: each poll starts `interval` after the last
+        one started (not after it ended), so a slow answer does not stretch the period, and
+        never while the last is still running. Every poll takes a slot (PollSlots) first."""
+        loop = asyncio.get_running_loop()
+        wake = self._wake[ref.key]
+        slots = self._slots
         failures = 0
+        first = True
         while True:
             if not self._running.is_set():
                 await self._wait_resumed()
+            if not self._polls_directly(ref.key):
+                # Fleet mode and nobody has this cluster open: Prometheus' rows stand for it,
+                # and its connections are closed until the operator opens it.
+                await self._close_member(ref, member)
+                await wake.wait()
+                continue
+            started = loop.time()
             previous = self._snapshots[ref.key][member.name]
             try:
                 adapter = self._adapter(ref, member)
-                snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
+                async with slots.slot(ref.cluster.engine):
+                    snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
                 self._record(ref, snap)
             except asyncio.CancelledError:
                 raise
@@ -244,7 +293,62 @@ class PollerHub(Hub):
                 )
                 self._record_unassessed(ref, snap)
             failures = 0 if snap.reachable else failures + 1
-            await asyncio.sleep(backoff_delay(ref.refresh_interval, failures))
+            interval = self.interval_of(ref.key)
+            delay = backoff_delay(interval, failures)
+            if first:
+                # Every member's first poll runs at once (the operator waits for it); spreading
+                # the second over part of an interval keeps a fleet's later refreshes from
+                # arriving in the same millisecond ever after.
+                delay += self._jitter.uniform(0, interval * JITTER_FRACTION)
+                first = False
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, started + delay - loop.time()))
+            except TimeoutError:
+                pass  # the member's next turn
+
+    async def _close_member(self, ref: ClusterRef, member: Member) -> None:
+        adapter = self._adapters.pop((ref.key, member.name), None)
+        if adapter is not None:
+            await close_quietly(adapter)
+
+    # -- what the operator looks at (any thread) ---------------------------------------------
+
+    def watch(self, key: str | None) -> None:
+        """The cluster the operator has open (None: none, the overview). It is polled at its
+        own refresh_interval even when unwatched clusters are polled less often, and in fleet
+        mode it is the one polled directly. Its pollers run at once when it was waiting."""
+        with self._lock:
+            before, self._watched = self._watched, key
+        if before == key:
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        for k in (before, key):
+            if k is not None and k in self._wake:
+                loop.call_soon_threadsafe(self._wake[k].set)
+
+    @property
+    def watched(self) -> str | None:
+        return self._watched
+
+    def _polls_directly(self, key: str) -> bool:
+        return not self.fleet_mode or key == self._watched
+
+    @property
+    def fleet_mode(self) -> bool:
+        """Prometheus is the fleet's source ([prometheus] fleet = true)."""
+        return self.config.prometheus is not None and self.config.prometheus.fleet
+
+    def interval_of(self, key: str) -> float:
+        """How often the cluster is polled now: its refresh_interval, or when nobody has it
+        open and [defaults] unwatched_refresh_interval is set, that (never faster)."""
+        ref = self._refs_by_key[key]
+        slow = self.config.defaults.unwatched_refresh_interval
+        if slow is None or key == self._watched:
+            return ref.refresh_interval
+        return max(ref.refresh_interval, slow)
 
     def _record_unassessed(self, ref: ClusterRef, snap: Snapshot) -> None:
         """Record a snapshot when assessing it may be what failed: the cluster's health keeps its
@@ -389,7 +493,7 @@ class PollerHub(Hub):
             return list(self._history.get((key, member), ()))
 
     def ref(self, key: str) -> ClusterRef:
-        return next(r for r in self.refs if r.key == key)
+        return self._refs_by_key[key]
 
     @property
     def paused(self) -> bool:

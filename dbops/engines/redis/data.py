@@ -13,8 +13,10 @@ from dbops.model import Reachability
 def parse_info(text: str) -> dict[str, str]:
     """INFO's `key:value` lines (section headers and blanks skipped)."""
     out: dict[str, str] = {}
+    # Runs for every node on every refresh (a few hundred lines with commandstats): one pass,
+    # no per-line startswith.
     for line in text.splitlines():
-        if not line or line.startswith("#"):
+        if not line or line[0] == "#":
             continue
         key, sep, value = line.partition(":")
         if sep:
@@ -185,19 +187,19 @@ def node_data(info: dict[str, str], previous: RedisNodeData | None, slowlog: lis
         evicted_delta = evicted - previous.evicted_keys
     master_offset = _int(info, "master_repl_offset")
     replicas = []
+    keys = 0
+    cmds = []
+    # One pass over INFO's keys (hundreds with commandstats) for the three families read here.
     for key, value in info.items():
-        if key.startswith("slave") and key[5:].isdigit():
+        head = key[:2]
+        if head == "sl" and key.startswith("slave") and key[5:].isdigit():
             f = parse_fields(value)
             off = int(f.get("offset", 0) or 0)
             replicas.append(ReplicaLink(f"{f.get('ip')}:{f.get('port')}", f.get("state", "?"), off,
                                         max(0, (master_offset or 0) - off), int(f.get("lag", 0) or 0)))
-    keys = 0
-    for key, value in info.items():
-        if key.startswith("db") and key[2:].isdigit():
+        elif head == "db" and key[2:].isdigit():
             keys += int(parse_fields(value).get("keys", 0) or 0)
-    cmds = []
-    for key, value in info.items():
-        if key.startswith("cmdstat_"):
+        elif head == "cm" and key.startswith("cmdstat_"):
             f = parse_fields(value)
             cmds.append(CommandStat(key[8:], int(f.get("calls", 0)), float(f.get("usec_per_call", 0.0)),
                                     int(f.get("failed_calls", 0)) + int(f.get("rejected_calls", 0))))
