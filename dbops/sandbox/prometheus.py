@@ -76,6 +76,9 @@ from dbops.sandbox import (
     write_engine_state,
     write_private,
 )
+from dbops.sandbox.postgres import CLUSTER as PG_CLUSTER
+from dbops.sandbox.postgres import DATABASE, USER, PostgresSandbox
+from dbops.sandbox.redis import CLUSTER_NAME, MASTER_NAME, RedisSandbox
 
 ENGINE = "prometheus"
 HOST = "127.0.0.1"
@@ -223,11 +226,9 @@ class PrometheusSandbox(EngineSandbox):
         """The exporters to run and the targets to scrape, from the engines that are up."""
         exporters: list[dict[str, Any]] = []
         targets: list[dict[str, str]] = []
+        # An engine's state outlives its servers (`down` keeps it): only engines running now.
         pg = engine_state(self.root, "postgres")
-        if pg:
-            from dbops.sandbox.postgres import CLUSTER as PG_CLUSTER
-            from dbops.sandbox.postgres import DATABASE, USER
-
+        if pg and PostgresSandbox(self.root).is_running():
             for member, m in pg["members"].items():
                 name = f"pg-exporter-{member}"
                 instance = f"{HOST}:{m['port']}"
@@ -237,9 +238,7 @@ class PrometheusSandbox(EngineSandbox):
                 targets.append({"job": "postgres", "cluster": PG_CLUSTER, "member": member, "instance": instance,
                                 "exporter": name})
         rd = engine_state(self.root, "redis")
-        if rd:
-            from dbops.sandbox.redis import CLUSTER_NAME, MASTER_NAME
-
+        if rd and RedisSandbox(self.root).is_running():
             name = "redis-exporter"
             sa = rd["standalone"]
             nodes = [(MASTER_NAME, n) for n in (sa["primary"], *sa["replicas"])]
