@@ -95,7 +95,15 @@ def tui(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--cluster", "cluster_patterns", multiple=True, metavar="PATTERN",
+              help="Only clusters whose name (or environment/name) matches this glob, e.g. 'orders-*'; repeatable. "
+                   "In fleet mode ([prometheus] fleet = true) these are polled directly.")
+@click.option("--environment", "environments", multiple=True, metavar="ENV", help="Only this environment's clusters; repeatable.")
+@click.option("--engine", "engines", multiple=True, metavar="ENGINE", help="Only this engine's clusters (postgres or pg, redis ...); repeatable.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "prometheus"]), default=None,
+              help="text (default); json; prometheus: the node_exporter textfile format (dbops_cluster_severity, "
+                   "dbops_member_up ...), for alerting that already reads node_exporter.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--refreshes", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Poll this many times, a refresh interval apart, and judge the last: Kafka consumer lag "
                    "(STALL/STOP) is judged over kafka.thresholds.lag_window refreshes, a PostgreSQL replica's "
@@ -108,27 +116,61 @@ def tui(ctx: click.Context) -> None:
                    "section's pods, StatefulSets, backup CronJobs and events; an [rds] or [elasticache] section's "
                    "instances, replicas, replication group and snapshots.")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool, with_platform: bool) -> None:
-    """Poll everything once; Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN."""
+def check(ctx: click.Context, cluster_patterns: tuple[str, ...], environments: tuple[str, ...], engines: tuple[str, ...],
+          output_format: str | None, as_json: bool, refreshes: int, with_backups: bool, with_platform: bool) -> None:
+    """Poll everything once (or the clusters picked); Nagios exit codes: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.
+
+    In fleet mode ([prometheus] fleet = true) without --cluster, the clusters' health is read
+    from Prometheus (the exporters' series) instead of polling each one."""
     import asyncio
     import time
 
+    from dbops.engine_spec import specs
+    from dbops.fleet import Selection
     from dbops.health import sort_worst_first
     from dbops.model import Severity, human_bytes, human_seconds
     from dbops.poller import poll_once
 
+    if as_json and output_format not in (None, "json"):
+        click.echo(f"UNKNOWN: --json and --format {output_format} ask for two formats; give one", err=True)
+        sys.exit(3)
+    fmt = output_format or ("json" if as_json else "text")
     cfg = _load_config(ctx.obj["config_path"], code=3)
-    refs = cfg.clusters()
-    if not refs:
+    selection = Selection(cluster_patterns, environments, engines)
+    configured = cfg.clusters()
+    refs = selection.pick(configured)
+    if not configured:
         click.echo("UNKNOWN: no clusters configured", err=True)
+        sys.exit(3)
+    if not refs:
+        why = selection.unknown(configured, specs()) or [f"configured: {', '.join(r.key for r in configured[:20])}"
+                                                              + (" ..." if len(configured) > 20 else "")]
+        click.echo(f"UNKNOWN: no cluster matches {selection.describe()}; " + "; ".join(why), err=True)
         sys.exit(3)
     from dbops.platform.backups import fetch_all, judge
     from dbops.platform.checks import check_all
 
     history: dict[tuple[str, str], list[Any]] = {}
+    # Fleet mode reads the fleet from Prometheus; a cluster named with --cluster is polled.
+    from_prometheus = cfg.prometheus is not None and cfg.prometheus.fleet and not cluster_patterns
+
+    async def health() -> list[Any]:
+        if not from_prometheus:
+            return await poll_once(refs, refreshes, history)
+        from dbops.platform.monitoring_http import MonitoringError
+        from dbops.platform.prometheus import fleet_health
+
+        assert cfg.prometheus is not None
+        try:
+            found = await fleet_health(cfg.prometheus, refs)
+        except MonitoringError as exc:
+            click.echo(f"UNKNOWN: fleet mode reads the clusters from Prometheus, which failed: {exc}; "
+                       f"name clusters with --cluster to poll them directly", err=True)
+            sys.exit(3)
+        return [found[r.key] for r in refs if r.key in found]
 
     async def everything() -> tuple[Any, Any, Any]:
-        return await asyncio.gather(poll_once(refs, refreshes, history), fetch_all(refs) if with_backups else asyncio.sleep(0, []),
+        return await asyncio.gather(health(), fetch_all(refs) if with_backups else asyncio.sleep(0, []),
                                     check_all(refs) if with_platform else asyncio.sleep(0, []))
 
     polled, fetched, platform = asyncio.run(everything())
@@ -138,7 +180,13 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
     backups = [judge(f, by_key[f.key].cluster.backups, now) for f in fetched]
     platform = sorted(platform, key=lambda p: -p.severity.rank)  # worst first, then config order
     overall = Severity.worst([c.severity for c in clusters] + [b.severity for b in backups] + [p.severity for p in platform])
-    if as_json:
+    if fmt == "prometheus":
+        from dbops.fleet import prometheus_text
+
+        extra = [("backups", {"cluster": b.key}, b.severity) for b in backups]
+        extra += [(p.kind, {"cluster": p.cluster, "target": p.target}, p.severity) for p in platform]
+        click.echo(prometheus_text(clusters, now, extra), nl=False)
+    elif fmt == "json":
         out = {
             "severity": overall.name,
             "clusters": [
@@ -147,6 +195,8 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
                     "environment": c.environment,
                     "engine": c.engine,
                     "severity": c.severity.name,
+                    "source": c.source,
+                    "observed_at": c.observed_at,
                     "problems": [m.message for m in c.metrics if m.severity is not Severity.OK],
                     # Every judged value, OK ones too (a consumer group's lag, the coverage ...).
                     "metrics": [{"name": m.name, "severity": m.severity.name, "message": m.message} for m in c.metrics],
@@ -175,7 +225,11 @@ def check(ctx: click.Context, as_json: bool, refreshes: int, with_backups: bool,
         }
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(f"{overall.name}: {len(clusters)} cluster(s)")
+        source = ""
+        if from_prometheus:
+            newest = max((c.observed_at for c in clusters if c.observed_at is not None), default=None)
+            source = f" from Prometheus ({'newest sample ' + human_seconds(now - newest) + ' old' if newest else 'no samples'})"
+        click.echo(f"{overall.name}: {len(clusters)} cluster(s){source}")
         for c in clusters:
             click.echo(f"{c.severity.name:<8} {c.environment}/{c.name} ({c.engine})")
             for msg in (m.message for m in c.metrics if m.severity is not Severity.OK):

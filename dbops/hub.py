@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from dbops.config import ClusterRef, Config
     from dbops.engines.base import Adapter
     from dbops.model import ClusterHealth, MemberHealth, Snapshot
+    from dbops.platform.alertmanager import Alert
     from dbops.platform.backups import ClusterBackups
 
 
@@ -28,6 +30,18 @@ class HistoryPoint(Protocol):
 
 # Makes a member's history point from a refresh it answered, judged; None keeps no point.
 HistorySampler = Callable[["Snapshot", "MemberHealth"], "HistoryPoint | None"]
+
+
+@dataclass(frozen=True)
+class AlertsState:
+    """Alertmanager's alerts as last read: `fetched_at` None means not read yet (or not
+    configured: then `configured` is False); `error` says why the last read failed (the alerts
+    shown are then the last good ones, `fetched_at` old)."""
+
+    alerts: tuple[Alert, ...]
+    fetched_at: float | None
+    error: str | None
+    configured: bool = True
 
 
 class Hub(Protocol):
@@ -66,6 +80,23 @@ class Hub(Protocol):
         ...
 
     def ref(self, key: str) -> ClusterRef: ...
+
+    def alerts(self, key: str | None = None) -> AlertsState:
+        """Alertmanager's alerts (all, or one cluster's); configured=False without [alertmanager]."""
+        ...
+
+    def refresh_alerts(self) -> None: ...
+
+    def watch(self, key: str | None) -> None:
+        """The cluster the operator has open (None: the overview)."""
+        ...
+
+    def interval_of(self, key: str) -> float:
+        """How often the cluster is polled now (slower when unwatched, if configured)."""
+        ...
+
+    @property
+    def fleet_mode(self) -> bool: ...
 
     def backup_state(self, key: str, now: float) -> ClusterBackups | None: ...
 

@@ -29,11 +29,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dbops.config import ClusterRef, Config, Member
+from dbops.config import AlertmanagerOptions, ClusterRef, Config, Member
 from dbops.engine_spec import adapter_class, load_attr, spec_of
 from dbops.engines.base import Adapter
 from dbops.health import assess_cluster, update_baseline
-from dbops.hub import HistoryPoint, HistorySampler, Hub
+from dbops.hub import AlertsState, HistoryPoint, HistorySampler, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot
 from dbops.platform import backups as platform_backups
 
@@ -152,6 +152,10 @@ class PollerHub(Hub):
         self._wake: dict[str, asyncio.Event] = {r.key: asyncio.Event() for r in self.refs}
         self._jitter = random.Random()
         self._slots = PollSlots(config.defaults.max_concurrent_polls, config.defaults.max_concurrent_polls_per_engine)
+        # Alertmanager's alerts for the whole fleet, when [alertmanager] is configured.
+        self._alerts = AlertsState((), None, None, configured=config.alertmanager is not None)
+        self._alerts_seen = 0
+        self._alerts_wake = asyncio.Event()
         self._on_change = on_change
         # Backups: what the watcher last read per cluster (judged on reading, against the
         # reader's clock); a wake-up per cluster for an immediate refresh.
@@ -230,6 +234,10 @@ class PollerHub(Hub):
             if platform_backups.has_backups(ref):
                 self._backup_wake[ref.key] = asyncio.Event()
                 self._tasks.append(asyncio.create_task(self._backup_loop(ref), name=f"backups {ref.key}"))
+        if self.config.alertmanager is not None:
+            self._tasks.append(asyncio.create_task(self._alerts_loop(self.config.alertmanager), name="alertmanager"))
+        if self.fleet_mode:
+            self._tasks.append(asyncio.create_task(self._prometheus_loop(), name="prometheus fleet"))
         if self.config.audit.ship is not None and self.audit_path is not None:
             self._tasks.append(asyncio.create_task(self._ship_loop(self.config.audit.ship, self.audit_path), name="audit shipping"))
         await self._stopping.wait()
@@ -264,7 +272,10 @@ class PollerHub(Hub):
                 # Fleet mode and nobody has this cluster open: Prometheus' rows stand for it,
                 # and its connections are closed until the operator opens it.
                 await self._close_member(ref, member)
-                await wake.wait()
+                # Checked again with no await before the wait: a watch() in between is not lost.
+                if not self._polls_directly(ref.key):
+                    wake.clear()
+                    await wake.wait()
                 continue
             started = loop.time()
             previous = self._snapshots[ref.key][member.name]
@@ -387,6 +398,89 @@ class PollerHub(Hub):
             self._dirty.add(ref.key)
         if first and self._on_change is not None:
             self._on_change()
+
+    # -- Alertmanager and Prometheus: one request for the whole fleet per refresh ------------
+
+    async def _alerts_loop(self, options: AlertmanagerOptions) -> None:
+        """Read the fleet's alerts every alertmanager.refresh_interval (or at once when
+        refresh_alerts() wakes it); the clusters whose alerts changed are redrawn."""
+        from dbops.platform.alertmanager import fetch_alerts
+        from dbops.platform.monitoring_http import MonitoringError
+
+        while True:
+            if not self._running.is_set():
+                await self._wait_resumed()
+            self._alerts_wake.clear()
+            try:
+                alerts = await fetch_alerts(options, self.refs)
+                state = AlertsState(tuple(alerts), time.time(), None)
+            except MonitoringError as exc:
+                # The last alerts stay, marked stale by the error and their age.
+                with self._lock:
+                    last = self._alerts
+                state = AlertsState(last.alerts, last.fetched_at, exc.message)
+            self._set_alerts(state)
+            try:
+                await asyncio.wait_for(self._alerts_wake.wait(), timeout=options.refresh_interval)
+            except TimeoutError:
+                pass  # the regular refresh
+
+    def _set_alerts(self, state: AlertsState) -> None:
+        with self._lock:
+            before = self._alerts
+            self._alerts = state
+            changed = {a.cluster for a in before.alerts} ^ {a.cluster for a in state.alerts}
+            changed |= {a.cluster for a in set(before.alerts) ^ set(state.alerts)}
+            changed.discard(None)
+            if before.error != state.error:
+                changed |= set(self._health)
+            keys = {k for k in changed if k in self._health}
+            first = not self._dirty and bool(keys) or before.fetched_at is None
+            self._dirty |= keys
+            self._alerts_seen += 1
+        if first and self._on_change is not None:
+            self._on_change()
+
+    def alerts(self, key: str | None = None) -> AlertsState:
+        """The fleet's alerts as Alertmanager last gave them (of one cluster, with `key`)."""
+        with self._lock:
+            state = self._alerts
+        if key is None:
+            return state
+        return replace(state, alerts=tuple(a for a in state.alerts if a.cluster == key))
+
+    def refresh_alerts(self) -> None:
+        """Re-read the alerts now (after a silence was made or expired), from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._alerts_wake.set)
+
+    async def _prometheus_loop(self) -> None:
+        """Fleet mode: every cluster nobody has open is judged from Prometheus' series (a few
+        PromQL queries for the whole fleet per prometheus.refresh_interval)."""
+        from dbops.platform.monitoring_http import MonitoringError
+        from dbops.platform.prometheus import fleet_health
+
+        options = self.config.prometheus
+        assert options is not None
+        while True:
+            if not self._running.is_set():
+                await self._wait_resumed()
+            try:
+                found = await fleet_health(options, self.refs)
+            except MonitoringError as exc:
+                # The rows keep their last values; their age (observed_at) shows they are old.
+                self.notice("error", f"fleet mode: {exc.message}")
+                found = {}
+            with self._lock:
+                for key, health in found.items():
+                    if key in self._health and key != self._watched:
+                        self._health[key] = health
+                        self._dirty.add(key)
+                first = bool(found)
+            if first and self._on_change is not None:
+                self._on_change()
+            await asyncio.sleep(options.refresh_interval)
 
     # -- backups and audit shipping (off the UI thread: boto3 and pgbackrest block) ----------
 

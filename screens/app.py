@@ -60,6 +60,8 @@ class DbopsApp(App[None]):
         Binding("K", "kubernetes", "Kubernetes", key_display="K", show=False),
         Binding("V", "approvals", "Approvals", key_display="V", show=False),
         Binding("D", "drill", "Drill", key_display="D", show=False),
+        # Alertmanager's alerts (the fleet's from the overview, the cluster's from its pane).
+        Binding("exclamation_mark", "alerts", "Alerts", key_display="!", show=False),
     ]
     # How often a console looks for runs waiting for its operator's approval (two-person rule).
     APPROVALS_EVERY = 10.0
@@ -242,6 +244,14 @@ class DbopsApp(App[None]):
 
     def action_approvals(self) -> None:
         self._show_once("approvals", "ApprovalsScreen")
+
+    def action_alerts(self) -> None:
+        from .alerts import AlertsScreen
+
+        if isinstance(self.screen, AlertsScreen):
+            return
+        key = getattr(self.screen, "key", None)
+        self.push_screen(AlertsScreen(key if isinstance(key, str) else None))
 
     def action_backups(self) -> None:
         self._show_once("backups", "BackupsScreen")

@@ -23,6 +23,7 @@ from dbops.config import ClusterRef
 from dbops.hub import Hub
 from dbops.model import ClusterHealth, MemberHealth, Metric, Reachability
 
+from .alerts import alerts_lines
 from .render import SEVERITY_STYLE
 from .tables import PaneTable
 from .widgets import EnvBanner
@@ -89,6 +90,7 @@ class ClusterPane(Screen[None]):
     DEFAULT_CSS = """
     ClusterPane #tabs { height: 1fr; }
     ClusterPane #status { height: 1; background: $panel; }
+    ClusterPane #pane-alerts { height: auto; max-height: 3; display: none; }
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -115,6 +117,7 @@ class ClusterPane(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield EnvBanner(id="banner")
+        yield Static(id="pane-alerts")
         for make in self.TOP:
             yield make()
         with TabbedContent(id="tabs", initial=self.INITIAL_TAB or self.TABS[0].id):
@@ -129,8 +132,18 @@ class ClusterPane(Screen[None]):
         self.title = f"{self.ref.name} · {self.engine_title()}"
         self.prepare()
         self.show_banner()
+        self.show_alerts()
         self.redraw_now()
         self.query_one(self.FOCUS).focus()
+        self.hub.watch(self.key)
+
+    def on_screen_resume(self) -> None:
+        self.hub.watch(self.key)
+
+    def on_unmount(self) -> None:
+        # Back on the overview (or on the pane below, whose resume says it is watched again).
+        if self.hub.watched == self.key:
+            self.hub.watch(None)
 
     def engine_title(self) -> str:
         return self.ENGINE
@@ -166,7 +179,17 @@ class ClusterPane(Screen[None]):
 
     def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
         if self.key in changed:
+            self.show_alerts()
             self.redraw(changed[self.key])
+
+    def show_alerts(self) -> None:
+        """The cluster's firing alerts from Alertmanager, above everything else; nothing when none
+        fire (or no [alertmanager] is configured), one line per alert up to three."""
+        state = self.hub.alerts(self.key)
+        line = self.query_one("#pane-alerts", Static)
+        text = alerts_lines(state, limit=3, now=self.app.clock())  # type: ignore[attr-defined]
+        line.display = bool(text)
+        line.update(text)
 
     def pause_changed(self, paused: bool) -> None:
         self.show_banner(paused)

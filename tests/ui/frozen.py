@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 from datetime import UTC
 from typing import Any
 
@@ -15,7 +16,7 @@ from dbops.config import ClusterRef, Config, parse
 from dbops.engines.postgres.data import Archiver, PgMemberData, ReplicaRow, Session, Slot, Statement, WalReceiver
 from dbops.engines.postgres.history import PgHistoryPoint
 from dbops.health import assess_cluster
-from dbops.hub import HistoryPoint, Hub
+from dbops.hub import AlertsState, HistoryPoint, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot
 from dbops.platform.backups import ClusterBackups
 
@@ -154,6 +155,29 @@ class FrozenHub(Hub):
     def ref(self, key: str) -> ClusterRef:
         return next(r for r in self.refs if r.key == key)
 
+    # Alertmanager's alerts: none unless a test sets `self.alert_state` (an AlertsState).
+    alert_state: AlertsState | None = None
+    watched: list[str | None] = []
+
+    def alerts(self, key: str | None = None) -> AlertsState:
+        state = self.alert_state or AlertsState((), None, None, configured=False)
+        if key is None:
+            return state
+        return dataclasses.replace(state, alerts=tuple(a for a in state.alerts if a.cluster == key))
+
+    def refresh_alerts(self) -> None:
+        pass
+
+    def watch(self, key: str | None) -> None:
+        self.watched = [*self.watched, key]
+
+    def interval_of(self, key: str) -> float:
+        return self.ref(key).refresh_interval
+
+    @property
+    def fleet_mode(self) -> bool:
+        return False
+
     def backup_state(self, key: str, now: float) -> ClusterBackups | None:
         """orders-db's backups as the watcher would have read them: daily pg_dumps, the newest
         30 h old (WARN against the 26 h default), in a versioned bucket without Object Lock."""
@@ -209,3 +233,116 @@ class FrozenAdapter:
     async def terminate_backend(self, pid: int) -> bool:
         self.signalled.append(("terminate", pid))
         return self.sessions.pop(pid, None) is not None
+
+
+# -- a fleet: many clusters across environments, for the fleet overview and its benchmark ------
+
+FLEET_ENVIRONMENTS = ("production", "staging", "qa", "dev")
+FLEET_SERVICES = ("orders", "billing", "search", "sessions", "ledger", "catalog", "users", "events")
+
+
+def fleet_name(i: int) -> str:
+    """The i-th cluster's name: a service and a number (orders-000, billing-001 ...)."""
+    engine = "redis" if i % 3 == 2 else "pg"
+    return f"{FLEET_SERVICES[i % len(FLEET_SERVICES)]}-{engine}-{i:03d}"
+
+
+def fleet_config(n: int) -> str:
+    """TOML for `n` clusters spread over FLEET_ENVIRONMENTS: PostgreSQL (a primary and two
+    replicas) and, every third, a standalone Redis (a primary and a replica)."""
+    lines = []
+    for env in FLEET_ENVIRONMENTS:
+        lines += [f"[environments.{env}]", 'mode = "read-only"']
+    for i in range(n):
+        env = FLEET_ENVIRONMENTS[i % len(FLEET_ENVIRONMENTS)]
+        head = f"[environments.{env}.clusters.{fleet_name(i)}]"
+        host = f"10.{i // 250}.{i % 250}"
+        if i % 3 == 2:
+            lines += [head, 'engine = "redis"',
+                      f'members = [{{ name = "r1", host = "{host}.1" }}, {{ name = "r2", host = "{host}.2" }}]']
+        else:
+            lines += [head, 'engine = "postgres"', 'password = { env = "X" }', "members = [",
+                      f'  {{ name = "pg1", host = "{host}.1", role = "primary" }},',
+                      f'  {{ name = "pg2", host = "{host}.2", role = "replica" }},',
+                      f'  {{ name = "pg3", host = "{host}.3", role = "replica" }},', "]"]
+    return "\n".join(lines) + "\n"
+
+
+def fleet_problem(i: int) -> str | None:
+    """What is wrong with the i-th cluster, if anything: every 97th has a member down (CRIT),
+    every 31st PostgreSQL cluster a replica 40 MiB / 14 s behind (WARN)."""
+    if i % 97 == 5:
+        return "down"
+    if i % 31 == 7 and i % 3 != 2:
+        return "lag"
+    return None
+
+
+def healthy_primary() -> PgMemberData:
+    return dataclasses.replace(primary_data(), sessions=(), slots=(), replicas=(replica_row("pg2", 0, 0.0), replica_row("pg3", 0, 0.0)),
+                               max_xid_age=2_000_000)
+
+
+def healthy_replica(lag: int = 0, secs: float = 0.0) -> PgMemberData:
+    return dataclasses.replace(replica_data(lag, secs), max_xid_age=2_000_000)
+
+
+def fleet_snapshots(ref: ClusterRef, i: int) -> dict[str, Snapshot]:
+    problem = fleet_problem(i)
+    if ref.cluster.engine == "redis":
+        from dbops.engines.redis.data import NodeResult, RedisTopology, node_data, parse_info
+
+        def info(**over: object) -> dict[str, str]:
+            base: dict[str, object] = {"redis_version": "7.2.4", "role": "master", "used_memory": 20 * MiB,
+                                       "maxmemory": 64 * MiB, "connected_clients": 10, "rdb_last_bgsave_status": "ok"}
+            return parse_info("# Server\r\n" + "".join(f"{k}:{v}\r\n" for k, v in {**base, **over}.items()))
+
+        host = ref.cluster.members[0].host
+        master = NodeResult("r1", f"{host}:6379", "data", Reachability.UP,
+                            data=node_data(info(connected_slaves=1), None, [], [], None))
+        if problem == "down":
+            replica = NodeResult("r2", f"{host[:-1]}2:6379", "data", Reachability.DOWN, f"connection refused at {host[:-1]}2:6379")
+        else:
+            replica = NodeResult("r2", f"{host[:-1]}2:6379", "data", Reachability.UP,
+                                 data=node_data(info(role="slave", master_host=host, master_port=6379, master_link_status="up"),
+                                                None, [], [], None))
+        topology = RedisTopology("standalone", (master, replica))
+        return {"nodes": Snapshot(ref.environment, ref.name, "nodes", "redis", Reachability.UP, NOW, 5.0, data=topology, seq=5)}
+    lag = (40 * MiB, 14.0) if problem == "lag" else (0, 0.0)
+    primary = dataclasses.replace(healthy_primary(), replicas=(replica_row("pg2", 0, 0.0), replica_row("pg3", *lag)))
+    out = {"pg1": snap(ref, "pg1", primary), "pg2": snap(ref, "pg2", healthy_replica()),
+           "pg3": snap(ref, "pg3", healthy_replica(*lag))}
+    if problem == "down":
+        out["pg3"] = snap(ref, "pg3", healthy_replica(), Reachability.DOWN, "connection refused")
+    return out
+
+
+class FleetHub(FrozenHub):
+    """A FrozenHub over `fleet_config(n)`, whose clusters' health a test can change: `change()`
+    judges the new snapshots and queues the cluster for `drain()`, as a poll would."""
+
+    def __init__(self, n: int) -> None:
+        config = parse(fleet_config(n))
+        refs = config.clusters()
+        index = {ref.key: i for i, ref in enumerate(sorted(refs, key=lambda r: int(r.name.rsplit("-", 1)[1])))}
+        super().__init__(config, {ref.key: fleet_snapshots(ref, index[ref.key]) for ref in refs})
+        self._by_key = {ref.key: ref for ref in self.refs}
+        self._changed: dict[str, ClusterHealth] = {}
+
+    def ref(self, key: str) -> ClusterRef:
+        return self._by_key[key]  # a dict: FrozenHub's scan would cost O(n) per row at 1000 clusters
+
+    def change(self, key: str, snapshots: dict[str, Snapshot]) -> ClusterHealth:
+        self._snapshots[key] = snapshots
+        return self.put(assess_cluster(self._by_key[key], snapshots, now=NOW))
+
+    def put(self, health: ClusterHealth) -> ClusterHealth:
+        """Queue a cluster's health judged beforehand (a benchmark judges outside its timing,
+        as the pollers judge outside the UI's thread)."""
+        key = f"{health.environment}/{health.name}"
+        self._health[key] = self._changed[key] = health
+        return health
+
+    def drain(self) -> dict[str, ClusterHealth]:
+        changed, self._changed = self._changed, {}
+        return changed
