@@ -19,6 +19,7 @@ from dbops.runbook.journal import runs_dir
 from dbops.runbook.model import Check, Context, Verdict
 
 CONVERGE_SECONDS = 30.0  # how long verification waits for every node to agree
+CONVERGE_FIRST_POLL, CONVERGE_MAX_POLL = 0.01, 0.2  # seconds between its looks: doubling from the first to the most
 # MIGRATE of one key blocks both nodes; a key this many bytes per second of cluster-node-timeout
 # is too big (a conservative copy rate, so the check errs on the side of warning).
 MIGRATE_BYTES_PER_SECOND = 20 * 1024 * 1024
@@ -122,7 +123,9 @@ def move_commands(ctx: Context, moves: list[dict[str, Any]]) -> list[str]:
             f"CLUSTER GETKEYSINSLOT <slot> {FETCH_KEYS}   # on {sn}, until every slot is empty",
             f'MIGRATE {addr.get(dst, "?").rpartition(":")[0]} {addr.get(dst, "?").rpartition(":")[2]} "" 0 '
             f"{MIGRATE_TIMEOUT_MS} AUTH *** KEYS <key> ...   # on {sn}, batches sized by bytes",
-            f"CLUSTER SETSLOT <slot> NODE {dst}   # on {dn}, then {sn}, then every other master",
+            f"CLUSTER SETSLOT <slot> STABLE, CLUSTER SETSLOT <slot> NODE {dst}   # on {dn}; the group's last slot NODE alone "
+            "(still IMPORTING: the target tells every node, replicas too, at once)",
+            f"CLUSTER SETSLOT <slot> NODE {dst}   # then on {sn} and every other master",
         ]
     return out
 
@@ -176,15 +179,19 @@ async def check_healthy(ctx: Context) -> Verdict:
 
 async def wait_converged(ctx: Context, expect: dict[int, str] | None = None) -> ClusterView:
     """Refresh until every node agrees (and owns what `expect` says), or CONVERGE_SECONDS pass;
-    returns the last view either way (verification judges it)."""
+    returns the last view either way (verification judges it). Polled with a short backoff: a
+    move announces itself (see Mover.move_group), so the nodes usually agree at the first look,
+    and a fixed pause would be most of the verification."""
     s = session(ctx)
     deadline = time.monotonic() + CONVERGE_SECONDS
+    pause = CONVERGE_FIRST_POLL
     while True:
         view = await s.refresh()
         wrong = [slot for slot, owner in (expect or {}).items() if view.owners[slot] != owner]
         if (not view.disagreeing and not wrong) or time.monotonic() > deadline:
             return view
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, CONVERGE_MAX_POLL)
 
 
 async def verify_cluster(ctx: Context, expect: dict[int, str] | None = None) -> Verdict:

@@ -163,6 +163,10 @@ class Mover:
         counts = await _pipeline(src.client, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in group])
         empty = [s for s, n in zip(group, counts) if int(n) == 0]
         full = [s for s, n in zip(group, counts) if int(n) > 0]
+        if empty and not full:
+            # One slot of every group goes the IMPORTING way, so that its close announces the
+            # group to every node at once (see below); an empty slot costs two more commands.
+            full = [empty.pop()]
         # Once per pair: the source never bumps during a move, so the target stays ahead.
         if (source, target) not in self._outranked:
             async with self._outrank_lock:
@@ -186,8 +190,15 @@ class Mover:
             await self.drain(source, target, full)
             # The target takes the slots first: STABLE + NODE per slot (its epoch is already the
             # greatest). Each pair is sent together, so no client command runs between them.
-            await _pipeline(dst.client, [c for s in full for c in (("CLUSTER", "SETSLOT", s, "STABLE"),
-                                                                    ("CLUSTER", "SETSLOT", s, "NODE", target))])
+            # The last slot is closed from IMPORTING instead: on that NODE the target broadcasts
+            # a PONG to every node (Redis does so "to let the other nodes know as soon as
+            # possible"), carrying every slot it owns by then. Replicas, which SETSLOT cannot
+            # reach, otherwise learn of the move only from gossip (up to cluster-node-timeout/2),
+            # and verification waits for every node to agree.
+            *quiet, announce = full
+            await _pipeline(dst.client, [*(c for s in quiet for c in (("CLUSTER", "SETSLOT", s, "STABLE"),
+                                                                       ("CLUSTER", "SETSLOT", s, "NODE", target))),
+                                         ("CLUSTER", "SETSLOT", announce, "NODE", target)])
             await self.assign(target, full, first=[], then=[source, *others])
         self.journal({"event": "closed", "slots": group, "source": source, "target": target})
         self.stats.slots += len(group)
