@@ -309,15 +309,9 @@ async def check_big_keys(ctx: Context) -> Verdict:
         address = ctx.state["addresses"][m["source"]]
         timeout_ms = int(await s.config_get(address, "cluster-node-timeout") or 15000)
         limit = int(MIGRATE_BYTES_PER_SECOND * timeout_ms / 1000)
-        client = s.client(address)
-        pipe = client.pipeline(transaction=False)
-        for sl in m["slots"]:
-            pipe.execute_command("CLUSTER", "GETKEYSINSLOT", sl, SAMPLE_KEYS_PER_SLOT)
-        keys = [k for ks in await pipe.execute() for k in ks]
-        pipe = client.pipeline(transaction=False)
-        for k in keys:
-            pipe.execute_command("MEMORY", "USAGE", k)
-        for k, size in zip(keys, await pipe.execute()):
+        found = await s.batch(address, [("CLUSTER", "GETKEYSINSLOT", sl, SAMPLE_KEYS_PER_SLOT) for sl in m["slots"]])
+        keys = [k for ks in found for k in ks]
+        for k, size in zip(keys, await s.batch(address, [("MEMORY", "USAGE", k) for k in keys])):
             if size is not None and int(size) > limit:
                 big.append((k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k), int(size)))
     if big:

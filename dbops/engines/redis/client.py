@@ -87,7 +87,10 @@ def classify(exc: BaseException, where: str, timeout: float, *secrets: Secret | 
 
 
 def _driver_reachability(exc: BaseException, where: str, timeout: float) -> tuple[Reachability, str]:
-    """redis-py's own errors (classify_redacted has judged the common ones)."""
+    """redis-py's own errors (classify_redacted has judged the common ones), and the socket
+    errors of dbops' own connections (dbops.engines.redis.wire), said the same way."""
+    if isinstance(exc, ConnectionRefusedError):
+        return Reachability.DOWN, f"connection refused at {where}"
     import redis.exceptions as rex
 
     if isinstance(exc, rex.AuthenticationError) or (isinstance(exc, rex.ResponseError) and

@@ -2,7 +2,11 @@
 configuration as each node reports it, and helpers to name and resolve nodes.
 
 Runbooks open their own connections (longer timeouts than the poller's, bytes not str) and
-close them at teardown.
+close them at teardown. The session's own reads (CLUSTER NODES, DBSIZE, CONFIG GET, INFO) and
+batches go over the same lean connections as the slot mover (dbops.engines.redis.wire), one set
+per node for the whole run: a runbook that only reads and moves slots never imports redis-py
+(a tenth of a second of a command's start) nor connects twice to a node. `client()` still hands
+out a redis-py client to the runbooks that use its API.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ClusterSession:
         self.view: ClusterView | None = None
 
     def client(self, address: str) -> Any:
+        """A redis-py client for `address` (replies as bytes), opened on first use."""
         if address not in self.clients:
             self.clients[address] = rc.connect(self.ref, address, timeout=OP_TIMEOUT, creds=self.creds, decode=False)
         return self.clients[address]
@@ -78,12 +83,10 @@ class ClusterSession:
 
     async def _nodes_of(self, address: str) -> tuple[NodeLine, ...] | str:
         try:
-            raw = await asyncio.wait_for(self.client(address).execute_command("CLUSTER", "NODES"), timeout=self.ref.timeout)
+            raw = await asyncio.wait_for(self.wires(address).execute_command("CLUSTER", "NODES"), timeout=self.ref.timeout)
             return parse_nodes(_text(raw))
         except Exception as exc:  # an unreachable node is a finding for the pre-checks, not a crash
-            client = self.clients.pop(address, None)
-            if client is not None:
-                await rc.close(client)
+            # The pool drops a connection whose batch failed or was cancelled; the next use connects again.
             return rc.classify(exc, address, self.ref.timeout, self.creds.password)[1]
 
     def name(self, node_id: str) -> str:
@@ -131,15 +134,20 @@ class ClusterSession:
         return [f"{self.name(n.node_id)} ({n.address}): {self.unreachable[n.address]}" for n in self.view.nodes
                 if n.is_master and n.slots and n.address in self.unreachable]
 
+    async def batch(self, address: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands sent to one node in one write, their replies in order (bytes; an error reply
+        raises)."""
+        return await self.wires(address).execute(commands)
+
     async def total_keys(self) -> int:
         """DBSIZE summed over the reachable masters (every key lives on exactly one master)."""
         assert self.view is not None
         ms = [n for n in masters(self.view) if n.address not in self.unreachable]
-        sizes = await asyncio.gather(*(self.client(n.address).execute_command("DBSIZE") for n in ms))
+        sizes = await asyncio.gather(*(self.wires(n.address).execute_command("DBSIZE") for n in ms))
         return sum(int(s) for s in sizes)
 
     async def config_get(self, address: str, key: str) -> str | None:
-        reply = await self.client(address).execute_command("CONFIG", "GET", key)
+        reply = await self.wires(address).execute_command("CONFIG", "GET", key)
         if isinstance(reply, dict):
             return _text(next(iter(reply.values()))) if reply else None
         return _text(reply[1]) if reply and len(reply) > 1 else None
@@ -147,7 +155,7 @@ class ClusterSession:
     async def info(self, address: str, *sections: str) -> dict[str, str]:
         from dbops.engines.redis.data import parse_info
 
-        return parse_info(_text(await self.client(address).execute_command("INFO", *sections)))
+        return parse_info(_text(await self.wires(address).execute_command("INFO", *sections)))
 
     async def close(self) -> None:
         clients, self.clients = list(self.clients.values()), {}

@@ -3,8 +3,8 @@
 Moving thousands of slots is thousands of small commands; with redis-py's pipeline the client's
 own encoding and per-reply bookkeeping is most of the cost (measured: ~70% of the wall time of a
 move is client CPU). Here a whole batch is encoded in one join, written at once, and the replies
-parsed by hiredis' C reader as they arrive. Used only by the slot mover; everything else keeps
-redis-py.
+parsed by hiredis' C reader as they arrive. Used by the slot mover and a runbook session's own
+reads (dbops.engines.redis.session); the poller and the runbooks' other commands keep redis-py.
 """
 
 from __future__ import annotations
@@ -86,19 +86,34 @@ class Wire:
         if self.creds.password is not None:
             auth = (self.creds.username, self.creds.password.reveal()) if self.creds.username else (self.creds.password.reveal(),)
             hello.append(("AUTH", *auth))
-        hello.append(("CLIENT", "SETNAME", "dbops-mover"))
-        await self._roundtrip(hello, raise_on_error=True)
+        hello.append(("CLIENT", "SETNAME", "dbops-runbook"))
+        try:
+            await self._roundtrip(hello, raise_on_error=True)
+        except BaseException:
+            # A refused AUTH must not leave a connection the next batch would use unauthenticated.
+            self._drop()
+            raise
 
     async def execute(self, commands: Sequence[Sequence[Any]], raise_on_error: bool = True) -> list[Any]:
         if not commands:
             return []
-        if self._writer is None:
-            await self._connect()
         try:
+            if self._writer is None:
+                await self._connect()
             return await self._roundtrip(commands, raise_on_error)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError):
             await self.close()  # the stream is in an unknown state: the next batch reconnects
             raise
+        except asyncio.CancelledError:
+            # Cancelled mid-batch (a caller's own timeout): replies may still be on their way and
+            # the next batch would read them as its own. Closed without awaiting: we are cancelled.
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        w, self._writer, self._reader = self._writer, None, None
+        if w is not None:
+            w.close()
 
     async def _roundtrip(self, commands: Sequence[Sequence[Any]], raise_on_error: bool) -> list[Any]:
         import hiredis
@@ -132,10 +147,12 @@ class Wire:
 
 
 class WirePool:
-    """A few Wires to one node, so that groups in flight do not wait for each other's replies."""
+    """A few Wires to one node, so that groups in flight do not wait for each other's replies.
+    The one used last is handed out first: one caller at a time reuses one connection, and
+    the others connect only when batches overlap."""
 
     def __init__(self, ref: ClusterRef, address: str, creds: rc.Credentials, timeout: float, size: int) -> None:
-        self._free: asyncio.Queue[Wire] = asyncio.Queue()
+        self._free: asyncio.LifoQueue[Wire] = asyncio.LifoQueue()
         self._all = [Wire(ref, address, creds, timeout) for _ in range(size)]
         for w in self._all:
             self._free.put_nowait(w)
