@@ -39,21 +39,33 @@ def reply_error(message: str) -> Exception:
 
 def _arg(a: Any) -> bytes:
     if isinstance(a, bytes):
-        return a
+        return bytes(a)
     if isinstance(a, str):
-        return a.encode()
+        return str.encode(a)
     return str(a).encode()
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    """RESP arrays of bulk strings. A move packs tens of thousands of arguments, most of them the
+    same few names, node ids and numbers over and over: each str or int is encoded once per batch."""
     out: list[bytes] = []
+    add = out.append
+    memo: dict[str | int, bytes] = {}
     for cmd in commands:
-        out.append(b"*%d\r\n" % len(cmd))
+        add(b"*%d\r\n" % len(cmd))
         for a in cmd:
-            b = _arg(a)
-            out.append(b"$%d\r\n" % len(b))
-            out.append(b)
-            out.append(b"\r\n")
+            t = type(a)
+            if t is bytes:  # keys and payloads: seldom repeated
+                add(b"$%d\r\n%b\r\n" % (len(a), a))
+            elif t is str or t is int:
+                chunk = memo.get(a)
+                if chunk is None:
+                    b = a.encode() if t is str else b"%d" % a
+                    chunk = memo[a] = b"$%d\r\n%b\r\n" % (len(b), b)
+                add(chunk)
+            else:
+                b = _arg(a)
+                add(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
 
 
