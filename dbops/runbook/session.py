@@ -140,6 +140,14 @@ class RunbookSession:
         return matches[0]
 
     def _get(self, runbook_id: str) -> Runbook:
+        if self._books is None:
+            from dbops.runbook.registry import find
+
+            book, problems = find(runbook_id, self.config.runbook_dirs)
+            if book is not None:
+                for p in problems:
+                    self.front.event("warning", line=p)
+                return book
         books = self.books()
         if runbook_id not in books:
             close = difflib.get_close_matches(runbook_id, list(books), n=1)
@@ -320,10 +328,12 @@ class RunbookSession:
     async def _over(self, result: RunResult) -> RunResult:
         """The outcome to the front end, then the audit log shipped ([audit.ship]): a shipping
         failure is shown and changes neither the run's outcome nor its exit code."""
-        from dbops.audit_ship import ship_reporting
-
         assert self.audit is not None
         self.front.event("outcome", result=result)
+        if self.config.audit.ship is None:
+            return result  # nothing to ship: no thread to start, no shipping module to import
+        from dbops.audit_ship import ship_reporting
+
         # In a thread: an upload must not stall a loop a drill shares with its probe.
         shipped = await asyncio.to_thread(ship_reporting, self.audit.path, self.config.audit.ship)
         if shipped is not None:
