@@ -1,17 +1,35 @@
-"""Overview: every cluster on one line, worst severity first."""
+"""Overview: the fleet, one cluster a line, grouped by environment, worst first.
+
+Filters (`/` as you type, `:` commands in k9s' manner, problems only), sort orders and folded
+groups are decided by the pure functions of fleet_filter; this screen renders them. With a
+thousand clusters the table is rebuilt only when its rows' order or set changes, at most every
+COALESCE_SECONDS for changes that come from the pollers; a cluster's new health updates its own
+cells at once."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
 from rich.text import Text
+from textual._two_way_dict import TwoWayDict
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.coordinate import Coordinate
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets.data_table import ColumnKey, Row, RowKey
 
 from dbops.engine_spec import TopologyEntry, overview_row
 from dbops.health import sort_worst_first
 from dbops.model import ClusterHealth, Reachability, Severity, human_seconds
+from dbops.platform.backups import has_backups
 
+from .fleet_filter import SORTS, FleetFilter, FleetRow, GroupRow, counts_text, layout, run_command, severity_counts
 from .render import SEVERITY_STYLE, severity_text
 from .widgets import EnvBanner
 
@@ -71,25 +89,299 @@ def problem_lines(clusters: list[ClusterHealth], limit: int, extra: list[tuple[S
     return out
 
 
+
+def group_key(environment: str) -> str:
+    """A group header's row key: the environment and a slash, which no cluster's key
+    ("environment/name", the name never empty) can be."""
+    return f"{environment}/"
+
+
+def row_key(row: FleetRow) -> str:
+    return group_key(row.environment) if isinstance(row, GroupRow) else row
+
+
+def as_text(value: Text | str) -> Text:
+    """A cell as Text: a str cell would be read as Rich markup by the DataTable (a value with
+    brackets in it would lose them) and measured again at each render."""
+    return value if isinstance(value, Text) else Text(value)
+
+
+class FleetTable(DataTable[Any]):
+    """The clusters' table. The cursor passes over an expanded group's header (up and down go
+    from cluster to cluster); a folded group's header is where the cursor stops, for enter or
+    space to unfold it."""
+
+    passable: frozenset[int] = frozenset()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._row_objects: dict[str, Row] = {}  # kept across refills: one per key ever shown
+
+    def replace_rows(self, rows: Sequence[tuple[str, Sequence[Text]]], widths: Sequence[int], passable: Iterable[int]) -> None:
+        """Every row at once, in order; the columns' content widths (at least as wide as every
+        cell); the rows the cursor passes over.
+
+        add_row() costs about 60 µs a row and measures each new cell with Rich at the next idle
+        (about 25 µs a cell): a thousand clusters took 400 ms to show again after a filter key.
+        Here the rows are stored as add_row() stores them, and the columns take the widths the
+        caller kept as it rendered the cells (every cell is a single-line Text), so a refill
+        costs a few ms. It sets DataTable's internal maps (Textual 8); the UI tests read rows
+        and cursor back through the public API, so a change there fails them."""
+        self._clear_caches()
+        self._data.clear()
+        self.rows.clear()
+        self._new_rows.clear()
+        self._updated_cells.clear()
+        columns = self.ordered_columns
+        column_keys = [column.key for column in columns]
+        locations: dict[RowKey, int] = {}
+        for index, (key, cells) in enumerate(rows):
+            table_row = self._row_objects.get(key)
+            if table_row is None:
+                table_row = self._row_objects[key] = Row(RowKey(key), 1)
+            self._data[table_row.key] = dict(zip(column_keys, cells))
+            self.rows[table_row.key] = table_row
+            locations[table_row.key] = index
+        self._row_locations = TwoWayDict(locations)
+        for column, width in zip(columns, widths):
+            column.content_width = max(column.content_width, width)
+        self.passable = frozenset(passable)
+        self._update_count += 1
+        self._require_update_dimensions = True  # the new height, at the next idle
+        self.cursor_coordinate = self.cursor_coordinate  # clamped to the new rows
+        self.hover_coordinate = self.hover_coordinate
+        self.check_idle()
+        self.refresh()
+
+    def validate_cursor_coordinate(self, value: Coordinate) -> Coordinate:
+        value = super().validate_cursor_coordinate(value)
+        if value.row not in self.passable or not 0 <= value.row < self.row_count:
+            return value
+        step = -1 if value.row < self.cursor_coordinate.row else 1
+        for candidate in (range(value.row + step, self.row_count if step > 0 else -1, step),
+                          range(value.row - step, -1 if step > 0 else self.row_count, -step)):
+            row = next((r for r in candidate if r not in self.passable), None)
+            if row is not None:
+                return Coordinate(row, value.column)
+        return value  # every row is a header: nothing else to stand on
+
+    def watch_cursor_coordinate(self, old: Coordinate, new: Coordinate) -> None:
+        super().watch_cursor_coordinate(old, new)
+        # The first cluster of a group shows its group's header with it (home, page up, or up
+        # to the top would otherwise scroll the header just out of sight).
+        header = new.row - 1
+        if header in self.passable and header < self.scroll_y and not self._require_update_dimensions:
+            self.scroll_to(y=header, animate=False, immediate=True)
+
+
 class OverviewScreen(Screen[None]):
-    BINDINGS = [Binding("enter", "open", "Open cluster", show=True)]
+    BINDINGS = [
+        Binding("enter", "open", "Open cluster", show=True),
+        Binding("slash", "prompt('filter')", "Filter", key_display="/"),
+        Binding("colon", "prompt('command')", "Cmd", key_display=":"),
+        Binding("a", "problems", "Problems"),
+        Binding("s", "sort", "Sort"),
+        Binding("space", "fold", "Fold", show=False),
+        Binding("escape", "clear", "Clear filters", show=False),
+    ]
+    # Changes that come from the pollers rebuild the table's order and recount the fleet at most
+    # this often; the changed clusters' own cells are updated at once, and keys never wait.
+    COALESCE_SECONDS = 0.5
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield EnvBanner(id="banner")
+        yield Static("", id="fleet-status")
         yield Static("", id="problems")
-        yield DataTable(id="clusters", cursor_type="row", zebra_stripes=False)
-        yield Footer()
+        yield FleetTable(id="clusters", cursor_type="row", zebra_stripes=False)
+        with Horizontal(id="fleet-prompt-bar"):
+            yield Static("/", id="fleet-prompt-label")
+            yield Input(id="fleet-prompt")
+        # Compact: the overview's keys and the console's fit in 80 columns.
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        table = self.query_one("#clusters", DataTable)
-        several_envs = len(self.app.config.environments) > 1
-        self._columns = [(i, key) for i, (key, _) in enumerate(COLUMNS) if key != "env" or several_envs]
+        table = self.query_one(FleetTable)
+        config = self.app.config
+        self._environments: list[str] = list(config.environments)
+        # One environment: the banner names it, so neither a column nor a group header repeats it.
+        self._grouped = len(self._environments) > 1
+        self._columns = [(i, key) for i, (key, _) in enumerate(COLUMNS) if key != "env" or self._grouped]
         for _, key in self._columns:
             table.add_column(dict(COLUMNS)[key], key=key)
+        self._refs = {ref.key: ref for ref in self.app.refs()}
+        self._with_backups = [key for key, ref in self._refs.items() if has_backups(ref)]
+        self._health: dict[str, ClusterHealth] = {f"{c.environment}/{c.name}": c for c in self.app.health()}
+        self._cells: dict[str, list[Text]] = {}  # clusters' cells, for their current health
+        self._rows: list[FleetRow] = []  # the table's rows, top to bottom
+        self._shown: set[str] = set()  # the clusters that have a row
+        self._widths = [0] * len(self._columns)  # see _widen
+        self._shown_text: dict[str, Text] = {}  # see _show
+        self._filter = FleetFilter()
+        self._sort = 0  # index in SORTS
+        self._collapsed: set[str] = set()
+        self._prompt_mode = "filter"
+        self._last_layout = float("-inf")
+        self._layout_timer: Timer | None = None
+        self._stale = False  # the fleet changed since the last layout
+        self.query_one("#fleet-prompt-bar").display = False
         self._refresh_banner()
-        self.redraw(self.app.health())
+        self._relayout()
         table.focus()
+
+    # -- what changes the rows -----------------------------------------------------------------
+
+    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
+        table = self.query_one(FleetTable)
+        for key, health in changed.items():
+            self._health[key] = health
+            before = self._cells.pop(key, None)
+            if key in self._shown and before is not None:
+                self._set_row_cells(table, key, self._cells_of(key), before)
+        self._stale = True
+        self._schedule_layout()
+
+    def on_screen_resume(self) -> None:
+        self._refresh_banner()
+        # Backup ages moved on while a pane was open (the fleet's health changes were applied
+        # meanwhile, but laid out only now).
+        table = self.query_one(FleetTable)
+        for key in self._with_backups:
+            before = self._cells.pop(key, None)
+            if key in self._shown and before is not None:
+                self._set_row_cells(table, key, self._cells_of(key), before)
+        self._stale = True
+        self._relayout()
+
+    def _schedule_layout(self) -> None:
+        """A layout soon, coalesced: at most one per COALESCE_SECONDS, and none while another
+        screen covers this one (resuming lays out)."""
+        if self._layout_timer is not None or self.app.screen is not self:
+            return
+        wait = self._last_layout + self.COALESCE_SECONDS - time.monotonic()
+        self._layout_timer = self.set_timer(max(wait, 0.0), self._timed_layout)
+
+    def _timed_layout(self) -> None:
+        self._layout_timer = None
+        if self._stale:
+            self._relayout()
+
+    def _relayout(self) -> None:
+        """Rows, group headers, counts and problem lines from the current health, filter, sort
+        and folds. The table is rebuilt only when its rows' keys or order differ."""
+        if self._layout_timer is not None:
+            self._layout_timer.stop()
+            self._layout_timer = None
+        self._last_layout = time.monotonic()
+        self._stale = False
+        table = self.query_one(FleetTable)
+        rows = layout(self._health.values(), self._filter, SORTS[self._sort], self._environments, self._grouped,
+                      self._collapsed)
+        if [row_key(r) for r in rows] == [row_key(r) for r in self._rows]:
+            for old, new in zip(self._rows, rows):
+                if isinstance(new, GroupRow) and new != old:
+                    self._set_row_cells(table, group_key(new.environment), self._group_cells(new))
+            self._rows = rows
+        else:
+            self._rebuild(table, rows)
+        self._refresh_status()
+        self._refresh_problems()
+
+    def _rebuild(self, table: FleetTable, rows: list[FleetRow]) -> None:
+        """Refill the table with `rows`, keeping the cursor on the same cluster (or the header
+        of the group it was folded into) at the same height on the screen."""
+        selected = row_key(self._rows[table.cursor_row]) if 0 <= table.cursor_row < len(self._rows) else None
+        height_on_screen = table.cursor_row - round(table.scroll_y)
+        keys = [row_key(r) for r in rows]
+        filled = [self._group_cells(row) if isinstance(row, GroupRow) else self._cells_of(row) for row in rows]
+        with self.app.batch_update():
+            table.replace_rows(list(zip(keys, filled)), self._widths,
+                               passable={i for i, r in enumerate(rows) if isinstance(r, GroupRow) and not r.collapsed})
+            self._rows = rows
+            self._shown = {k for k, r in zip(keys, rows) if not isinstance(r, GroupRow)}
+            target = self._cursor_target(selected, keys)
+            table.move_cursor(row=target, scroll=False)
+        if selected is not None:
+            # The table's height is known once it has measured the new rows (after this refresh).
+            top = max(0, target - height_on_screen)
+            self.call_after_refresh(lambda: table.scroll_to(y=top, animate=False, immediate=True))
+
+    def _cursor_target(self, selected: str | None, keys: list[str]) -> int:
+        if selected is None:
+            return 0
+        if selected in keys:
+            return keys.index(selected)
+        environment = selected.split("/", 1)[0]
+        if group_key(environment) in keys:  # folded away (or its group filtered down): stay near it
+            return keys.index(group_key(environment))
+        return 0
+
+    # -- cells -----------------------------------------------------------------------------------
+
+    def _cells_of(self, key: str) -> list[Text]:
+        """A cluster's cells as of its current health, rendered once per health."""
+        cells = self._cells.get(key)
+        if cells is None:
+            cells = self._cells[key] = self._cluster_cells(self._health[key])
+            self._widen(cells)
+        return cells
+
+    def _widen(self, cells: Sequence[Text]) -> None:
+        """Columns widen for the widest cell ever rendered and never narrow: a filter that
+        hides the longest name keeps the layout still, and a refill need not measure."""
+        self._widths = [max(width, cell.cell_len) for width, cell in zip(self._widths, cells)]
+
+    def _set_row_cells(self, table: FleetTable, key: str, cells: Sequence[Text], old: Sequence[Text] | None = None) -> None:
+        """Only the cells that differ; a column widens for a wider value and never narrows (a
+        narrowing would measure the whole column, and a table that jitters is harder to read)."""
+        for index, ((_, column), value) in enumerate(zip(self._columns, cells)):
+            if old is not None and value == old[index]:
+                continue
+            wider = value.cell_len > table.columns[ColumnKey(column)].content_width
+            table.update_cell(key, column, value, update_width=wider)
+
+    def _cluster_cells(self, c: ClusterHealth) -> list[Text]:
+        ref = self._refs[f"{c.environment}/{c.name}"]
+        row = overview_row(ref, c)
+        cells = [
+            severity_text(c.severity),
+            Text(c.environment, style="bold red" if ref.production else ""),
+            Text(c.name, style="bold"),
+            topology_text(row.topology),
+            as_text(row.lag),
+            self._backup_cell(ref, row.backup_alert),
+            as_text(row.connections),
+            as_text(row.long),
+        ]
+        return [cells[i] for i, _ in self._columns]
+
+    def _group_cells(self, group: GroupRow) -> list[Text]:
+        """An environment's header: fold mark, name, how many clusters, their counts."""
+        production = self._refs_production(group.environment)
+        counts = Text()
+        for i, (sev, n) in enumerate(group.counts):
+            counts.append(", " if i else "")
+            counts.append(f"{n} {sev.name}", style=SEVERITY_STYLE[sev].replace(" on red", "").replace("white", "red"))
+        if not group.counts:
+            counts.append("all OK", style="green")
+        size = f"{group.total} cluster{'s' if group.total != 1 else ''}" if group.shown == group.total \
+            else f"{group.shown} of {group.total}"
+        cells = [
+            Text("▸" if group.collapsed else "▾", style="bold"),
+            Text(group.environment.upper() if production else group.environment, style="bold red" if production else "bold"),
+            Text(size, style="bold"),
+            counts,
+            Text(), Text(), Text(), Text(),
+        ]
+        shown = [cells[i] for i, _ in self._columns]
+        self._widen(shown)
+        return shown
+
+    def _refs_production(self, environment: str) -> bool:
+        env = self.app.config.environments[environment]
+        return bool(env.is_production(environment))
+
+    # -- the lines above the table -------------------------------------------------------------
 
     def _refresh_banner(self) -> None:
         envs = []
@@ -101,59 +393,48 @@ class OverviewScreen(Screen[None]):
     def pause_changed(self, paused: bool) -> None:
         self._refresh_banner()
 
-    def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
-        self.redraw(self.app.health())
+    def _refresh_status(self) -> None:
+        """"1000 clusters: 2 CRIT, 5 WARN", how many are shown and why, and the sort."""
+        counts = severity_counts(self._health.values())
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(f"{len(self._health)} clusters: ", style="bold")
+        for i, (sev, n) in enumerate(counts):
+            line.append(", " if i else "")
+            line.append(f"{n} {sev.name}", style=SEVERITY_STYLE[sev])
+        if not counts:
+            line.append(counts_text(counts), style="green")
+        if self._filter.narrows:
+            shown = sum(1 for c in self._health.values() if self._filter.matches(c))
+            line.append(f" · {shown} shown: ", style="bold")
+            line.append(self._filter.describe(), style="yellow")
+            if not shown:
+                line.append(" (escape or :all clears)", style="dim")
+        line.append(f" · sort {SORTS[self._sort]}", style="dim")
+        self._show(self.query_one("#fleet-status", Static), line)
 
-    def on_screen_resume(self) -> None:
-        self._refresh_banner()
-        self.redraw(self.app.health())
+    def _refresh_problems(self) -> None:
+        # Fleet-wide whatever the filter: a CRIT elsewhere must stay in sight while the
+        # operator looks at one part of the fleet. Only clusters not OK can have problems.
+        troubled = sort_worst_first([c for c in self._health.values() if c.severity is not Severity.OK])
+        self._show(self.query_one("#problems", Static), problem_lines(troubled, limit=3, extra=self._backup_problems()))
 
-    def redraw(self, clusters: list[ClusterHealth]) -> None:
-        table = self.query_one("#clusters", DataTable)
-        ordered = sort_worst_first(clusters)
-        wanted = [f"{c.environment}/{c.name}" for c in ordered]
-        current = [str(k.value) for k in table.rows]
-        if current != wanted:
-            # Order changed (a cluster got worse): rebuild, keeping the cursor on the same cluster.
-            selected = current[table.cursor_row] if current and 0 <= table.cursor_row < len(current) else None
-            table.clear()
-            for c in ordered:
-                cells = self._cells(c)
-                table.add_row(*(cells[i] for i, _ in self._columns), key=f"{c.environment}/{c.name}")
-            if selected in wanted:
-                table.move_cursor(row=wanted.index(selected))
-        else:
-            for c in ordered:
-                key = f"{c.environment}/{c.name}"
-                cells = self._cells(c)
-                for i, col in self._columns:
-                    table.update_cell(key, col, cells[i], update_width=True)
-        self.query_one("#problems", Static).update(problem_lines(ordered, limit=3, extra=self._backup_problems()))
-
-    def _cells(self, c: ClusterHealth) -> list:
-        ref = self.app.hub.ref(f"{c.environment}/{c.name}")
-        row = overview_row(ref, c)
-        return [
-            severity_text(c.severity),
-            Text(c.environment, style="bold red" if ref.production else ""),
-            Text(c.name, style="bold"),
-            topology_text(row.topology),
-            row.lag,
-            self._backup_cell(ref, row.backup_alert),
-            row.connections,
-            row.long,
-        ]
+    def _show(self, line: Static, text: Text) -> None:
+        """Update a line above the table only when its text changed, and lay the screen out
+        again only when its height did: a layout costs as much as painting the table."""
+        before = self._shown_text.get(line.id or "")
+        if before == text:
+            return
+        self._shown_text[line.id or ""] = text
+        line.update(text, layout=before is None or len(before.split()) != len(text.split()))
 
     def _backup_problems(self) -> list[tuple[Severity, str]]:
         now = self.app.clock()
-        states = [self.app.hub.backup_state(ref.key, now) for ref in self.app.refs()]
+        states = [self.app.hub.backup_state(key, now) for key in self._with_backups]
         # "orders-db: newest pg_dump ..." like the clusters' own lines (the key names the environment too).
         return [(m.severity, m.message.split("/", 1)[-1]) for st in states if st is not None
                 for m in st.metrics if m.severity is not Severity.OK]
 
     def _backup_cell(self, ref, alert: str) -> Text:
-        from dbops.platform.backups import has_backups
-
         state = self.app.hub.backup_state(ref.key, self.app.clock()) if has_backups(ref) else None
         if not has_backups(ref):
             text, style = "-", "dim"
@@ -167,12 +448,108 @@ class OverviewScreen(Screen[None]):
             return Text.assemble((f"{alert} ", "bold red"), (text, style))
         return Text(text, style=style)
 
+    # -- keys --------------------------------------------------------------------------------------
+
+    def _cursor_row(self) -> FleetRow | None:
+        table = self.query_one(FleetTable)
+        return self._rows[table.cursor_row] if 0 <= table.cursor_row < len(self._rows) else None
+
     def action_open(self) -> None:
-        table = self.query_one("#clusters", DataTable)
-        if table.row_count == 0:
-            return
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        self.app.open_cluster(str(key))
+        row = self._cursor_row()
+        if isinstance(row, GroupRow):
+            self._toggle_group(row.environment)
+        elif row is not None:
+            self.app.open_cluster(row)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.app.open_cluster(str(event.row_key.value))
+        key = str(event.row_key.value)
+        if key.endswith("/"):
+            self._toggle_group(key[:-1])
+        else:
+            self.app.open_cluster(key)
+
+    def action_fold(self) -> None:
+        row = self._cursor_row()
+        if row is None or not self._grouped:
+            return
+        self._toggle_group(row.environment if isinstance(row, GroupRow) else row.split("/", 1)[0])
+
+    def _toggle_group(self, environment: str) -> None:
+        if environment in self._collapsed:
+            self._collapsed.discard(environment)
+            self._relayout()
+            # Unfolded: onto the group's first cluster, the header being passed over now.
+            table = self.query_one(FleetTable)
+            index = next(i for i, r in enumerate(self._rows) if isinstance(r, GroupRow) and r.environment == environment)
+            table.move_cursor(row=min(index + 1, table.row_count - 1))
+        else:
+            self._collapsed.add(environment)
+            self._relayout()
+
+    def action_problems(self) -> None:
+        self._set_filter(replace(self._filter, problems_only=not self._filter.problems_only))
+
+    def action_sort(self) -> None:
+        self._sort = (self._sort + 1) % len(SORTS)
+        self._relayout()
+
+    def action_clear(self) -> None:
+        """escape: close the prompt (a filter being typed is dropped), else drop the `/` and `:`
+        filters (problems only stays: `a` turns it off, `:all` clears everything)."""
+        bar = self.query_one("#fleet-prompt-bar")
+        if bar.display:
+            if self._prompt_mode == "filter":
+                self._set_filter(replace(self._filter, text=""))
+            self._close_prompt()
+        elif self._filter.narrows:
+            self._set_filter(FleetFilter(problems_only=self._filter.problems_only))
+
+    def _set_filter(self, flt: FleetFilter) -> None:
+        if flt != self._filter:
+            self._filter = flt
+            self._relayout()
+
+    # -- the prompt: `/` filter as you type, `:` command --------------------------------------
+
+    def action_prompt(self, mode: str) -> None:
+        self._prompt_mode = mode
+        self.query_one("#fleet-prompt-label", Static).update("/" if mode == "filter" else ":")
+        prompt = self.query_one("#fleet-prompt", Input)
+        prompt.placeholder = ("name, environment or engine" if mode == "filter"
+                              else "pg redis kafka neo4j qdrant · env NAME · cluster GLOB · problems · all · alerts")
+        prompt.value = self._filter.text if mode == "filter" else ""
+        self.query_one("#fleet-prompt-bar").display = True
+        prompt.focus()
+
+    def _close_prompt(self) -> None:
+        self.query_one("#fleet-prompt-bar").display = False
+        self.query_one(FleetTable).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "fleet-prompt" and self._prompt_mode == "filter":
+            self._set_filter(replace(self._filter, text=event.value.strip()))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "fleet-prompt":
+            return
+        self._close_prompt()
+        if self._prompt_mode == "command":
+            self.run_command_line(event.value)
+
+    def run_command_line(self, line: str) -> None:
+        engines = {ref.cluster.engine for ref in self._refs.values()}
+        result = run_command(line, self._filter, engines, self._environments)
+        if result.error:
+            self.app.notify(result.error, severity="error", timeout=8)
+            return
+        if result.view == "alerts":
+            self._open_alerts()
+        self._set_filter(result.filter)
+
+    def _open_alerts(self) -> None:
+        opener = getattr(self.app, "action_alerts", None)
+        if getattr(self.app.hub, "alerts", None) is None or opener is None:
+            self.app.notify("no [alertmanager] configured: set [alertmanager] url in the config to see firing alerts",
+                            severity="warning", timeout=8)
+            return
+        opener()
