@@ -29,6 +29,7 @@ from dbops.health import sort_worst_first
 from dbops.model import ClusterHealth, Reachability, Severity, human_seconds
 from dbops.platform.backups import has_backups
 
+from .alerts import alerts_cell
 from .fleet_filter import SORTS, FleetFilter, FleetRow, GroupRow, counts_text, layout, run_command, severity_counts
 from .render import SEVERITY_STYLE, severity_text
 from .widgets import EnvBanner
@@ -40,6 +41,11 @@ COLUMNS = (
     ("status", "Status"),
     ("env", "Env"),
     ("cluster", "Cluster"),
+    # Alertmanager's firing alerts about the cluster (only with [alertmanager] configured).
+    ("alerts", "Alerts"),
+    # Fleet mode only: where the row came from (Prometheus, and how old its newest sample is,
+    # or dbops' own poll of the cluster open).
+    ("source", "Seen"),
     ("topology", "Topology"),
     ("lag", "Worst lag"),
     # Age of the cluster's stalest newest backup, coloured by the backups' verdict (the Backups
@@ -213,7 +219,8 @@ class OverviewScreen(Screen[None]):
         self._environments: list[str] = list(config.environments)
         # One environment: the banner names it, so neither a column nor a group header repeats it.
         self._grouped = len(self._environments) > 1
-        self._columns = [(i, key) for i, (key, _) in enumerate(COLUMNS) if key != "env" or self._grouped]
+        shown = {"env": self._grouped, "alerts": self.app.hub.alerts().configured, "source": self.app.hub.fleet_mode}
+        self._columns = [(i, key) for i, (key, _) in enumerate(COLUMNS) if shown.get(key, True)]
         for _, key in self._columns:
             table.add_column(dict(COLUMNS)[key], key=key)
         self._refs = {ref.key: ref for ref in self.app.refs()}
@@ -266,7 +273,8 @@ class OverviewScreen(Screen[None]):
         if self._layout_timer is not None or self.app.screen is not self:
             return
         wait = self._last_layout + self.COALESCE_SECONDS - time.monotonic()
-        self._layout_timer = self.set_timer(max(wait, 0.0), self._timed_layout)
+        # (Textual's Timer divides by its delay: never zero.)
+        self._layout_timer = self.set_timer(max(wait, 0.001), self._timed_layout)
 
     def _timed_layout(self) -> None:
         self._layout_timer = None
@@ -354,6 +362,8 @@ class OverviewScreen(Screen[None]):
             severity_text(c.severity),
             Text(c.environment, style="bold red" if ref.production else ""),
             Text(c.name, style="bold"),
+            alerts_cell(self.app.hub.alerts(ref.key)),
+            self._source_cell(c),
             topology_text(row.topology),
             as_text(row.lag),
             self._backup_cell(ref, row.backup_alert),
@@ -377,12 +387,21 @@ class OverviewScreen(Screen[None]):
             Text("▸" if group.collapsed else "▾", style="bold"),
             Text(group.environment.upper() if production else group.environment, style="bold red" if production else "bold"),
             Text(size, style="bold"),
+            Text(), Text(),
             counts,
             Text(), Text(), Text(), Text(),
         ]
         shown = [cells[i] for i, _ in self._columns]
         self._widen(shown)
         return shown
+
+    def _source_cell(self, c: ClusterHealth) -> Text:
+        if c.source == "prometheus":
+            if c.observed_at is None:
+                return Text("prom -", style="dim")
+            # The age as of this health: the row is re-rendered at each Prometheus refresh.
+            return Text(f"prom {human_seconds(max(0.0, time.time() - c.observed_at))}", style="dim")
+        return Text("direct", style="bold")
 
     def _refs_production(self, environment: str) -> bool:
         env = self.app.config.environments[environment]
@@ -417,6 +436,11 @@ class OverviewScreen(Screen[None]):
             if not shown:
                 line.append(" (escape or :all clears)", style="dim")
         line.append(f" · sort {SORTS[self._sort]}", style="dim")
+        hub = self.app.hub
+        if hub.fleet_mode:
+            line.append(" · fleet mode: rows from Prometheus, the cluster open polled directly", style="dim")
+        elif self.app.config.defaults.unwatched_refresh_interval is not None:
+            line.append(f" · clusters not open polled every {self.app.config.defaults.unwatched_refresh_interval:g}s", style="dim")
         self._show(self.query_one("#fleet-status", Static), line)
 
     def _refresh_problems(self) -> None:
