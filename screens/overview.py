@@ -239,21 +239,41 @@ class OverviewScreen(Screen[None]):
         self._layout_timer: Timer | None = None
         self._stale = False  # the fleet changed since the last layout
         self.query_one("#fleet-prompt-bar").display = False
+        self._offscreen: dict[str, list[Text]] = {}  # rows out of view whose cells are behind (see health_changed)
         self._refresh_banner()
         self._relayout()
+        self.watch(table, "scroll_y", self._flush_offscreen, init=False)
         table.focus()
 
     # -- what changes the rows -----------------------------------------------------------------
 
     def health_changed(self, changed: dict[str, ClusterHealth]) -> None:
         table = self.query_one(FleetTable)
+        top, height = table.scroll_offset.y, table.size.height
         for key, health in changed.items():
             self._health[key] = health
             before = self._cells.pop(key, None)
-            if key in self._shown and before is not None:
-                self._set_row_cells(table, key, self._cells_of(key), before)
+            if key not in self._shown or before is None:
+                continue
+            # Only rows in view are updated now: any cell update repaints the whole table and
+            # makes Textual recount every row's offset, which with 1000 rows and a fleet's
+            # stream of changes would be most of what a key waits for. The others are updated
+            # when they scroll into view (or by the next refill).
+            if top <= table.get_row_index(key) < top + height:
+                self._set_row_cells(table, key, self._cells_of(key), self._offscreen.pop(key, before))
+            else:
+                self._offscreen.setdefault(key, before)
         self._stale = True
         self._schedule_layout()
+
+    def _flush_offscreen(self) -> None:
+        """Rows that scrolled into view get the cells their clusters' health now gives."""
+        if not self._offscreen:
+            return
+        table = self.query_one(FleetTable)
+        top, height = table.scroll_offset.y, table.size.height
+        for key in [k for k in self._offscreen if k in self._shown and top <= table.get_row_index(k) < top + height]:
+            self._set_row_cells(table, key, self._cells_of(key), self._offscreen.pop(key))
 
     def on_screen_resume(self) -> None:
         self._refresh_banner()
@@ -314,6 +334,7 @@ class OverviewScreen(Screen[None]):
                                passable={i for i, r in enumerate(rows) if isinstance(r, GroupRow) and not r.collapsed})
             self._rows = rows
             self._shown = {k for k, r in zip(keys, rows) if not isinstance(r, GroupRow)}
+            self._offscreen.clear()  # every row was filled from its cluster's current health
             target = self._cursor_target(selected, keys)
             table.move_cursor(row=target, scroll=False)
         if selected is not None:

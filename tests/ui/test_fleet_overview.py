@@ -4,11 +4,12 @@ shows out (the table's visible lines and the header line above it)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from textual.widgets import DataTable
 
-from dbops.model import Severity
+from dbops.model import Reachability, Severity
 from dbops.screens.app import DbopsApp, HealthChanged
 from dbops.screens.overview import FleetTable, OverviewScreen
 from dbops.screens.postgres import PostgresScreen
@@ -241,20 +242,32 @@ async def test_a_health_change_updates_only_its_row_and_a_new_order_waits_for_th
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         refills.clear()
-        # An OK cluster far down the list goes CRIT: its own cells at once, its place later.
+        # An OK cluster in view goes WARN: its own cells at once (one cell: the rest of the row
+        # did not change), its place later.
+        table = app.screen.query_one(FleetTable)
+        in_view = [str(k.value) for k in list(table.rows)[: table.size.height - 1]]
+        shown_ok = next(h for h in hub.health() if f"{h.environment}/{h.name}" in in_view and h.severity is Severity.OK)
+        shown_key = f"{shown_ok.environment}/{shown_ok.name}"
+        hub.put(dataclasses.replace(shown_ok, severity=Severity.WARN))
+        app.post_message(HealthChanged())
+        await pilot.pause()
+        assert updated == [(shown_key, "status")]
+        # An OK cluster far down the list goes CRIT: out of view, its cells wait for the refill
+        # (an update anywhere repaints the whole table).
+        updated.clear()
         healthy = [h for h in hub.health() if h.severity is Severity.OK and h.environment == "production"][-1]
         key = f"{healthy.environment}/{healthy.name}"
         hub.put(dataclasses.replace(healthy, severity=Severity.CRIT))
         app.post_message(HealthChanged())
         await pilot.pause()
-        assert updated == [(key, "status")]  # one cell: the rest of the row did not change
+        assert updated == []
         assert refills == []  # not yet: coalesced
         await pilot.pause(OverviewScreen.COALESCE_SECONDS + 0.2)
         assert refills == [N + len(FLEET_ENVIRONMENTS)]  # once, every row and header
         # Now among production's three CRITs, at the top of the screen.
         assert healthy.name in [line.split()[2] for line in cluster_lines(app)[:3] if line.startswith("  CRIT")]
         crit, warn = expected_counts()
-        assert status(app).startswith(f"{N} clusters: {crit + 1} CRIT, {warn} WARN")
+        assert status(app).startswith(f"{N} clusters: {crit + 1} CRIT, {warn + 1} WARN")
 
 
 async def test_keys_are_answered_without_waiting_for_the_coalesced_layout(tmp_path):
@@ -268,3 +281,25 @@ async def test_keys_are_answered_without_waiting_for_the_coalesced_layout(tmp_pa
         await pilot.press("a")  # right after a change from the pollers: no half-second wait
         assert "shown: problems only" in status(app)
         assert {line.split()[0] for line in cluster_lines(app)} <= {"CRIT", "WARN"}
+
+
+async def test_a_row_out_of_view_shows_its_new_health_once_scrolled_to(tmp_path):
+    """A change that keeps the order (no refill) to a cluster out of view: its row is brought up
+    to date when it scrolls into view, not left showing the old values."""
+    hub = FleetHub(N)
+    app = make_app(tmp_path, hub)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = app.screen.query_one(FleetTable)
+        key = [str(k.value) for k in table.rows if str(k.value) in hub._by_key][-1]  # the last cluster: far out of view
+        health = hub.cluster_health(key)
+        first = health.members[0]
+        gone = dataclasses.replace(first, snapshot=dataclasses.replace(first.snapshot, reachability=Reachability.DOWN))
+        hub.put(dataclasses.replace(health, members=(gone, *health.members[1:])))  # same severity: same place
+        app.post_message(HealthChanged())
+        await pilot.pause(OverviewScreen.COALESCE_SECONDS + 0.2)
+        table.move_cursor(row=table.row_count - 1)  # as ctrl+end does
+        await pilot.pause()
+        name = key.split("/", 1)[1]
+        rows = [line for line in cluster_lines(app) if name in line]
+        assert rows and re.search(rf"\b{first.name}▲?✗", rows[0]), cluster_lines(app)
