@@ -256,7 +256,6 @@ async def test_a_health_change_updates_only_its_row_and_a_new_order_waits_for_th
         # (an update anywhere repaints the whole table).
         updated.clear()
         healthy = [h for h in hub.health() if h.severity is Severity.OK and h.environment == "production"][-1]
-        key = f"{healthy.environment}/{healthy.name}"
         hub.put(dataclasses.replace(healthy, severity=Severity.CRIT))
         app.post_message(HealthChanged())
         await pilot.pause()
