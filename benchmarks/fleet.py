@@ -32,13 +32,14 @@ GOAL_CORE = 0.35
 ENVIRONMENTS = ("prod-eu", "prod-us", "staging", "qa", "dev")
 
 
-def fleet_config(sandbox_config: Path, targets: int, interval: float) -> str:
-    """A config of `targets` poll units on the sandbox's servers (60% PostgreSQL members)."""
+def fleet_config(sandbox_config: Path, targets: int, interval: float, pg_share: float = 0.6) -> str:
+    """A config of `targets` poll units on the sandbox's servers (`pg_share` of them PostgreSQL
+    members, three per cluster; the rest Redis deployments)."""
     import tomllib
 
     sandbox = tomllib.loads(sandbox_config.read_text())["environments"]["sandbox"]["clusters"]
     pg, sentinel = sandbox["sandbox-pg"], sandbox["sandbox-sentinel"]
-    pg_clusters = (targets * 6 // 10) // 3
+    pg_clusters = int(targets * pg_share) // 3
     redis_deployments = targets - pg_clusters * 3
     out = [f"[defaults]\nrefresh_interval = {interval}\ntimeout = 3.0\n"]
     for env in ENVIRONMENTS:

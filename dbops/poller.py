@@ -40,8 +40,10 @@ from dbops.platform import backups as platform_backups
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 15.0
-# A member's second poll is put off by up to this share of its interval, chosen at random.
+# A cluster's second poll is put off by up to this share of its interval, chosen at random.
 JITTER_FRACTION = 0.5
+# A cluster's members' snapshots arriving within this long of the first are judged together.
+RECORD_WINDOW = 0.1
 
 
 class PollSlots:
@@ -77,6 +79,17 @@ def history_sampler(engine: str) -> HistorySampler | None:
     return sampler
 
 
+async def wait_or_timeout(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` have passed. Not asyncio.wait_for: on Python 3.11 a
+    cancellation that arrives as its timeout fires can be swallowed (cpython#86296), and a hub
+    with a thousand loops sleeping so then never stops; asyncio.timeout() keeps it."""
+    try:
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
+    except TimeoutError:
+        pass  # the time was up: the caller's next turn
+
+
 def backoff_delay(interval: float, failures: int) -> float:
     """Delay before the next poll after `failures` consecutive failures (0 = healthy).
 
@@ -97,7 +110,8 @@ async def poll_member(adapter: Adapter, ref: ClusterRef, member: Member, previou
     if previous is not None:
         last_good_at = previous.taken_at if previous.data is not None else previous.last_good_at
     try:
-        data = await asyncio.wait_for(adapter.collect(), timeout=ref.timeout)
+        async with asyncio.timeout(ref.timeout):  # not wait_for: see wait_or_timeout
+            data = await adapter.collect()
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # every failure becomes a visible state, never a crash
@@ -150,7 +164,12 @@ class PollerHub(Hub):
         # A member loop's wake-up, per cluster: set when the operator opens (or leaves) it.
         # (asyncio's primitives bind to the loop that first waits on them: the hub's.)
         self._wake: dict[str, asyncio.Event] = {r.key: asyncio.Event() for r in self.refs}
-        self._jitter = random.Random()
+        # Each cluster's part of an interval by which its second poll is put off: one per
+        # cluster, so its members are still polled together (and judged together: _arrived).
+        jitter = random.Random()
+        self._phase = {r.key: jitter.uniform(0, JITTER_FRACTION) for r in self.refs}
+        self._arriving: dict[str, dict[str, Snapshot]] = {}
+        self._arriving_timer: dict[str, asyncio.TimerHandle] = {}
         self._slots = PollSlots(config.defaults.max_concurrent_polls, config.defaults.max_concurrent_polls_per_engine)
         # Alertmanager's alerts for the whole fleet, when [alertmanager] is configured.
         self._alerts = AlertsState((), None, None, configured=config.alertmanager is not None)
@@ -243,8 +262,14 @@ class PollerHub(Hub):
         await self._stopping.wait()
         # Cleanup runs here, inside the loop's lifetime, so no close() is left pending when
         # the loop is closed.
-        for t in self._tasks:
-            t.cancel()
+        # Cancelled until they end: a library's own asyncio.wait_for may swallow one
+        # cancellation on Python 3.11 (see wait_or_timeout), and one loop left running would
+        # keep stop() waiting for ever.
+        pending = {t for t in self._tasks if not t.done()}
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(close_quietly(a) for a in self._adapters.values()), return_exceptions=True)
 
@@ -252,9 +277,12 @@ class PollerHub(Hub):
 
     def _adapter(self, ref: ClusterRef, member: Member) -> Adapter:
         key = (ref.key, member.name)
-        if key not in self._adapters:
-            self._adapters[key] = adapter_class(ref.cluster.engine)(ref, member)
-        return self._adapters[key]
+        adapter = self._adapters.get(key)
+        if adapter is None:
+            adapter = self._adapters[key] = adapter_class(ref.cluster.engine)(ref, member)
+        # What only a pane shows is read for the cluster open alone.
+        adapter.detailed = ref.key == self._watched
+        return adapter
 
     async def _member_loop(self, ref: ClusterRef, member: Member) -> None:
         """Poll one member for ever, on a cadence: each poll starts `interval` after the last
@@ -283,7 +311,7 @@ class PollerHub(Hub):
                 adapter = self._adapter(ref, member)
                 async with slots.slot(ref.cluster.engine):
                     snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
-                self._record(ref, snap)
+                self._arrived(ref, snap)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -310,13 +338,10 @@ class PollerHub(Hub):
                 # Every member's first poll runs at once (the operator waits for it); spreading
                 # the second over part of an interval keeps a fleet's later refreshes from
                 # arriving in the same millisecond ever after.
-                delay += self._jitter.uniform(0, interval * JITTER_FRACTION)
+                delay += self._phase[ref.key] * interval
                 first = False
             wake.clear()
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=max(0.0, started + delay - loop.time()))
-            except TimeoutError:
-                pass  # the member's next turn
+            await wait_or_timeout(wake, started + delay - loop.time())
 
     async def _close_member(self, ref: ClusterRef, member: Member) -> None:
         adapter = self._adapters.pop((ref.key, member.name), None)
@@ -381,19 +406,46 @@ class PollerHub(Hub):
         while not self._running.is_set():
             await asyncio.sleep(0.2)
 
-    def _record(self, ref: ClusterRef, snap: Snapshot) -> None:
+    def _arrived(self, ref: ClusterRef, snap: Snapshot) -> None:
+        """A member's new snapshot: judged with its peers' that arrive within RECORD_WINDOW
+        (a cluster's members are polled together), so a refresh of a three-member cluster is
+        judged once, not three times, and a replica's lag against the same refresh's primary."""
+        units = len(ref.poll_units)
+        if units == 1:
+            self._record(ref, snap)
+            return
+        batch = self._arriving.setdefault(ref.key, {})
+        batch[snap.member] = snap
+        if len(batch) == units:
+            handle = self._arriving_timer.pop(ref.key, None)
+            if handle is not None:
+                handle.cancel()
+            self._record(ref, *self._arriving.pop(ref.key).values())
+        elif ref.key not in self._arriving_timer:
+            self._arriving_timer[ref.key] = asyncio.get_running_loop().call_later(RECORD_WINDOW, self._record_arrived, ref)
+
+    def _record_arrived(self, ref: ClusterRef) -> None:
+        self._arriving_timer.pop(ref.key, None)
+        batch = self._arriving.pop(ref.key, None)
+        if batch:
+            self._record(ref, *batch.values())
+
+    def _record(self, ref: ClusterRef, *arrived: Snapshot) -> None:
         with self._lock:
-            snaps = {**self._snapshots[ref.key], snap.member: snap}
+            snaps = {**self._snapshots[ref.key], **{s.member: s for s in arrived}}
             self._snapshots[ref.key] = snaps
             self._baseline[ref.key] = update_baseline(ref, self._baseline.get(ref.key), snaps)
             health = assess_cluster(ref, snaps, self._baseline[ref.key])
             self._health[ref.key] = health
             sampler = self._samplers.get(ref.key)
-            mh = next((m for m in health.members if m.name == snap.member), None) if sampler is not None else None
-            if sampler is not None and mh is not None and snap.reachable:
-                point = sampler(snap, mh)
-                if point is not None:
-                    self._history[(ref.key, snap.member)].append(point)
+            if sampler is not None:
+                by_name = {m.name: m for m in health.members}
+                for snap in arrived:
+                    mh = by_name.get(snap.member)
+                    if mh is not None and snap.reachable:
+                        point = sampler(snap, mh)
+                        if point is not None:
+                            self._history[(ref.key, snap.member)].append(point)
             first = not self._dirty
             self._dirty.add(ref.key)
         if first and self._on_change is not None:
@@ -420,10 +472,7 @@ class PollerHub(Hub):
                     last = self._alerts
                 state = AlertsState(last.alerts, last.fetched_at, exc.message)
             self._set_alerts(state)
-            try:
-                await asyncio.wait_for(self._alerts_wake.wait(), timeout=options.refresh_interval)
-            except TimeoutError:
-                pass  # the regular refresh
+            await wait_or_timeout(self._alerts_wake, options.refresh_interval)
 
     def _set_alerts(self, state: AlertsState) -> None:
         with self._lock:
@@ -509,10 +558,7 @@ class PollerHub(Hub):
                 self._dirty.add(ref.key)
             if first and self._on_change is not None:
                 self._on_change()
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=ref.cluster.backups.refresh_seconds)
-            except TimeoutError:
-                pass  # the regular refresh
+            await wait_or_timeout(wake, ref.cluster.backups.refresh_seconds)
 
     def refresh_backups(self, key: str | None = None) -> None:
         """Re-read the backup state now (of one cluster, or all), from any thread."""

@@ -114,6 +114,10 @@ class Adapter(abc.ABC):
     def __init__(self, cluster: ClusterRef, member: Member) -> None:
         self.cluster = cluster
         self.member = member
+        # False while nobody has the cluster open (the hub says so): a refresh may leave out
+        # what only its pane shows (PostgreSQL's top statements, Redis' command statistics),
+        # never what the overview or the judgement reads.
+        self.detailed = True
 
     @abc.abstractmethod
     async def collect(self) -> Any:

@@ -185,3 +185,122 @@ members = [{ name = "pg1", host = "127.0.0.1", role = "primary" }, { name = "pg3
     assert [p.ts for p in history[(ref.key, "pg1")]] == [NOW, NOW + 2]
     keep_history(parse(CONFIG).clusters()[0], [], history)  # nothing polled, nothing kept
     assert len(history) == 2
+
+
+FLEET = """
+[defaults]
+refresh_interval = 0.05
+max_concurrent_polls = 2
+max_concurrent_polls_per_engine = 2
+[environments.t]
+""" + "".join(f"""
+[environments.t.clusters.c{i}]
+engine = "postgres"
+members = [{{ name = "a", host = "127.0.0.1" }}, {{ name = "b", host = "127.0.0.2" }}, {{ name = "c", host = "127.0.0.3" }}]
+""" for i in range(3))
+
+
+class Counting(Adapter):
+    """Answers after a short wait, counting the polls in flight across every adapter."""
+
+    kind = "counting"
+    running = 0
+    max_running = 0
+    polls = 0
+
+    async def collect(self):
+        Counting.running += 1
+        Counting.max_running = max(Counting.max_running, Counting.running)
+        try:
+            await asyncio.sleep(0.01)
+            Counting.polls += 1
+            return None
+        finally:
+            Counting.running -= 1
+
+    async def close(self):
+        pass
+
+    def classify(self, exc):
+        return Reachability.ERROR, str(exc)
+
+
+async def test_polls_in_flight_never_exceed_the_bound(monkeypatch):
+    from dbops import poller
+
+    hub = poller.PollerHub(parse(FLEET))
+    monkeypatch.setattr(hub, "_adapter", lambda r, m: Counting(r, m))
+    Counting.running = Counting.max_running = Counting.polls = 0
+    tasks = [asyncio.create_task(hub._member_loop(ref, m)) for ref in hub.refs for m in ref.poll_units]
+    while Counting.polls < 40:
+        await asyncio.sleep(0.01)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert Counting.max_running == 2  # nine members, two slots
+
+
+async def test_a_clusters_members_answering_together_are_judged_once(monkeypatch):
+    from dbops import poller
+    from dbops.model import Snapshot
+
+    hub = poller.PollerHub(parse(FLEET))
+    judged: list[set[str]] = []
+    real = poller.assess_cluster
+
+    def counting(ref, snaps, baseline=None, now=None):
+        judged.append({name for name, s in snaps.items() if s.reachability is Reachability.UP})
+        return real(ref, snaps, baseline, now)
+
+    monkeypatch.setattr(poller, "assess_cluster", counting)
+    ref = hub.refs[0]
+    for name in ("a", "b", "c"):
+        hub._arrived(ref, Snapshot("t", ref.name, name, "postgres", Reachability.UP, 1.0, seq=1))
+    assert judged == [{"a", "b", "c"}]  # one judgement, when the last of the three arrived
+    # One member alone is judged after the window, with its peers' last snapshots.
+    hub._arrived(ref, Snapshot("t", ref.name, "a", "postgres", Reachability.DOWN, 2.0, error="refused", seq=2))
+    assert len(judged) == 1
+    await asyncio.sleep(poller.RECORD_WINDOW * 2)
+    assert judged[-1] == {"b", "c"} and hub.cluster_health(ref.key).members[0].snapshot.reachability is Reachability.DOWN
+
+
+def test_only_the_cluster_open_is_read_in_detail():
+    from dbops import poller
+
+    hub = poller.PollerHub(parse(FLEET))
+    first, second = hub.refs[:2]
+    assert hub._adapter(first, first.poll_units[0]).detailed is False
+    hub.watch(first.key)
+    assert hub._adapter(first, first.poll_units[0]).detailed is True
+    assert hub._adapter(second, second.poll_units[0]).detailed is False
+
+
+def test_stop_ends_even_when_a_library_swallows_a_cancellation():
+    """Python 3.11's asyncio.wait_for returns a result that arrives with the cancellation and
+    drops the cancellation (a library's own timeouts do this); the hub must stop all the same."""
+    import threading
+
+    from dbops import poller
+
+    class Stubborn(Counting):
+        swallowed = 0
+
+        async def collect(self):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if Stubborn.swallowed:
+                    raise
+                Stubborn.swallowed += 1
+                return None  # swallowed once, as a wait_for racing its inner future can
+
+    hub = poller.PollerHub(parse(FLEET))
+    hub._adapter = lambda r, m: Stubborn(r, m)  # type: ignore[method-assign]
+    hub.start()
+    import time
+
+    time.sleep(0.2)
+    hub.stop(timeout=5)
+    assert Stubborn.swallowed == 1
+    assert hub._thread is not None and not hub._thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "dbops-pollers" and t.is_alive()]

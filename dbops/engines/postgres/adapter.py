@@ -50,6 +50,7 @@ TOP_STATEMENTS = 20
 STATEMENTS_MISSING = (
     "pg_stat_statements not installed (add it to shared_preload_libraries and CREATE EXTENSION pg_stat_statements)"
 )
+STATEMENTS_WHEN_OPEN = "top statements are read while the cluster is open"
 
 # The tables nearest wraparound are read from pg_class, whole: once a minute, not every refresh.
 WRAPAROUND_TABLES_EVERY = 60.0
@@ -225,7 +226,14 @@ class PostgresAdapter(Adapter):
         row = await conn.fetchrow(Q.OVERVIEW, read_wraparound)
         if read_wraparound:
             self._wraparound = (wraparound_tables(row), now)
-        if row["has_pg_stat_statements"]:
+        statements: tuple[Statement, ...] | None
+        note: str | None
+        if not self.detailed:
+            # Only the pane shows them: one statement fewer per refresh for a cluster not open.
+            # Their deltas start again from the first refresh after it is opened.
+            self._prev_statements = None
+            statements, note = None, STATEMENTS_WHEN_OPEN
+        elif row["has_pg_stat_statements"]:
             statements, note = await self._statements(conn)
         else:
             self._prev_statements, self._texts = None, {}

@@ -23,6 +23,8 @@ from dbops.engines.redis.topology import NodeLine, judge, parse_nodes
 from dbops.model import Reachability
 
 INFO_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "keyspace", "commandstats", "cluster")
+# Without commandstats (only the pane's Commands tab shows it): a deployment nobody has open.
+INFO_SECTIONS_BRIEF = tuple(s for s in INFO_SECTIONS if s != "commandstats")
 SLOWLOG_ENTRIES = 10
 # A node's share of the refresh timeout: discovery may need a second round (nodes first seen in
 # this refresh), and both rounds must fit in the poller's timeout.
@@ -159,7 +161,7 @@ class RedisAdapter(Adapter):
     async def _data(self, st: _NodeState) -> RedisNodeData:
         cluster = self.opts.mode == "cluster"
         pipe = st.client.pipeline(transaction=False)
-        pipe.execute_command("INFO", *INFO_SECTIONS)
+        pipe.execute_command("INFO", *(INFO_SECTIONS if self.detailed else INFO_SECTIONS_BRIEF))
         pipe.execute_command("SLOWLOG", "GET", str(SLOWLOG_ENTRIES))
         pipe.execute_command("LATENCY", "LATEST")
         if cluster:
