@@ -76,6 +76,8 @@ bench: deps venv
 	$(PY) benchmarks/redis_reshard.py
 	$(PY) benchmarks/kafka_lag.py
 	$(PY) benchmarks/pg_refresh_cost.py
+	$(PY) benchmarks/fleet.py
+	$(PY) benchmarks/overview_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
