@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -135,24 +135,35 @@ def check(ctx: click.Context, cluster_patterns: tuple[str, ...], environments: t
         click.echo(f"UNKNOWN: --json and --format {output_format} ask for two formats; give one", err=True)
         sys.exit(3)
     fmt = output_format or ("json" if as_json else "text")
+
+    def unknown(message: str) -> NoReturn:
+        # A textfile collector must still see the check's verdict: UNKNOWN, on stdout too.
+        if fmt == "prometheus":
+            from dbops.fleet import prometheus_text
+
+            click.echo(prometheus_text([], time.time(), unknown=True), nl=False)
+        click.echo(f"UNKNOWN: {message}", err=True)
+        sys.exit(3)
+
     cfg = _load_config(ctx.obj["config_path"], code=3)
     selection = Selection(cluster_patterns, environments, engines)
     configured = cfg.clusters()
     refs = selection.pick(configured)
     if not configured:
-        click.echo("UNKNOWN: no clusters configured", err=True)
-        sys.exit(3)
+        unknown("no clusters configured")
     if not refs:
         why = selection.unknown(configured, specs()) or [f"configured: {', '.join(r.key for r in configured[:20])}"
                                                               + (" ..." if len(configured) > 20 else "")]
-        click.echo(f"UNKNOWN: no cluster matches {selection.describe()}; " + "; ".join(why), err=True)
-        sys.exit(3)
+        unknown(f"no cluster matches {selection.describe()}; " + "; ".join(why))
     from dbops.platform.backups import fetch_all, judge
     from dbops.platform.checks import check_all
 
     history: dict[tuple[str, str], list[Any]] = {}
     # Fleet mode reads the fleet from Prometheus; a cluster named with --cluster is polled.
     from_prometheus = cfg.prometheus is not None and cfg.prometheus.fleet and not cluster_patterns
+
+    class PrometheusFailed(Exception):
+        pass
 
     async def health() -> list[Any]:
         if not from_prometheus:
@@ -164,16 +175,17 @@ def check(ctx: click.Context, cluster_patterns: tuple[str, ...], environments: t
         try:
             found = await fleet_health(cfg.prometheus, refs)
         except MonitoringError as exc:
-            click.echo(f"UNKNOWN: fleet mode reads the clusters from Prometheus, which failed: {exc}; "
-                       f"name clusters with --cluster to poll them directly", err=True)
-            sys.exit(3)
+            raise PrometheusFailed(exc.message) from None
         return [found[r.key] for r in refs if r.key in found]
 
     async def everything() -> tuple[Any, Any, Any]:
         return await asyncio.gather(health(), fetch_all(refs) if with_backups else asyncio.sleep(0, []),
                                     check_all(refs) if with_platform else asyncio.sleep(0, []))
 
-    polled, fetched, platform = asyncio.run(everything())
+    try:
+        polled, fetched, platform = asyncio.run(everything())
+    except PrometheusFailed as exc:
+        unknown(f"fleet mode reads the clusters from Prometheus, which failed: {exc}; name clusters with --cluster to poll them directly")
     clusters = sort_worst_first(polled)
     now = time.time()
     by_key = {r.key: r for r in refs}
@@ -183,8 +195,13 @@ def check(ctx: click.Context, cluster_patterns: tuple[str, ...], environments: t
     if fmt == "prometheus":
         from dbops.fleet import prometheus_text
 
-        extra = [("backups", {"cluster": b.key}, b.severity) for b in backups]
-        extra += [(p.kind, {"cluster": p.cluster, "target": p.target}, p.severity) for p in platform]
+        def where(key: str) -> dict[str, str]:
+            # As dbops_cluster_severity labels a cluster: its environment and its name apart.
+            environment, _, name = key.partition("/")
+            return {"environment": environment, "cluster": name}
+
+        extra = [("backups", where(b.key), b.severity) for b in backups]
+        extra += [(p.kind, {**where(p.cluster), "target": p.target}, p.severity) for p in platform]
         click.echo(prometheus_text(clusters, now, extra), nl=False)
     elif fmt == "json":
         out = {

@@ -89,7 +89,7 @@ SEVERITY_HELP = "0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN (Nagios)"
 
 
 def prometheus_text(clusters: Sequence[ClusterHealth], now: float,
-                    extra: Sequence[tuple[str, dict[str, str], Severity]] = ()) -> str:
+                    extra: Sequence[tuple[str, dict[str, str], Severity]] = (), *, unknown: bool = False) -> str:
     """The check's result in Prometheus' text exposition format, for node_exporter's textfile
     collector (write it to a .prom file in its directory, atomically: temp file, then rename).
     `extra`: other judged things as (what, labels, severity): backups, platform checks."""
@@ -97,13 +97,15 @@ def prometheus_text(clusters: Sequence[ClusterHealth], now: float,
         "dbops_check_severity": (f"Worst severity of everything this check judged: {SEVERITY_HELP}", []),
         "dbops_check_timestamp_seconds": ("When this check ran (Unix time)", []),
         "dbops_cluster_severity": (f"A cluster's severity: {SEVERITY_HELP}", []),
-        "dbops_member_up": ("1 when dbops reached the member in this check", []),
+        "dbops_member_up": ("1 when the member answered (dbops' poll, or its exporter's up series in fleet mode)", []),
         "dbops_member_severity": (f"A member's severity: {SEVERITY_HELP}", []),
         "dbops_member_lag_bytes": ("A replica's replication lag in bytes, as dbops judged it", []),
         "dbops_member_lag_seconds": ("A replica's replication lag in seconds, as dbops judged it", []),
         "dbops_severity": (f"Another judged thing's severity (what = backups, kubernetes, rds ...): {SEVERITY_HELP}", []),
     }
     worst = Severity.worst([c.severity for c in clusters] + [s for _, _, s in extra], default=Severity.OK)
+    if unknown:  # the check could not judge (no cluster picked, Prometheus unreachable ...)
+        worst = Severity.UNKNOWN
     families["dbops_check_severity"][1].append(f"dbops_check_severity {int(worst)}")
     families["dbops_check_timestamp_seconds"][1].append(f"dbops_check_timestamp_seconds {_number(round(now, 3))}")
     for c in clusters:

@@ -87,6 +87,11 @@ class Hub(Protocol):
 
     def refresh_alerts(self) -> None: ...
 
+    @property
+    def watched(self) -> str | None:
+        """The cluster the operator has open, as watch() last said."""
+        ...
+
     def watch(self, key: str | None) -> None:
         """The cluster the operator has open (None: the overview)."""
         ...

@@ -309,8 +309,13 @@ class PollerHub(Hub):
             previous = self._snapshots[ref.key][member.name]
             try:
                 adapter = self._adapter(ref, member)
-                async with slots.slot(ref.cluster.engine):
-                    snap = await poll_member(adapter, ref, member, None if previous.reachability is Reachability.PENDING else previous)
+                last = None if previous.reachability is Reachability.PENDING else previous
+                if ref.key == self._watched:
+                    # The cluster the operator has open never queues behind the fleet for a slot.
+                    snap = await poll_member(adapter, ref, member, last)
+                else:
+                    async with slots.slot(ref.cluster.engine):
+                        snap = await poll_member(adapter, ref, member, last)
                 self._arrived(ref, snap)
             except asyncio.CancelledError:
                 raise
@@ -361,7 +366,9 @@ class PollerHub(Hub):
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        for k in (before, key):
+        # The cluster opened is polled at once (in detail); the one left only needs waking in
+        # fleet mode, where its loops close their connections and wait.
+        for k in (key, before if self.fleet_mode else None):
             if k is not None and k in self._wake:
                 loop.call_soon_threadsafe(self._wake[k].set)
 
@@ -427,8 +434,20 @@ class PollerHub(Hub):
     def _record_arrived(self, ref: ClusterRef) -> None:
         self._arriving_timer.pop(ref.key, None)
         batch = self._arriving.pop(ref.key, None)
-        if batch:
+        if not batch:
+            return
+        try:
             self._record(ref, *batch.values())
+        except Exception as exc:
+            # As in _member_loop: a bug in judging must not leave the cluster looking healthy
+            # (this runs from a timer, outside the member loops' own guard).
+            from dbops.crash import write_crash_report
+
+            where = write_crash_report(exc, f"poller {ref.key}")
+            for snap in batch.values():
+                self._record_unassessed(ref, replace(
+                    snap, reachability=Reachability.ERROR, data=None, last_good=snap.shown,
+                    error=f"dbops could not judge this member ({type(exc).__name__}: {exc}); details in {where}"))
 
     def _record(self, ref: ClusterRef, *arrived: Snapshot) -> None:
         with self._lock:
@@ -466,11 +485,20 @@ class PollerHub(Hub):
             try:
                 alerts = await fetch_alerts(options, self.refs)
                 state = AlertsState(tuple(alerts), time.time(), None)
-            except MonitoringError as exc:
-                # The last alerts stay, marked stale by the error and their age.
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The last alerts stay, marked stale by the error and their age; a bug of ours
+                # is said the same way (with a crash report), and the next read is tried.
+                if isinstance(exc, MonitoringError):
+                    message = exc.message
+                else:
+                    from dbops.crash import write_crash_report
+
+                    message = f"dbops could not read the alerts ({type(exc).__name__}); details in {write_crash_report(exc, 'alertmanager')}"
                 with self._lock:
                     last = self._alerts
-                state = AlertsState(last.alerts, last.fetched_at, exc.message)
+                state = AlertsState(last.alerts, last.fetched_at, message)
             self._set_alerts(state)
             await wait_or_timeout(self._alerts_wake, options.refresh_interval)
 
@@ -478,10 +506,10 @@ class PollerHub(Hub):
         with self._lock:
             before = self._alerts
             self._alerts = state
-            changed = {a.cluster for a in before.alerts} ^ {a.cluster for a in state.alerts}
-            changed |= {a.cluster for a in set(before.alerts) ^ set(state.alerts)}
+            changed: set[str | None] = {a.cluster for a in set(before.alerts) ^ set(state.alerts)}
             changed.discard(None)
-            if before.error != state.error:
+            if before.error != state.error or before.fetched_at is None:
+                # The first read (every Alerts cell leaves "?") or a read that failed or recovered.
                 changed |= set(self._health)
             keys = {k for k in changed if k in self._health}
             first = not self._dirty and bool(keys) or before.fetched_at is None
@@ -512,14 +540,29 @@ class PollerHub(Hub):
 
         options = self.config.prometheus
         assert options is not None
+        failing: str | None = None
         while True:
             if not self._running.is_set():
                 await self._wait_resumed()
             try:
                 found = await fleet_health(options, self.refs)
-            except MonitoringError as exc:
+                if failing is not None:
+                    self.notice("information", "fleet mode: Prometheus answers again")
+                failing = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 # The rows keep their last values; their age (observed_at) shows they are old.
-                self.notice("error", f"fleet mode: {exc.message}")
+                # Said once per distinct failure, not at every refresh.
+                if isinstance(exc, MonitoringError):
+                    message = exc.message
+                else:
+                    from dbops.crash import write_crash_report
+
+                    message = f"dbops could not read Prometheus ({type(exc).__name__}); details in {write_crash_report(exc, 'prometheus')}"
+                if message != failing:
+                    self.notice("error", f"fleet mode: {message}; the rows shown are as old as their Seen column says")
+                failing = message
                 found = {}
             with self._lock:
                 for key, health in found.items():

@@ -115,6 +115,13 @@ def decline(audit: AuditLog, config: Config, act: SilenceAlert) -> None:
                 params=act.params(config.alertmanager), outcome="declined")
 
 
+def decline_expire(audit: AuditLog, config: Config, found: Silence, cluster_key: str | None) -> None:
+    """The operator declined expiring a silence: an abort record, nothing sent."""
+    env, cluster = _where(config, cluster_key)
+    audit.abort(action="alertmanager.expire_silence", environment=env, cluster=cluster,
+                params={"silence_id": found.id, "created_by": found.created_by, "comment": found.comment}, outcome="declined")
+
+
 def silence(audit: AuditLog, config: Config, act: SilenceAlert, allow_writes: bool) -> ActionOutcome:
     """Create the silence: check, intent (fsynced), POST, result. Returns what to tell the operator."""
     from dbops.platform.alertmanager import create_silence
@@ -131,6 +138,10 @@ def silence(audit: AuditLog, config: Config, act: SilenceAlert, allow_writes: bo
         sid = asyncio.run(create_silence(options, act.matchers, act.duration_seconds, act.full_comment, act.author))
     except MonitoringError as exc:
         return _finish(audit, intent, False, f"the silence was not made: {exc.message}", outcome="failed", error=exc.message)
+    except Exception as exc:  # not Alertmanager's answer: whether it was made is not known
+        why = f"{type(exc).__name__}: {exc}"
+        return _finish(audit, intent, False, f"the silence may or may not have been made ({why}): look in Alertmanager",
+                       outcome="unknown", error=why)
     return _finish(audit, intent, True, f"silenced {act.alert.name} for {act.duration_seconds / 3600:g} h (silence {sid})",
                    outcome="ok", detail={"silence_id": sid})
 
@@ -155,6 +166,10 @@ def expire(audit: AuditLog, config: Config, found: Silence, cluster_key: str | N
         asyncio.run(expire_silence(options, found.id))
     except MonitoringError as exc:
         return _finish(audit, intent, False, f"the silence was not expired: {exc.message}", outcome="failed", error=exc.message)
+    except Exception as exc:  # not Alertmanager's answer: whether it ended is not known
+        why = f"{type(exc).__name__}: {exc}"
+        return _finish(audit, intent, False, f"silence {found.id} may or may not have been expired ({why}): look in Alertmanager",
+                       outcome="unknown", error=why)
     return _finish(audit, intent, True, f"silence {found.id} expired", outcome="ok")
 
 

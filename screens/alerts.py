@@ -18,7 +18,7 @@ from dbops.actions import ReadOnly
 from dbops.hub import AlertsState
 from dbops.model import human_seconds
 from dbops.platform.alertmanager import Alert
-from dbops.silences import SilenceAlert, decline, expire, made_by_console, parse_duration, silence
+from dbops.silences import SilenceAlert, check_allowed, decline, decline_expire, expire, made_by_console, parse_duration, silence
 
 from .render import one_line
 
@@ -280,6 +280,11 @@ class AlertsScreen(Screen[None]):
         if a is None or options is None:
             self.notify("no alert to silence" if options is not None else "no [alertmanager] is configured", severity="warning")
             return
+        try:
+            check_allowed(self.app.config, a.cluster, self.app.allow_writes)  # type: ignore[attr-defined]
+        except ReadOnly as exc:  # said before the operator types a comment, not after
+            self.notify(str(exc), severity="error", timeout=10)
+            return
         if a.state == "suppressed" and a.silenced_by:
             self.notify(f"{a.name} is already silenced ({', '.join(a.silenced_by)}); e expires a silence dbops made", severity="warning")
             return
@@ -305,13 +310,18 @@ class AlertsScreen(Screen[None]):
         except Exception as exc:  # an audit write that failed and the like: shown, never swallowed
             app.call_from_thread(app.notify, f"silence not made: {exc}", severity="error", timeout=15)
             return
-        self.hub.refresh_alerts()
+        app.hub.refresh_alerts()  # the app captured above: this screen may have been left meanwhile
         app.call_from_thread(app.notify, outcome.message, severity="information" if outcome.ok else "error", timeout=10)
 
     def action_expire(self) -> None:
         a = self._selected()
         if a is None or not a.silenced_by:
             self.notify("the alert under the cursor is not silenced", severity="warning")
+            return
+        try:
+            check_allowed(self.app.config, a.cluster, self.app.allow_writes)  # type: ignore[attr-defined]
+        except ReadOnly as exc:
+            self.notify(str(exc), severity="error", timeout=10)
             return
         self._run_expire(a)
 
@@ -328,6 +338,9 @@ class AlertsScreen(Screen[None]):
         except MonitoringError as exc:
             app.call_from_thread(app.notify, f"could not read the silences: {exc.message}", severity="error", timeout=10)
             return
+        except Exception as exc:  # shown, never a crash of the console
+            app.call_from_thread(app.notify, f"could not read the silences: {type(exc).__name__}: {exc}", severity="error", timeout=10)
+            return
         ours = [found[i] for i in alert.silenced_by if i in found and made_by_console(found[i])]
         if not ours:
             others = ", ".join(f"{found[i].id} by {found[i].created_by}" for i in alert.silenced_by if i in found)
@@ -342,9 +355,20 @@ class AlertsScreen(Screen[None]):
 
     def _expire_confirmed(self, alert: Alert, ours: list[Any], confirmed: bool) -> None:
         if not confirmed:
-            self.notify("declined: no silence was expired")
+            self._audit_declined_expire(alert, ours)
             return
         self._run_expire_confirmed(alert, ours)
+
+    @work(thread=True, exclusive=False, group="silences")
+    def _audit_declined_expire(self, alert: Alert, ours: list[Any]) -> None:
+        app: Any = self.app
+        try:
+            for s in ours:
+                decline_expire(app.audit, app.config, s, alert.cluster)
+        except Exception as exc:  # an audit write that failed: shown, never swallowed
+            app.call_from_thread(app.notify, f"declined, but the audit record could not be written: {exc}", severity="error")
+            return
+        app.call_from_thread(app.notify, "declined: no silence was expired (recorded in the audit log)")
 
     @work(thread=True, exclusive=False, group="silences")
     def _run_expire_confirmed(self, alert: Alert, ours: list[Any]) -> None:
@@ -359,4 +383,4 @@ class AlertsScreen(Screen[None]):
                 app.call_from_thread(app.notify, f"silence not expired: {exc}", severity="error", timeout=15)
                 return
             app.call_from_thread(app.notify, outcome.message, severity="information" if outcome.ok else "error", timeout=10)
-        self.hub.refresh_alerts()
+        app.hub.refresh_alerts()

@@ -69,6 +69,9 @@ def test_check_picks_clusters_by_name_environment_and_engine(monitoring_sandbox:
     assert "no cluster matches --environment 'prod'" in out.stderr and "no environment 'prod' (configured: fleet, sandbox)" in out.stderr
     out = run_check(config, "--engine", "mongodb")
     assert out.returncode == 3 and "no engine 'mongodb'" in out.stderr
+    # A textfile collector still gets the verdict when nothing could be judged.
+    out = run_check(config, "--environment", "prod", "--format", "prometheus")
+    assert out.returncode == 3 and re.search(r"^dbops_check_severity 3$", out.stdout, re.M)
 
 
 def test_check_in_prometheus_text_format_is_valid_for_promtool(monitoring_sandbox: MonitoringSandbox, tmp_path: Path) -> None:

@@ -157,7 +157,8 @@ class FrozenHub(Hub):
 
     # Alertmanager's alerts: none unless a test sets `self.alert_state` (an AlertsState).
     alert_state: AlertsState | None = None
-    watched: list[str | None] = []
+    watch_calls: list[str | None] = []
+    _watched: str | None = None
 
     def alerts(self, key: str | None = None) -> AlertsState:
         state = self.alert_state or AlertsState((), None, None, configured=False)
@@ -169,7 +170,12 @@ class FrozenHub(Hub):
         pass
 
     def watch(self, key: str | None) -> None:
-        self.watched = [*self.watched, key]
+        self.watch_calls = [*self.watch_calls, key]
+        self._watched = key
+
+    @property
+    def watched(self) -> str | None:
+        return self._watched
 
     def interval_of(self, key: str) -> float:
         return self.ref(key).refresh_interval
