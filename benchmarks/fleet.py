@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--targets", default="300,1000", help="comma-separated fleet sizes (default 300,1000)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--pg-share", type=float, default=0.6,
+                        help="share of the targets that are PostgreSQL members (the rest Redis deployments; default 0.6)")
     parser.add_argument("--state", type=Path, help="a running private sandbox's DBOPS_STATE_DIR (default: start one)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.targets.split(",")]
@@ -144,7 +146,7 @@ def main() -> None:
         raise_max_connections(state, 1100)
         results = []
         for n in sizes:
-            text = fleet_config(state / "sandbox" / "dbops.toml", n, args.interval)
+            text = fleet_config(state / "sandbox" / "dbops.toml", n, args.interval, args.pg_share)
             results.append(measure(text, args.seconds, args.interval))
             report(args.interval, results[-1:])
         report(args.interval, results)
