@@ -101,7 +101,7 @@ def _abort(audit: AuditLog, act: BackendAction, outcome: str, reason: str | None
     )
 
 
-def _finish(audit: AuditLog, intent: dict[str, Any], ok: bool, message: str, **result: Any) -> ActionOutcome:
+def finish(audit: AuditLog, intent: dict[str, Any], ok: bool, message: str, **result: Any) -> ActionOutcome:
     """Write the result record. If that fails after the server was already told, say both."""
     from dbops.audit import AuditError
 
@@ -136,16 +136,16 @@ def perform(audit: AuditLog, hub: Hub, act: BackendAction, allow_writes: bool) -
     try:
         signalled = bool(hub.submit(lambda adapter: getattr(adapter, method)(pid), key, member).result())
     except (concurrent.futures.TimeoutError, TimeoutError) as exc:
-        return _finish(
+        return finish(
             audit, intent, False, f"{member} did not answer; backend {pid} may or may not have been signalled",
             outcome="unknown", error=f"no answer from {member}: {_describe(exc)}",
         )
     except Exception as exc:
-        return _finish(audit, intent, False, f"{method.replace('_', ' ')} {pid} failed: {_describe(exc)}", outcome="failed", error=_describe(exc))
+        return finish(audit, intent, False, f"{method.replace('_', ' ')} {pid} failed: {_describe(exc)}", outcome="failed", error=_describe(exc))
     if not signalled:
-        return _finish(audit, intent, False, f"backend {pid} was not signalled (it had already ended)", outcome="no-such-backend", detail={"returned": False})
+        return finish(audit, intent, False, f"backend {pid} was not signalled (it had already ended)", outcome="no-such-backend", detail={"returned": False})
     verb = "terminated" if act.terminate else "cancelled"
-    return _finish(audit, intent, True, f"backend {pid} {verb} on {member}", outcome="ok", detail={"returned": True})
+    return finish(audit, intent, True, f"backend {pid} {verb} on {member}", outcome="ok", detail={"returned": True})
 
 
 def _describe(exc: BaseException) -> str:

@@ -90,6 +90,18 @@ async def wait_or_timeout(event: asyncio.Event, seconds: float) -> None:
         pass  # the time was up: the caller's next turn
 
 
+def monitoring_failure(exc: Exception, what: str, where: str) -> str:
+    """What a failed read of Alertmanager or Prometheus says: the service's own message, or for
+    a bug of ours its kind and the crash report that holds the details."""
+    from dbops.platform.monitoring_http import MonitoringError
+
+    if isinstance(exc, MonitoringError):
+        return exc.message
+    from dbops.crash import write_crash_report
+
+    return f"dbops could not read {what} ({type(exc).__name__}); details in {write_crash_report(exc, where)}"
+
+
 def backoff_delay(interval: float, failures: int) -> float:
     """Delay before the next poll after `failures` consecutive failures (0 = healthy).
 
@@ -476,7 +488,6 @@ class PollerHub(Hub):
         """Read the fleet's alerts every alertmanager.refresh_interval (or at once when
         refresh_alerts() wakes it); the clusters whose alerts changed are redrawn."""
         from dbops.platform.alertmanager import fetch_alerts
-        from dbops.platform.monitoring_http import MonitoringError
 
         while True:
             if not self._running.is_set():
@@ -490,12 +501,7 @@ class PollerHub(Hub):
             except Exception as exc:
                 # The last alerts stay, marked stale by the error and their age; a bug of ours
                 # is said the same way (with a crash report), and the next read is tried.
-                if isinstance(exc, MonitoringError):
-                    message = exc.message
-                else:
-                    from dbops.crash import write_crash_report
-
-                    message = f"dbops could not read the alerts ({type(exc).__name__}); details in {write_crash_report(exc, 'alertmanager')}"
+                message = monitoring_failure(exc, "the alerts", "alertmanager")
                 with self._lock:
                     last = self._alerts
                 state = AlertsState(last.alerts, last.fetched_at, message)
@@ -535,7 +541,6 @@ class PollerHub(Hub):
     async def _prometheus_loop(self) -> None:
         """Fleet mode: every cluster nobody has open is judged from Prometheus' series (a few
         PromQL queries for the whole fleet per prometheus.refresh_interval)."""
-        from dbops.platform.monitoring_http import MonitoringError
         from dbops.platform.prometheus import fleet_health
 
         options = self.config.prometheus
@@ -554,12 +559,7 @@ class PollerHub(Hub):
             except Exception as exc:
                 # The rows keep their last values; their age (observed_at) shows they are old.
                 # Said once per distinct failure, not at every refresh.
-                if isinstance(exc, MonitoringError):
-                    message = exc.message
-                else:
-                    from dbops.crash import write_crash_report
-
-                    message = f"dbops could not read Prometheus ({type(exc).__name__}); details in {write_crash_report(exc, 'prometheus')}"
+                message = monitoring_failure(exc, "Prometheus", "prometheus")
                 if message != failing:
                     self.notice("error", f"fleet mode: {message}; the rows shown are as old as their Seen column says")
                 failing = message

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dbops.actions import ActionOutcome, ReadOnly, read_only_reason, writes_allowed
+from dbops.actions import ActionOutcome, ReadOnly, finish, read_only_reason, writes_allowed
 from dbops.config import AlertmanagerOptions, Config
 
 if TYPE_CHECKING:
@@ -137,12 +137,12 @@ def silence(audit: AuditLog, config: Config, act: SilenceAlert, allow_writes: bo
     try:
         sid = asyncio.run(create_silence(options, act.matchers, act.duration_seconds, act.full_comment, act.author))
     except MonitoringError as exc:
-        return _finish(audit, intent, False, f"the silence was not made: {exc.message}", outcome="failed", error=exc.message)
+        return finish(audit, intent, False, f"the silence was not made: {exc.message}", outcome="failed", error=exc.message)
     except Exception as exc:  # not Alertmanager's answer: whether it was made is not known
         why = f"{type(exc).__name__}: {exc}"
-        return _finish(audit, intent, False, f"the silence may or may not have been made ({why}): look in Alertmanager",
+        return finish(audit, intent, False, f"the silence may or may not have been made ({why}): look in Alertmanager",
                        outcome="unknown", error=why)
-    return _finish(audit, intent, True, f"silenced {act.alert.name} for {act.duration_seconds / 3600:g} h (silence {sid})",
+    return finish(audit, intent, True, f"silenced {act.alert.name} for {act.duration_seconds / 3600:g} h (silence {sid})",
                    outcome="ok", detail={"silence_id": sid})
 
 
@@ -165,19 +165,9 @@ def expire(audit: AuditLog, config: Config, found: Silence, cluster_key: str | N
     try:
         asyncio.run(expire_silence(options, found.id))
     except MonitoringError as exc:
-        return _finish(audit, intent, False, f"the silence was not expired: {exc.message}", outcome="failed", error=exc.message)
+        return finish(audit, intent, False, f"the silence was not expired: {exc.message}", outcome="failed", error=exc.message)
     except Exception as exc:  # not Alertmanager's answer: whether it ended is not known
         why = f"{type(exc).__name__}: {exc}"
-        return _finish(audit, intent, False, f"silence {found.id} may or may not have been expired ({why}): look in Alertmanager",
+        return finish(audit, intent, False, f"silence {found.id} may or may not have been expired ({why}): look in Alertmanager",
                        outcome="unknown", error=why)
-    return _finish(audit, intent, True, f"silence {found.id} expired", outcome="ok")
-
-
-def _finish(audit: AuditLog, intent: dict[str, Any], ok: bool, message: str, **result: Any) -> ActionOutcome:
-    from dbops.audit import AuditError
-
-    try:
-        audit.result(intent, **result)
-    except AuditError as exc:
-        return ActionOutcome(ok, f"{message}; but the audit result record could not be written: {exc}")
-    return ActionOutcome(ok, message)
+    return finish(audit, intent, True, f"silence {found.id} expired", outcome="ok")
