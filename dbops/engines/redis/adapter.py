@@ -140,7 +140,10 @@ class RedisAdapter(Adapter):
             if st.client is None:
                 st.client = rc.connect(self.cluster, address, sentinel=sentinel, timeout=self.node_timeout, creds=self._creds)
             coro = self._sentinel(st) if sentinel else self._data(st)
-            data = await asyncio.wait_for(coro, timeout=self.node_timeout)
+            # asyncio.timeout, not wait_for: no task per node per refresh, and on Python 3.11 no
+            # cancellation lost when it races the reply (see dbops.poller.wait_or_timeout).
+            async with asyncio.timeout(self.node_timeout):
+                data = await coro
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # each node's failure is its own state; the others still report
