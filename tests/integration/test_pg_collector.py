@@ -870,7 +870,9 @@ async def test_delayed_replica_falls_behind_then_catches_up_with_an_eta(pg_sandb
     from dbops.engines.postgres.catchup import Trend, from_history
     from dbops.poller import PollerHub
 
-    apply_delay = 30
+    # Long enough for `dbops check --refreshes 60` (about 30 s, started with the writes) to end
+    # while the lag still grows.
+    apply_delay = 45
     await ready(pg_sandbox)
     await settled(pg_sandbox)
     text = pg_sandbox.config_path.read_text()
@@ -900,10 +902,11 @@ async def test_delayed_replica_falls_behind_then_catches_up_with_an_eta(pg_sandb
                 await asyncio.sleep(0.1)
 
     def run_check() -> subprocess.CompletedProcess[str]:
-        # 40 refreshes (about 20 s of the 30 s of writes): the trend needs 10 s after any change of
-        # pace, and under load the first seconds of lag can turn once (CI: 25 gave 9.1 s)
+        # 60 refreshes (about 30 s of the 45 s of writes): the trend needs 10 s after any change of
+        # pace, and under load the lag's first seconds can turn once, late (CI: with 25 refreshes
+        # 9.1 s were left after it, with 40 9.2 s)
         return subprocess.run(
-            [sys.executable, "-m", "dbops.cli", "--config", str(config), "check", "--json", "--refreshes", "40",
+            [sys.executable, "-m", "dbops.cli", "--config", str(config), "check", "--json", "--refreshes", "60",
              "--no-backups", "--no-platform"],
             capture_output=True, text=True, timeout=120, env={**os.environ},
         )
