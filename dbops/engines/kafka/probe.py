@@ -221,6 +221,27 @@ class KafkaProbe:
             await kc.close(admin)
         async with asyncio.timeout(self.ref.timeout):
             await self._ensure_producer()
+        await self._await_writable(deadline)
+
+    async def _await_writable(self, deadline: float) -> None:
+        """Writes record 0 (never a drill's seq: they start at 1) until the topic acknowledges it.
+        A new topic's followers start fetching a moment after its leader is elected; until they do,
+        an acks=all write waits for them, and on a busy machine longer than REQUEST_TIMEOUT. The
+        drill's steady state must count writes, not the topic's first second."""
+        from aiokafka.errors import KafkaError  # imported by the producer already
+
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.write(0)
+                return
+            except (TimeoutError, OSError, KafkaError) as exc:  # RequestTimedOut, NotEnoughReplicas...
+                failure: Exception = exc
+            if loop.time() > deadline:
+                raise TimeoutError(f"topic {self.topic} did not acknowledge a write within {self.ref.timeout * 3:g}s "
+                                   f"of its creation: "
+                                   f"{type(failure).__name__}: {failure}") from failure
+            await asyncio.sleep(0.2)
 
     async def write(self, seq: int) -> None:
         async with asyncio.timeout(CALL_BOUND):
