@@ -61,6 +61,9 @@ json_build_object(
 )"""
 
 OVERVIEW = f"""
+-- pg_stat_activity is read once: every reference to the view builds its whole table again
+-- (a row per backend, query texts included), and a fleet's pollers are hundreds of backends.
+WITH activity AS MATERIALIZED (SELECT * FROM pg_stat_activity)
 SELECT
     current_setting('server_version') AS server_version,
     r.rec AS in_recovery,
@@ -74,14 +77,18 @@ SELECT
     -- Fenced read-only for every session: default_transaction_read_only = on set server-wide
     -- (ALTER SYSTEM / postgresql.conf / command line), as switchover.fence_primary does. A value
     -- set for dbops' own role or database says nothing about other clients: not a fence.
-    (SELECT setting = 'on' AND source IN ('configuration file', 'command line', 'environment variable')
-       FROM pg_settings WHERE name = 'default_transaction_read_only') AS {READ_ONLY_FENCE},
+    -- pg_settings builds all of its ~360 rows: read only when this session's value is on.
+    CASE WHEN current_setting('default_transaction_read_only') = 'on'
+         THEN (SELECT source IN ('configuration file', 'command line', 'environment variable')
+                 FROM pg_settings WHERE name = 'default_transaction_read_only')
+         ELSE false
+    END AS {READ_ONLY_FENCE},
     (CASE WHEN r.rec THEN pg_last_wal_replay_lsn() ELSE h.head END)::text AS current_lsn,
     current_setting('max_connections')::int AS max_connections,
-    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS connections_total,
+    (SELECT count(*) FROM activity WHERE backend_type = 'client backend')::int AS connections_total,
     (SELECT coalesce(json_agg(json_build_array(s.state, s.n) ORDER BY s.state), '[]')
        FROM (SELECT coalesce(state, 'unknown') AS state, count(*)::int AS n
-               FROM pg_stat_activity
+               FROM activity
               WHERE backend_type = 'client backend'
                 AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'
               GROUP BY 1) s) AS connections_by_state,
@@ -141,7 +148,7 @@ SELECT
        FROM pg_replication_slots s) AS slots,
     (SELECT coalesce(json_agg({_SESSION_JSON}
             ORDER BY coalesce(a.xact_start, a.query_start), a.pid), '[]')
-       FROM (SELECT * FROM pg_stat_activity
+       FROM (SELECT * FROM activity
               WHERE backend_type IN ('client backend', 'autovacuum worker')
                 AND state IS DISTINCT FROM 'idle'
                 AND application_name IS DISTINCT FROM '{APPLICATION_NAME}'
@@ -174,7 +181,7 @@ SELECT
                        coalesce(a.application_name, '') AS application, a.state AS state,
                        greatest(age(a.backend_xmin), age(a.backend_xid))::bigint AS xmin_age,
                        {_age('a.xact_start')} AS age_seconds
-                  FROM pg_stat_activity a
+                  FROM activity a
                  WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
                    AND a.backend_type <> 'walsender'
                    AND a.pid <> pg_backend_pid()
@@ -201,7 +208,7 @@ SELECT
     (SELECT coalesce(json_agg(json_build_array(g.datname, g.usename, g.app, g.state, g.n) ORDER BY g.n DESC), '[]')
        FROM (SELECT datname, usename, coalesce(application_name, '') AS app, coalesce(state, 'unknown') AS state,
                     count(*)::int AS n
-               FROM pg_stat_activity
+               FROM activity
               WHERE backend_type = 'client backend'
               GROUP BY 1, 2, 3, 4
               ORDER BY 5 DESC
@@ -209,10 +216,10 @@ SELECT
     current_setting('superuser_reserved_connections')::int
       + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved_connections,
     (SELECT coalesce(json_agg(json_build_array(d.datname, d.datconnlimit,
-                (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'))), '[]')
+                (SELECT count(*) FROM activity a WHERE a.datid = d.oid AND a.backend_type = 'client backend'))), '[]')
        FROM pg_database d WHERE d.datconnlimit >= 0) AS database_limits,
     (SELECT coalesce(json_agg(json_build_array(r.rolname, r.rolconnlimit,
-                (SELECT count(*) FROM pg_stat_activity a WHERE a.usesysid = r.oid AND a.backend_type = 'client backend'))), '[]')
+                (SELECT count(*) FROM activity a WHERE a.usesysid = r.oid AND a.backend_type = 'client backend'))), '[]')
        FROM pg_roles r WHERE r.rolconnlimit >= 0 AND r.rolcanlogin) AS role_limits,
     m.datname AS max_mxid_age_database,
     m.mxid_age AS max_mxid_age,
@@ -256,7 +263,7 @@ CROSS JOIN LATERAL (
     -- record it received (NULL on a primary; false when this role may not see the startup
     -- process's wait event: grant pg_monitor or pg_read_all_stats).
     SELECT CASE WHEN r.rec THEN EXISTS (
-        SELECT 1 FROM pg_stat_activity
+        SELECT 1 FROM activity
          WHERE backend_type = 'startup' AND wait_event IN {_WAITING_FOR_WAL}
     ) END AS waiting
 ) sw
