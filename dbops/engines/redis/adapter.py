@@ -2,9 +2,10 @@
 
 Every node is asked concurrently, each under its own timeout (a fraction of the cluster's), so a
 stopped node shows TIMEOUT alone while the others report on time. Per node and refresh: one
-pipelined round trip of INFO (the sections the pane reads), SLOWLOG GET, LATENCY LATEST, and in
-a cluster CLUSTER INFO and CLUSTER NODES; per sentinel SENTINEL MASTER/REPLICAS/CKQUORUM. Never
-KEYS, SCAN or MONITOR: nothing here grows with the number of keys.
+pipelined round trip of INFO (the sections the pane reads), SLOWLOG GET and LATENCY LATEST (only
+while the deployment's pane is open: `detailed`), and in a cluster CLUSTER INFO and CLUSTER
+NODES; per sentinel SENTINEL MASTER/REPLICAS/CKQUORUM. Never KEYS, SCAN or MONITOR: nothing here
+grows with the number of keys.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dbops.config import ClusterRef, Member
@@ -20,12 +21,14 @@ from dbops.engines.base import Adapter, names_by_address
 from dbops.engines.redis import client as rc
 from dbops.engines.redis.data import NodeResult, RedisNodeData, RedisTopology, SentinelData, node_data, parse_info
 from dbops.engines.redis.topology import NodeLine, judge, parse_nodes
+from dbops.engines.redis.wire import Wire
 from dbops.model import Reachability
 
 INFO_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "keyspace", "commandstats", "cluster")
 # Without commandstats (only the pane's Commands tab shows it): a deployment nobody has open.
 INFO_SECTIONS_BRIEF = tuple(s for s in INFO_SECTIONS if s != "commandstats")
 SLOWLOG_ENTRIES = 10
+CLIENT_NAME = "dbops"  # CLIENT LIST names the poller's connections
 # A node's share of the refresh timeout: discovery may need a second round (nodes first seen in
 # this refresh), and both rounds must fit in the poller's timeout.
 NODE_TIMEOUT_SHARE = 0.4
@@ -138,7 +141,12 @@ class RedisAdapter(Adapter):
         kind = "sentinel" if sentinel else "data"
         try:
             if st.client is None:
-                st.client = rc.connect(self.cluster, address, sentinel=sentinel, timeout=self.node_timeout, creds=self._creds)
+                # dbops' own lean connection, not redis-py's: a node's read is one write and one
+                # wake-up, at about half the CPU (at a thousand targets, most of the poller's).
+                # The bound is the node read's own, below: connect and batch included.
+                assert self._creds is not None
+                st.client = Wire(self.cluster, address, self._creds, None, name=CLIENT_NAME, encoding="utf-8",
+                                 sentinel=sentinel)
             coro = self._sentinel(st) if sentinel else self._data(st)
             # asyncio.timeout, not wait_for: no task per node per refresh, and on Python 3.11 no
             # cancellation lost when it races the reply (see dbops.poller.wait_or_timeout).
@@ -153,7 +161,7 @@ class RedisAdapter(Adapter):
             # After a timeout the connection may still deliver the late reply: start afresh.
             if st.client is not None:
                 client, st.client = st.client, None
-                await rc.close(client)
+                await client.close()
             st.cluster_lines = () if reach is not Reachability.TIMEOUT else st.cluster_lines
             return NodeResult(self.name_of(address), address, kind, reach, message, None,
                               (time.monotonic() - started) * 1000, st.last_good, st.last_good_at)
@@ -163,45 +171,44 @@ class RedisAdapter(Adapter):
 
     async def _data(self, st: _NodeState) -> RedisNodeData:
         cluster = self.opts.mode == "cluster"
-        pipe = st.client.pipeline(transaction=False)
-        pipe.execute_command("INFO", *(INFO_SECTIONS if self.detailed else INFO_SECTIONS_BRIEF))
-        pipe.execute_command("SLOWLOG", "GET", str(SLOWLOG_ENTRIES))
-        pipe.execute_command("LATENCY", "LATEST")
+        if self.detailed:
+            commands = [("INFO", *INFO_SECTIONS), ("SLOWLOG", "GET", SLOWLOG_ENTRIES), ("LATENCY", "LATEST")]
+        else:
+            # Only the pane shows the slow log and latency events: a deployment nobody has open
+            # is read without them. Its "new" slow entries count again from when it is opened.
+            commands = [("INFO", *INFO_SECTIONS_BRIEF)]
+            st.last_slow_id = None
         if cluster:
-            pipe.execute_command("CLUSTER", "INFO")
-            pipe.execute_command("CLUSTER", "NODES")
-        replies = await pipe.execute(raise_on_error=False)
+            commands += [("CLUSTER", "INFO"), ("CLUSTER", "NODES")]
+        replies = await st.client.execute(commands, raise_on_error=False)
         info_text = replies[0]
         if isinstance(info_text, Exception):
             raise info_text
         info = parse_info(info_text)
         # SLOWLOG and LATENCY may be renamed or denied by an ACL (ElastiCache): shown as absent.
-        slowlog = replies[1] if isinstance(replies[1], list) else []
-        latency = replies[2] if isinstance(replies[2], list) else []
+        slowlog = replies[1] if self.detailed and isinstance(replies[1], list) else []
+        latency = replies[2] if self.detailed and isinstance(replies[2], list) else []
         data = node_data(info, st.previous, slowlog, latency, st.last_slow_id)
         if data.slowlog_recent:
             st.last_slow_id = max(e.id for e in data.slowlog_recent)
         elif st.last_slow_id is None:
             st.last_slow_id = -1
         if cluster:
-            if isinstance(replies[4], Exception):
-                raise replies[4]
-            st.cluster_lines = parse_nodes(replies[4])
+            cluster_info, cluster_nodes = replies[-2:]
+            if isinstance(cluster_nodes, Exception):
+                raise cluster_nodes
+            st.cluster_lines = parse_nodes(cluster_nodes)
             me = next((n for n in st.cluster_lines if n.myself), None)
-            cinfo = parse_info(replies[3]) if isinstance(replies[3], str) else {}
-            from dataclasses import replace
-
+            cinfo = parse_info(cluster_info) if isinstance(cluster_info, str) else {}
             data = replace(data, cluster_state=cinfo.get("cluster_state"), cluster_node_id=me.node_id if me else None)
         st.previous = data
         return data
 
     async def _sentinel(self, st: _NodeState) -> SentinelData:
         name = self.opts.master_name
-        pipe = st.client.pipeline(transaction=False)
-        pipe.execute_command("SENTINEL", "MASTER", name)
-        pipe.execute_command("SENTINEL", "REPLICAS", name)
-        pipe.execute_command("SENTINEL", "CKQUORUM", name)
-        master, replicas, ckq = await pipe.execute(raise_on_error=False)
+        master, replicas, ckq = await st.client.execute(
+            [("SENTINEL", "MASTER", name), ("SENTINEL", "REPLICAS", name), ("SENTINEL", "CKQUORUM", name)],
+            raise_on_error=False)
         if isinstance(master, Exception):
             raise master
         m = _pairs(master)
@@ -223,7 +230,7 @@ class RedisAdapter(Adapter):
         clients = [st.client for st in self._nodes.values() if st.client is not None]
         for st in self._nodes.values():
             st.client = None
-        await asyncio.gather(*(rc.close(c) for c in clients))
+        await asyncio.gather(*(c.close() for c in clients))
 
     def classify(self, exc: BaseException) -> tuple[Reachability, str]:
         creds = self._creds

@@ -14,12 +14,11 @@ def parse_info(text: str) -> dict[str, str]:
     """INFO's `key:value` lines (section headers and blanks skipped)."""
     out: dict[str, str] = {}
     # Runs for every node on every refresh (two hundred lines): one pass, as little per line as
-    # can be. A section header ("# Server") has no colon; a value never ends in spaces, only
-    # in the line's \r, which strip takes (a reply split on \n alone has it).
-    for line in text.split("\n"):
+    # can be (splitlines takes the \r\n in C). A section header ("# Server") has no colon.
+    for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key[:1] != "#":
-            out[key] = value.rstrip("\r")
+            out[key] = value
     return out
 
 

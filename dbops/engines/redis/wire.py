@@ -3,8 +3,10 @@
 Moving thousands of slots is thousands of small commands; with redis-py's pipeline the client's
 own encoding and per-reply bookkeeping is most of the cost (measured: ~70% of the wall time of a
 move is client CPU). Here a whole batch is encoded in one join, written at once, and the replies
-parsed by hiredis' C reader as they arrive. Used by the slot mover and a runbook session's own
-reads (dbops.engines.redis.session); the poller and the runbooks' other commands keep redis-py.
+parsed by hiredis' C reader as they arrive. Used by the slot mover, a runbook session's own
+reads (dbops.engines.redis.session) and the poller's node reads (dbops.engines.redis.adapter:
+about half the CPU of redis-py's pipeline per node, which at a thousand targets is most of the
+poller's); the runbooks' other commands keep redis-py.
 """
 
 from __future__ import annotations
@@ -81,24 +83,79 @@ def ssl_context(ref: ClusterRef) -> ssl.SSLContext | None:
     return ctx
 
 
+class _Replies(asyncio.Protocol):
+    """The connection's receiving end: bytes fed to hiredis' C reader as they arrive, and the
+    batch's waiter woken once, when its last reply is in. No StreamReader, no task per read."""
+
+    def __init__(self, address: str, encoding: str | None) -> None:
+        import hiredis
+
+        self.address = address
+        self.error_type = hiredis.ReplyError
+        self.parser = hiredis.Reader(encoding=encoding, errors="replace") if encoding else hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.replies: list[Any] = []
+        self.expected = 0
+        self.waiter: asyncio.Future[list[Any]] | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        add, error_type = self.replies.append, self.error_type
+        try:
+            while (r := self.parser.gets()) is not False:
+                add(reply_error(r.args[0] if r.args else str(r)) if isinstance(r, error_type) else r)
+        except Exception as exc:  # hiredis.ProtocolError: not RESP; the connection is unusable
+            self._fail(ConnectionError(f"{self.address} sent a reply that is not RESP: {exc}"))
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if self.waiter is not None and len(self.replies) >= self.expected and not self.waiter.done():
+            self.waiter.set_result(self.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError(f"{self.address} closed the connection"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self.lost = self.lost or exc
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+
 class Wire:
     """One connection. `execute` sends a batch and returns one reply per command (error replies
-    as exceptions in place, or the first one raised)."""
+    as exceptions in place, or the first one raised).
 
-    def __init__(self, ref: ClusterRef, address: str, creds: rc.Credentials, timeout: float) -> None:
+    `timeout` bounds the connect and each batch; None leaves the bound to the caller (the
+    poller's asyncio.timeout around a whole node read). `encoding` decodes bulk strings (with
+    replacement characters: a binary key in SLOWLOG must not fail a poll); None keeps bytes.
+    `sentinel` authenticates with the sentinels' password and no username."""
+
+    def __init__(self, ref: ClusterRef, address: str, creds: rc.Credentials, timeout: float | None, *,
+                 name: str = "dbops-runbook", encoding: str | None = None, sentinel: bool = False) -> None:
         self.ref, self.address, self.creds, self.timeout = ref, address, creds, timeout
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self.name, self.encoding, self.sentinel = name, encoding, sentinel
+        self._proto: _Replies | None = None
 
     async def _connect(self) -> None:
         host, _, port = self.address.rpartition(":")
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port), ssl=ssl_context(self.ref)), timeout=self.timeout)
+        loop = asyncio.get_running_loop()
+        proto = _Replies(self.address, self.encoding)
+        connecting = loop.create_connection(lambda: proto, host, int(port), ssl=ssl_context(self.ref))
+        if self.timeout is None:
+            await connecting
+        else:
+            await asyncio.wait_for(connecting, timeout=self.timeout)
+        self._proto = proto
         hello: list[tuple[Any, ...]] = []
-        if self.creds.password is not None:
-            auth = (self.creds.username, self.creds.password.reveal()) if self.creds.username else (self.creds.password.reveal(),)
-            hello.append(("AUTH", *auth))
-        hello.append(("CLIENT", "SETNAME", "dbops-runbook"))
+        secret = self.creds.sentinel_password if self.sentinel else self.creds.password
+        username = None if self.sentinel else self.creds.username
+        if secret is not None:
+            hello.append(("AUTH", username, secret.reveal()) if username else ("AUTH", secret.reveal()))
+        hello.append(("CLIENT", "SETNAME", self.name))
         try:
             await self._roundtrip(hello, raise_on_error=True)
         except BaseException:
@@ -110,10 +167,10 @@ class Wire:
         if not commands:
             return []
         try:
-            if self._writer is None:
+            if self._proto is None:
                 await self._connect()
             return await self._roundtrip(commands, raise_on_error)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError):
+        except (TimeoutError, OSError, ConnectionError):
             await self.close()  # the stream is in an unknown state: the next batch reconnects
             raise
         except asyncio.CancelledError:
@@ -123,25 +180,27 @@ class Wire:
             raise
 
     def _drop(self) -> None:
-        w, self._writer, self._reader = self._writer, None, None
-        if w is not None:
-            w.close()
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
 
     async def _roundtrip(self, commands: Sequence[Sequence[Any]], raise_on_error: bool) -> list[Any]:
-        import hiredis
-
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(pack(commands))
-        await self._writer.drain()
-        parser = hiredis.Reader()
+        proto = self._proto
+        assert proto is not None and proto.transport is not None
+        if proto.lost is not None:
+            raise ConnectionError(f"connection to {self.address} lost: {proto.lost}")
         replies: list[Any] = []
-        while len(replies) < len(commands):
-            chunk = await asyncio.wait_for(self._reader.read(1 << 16), timeout=self.timeout)
-            if not chunk:
-                raise ConnectionError(f"{self.address} closed the connection")
-            parser.feed(chunk)
-            while (r := parser.gets()) is not False:
-                replies.append(reply_error(r.args[0] if r.args else str(r)) if isinstance(r, hiredis.ReplyError) else r)
+        proto.replies, proto.expected = replies, len(commands)
+        proto.waiter = waiter = asyncio.get_running_loop().create_future()
+        proto.transport.write(pack(commands))
+        try:
+            if self.timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(self.timeout):
+                    await waiter
+        finally:
+            proto.waiter = None
         if raise_on_error:
             for r in replies:
                 if isinstance(r, Exception):
@@ -149,13 +208,7 @@ class Wire:
         return replies
 
     async def close(self) -> None:
-        w, self._writer, self._reader = self._writer, None, None
-        if w is not None:
-            w.close()
-            try:
-                await asyncio.wait_for(w.wait_closed(), timeout=1.0)
-            except (TimeoutError, OSError, ConnectionError):
-                pass  # already gone: nothing more to release
+        self._drop()
 
 
 class WirePool:
