@@ -8,6 +8,7 @@ validator never echoes a value it was given for a credential.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import tomllib
@@ -819,8 +820,9 @@ class ClusterRef:
     def production(self) -> bool:
         return self.env.is_production(self.environment)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        # Cached: the pollers ask for it on every refresh of every target.
         return f"{self.environment}/{self.name}"
 
     @property
@@ -831,7 +833,7 @@ class ClusterRef:
             return self.cluster.fencing
         return Fencing(methods=["sandbox"] if self.env.sandbox else ["manual"])
 
-    @property
+    @functools.cached_property
     def poll_units(self) -> list[Member]:
         """What the pollers poll, one loop each: every member on its own (PostgreSQL), or the
         whole cluster as one unit when its spec says so (a Redis deployment, whose nodes are

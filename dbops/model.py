@@ -27,13 +27,16 @@ class Severity(enum.IntEnum):
         UNKNOWN ranks below WARN because an unknown metric is a gap in what we see, while a
         WARN is a thing we know is wrong; an unreachable member is CRIT, not UNKNOWN.
         """
-        return {Severity.OK: 0, Severity.UNKNOWN: 1, Severity.WARN: 2, Severity.CRIT: 3}[self]
+        return _RANK[self]
 
     @staticmethod
     def worst(items: list[Severity] | tuple[Severity, ...], default: Severity | None = None) -> Severity:
         if not items:
             return default if default is not None else Severity.UNKNOWN
         return max(items, key=lambda s: s.rank)
+
+
+_RANK = {Severity.OK: 0, Severity.UNKNOWN: 1, Severity.WARN: 2, Severity.CRIT: 3}
 
 
 class Reachability(str, enum.Enum):
