@@ -79,15 +79,55 @@ def history_sampler(engine: str) -> HistorySampler | None:
     return sampler
 
 
-async def wait_or_timeout(event: asyncio.Event, seconds: float) -> None:
-    """Until `event` is set or `seconds` have passed. Not asyncio.wait_for: on Python 3.11 a
-    cancellation that arrives as its timeout fires can be swallowed (cpython#86296), and a hub
-    with a thousand loops sleeping so then never stops; asyncio.timeout() keeps it."""
-    try:
-        async with asyncio.timeout(max(0.0, seconds)):
-            await event.wait()
-    except TimeoutError:
-        pass  # the time was up: the caller's next turn
+class Wake:
+    """asyncio.Event's set/clear/is_set, with a wait that has a deadline and costs one future
+    and one timer: no exception when the time is up. A thousand member loops sleep so between
+    their polls, and asyncio.timeout() around Event.wait() cancels and raises every time (and
+    asyncio.wait_for would, on Python 3.11, swallow a cancellation racing its timeout,
+    cpython#86296: a hub with a thousand loops sleeping so would never stop)."""
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        self._flag = True
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self, seconds: float | None = None) -> None:
+        """Until set, or `seconds` have passed (None: until set). Cancelling it cancels it."""
+        if self._flag:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(max(0.0, seconds), _resolve, waiter) if seconds is not None else None
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if waiter in self._waiters:  # the time was up, or cancelled: not woken by set()
+                self._waiters.remove(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def wait_or_timeout(wake: Wake, seconds: float) -> None:
+    """Until `wake` is set or `seconds` have passed."""
+    await wake.wait(seconds)
 
 
 def monitoring_failure(exc: Exception, what: str, where: str) -> str:
@@ -175,7 +215,7 @@ class PollerHub(Hub):
         self._watched: str | None = None
         # A member loop's wake-up, per cluster: set when the operator opens (or leaves) it.
         # (asyncio's primitives bind to the loop that first waits on them: the hub's.)
-        self._wake: dict[str, asyncio.Event] = {r.key: asyncio.Event() for r in self.refs}
+        self._wake: dict[str, Wake] = {r.key: Wake() for r in self.refs}
         # Each cluster's part of an interval by which its second poll is put off: one per
         # cluster, so its members are still polled together (and judged together: _arrived).
         jitter = random.Random()
@@ -186,12 +226,12 @@ class PollerHub(Hub):
         # Alertmanager's alerts for the whole fleet, when [alertmanager] is configured.
         self._alerts = AlertsState((), None, None, configured=config.alertmanager is not None)
         self._alerts_seen = 0
-        self._alerts_wake = asyncio.Event()
+        self._alerts_wake = Wake()
         self._on_change = on_change
         # Backups: what the watcher last read per cluster (judged on reading, against the
         # reader's clock); a wake-up per cluster for an immediate refresh.
         self._backups: dict[str, platform_backups.Fetched] = {}
-        self._backup_wake: dict[str, asyncio.Event] = {}
+        self._backup_wake: dict[str, Wake] = {}
         # Audit shipping on a timer, when [audit.ship] is configured; its failures become notices.
         self.audit_path = audit_path
         self._notices: deque[tuple[str, str]] = deque(maxlen=20)
@@ -263,7 +303,7 @@ class PollerHub(Hub):
             for member in ref.poll_units:
                 self._tasks.append(asyncio.create_task(self._member_loop(ref, member), name=f"poll {ref.key}/{member.name}"))
             if platform_backups.has_backups(ref):
-                self._backup_wake[ref.key] = asyncio.Event()
+                self._backup_wake[ref.key] = Wake()
                 self._tasks.append(asyncio.create_task(self._backup_loop(ref), name=f"backups {ref.key}"))
         if self.config.alertmanager is not None:
             self._tasks.append(asyncio.create_task(self._alerts_loop(self.config.alertmanager), name="alertmanager"))
