@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from collections.abc import Coroutine
 from typing import Any
 
 from dbops.config import ClusterRef, Member
@@ -73,20 +74,20 @@ class RedisAdapter(Adapter):
         notes: list[str] = []
         sentinel_master = None
         if mode == "sentinel":
-            first = await asyncio.gather(
-                *(self._poll(a, sentinel=True) for a in self.sentinel_names),
-                *(self._poll(a) for a in self._known_data))
+            first = await _together(
+                [*(self._poll(a, sentinel=True) for a in self.sentinel_names),
+                 *(self._poll(a) for a in self._known_data)])
             sentinels, data = list(first[:len(self.sentinel_names)]), list(first[len(self.sentinel_names):])
             sentinel_master, discovered = self._from_sentinels(sentinels, notes)
             results = sentinels + data
         else:
-            data = list(await asyncio.gather(*(self._poll(a) for a in self._known_data)))
+            data = await _together([self._poll(a) for a in self._known_data])
             discovered = self._discovered(data)
             results = data
         new = [a for a in discovered if a not in self._known_data]
         if new:
             self._known_data.extend(new)
-            results += list(await asyncio.gather(*(self._poll(a) for a in new)))
+            results += await _together([self._poll(a) for a in new])
         cluster = None
         if mode == "cluster":
             views = {}
@@ -235,6 +236,24 @@ class RedisAdapter(Adapter):
     def classify(self, exc: BaseException) -> tuple[Reachability, str]:
         creds = self._creds
         return rc.classify(exc, self.cluster.name, self.cluster.timeout, creds.password if creds else None)
+
+
+async def _together(polls: list[Coroutine[Any, Any, NodeResult]]) -> list[NodeResult]:
+    """The nodes' polls at once, in order. asyncio.gather with the first run in this task
+    rather than a task of its own: a standalone deployment's refresh is then one task, not three
+    (two nodes and gather's), which at a thousand targets is a measurable share of the poller.
+    A node's poll never raises but for cancellation (its failure is its NodeResult)."""
+    if not polls:
+        return []
+    others = [asyncio.ensure_future(p) for p in polls[1:]]
+    try:
+        first = await polls[0]
+        rest = [await t for t in others]
+    except BaseException:
+        for t in others:
+            t.cancel()
+        raise
+    return [first, *rest]
 
 
 def _pairs(reply: Any) -> dict[str, str]:

@@ -171,6 +171,9 @@ class RedisTopology:
         return next((n for n in self.nodes if n.name == name), None)
 
 
+_FAMILIES = frozenset({"db", "cm"})
+
+
 def node_data(info: dict[str, str], previous: RedisNodeData | None, slowlog: list[Any], latency: list[Any],
               last_slow_id: int | None) -> RedisNodeData:
     hits, misses = _int(info, "keyspace_hits"), _int(info, "keyspace_misses")
@@ -185,20 +188,25 @@ def node_data(info: dict[str, str], previous: RedisNodeData | None, slowlog: lis
         evicted_delta = evicted - previous.evicted_keys
     master_offset = _int(info, "master_repl_offset")
     replicas = []
+    # slave0..slaveN-1, N = connected_slaves (Redis skips one whose address it cannot read).
+    for i in range(_int(info, "connected_slaves") or 0):
+        value = info.get(f"slave{i}")
+        if value is None:
+            continue
+        f = parse_fields(value)
+        off = int(f.get("offset", 0) or 0)
+        replicas.append(ReplicaLink(f"{f.get('ip')}:{f.get('port')}", f.get("state", "?"), off,
+                                    max(0, (master_offset or 0) - off), int(f.get("lag", 0) or 0)))
+    # The keyspace's dbN lines and commandstats' cmdstat_ lines, in one pass over INFO's keys
+    # (two hundred, hundreds more with commandstats).
     keys = 0
     cmds = []
-    # One pass over INFO's keys (hundreds with commandstats) for the three families read here.
-    for key, value in info.items():
-        head = key[:2]
-        if head == "sl" and key.startswith("slave") and key[5:].isdigit():
-            f = parse_fields(value)
-            off = int(f.get("offset", 0) or 0)
-            replicas.append(ReplicaLink(f"{f.get('ip')}:{f.get('port')}", f.get("state", "?"), off,
-                                        max(0, (master_offset or 0) - off), int(f.get("lag", 0) or 0)))
-        elif head == "db" and key[2:].isdigit():
-            keys += int(parse_fields(value).get("keys", 0) or 0)
-        elif head == "cm" and key.startswith("cmdstat_"):
-            f = parse_fields(value)
+    for key in [k for k in info if k[:2] in _FAMILIES]:
+        if key[:2] == "db":
+            if key[2:].isdigit():
+                keys += int(parse_fields(info[key]).get("keys", 0) or 0)
+        elif key.startswith("cmdstat_"):
+            f = parse_fields(info[key])
             cmds.append(CommandStat(key[8:], int(f.get("calls", 0)), float(f.get("usec_per_call", 0.0)),
                                     int(f.get("failed_calls", 0)) + int(f.get("rejected_calls", 0))))
     cmds.sort(key=lambda c: c.calls * c.usec_per_call, reverse=True)
