@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,16 +150,27 @@ def _failure(what: str, code: int | None, stderr: str, stdout: str) -> PgBackRes
     return PgBackRestError(f"{what} failed (exit {code}): {detail}")
 
 
+async def exec_as(os_user: str | None, args: list[str]) -> asyncio.subprocess.Process:
+    """`args` started as `os_user` (None: as ourselves) in a clean environment, stdout and
+    stderr piped. uvloop's loop (the pollers') cannot switch users in the child as asyncio's
+    does (user=, group=): there util-linux's setpriv does it, before exec."""
+    kwargs, home = user_kwargs(os_user)
+    env = clean_env(home)
+    if kwargs and not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        if shutil.which(args[0], path=env.get("PATH")) is None:
+            raise FileNotFoundError(args[0])  # said as asyncio would: setpriv would exit 127
+        args = ["setpriv", f"--reuid={kwargs['user']}", f"--regid={kwargs['group']}", "--clear-groups", "--", *args]
+        kwargs = {}
+    return await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd="/", env=env, **kwargs)  # cwd: the caller's may be unreadable to os_user
+
+
 async def _run(conf: str, stanza: str, args: list[str], *, os_user: str | None, timeout: float,
                binary: str) -> tuple[str, str]:
     what = f"pgbackrest {' '.join(args)}"
-    kwargs, home = user_kwargs(os_user)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *_command(conf, stanza, args, binary),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd="/", env=clean_env(home), **kwargs,  # cwd: the caller's may be unreadable to os_user
-        )
+        proc = await exec_as(os_user, _command(conf, stanza, args, binary))
     except FileNotFoundError:
         raise PgBackRestError(f"{binary} not found; install the Debian package pgbackrest (apt-get install pgbackrest)") from None
     except OSError as exc:

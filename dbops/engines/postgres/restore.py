@@ -94,11 +94,8 @@ def tree_bytes(path: str | Path) -> int:
 
 
 async def _exec(args: list[str], what: str, os_user: str | None, timeout: float = 120) -> str:
-    kwargs, home = pb.user_kwargs(os_user)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd="/", env=pb.clean_env(home), **kwargs)
+        proc = await pb.exec_as(os_user, args)
     except OSError as exc:
         raise RestoreError(f"{what}: cannot run {args[0]}: {exc}") from None
     try:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
 from collections.abc import Coroutine
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dbops.config import ClusterRef, Member
