@@ -13,10 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from rich.style import Style
 from rich.text import Text
 from textual._two_way_dict import TwoWayDict
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.cache import LRUCache
 from textual.containers import Horizontal
 from textual.coordinate import Coordinate
 from textual.screen import Screen
@@ -126,6 +128,8 @@ class FleetTable(DataTable[Any]):
         # thousand clusters' snapshots in memory one costs 70-100 ms: a key's paint waits for it).
         self._row_objects: dict[str, Row] = {}  # one per key ever shown
         self._row_data: dict[str, tuple[Sequence[Text], dict[ColumnKey, Text]]] = {}  # by the cells they hold
+        # Rendered cells by what they show (see _render_cell).
+        self._rendered_cells: LRUCache[tuple[Any, ...], tuple[Text, Any]] = LRUCache(20_000)
 
     def replace_rows(self, rows: Sequence[tuple[str, Sequence[Text]]], widths: Sequence[int], passable: Iterable[int]) -> None:
         """Every row at once, in order; the columns' content widths (at least as wide as every
@@ -165,6 +169,28 @@ class FleetTable(DataTable[Any]):
         self.hover_coordinate = self.hover_coordinate
         self.check_idle()
         self.refresh()
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> Any:
+        """A body cell's lines, kept by what they show: the cell itself (its Text, kept with the
+        lines and compared by identity), its row and column, width and styles. DataTable keys
+        its own cache on a count every update bumps, so one changed cell, or a refill to the
+        same rows, renders every cell in view again through Rich (most of a key's paint with a
+        fleet's changes streaming in)."""
+        if row_index < 0 or column_index < 0:  # the header and row labels: DataTable's own cache
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        cell = self._data[row_key][column_key]
+        # The row index is in the key: the lines carry it as the mouse's meta.
+        key = (row_key, column_key, row_index, width, base_style, cursor, hover, self._show_hover_cursor,
+               self._pseudo_class_state)
+        kept = self._rendered_cells.get(key)
+        if kept is not None and kept[0] is cell:
+            return kept[1]
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        self._rendered_cells[key] = (cell, lines)
+        return lines
 
     def validate_cursor_coordinate(self, value: Coordinate) -> Coordinate:
         value = super().validate_cursor_coordinate(value)
@@ -227,6 +253,7 @@ class OverviewScreen(Screen[None]):
         self._with_backups = [key for key, ref in self._refs.items() if has_backups(ref)]
         self._health: dict[str, ClusterHealth] = {f"{c.environment}/{c.name}": c for c in self.app.health()}
         self._cells: dict[str, list[Text]] = {}  # clusters' cells, for their current health
+        self._last_cells: dict[str, list[Text]] = {}  # the cells last rendered, current or not (see _rebuild)
         self._rows: list[FleetRow] = []  # the table's rows, top to bottom
         self._shown: set[str] = set()  # the clusters that have a row
         self._widths = [0] * len(self._columns)  # see _widen
@@ -312,6 +339,8 @@ class OverviewScreen(Screen[None]):
         table = self.query_one(FleetTable)
         rows = layout(self._health.values(), self._filter, SORTS[self._sort], self._environments, self._grouped,
                       self._collapsed)
+        # What the filter keeps (folded groups' clusters included), for the status line.
+        self._kept = sum(r.shown for r in rows if isinstance(r, GroupRow)) if self._grouped else len(rows)
         if [row_key(r) for r in rows] == [row_key(r) for r in self._rows]:
             for old, new in zip(self._rows, rows):
                 if isinstance(new, GroupRow) and new != old:
@@ -328,19 +357,33 @@ class OverviewScreen(Screen[None]):
         selected = row_key(self._rows[table.cursor_row]) if 0 <= table.cursor_row < len(self._rows) else None
         height_on_screen = table.cursor_row - round(table.scroll_y)
         keys = [row_key(r) for r in rows]
-        filled = [self._group_cells(row) if isinstance(row, GroupRow) else self._cells_of(row) for row in rows]
+        target = self._cursor_target(selected, keys)
+        top = max(0, target - height_on_screen) if selected is not None else round(table.scroll_y)
+        # Rows near the view get their clusters' current cells. Further away, a cluster whose
+        # health changed since its cells were rendered keeps them until it scrolls into view (as
+        # in health_changed): with a fleet's changes streaming in, rendering a few hundred of
+        # them on every reorder was most of a key's wait.
+        near = range(top - table.size.height, top + 2 * table.size.height + 1)
+        self._offscreen = {}
+        filled = []
+        for index, (key, row) in enumerate(zip(keys, rows)):
+            if isinstance(row, GroupRow):
+                filled.append(self._group_cells(row))
+            elif index not in near and key not in self._cells and key in self._last_cells:
+                filled.append(self._offscreen.setdefault(key, self._last_cells[key]))
+            else:
+                filled.append(self._cells_of(key))
         with self.app.batch_update():
             table.replace_rows(list(zip(keys, filled)), self._widths,
                                passable={i for i, r in enumerate(rows) if isinstance(r, GroupRow) and not r.collapsed})
             self._rows = rows
             self._shown = {k for k, r in zip(keys, rows) if not isinstance(r, GroupRow)}
-            self._offscreen.clear()  # every row was filled from its cluster's current health
-            target = self._cursor_target(selected, keys)
             table.move_cursor(row=target, scroll=False)
         if selected is not None:
             # The table's height is known once it has measured the new rows (after this refresh).
-            top = max(0, target - height_on_screen)
             self.call_after_refresh(lambda: table.scroll_to(y=top, animate=False, immediate=True))
+        # Whatever ends up in view has its current cells, wherever the table scrolled to.
+        self.call_after_refresh(self._flush_offscreen)
 
     def _cursor_target(self, selected: str | None, keys: list[str]) -> int:
         if selected is None:
@@ -358,7 +401,7 @@ class OverviewScreen(Screen[None]):
         """A cluster's cells as of its current health, rendered once per health."""
         cells = self._cells.get(key)
         if cells is None:
-            cells = self._cells[key] = self._cluster_cells(self._health[key])
+            cells = self._cells[key] = self._last_cells[key] = self._cluster_cells(self._health[key])
             self._widen(cells)
         return cells
 
@@ -451,7 +494,7 @@ class OverviewScreen(Screen[None]):
         if not counts:
             line.append(counts_text(counts), style="green")
         if self._filter.narrows:
-            shown = sum(1 for c in self._health.values() if self._filter.matches(c))
+            shown = self._kept
             line.append(f" · {shown} shown: ", style="bold")
             line.append(self._filter.describe(), style="yellow")
             if not shown:

@@ -302,3 +302,29 @@ async def test_a_row_out_of_view_shows_its_new_health_once_scrolled_to(tmp_path)
         name = key.split("/", 1)[1]
         rows = [line for line in cluster_lines(app) if name in line]
         assert rows and re.search(rf"\b{first.name}▲?✗", rows[0]), cluster_lines(app)
+
+
+async def test_a_row_out_of_view_when_the_order_changes_shows_its_new_health_once_scrolled_to(tmp_path):
+    """A refill (the order changed) keeps the old cells of clusters far out of view whose health
+    changed, and brings each up to date as it scrolls into view."""
+    hub = FleetHub(N)
+    app = make_app(tmp_path, hub)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = app.screen.query_one(FleetTable)
+        key = [str(k.value) for k in table.rows if str(k.value) in hub._by_key][-1]  # the last cluster: far out of view
+        health = hub.cluster_health(key)
+        first = health.members[0]
+        gone = dataclasses.replace(first, snapshot=dataclasses.replace(first.snapshot, reachability=Reachability.DOWN))
+        hub.put(dataclasses.replace(health, members=(gone, *health.members[1:])))  # same severity: same place
+        # and a cluster in view changes place: the table is refilled
+        healthy = [h for h in hub.health() if h.severity is Severity.OK and h.environment == "production"][-1]
+        hub.put(dataclasses.replace(healthy, severity=Severity.CRIT))
+        app.post_message(HealthChanged())
+        await pilot.pause(OverviewScreen.COALESCE_SECONDS + 0.2)
+        assert healthy.name in [line.split()[2] for line in cluster_lines(app)[:3] if line.startswith("  CRIT")]
+        table.move_cursor(row=table.row_count - 1)  # as ctrl+end does
+        await pilot.pause()
+        name = key.split("/", 1)[1]
+        rows = [line for line in cluster_lines(app) if name in line]
+        assert rows and re.search(rf"\b{first.name}▲?✗", rows[0]), cluster_lines(app)
