@@ -155,6 +155,7 @@ def main() -> None:
         run(args.state)
         return
     with tempfile.TemporaryDirectory(prefix="dbops-bench-fleet-") as tmp:
+        os.chmod(tmp, 0o755)  # the servers run as the postgres and redis users, which must reach the sandbox below
         env = {**os.environ, "DBOPS_STATE_DIR": tmp}
         dbops = [sys.executable, "-m", "dbops.cli"]
         subprocess.run([*dbops, "sandbox", "up", "--engines", "postgres,redis"], env=env, check=True, stdout=subprocess.DEVNULL)

@@ -92,6 +92,7 @@ def main() -> None:
         asyncio.run(bench(args.config, args.refreshes))
         return
     with tempfile.TemporaryDirectory(prefix="dbops-bench-pg-") as state:
+        os.chmod(state, 0o755)  # the servers run as the postgres user, which must reach the sandbox below
         env = {**os.environ, "DBOPS_STATE_DIR": state}
         dbops = [sys.executable, "-m", "dbops.cli"]
         subprocess.run([*dbops, "sandbox", "up", "--engines", "postgres"], env=env, check=True, stdout=subprocess.DEVNULL)
