@@ -282,6 +282,25 @@ async def test_keys_are_answered_without_waiting_for_the_coalesced_layout(tmp_pa
         assert {line.split()[0] for line in cluster_lines(app)} <= {"CRIT", "WARN"}
 
 
+def last_cluster_loses_a_member(hub: FleetHub, table: FleetTable):
+    """The table's last cluster (far out of view) gets a member DOWN, at the same severity (so
+    its place does not change); its key and that member."""
+    key = [str(k.value) for k in table.rows if str(k.value) in hub._by_key][-1]
+    health = hub.cluster_health(key)
+    first = health.members[0]
+    gone = dataclasses.replace(first, snapshot=dataclasses.replace(first.snapshot, reachability=Reachability.DOWN))
+    hub.put(dataclasses.replace(health, members=(gone, *health.members[1:])))
+    return key, first
+
+
+async def assert_down_once_scrolled_to(pilot, app, table: FleetTable, key: str, member: str) -> None:
+    table.move_cursor(row=table.row_count - 1)  # as ctrl+end does
+    await pilot.pause()
+    name = key.split("/", 1)[1]
+    rows = [line for line in cluster_lines(app) if name in line]
+    assert rows and re.search(rf"\b{member}▲?✗", rows[0]), cluster_lines(app)
+
+
 async def test_a_row_out_of_view_shows_its_new_health_once_scrolled_to(tmp_path):
     """A change that keeps the order (no refill) to a cluster out of view: its row is brought up
     to date when it scrolls into view, not left showing the old values."""
@@ -290,18 +309,10 @@ async def test_a_row_out_of_view_shows_its_new_health_once_scrolled_to(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         table = app.screen.query_one(FleetTable)
-        key = [str(k.value) for k in table.rows if str(k.value) in hub._by_key][-1]  # the last cluster: far out of view
-        health = hub.cluster_health(key)
-        first = health.members[0]
-        gone = dataclasses.replace(first, snapshot=dataclasses.replace(first.snapshot, reachability=Reachability.DOWN))
-        hub.put(dataclasses.replace(health, members=(gone, *health.members[1:])))  # same severity: same place
+        key, first = last_cluster_loses_a_member(hub, table)
         app.post_message(HealthChanged())
         await pilot.pause(OverviewScreen.COALESCE_SECONDS + 0.2)
-        table.move_cursor(row=table.row_count - 1)  # as ctrl+end does
-        await pilot.pause()
-        name = key.split("/", 1)[1]
-        rows = [line for line in cluster_lines(app) if name in line]
-        assert rows and re.search(rf"\b{first.name}▲?✗", rows[0]), cluster_lines(app)
+        await assert_down_once_scrolled_to(pilot, app, table, key, first.name)
 
 
 async def test_a_row_out_of_view_when_the_order_changes_shows_its_new_health_once_scrolled_to(tmp_path):
@@ -312,19 +323,11 @@ async def test_a_row_out_of_view_when_the_order_changes_shows_its_new_health_onc
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         table = app.screen.query_one(FleetTable)
-        key = [str(k.value) for k in table.rows if str(k.value) in hub._by_key][-1]  # the last cluster: far out of view
-        health = hub.cluster_health(key)
-        first = health.members[0]
-        gone = dataclasses.replace(first, snapshot=dataclasses.replace(first.snapshot, reachability=Reachability.DOWN))
-        hub.put(dataclasses.replace(health, members=(gone, *health.members[1:])))  # same severity: same place
+        key, first = last_cluster_loses_a_member(hub, table)
         # and a cluster in view changes place: the table is refilled
         healthy = [h for h in hub.health() if h.severity is Severity.OK and h.environment == "production"][-1]
         hub.put(dataclasses.replace(healthy, severity=Severity.CRIT))
         app.post_message(HealthChanged())
         await pilot.pause(OverviewScreen.COALESCE_SECONDS + 0.2)
         assert healthy.name in [line.split()[2] for line in cluster_lines(app)[:3] if line.startswith("  CRIT")]
-        table.move_cursor(row=table.row_count - 1)  # as ctrl+end does
-        await pilot.pause()
-        name = key.split("/", 1)[1]
-        rows = [line for line in cluster_lines(app) if name in line]
-        assert rows and re.search(rf"\b{first.name}▲?✗", rows[0]), cluster_lines(app)
+        await assert_down_once_scrolled_to(pilot, app, table, key, first.name)
