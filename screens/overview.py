@@ -34,7 +34,7 @@ from dbops.platform.backups import has_backups
 from .alerts import alerts_cell
 from .fleet_filter import SORTS, FleetFilter, FleetRow, GroupRow, counts_text, layout, run_command, severity_counts
 from .render import SEVERITY_STYLE, severity_text
-from .widgets import EnvBanner
+from .widgets import EnvBanner, typed_into_prompt
 
 # Most important first, since at 80 columns the last ones may not fit. The environment comes
 # second because with several environments it is what tells two similarly named clusters apart;
@@ -216,8 +216,9 @@ class FleetTable(DataTable[Any]):
 class OverviewScreen(Screen[None]):
     BINDINGS = [
         Binding("enter", "open", "Open cluster", show=True),
-        Binding("slash", "prompt('filter')", "Filter", key_display="/"),
-        Binding("colon", "prompt('command')", "Cmd", key_display=":"),
+        # Priority, and the prompt focused at once: see screens.widgets.typed_into_prompt.
+        Binding("slash", "prompt('filter')", "Filter", key_display="/", priority=True),
+        Binding("colon", "prompt('command')", "Cmd", key_display=":", priority=True),
         Binding("a", "problems", "Problems"),
         Binding("s", "sort", "Sort"),
         Binding("space", "fold", "Fold", show=False),
@@ -607,14 +608,16 @@ class OverviewScreen(Screen[None]):
     # -- the prompt: `/` filter as you type, `:` command --------------------------------------
 
     def action_prompt(self, mode: str) -> None:
+        prompt = self.query_one("#fleet-prompt", Input)
+        if typed_into_prompt(self, prompt, "/" if mode == "filter" else ":"):
+            return
         self._prompt_mode = mode
         self.query_one("#fleet-prompt-label", Static).update("/" if mode == "filter" else ":")
-        prompt = self.query_one("#fleet-prompt", Input)
         prompt.placeholder = ("name, environment or engine" if mode == "filter"
                               else "pg redis kafka neo4j qdrant · env NAME · cluster GLOB · problems · all · alerts")
         prompt.value = self._filter.text if mode == "filter" else ""
         self.query_one("#fleet-prompt-bar").display = True
-        prompt.focus()
+        self.set_focus(prompt)  # at once (see typed_into_prompt)
 
     def _close_prompt(self) -> None:
         self.query_one("#fleet-prompt-bar").display = False

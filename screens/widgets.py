@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
-from textual.widgets import Static
+from textual.screen import Screen
+from textual.widgets import Input, Static
 
 
 class EnvBanner(Static):
@@ -30,3 +33,19 @@ class EnvBanner(Static):
             text.append(" ")
         text.append(f"user {operator}", style="italic")
         self.update(text)
+
+
+# A key that opens a prompt (`/` to filter, `:` for a command) is bound with priority=True and
+# the prompt takes the focus with Screen.set_focus, at once: the keys typed after it that were
+# already read (typed fast, or arriving in one read over a slow SSH link) then go into the prompt
+# instead of to the table's own keys (a pane's `k` terminates a backend, the overview's `s` sorts).
+# Widget.focus() would move the focus only after them.
+
+
+def typed_into_prompt(screen: Screen[Any], prompt: Input, character: str) -> bool:
+    """Whether the prompt-opening key was typed in the prompt itself (it has the focus): then it
+    is inserted there as text, after the characters typed before it."""
+    if screen.focused is not prompt:
+        return False
+    prompt.call_later(prompt.insert_text_at_cursor, character)
+    return True

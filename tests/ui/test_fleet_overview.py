@@ -7,7 +7,8 @@ import dataclasses
 import re
 
 import pytest
-from textual.widgets import DataTable
+from textual import events
+from textual.widgets import DataTable, Input
 
 from dbops.model import Reachability, Severity
 from dbops.screens.app import DbopsApp, HealthChanged
@@ -331,3 +332,19 @@ async def test_a_row_out_of_view_when_the_order_changes_shows_its_new_health_onc
         await pilot.pause(OverviewScreen.COALESCE_SECONDS + 0.2)
         assert healthy.name in [line.split()[2] for line in cluster_lines(app)[:3] if line.startswith("  CRIT")]
         await assert_down_once_scrolled_to(pilot, app, table, key, first.name)
+
+
+async def test_a_filter_typed_in_one_read_with_its_slash_fills_the_prompt(tmp_path, fleet):
+    """'/ors' arriving at once (typed fast, or in one read over a slow SSH link): every key after
+    the slash lands in the prompt; none reaches the table (whose `s` would sort)."""
+    app = make_app(tmp_path, fleet)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        for key, char in [("slash", "/"), ("o", "o"), ("r", "r"), ("s", "s"), ("slash", "/")]:
+            event = events.Key(key, char)
+            event.set_sender(app)
+            app._driver.send_message(event)  # queued together, as a terminal's one read is
+        await pilot.pause(0.3)
+        assert app.screen.query_one("#fleet-prompt", Input).value == "ors/"  # a slash in the prompt is text
+        assert "sort severity" in status(app)
+        assert "shown: /ors/" in status(app)
