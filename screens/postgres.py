@@ -31,6 +31,7 @@ from .pg_vacuum import (
 )
 from .render import SEVERITY_STYLE, one_line, severity_text, sparkline, state_text
 from .tables import PaneTable, TabTable, cursor_key
+from .widgets import typed_into_prompt
 
 
 class TopologyTable(PaneTable):
@@ -142,7 +143,8 @@ def blocking_tree(sessions: tuple[Session, ...]) -> Text:
 
 class PostgresScreen(ClusterPane):
     BINDINGS = [
-        Binding("slash", "filter", "Filter", key_display="/"),
+        # Priority, and the filter focused at once: see screens.widgets.typed_into_prompt.
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("s", "sort", "Sort"),
         Binding("c", "cancel_backend", "Cancel query"),
         Binding("k", "terminate_backend", "Terminate"),
@@ -478,10 +480,12 @@ class PostgresScreen(ClusterPane):
             table.reset()
 
     def action_filter(self) -> None:
-        self.action_tab("activity")
         inp = self.query_one(SessionFilter)
+        if typed_into_prompt(self, inp, "/"):
+            return
+        self.action_tab("activity")
         inp.display = True
-        inp.focus()
+        self.set_focus(inp)  # at once (see typed_into_prompt)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "filter":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from textual import events
 from textual.widgets import Button, DataTable, Input
 
 from dbops.audit import verify
@@ -84,6 +85,21 @@ async def test_filter_narrows_activity_and_escape_closes_it(tmp_path):
         await pilot.pause()
         assert not app.screen.query_one("#filter", Input).display
 
+
+async def test_a_filter_typed_in_one_read_with_its_slash_never_reaches_the_panes_keys(tmp_path):
+    """'/kc' arriving at once (typed fast, or in one read over a slow SSH link): the letters go
+    into the filter, not to the pane's `k` (terminate) and `c` (cancel), whose dialogs would open."""
+    app = make_app(tmp_path, allow_writes=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.open_cluster("production/orders-db")
+        await pilot.pause()
+        for key, char in [("slash", "/"), ("k", "k"), ("c", "c")]:
+            event = events.Key(key, char)
+            event.set_sender(app)
+            app._driver.send_message(event)  # queued together, as a terminal's one read is
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, PostgresScreen)  # no confirmation dialog opened
+        assert app.screen.query_one("#filter", Input).value == "kc"
 
 async def test_read_only_environment_greys_out_cancel_and_says_why(tmp_path):
     app = make_app(tmp_path)
