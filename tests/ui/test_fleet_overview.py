@@ -240,6 +240,9 @@ async def test_a_health_change_updates_only_its_row_and_a_new_order_waits_for_th
 
     monkeypatch.setattr(FleetTable, "update_cell", update_cell)
     monkeypatch.setattr(FleetTable, "replace_rows", replace_rows)
+    # A window no machine's start-up outlasts: the changes below land inside it, however slow
+    # the run (with 0.5 s a slow CI machine's start-up used it up, and the first change refilled).
+    monkeypatch.setattr(OverviewScreen, "COALESCE_SECONDS", 3.0)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         refills.clear()
