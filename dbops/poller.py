@@ -138,11 +138,6 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def wait_or_timeout(wake: Wake, seconds: float) -> None:
-    """Until `wake` is set or `seconds` have passed."""
-    await wake.wait(seconds)
-
-
 def monitoring_failure(exc: Exception, what: str, where: str) -> str:
     """What a failed read of Alertmanager or Prometheus says: the service's own message, or for
     a bug of ours its kind and the crash report that holds the details."""
@@ -175,7 +170,7 @@ async def poll_member(adapter: Adapter, ref: ClusterRef, member: Member, previou
     if previous is not None:
         last_good_at = previous.taken_at if previous.data is not None else previous.last_good_at
     try:
-        async with asyncio.timeout(ref.timeout):  # not wait_for: see wait_or_timeout
+        async with asyncio.timeout(ref.timeout):  # not wait_for: see Wake
             data = await adapter.collect()
     except asyncio.CancelledError:
         raise
@@ -328,7 +323,7 @@ class PollerHub(Hub):
         # Cleanup runs here, inside the loop's lifetime, so no close() is left pending when
         # the loop is closed.
         # Cancelled until they end: a library's own asyncio.wait_for may swallow one
-        # cancellation on Python 3.11 (see wait_or_timeout), and one loop left running would
+        # cancellation on Python 3.11 (see Wake), and one loop left running would
         # keep stop() waiting for ever.
         pending = {t for t in self._tasks if not t.done()}
         while pending:
@@ -411,7 +406,7 @@ class PollerHub(Hub):
                 delay += self._phase[ref.key] * interval
                 first = False
             wake.clear()
-            await wait_or_timeout(wake, started + delay - loop.time())
+            await wake.wait(started + delay - loop.time())
 
     async def _close_member(self, ref: ClusterRef, member: Member) -> None:
         adapter = self._adapters.pop((ref.key, member.name), None)
@@ -559,7 +554,7 @@ class PollerHub(Hub):
                     last = self._alerts
                 state = AlertsState(last.alerts, last.fetched_at, message)
             self._set_alerts(state)
-            await wait_or_timeout(self._alerts_wake, options.refresh_interval)
+            await self._alerts_wake.wait(options.refresh_interval)
 
     def _set_alerts(self, state: AlertsState) -> None:
         with self._lock:
@@ -654,7 +649,7 @@ class PollerHub(Hub):
                 self._dirty.add(ref.key)
             if first and self._on_change is not None:
                 self._on_change()
-            await wait_or_timeout(wake, ref.cluster.backups.refresh_seconds)
+            await wake.wait(ref.cluster.backups.refresh_seconds)
 
     def refresh_backups(self, key: str | None = None) -> None:
         """Re-read the backup state now (of one cluster, or all), from any thread."""

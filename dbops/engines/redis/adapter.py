@@ -150,7 +150,7 @@ class RedisAdapter(Adapter):
                                  sentinel=sentinel)
             coro = self._sentinel(st) if sentinel else self._data(st)
             # asyncio.timeout, not wait_for: no task per node per refresh, and on Python 3.11 no
-            # cancellation lost when it races the reply (see dbops.poller.wait_or_timeout).
+            # cancellation lost when it races the reply (see dbops.poller.Wake).
             async with asyncio.timeout(self.node_timeout):
                 data = await coro
         except asyncio.CancelledError:
