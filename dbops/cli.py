@@ -39,7 +39,8 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, lazy={"audit": "dbops.audit_cli:audit", "drill": "dbops.drill.cli:drill", "runbook": "dbops.runbook.cli:runbook",
-                                  "sandbox": "dbops.sandbox.cli:sandbox"},
+                                  "sandbox": "dbops.sandbox.cli:sandbox", "record": "dbops.recording_cli:record",
+                                  "replay": "dbops.recording_cli:replay", "incident": "dbops.recording_cli:incident"},
              invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", envvar=None, help="Config file (default: $DBOPS_CONFIG, ./dbops.toml, user config dir).")
 @click.option("--allow-writes", is_flag=True, help="Allow server-changing actions in every environment for this session.")

@@ -602,6 +602,22 @@ class AuditOptions(Model):
 
 
 @dataclass(frozen=True)
+class RecordingOptions(Model):
+    """The session recording (dbops.recording): every snapshot the console's pollers make, the
+    alerts, the audit records and the operator's notes, for `dbops replay` and the incident
+    bundle. On by default; bounded by age and by the directory's total size."""
+
+    enabled: bool = True
+    # Default: recordings/ in the state directory (beside the audit log).
+    dir: str | None = None
+    # A recording file covers at most this long, so the oldest can be removed whole.
+    segment_minutes: float = field(default=60.0, metadata=limits(ge=1))
+    # Files older than this are removed, and the oldest files while the directory holds more than max_mb.
+    keep_hours: float = field(default=72.0, metadata=limits(gt=0))
+    max_mb: float = field(default=2048.0, metadata=limits(gt=0))
+
+
+@dataclass(frozen=True)
 class LeaseLocks(Model):
     """Runbook locks as Kubernetes Leases (coordination.k8s.io/v1), for teams whose consoles run
     on several hosts: one Lease per cluster in `namespace`, renewed while the runbook runs."""
@@ -723,6 +739,7 @@ class Config(Model):
     drills: Drills = Drills()
     environments: dict[str, Environment] = field(default_factory=dict)
     audit: AuditOptions = AuditOptions()
+    recording: RecordingOptions = RecordingOptions()
     locks: Locks = Locks()
     alertmanager: AlertmanagerOptions | None = None
     prometheus: PrometheusOptions | None = None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dbops.model import ClusterHealth, MemberHealth, Snapshot
     from dbops.platform.alertmanager import Alert
     from dbops.platform.backups import ClusterBackups
+    from dbops.recording import Event
 
 
 class HistoryPoint(Protocol):
@@ -44,9 +45,48 @@ class AlertsState:
     configured: bool = True
 
 
+class Timeline(Protocol):
+    """The incident's story on one clock (dbops.recording): state changes, alerts, audit
+    records, notes. The live console's is its recorder; a replay's is the recording."""
+
+    def events(self, since: float | None = None, cluster: str | None = None) -> list[Event]: ...
+
+    def note(self, text: str, operator: str, cluster: str | None = None) -> Event:
+        """Keep an operator's note (live: now; in replay: at the replay's position)."""
+        ...
+
+
+class Playback(Protocol):
+    """A replay's controls: where it is, how fast it plays, where the events are."""
+
+    first: float
+    last: float
+
+    @property
+    def position(self) -> float: ...
+
+    @property
+    def speed(self) -> float: ...
+
+    @property
+    def playing(self) -> bool: ...
+
+    def faster(self, steps: int) -> float: ...
+
+    def seek(self, at: float) -> float: ...
+
+    def step(self, direction: int) -> float | None: ...
+
+    def marks(self) -> list[float]: ...
+
+
 class Hub(Protocol):
     config: Config
     refs: list[ClusterRef]
+    # None: nothing is recorded (recording off, or a test's frozen hub).
+    timeline: Timeline | None = None
+    # None: live; a replay's controls otherwise (the console is then read-only).
+    playback: Playback | None = None
 
     # -- lifecycle
     def start(self) -> None: ...

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbops.config import AlertmanagerOptions, ClusterRef, Config, Member
 from dbops.engine_spec import adapter_class, load_attr, spec_of
@@ -36,6 +36,9 @@ from dbops.health import assess_cluster, update_baseline
 from dbops.hub import AlertsState, HistoryPoint, HistorySampler, Hub
 from dbops.model import ClusterHealth, Reachability, Snapshot
 from dbops.platform import backups as platform_backups
+
+if TYPE_CHECKING:
+    from dbops.recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +219,11 @@ class PollerHub(Hub):
     """
 
     def __init__(self, config: Config, on_change: Callable[[], None] | None = None, *,
-                 audit_path: Path | None = None) -> None:
+                 audit_path: Path | None = None, recorder: Recorder | None = None) -> None:
         self.config = config
+        # Gets every value the hub makes (dbops.recording), on the hub's thread: it only queues.
+        self.recorder = recorder
+        self.timeline = recorder
         self.refs = config.clusters()
         self._refs_by_key = {r.key: r for r in self.refs}
         self._watched: str | None = None
@@ -464,6 +470,8 @@ class PollerHub(Hub):
             broken = MemberHealth(snap, "unknown", Severity.CRIT, (Metric("internal", Severity.CRIT, snap.error or "internal error"),))
             members = tuple(broken if m.name == snap.member else m for m in old.members)
             self._health[ref.key] = replace(old, members=members, severity=Severity.CRIT)
+            if self.recorder is not None:
+                self.recorder.health(ref.key, self._snapshots[ref.key], self._health[ref.key])
             first = not self._dirty
             self._dirty.add(ref.key)
         if first and self._on_change is not None:
@@ -516,6 +524,8 @@ class PollerHub(Hub):
             self._baseline[ref.key] = update_baseline(ref, self._baseline.get(ref.key), snaps)
             health = assess_cluster(ref, snaps, self._baseline[ref.key])
             self._health[ref.key] = health
+            if self.recorder is not None:
+                self.recorder.health(ref.key, snaps, health)
             sampler = self._samplers.get(ref.key)
             if sampler is not None:
                 by_name = {m.name: m for m in health.members}
@@ -560,6 +570,8 @@ class PollerHub(Hub):
         with self._lock:
             before = self._alerts
             self._alerts = state
+            if self.recorder is not None:
+                self.recorder.alerts(state)
             changed: set[str | None] = {a.cluster for a in set(before.alerts) ^ set(state.alerts)}
             changed.discard(None)
             if before.error != state.error or before.fetched_at is None:
@@ -617,6 +629,8 @@ class PollerHub(Hub):
                     if key in self._health and key != self._watched:
                         self._health[key] = health
                         self._dirty.add(key)
+                        if self.recorder is not None:
+                            self.recorder.health(key, self._snapshots[key], health)
                 first = bool(found)
             if first and self._on_change is not None:
                 self._on_change()
@@ -645,6 +659,8 @@ class PollerHub(Hub):
                     f"dbops could not read the backups ({type(exc).__name__}: {exc}); details in {where}",))
             with self._lock:
                 self._backups[ref.key] = fetched
+                if self.recorder is not None:
+                    self.recorder.backups(ref.key, fetched)
                 first = not self._dirty
                 self._dirty.add(ref.key)
             if first and self._on_change is not None:

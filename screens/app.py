@@ -64,7 +64,17 @@ class DbopsApp(App[None]):
         Binding("D", "drill", "Drill", key_display="D", show=False),
         # Alertmanager's alerts (the fleet's from the overview, the cluster's from its pane).
         Binding("exclamation_mark", "alerts", "Alerts", key_display="!", show=False),
+        # The incident's timeline, and a note on it (live or in replay).
+        Binding("T", "timeline", "Timeline", key_display="T", show=False),
+        Binding("n", "note", "Note", show=False),
+        # A replay's controls (dbops replay); p plays and pauses it.
+        Binding("full_stop", "step(1)", "Next event", key_display=".", show=False),
+        Binding("comma", "step(-1)", "Previous event", key_display=",", show=False),
+        Binding("plus,equals_sign", "speed(1)", "Faster", key_display="+", show=False),
+        Binding("minus", "speed(-1)", "Slower", key_display="-", show=False),
+        Binding("g", "goto", "Go to time", show=False),
     ]
+    REPLAY_ACTIONS = frozenset({"step", "speed", "goto"})
     # How often a console looks for runs waiting for its operator's approval (two-person rule).
     APPROVALS_EVERY = 10.0
 
@@ -96,6 +106,7 @@ class DbopsApp(App[None]):
         self.crash_message: str | None = None
         self.waiting_approvals: list[Any] = []  # requests this operator may approve (dbops.runbook.approvals)
         self._approvals_error: str | None = None
+        self._recorder: Any = None  # dbops.recording.Recorder, made with the live hub
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -111,19 +122,36 @@ class DbopsApp(App[None]):
             # Imported here: the poller pulls in the engine registry, which the first frame does not need.
             from dbops.poller import PollerHub
 
-            self._hub = PollerHub(self.config, on_change=lambda: self.post_message(HealthChanged()),
-                                  audit_path=self.audit.path)
-        # Pollers start after the first frame: their thread imports the client libraries, and
-        # holding the GIL for that would delay the first paint.
-        self.call_after_refresh(self._hub.start)
+            hub = PollerHub(self.config, on_change=lambda: self.post_message(HealthChanged()), audit_path=self.audit.path)
+            self._hub = hub
+            # Pollers start after the first frame: their thread imports the client libraries, and
+            # holding the GIL for that would delay the first paint. So does the recording.
+            self.call_after_refresh(self._record_and_poll, hub)
+        else:
+            self.call_after_refresh(self._hub.start)
         self.sub_title = f"operator {self.operator}"
+        if self._hub.playback is not None:
+            # A replay: every screen gets the time bar; nothing is read from or done to a server.
+            self.sub_title = f"replay · operator {self.operator}"
+            self.screen_change_signal.subscribe(self, self._add_time_bar)
         self.push_screen(OverviewScreen())
-        if self._watches_approvals():
+        if self._watches_approvals() and self._hub.playback is None:
             self.call_after_refresh(self._look_for_approvals)
             self.set_interval(self.APPROVALS_EVERY, self._look_for_approvals)
         if self._exit_after_first_frame:
             self.call_after_refresh(self.exit)
         self.call_after_refresh(self._tame_the_collector)
+
+    def _record_and_poll(self, hub: Any) -> None:
+        """The session is recorded (dbops replay, the incident bundle) unless the config says
+        not; a recording that cannot start is said, and the console runs without it."""
+        from dbops.recording import open_recorder
+
+        self._recorder, error = open_recorder(self.config, self.state_dir, self.audit.path)
+        hub.recorder = hub.timeline = self._recorder
+        if error is not None:
+            self.notify(error, severity="error", timeout=20)
+        hub.start()
 
     # -- garbage collection out of the keys' way ----------------------------------------------
 
@@ -161,6 +189,8 @@ class DbopsApp(App[None]):
     def on_unmount(self) -> None:
         if self._hub is not None:
             self._hub.stop()
+        if self._recorder is not None:
+            self._recorder.stop()
 
     def on_health_changed(self, _: HealthChanged) -> None:
         # Notices from the hub's thread (a failed audit shipping): seen, never lost in a log.
@@ -196,6 +226,9 @@ class DbopsApp(App[None]):
                         description="look for runs waiting for an approval", thread=True, exit_on_error=False)
 
     def on_worker_state_changed(self, event: Any) -> None:
+        if event.worker.group == "note":
+            self._note_kept(event)
+            return
         if event.worker.group != "approvals-watch":
             return
         from textual.worker import WorkerState
@@ -251,12 +284,14 @@ class DbopsApp(App[None]):
             self.push_screen(HelpScreen())
 
     def action_toggle_pause(self) -> None:
+        playback = self._hub.playback
         if self._hub.paused:
             self._hub.resume()
-            self.notify("Refresh resumed")
+            self.notify(f"Replay playing at {playback.speed:g}x" if playback is not None else "Refresh resumed")
         else:
             self._hub.pause()
-            self.notify("Refresh paused: values are frozen until you press p again", severity="warning")
+            self.notify("Replay paused" if playback is not None else "Refresh paused: values are frozen until you press p again",
+                        severity="warning")
         for screen in self.screen_stack:
             handler = getattr(screen, "pause_changed", None)
             if handler is not None and screen.is_mounted:
@@ -297,6 +332,8 @@ class DbopsApp(App[None]):
     def action_drill(self) -> None:
         from .drill import DrillScreen
 
+        if self.refuse_in_replay("drills"):
+            return
         # One drill screen at a time (a second could start a drill while one runs), even when a
         # confirmation or another screen is on top of it.
         if any(isinstance(s, DrillScreen) for s in self.screen_stack):
@@ -320,8 +357,17 @@ class DbopsApp(App[None]):
             return
         self.push_screen(pane(key))
 
+    def refuse_in_replay(self, what: str) -> bool:
+        """True (and says so) when the console is a replay, where `what` cannot happen."""
+        if self._hub.playback is None:
+            return False
+        self.notify(f"this is a replay of a recording: {what} cannot run here (open the live console)", severity="warning")
+        return True
+
     def open_runbooks(self, key: str) -> None:
         """Pick a runbook for this cluster's engine, then open the wizard on it."""
+        if self.refuse_in_replay("runbooks"):
+            return
         from dbops.runbook.registry import applies_to, load
 
         from .runbook import PickRunbook, RunbookScreen
@@ -335,6 +381,108 @@ class DbopsApp(App[None]):
                 self.push_screen(RunbookScreen(books[book_id].for_cluster(ref), ref))
 
         self.push_screen(PickRunbook(mine, problems), callback=picked)
+
+    # -- the timeline and notes; a replay's controls --------------------------------------------
+
+    def _screen_cluster(self) -> str | None:
+        key = getattr(self.screen, "key", None)
+        return key if isinstance(key, str) else None
+
+    def action_timeline(self) -> None:
+        from .timeline import TimelineScreen
+
+        if not isinstance(self.screen, TimelineScreen):
+            self.push_screen(TimelineScreen(self._screen_cluster()))
+
+    def action_note(self) -> None:
+        from dbops.recording import clock_text
+
+        from .timeline import NoteModal
+
+        timeline = self._hub.timeline
+        if timeline is None:
+            self.notify("nothing is recorded ([recording] enabled = false, or the recording stopped): a note has nowhere to go",
+                        severity="error")
+            return
+        cluster = self._screen_cluster()
+        at = clock_text(self.clock())
+
+        def keep(text: str | None) -> None:
+            if text is None:
+                return
+            # In a worker thread: the note waits for the file's commit (a few ms, or a slow disk).
+            self.run_worker(lambda: timeline.note(text, self.operator, cluster), group="note", thread=True,
+                            exit_on_error=False, description="keep a note")
+
+        self.push_screen(NoteModal(cluster or "the fleet", at), callback=keep)
+
+    def _note_kept(self, event: Any) -> None:
+        from textual.worker import WorkerState
+
+        if event.state == WorkerState.SUCCESS:
+            from dbops.recording import clock_text
+
+            self.notify(f"note kept at {clock_text(event.worker.result.ts)}: {event.worker.result.text}")
+        elif event.state == WorkerState.ERROR:
+            from dbops.secrets import scrub_text
+
+            self.notify(f"the note was NOT kept: {scrub_text(str(event.worker.error))}", severity="error", timeout=30)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.REPLAY_ACTIONS and (self._hub is None or self._hub.playback is None):
+            return False
+        return True
+
+    def action_step(self, direction: int) -> None:
+        from dbops.recording import clock_text
+
+        playback = self._hub.playback
+        assert playback is not None
+        at = playback.step(direction)
+        if at is None:
+            self.notify("no later event" if direction > 0 else "no earlier event", severity="warning")
+        else:
+            self.notify(f"at {clock_text(at)}", timeout=2)
+
+    def action_speed(self, steps: int) -> None:
+        playback = self._hub.playback
+        assert playback is not None
+        self.notify(f"replay speed {playback.faster(steps):g}x", timeout=2)
+
+    def action_goto(self) -> None:
+        from dbops.recording import parse_time
+
+        from .timeline import GoToTime
+
+        playback = self._hub.playback
+        assert playback is not None
+
+        def go(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                at = parse_time(text, playback.position)
+            except ValueError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            if not playback.first <= at <= playback.last:
+                self.notify("that time is outside the recording: showing its nearest end", severity="warning")
+            playback.seek(at)
+
+        self.push_screen(GoToTime(playback.first, playback.last), callback=go)
+
+    def _add_time_bar(self, screen: Screen[Any]) -> None:
+        from textual.screen import ModalScreen
+        from textual.widgets import Footer
+
+        from .timeline import TimeBar
+
+        if isinstance(screen, ModalScreen) or screen.query(TimeBar):
+            return
+        bar = TimeBar()
+        if screen.query(Footer):
+            bar.styles.margin = (0, 0, 1, 0)  # above the footer, not over it
+        screen.mount(bar)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

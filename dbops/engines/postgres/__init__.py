@@ -19,4 +19,5 @@ SPEC = EngineSpec(
     history="dbops.engines.postgres.history:sample",
     thresholds=PostgresThresholds,
     probe="dbops.engines.postgres.probe:PostgresProbe",
+    facts="dbops.engines.postgres.summary:facts",
 )

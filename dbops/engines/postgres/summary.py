@@ -9,7 +9,7 @@ from __future__ import annotations
 from dbops.config import ClusterRef
 from dbops.engine_spec import OverviewRow, topology, worst_lag
 from dbops.engines.postgres.data import PgMemberData
-from dbops.model import ClusterHealth
+from dbops.model import ClusterHealth, MemberHealth, Snapshot
 
 
 def overview_row(ref: ClusterRef, health: ClusterHealth) -> OverviewRow:
@@ -53,3 +53,14 @@ def _archiver_state(data: PgMemberData) -> str:
     ):
         return "failing"
     return "ok"
+
+
+def facts(snapshot: Snapshot, member: MemberHealth) -> dict[str, str]:
+    """What the timeline reports when it changes: the member's timeline (a promotion starts a
+    new one), and a standby's WAL receiver state (streaming, or which primary it follows)."""
+    data: PgMemberData = snapshot.data
+    out = {"timeline": str(data.timeline) if data.timeline is not None else "?"}
+    if data.in_recovery:
+        wr = data.wal_receiver
+        out["WAL receiver"] = "none" if wr is None or wr.status is None else f"{wr.status} from {wr.sender_host}:{wr.sender_port}"
+    return out

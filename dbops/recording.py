@@ -1,0 +1,892 @@
+"""Session recordings: what the console saw, on one clock, for replay and the incident review.
+
+A recording is one SQLite file (suffix .dbrec), schema-versioned:
+
+    meta     key/value: schema, dbops version, host, the config (scrubbed), when it started
+    frames   one row per change the hub made: a cluster's snapshots and judged health
+             ("health"), the fleet's alerts ("alerts"), a cluster's backups ("backups"); the
+             payload is the hub's own immutable values, pickled and compressed with zstd (as
+             Dolphie's replay files are). `keyframe` rows restate every cluster's state at the
+             start of a file, so each file replays on its own.
+    events   the timeline: state changes derived from consecutive frames (member down/up,
+             role and timeline changes, metrics crossing a severity), alerts firing and
+             resolving, the audit log's records (runbook steps, actions), operator notes.
+
+`Recorder` writes from a thread of its own: the hub only queues the values it already made, so
+recording never holds up a poll. Files are cut every `segment_minutes` and the directory is
+kept under `keep_hours` and `max_mb` by removing whole old files.
+
+Payloads are read back with a restricted unpickler: only dbops' own (and registered engines')
+dataclasses and enums, and a few plain types, can appear; anything else in a file is refused
+with a message, never called (a recording may come from another machine in a bundle).
+
+This module is core: no textual. zstandard is imported when a recording is written or read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import io
+import json
+import logging
+import os
+import pickle
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dbops.model import ClusterHealth, Reachability, Severity, Snapshot
+
+if TYPE_CHECKING:
+    from dbops.config import Config, RecordingOptions
+    from dbops.hub import AlertsState
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SUFFIX = ".dbrec"
+# How long the writer holds rows before a commit: what a crash of the console can lose.
+COMMIT_EVERY = 1.0
+# The queue between the hub and the writer: past this many waiting values the writer is far
+# behind (a full disk, a stalled file system), and frames are dropped with a "gap" event
+# rather than growing the console's memory without end.
+QUEUE_LIMIT = 20_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, cluster TEXT NOT NULL,
+    keyframe INTEGER NOT NULL DEFAULT 0, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS frames_by_cluster ON frames (kind, cluster, ts);
+CREATE INDEX IF NOT EXISTS frames_by_time ON frames (ts);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, source TEXT NOT NULL, cluster TEXT NOT NULL,
+    member TEXT NOT NULL, severity TEXT NOT NULL, text TEXT NOT NULL, detail TEXT);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (ts);
+"""
+
+
+class RecordingError(Exception):
+    """A recording that cannot be written or read; the message says which file and why."""
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+_PLAIN = {
+    ("builtins", "frozenset"), ("builtins", "set"), ("builtins", "complex"), ("builtins", "bytearray"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"), ("datetime", "timedelta"),
+    ("datetime", "timezone"), ("decimal", "Decimal"), ("collections", "OrderedDict"),
+}
+
+
+def _allowed_roots() -> tuple[str, ...]:
+    """dbops itself and every registered engine's package (a plugin's data classes)."""
+    from dbops.engine_spec import specs
+
+    roots = {"dbops"}
+    for spec in specs().values():
+        roots.add(spec.adapter.partition(":")[0].split(".")[0])
+    return tuple(sorted(roots))
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    roots: tuple[str, ...] = ()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN:
+            return super().find_class(module, name)
+        if module.split(".")[0] in self.roots and "." not in name:
+            obj = getattr(importlib.import_module(module), name, None)
+            if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
+                return obj
+        raise RecordingError(f"the recording holds a {module}.{name}, which this dbops does not read from a recording "
+                             "(it may come from another dbops version)")
+
+
+class Codec:
+    """Pickle + zstd, one compressor per writer (zstandard's objects are not thread-safe)."""
+
+    def __init__(self, level: int = 3) -> None:
+        import zstandard
+
+        self._compress = zstandard.ZstdCompressor(level=level).compress
+        self._decompress = zstandard.ZstdDecompressor().decompress
+        self._roots = _allowed_roots()
+
+    def pack_raw(self, obj: Any) -> bytes:
+        return pickle.dumps(obj, protocol=5)
+
+    def compress(self, raw: bytes) -> bytes:
+        return self._compress(raw)
+
+    def decompress(self, blob: bytes) -> bytes:
+        return self._decompress(blob)
+
+    def unpack(self, blob: bytes) -> Any:
+        try:
+            raw = self._decompress(blob)
+        except Exception as exc:  # zstandard.ZstdError: a damaged row
+            raise RecordingError(f"a frame cannot be decompressed ({exc})") from None
+        unpickler = _SafeUnpickler(io.BytesIO(raw))
+        unpickler.roots = self._roots
+        try:
+            return unpickler.load()
+        except RecordingError:
+            raise
+        except Exception as exc:
+            raise RecordingError(f"a frame cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+def config_secret_values(config: Config) -> list[str]:
+    """Every credential value the config names that can be read here (literals, environment
+    variables, files): what must never be written into a recording or a bundle."""
+    from dbops.config import SecretRef
+    from dbops.secrets import resolve
+
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretRef):
+            try:
+                secret = resolve(value) if value.env or value.file or value.value else None
+            except Exception:  # a reference that cannot be read here holds nothing to scrub
+                secret = None
+            if secret is not None and len(secret.reveal()) >= 4:
+                found.append(secret.reveal())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name, None))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(config)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub_values(obj: Any, secrets: list[str]) -> Any:
+    """`obj` with every secret value in its strings replaced by ***: dataclasses rebuilt field by
+    field (frozen ones too), containers rebuilt, everything else kept."""
+    from dbops.config import SecretRef
+    from dbops.secrets import REDACTED
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for s in secrets:
+                if s in value:
+                    value = value.replace(s, REDACTED)
+            return value
+        if isinstance(value, SecretRef):
+            return dataclasses.replace(value, value=REDACTED) if value.value is not None else value
+        if isinstance(value, enum.Enum) or value is None or isinstance(value, (int, float, bytes)):
+            return value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            clone = object.__new__(type(value))
+            for f in dataclasses.fields(value):
+                object.__setattr__(clone, f.name, scrub(getattr(value, f.name)))
+            return clone
+        if isinstance(value, tuple):
+            return tuple(scrub(v) for v in value)
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {scrub(k): scrub(v) for k, v in value.items()}
+        if isinstance(value, (set, frozenset)):
+            return type(value)(scrub(v) for v in value)
+        return value
+
+    return scrub(obj)
+
+
+def scrubbed_config(config: Config) -> Config:
+    """The config as a recording keeps it: literal credentials replaced by ***."""
+    result: Config = scrub_values(config, [])
+    return result
+
+
+# -- what changed: the timeline's state events -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    ts: float
+    source: str  # state, alert, audit, note, recording
+    cluster: str  # "env/name", or "" for the fleet
+    member: str
+    severity: str  # ok, info, warning, error (a note: note)
+    text: str
+    detail: str | None = None  # the audit record's JSON, a note's operator
+
+
+_LEVEL = {Severity.OK: "ok", Severity.WARN: "warning", Severity.CRIT: "error", Severity.UNKNOWN: "warning"}
+
+
+def _facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
+    """Each member's engine facts (a PostgreSQL member's timeline ...), by member."""
+    from dbops.engine_spec import spec_of
+
+    try:
+        facts_of = spec_of(health.engine).facts_of()
+    except Exception:  # an engine that cannot be loaded has no facts to compare
+        return {}
+    if facts_of is None:
+        return {}
+    out = {}
+    for m in health.members:
+        if m.snapshot.data is not None:
+            out[m.name] = facts_of(m.snapshot, m)
+    return out
+
+
+def _metric_levels(health: ClusterHealth) -> dict[tuple[str, str], tuple[Severity, str]]:
+    """(member or "", metric name) -> the worst severity among that name's metrics, and its message."""
+    out: dict[tuple[str, str], tuple[Severity, str]] = {}
+    groups = [("", health.metrics)] + [(m.name, m.metrics) for m in health.members]
+    for member, metrics in groups:
+        for metric in metrics:
+            if metric.name == "reachability":
+                continue  # said by the member's own down/up event
+            key = (member, metric.name)
+            worst = out.get(key)
+            if worst is None or metric.severity.rank > worst[0].rank:
+                out[key] = (metric.severity, metric.message)
+    return out
+
+
+def state_changes(before: ClusterHealth | None, after: ClusterHealth, ts: float) -> list[Event]:
+    """What the operator would have noticed between two judgements of one cluster: members
+    going down or coming back, role changes, an engine's facts changing (a timeline), metrics
+    crossing a severity, the cluster's own severity. A member's first answer after PENDING is
+    not a change; a first judgement says only what is wrong."""
+    key = f"{after.environment}/{after.name}"
+    out: list[Event] = []
+    old = {m.name: m for m in before.members} if before is not None else {}
+    for m in after.members:
+        was = old.get(m.name)
+        reach = m.snapshot.reachability
+        if reach is Reachability.PENDING:
+            continue
+        if was is None or was.snapshot.reachability is Reachability.PENDING:
+            if not m.snapshot.reachable:
+                out.append(Event(ts, "state", key, m.name, "error", f"{m.name} {reach.value}: {m.snapshot.error or 'no answer'}"))
+            continue
+        if was.snapshot.reachability is not reach:
+            if m.snapshot.reachable:
+                out.append(Event(ts, "state", key, m.name, "ok", f"{m.name} UP again (was {was.snapshot.reachability.value})"))
+            else:
+                out.append(Event(ts, "state", key, m.name, "error", f"{m.name} {reach.value}: {m.snapshot.error or 'no answer'}"))
+        if m.role != was.role and m.snapshot.reachable and was.snapshot.reachable:
+            out.append(Event(ts, "state", key, m.name, "warning", f"{m.name} role {was.role} → {m.role}"))
+    if before is not None:
+        old_facts, new_facts = _facts(before), _facts(after)
+        for member, facts in new_facts.items():
+            previous = old_facts.get(member)
+            if previous is None:
+                continue
+            for name, value in facts.items():
+                if name in previous and previous[name] != value:
+                    out.append(Event(ts, "state", key, member, "warning", f"{member} {name} {previous[name]} → {value}"))
+    old_levels = _metric_levels(before) if before is not None else {}
+    for (member, name), (severity, message) in _metric_levels(after).items():
+        level = old_levels.get((member, name))
+        was_sev = level[0] if level is not None else Severity.OK
+        if severity is was_sev:
+            continue
+        if before is None and severity is Severity.OK:
+            continue
+        who = f"{member} " if member else ""
+        if severity is Severity.OK:
+            out.append(Event(ts, "state", key, member, "ok", f"{who}{name} OK again"))
+        else:
+            out.append(Event(ts, "state", key, member, _LEVEL[severity], f"{who}{name} {severity.name}: {message}"))
+    if before is not None and before.severity is not after.severity:
+        out.append(Event(ts, "state", key, "", _LEVEL[after.severity], f"cluster {before.severity.name} → {after.severity.name}"))
+    return out
+
+
+def alert_changes(before: AlertsState | None, after: AlertsState, ts: float) -> list[Event]:
+    old = {a.fingerprint: a for a in (before.alerts if before is not None else ())}
+    new = {a.fingerprint: a for a in after.alerts}
+    out = []
+    for fp, a in new.items():
+        if fp not in old:
+            sev = "error" if a.severity in ("critical", "page") else "warning"
+            out.append(Event(ts, "alert", a.cluster or "", a.member or "", sev,
+                             f"alert {a.name} firing" + (f": {a.summary}" if a.summary else "")))
+    for fp, a in old.items():
+        if fp not in new:
+            out.append(Event(ts, "alert", a.cluster or "", a.member or "", "ok", f"alert {a.name} resolved"))
+    if before is not None and (before.error is None) != (after.error is None):
+        out.append(Event(ts, "alert", "", "", "warning" if after.error else "ok",
+                         f"Alertmanager cannot be read: {after.error}" if after.error else "Alertmanager read again"))
+    return out
+
+
+def audit_event(record: dict[str, Any]) -> Event:
+    """An audit record as a line of the timeline: what ran (or was refused), which step, how it ended."""
+    from dbops.audit import parse_timestamp
+
+    ts = parse_timestamp(record["ts"]).timestamp()
+    action = str(record.get("action") or "?")
+    step = record.get("step")
+    phase = record.get("phase")
+    outcome = record.get("outcome")
+    text = action + (f" step {step}" if step else "")
+    if phase == "intent":
+        text += ": starting"
+    elif phase == "abort":
+        text += f": not run ({outcome})" + (f": {record['reason']}" if record.get("reason") else "")
+    else:
+        text += f": {outcome}" + (f" in {record['duration_ms'] / 1000:.1f}s" if record.get("duration_ms") is not None else "")
+        if record.get("error"):
+            text += f": {record['error']}"
+    login = (record.get("operator") or {}).get("login")
+    if login:
+        text += f" (by {login})"
+    severity = "error" if outcome == "failed" else "warning" if phase == "abort" else "info"
+    cluster = f"{record.get('environment')}/{record.get('cluster')}" if record.get("cluster") else ""
+    return Event(ts, "audit", cluster, str(record.get("member") or ""), severity, text, json.dumps(record, sort_keys=True))
+
+
+# -- one file --------------------------------------------------------------------------------
+
+
+def _dbops_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dbops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def create_file(path: Path, config: Config, started: float) -> sqlite3.Connection:
+    """A new recording file (mode 0600, like the audit log: it holds what the servers said)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    codec = Codec()
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("schema", str(SCHEMA_VERSION)), ("dbops", _dbops_version()), ("host", socket.gethostname()),
+        ("started", repr(started)), ("pid", str(os.getpid())),
+    ])
+    db.execute("INSERT INTO meta VALUES ('config', ?)", (codec.compress(codec.pack_raw(scrubbed_config(config))).hex(),))
+    db.execute("COMMIT")
+    return db
+
+
+def open_file(path: Path, *, writable: bool = False) -> sqlite3.Connection:
+    """A recording to read (and, writable, to add review notes to); RecordingError when it is
+    not one this dbops can read."""
+    if not path.is_file():
+        raise RecordingError(f"{path}: no such recording")
+    mode = "rw" if writable else "ro"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, check_same_thread=False, isolation_level=None)
+        rows = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as exc:
+        raise RecordingError(f"{path}: not a dbops recording ({exc})") from None
+    schema = rows.get("schema")
+    if schema != str(SCHEMA_VERSION):
+        db.close()
+        raise RecordingError(f"{path}: recording schema {schema!r}; this dbops reads schema {SCHEMA_VERSION}")
+    return db
+
+
+@dataclass(frozen=True)
+class Frame:
+    id: int
+    ts: float
+    kind: str
+    cluster: str
+    keyframe: bool
+    value: Any
+
+
+class Reading:
+    """A recording opened for reading: its config, its span, its frames and its events."""
+
+    def __init__(self, path: Path, *, writable: bool = False) -> None:
+        self.path = path
+        self.db = open_file(path, writable=writable)
+        self.codec = Codec()
+        self.meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        self.lock = threading.Lock()  # one connection shared by the replay thread and the UI's notes
+
+    def close(self) -> None:
+        self.db.close()
+
+    def config(self) -> Config:
+        value = self.codec.unpack(bytes.fromhex(self.meta["config"]))
+        from dbops.config import Config
+
+        if not isinstance(value, Config):
+            raise RecordingError(f"{self.path}: its config is not a dbops config")
+        return value
+
+    def span(self) -> tuple[float, float]:
+        """(first, last) time the recording holds anything."""
+        with self.lock:
+            lo, hi = self.db.execute("SELECT min(ts), max(ts) FROM frames").fetchone()
+            elo, ehi = self.db.execute("SELECT min(ts), max(ts) FROM events").fetchone()
+        started = float(self.meta.get("started", "0"))
+        los = [x for x in (lo, elo) if x is not None] or [started]
+        his = [x for x in (hi, ehi) if x is not None] or [started]
+        return min(los), max(his)
+
+    def _frames(self, sql: str, args: Iterable[Any]) -> list[Frame]:
+        with self.lock:
+            rows = self.db.execute(sql, tuple(args)).fetchall()
+        return [Frame(i, ts, kind, cluster, bool(key), self.codec.unpack(payload)) for i, ts, kind, cluster, key, payload in rows]
+
+    def latest(self, kind: str, cluster: str, at: float) -> Frame | None:
+        found = self._frames("SELECT id, ts, kind, cluster, keyframe, payload FROM frames WHERE kind = ? AND cluster = ? "
+                             "AND ts <= ? ORDER BY ts DESC, id DESC LIMIT 1", (kind, cluster, at))
+        return found[0] if found else None
+
+    def clusters(self, kind: str) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT DISTINCT cluster FROM frames WHERE kind = ?", (kind,))]
+
+    def frames_between(self, after: float, until: float, kind: str | None = None, cluster: str | None = None) -> list[Frame]:
+        """Frames with after < ts <= until, oldest first."""
+        sql = "SELECT id, ts, kind, cluster, keyframe, payload FROM frames WHERE ts > ? AND ts <= ?"
+        args: list[Any] = [after, until]
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if cluster is not None:
+            sql += " AND cluster = ?"
+            args.append(cluster)
+        return self._frames(sql + " ORDER BY ts, id", args)
+
+    def change_times(self) -> list[float]:
+        """When anything changed (frames that are not keyframes, and events): the time bar's marks."""
+        with self.lock:
+            return [r[0] for r in self.db.execute(
+                "SELECT ts FROM frames WHERE keyframe = 0 UNION SELECT ts FROM events ORDER BY 1")]
+
+    def event_times(self) -> list[float]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT ts FROM events ORDER BY ts")]
+
+    def events(self, since: float | None = None, until: float | None = None, cluster: str | None = None) -> list[Event]:
+        return read_events(self.db, since, until, cluster, self.lock)
+
+    def add_note(self, note: Event) -> None:
+        with self.lock:
+            insert_events(self.db, [note])
+
+
+def read_events(db: sqlite3.Connection, since: float | None, until: float | None, cluster: str | None,
+                lock: threading.Lock | None = None) -> list[Event]:
+    sql = "SELECT ts, source, cluster, member, severity, text, detail FROM events WHERE 1 = 1"
+    args: list[Any] = []
+    if since is not None:
+        sql += " AND ts >= ?"
+        args.append(since)
+    if until is not None:
+        sql += " AND ts <= ?"
+        args.append(until)
+    if cluster is not None:
+        # The fleet's own lines (an Alertmanager outage, a gap) belong to every cluster's story.
+        sql += " AND (cluster = ? OR cluster = '')"
+        args.append(cluster)
+    if lock is not None:
+        with lock:
+            rows = db.execute(sql + " ORDER BY ts, id", args).fetchall()
+    else:
+        rows = db.execute(sql + " ORDER BY ts, id", args).fetchall()
+    return [Event(*row) for row in rows]
+
+
+def insert_events(db: sqlite3.Connection, events: Iterable[Event]) -> None:
+    db.executemany("INSERT INTO events (ts, source, cluster, member, severity, text, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [(e.ts, e.source, e.cluster, e.member, e.severity, e.text, e.detail) for e in events])
+
+
+def note_event(text: str, operator: str, cluster: str | None, at: float, *, review: bool = False) -> Event:
+    """An operator's note: `review` marks one added while replaying (after the fact)."""
+    from dbops.secrets import scrub_text
+
+    detail = json.dumps({"operator": operator, "review": review})
+    return Event(at, "note", cluster or "", "", "note", scrub_text(text.strip()), detail)
+
+
+# -- the directory ---------------------------------------------------------------------------
+
+
+def recordings_dir(options: RecordingOptions, state_dir: Path) -> Path:
+    return Path(options.dir).expanduser() if options.dir else state_dir / "recordings"
+
+
+def recording_files(directory: Path) -> list[Path]:
+    """The directory's recordings, oldest first (by name: each starts with its UTC start time)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix == SUFFIX and p.is_file())
+
+
+def file_name(started: float) -> str:
+    stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{socket.gethostname()}-{os.getpid()}{SUFFIX}"
+
+
+def enforce_retention(directory: Path, options: RecordingOptions, keep: Path | None, now: float) -> list[Path]:
+    """Remove files older than keep_hours, then the oldest while the total is over max_mb;
+    never `keep` (the file being written). Returns what was removed."""
+    removed: list[Path] = []
+    files = [p for p in recording_files(directory) if p != keep]
+
+    def size(p: Path) -> int:
+        total = 0
+        for q in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
+            try:
+                total += q.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    sizes = {p: size(p) for p in files}
+    total = sum(sizes.values()) + (size(keep) if keep is not None else 0)
+    limit = options.max_mb * 1024 * 1024
+    for p in files:  # oldest first
+        try:
+            old = now - p.stat().st_mtime > options.keep_hours * 3600
+        except FileNotFoundError:
+            continue
+        if old or total > limit:
+            for q in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
+                q.unlink(missing_ok=True)
+            total -= sizes[p]
+            removed.append(p)
+    return removed
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Records what a hub makes into the recordings directory, from a thread of its own.
+
+    The hub calls health() / alerts() / backups() with the values it just made (no copy, no
+    encoding on its thread); notes come from the console. Everything reaches the file within
+    COMMIT_EVERY seconds; `flush()` waits until it has."""
+
+    def __init__(self, config: Config, directory: Path, *, audit_path: Path | None = None,
+                 clock: Any = time.time) -> None:
+        self.config = config
+        self.options = config.recording
+        self.directory = directory
+        self.audit_path = audit_path
+        self.clock = clock
+        self.path: Path | None = None
+        self.error: str | None = None  # why recording stopped, when it did
+        self.frames_written = 0
+        self.dropped = 0
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._queued = 0
+        self._thread: threading.Thread | None = None
+        self._secrets = [s.encode() for s in config_secret_values(config)]
+        self._secret_text = config_secret_values(config)
+        # The last of each value, for the timeline's changes and the next file's keyframes.
+        self._health: dict[str, tuple[dict[str, Snapshot], ClusterHealth]] = {}
+        self._alerts: AlertsState | None = None
+        self._backups: dict[str, Any] = {}
+        self._audit_offset: int | None = None
+
+    # -- from the hub's thread (cheap, never blocks)
+
+    def health(self, key: str, snapshots: dict[str, Snapshot], health: ClusterHealth) -> None:
+        self._put(("health", key, self.clock(), snapshots, health))
+
+    def alerts(self, state: AlertsState) -> None:
+        self._put(("alerts", "", self.clock(), state))
+
+    def backups(self, key: str, fetched: Any) -> None:
+        self._put(("backups", key, self.clock(), fetched))
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        if self._thread is None or self.error is not None:
+            return
+        if self._queued >= QUEUE_LIMIT:
+            self.dropped += 1
+            return
+        self._queued += 1
+        self._queue.put(item)
+
+    # -- from the console
+
+    def note(self, text: str, operator: str, cluster: str | None = None) -> Event:
+        """Record an operator's note now; returns once it is in the file."""
+        if self.error is not None:
+            raise RecordingError(f"recording stopped: {self.error}")
+        event = note_event(text, operator, cluster, self.clock())
+        done = threading.Event()
+        self._queue.put(("note", event, done))
+        if not done.wait(10.0):
+            raise RecordingError("the recording did not take the note within 10 s (is the disk stalled?)")
+        if self.error is not None:
+            raise RecordingError(f"recording stopped: {self.error}")
+        return event
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        return done.wait(timeout)
+
+    def events(self, since: float | None = None, cluster: str | None = None) -> list[Event]:
+        """The timeline so far (this file's), for the live console: read on a connection of its own."""
+        path = self.path
+        if path is None:
+            return []
+        self.flush()
+        db = open_file(path)
+        try:
+            return read_events(db, since, None, cluster)
+        finally:
+            db.close()
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        started = self.clock()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        enforce_retention(self.directory, self.options, None, started)
+        self._db = self._new_file(started)
+        if self.audit_path is not None:
+            try:
+                self._audit_offset = self.audit_path.stat().st_size
+            except FileNotFoundError:
+                self._audit_offset = 0
+        self._thread = threading.Thread(target=self._run, name="dbops-recorder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(("stop",))
+        self._thread.join(timeout)
+
+    def _new_file(self, started: float) -> sqlite3.Connection:
+        path = self.directory / file_name(started)
+        n = 1
+        while path.exists():
+            path = self.directory / file_name(started).replace(SUFFIX, f"-{n}{SUFFIX}")
+            n += 1
+        db = create_file(path, self.config, started)
+        self.path = path
+        self._segment_started = started
+        return db
+
+    def _run(self) -> None:
+        codec = Codec()
+        db = self._db
+        pending = 0
+        last_commit = time.monotonic()
+        db.execute("BEGIN")
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=COMMIT_EVERY)
+                except queue.Empty:
+                    item = ("tick",)
+                kind = item[0]
+                if kind in ("health", "alerts", "backups"):
+                    self._queued -= 1
+                    self._write_frame(db, codec, item)
+                    pending += 1
+                elif kind == "note":
+                    insert_events(db, [item[1]])
+                    db.execute("COMMIT")
+                    db.execute("BEGIN")
+                    item[2].set()
+                    continue
+                elif kind == "stop":
+                    self._tail_audit(db)
+                    db.execute("COMMIT")
+                    db.close()
+                    return
+                if self.dropped:
+                    insert_events(db, [Event(self.clock(), "recording", "", "", "warning",
+                                             f"{self.dropped} frames not recorded: the recording fell behind")])
+                    self.dropped = 0
+                now = time.monotonic()
+                if kind in ("flush", "tick") or now - last_commit >= COMMIT_EVERY:
+                    self._tail_audit(db)
+                    db.execute("COMMIT")
+                    pending, last_commit = 0, now
+                    if self.clock() - self._segment_started >= self.options.segment_minutes * 60:
+                        db = self._rotate(db, codec)
+                    db.execute("BEGIN")
+                    if kind == "flush":
+                        item[1].set()
+        except Exception as exc:
+            # A full disk or a removed directory: recording stops, the console goes on, and says so.
+            from dbops.secrets import scrub_text
+
+            self.error = scrub_text(f"{type(exc).__name__}: {exc}")
+            log.error("recording stopped: %s", self.error)
+            try:
+                db.close()
+            except Exception as close_exc:
+                log.error("closing the recording failed too: %s", close_exc)
+            # Whoever waits for a note or a flush is told (their wait ends; error is set).
+            while True:
+                try:
+                    left = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                for part in left:
+                    if isinstance(part, threading.Event):
+                        part.set()
+
+    def _encode(self, codec: Codec, value: Any) -> bytes:
+        raw = codec.pack_raw(value)
+        # A secret in what a server said (an error quoting a connection string, a query text
+        # the collectors' patterns missed): found in the pickle's bytes, and only then is the
+        # value rebuilt without it. Pickle stores strings as UTF-8, so the search is exact.
+        if any(s in raw for s in self._secrets):
+            raw = codec.pack_raw(scrub_values(value, self._secret_text))
+        return codec.compress(raw)
+
+    def _write_frame(self, db: sqlite3.Connection, codec: Codec, item: tuple[Any, ...], keyframe: bool = False) -> None:
+        kind, key, ts = item[0], item[1], item[2]
+        events: list[Event] = []
+        if kind == "health":
+            snapshots, health = item[3], item[4]
+            value: Any = (snapshots, health)
+            if not keyframe:
+                before = self._health.get(key)
+                events = state_changes(before[1] if before is not None else None, health, ts)
+                self._health[key] = (snapshots, health)
+        elif kind == "alerts":
+            value = item[3]
+            if not keyframe:
+                events = alert_changes(self._alerts, value, ts)
+                self._alerts = value
+        else:
+            value = item[3]
+            if not keyframe:
+                self._backups[key] = value
+        db.execute("INSERT INTO frames (ts, kind, cluster, keyframe, payload) VALUES (?, ?, ?, ?, ?)",
+                   (ts, kind, key, int(keyframe), self._encode(codec, value)))
+        self.frames_written += 1
+        if events:
+            insert_events(db, events)
+
+    def _rotate(self, db: sqlite3.Connection, codec: Codec) -> sqlite3.Connection:
+        """A new file that starts with every cluster's current state (keyframes)."""
+        db.close()
+        now = self.clock()
+        db = self._new_file(now)
+        db.execute("BEGIN")
+        for key, (snapshots, health) in self._health.items():
+            self._write_frame(db, codec, ("health", key, now, snapshots, health), keyframe=True)
+        if self._alerts is not None:
+            self._write_frame(db, codec, ("alerts", "", now, self._alerts), keyframe=True)
+        for key, fetched in self._backups.items():
+            self._write_frame(db, codec, ("backups", key, now, fetched), keyframe=True)
+        db.execute("COMMIT")
+        removed = enforce_retention(self.directory, self.options, self.path, now)
+        if removed:
+            log.info("recordings removed by retention: %s", ", ".join(p.name for p in removed))
+        return db
+
+    def _tail_audit(self, db: sqlite3.Connection) -> None:
+        """The audit records appended since the last look, as timeline events (the log stays
+        the record: the bundle takes its excerpt, with the chain, from the log itself)."""
+        if self.audit_path is None or self._audit_offset is None:
+            return
+        try:
+            size = self.audit_path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < self._audit_offset:
+            self._audit_offset = 0  # a new log (the old one moved away)
+        if size == self._audit_offset:
+            return
+        with open(self.audit_path, "rb") as f:
+            f.seek(self._audit_offset)
+            data = f.read(size - self._audit_offset)
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self._audit_offset += len(complete)
+        events = []
+        for line in complete.splitlines():
+            try:
+                events.append(audit_event(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                events.append(Event(self.clock(), "recording", "", "", "warning", f"an audit line could not be read: {exc}"))
+        insert_events(db, events)
+
+
+def open_recorder(config: Config, state_dir: Path, audit_path: Path | None) -> tuple[Recorder | None, str | None]:
+    """The console's recorder, started; (None, why) when recording is off or cannot start."""
+    if not config.recording.enabled:
+        return None, None
+    recorder = Recorder(config, recordings_dir(config.recording, state_dir), audit_path=audit_path)
+    try:
+        recorder.start()
+    except (OSError, sqlite3.Error, RecordingError) as exc:
+        from dbops.secrets import scrub_text
+
+        return None, scrub_text(f"recording is off: cannot write {recorder.directory}: {exc}")
+    return recorder, None
+
+
+def clock_text(ts: float, with_date: bool = False) -> str:
+    """A recording's time as the timeline shows it: the local wall clock, to the second."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def parse_time(text: str, around: float) -> float:
+    """A typed time: "14:03", "14:03:20" (that time of the day of `around`, local), an ISO
+    date-time, "+90s" / "-5m" (relative to `around`), or seconds since the epoch."""
+    text = text.strip()
+    if not text:
+        raise ValueError("no time given")
+    if text[0] in "+-":
+        units = {"s": 1, "m": 60, "h": 3600}
+        unit = units.get(text[-1], None)
+        number = text[1:-1] if unit else text[1:]
+        try:
+            amount = float(number) * (unit or 1)
+        except ValueError:
+            raise ValueError(f"{text!r}: use +90s, -5m or +1h") from None
+        return around + amount if text[0] == "+" else around - amount
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    for fmt in ("%H:%M:%S", "%H:%M"):
+        try:
+            clock = datetime.strptime(text, fmt).time()
+        except ValueError:
+            continue
+        day = datetime.fromtimestamp(around)
+        return datetime.combine(day.date(), clock).timestamp()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: give HH:MM[:SS], an ISO date-time, +/-N[s|m|h], or epoch seconds") from None
+    return moment.timestamp()
