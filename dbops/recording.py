@@ -607,8 +607,8 @@ class Recorder:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._queued = 0
         self._thread: threading.Thread | None = None
-        self._secrets = [s.encode() for s in config_secret_values(config)]
         self._secret_text = config_secret_values(config)
+        self._secrets = [s.encode() for s in self._secret_text]
         # The last of each value, for the timeline's changes and the next file's keyframes.
         self._health: dict[str, tuple[dict[str, Snapshot], ClusterHealth]] = {}
         self._alerts: AlertsState | None = None
@@ -672,7 +672,7 @@ class Recorder:
     def start(self) -> None:
         started = self.clock()
         self.directory.mkdir(parents=True, exist_ok=True)
-        enforce_retention(self.directory, self.options, None, started)
+        enforce_retention(self.directory, self.options, None, time.time())
         self._db = self._new_file(started)
         if self.audit_path is not None:
             try:
@@ -717,7 +717,7 @@ class Recorder:
                     self._write_frame(db, codec, item)
                     pending += 1
                 elif kind == "note":
-                    insert_events(db, [item[1]])
+                    insert_events(db, [self._scrub_event(item[1])])
                     db.execute("COMMIT")
                     db.execute("BEGIN")
                     item[2].set()
@@ -793,7 +793,7 @@ class Recorder:
                    (ts, kind, key, int(keyframe), self._encode(codec, value)))
         self.frames_written += 1
         if events:
-            insert_events(db, events)
+            insert_events(db, [self._scrub_event(e) for e in events])
 
     def _rotate(self, db: sqlite3.Connection, codec: Codec) -> sqlite3.Connection:
         """A new file that starts with every cluster's current state (keyframes)."""
@@ -808,7 +808,7 @@ class Recorder:
         for key, fetched in self._backups.items():
             self._write_frame(db, codec, ("backups", key, now, fetched), keyframe=True)
         db.execute("COMMIT")
-        removed = enforce_retention(self.directory, self.options, self.path, now)
+        removed = enforce_retention(self.directory, self.options, self.path, time.time())
         if removed:
             log.info("recordings removed by retention: %s", ", ".join(p.name for p in removed))
         return db
@@ -837,7 +837,15 @@ class Recorder:
                 events.append(audit_event(json.loads(line)))
             except (ValueError, KeyError, TypeError) as exc:
                 events.append(Event(self.clock(), "recording", "", "", "warning", f"an audit line could not be read: {exc}"))
-        insert_events(db, events)
+        insert_events(db, [self._scrub_event(e) for e in events])
+
+    def _scrub_event(self, event: Event) -> Event:
+        """An event without the config's credential values (a server's error quoting one, a
+        note with one pasted by mistake)."""
+        if not any(s in event.text or (event.detail and s in event.detail) for s in self._secret_text):
+            return event
+        clean: Event = scrub_values(event, self._secret_text)
+        return clean
 
 
 def open_recorder(config: Config, state_dir: Path, audit_path: Path | None) -> tuple[Recorder | None, str | None]:
