@@ -615,6 +615,11 @@ class RecordingOptions(Model):
     # Files older than this are removed, and the oldest files while the directory holds more than max_mb.
     keep_hours: float = field(default=72.0, metadata=limits(gt=0))
     max_mb: float = field(default=2048.0, metadata=limits(gt=0))
+    # A cluster nobody has open is kept once per this many seconds, and at every change of its
+    # state (severity, a member down or up, a role, a metric's severity, a timeline); the one open
+    # in the console, at every refresh. 0: every refresh of every cluster (about six times the
+    # CPU and the disk for a fleet).
+    unwatched_every_seconds: float = field(default=10.0, metadata=limits(ge=0))
 
 
 @dataclass(frozen=True)

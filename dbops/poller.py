@@ -427,6 +427,8 @@ class PollerHub(Hub):
         mode it is the one polled directly. Its pollers run at once when it was waiting."""
         with self._lock:
             before, self._watched = self._watched, key
+            if self.recorder is not None:
+                self.recorder.watch(key)
         if before == key:
             return
         loop = self._loop

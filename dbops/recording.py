@@ -12,8 +12,8 @@ A recording is one SQLite file (suffix .dbrec), schema-versioned:
              role and timeline changes, metrics crossing a severity), alerts firing and
              resolving, the audit log's records (runbook steps, actions), operator notes.
 
-`Recorder` writes from a thread of its own: the hub only queues the values it already made, so
-recording never holds up a poll. Files are cut every `segment_minutes` and the directory is
+`Recorder` writes from a thread of its own: the hub only hands over the values it already made,
+so recording never holds up a poll. Files are cut every `segment_minutes` and the directory is
 kept under `keep_hours` and `max_mb` by removing whole old files.
 
 Payloads are read back with a restricted unpickler: only dbops' own (and registered engines')
@@ -31,13 +31,14 @@ import importlib
 import io
 import json
 import logging
+import operator
 import os
 import pickle
-import queue
 import socket
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,12 +99,46 @@ def _allowed_roots() -> tuple[str, ...]:
     return tuple(sorted(roots))
 
 
+def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
+    """A dataclass as it was pickled, field by field (no __init__, no __post_init__: a recording
+    restores values, it does not validate them again)."""
+    obj = object.__new__(cls)
+    for f, value in zip(dataclasses.fields(cls), values):
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
+class _Reducers(dict[type, Any]):
+    """Pickle's dispatch table for a frame: a dataclass is its fields' values read by one C
+    attrgetter, rebuilt by _rebuild. Frozen slotted dataclasses otherwise pickle through
+    dataclasses' own Python __getstate__, which was half of the recording's cost."""
+
+    def __missing__(self, cls: type) -> Any:
+        reducer: Any
+        if issubclass(cls, type):
+            raise KeyError(cls)  # a class itself (a metaclass's instance): pickled by reference, as usual
+        if dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls)]
+            getter = operator.attrgetter(*names) if len(names) > 1 else (lambda o, n=names[0]: (getattr(o, n),))
+            reducer = lambda o, cls=cls, get=getter: (_rebuild, (cls, get(o)))  # noqa: E731
+        else:
+            reducer = _default_reduce
+        self[cls] = reducer
+        return reducer
+
+
+def _default_reduce(obj: Any) -> Any:
+    return obj.__reduce_ex__(5)
+
+
 class _SafeUnpickler(pickle.Unpickler):
     roots: tuple[str, ...] = ()
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _PLAIN:
             return super().find_class(module, name)
+        if (module, name) == (__name__, "_rebuild"):
+            return _rebuild
         if module.split(".")[0] in self.roots and "." not in name:
             obj = getattr(importlib.import_module(module), name, None)
             if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)):
@@ -121,9 +156,14 @@ class Codec:
         self._compress = zstandard.ZstdCompressor(level=level).compress
         self._decompress = zstandard.ZstdDecompressor().decompress
         self._roots = _allowed_roots()
+        self._reducers = _Reducers()
 
     def pack_raw(self, obj: Any) -> bytes:
-        return pickle.dumps(obj, protocol=5)
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, protocol=5)
+        pickler.dispatch_table = self._reducers
+        pickler.dump(obj)
+        return out.getvalue()
 
     def compress(self, raw: bytes) -> bytes:
         return self._compress(raw)
@@ -236,21 +276,31 @@ class Event:
 _LEVEL = {Severity.OK: "ok", Severity.WARN: "warning", Severity.CRIT: "error", Severity.UNKNOWN: "warning"}
 
 
+_FACTS: dict[str, Any] = {}
+
+
+def _facts_of(engine: str) -> Any:
+    """The engine's facts function (EngineSpec.facts), looked up once per engine."""
+    try:
+        return _FACTS[engine]
+    except KeyError:
+        from dbops.engine_spec import spec_of
+
+        try:
+            found = spec_of(engine).facts_of()
+        except Exception as exc:  # an engine that cannot be loaded has no facts to compare
+            log.warning("engine %s: its facts cannot be read: %s", engine, exc)
+            found = None
+        _FACTS[engine] = found
+        return found
+
+
 def _facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
     """Each member's engine facts (a PostgreSQL member's timeline ...), by member."""
-    from dbops.engine_spec import spec_of
-
-    try:
-        facts_of = spec_of(health.engine).facts_of()
-    except Exception:  # an engine that cannot be loaded has no facts to compare
-        return {}
+    facts_of = _facts_of(health.engine)
     if facts_of is None:
         return {}
-    out = {}
-    for m in health.members:
-        if m.snapshot.data is not None:
-            out[m.name] = facts_of(m.snapshot, m)
-    return out
+    return {m.name: facts_of(m.snapshot, m) for m in health.members if m.snapshot.data is not None}
 
 
 def _metric_levels(health: ClusterHealth) -> dict[tuple[str, str], tuple[Severity, str]]:
@@ -266,6 +316,15 @@ def _metric_levels(health: ClusterHealth) -> dict[tuple[str, str], tuple[Severit
             if worst is None or metric.severity.rank > worst[0].rank:
                 out[key] = (metric.severity, metric.message)
     return out
+
+
+def state_of(health: ClusterHealth) -> tuple[Any, ...]:
+    """What the timeline tells about a judgement (two equal ones make no event): the cluster's
+    severity, each member's reachability, role and severity, every metric's severity. Cheap:
+    the hub's thread computes it for every refresh of every cluster."""
+    return (health.severity, tuple((m.name, m.snapshot.reachability, m.role, m.severity,
+                                    tuple((x.name, x.severity) for x in m.metrics)) for m in health.members),
+            tuple((x.name, x.severity) for x in health.metrics), tuple(sorted((m, tuple(f.items())) for m, f in _facts(health).items())))
 
 
 def state_changes(before: ClusterHealth | None, after: ClusterHealth, ts: float) -> list[Event]:
@@ -445,14 +504,16 @@ class Reading:
         return value
 
     def span(self) -> tuple[float, float]:
-        """(first, last) time the recording holds anything."""
+        """(first, last): from the recording's start to its end (when it was closed), or to the
+        last thing it holds (a file still being written, or one whose writer died)."""
         with self.lock:
             lo, hi = self.db.execute("SELECT min(ts), max(ts) FROM frames").fetchone()
             elo, ehi = self.db.execute("SELECT min(ts), max(ts) FROM events").fetchone()
-        started = float(self.meta.get("started", "0"))
-        los = [x for x in (lo, elo) if x is not None] or [started]
-        his = [x for x in (hi, ehi) if x is not None] or [started]
-        return min(los), max(his)
+            ended = self.db.execute("SELECT value FROM meta WHERE key = 'ended'").fetchone()
+        marks = [x for x in (lo, hi, elo, ehi) if x is not None]
+        first = min([float(self.meta["started"]), *marks]) if "started" in self.meta else min(marks or [0.0])
+        last = max([first, *marks, *([float(ended[0])] if ended else [])])
+        return first, last
 
     def _frames(self, sql: str, args: Iterable[Any]) -> list[Frame]:
         with self.lock:
@@ -589,9 +650,17 @@ def enforce_retention(directory: Path, options: RecordingOptions, keep: Path | N
 class Recorder:
     """Records what a hub makes into the recordings directory, from a thread of its own.
 
-    The hub calls health() / alerts() / backups() with the values it just made (no copy, no
-    encoding on its thread); notes come from the console. Everything reaches the file within
-    COMMIT_EVERY seconds; `flush()` waits until it has."""
+    The hub calls health() / alerts() / backups() with the values it just made: they are only
+    appended to a list (no copy, no encoding, no wake-up on its thread). The writer takes the
+    list once per COMMIT_EVERY, encodes, derives the timeline's changes and commits; notes, a
+    flush and stop wake it at once.
+
+    What is kept of each cluster: every judgement of the cluster the operator has open, and of
+    every cluster, each judgement whose state changed (severity, a member's reachability, role,
+    a metric's severity, an engine fact such as a timeline), and otherwise one per
+    `unwatched_every_seconds`. Encoding every refresh of every cluster cost a third of the
+    pollers' own CPU at 300 targets; the overview in a replay then shows each cluster's values as
+    of at most that long before, and every change of state at its moment."""
 
     def __init__(self, config: Config, directory: Path, *, audit_path: Path | None = None,
                  clock: Any = time.time) -> None:
@@ -604,12 +673,16 @@ class Recorder:
         self.error: str | None = None  # why recording stopped, when it did
         self.frames_written = 0
         self.dropped = 0
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._queued = 0
+        self.watched: str | None = None
+        # Appended by the hub's thread, taken by the writer (deque's append and popleft are atomic).
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._kick = threading.Event()
         self._thread: threading.Thread | None = None
         self._secret_text = config_secret_values(config)
         self._secrets = [s.encode() for s in self._secret_text]
-        # The last of each value, for the timeline's changes and the next file's keyframes.
+        # Per cluster: when its last judgement was kept, and the state it had (the hub's thread).
+        self._kept: dict[str, tuple[float, Any]] = {}
+        # The last of each value, for the timeline's changes and the next file's keyframes (the writer's).
         self._health: dict[str, tuple[dict[str, Snapshot], ClusterHealth]] = {}
         self._alerts: AlertsState | None = None
         self._backups: dict[str, Any] = {}
@@ -617,8 +690,21 @@ class Recorder:
 
     # -- from the hub's thread (cheap, never blocks)
 
+    def watch(self, key: str | None) -> None:
+        """The cluster the operator has open: every judgement of it is kept from now on."""
+        self.watched = key
+        if key is not None:
+            self._kept.pop(key, None)
+
     def health(self, key: str, snapshots: dict[str, Snapshot], health: ClusterHealth) -> None:
-        self._put(("health", key, self.clock(), snapshots, health))
+        now = self.clock()
+        state = state_of(health)
+        every = self.options.unwatched_every_seconds
+        kept = self._kept.get(key)
+        if key != self.watched and every > 0 and kept is not None and kept[1] == state and now - kept[0] < every:
+            return
+        self._kept[key] = (now, state)
+        self._put(("health", key, now, snapshots, health))
 
     def alerts(self, state: AlertsState) -> None:
         self._put(("alerts", "", self.clock(), state))
@@ -629,11 +715,10 @@ class Recorder:
     def _put(self, item: tuple[Any, ...]) -> None:
         if self._thread is None or self.error is not None:
             return
-        if self._queued >= QUEUE_LIMIT:
+        if len(self._pending) >= QUEUE_LIMIT:
             self.dropped += 1
             return
-        self._queued += 1
-        self._queue.put(item)
+        self._pending.append(item)
 
     # -- from the console
 
@@ -643,7 +728,8 @@ class Recorder:
             raise RecordingError(f"recording stopped: {self.error}")
         event = note_event(text, operator, cluster, self.clock())
         done = threading.Event()
-        self._queue.put(("note", event, done))
+        self._pending.append(("note", event, done))
+        self._kick.set()
         if not done.wait(10.0):
             raise RecordingError("the recording did not take the note within 10 s (is the disk stalled?)")
         if self.error is not None:
@@ -651,8 +737,10 @@ class Recorder:
         return event
 
     def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything given so far is in the file."""
         done = threading.Event()
-        self._queue.put(("flush", done))
+        self._pending.append(("flush", done))
+        self._kick.set()
         return done.wait(timeout)
 
     def events(self, since: float | None = None, cluster: str | None = None) -> list[Event]:
@@ -685,7 +773,8 @@ class Recorder:
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return
-        self._queue.put(("stop",))
+        self._pending.append(("stop",))
+        self._kick.set()
         self._thread.join(timeout)
 
     def _new_file(self, started: float) -> sqlite3.Connection:
@@ -702,45 +791,39 @@ class Recorder:
     def _run(self) -> None:
         codec = Codec()
         db = self._db
-        pending = 0
-        last_commit = time.monotonic()
-        db.execute("BEGIN")
+        waiting: list[threading.Event] = []
         try:
             while True:
-                try:
-                    item = self._queue.get(timeout=COMMIT_EVERY)
-                except queue.Empty:
-                    item = ("tick",)
-                kind = item[0]
-                if kind in ("health", "alerts", "backups"):
-                    self._queued -= 1
-                    self._write_frame(db, codec, item)
-                    pending += 1
-                elif kind == "note":
-                    insert_events(db, [self._scrub_event(item[1])])
-                    db.execute("COMMIT")
-                    db.execute("BEGIN")
-                    item[2].set()
-                    continue
-                elif kind == "stop":
-                    self._tail_audit(db)
-                    db.execute("COMMIT")
-                    db.close()
-                    return
+                self._kick.wait(COMMIT_EVERY)
+                self._kick.clear()
+                stop = False
+                db.execute("BEGIN")
+                while self._pending:
+                    item = self._pending.popleft()
+                    kind = item[0]
+                    if kind in ("health", "alerts", "backups"):
+                        self._write_frame(db, codec, item)
+                    elif kind == "note":
+                        insert_events(db, [self._scrub_event(item[1])])
+                        waiting.append(item[2])
+                    elif kind == "flush":
+                        waiting.append(item[1])
+                    elif kind == "stop":
+                        stop = True
                 if self.dropped:
                     insert_events(db, [Event(self.clock(), "recording", "", "", "warning",
                                              f"{self.dropped} frames not recorded: the recording fell behind")])
                     self.dropped = 0
-                now = time.monotonic()
-                if kind in ("flush", "tick") or now - last_commit >= COMMIT_EVERY:
-                    self._tail_audit(db)
-                    db.execute("COMMIT")
-                    pending, last_commit = 0, now
-                    if self.clock() - self._segment_started >= self.options.segment_minutes * 60:
-                        db = self._rotate(db, codec)
-                    db.execute("BEGIN")
-                    if kind == "flush":
-                        item[1].set()
+                self._tail_audit(db)
+                db.execute("COMMIT")
+                for done in waiting:
+                    done.set()
+                waiting.clear()
+                if stop:
+                    self._close(db)
+                    return
+                if self.clock() - self._segment_started >= self.options.segment_minutes * 60:
+                    db = self._rotate(db, codec)
         except Exception as exc:
             # A full disk or a removed directory: recording stops, the console goes on, and says so.
             from dbops.secrets import scrub_text
@@ -752,12 +835,10 @@ class Recorder:
             except Exception as close_exc:
                 log.error("closing the recording failed too: %s", close_exc)
             # Whoever waits for a note or a flush is told (their wait ends; error is set).
-            while True:
-                try:
-                    left = self._queue.get_nowait()
-                except queue.Empty:
-                    return
-                for part in left:
+            for done in waiting:
+                done.set()
+            while self._pending:
+                for part in self._pending.popleft():
                     if isinstance(part, threading.Event):
                         part.set()
 
@@ -795,9 +876,15 @@ class Recorder:
         if events:
             insert_events(db, [self._scrub_event(e) for e in events])
 
+    def _close(self, db: sqlite3.Connection) -> None:
+        """The file's end, said (a replay runs to it), and the file made whole (no -wal left)."""
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('ended', ?)", (repr(self.clock()),))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+
     def _rotate(self, db: sqlite3.Connection, codec: Codec) -> sqlite3.Connection:
         """A new file that starts with every cluster's current state (keyframes)."""
-        db.close()
+        self._close(db)
         now = self.clock()
         db = self._new_file(now)
         db.execute("BEGIN")

@@ -149,6 +149,8 @@ class DbopsApp(App[None]):
 
         self._recorder, error = open_recorder(self.config, self.state_dir, self.audit.path)
         hub.recorder = hub.timeline = self._recorder
+        if self._recorder is not None:
+            self._recorder.watch(hub.watched)
         if error is not None:
             self.notify(error, severity="error", timeout=20)
         hub.start()

@@ -53,7 +53,9 @@ async def test_stepping_through_a_recorded_failover_shows_each_moment(tmp_path):
         bar = app.screen.query_one(TimeBar)
         assert bar.region.bottom == SIZE[1] - 1 and bar.region.width == SIZE[0]  # above the footer, whole width
         assert "REPLAY" in bar_text(app) and "⏸" in bar_text(app)
-        # The overview at the recording's start: healthy.
+        # The overview at the recording's start (before the first poll), then healthy at +10 s.
+        await settle(pilot, lambda: "UNKNOWN" in cell(app, "#clusters", 0, 0), "the cluster not polled yet")
+        hub.seek(T0 + 10)
         await settle(pilot, lambda: "OK" in cell(app, "#clusters", 0, 0), "the healthy cluster")
         await pilot.press("full_stop")  # the next event: pg1 down at +20 s
         await settle(pilot, lambda: hub.position == T0 + 20 and "CRIT" in cell(app, "#clusters", 0, 0), "pg1 down on the overview")

@@ -107,7 +107,7 @@ def test_a_recording_holds_each_moment_and_the_timeline_in_order(config, tmp_pat
     reading = Reading(path)
     ref = config.clusters()[0]
     t0 = 1_790_000_000.0
-    assert reading.span() == (t0 + 10, t0 + 41)
+    assert reading.span() == (t0, t0 + 41)  # from the recorder's start to its stop
     # Each moment is the frame recorded at or before it: the failover's second state at +25 s.
     frame = reading.latest("health", ref.key, t0 + 25)
     snaps, health = frame.value
@@ -204,6 +204,34 @@ def test_files_are_cut_restated_and_removed_by_age_and_size(config, tmp_path):
     assert recording_files(tmp_path) == [first, second]
 
 
+def test_a_cluster_nobody_has_open_is_kept_at_each_change_and_every_so_often(config, tmp_path):
+    clock = Clock(1_790_000_000.0)
+    recorder = Recorder(config, tmp_path, clock=clock)
+    recorder.start()
+    ref = config.clusters()[0]
+    healthy, down = states(ref)[:2]
+    kept_at = []
+    for i in range(30):  # a refresh every 2 s for a minute; pg1 down from 20 s to 30 s
+        clock.at += 2
+        snaps = down if 20 <= i * 2 < 30 else healthy
+        before = recorder.frames_written
+        recorder.health(ref.key, snaps, judged(ref, snaps))
+        assert recorder.flush()
+        if recorder.frames_written > before:
+            kept_at.append(i * 2)
+    # Every 10 s (unwatched_every_seconds), and at once when pg1 went down and came back.
+    assert kept_at == [0, 10, 20, 30, 40, 50]
+    recorder.watch(ref.key)  # opened in the console: every refresh from now on
+    for _ in range(3):
+        clock.at += 2
+        recorder.health(ref.key, healthy, judged(ref, healthy))
+    assert recorder.flush()
+    recorder.stop()
+    # (The minute also cut a new file, which starts with the state restated: a keyframe.)
+    frames = [f for p in recording_files(tmp_path) for f in Reading(p).frames_between(0, clock.at, "health") if not f.keyframe]
+    assert len(frames) == 6 + 3
+
+
 def test_typed_times():
     around = 1_790_000_000.0  # 2026-09-21 ... local
     assert parse_time("+90s", around) == around + 90
@@ -234,7 +262,11 @@ def test_replay_shows_each_moment_as_recorded_and_steps_through_events(config, t
     ref = hub.refs[0]
     t0 = 1_790_000_000.0
     try:
-        assert hub.position == t0 + 10 and hub.cluster_health(ref.key).severity.name == "OK"
+        # The recording's start: the console had not polled yet.
+        assert hub.position == t0 and hub.cluster_health(ref.key).severity.name == "UNKNOWN"
+        hub.seek(t0 + 10)
+        assert hub.loaded.wait(5)
+        assert hub.cluster_health(ref.key).severity.name == "OK"
         hub.seek(t0 + 25)
         assert hub.loaded.wait(5)
         assert hub.position == t0 + 25 and hub.clock() == t0 + 25
@@ -298,6 +330,7 @@ def test_lag_history_is_rebuilt_from_the_recorded_snapshots(config, tmp_path):
     recorder = Recorder(config, tmp_path, clock=clock)
     recorder.start()
     ref = config.clusters()[0]
+    recorder.watch(ref.key)  # the pane open: every refresh kept
     for i in range(5):
         clock.at += 2
         snaps = {"pg1": dataclasses.replace(snap(ref, "pg1", healthy_primary()), seq=i, taken_at=clock.at),
