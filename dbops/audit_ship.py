@@ -267,12 +267,18 @@ def ship_drill_report(files: list[Path], shipping: AuditShipping | None, run_id:
     """A drill's report files beside the audit log ([audit.ship]), locked like it, after the
     audit log that records their SHA-256: a reader can check each against its record. Never
     raises; (ok, one line) or None when shipping is not configured."""
+    return ship_files(files, shipping, "drills", run_id, "drill report")
+
+
+def ship_files(files: list[Path], shipping: AuditShipping | None, folder: str, run_id: str, what: str) -> tuple[bool, str] | None:
+    """Files beside the audit log, under <host>/<folder>/<run_id>/, locked like it (a drill's
+    report, an incident bundle). Never raises; (ok, one line) or None without [audit.ship]."""
     if shipping is None:
         return None
     from dbops.platform import s3 as s3ops
 
     location = shipping.s3
-    prefix = f"{_prefix(location)}{host_name()}/drills/{run_id}/"
+    prefix = f"{_prefix(location)}{host_name()}/{folder}/{run_id}/"
     try:
         require_object_lock(location)
         bucket = s3ops.Bucket(location)
@@ -289,7 +295,7 @@ def ship_drill_report(files: list[Path], shipping: AuditShipping | None, run_id:
     except ShipError as exc:
         return False, exc.message
     except s3ops.S3Error as exc:
-        return False, f"drill report shipping: {exc.message}"
+        return False, f"{what} shipping: {exc.message}"
     except OSError as exc:
-        return False, f"drill report shipping: cannot read {exc.filename}: {exc.strerror or exc}"
-    return True, f"drill report shipped to s3://{location.bucket}/{prefix} ({len(files)} files)"
+        return False, f"{what} shipping: cannot read {exc.filename}: {exc.strerror or exc}"
+    return True, f"{what} shipped to s3://{location.bucket}/{prefix} ({len(files)} files)"

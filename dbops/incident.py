@@ -360,13 +360,11 @@ def make_bundle(config: Config, state_dir: Path, start: float, end: float, *, cl
     result.files = {n: len(b) for n, b in contents.items()}
 
     if config.audit.ship is not None:
-        from dbops.audit_ship import ship_drill_report
+        from dbops.audit_ship import ship_files
 
-        shipped = ship_drill_report([path], config.audit.ship, name)
+        shipped = ship_files([path], config.audit.ship, "incidents", name, "incident bundle")
         if shipped is not None:
-            ok, line = shipped
-            result.shipped = line.replace("drill report", "incident bundle")
-            result.ok = ok
+            result.ok, result.shipped = shipped
     return result
 
 

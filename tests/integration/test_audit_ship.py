@@ -296,3 +296,28 @@ async def test_the_tui_wizard_ships_at_the_end_of_a_run(s3_sandbox, tmp_path):
     [key] = env.keys()
     assert key.endswith("-seq1.jsonl")
     assert f"audit: shipped 2 record(s) up to seq 1 to s3://sandbox-audit/{key}" in text
+
+
+def test_an_incident_bundle_is_shipped_beside_the_audit_log_and_locked(s3_sandbox, tmp_path):
+    import tarfile
+
+    env = Env(s3_sandbox, tmp_path)
+    assert env.run_runbook().returncode == 0
+    out = tmp_path / "bundle.tar.gz"
+    r = env.dbops("incident", "bundle", "--since", "1h", "--no-check", "-o", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Nothing was recorded here (no console ran): the bundle says so and still holds the audit excerpt.
+    assert "note: no recording in" in r.stdout
+    [key] = [k for k in env.keys() if "/incidents/" in k]
+    assert key.startswith(f"{env.prefix}{host_name()}/incidents/incident-") and key.endswith("/bundle.tar.gz")
+    assert f"incident bundle shipped to s3://{AUDIT_BUCKET}/" in r.stdout
+    head = env.client.head_object(Bucket=AUDIT_BUCKET, Key=key)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    body = env.client.get_object(Bucket=AUDIT_BUCKET, Key=key)["Body"].read()
+    assert body == out.read_bytes()
+    with tarfile.open(out) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert len(files["audit.jsonl"].splitlines()) == 2  # the run's records (as shipped with the log: 2)
+    # The bucket's keys are literal in this config: in no file of the bundle.
+    secret = s3_sandbox.state["secret_access_key"].encode()
+    assert not [n for n, b in files.items() if secret in b]
