@@ -11,7 +11,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 KEYS = (
-    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("V", "approvals: runs waiting for a second operator"), ("D", "DR drill: pick one, run it, RTO/RPO and a report"), ("q", "quit")]),
+    ("Everywhere", [("?", "this help"), ("ctrl+p", "command palette: open a cluster, audit log, pause"), ("p", "pause / resume refresh"), ("A", "audit log (verifies the hash chain)"), ("B", "backups: newest per cluster and kind, age vs target"), ("R", "AWS: RDS instances, replicas, snapshots, PITR; ElastiCache"), ("K", "Kubernetes: pods, StatefulSets, backup CronJobs, Warning events, CNPG"), ("V", "approvals: runs waiting for a second operator"), ("D", "DR drill: pick one, run it, RTO/RPO and a report"), ("T", "timeline: state changes, alerts, actions, notes on one clock"), ("n", "a note on the timeline"), ("q", "quit")]),
+    ("Replay (dbops replay)", [("p", "play / pause"), (". ,", "next / previous event"), ("+ -", "faster / slower"), ("g", "go to a typed time"),
+                               ("enter", "on a timeline line: go to that moment")]),
     ("Approvals", [("↑ ↓", "pick a run: its plan shows below"), ("a", "approve the plan (as you; never your own run)"), ("r", "read again now"), ("escape", "back")]),
     ("Drill", [("↑ ↓", "pick a drill and a cluster; its plan shows below"), ("s", "start it (the fault asks its own confirmation)"),
                ("↑ ↓ / n or enter", "pick a phase / note on it (in the report)"),

@@ -56,11 +56,12 @@ class DrawClock:
 
 
 def pane_frame(screen) -> tuple[Any, ...]:
-    """What the pane shows of the cluster: the members' table, the cluster's alert line, the
-    health summary and the status line."""
+    """What the pane shows of the cluster: the members' table, the cluster's alert line (when
+    shown) and the health summary. (Not the status line: it tells what the console's keys may do,
+    and a replay's c and k are disabled, as it says.)"""
     table = screen.query_one(TopologyTable)
     rows = tuple(tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
-    texts = tuple(str(screen.query_one(f"#{w}", Static).content) for w in ("cluster-alert", "health-text", "status"))
+    texts = tuple(str(w.content) if w.display else "" for w in (screen.query_one(f"#{i}", Static) for i in ("cluster-alert", "health-text")))
     return rows, texts
 
 
