@@ -102,7 +102,7 @@ def _allowed_roots() -> tuple[str, ...]:
 def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
     """A dataclass as it was pickled, field by field (no __init__, no __post_init__: a recording
     restores values, it does not validate them again)."""
-    obj = object.__new__(cls)
+    obj: Any = object.__new__(cls)
     for f, value in zip(dataclasses.fields(cls), values):
         object.__setattr__(obj, f.name, value)
     return obj
