@@ -405,7 +405,9 @@ def audit_event(record: dict[str, Any]) -> Event:
     step = record.get("step")
     phase = record.get("phase")
     outcome = record.get("outcome")
-    text = action + (f" step {step}" if step else "")
+    # A runbook's or a drill's action already ends with its step ("postgres.promote-replica:fence").
+    said = not step or action.endswith((f":{step}", f".{step}")) or step in ("drill", "drill-resumed")
+    text = action + ("" if said else f" step {step}")
     if phase == "intent":
         text += ": starting"
     elif phase == "abort":
