@@ -130,11 +130,15 @@ def slice_recordings(sources: list[Path], dest: Path, config: Config, start: flo
             with reading.lock:
                 rows = reading.db.execute("SELECT ts, kind, cluster, payload FROM frames WHERE ts <= ? ORDER BY ts, id",
                                           (end,)).fetchall()
+            running_at_start = first <= start <= last
             for ts, kind, key, payload in rows:
                 if cluster is not None and key not in (cluster, ""):
                     continue
                 if ts <= start:
-                    keyframes[(kind, key)] = (ts, payload)
+                    # Only a recording that was running at the window's start says what was
+                    # shown then (an older session's last frame could be hours stale).
+                    if running_at_start and ((kind, key) not in keyframes or keyframes[(kind, key)][0] <= ts):
+                        keyframes[(kind, key)] = (ts, payload)
                 else:
                     frames.append((ts, kind, key, payload))
             events += reading.events(start, end, cluster)
@@ -202,7 +206,7 @@ def _files_touched(directory: Path, pattern: str, start: float, end: float) -> l
     out = []
     for p in sorted(directory.rglob(pattern)):
         try:
-            if p.is_file() and p.stat().st_mtime >= start and p.stat().st_ctime <= end + 3600:
+            if p.is_file() and p.stat().st_mtime >= start:  # written in the window (or since)
                 out.append(p)
         except FileNotFoundError:
             continue

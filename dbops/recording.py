@@ -706,7 +706,9 @@ class Recorder:
         if key != self.watched and every > 0 and kept is not None and kept[1] == state and now - kept[0] < every:
             return
         self._kept[key] = (now, state)
-        self._put(("health", key, now, snapshots, health))
+        # Whether the timeline may have something to say: only then does the writer compare.
+        changed = kept is None or kept[1] != state
+        self._put(("health", key, now, snapshots, health, changed))
 
     def alerts(self, state: AlertsState) -> None:
         self._put(("alerts", "", self.clock(), state))
@@ -861,7 +863,8 @@ class Recorder:
             value: Any = (snapshots, health)
             if not keyframe:
                 before = self._health.get(key)
-                events = state_changes(before[1] if before is not None else None, health, ts)
+                if item[5] or before is None:
+                    events = state_changes(before[1] if before is not None else None, health, ts)
                 self._health[key] = (snapshots, health)
         elif kind == "alerts":
             value = item[3]
@@ -891,7 +894,7 @@ class Recorder:
         db = self._new_file(now)
         db.execute("BEGIN")
         for key, (snapshots, health) in self._health.items():
-            self._write_frame(db, codec, ("health", key, now, snapshots, health), keyframe=True)
+            self._write_frame(db, codec, ("health", key, now, snapshots, health, False), keyframe=True)
         if self._alerts is not None:
             self._write_frame(db, codec, ("alerts", "", now, self._alerts), keyframe=True)
         for key, fetched in self._backups.items():

@@ -351,3 +351,22 @@ def test_lag_history_is_rebuilt_from_the_recorded_snapshots(config, tmp_path):
         assert [p.ts for p in points] == [1_790_000_000.0 + 2 * (i + 1) for i in range(5)]
     finally:
         hub.stop()
+
+
+def test_alerts_firing_and_resolving_are_on_the_timeline():
+    from dbops.hub import AlertsState
+    from dbops.platform.alertmanager import Alert
+    from dbops.recording import alert_changes
+
+    down = Alert("fp1", "PostgresDown", "critical", "active", (("alertname", "PostgresDown"),), "pg1 is down", 1.0,
+                 cluster="sandbox/orders-db", member="pg1")
+    lag = Alert("fp2", "ReplicaLag", "warning", "active", (("alertname", "ReplicaLag"),), "", 2.0, cluster="sandbox/orders-db")
+    quiet = AlertsState((), 1.0, None)
+    firing = AlertsState((down, lag), 2.0, None)
+    said = [(e.severity, e.cluster, e.member, e.text) for e in alert_changes(quiet, firing, 2.0)]
+    assert said == [("error", "sandbox/orders-db", "pg1", "alert PostgresDown firing: pg1 is down"),
+                    ("warning", "sandbox/orders-db", "", "alert ReplicaLag firing")]
+    resolved = [e.text for e in alert_changes(firing, AlertsState((lag,), 3.0, None), 3.0)]
+    assert resolved == ["alert PostgresDown resolved"]
+    failing = [e.text for e in alert_changes(firing, AlertsState((down, lag), 2.0, "connection refused"), 4.0)]
+    assert failing == ["Alertmanager cannot be read: connection refused"]
