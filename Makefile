@@ -77,6 +77,7 @@ bench: deps venv
 	$(PY) benchmarks/kafka_lag.py
 	$(PY) benchmarks/pg_refresh_cost.py
 	$(PY) benchmarks/fleet.py
+	$(PY) benchmarks/recording_cost.py
 	$(PY) benchmarks/overview_latency.py
 
 clean:
