@@ -193,7 +193,7 @@ def config_secret_values(config: Config) -> list[str]:
     """Every credential value the config names that can be read here (literals, environment
     variables, files): what must never be written into a recording or a bundle."""
     from dbops.config import SecretRef
-    from dbops.secrets import resolve
+    from dbops.secrets import SecretError, resolve
 
     found: list[str] = []
 
@@ -201,7 +201,7 @@ def config_secret_values(config: Config) -> list[str]:
         if isinstance(value, SecretRef):
             try:
                 secret = resolve(value) if value.env or value.file or value.value else None
-            except Exception:  # a reference that cannot be read here holds nothing to scrub
+            except SecretError:  # a reference that cannot be read here holds nothing to scrub here
                 secret = None
             if secret is not None and len(secret.reveal()) >= 4:
                 found.append(secret.reveal())
