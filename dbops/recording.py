@@ -25,6 +25,7 @@ This module is core: no textual. zstandard is imported when a recording is writt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
@@ -527,10 +528,6 @@ class Reading:
                              "AND ts <= ? ORDER BY ts DESC, id DESC LIMIT 1", (kind, cluster, at))
         return found[0] if found else None
 
-    def clusters(self, kind: str) -> list[str]:
-        with self.lock:
-            return [r[0] for r in self.db.execute("SELECT DISTINCT cluster FROM frames WHERE kind = ?", (kind,))]
-
     def frames_between(self, after: float, until: float, kind: str | None = None, cluster: str | None = None) -> list[Frame]:
         """Frames with after < ts <= until, oldest first."""
         sql = "SELECT id, ts, kind, cluster, keyframe, payload FROM frames WHERE ts > ? AND ts <= ?"
@@ -543,13 +540,8 @@ class Reading:
             args.append(cluster)
         return self._frames(sql + " ORDER BY ts, id", args)
 
-    def change_times(self) -> list[float]:
-        """When anything changed (frames that are not keyframes, and events): the time bar's marks."""
-        with self.lock:
-            return [r[0] for r in self.db.execute(
-                "SELECT ts FROM frames WHERE keyframe = 0 UNION SELECT ts FROM events ORDER BY 1")]
-
     def event_times(self) -> list[float]:
+        """When each event happened: the time bar's marks, and where . and , step to."""
         with self.lock:
             return [r[0] for r in self.db.execute("SELECT ts FROM events ORDER BY ts")]
 
@@ -575,10 +567,7 @@ def read_events(db: sqlite3.Connection, since: float | None, until: float | None
         # The fleet's own lines (an Alertmanager outage, a gap) belong to every cluster's story.
         sql += " AND (cluster = ? OR cluster = '')"
         args.append(cluster)
-    if lock is not None:
-        with lock:
-            rows = db.execute(sql + " ORDER BY ts, id", args).fetchall()
-    else:
+    with lock if lock is not None else contextlib.nullcontext():
         rows = db.execute(sql + " ORDER BY ts, id", args).fetchall()
     return [Event(*row) for row in rows]
 
