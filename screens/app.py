@@ -195,6 +195,10 @@ class DbopsApp(App[None]):
             self._recorder.stop()
 
     def on_health_changed(self, _: HealthChanged) -> None:
+        if not self.is_running:
+            # Shutting down: the screens are being taken apart, and one whose widgets are gone
+            # must not be asked to redraw (a message queued by the hub before it stopped).
+            return
         # Notices from the hub's thread (a failed audit shipping): seen, never lost in a log.
         for severity, message in self._hub.drain_notices():
             self.notify(message, severity=severity, timeout=20)
