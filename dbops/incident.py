@@ -89,7 +89,9 @@ class BundleResult:
         return out
 
 
-class _Scrubber:
+class Scrubber:
+    """Credentials out of a text: the patterns dbops.secrets knows, and the config's own values."""
+
     def __init__(self, config: Config) -> None:
         self.secrets = config_secret_values(config)
 
@@ -110,7 +112,7 @@ def _in_window(ts: float, start: float, end: float) -> bool:
 
 
 def slice_recordings(sources: list[Path], dest: Path, config: Config, start: float, end: float, cluster: str | None,
-                     scrubber: _Scrubber) -> tuple[int, int]:
+                     scrubber: Scrubber) -> tuple[int, int]:
     """One recording of [start, end] from the files that overlap it: each cluster's newest
     state at `start` as keyframes, then the frames and events of the window. (frames, events)."""
     codec = Codec()
@@ -160,6 +162,7 @@ def slice_recordings(sources: list[Path], dest: Path, config: Config, start: flo
     events.sort(key=lambda e: e.ts)
     insert_events(db, [Event(e.ts, e.source, e.cluster, e.member, e.severity, scrubber.text(e.text),
                              scrubber.text(e.detail) if e.detail else None) for e in events])
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('ended', ?)", (repr(end),))
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file in the tar
@@ -283,7 +286,7 @@ def make_bundle(config: Config, state_dir: Path, start: float, end: float, *, cl
     name = f"incident-{stamp}"
     path = output or Path.cwd() / f"{name}.tar.gz"
     result = BundleResult(path)
-    scrubber = _Scrubber(config)
+    scrubber = Scrubber(config)
     contents: dict[str, bytes] = {}
     work = state_dir / "tmp"
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -372,7 +375,7 @@ def make_bundle(config: Config, state_dir: Path, start: float, end: float, *, cl
     return result
 
 
-def _leaks_in_recording(data: bytes, scrubber: _Scrubber, work: Path) -> list[str]:
+def _leaks_in_recording(data: bytes, scrubber: Scrubber, work: Path) -> list[str]:
     """Every payload decompressed, every event, the config: searched for the credential values."""
     probe = work / f"leak-check-{os.getpid()}.dbrec"
     probe.write_bytes(data)

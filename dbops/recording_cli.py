@@ -80,13 +80,23 @@ def _default_recording(config_path: str | None) -> Path:
 @click.option("--at", "at", metavar="TIME", default=None,
               help="Open at this moment: HH:MM[:SS] (that day of the recording), an ISO date-time, or +N[s|m|h] from its start.")
 @click.option("--list", "list_only", is_flag=True, help="List the recordings of this host and their spans, then exit.")
+@click.option("--since", "since", metavar="AGE|TIME", default=None,
+              help="Instead of one file: this host's recordings from this long ago (90m, 2h) or this time, merged into one "
+                   "replay (kept under <state dir>/replays/, with the review notes made in it).")
+@click.option("--until", "until", metavar="TIME", default=None, help="With --since: up to this time (default: now).")
 @click.pass_context
-def replay(ctx: click.Context, file: Path | None, at: str | None, list_only: bool) -> None:
+def replay(ctx: click.Context, file: Path | None, at: str | None, list_only: bool, since: str | None, until: str | None) -> None:
     """Open the console on a recording (default: this host's newest), read-only: every pane as
     it was, a time bar, p plays/pauses, . and , step to the next/previous event, + and - change
     the speed, g goes to a typed time, T shows the timeline, n adds a review note."""
     from dbops.config import state_dir
     from dbops.recording import Reading, RecordingError, clock_text, parse_time, recording_files
+
+    if since is not None or until is not None:
+        if file is not None or since is None:
+            _fail("--since (and --until) replay this host's recordings of a window: give them without FILE, and --until only with --since", 2)
+        assert since is not None
+        file = _window(ctx.obj["config_path"], since, until)
 
     if list_only:
         directory = _default_recording(ctx.obj["config_path"]).parent
@@ -124,6 +134,39 @@ def replay(ctx: click.Context, file: Path | None, at: str | None, list_only: boo
     app.run()
     if app.crash_message:
         click.echo(f"error: {app.crash_message}", err=True)
+
+
+def _window(config_path: str | None, since: str, until: str | None) -> Path:
+    """The recordings of [since, until] merged into one file under <state dir>/replays/."""
+    import time
+    from datetime import datetime
+
+    from dbops.config import state_dir
+    from dbops.incident import Scrubber, parse_since, slice_recordings
+    from dbops.recording import recording_files, recordings_dir
+
+    cfg = load_config(config_path)
+    now = time.time()
+    try:
+        start = parse_since(since, now)
+        end = parse_since(until, now) if until is not None else now
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    directory = recordings_dir(cfg.recording, state_dir())
+    sources = recording_files(directory)
+    name = f"replay-{datetime.fromtimestamp(start).strftime('%Y%m%dT%H%M%S')}-{int(end - start)}s"
+    out = state_dir() / "replays" / f"{name}.dbrec"
+    n = 1
+    while out.exists():  # an earlier replay of the same window keeps its review notes
+        out = out.with_name(f"{name}-{n}.dbrec")
+        n += 1
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    frames, _ = slice_recordings(sources, out, cfg, start, end, None, Scrubber(cfg))
+    if frames == 0:
+        out.unlink(missing_ok=True)
+        _fail(f"no recording in {directory} holds anything of that window")
+    click.echo(f"replaying the window from {len(sources)} recording file(s), saved as {out} (review notes are kept in it)")
+    return out
 
 
 @click.group()

@@ -370,3 +370,53 @@ def test_alerts_firing_and_resolving_are_on_the_timeline():
     assert resolved == ["alert PostgresDown resolved"]
     failing = [e.text for e in alert_changes(firing, AlertsState((down, lag), 2.0, "connection refused"), 4.0)]
     assert failing == ["Alertmanager cannot be read: connection refused"]
+
+
+def test_a_window_across_two_files_is_one_recording_that_starts_with_the_state_then(config, tmp_path):
+    """What `dbops replay --since` and the incident bundle read: the files the window touches,
+    merged; each cluster's state at the window's start restated; the ones after it in order."""
+    from dbops.incident import Scrubber, slice_recordings
+
+    recorder, clock = record_story(config, tmp_path / "rec")  # +10 .. +41 s
+    clock.at += 61  # past segment_minutes = 1: a second file
+    assert recorder.flush() and recorder.flush()
+    ref = config.clusters()[0]
+    healthy = states(ref)[0]
+    clock.at += 5
+    recorder.health(ref.key, healthy, judged(ref, healthy))
+    recorder.note("after the cut", "dave", ref.key)
+    recorder.stop()
+    files = recording_files(tmp_path / "rec")
+    assert len(files) == 2
+    t0 = 1_790_000_000.0
+    out = tmp_path / "window.dbrec"
+    frames, events = slice_recordings(files, out, config, t0 + 25, clock.at, None, Scrubber(config))
+    window = Reading(out)
+    assert window.span() == (t0 + 25, clock.at)
+    first = window.latest("health", ref.key, t0 + 25)
+    assert first.keyframe and first.value[0]["pg1"].reachability is Reachability.DOWN  # the state at +25 s
+    texts = [e.text for e in window.events()]
+    assert texts[0] == "pg2 role replica → primary" and "pg2 timeline 3 → 4" in texts and texts[-1] == "after the cut"
+    assert "pg1 DOWN: connection refused at 10.0.0.1:5432" not in texts  # before the window
+    assert frames == 1 + 2 + 1 + 1  # the keyframe, +31 and +41 s, the second file's restated state and its frame
+
+
+def test_replay_of_a_window_says_what_is_wrong_before_opening_anything(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "dbops.toml"
+    config.write_text(CONFIG)
+
+    def dbops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dbops.cli", "--config", str(config), *args], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "DBOPS_STATE_DIR": str(tmp_path / "state")})
+
+    nothing = dbops("replay", "--since", "1h")
+    assert nothing.returncode == 1 and nothing.stderr.startswith("error: no recording in ") and "holds anything of that window" in nothing.stderr
+    assert not list((tmp_path / "state" / "replays").glob("*.dbrec"))  # no empty file left behind
+    for args in (("replay", "some.dbrec", "--since", "1h"), ("replay", "--until", "10:00")):
+        r = dbops(*args)
+        assert r.returncode == 2 and "give them without FILE, and --until only with --since" in r.stderr, r.stderr
+    r = dbops("replay", "--since", "soon")
+    assert r.returncode == 2 and "'soon': give an age (90m, 2h, 1d)" in r.stderr
