@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 GOAL_CORE = 0.35
@@ -151,10 +152,16 @@ def main() -> None:
             report(args.interval, results[-1:])
         report(args.interval, results)
 
-    if args.state is not None:
-        run(args.state)
+    on_sandbox(args.state, "dbops-bench-fleet-", run)
+
+
+def on_sandbox(state: Path | None, prefix: str, run: Callable[[Path], None]) -> None:
+    """`run(state dir)` on a running private sandbox (`state`), or on one of PostgreSQL and Redis
+    started in a temporary directory and stopped afterwards."""
+    if state is not None:
+        run(state)
         return
-    with tempfile.TemporaryDirectory(prefix="dbops-bench-fleet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         os.chmod(tmp, 0o755)  # the servers run as the postgres and redis users, which must reach the sandbox below
         env = {**os.environ, "DBOPS_STATE_DIR": tmp}
         dbops = [sys.executable, "-m", "dbops.cli"]

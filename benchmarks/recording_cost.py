@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import resource
 import shutil
 import sqlite3
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fleet import fleet_config, raise_max_connections  # a sibling script, not a package: found by the path above
+from fleet import fleet_config, on_sandbox, raise_max_connections  # a sibling script, not a package: found by the path above
 
 if TYPE_CHECKING:
     from dbops.config import Config
@@ -306,20 +305,7 @@ def main() -> None:
             for problem in problems:
                 print(f"  NOTE: {problem}")
 
-    if args.state is not None:
-        run(args.state)
-        return
-    with tempfile.TemporaryDirectory(prefix="dbops-bench-recording-sb-") as tmp:
-        os.chmod(tmp, 0o755)  # the servers run as the postgres and redis users, which must reach the sandbox below
-        env = {**os.environ, "DBOPS_STATE_DIR": tmp}
-        dbops = [sys.executable, "-m", "dbops.cli"]
-        subprocess.run([*dbops, "sandbox", "up", "--engines", "postgres,redis"], env=env, check=True, stdout=subprocess.DEVNULL)
-        os.environ["DBOPS_STATE_DIR"] = tmp
-        try:
-            run(Path(tmp))
-        finally:
-            subprocess.run([*dbops, "sandbox", "down"], env=env, check=False, stdout=subprocess.DEVNULL)
-
+    on_sandbox(args.state, "dbops-bench-recording-sb-", run)
 
 if __name__ == "__main__":
     main()

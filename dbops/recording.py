@@ -156,6 +156,7 @@ class Codec:
 
         self._compress = zstandard.ZstdCompressor(level=level).compress
         self._decompress = zstandard.ZstdDecompressor().decompress
+        self._damaged = zstandard.ZstdError
         self._roots = _allowed_roots()
         self._reducers = _Reducers()
 
@@ -175,7 +176,7 @@ class Codec:
     def unpack(self, blob: bytes) -> Any:
         try:
             raw = self._decompress(blob)
-        except Exception as exc:  # zstandard.ZstdError: a damaged row
+        except self._damaged as exc:  # a damaged row
             raise RecordingError(f"a frame cannot be decompressed ({exc})") from None
         unpickler = _SafeUnpickler(io.BytesIO(raw))
         unpickler.roots = self._roots

@@ -6,13 +6,14 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from dbops.cli_common import load_config
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -136,22 +137,29 @@ def replay(ctx: click.Context, file: Path | None, at: str | None, list_only: boo
         click.echo(f"error: {app.crash_message}", err=True)
 
 
+def _bounds(since: str, until: str | None) -> tuple[float, float]:
+    """--since and --until as epoch seconds (until: now), or exit 2 saying what is wrong."""
+    import time
+
+    from dbops.incident import parse_since
+
+    now = time.time()
+    try:
+        return parse_since(since, now), (parse_since(until, now) if until is not None else now)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+
+
 def _window(config_path: str | None, since: str, until: str | None) -> Path:
     """The recordings of [since, until] merged into one file under <state dir>/replays/."""
-    import time
     from datetime import datetime
 
     from dbops.config import state_dir
-    from dbops.incident import Scrubber, parse_since, slice_recordings
+    from dbops.incident import Scrubber, slice_recordings
     from dbops.recording import recording_files, recordings_dir
 
     cfg = load_config(config_path)
-    now = time.time()
-    try:
-        start = parse_since(since, now)
-        end = parse_since(until, now) if until is not None else now
-    except ValueError as exc:
-        _fail(str(exc), 2)
+    start, end = _bounds(since, until)
     directory = recordings_dir(cfg.recording, state_dir())
     sources = recording_files(directory)
     name = f"replay-{datetime.fromtimestamp(start).strftime('%Y%m%dT%H%M%S')}-{int(end - start)}s"
@@ -189,18 +197,12 @@ def bundle(ctx: click.Context, since: str, until: str | None, cluster: str | Non
     excerpt and its chain's verification, the runbook journals, a check, the logs, and a
     Markdown timeline. Credentials are scrubbed from every file. With [audit.ship] configured,
     the bundle is uploaded beside the shipped audit log."""
-    import time
 
     from dbops.config import find_config, state_dir
-    from dbops.incident import BundleError, make_bundle, parse_since
+    from dbops.incident import BundleError, make_bundle
 
     cfg = load_config(ctx.obj["config_path"])
-    now = time.time()
-    try:
-        start = parse_since(since, now)
-        end = parse_since(until, now) if until is not None else now
-    except ValueError as exc:
-        _fail(str(exc), 2)
+    start, end = _bounds(since, until)
     key = None
     if cluster is not None:
         keys = [r.key for r in cfg.clusters() if cluster in (r.key, r.name)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -381,7 +382,7 @@ class ReplayHub(Hub):
         event = note_event(text, operator, cluster, self.position, review=True)
         try:
             self.reading.add_note(event)
-        except Exception as exc:  # sqlite3 errors: a read-only file, a full disk
+        except sqlite3.Error as exc:  # a read-only file, a full disk
             raise RecordingError(f"the note cannot be written into {self.reading.path}: {exc}") from None
         self._marks = self.reading.event_times()
         return event
