@@ -264,7 +264,9 @@ async def test_abort_right_after_the_fault_heals_it_and_runs_the_restore(pg_sand
                 assert screen.phases[p]["state"] == "pending" and cell(screen, p, "state") == "not run"
             assert screen.phases[Phase.RESTORE]["state"] == "done" and screen.phases[Phase.REPORT]["state"] == "done"
             assert "pg1 started again" in screen.phases[Phase.RESTORE]["detail"]
-            assert on_screen(screen.query_one("#drill-outcome"))
+            # The outcome is shown once the next refresh has laid it out (as in the test above).
+            await settle(pilot, lambda: on_screen(screen.query_one("#drill-outcome")), "the outcome laid out",
+                         attempts=50, show=lambda: str(screen.query_one("#drill-outcome").region))
         audit = [json.loads(line) for line in (pg_sandbox.state_dir / "audit.jsonl").read_text().splitlines()]
         mine = [(r["phase"], r["action"], r.get("outcome")) for r in audit if r.get("run_id") == result.run_id]
         assert ("result", "drill.pg-primary-loss.heal", "ok") in mine
