@@ -83,12 +83,13 @@ class EngineSpec:
     # (ref, run_id): what a DR drill writes and reads back to measure RTO and RPO; None: the
     # engine cannot be drilled with a probe.
     probe: str | None = None
-    # "module:function" (snapshot, member health) -> {name: value}: the engine's facts about a
-    # member that the timeline reports when they change (a PostgreSQL member's timeline); role
-    # and reachability are every engine's already. None: the engine adds none.
+    # "module:function" (cluster health) -> {member name, or "" for the cluster: {name: value}}:
+    # the engine's facts that the timeline reports when they change (a PostgreSQL member's
+    # timeline, a Redis Cluster's slot coverage, a Kafka group's state). Role, reachability and
+    # severities are every engine's already. None: the engine adds none.
     facts: str | None = None
 
-    def facts_of(self) -> Callable[[Any, Any], dict[str, str]] | None:
+    def facts_of(self) -> Callable[[ClusterHealth], dict[str, dict[str, str]]] | None:
         return None if self.facts is None else load_attr(self.facts)
 
     def load_adapter(self) -> Any:

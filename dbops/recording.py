@@ -298,11 +298,10 @@ def _facts_of(engine: str) -> Any:
 
 
 def _facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
-    """Each member's engine facts (a PostgreSQL member's timeline ...), by member."""
+    """The engine's facts (a PostgreSQL member's timeline, a Kafka group's state ...), by member,
+    "" for the cluster's own."""
     facts_of = _facts_of(health.engine)
-    if facts_of is None:
-        return {}
-    return {m.name: facts_of(m.snapshot, m) for m in health.members if m.snapshot.data is not None}
+    return {} if facts_of is None else facts_of(health)
 
 
 def _metric_levels(health: ClusterHealth) -> dict[tuple[str, str], tuple[Severity, str]]:
@@ -361,9 +360,19 @@ def state_changes(before: ClusterHealth | None, after: ClusterHealth, ts: float)
                 continue
             for name, value in facts.items():
                 if name in previous and previous[name] != value:
-                    out.append(Event(ts, "state", key, member, "warning", f"{member} {name} {previous[name]} → {value}"))
+                    who = f"{member} " if member else ""
+                    out.append(Event(ts, "state", key, member, "warning", f"{who}{name} {previous[name]} → {value}"))
     old_levels = _metric_levels(before) if before is not None else {}
-    for (member, name), (severity, message) in _metric_levels(after).items():
+    new_levels = _metric_levels(after)
+    # A metric some engines report only while something is wrong (a Qdrant replica not Active,
+    # a Kafka group's lag) goes away when it is right again: that is a change too, unless its
+    # member went down (its metrics all go; the DOWN says why), or the whole cluster did.
+    reachable = {m.name for m in after.members if m.snapshot.reachable}
+    for (member, name), (severity, _) in old_levels.items():
+        if severity is not Severity.OK and (member, name) not in new_levels and (member in reachable if member else reachable):
+            who = f"{member} " if member else ""
+            out.append(Event(ts, "state", key, member, "ok", f"{who}{name} cleared (was {severity.name})"))
+    for (member, name), (severity, message) in new_levels.items():
         level = old_levels.get((member, name))
         was_sev = level[0] if level is not None else Severity.OK
         if severity is was_sev:

@@ -159,3 +159,25 @@ def test_the_quorum_leader_is_the_controller_and_a_leaderless_quorum_is_crit() -
     assert metric.message == "active controller k2; quorum voters k1 (0 behind), k2 (0 behind), k3 (80 behind)"
     lost = assess_cluster(ref(), snapshot(replace(data, quorum=Quorum(-1, 500, data.quorum.voters))))
     assert next(m for m in lost.metrics if m.name == "controller").severity is Severity.CRIT
+
+
+def test_the_timeline_tells_a_groups_rebalance_and_its_lag_clearing() -> None:
+    from dbops.recording import state_changes
+
+    def told(before: KafkaData, after: KafkaData) -> list[str]:
+        return [e.text for e in state_changes(assess_cluster(ref(), snapshot(before)), assess_cluster(ref(), snapshot(after)), NOW)]
+
+    one, two = Member("m-1", "billing-1", "10.1.1.1", (("orders", 0),)), Member("m-2", "billing-2", "10.1.1.2", (("orders", 1),))
+    caught_up = (gp([16, 16, 16, 16], [16, 16, 16, 16], secs=0.0),)
+    stable = Group("billing", "Stable", "consumer", 1, (one, two), caught_up)
+    rebalancing = Group("billing", "PreparingRebalance", "consumer", 1, (one,), caught_up)
+    assert told(kafka_data(groups=(stable,)), kafka_data(groups=(rebalancing,))) == [
+        "group billing Stable, 2 member(s) → PreparingRebalance, 1 member(s)"]
+    assert told(kafka_data(groups=(stable,)), kafka_data(groups=(stable,))) == []
+    # A stopped group's lag is CRIT; the group gone from the refresh (deleted) clears it, and says so.
+    stopped = Group("billing", "Empty", "consumer", 1, (), (gp([5, 5, 5, 5], [10, 12, 14, 16], secs=700.0),), (5, 7, 9, 11))
+    assert "group:billing cleared (was CRIT)" in told(kafka_data(groups=(stopped,)), kafka_data(groups=()))
+    # No broker answering: nothing is said about what could not be read.
+    gone = [e for e in state_changes(assess_cluster(ref(), snapshot(kafka_data(groups=(stopped,)))),
+                                     assess_cluster(ref(), snapshot(None, Reachability.DOWN, "no broker answers")), NOW)]
+    assert not [e for e in gone if "cleared" in e.text], gone

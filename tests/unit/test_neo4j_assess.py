@@ -163,3 +163,14 @@ def test_terminate_statement_quotes_ids_and_refuses_anything_else() -> None:
             assert "not transaction ids" in str(exc)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_the_timeline_tells_a_database_stopped_on_purpose_and_started_again() -> None:
+    from dbops.recording import state_changes
+
+    online = data([db(), db("system")])
+    stopped = data([db(requestedStatus="offline", currentStatus="offline", writer=False), db("system")])
+    before, after = judge(("n1", online), ("n2", online)), judge(("n1", stopped), ("n2", stopped))
+    assert after.severity is Severity.OK  # stopped on purpose: no severity changes...
+    assert [e.text for e in state_changes(before, after, 1.0)] == ["database neo4j online, primary → offline, primary"]
+    assert [e.text for e in state_changes(after, before, 2.0)] == ["database neo4j offline, primary → online, primary"]

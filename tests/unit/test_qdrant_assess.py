@@ -223,3 +223,22 @@ def test_a_runbooks_plan_names_https_when_the_cluster_uses_tls() -> None:
     for r, scheme in ((ref(), "http"), (tls, "https")):
         plan = replicate_commands(Context(r, {}, "plan", state={"targets": [target]}))
         assert plan[0].startswith(f"POST {scheme}://10.0.0.1:6333/collections/docs/cluster "), plan
+
+
+def test_the_timeline_tells_each_step_of_a_replicas_recovery() -> None:
+    from dbops.recording import state_changes
+
+    def told(before: dict, after: dict) -> list[str]:
+        judged = [assess_cluster(ref(), unit(three(s)), now=NOW) for s in (before, after)]
+        return [e.text for e in state_changes(judged[0], judged[1], NOW)]
+
+    dead, recovery, partial = (dict(HEALTHY, **{}) for _ in range(3))
+    dead[(1, 33)], recovery[(1, 33)], partial[(1, 33)] = "Dead", "Recovery", "Partial"
+    went = told(HEALTHY, dead)
+    assert "replica docs/1 on q3 Active → Dead" in went
+    assert any(t.startswith("replica:docs/1@33 CRIT: collection docs shard 1 on q3 (peer 33) is Dead") for t in went), went
+    assert "replica docs/1 on q3 Dead → Recovery" in told(dead, recovery)
+    # Both WARN: no severity changed, the state did.
+    assert told(recovery, partial) == ["replica docs/1 on q3 Recovery → Partial"]
+    back = told(partial, HEALTHY)
+    assert "replica docs/1 on q3 Partial → Active" in back and "replica:docs/1@33 cleared (was WARN)" in back

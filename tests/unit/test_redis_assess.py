@@ -9,7 +9,10 @@ import time
 from dbops.config import parse
 from dbops.engines.redis.assess import assess_cluster
 from dbops.engines.redis.data import NodeResult, RedisTopology, SentinelData, node_data, parse_info
+from dbops.engines.redis.topology import judge as judge_view
+from dbops.engines.redis.topology import parse_nodes
 from dbops.model import Reachability, Severity, Snapshot
+from dbops.recording import state_changes
 
 REF = parse('[environments.e.clusters.cache]\nengine = "redis"\nmembers = [{ name = "r1", host = "10.0.0.1" }]\n').clusters()[0]
 
@@ -31,9 +34,9 @@ def data(before: str, after: str | None = None):
     return node_data(parse_info(after), first, [], [], -1) if after is not None else first
 
 
-def judge(*nodes: NodeResult, mode: str = "standalone", sentinel_master: str | None = None):
+def judge(*nodes: NodeResult, mode: str = "standalone", sentinel_master: str | None = None, cluster=None):
     unit = Snapshot("e", "cache", "nodes", "redis", Reachability.UP, time.time(),
-                    data=RedisTopology(mode, nodes, sentinel_master=sentinel_master))
+                    data=RedisTopology(mode, nodes, cluster=cluster, sentinel_master=sentinel_master))
     return assess_cluster(REF, {"nodes": unit})
 
 
@@ -113,3 +116,46 @@ def test_sentinels_without_quorum_and_a_master_that_is_not_one() -> None:
     assert "only 1 of 3 sentinels answer; quorum is 2" in problems
     assert "sentinels name 10.0.0.1:6379 as master but it is a slave" in problems
     assert ch.severity is Severity.CRIT
+
+
+def timeline(before, after) -> list[str]:
+    return [e.text for e in state_changes(before, after, 1.0)]
+
+
+def test_the_timeline_tells_which_master_a_replica_and_the_sentinels_follow() -> None:
+    def story(master: str):
+        sentinel = SentinelData(master, "master", 1, 2, 2, True, "OK")
+        replica = info(role="slave", master_host=master.split(":")[0], master_port=6379, master_link_status="up")
+        return judge(up("s1", sentinel, "10.0.0.7:26379", "sentinel"), up("s2", sentinel, "10.0.0.8:26379", "sentinel"),
+                     up("r3", data(replica), "10.0.0.3:6379"), mode="sentinel", sentinel_master=master)
+
+    before, after = story("10.0.0.1:6379"), story("10.0.0.2:6379")
+    told = timeline(before, after)
+    assert "r3 replicates 10.0.0.1:6379 → 10.0.0.2:6379" in told
+    assert "sentinels' master 10.0.0.1:6379 → 10.0.0.2:6379" in told
+    assert timeline(after, story("10.0.0.2:6379")) == []  # the same again says nothing
+
+
+def test_the_timeline_tells_slot_coverage_as_it_is_lost_and_rebuilt_step_by_step() -> None:
+    a, b, c = "a" * 40, "b" * 40, "c" * 40
+
+    def with_slots(**slots: str):
+        def cluster_nodes(me: str) -> str:  # CLUSTER NODES as node `me` writes it
+            return "\n".join(f"{nid} 127.0.0.1:{port}@17{port % 1000:03d} {'myself,' if nid == me else ''}master - 0 0 1 "
+                             f"connected {slots.get(nid[0], '')}".rstrip() for nid, port in ((a, 7001), (b, 7002), (c, 7003)))
+
+        view = judge_view({n: parse_nodes(cluster_nodes(n)) for n in (a, b, c)})
+        node = info(cluster_enabled=1)
+        return judge(up("m1", data(node), "127.0.0.1:7001"), up("m2", data(node), "127.0.0.1:7002"),
+                     up("m3", data(node), "127.0.0.1:7003"), mode="cluster", cluster=view)
+
+    whole = with_slots(a="0-5460", b="5461-10922", c="10923-16383")
+    lost = with_slots(a="0-5460", b="5461-10922")
+    half = with_slots(a="0-5460", b="5461-10922", c="10923-13000")
+    told = timeline(whole, lost)
+    assert "slots covered 16384 of 16384 → 10923 of 16384" in told
+    assert any(t.startswith("coverage CRIT: 5461 of 16384 slots have no owner") for t in told), told
+    # Half the rebuild: still CRIT, so no severity changed; the coverage did, and says so.
+    assert timeline(lost, half) == ["slots covered 10923 of 16384 → 13001 of 16384"]
+    told = timeline(half, whole)
+    assert "slots covered 13001 of 16384 → 16384 of 16384" in told and "coverage OK again" in told

@@ -17,4 +17,6 @@ SPEC = EngineSpec(
     poll_unit="brokers",
     # A drill writes records to a topic of its own, acks=all, and reads them back.
     probe="dbops.engines.kafka.probe:KafkaProbe",
+    # What the timeline reports when it changes (EngineSpec.facts).
+    facts="dbops.engines.kafka.assess:facts",
 )

@@ -200,3 +200,13 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
     metrics += cluster_metrics(ref, data)
     sev = Severity.worst([m.severity for m in members] + [m.severity for m in metrics], OK)
     return ClusterHealth(ref.environment, ref.name, "kafka", sev, tuple(members), tuple(metrics))
+
+
+def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
+    """What the timeline reports when it changes: each consumer group's state and member count
+    (a rebalance, a consumer leaving); the lag's judgement and the brokers' roles are reported
+    already. Every up broker's snapshot holds the same refresh: the first one is read."""
+    data = next((m.snapshot.data for m in health.members if isinstance(m.snapshot.data, KafkaData)), None)
+    if data is None:
+        return {}
+    return {"": {f"group {g.group_id}": f"{g.state}, {len(g.members)} member(s)" for g in data.groups}}

@@ -15,4 +15,6 @@ SPEC = EngineSpec(
     thresholds=Neo4jThresholds,
     # A drill creates one node per write, labelled :DbopsDrillProbe, and reads it back.
     probe="dbops.engines.neo4j.probe:Neo4jProbe",
+    # What the timeline reports when it changes (EngineSpec.facts).
+    facts="dbops.engines.neo4j.assess:facts",
 )

@@ -121,3 +121,17 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
         metrics += server_metrics(view)
     sev = Severity.worst([m.severity for m in members] + [m.severity for m in metrics], OK)
     return ClusterHealth(ref.environment, ref.name, "neo4j", sev, tuple(members), tuple(metrics))
+
+
+def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
+    """What the timeline reports when it changes: each database's status and role on each
+    server (a database stopped on purpose is not a severity change; a new writer is not a
+    member's role), read from the first member that answered, as the judgement is."""
+    view = next((m.snapshot.data for m in health.members if isinstance(m.snapshot.data, Neo4jMemberData)), None)
+    if view is None:
+        return {}
+    out: dict[str, str] = {}
+    for db in view.databases:
+        where = f" on {db.address}" if len(view.database_rows(db.name)) > 1 else ""
+        out[f"database {db.name}{where}"] = f"{db.current_status}, {db.role}" + (", writer" if db.writer and where else "")
+    return {"": out}

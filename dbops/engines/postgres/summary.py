@@ -9,7 +9,7 @@ from __future__ import annotations
 from dbops.config import ClusterRef
 from dbops.engine_spec import OverviewRow, topology, worst_lag
 from dbops.engines.postgres.data import PgMemberData
-from dbops.model import ClusterHealth, MemberHealth, Snapshot
+from dbops.model import ClusterHealth
 
 
 def overview_row(ref: ClusterRef, health: ClusterHealth) -> OverviewRow:
@@ -55,12 +55,17 @@ def _archiver_state(data: PgMemberData) -> str:
     return "ok"
 
 
-def facts(snapshot: Snapshot, member: MemberHealth) -> dict[str, str]:
-    """What the timeline reports when it changes: the member's timeline (a promotion starts a
+def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
+    """What the timeline reports when it changes: each member's timeline (a promotion starts a
     new one), and a standby's WAL receiver state (streaming, or which primary it follows)."""
-    data: PgMemberData = snapshot.data
-    out = {"timeline": str(data.timeline) if data.timeline is not None else "?"}
-    if data.in_recovery:
-        wr = data.wal_receiver
-        out["WAL receiver"] = "none" if wr is None or wr.status is None else f"{wr.status} from {wr.sender_host}:{wr.sender_port}"
+    out: dict[str, dict[str, str]] = {}
+    for m in health.members:
+        data: PgMemberData | None = m.snapshot.data
+        if data is None:
+            continue
+        mine = {"timeline": str(data.timeline) if data.timeline is not None else "?"}
+        if data.in_recovery:
+            wr = data.wal_receiver
+            mine["WAL receiver"] = "none" if wr is None or wr.status is None else f"{wr.status} from {wr.sender_host}:{wr.sender_port}"
+        out[m.name] = mine
     return out

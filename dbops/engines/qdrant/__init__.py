@@ -18,4 +18,6 @@ SPEC = EngineSpec(
     poll_unit="nodes",
     # A drill upserts points into a replicated collection of its own and reads them back.
     probe="dbops.engines.qdrant.probe:QdrantProbe",
+    # What the timeline reports when it changes (EngineSpec.facts).
+    facts="dbops.engines.qdrant.assess:facts",
 )

@@ -163,3 +163,13 @@ def assess_cluster(ref: ClusterRef, snapshots: dict[str, Snapshot], baseline: di
     metrics += cluster_metrics(data)
     sev = Severity.worst([m.severity for m in members] + [m.severity for m in metrics], OK)
     return ClusterHealth(ref.environment, ref.name, "qdrant", sev, tuple(members), tuple(metrics))
+
+
+def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
+    """What the timeline reports when it changes: every replica's state (Partial → Recovery →
+    Active is a recovery's progress, though only its first and last steps change a severity).
+    Every up node's snapshot holds the same refresh: the first one is read."""
+    data = next((m.snapshot.data for m in health.members if isinstance(m.snapshot.data, QdrantData)), None)
+    if data is None:
+        return {}
+    return {"": {f"replica {r.collection}/{r.shard_id} on {data.peer_name(r.peer_id)}": r.state for r in data.replicas()}}

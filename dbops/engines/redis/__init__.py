@@ -18,4 +18,6 @@ SPEC = EngineSpec(
     poll_unit="nodes",
     # A drill writes stream entries to every master shard (Sentinel, standalone: the master).
     probe="dbops.engines.redis.probe:RedisProbe",
+    # What the timeline reports when it changes (EngineSpec.facts).
+    facts="dbops.engines.redis.assess:facts",
 )

@@ -190,3 +190,30 @@ def sentinel_metrics(ref: ClusterRef, topo: RedisTopology) -> list[Metric]:
         else:
             out.append(Metric("sentinel_master", OK, f"master {ref.cluster.redis.master_name} at {topo.sentinel_master}"))  # type: ignore[union-attr]
     return out
+
+
+def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
+    """What the timeline reports when it changes (severities and roles are reported already):
+    which master each replica follows, the master the sentinels name, and how many of the
+    16384 slots have an owner (a rebuild that covers half the missing slots is a change while
+    the coverage stays CRIT)."""
+    out: dict[str, dict[str, str]] = {}
+    named: dict[str, int] = {}
+    for m in health.members:
+        d = m.snapshot.data
+        if isinstance(d, RedisNodeData) and d.role == "slave":
+            out[m.name] = {"replicates": d.master_address or "?"}
+        elif isinstance(d, SentinelData) and d.master_address:
+            named[d.master_address] = named.get(d.master_address, 0) + 1
+    cluster: dict[str, str] = {}
+    if named:
+        cluster["sentinels' master"] = max(named, key=lambda a: named[a])
+    # The first coverage metric is the slots without an owner (cluster_metrics): its value is
+    # their number when there are any.
+    coverage = next((x for x in health.metrics if x.name == "coverage"), None)
+    if coverage is not None:
+        missing = int(coverage.value or 0) if coverage.severity is not OK else 0
+        cluster["slots covered"] = f"{SLOTS - missing} of {SLOTS}"
+    if cluster:
+        out[""] = cluster
+    return out
