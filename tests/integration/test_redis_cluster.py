@@ -26,6 +26,7 @@ from dbops.config import ClusterRef, load
 from dbops.engines.redis.topology import key_slot, parse_nodes
 from dbops.model import ClusterHealth, Reachability, Severity
 from dbops.poller import poll_once
+from dbops.recording import state_changes
 from dbops.sandbox.redis import RedisSandbox
 
 from .conftest import running_sandbox
@@ -155,7 +156,8 @@ def test_sentinel_group_shows_master_quorum_and_replica(cluster: Cluster) -> Non
 def test_sentinel_failover_moves_the_master_and_a_write_lands_on_the_new_one(cluster: Cluster) -> None:
     h = cluster
     h.rs.wait_sentinels_ready()
-    old = next(m.name for m in health(h, "sandbox-sentinel").members if m.role == "primary")
+    before = health(h, "sandbox-sentinel")
+    old = next(m.name for m in before.members if m.role == "primary")
     r = h.dbops("runbook", "run", "redis.sentinel-failover", "--cluster", "sandbox-sentinel", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     new = "r2" if old == "r1" else "r1"
@@ -181,6 +183,11 @@ def test_sentinel_failover_moves_the_master_and_a_write_lands_on_the_new_one(clu
         time.sleep(0.3)
     assert (roles[new], roles[old]) == ("primary", "replica"), ch.problems
     assert metric(ch, "sentinel_master") == [f"OK master sandbox-sentinel at 127.0.0.1:{h.rs.port(new)}"]
+    # The timeline's account of the two judgements: the sentinels' new master and both roles.
+    told = [e.text for e in state_changes(before, ch, time.time())]
+    was, now = f"127.0.0.1:{h.rs.port(old)}", f"127.0.0.1:{h.rs.port(new)}"
+    assert f"sentinels' master {was} → {now}" in told, told
+    assert f"{old} role primary → replica" in told and f"{new} role replica → primary" in told, told
 
 
 def test_sentinel_failover_is_refused_without_a_replica_that_can_take_over(cluster: Cluster) -> None:
