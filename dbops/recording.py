@@ -435,6 +435,49 @@ def audit_event(record: dict[str, Any]) -> Event:
     return Event(ts, "audit", cluster, str(record.get("member") or ""), severity, text, json.dumps(record, sort_keys=True))
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordedAudit:
+    """The audit records a recording holds, as the log had them while it recorded."""
+
+    records: list[dict[str, Any]]  # in the log's order
+    mismatched: int  # records that no longer match their own hash
+    unreadable: int  # audit events whose record cannot be read back
+
+    def verdict(self) -> str:
+        said = f"{len(self.records)} audit record(s) in the recording; each one's hash recomputed: "
+        said += "all match" if not self.mismatched else f"{self.mismatched} do NOT match"
+        if self.unreadable:
+            said += f"; {self.unreadable} cannot be read"
+        # The chain links each record to the one before it in the whole log, which is not here.
+        return said + " (the chain between them: `dbops audit verify` on the host, or a bundle's audit-verify.txt)"
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatched and not self.unreadable
+
+
+def recorded_audit(events: list[Event]) -> RecordedAudit:
+    """The audit records among a recording's events (audit_event keeps each one whole)."""
+    from dbops.audit import record_hash
+
+    records: list[dict[str, Any]] = []
+    unreadable = 0
+    for e in events:
+        if e.source != "audit":
+            continue
+        try:
+            record = json.loads(e.detail or "")
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            unreadable += 1
+    records.sort(key=lambda r: (r.get("seq") is None, r.get("seq") or 0))
+    mismatched = sum(1 for r in records if record_hash({k: v for k, v in r.items() if k != "hash"}) != r.get("hash"))
+    return RecordedAudit(records, mismatched, unreadable)
+
+
 # -- one file --------------------------------------------------------------------------------
 
 

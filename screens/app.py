@@ -313,7 +313,8 @@ class DbopsApp(App[None]):
             self.push_screen(screen_class(*args))
 
     def action_audit(self) -> None:
-        self._show_once("audit", "AuditScreen", self.audit.path)
+        # A replay shows the recording's audit records: this host's log is of another time (or host).
+        self._show_once("audit", "AuditScreen", self.audit.path, self._hub.timeline if self._hub.playback is not None else None)
 
     def action_aws(self) -> None:
         self._show_once("rds", "AwsScreen")

@@ -1,6 +1,8 @@
-"""The audit log, newest first, under its verify verdict.
+"""The audit log, newest first, under its verify verdict; in a replay, the recording's audit
+records (as the log had them while it recorded), each one's hash recomputed.
 
-The file is read and verified in a thread worker; the UI thread only fills the table.
+The file (or the recording) is read and verified in a thread worker; the UI thread only fills
+the table.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
 from dbops.audit import VerifyResult, verify_and_read
+from dbops.hub import Timeline
+from dbops.recording import RecordedAudit, recorded_audit
 
 _OUTCOME_STYLE = {"ok": "green", "failed": "red", "declined": "yellow", "refused": "yellow"}
 _PHASE_STYLE = {"intent": "cyan", "result": "", "abort": "yellow"}
@@ -30,6 +34,7 @@ class AuditView:
     path: Path
     result: VerifyResult | None
     records: list[dict[str, Any]] = field(default_factory=list)
+    recorded: RecordedAudit | None = None  # a replay's: what the recording holds
 
 
 def load_audit(path: Path) -> AuditView:
@@ -38,6 +43,12 @@ def load_audit(path: Path) -> AuditView:
         return AuditView(path, None, [])
     result, records = verify_and_read(path)
     return AuditView(path, result, records)
+
+
+def _load_recorded(path: Path, recording: Timeline) -> AuditView:
+    """A replay's audit records, from the recording's timeline; runs in a worker thread."""
+    recorded = recorded_audit(recording.events())
+    return AuditView(path, None, recorded.records, recorded)
 
 
 def _cell(value: Any, style: str = "") -> Text:
@@ -66,13 +77,17 @@ class AuditScreen(Screen):
 
     COLUMNS = ("seq", "ts (UTC)", "phase", "operator", "target", "action", "outcome", "error")
 
-    def __init__(self, log_path: Path, *, name: str | None = None, id: str | None = None) -> None:
+    def __init__(self, log_path: Path, recording: Timeline | None = None, *, name: str | None = None,
+                 id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self.log_path = Path(log_path)
+        # A replay's timeline: its audit records are shown, never this host's log of today.
+        self.recording = recording
         self.verdict = ""  # the text of the verdict line, for tests and screen readers
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(f"reading {self.log_path} ..."), id="audit-verdict", markup=False)
+        what = "the recording's audit records" if self.recording is not None else self.log_path
+        yield Static(Text(f"reading {what} ..."), id="audit-verdict", markup=False)
         yield DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -86,11 +101,12 @@ class AuditScreen(Screen):
         self.app.pop_screen()
 
     def action_reload(self) -> None:
+        recording = self.recording
         self.run_worker(
-            lambda: load_audit(self.log_path),
+            (lambda: load_audit(self.log_path)) if recording is None else (lambda: _load_recorded(self.log_path, recording)),
             name="audit-load",
             group=_WORKER_GROUP,
-            description=f"read and verify {self.log_path}",
+            description=f"read and verify {'the recording' if recording is not None else self.log_path}",
             exclusive=True,
             thread=True,
             exit_on_error=False,  # a read error is shown in the verdict line, not fatal
@@ -108,14 +124,17 @@ class AuditScreen(Screen):
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
             why = getattr(error, "strerror", None) or str(error) or type(error).__name__
-            self._set_verdict(f"cannot read audit log {self.log_path}: {why}", "bold red")
+            what = "the recording's audit records" if self.recording is not None else f"audit log {self.log_path}"
+            self._set_verdict(f"cannot read {what}: {why}", "bold red")
 
     def _set_verdict(self, text: str, style: str) -> None:
         self.verdict = text
         self.query_one("#audit-verdict", Static).update(Text(text, style=style))
 
     def _show(self, view: AuditView) -> None:
-        if view.result is None:
+        if view.recorded is not None:
+            self._set_verdict(view.recorded.verdict(), "bold green" if view.recorded.ok else "bold red")
+        elif view.result is None:
             self._set_verdict(f"no audit log yet at {view.path}", "dim")
         elif view.result.ok:
             self._set_verdict(view.result.summary(), "bold green")

@@ -101,3 +101,35 @@ async def test_the_timeline_goes_to_an_event_and_takes_a_review_note(tmp_path):
         await settle(pilot, lambda: any(e.text == "late promotion" for e in hub.events()), "the note in the file")
         note = next(e for e in hub.events() if e.text == "late promotion")
         assert note.ts == T0 + 31 and '"review": true' in (note.detail or "")
+
+
+async def test_the_audit_screen_in_a_replay_shows_the_recordings_records_not_this_hosts_log(tmp_path):
+    from dbops.audit import AuditLog
+    from dbops.config import parse
+    from dbops.recording import Recorder
+    from dbops.screens.audit import AuditScreen
+
+    # Recorded while the host's log had a promotion's two records...
+    log = AuditLog(tmp_path / "then" / "audit.jsonl")
+    config = parse(CONFIG)
+    recorder = Recorder(config, tmp_path / "rec", audit_path=log.path)
+    recorder.start()
+    intent = log.intent(action="postgres.promote-replica:promote", environment="sandbox", cluster="orders-db", step="promote")
+    log.result(intent, outcome="ok")
+    assert recorder.flush()
+    recorder.stop()
+    # ... and replayed where this host's own log says something else entirely.
+    AuditLog(tmp_path / "audit.jsonl").intent(action="something-on-this-host-today", environment="sandbox", cluster="orders-db")
+    hub = ReplayHub(Reading(recording_files(tmp_path / "rec")[0]))
+    app = DbopsApp(hub.config, state_dir=tmp_path, hub=hub, clock=hub.clock)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, lambda: hub.loaded.is_set() and app.screen.query(TimeBar), "the overview")
+        await pilot.press("A")
+        await settle(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen.query_one(DataTable).row_count, "the audit records")
+        screen = app.screen
+        assert screen.verdict.startswith("2 audit record(s) in the recording; each one's hash recomputed: all match")
+        table = screen.query_one(DataTable)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        assert [(r[2], r[5], r[6]) for r in rows] == [("result", "postgres.promote-replica:promote", "ok"),
+                                                     ("intent", "postgres.promote-replica:promote", "")]
+        assert not any("something-on-this-host-today" in " ".join(r) for r in rows)
