@@ -694,6 +694,27 @@ class AlertLabels(Model):
     member: list[str] = field(default_factory=lambda: ["instance", "server", "addr", "redis", "pod", "member"])
 
 
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s) URL a client can connect to (a port out of range, no host,
+    a space), or None: said when the config is read, not as a library's error at the first
+    request. The URL is quoted without any user:password it holds."""
+    from urllib.parse import urlsplit
+
+    shown = re.sub(r"//[^/@]*@", "//***@", url)
+    if not url.startswith(("http://", "https://")):
+        return f"give an http:// or https:// URL (it is {shown!r})"
+    if any(c.isspace() for c in url):
+        return f"a URL has no spaces in it (it is {shown!r})"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it checks it: ValueError when not a number in 0-65535
+    except ValueError as exc:
+        return f"not a usable URL: {re.sub(r'//[^/@]*@', '//***@', str(exc))} (it is {shown!r})"
+    if not parts.hostname:
+        return f"the URL names no host (it is {shown!r})"
+    return None
+
+
 @dataclass(frozen=True)
 class HttpService(Model):
     """A monitoring service's HTTP API: basic auth (user + password) or a bearer token, TLS as
@@ -709,8 +730,9 @@ class HttpService(Model):
 
     def check(self) -> list[Any]:
         problems: list[Any] = []
-        if not self.url.startswith(("http://", "https://")):
-            problems.append((("url",), f"give an http:// or https:// URL (it is {self.url!r})"))
+        why = http_url_problem(self.url)
+        if why is not None:
+            problems.append((("url",), why))
         if self.password is not None and self.bearer_token is not None:
             problems.append((("bearer_token",), "give user + password or bearer_token, not both"))
         if (self.user is None) != (self.password is None):

@@ -284,3 +284,16 @@ def test_literal_audit_shipping_keys_only_in_a_config_of_sandboxes():
     assert "s3cr3t-ship" not in str(err.value) and "AKIAEXAMPLEKEY" not in str(err.value)
     sandbox_only = GOOD.replace('mode = "operator"', 'mode = "operator"\nsandbox = true') + ship
     assert parse(sandbox_only).audit.ship.s3.bucket == "audit"
+
+
+def test_a_monitoring_url_no_client_could_connect_to_is_refused_when_read_without_its_password():
+    for url, said in (("http://am.internal:99999", "not a usable URL: Port out of range 0-65535"),
+                      ("https://ops:hunter2@am.internal:70000/", "not a usable URL: Port out of range 0-65535"),
+                      ("http://am internal:9093", "a URL has no spaces in it"), ("http://:9093", "the URL names no host")):
+        with pytest.raises(ConfigError) as err:
+            parse(f'[alertmanager]\nurl = "{url}"\n[environments.e.clusters.c]\nengine = "postgres"\n'
+                  'members = [{ name = "a", host = "h" }]\n', "x.toml")
+        text = str(err.value)
+        assert "alertmanager.url: " + said in text, text
+        assert "hunter2" not in text
+    assert parse('[alertmanager]\nurl = "http://127.0.0.1:9093"\n').alertmanager is not None
