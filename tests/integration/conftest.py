@@ -143,6 +143,15 @@ def pg_sandbox() -> Iterator[PgSandbox]:
 
 
 @pytest.fixture(scope="session")
+def neo4j_root() -> Iterator[Path]:
+    """One Neo4j sandbox (a JVM: the slowest start of all) for every module that asks for it.
+    Each module's own fixture brings it up again when an earlier module stopped it on purpose
+    (`sandbox up` is a no-op on a running sandbox)."""
+    with running_sandbox(("neo4j",), "dbops-it-neo4j-") as root:
+        yield root
+
+
+@pytest.fixture(scope="session")
 def kube_stand_in() -> Iterator[Kube]:
     """The Kubernetes API stand-in (tests/fakes/kubernetes.py), one JVM for every module that
     asks for it. Each module keeps to namespaces of its own and writes its own kubeconfig

@@ -34,8 +34,6 @@ from dbops.runbook.model import Context
 from dbops.runbook.registry import load as load_runbooks
 from dbops.sandbox.neo4j import Neo4jSandbox
 
-from .conftest import running_sandbox
-
 NAME = "sandbox-neo4j"
 LONG_QUERY = "UNWIND range(1, 10000000000) AS x WITH x WHERE x < 0 RETURN count(*) AS never"
 
@@ -68,9 +66,9 @@ class Neo:
 
 
 @pytest.fixture(scope="module")
-def neo() -> Iterator[Neo]:
-    with running_sandbox(("neo4j",), "dbops-it-neo4j-pane-") as root:
-        yield Neo(root.parent, sandbox.config_path(root=root), Neo4jSandbox(root))
+def neo(neo4j_root: Path) -> Iterator[Neo]:
+    sandbox.up(("neo4j",), root=neo4j_root)  # shared (conftest): up again if another module stopped it
+    yield Neo(neo4j_root.parent, sandbox.config_path(root=neo4j_root), Neo4jSandbox(neo4j_root))
 
 
 @dataclass

@@ -24,13 +24,11 @@ from dbops.engines.neo4j.probe import INDEX, LABEL, Neo4jProbe
 from dbops.sandbox import pid_alive
 from dbops.sandbox.neo4j import Neo4jSandbox
 
-from .conftest import running_sandbox
-
 
 @pytest.fixture(scope="module")
-def neo() -> Iterator[Neo4jSandbox]:
-    with running_sandbox(("neo4j",), "dbops-it-neo4j-") as root:
-        yield Neo4jSandbox(root)
+def neo(neo4j_root: Path) -> Iterator[Neo4jSandbox]:
+    sandbox.up(("neo4j",), root=neo4j_root)  # shared (conftest): up again if another module stopped it
+    yield Neo4jSandbox(neo4j_root)
 
 
 def test_bolt_with_the_password_reaches_neo4j_5_26_community(neo: Neo4jSandbox) -> None:
