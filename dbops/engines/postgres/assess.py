@@ -28,7 +28,7 @@ from typing import Any
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
 from dbops.engines.postgres.data import Archiver, HorizonHolder, PgMemberData, PoolRow, Session
-from dbops.engines.postgres.queries import REPLAY_WAITING_FOR_WAL
+from dbops.engines.postgres.queries import BEHIND_FOR, REPLAY_WAITING_FOR_WAL
 from dbops.model import (
     ClusterHealth,
     MemberHealth,
@@ -127,6 +127,11 @@ def _worst_of(values: Iterable[float | int | None]) -> Any:
     return max(present) if present else None
 
 
+# A refresh polls a cluster's members concurrently, each within its timeout: the primary's row
+# and the standby's own answer are read up to about this far apart (replica_lag's bound).
+POLL_SKEW_SECONDS = 1.0
+
+
 def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData]) -> tuple[int | None, float | None]:
     """(lag_bytes, lag_seconds) of a replica.
 
@@ -146,6 +151,13 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
       WAL takes to reach it. Here replay_lag would count the unfinished record at the end of
       what the primary has written out (see queries.REPLAY_WAITING_FOR_WAL) as growing lag.
     - several primaries (split brain): the worst of their rows.
+    - bounded, when the adapter knows how long the standby has been behind (extra[BEHIND_FOR]:
+      it saw it replay all it had received that long ago), by that time plus the WAL's flush
+      lag, plus a second for the primary's and the standby's polls not being at one instant.
+      Nothing it had not replayed then can be older than that. The lag tracker can say more:
+      when the WAL that completes a record left unfinished across a pause (see
+      queries.REPLAY_WAITING_FOR_WAL) finally arrives, the standby replays past a position the
+      primary timed seconds before, and for a status reply replay_lag reads the whole pause.
 
     The standby's own estimate, now() - last replayed commit, grows one-for-one with any long
     transaction (no commit to replay) on a replica a fraction of a second behind. It is used
@@ -162,6 +174,10 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
         lag_seconds: float | None = max(r.flush_lag_seconds or 0.0 for r in rows)
     elif rows:
         lag_seconds = max(r.replay_lag_seconds or 0.0 for r in rows)
+        behind_for = data.extra.get(BEHIND_FOR)
+        if isinstance(behind_for, float):
+            bound = max(r.flush_lag_seconds or 0.0 for r in rows) + behind_for + POLL_SKEW_SECONDS
+            lag_seconds = min(lag_seconds, bound)
     else:
         lag_seconds = wr.replay_lag_seconds if wr else None
     return lag_bytes, lag_seconds
