@@ -697,19 +697,23 @@ class AlertLabels(Model):
 def http_url_problem(url: str) -> str | None:
     """Why `url` is not an http(s) URL a client can connect to (a port out of range, no host,
     a space), or None: said when the config is read, not as a library's error at the first
-    request. The URL is quoted without any user:password it holds."""
+    request. The URL is quoted without any user:password it holds (everything up to its last
+    @), and the parser's own words, which can quote a piece of it, are not repeated."""
     from urllib.parse import urlsplit
 
-    shown = re.sub(r"//[^/@]*@", "//***@", url)
+    shown = re.sub(r"//.*@", "//***@", url)
     if not url.startswith(("http://", "https://")):
         return f"give an http:// or https:// URL (it is {shown!r})"
     if any(c.isspace() for c in url):
         return f"a URL has no spaces in it (it is {shown!r})"
     try:
         parts = urlsplit(url)
+    except ValueError:  # the one thing urlsplit refuses: a bracketed host that is no IPv6 address
+        return f"its [host] is not an IPv6 address (it is {shown!r})"
+    try:
         parts.port  # noqa: B018 - reading it checks it: ValueError when not a number in 0-65535
-    except ValueError as exc:
-        return f"not a usable URL: {re.sub(r'//[^/@]*@', '//***@', str(exc))} (it is {shown!r})"
+    except ValueError:
+        return f"its port is not a number from 0 to 65535 (it is {shown!r})"
     if not parts.hostname:
         return f"the URL names no host (it is {shown!r})"
     return None

@@ -127,8 +127,9 @@ class Service:
             raise self._fail(self._connect_failure(exc)) from None
         except httpx.HTTPError as exc:
             raise self._fail(f"{what}: {type(exc).__name__}: {self._said(str(exc)) or 'no detail'}") from None
-        except httpx.InvalidURL as exc:  # not an HTTPError; the config's own check catches most
-            raise self._fail(f"[{self.section}] url {shown_url(self.url)}: {self._said(str(exc))}") from None
+        except httpx.InvalidURL:  # not an HTTPError; the config's own check catches most
+            # (Its words can quote a piece of the URL, a password's included: not repeated.)
+            raise self._fail(f"[{self.section}] url: not a URL httpx can request") from None
         status = response.status_code
         if status in (401, 403):
             how = "bearer_token" if self.options.bearer_token is not None else "user/password"

@@ -161,7 +161,7 @@ def test_the_quorum_leader_is_the_controller_and_a_leaderless_quorum_is_crit() -
     assert next(m for m in lost.metrics if m.name == "controller").severity is Severity.CRIT
 
 
-def test_the_timeline_tells_a_groups_rebalance_and_its_lag_clearing() -> None:
+def test_the_timeline_tells_a_groups_rebalance() -> None:
     from dbops.recording import state_changes
 
     def told(before: KafkaData, after: KafkaData) -> list[str]:
@@ -174,10 +174,3 @@ def test_the_timeline_tells_a_groups_rebalance_and_its_lag_clearing() -> None:
     assert told(kafka_data(groups=(stable,)), kafka_data(groups=(rebalancing,))) == [
         "group billing Stable, 2 member(s) → PreparingRebalance, 1 member(s)"]
     assert told(kafka_data(groups=(stable,)), kafka_data(groups=(stable,))) == []
-    # A stopped group's lag is CRIT; the group gone from the refresh (deleted) clears it, and says so.
-    stopped = Group("billing", "Empty", "consumer", 1, (), (gp([5, 5, 5, 5], [10, 12, 14, 16], secs=700.0),), (5, 7, 9, 11))
-    assert "group:billing cleared (was CRIT)" in told(kafka_data(groups=(stopped,)), kafka_data(groups=()))
-    # No broker answering: nothing is said about what could not be read.
-    gone = [e for e in state_changes(assess_cluster(ref(), snapshot(kafka_data(groups=(stopped,)))),
-                                     assess_cluster(ref(), snapshot(None, Reachability.DOWN, "no broker answers")), NOW)]
-    assert not [e for e in gone if "cleared" in e.text], gone

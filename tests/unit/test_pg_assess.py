@@ -26,7 +26,7 @@ from dbops.engines.postgres.data import (
     VacuumProgress,
     WalReceiver,
 )
-from dbops.engines.postgres.queries import BEHIND_FOR, REPLAY_WAITING_FOR_WAL
+from dbops.engines.postgres.queries import CAUGHT_UP_AT, REPLAY_WAITING_FOR_WAL
 from dbops.model import Reachability, Severity, Snapshot, human_seconds
 
 MiB = 1024 * 1024
@@ -376,13 +376,13 @@ def test_standby_not_waiting_for_wal_keeps_the_replay_lag(ref):
 def test_bound_standby_lag_counts_waiting_for_wal_as_caught_up():
     data = waiting_for_wal(standby(wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=0.0)))
     out, at = bound_standby_lag(data, 100.0, now=200.0)
-    assert at == 200.0 and out.wal_receiver == data.wal_receiver and out.extra[BEHIND_FOR] == 0.0
+    assert at == 200.0 and out.wal_receiver == data.wal_receiver and out.extra[CAUGHT_UP_AT] == 200.0
     busy = waiting_for_wal(standby(wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=900.0)), waiting=False)
     out, at = bound_standby_lag(busy, 200.0, now=203.0)
-    assert out.wal_receiver.replay_lag_seconds == 3.0 and at == 200.0 and out.extra[BEHIND_FOR] == 3.0
+    assert out.wal_receiver.replay_lag_seconds == 3.0 and at == 200.0 and out.extra[CAUGHT_UP_AT] == 200.0
     # Behind since before this adapter first saw it: not known, so nothing is bounded by it.
     out, at = bound_standby_lag(busy, None, now=203.0)
-    assert at is None and BEHIND_FOR not in out.extra and out.wal_receiver.replay_lag_seconds == 900.0
+    assert at is None and CAUGHT_UP_AT not in out.extra and out.wal_receiver.replay_lag_seconds == 900.0
 
 
 def test_the_primarys_replay_lag_is_bounded_by_how_long_the_standby_has_been_behind(ref):
@@ -401,6 +401,13 @@ def test_the_primarys_replay_lag_is_bounded_by_how_long_the_standby_has_been_beh
     row = replica_row("pg3", replay_bytes=30 * MiB, replay_seconds=29.0, flush_lag_seconds=0.02)
     h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", paused)), now=NOW)
     assert member(h, "pg3").lag_seconds == 29.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+    # The standby's own answer is 14 s old (its poll is slow: it is struggling) and said it was
+    # caught up then; the primary's row is fresh and says 12 s. The bound runs to the judgement's
+    # time, not to the standby's answer: the lag is not hidden.
+    stale, _ = bound_standby_lag(replaying, NOW - 14.0, now=NOW - 14.0)
+    row = replica_row("pg3", replay_bytes=30 * MiB, replay_seconds=12.0, flush_lag_seconds=0.02)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", stale)), now=NOW)
+    assert member(h, "pg3").lag_seconds == 12.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
 
 
 def test_split_brain_lag_seconds_is_the_worst_primary_row(ref):

@@ -142,6 +142,30 @@ def test_audit_records_join_the_timeline(config, tmp_path):
     assert {e.source for e in events} == {"audit"} and events[0].cluster == "sandbox/orders-db"
 
 
+def test_the_recordings_audit_records_are_checked_one_by_one_and_a_scrubbed_one_is_not_called_tampered(config, tmp_path):
+    from dbops.recording import recorded_audit
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    recorder = Recorder(config, tmp_path / "rec", audit_path=audit.path)
+    recorder.start()
+    audit.intent(action="postgres.vacuum", environment="sandbox", cluster="orders-db", params={"table": "orders"})
+    # A credential's value in a record (a weak password can be any word): the recorder removes it.
+    audit.intent(action="postgres.kill", environment="sandbox", cluster="orders-db", reason=f"asked by {CANARY}")
+    assert recorder.flush()
+    recorder.stop()
+    events = Reading(recording_files(tmp_path / "rec")[0]).events()
+    found = recorded_audit(events)
+    assert [r["action"] for r in found.records] == ["postgres.vacuum", "postgres.kill"]
+    assert (found.mismatched, found.redacted, found.unreadable) == (0, 1, 0)
+    assert "1 had a credential's value removed by the recorder, so their hash cannot be checked" in found.verdict()
+    assert "NOT match" not in found.verdict() and CANARY not in found.verdict()
+    # A record changed after it was written (and no credential removed from it) does not match.
+    vacuum = next(e for e in events if '"postgres.vacuum"' in (e.detail or ""))
+    forged = dataclasses.replace(vacuum, detail=(vacuum.detail or "").replace('"orders"', '"payments"'))
+    found = recorded_audit([forged if e is vacuum else e for e in events])
+    assert (found.mismatched, found.redacted) == (1, 1) and "1 do NOT match" in found.verdict() and not found.ok
+
+
 def test_a_credential_never_reaches_the_file(config, tmp_path):
     ref = config.clusters()[0]
     clock = Clock(1_790_000_000.0)

@@ -12,6 +12,7 @@ Metric names: reachability, transactions; on the cluster: database, writer, serv
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from dbops.config import ClusterRef, Neo4jThresholds
@@ -130,8 +131,9 @@ def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
     view = next((m.snapshot.data for m in health.members if isinstance(m.snapshot.data, Neo4jMemberData)), None)
     if view is None:
         return {}
+    rows = Counter(db.name for db in view.databases)
     out: dict[str, str] = {}
     for db in view.databases:
-        where = f" on {db.address}" if len(view.database_rows(db.name)) > 1 else ""
+        where = f" on {db.address}" if rows[db.name] > 1 else ""
         out[f"database {db.name}{where}"] = f"{db.current_status}, {db.role}" + (", writer" if db.writer and where else "")
     return {"": out}

@@ -498,19 +498,19 @@ def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float
     the smaller of the two is reported. A standby that has been behind since before dbops
     started keeps the server's figure. Returns the data and the new caught-up time.
 
-    How long it has been behind is kept in `extra[BEHIND_FOR]` too: the primary's replay_lag is
-    bounded by it (assess.replica_lag).
+    The caught-up time is kept in `extra[CAUGHT_UP_AT]` too: the primary's replay_lag is bounded
+    by it when the cluster is judged (assess.replica_lag).
     """
     w = data.wal_receiver
     if w is None:
         return data, None
     if not w.replay_lag_bytes or data.extra.get(Q.REPLAY_WAITING_FOR_WAL) is True:
         # Nothing left it could replay: caught up.
-        return replace(data, extra={**data.extra, Q.BEHIND_FOR: 0.0}), now
+        return replace(data, extra={**data.extra, Q.CAUGHT_UP_AT: now}), now
     if caught_up_at is None:
         return data, caught_up_at
+    data = replace(data, extra={**data.extra, Q.CAUGHT_UP_AT: caught_up_at})
     behind_for = max(0.0, now - caught_up_at)
-    data = replace(data, extra={**data.extra, Q.BEHIND_FOR: behind_for})
     if w.replay_lag_seconds is not None and w.replay_lag_seconds > behind_for:
         data = replace(data, wal_receiver=replace(w, replay_lag_seconds=behind_for))
     return data, caught_up_at

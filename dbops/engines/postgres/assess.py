@@ -28,7 +28,7 @@ from typing import Any
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
 from dbops.engines.postgres.data import Archiver, HorizonHolder, PgMemberData, PoolRow, Session
-from dbops.engines.postgres.queries import BEHIND_FOR, REPLAY_WAITING_FOR_WAL
+from dbops.engines.postgres.queries import CAUGHT_UP_AT, REPLAY_WAITING_FOR_WAL
 from dbops.model import (
     ClusterHealth,
     MemberHealth,
@@ -132,7 +132,8 @@ def _worst_of(values: Iterable[float | int | None]) -> Any:
 POLL_SKEW_SECONDS = 1.0
 
 
-def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData]) -> tuple[int | None, float | None]:
+def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData],
+                now: float | None = None) -> tuple[int | None, float | None]:
     """(lag_bytes, lag_seconds) of a replica.
 
     Bytes: the worst of the standby's own view (received - replayed) and every reachable
@@ -151,8 +152,9 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
       WAL takes to reach it. Here replay_lag would count the unfinished record at the end of
       what the primary has written out (see queries.REPLAY_WAITING_FOR_WAL) as growing lag.
     - several primaries (split brain): the worst of their rows.
-    - bounded, when the adapter knows how long the standby has been behind (extra[BEHIND_FOR]:
-      it saw it replay all it had received that long ago), by that time plus the WAL's flush
+    - bounded, when the adapter saw the standby replay all it had received at some moment
+      (extra[CAUGHT_UP_AT]), by the time since then (to `now`, the judgement's time, so a
+      standby's snapshot older than the primary's only loosens the bound) plus the WAL's flush
       lag, plus a second for the primary's and the standby's polls not being at one instant.
       Nothing it had not replayed then can be older than that. The lag tracker can say more:
       when the WAL that completes a record left unfinished across a pause (see
@@ -174,8 +176,9 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
         lag_seconds: float | None = max(r.flush_lag_seconds or 0.0 for r in rows)
     elif rows:
         lag_seconds = max(r.replay_lag_seconds or 0.0 for r in rows)
-        behind_for = data.extra.get(BEHIND_FOR)
-        if isinstance(behind_for, float):
+        caught_up_at = data.extra.get(CAUGHT_UP_AT)
+        if isinstance(caught_up_at, float):
+            behind_for = max(0.0, (time.time() if now is None else now) - caught_up_at)
             bound = max(r.flush_lag_seconds or 0.0 for r in rows) + behind_for + POLL_SKEW_SECONDS
             lag_seconds = min(lag_seconds, bound)
     else:
@@ -184,7 +187,7 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
 
 
 def _replica_metrics(
-    t: PostgresThresholds, member: Member, data: PgMemberData, primaries: list[PgMemberData]
+    t: PostgresThresholds, member: Member, data: PgMemberData, primaries: list[PgMemberData], now: float | None
 ) -> tuple[list[Metric], int | None, float | None]:
     metrics = []
     wr = data.wal_receiver
@@ -196,7 +199,7 @@ def _replica_metrics(
         metrics.append(Metric("streaming", OK, f"streaming from {source}", wr.status))
     if wr is not None and wr.replay_paused:
         metrics.append(Metric("replay_paused", WARN, "WAL replay is paused (SELECT pg_wal_replay_resume() resumes it)", True))
-    lag_bytes, lag_seconds = replica_lag(member, data, primaries)
+    lag_bytes, lag_seconds = replica_lag(member, data, primaries, now)
     if lag_bytes is not None:
         metrics.append(_threshold("lag_bytes", lag_bytes, t.lag_bytes_warn, t.lag_bytes_crit, "replay lag", human_bytes))
     if lag_seconds is not None:
@@ -525,7 +528,7 @@ def assess_member(
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     if data.in_recovery:
-        replica, lag_bytes, lag_seconds = _replica_metrics(t, member, data, primaries)
+        replica, lag_bytes, lag_seconds = _replica_metrics(t, member, data, primaries, now)
         metrics.extend(replica)
     metrics.append(_connections(t, data))
     metrics.extend(_connection_limits(t, data))

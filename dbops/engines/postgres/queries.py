@@ -28,10 +28,10 @@ def _age(ts: str) -> str:
 # writing, a standby can hold a partial record for up to ~15 s (seen in the sandbox: 13 s). The
 # primary's pg_stat_replication.replay_lag counts that as growing lag; assess.replica_lag does not.
 REPLAY_WAITING_FOR_WAL = "replay_waiting_for_wal"
-# Not a query column: how long (s) the adapter has seen this standby behind, 0 when it has just
-# replayed all it received; absent when unknown (behind since before dbops started). Set by
+# Not a query column: when (wall clock) the adapter last saw this standby replay all it had
+# received; absent when unknown (behind since before dbops started). Set by
 # adapter.bound_standby_lag, read by assess.replica_lag to bound the primary's replay_lag.
-BEHIND_FOR = "behind_for"
+CAUGHT_UP_AT = "caught_up_at"
 # OVERVIEW column: the server is fenced read-only (PgMemberData.read_only_fence).
 READ_ONLY_FENCE = "read_only_fence"
 # The startup process's wait events while it waits for WAL from the walreceiver

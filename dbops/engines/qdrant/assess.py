@@ -172,4 +172,6 @@ def facts(health: ClusterHealth) -> dict[str, dict[str, str]]:
     data = next((m.snapshot.data for m in health.members if isinstance(m.snapshot.data, QdrantData)), None)
     if data is None:
         return {}
-    return {"": {f"replica {r.collection}/{r.shard_id} on {data.peer_name(r.peer_id)}": r.state for r in data.replicas()}}
+    # Named as the replica's metric is (collection/shard@peer): a node's name can change with
+    # its reachability (a down node is "peer N" to the others), its peer id cannot.
+    return {"": {f"replica {r.key}": r.state for r in data.replicas()}}
