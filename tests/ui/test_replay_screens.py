@@ -13,7 +13,7 @@ from dbops.recording import Reading, recording_files
 from dbops.replay import ReplayHub
 from dbops.screens.app import DbopsApp, HealthChanged
 from dbops.screens.timeline import NoteModal, TimeBar, TimelineScreen
-from tests.unit.test_recording import CONFIG, record_story
+from tests.unit.test_recording import CONFIG, promotion, record_story, recorded_while
 
 SIZE = (80, 24)
 T0 = 1_790_000_000.0
@@ -106,21 +106,13 @@ async def test_the_timeline_goes_to_an_event_and_takes_a_review_note(tmp_path):
 async def test_the_audit_screen_in_a_replay_shows_the_recordings_records_not_this_hosts_log(tmp_path):
     from dbops.audit import AuditLog
     from dbops.config import parse
-    from dbops.recording import Recorder
     from dbops.screens.audit import AuditScreen
 
     # Recorded while the host's log had a promotion's two records...
-    log = AuditLog(tmp_path / "then" / "audit.jsonl")
-    config = parse(CONFIG)
-    recorder = Recorder(config, tmp_path / "rec", audit_path=log.path)
-    recorder.start()
-    intent = log.intent(action="postgres.promote-replica:promote", environment="sandbox", cluster="orders-db", step="promote")
-    log.result(intent, outcome="ok")
-    assert recorder.flush()
-    recorder.stop()
+    recording = recorded_while(parse(CONFIG), tmp_path / "rec", AuditLog(tmp_path / "then" / "audit.jsonl"), promotion)
     # ... and replayed where this host's own log says something else entirely.
     AuditLog(tmp_path / "audit.jsonl").intent(action="something-on-this-host-today", environment="sandbox", cluster="orders-db")
-    hub = ReplayHub(Reading(recording_files(tmp_path / "rec")[0]))
+    hub = ReplayHub(Reading(recording))
     app = DbopsApp(hub.config, state_dir=tmp_path, hub=hub, clock=hub.clock)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, lambda: hub.loaded.is_set() and app.screen.query(TimeBar), "the overview")
@@ -130,6 +122,6 @@ async def test_the_audit_screen_in_a_replay_shows_the_recordings_records_not_thi
         assert screen.verdict.startswith("2 audit record(s) in the recording; each one's hash recomputed: all match")
         table = screen.query_one(DataTable)
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
-        assert [(r[2], r[5], r[6]) for r in rows] == [("result", "postgres.promote-replica:promote", "ok"),
-                                                     ("intent", "postgres.promote-replica:promote", "")]
+        assert [(r[2], r[5], r[6]) for r in rows] == [("result", "runbook.postgres.promote-replica", "ok"),
+                                                     ("intent", "runbook.postgres.promote-replica", "")]
         assert not any("something-on-this-host-today" in " ".join(r) for r in rows)

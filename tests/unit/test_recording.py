@@ -125,16 +125,25 @@ def test_a_recording_holds_each_moment_and_the_timeline_in_order(config, tmp_pat
     assert reading.config().environments["sandbox"].clusters["orders-db"].password.value == "***"
 
 
+def recorded_while(config, directory: Path, audit: AuditLog, write) -> Path:
+    """The file of a recording made while `write(audit)` wrote to the audit log."""
+    recorder = Recorder(config, directory, audit_path=audit.path)
+    recorder.start()
+    write(audit)
+    assert recorder.flush()
+    recorder.stop()
+    return recording_files(directory)[0]
+
+
+def promotion(audit: AuditLog) -> None:
+    intent = audit.intent(action="runbook.postgres.promote-replica", environment="sandbox", cluster="orders-db", step="promote")
+    audit.result(intent, outcome="ok")
+
+
 def test_audit_records_join_the_timeline(config, tmp_path):
     audit = AuditLog(tmp_path / "audit.jsonl")
     audit.intent(action="before-the-recording", environment="sandbox", cluster="orders-db")
-    recorder = Recorder(config, tmp_path / "rec", audit_path=audit.path)
-    recorder.start()
-    intent = audit.intent(action="runbook.postgres.promote-replica", environment="sandbox", cluster="orders-db", step="promote")
-    audit.result(intent, outcome="ok")
-    assert recorder.flush()
-    recorder.stop()
-    events = Reading(recording_files(tmp_path / "rec")[0]).events()
+    events = Reading(recorded_while(config, tmp_path / "rec", audit, promotion)).events()
     texts = [e.text for e in events]
     assert texts[0].startswith("runbook.postgres.promote-replica step promote: starting")
     assert texts[1].startswith("runbook.postgres.promote-replica step promote: ok in ")
@@ -145,15 +154,12 @@ def test_audit_records_join_the_timeline(config, tmp_path):
 def test_the_recordings_audit_records_are_checked_one_by_one_and_a_scrubbed_one_is_not_called_tampered(config, tmp_path):
     from dbops.recording import recorded_audit
 
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    recorder = Recorder(config, tmp_path / "rec", audit_path=audit.path)
-    recorder.start()
-    audit.intent(action="postgres.vacuum", environment="sandbox", cluster="orders-db", params={"table": "orders"})
-    # A credential's value in a record (a weak password can be any word): the recorder removes it.
-    audit.intent(action="postgres.kill", environment="sandbox", cluster="orders-db", reason=f"asked by {CANARY}")
-    assert recorder.flush()
-    recorder.stop()
-    events = Reading(recording_files(tmp_path / "rec")[0]).events()
+    def vacuum_and_kill(audit: AuditLog) -> None:
+        audit.intent(action="postgres.vacuum", environment="sandbox", cluster="orders-db", params={"table": "orders"})
+        # A credential's value in a record (a weak password can be any word): the recorder removes it.
+        audit.intent(action="postgres.kill", environment="sandbox", cluster="orders-db", reason=f"asked by {CANARY}")
+
+    events = Reading(recorded_while(config, tmp_path / "rec", AuditLog(tmp_path / "audit.jsonl"), vacuum_and_kill)).events()
     found = recorded_audit(events)
     assert [r["action"] for r in found.records] == ["postgres.vacuum", "postgres.kill"]
     assert (found.mismatched, found.redacted, found.unreadable) == (0, 1, 0)
