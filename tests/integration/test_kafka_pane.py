@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -374,3 +375,46 @@ def test_a_hung_broker_is_one_down_row_not_a_cluster_timeout(env: Env) -> None:
             assert next(b.error for b in data.brokers if b.name == "k2")
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_the_timeline_tells_a_consumer_group_losing_its_member(env: Env) -> None:
+    """Two judgements of the real cluster, one with a consumer in its group and one after it
+    left: the timeline's account names the group's state and member count on both sides."""
+    from dbops.poller import poll_once
+    from dbops.recording import state_changes
+
+    asyncio.run(create_topic(env.bootstrap, "ledger", 3))
+    asyncio.run(produce(env.bootstrap, "ledger", 6))
+
+    def judged() -> Any:
+        return asyncio.run(poll_once([env.ref()]))[0]
+
+    def group_state(health: Any) -> tuple[str, int] | None:
+        data = next(m.snapshot.data for m in health.members if isinstance(m.snapshot.data, KafkaData))
+        g = next((g for g in data.groups if g.group_id == "ledger-writer"), None)
+        return (g.state, len(g.members)) if g is not None else None
+
+    async def with_a_member_then_without() -> tuple[Any, Any]:
+        c = AIOKafkaConsumer("ledger", bootstrap_servers=env.bootstrap, group_id="ledger-writer",
+                             auto_offset_reset="earliest", enable_auto_commit=True)
+        await c.start()
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # joined, assigned, consuming: the group is Stable with this one member
+                await c.getmany(timeout_ms=300)
+                before = await asyncio.to_thread(judged)
+                if group_state(before) == ("Stable", 1) or time.monotonic() > deadline:
+                    break
+        finally:
+            await c.stop()  # leaves the group
+        deadline = time.monotonic() + 60
+        while True:
+            after = await asyncio.to_thread(judged)
+            if group_state(after) == ("Empty", 0) or time.monotonic() > deadline:
+                return before, after
+            await asyncio.sleep(0.3)
+
+    before, after = asyncio.run(with_a_member_then_without())
+    assert (group_state(before), group_state(after)) == (("Stable", 1), ("Empty", 0))
+    told = [e.text for e in state_changes(before, after, time.time())]
+    assert "group ledger-writer Stable, 1 member(s) → Empty, 0 member(s)" in told, told
