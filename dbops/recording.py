@@ -102,10 +102,19 @@ def _allowed_roots() -> tuple[str, ...]:
 
 def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
     """A dataclass as it was pickled, field by field (no __init__, no __post_init__: a recording
-    restores values, it does not validate them again)."""
+    restores values, it does not validate them again). A field added since the recording was
+    made (always at the end, with a default) takes its default."""
     obj: Any = object.__new__(cls)
-    for f, value in zip(dataclasses.fields(cls), values):
+    fields = dataclasses.fields(cls)
+    for f, value in zip(fields, values):
         object.__setattr__(obj, f.name, value)
+    for f in fields[len(values):]:
+        if f.default is not dataclasses.MISSING:
+            object.__setattr__(obj, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            object.__setattr__(obj, f.name, f.default_factory())
+        else:
+            raise RecordingError(f"{cls.__name__}.{f.name} is not in the recording and has no default")
     return obj
 
 

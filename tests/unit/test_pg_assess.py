@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from dbops.config import parse
-from dbops.engines.postgres.adapter import bound_standby_lag
+from dbops.engines.postgres.adapter import WrittenWal, bound_standby_lag
 from dbops.engines.postgres.assess import assess_cluster, human_count, update_baseline
 from dbops.engines.postgres.data import (
     Archiver,
@@ -408,6 +408,57 @@ def test_the_primarys_replay_lag_is_bounded_by_how_long_the_standby_has_been_beh
     row = replica_row("pg3", replay_bytes=30 * MiB, replay_seconds=12.0, flush_lag_seconds=0.02)
     h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", stale)), now=NOW)
     assert member(h, "pg3").lag_seconds == 12.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+
+
+def test_the_primarys_replay_lag_is_bounded_by_when_it_had_written_what_the_standby_replayed(ref):
+    # The case above seen by a dbops that has just started watching pg3 (no caught-up time for
+    # it): the primary's adapter read the position pg3 has now replayed 1.5 s ago, so whatever pg3
+    # has yet to replay was written less than 1.5 s ago, whatever the lag tracker says for a reply.
+    replaying = waiting_for_wal(standby(wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=13.0)), waiting=False)
+    pg3, _ = bound_standby_lag(replaying, None, now=NOW)
+    row = replica_row("pg3", replay_bytes=3000, replay_seconds=11.0, replayed_all_written_by=NOW - 1.5)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", pg3)), now=NOW)
+    assert member(h, "pg3").lag_seconds == 1.5 and metric(h, "pg3", "lag_seconds").severity is Severity.OK
+    # Replay paused: the last position it replayed was the primary's 40 s ago; its 29 s stands.
+    row = replica_row("pg3", replay_bytes=30 * MiB, replay_seconds=29.0, replayed_all_written_by=NOW - 40.0)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", pg3)), now=NOW)
+    assert member(h, "pg3").lag_seconds == 29.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+    # No sample low enough (behind since before dbops watched the primary): the tracker's figure.
+    row = replica_row("pg3", replay_bytes=30 * MiB, replay_seconds=11.0, replayed_all_written_by=None)
+    h = assess_cluster(ref, healthy(pg1=snap("pg1", primary(replicas=[row])), pg3=snap("pg3", pg3)), now=NOW)
+    assert member(h, "pg3").lag_seconds == 11.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+
+
+def lsn(pos):
+    return f"{pos >> 32:X}/{pos & 0xFFFFFFFF:X}"
+
+
+def test_written_wal_dates_each_replica_by_the_primarys_own_positions():
+    wal = WrittenWal()
+    start = 0x5000000
+    # A write, a 12 s pause (the position stands still: the latest poll that read it counts), more writes.
+    for at, pos in [(100.0, start), (101.0, start + 8192)] + [(102.0 + i, start + 8192) for i in range(12)]:
+        wal.note(pos, at)
+    assert wal.replayed_all_by(start - 1) is None  # behind the oldest position seen: unknown
+    assert wal.replayed_all_by(start + 100) == 100.0
+    assert wal.replayed_all_by(start + 8192) == 113.0  # the pause's last poll, not its first
+    rows = (replica_row("pg2", replay_lsn=lsn(start + 4096)), replica_row("pg3", replay_lsn=lsn(start + 9000)))
+    data = wal.date_replicas(primary(replicas=rows, current_lsn=lsn(start + 9000)), polled_at=114.0)
+    assert [r.replayed_all_written_by for r in data.replicas] == [100.0, 114.0]
+    # WAL that goes back (a restore, another server at the address) and a demotion forget the past.
+    wal.note(start - 4096, 120.0)
+    assert wal.replayed_all_by(start + 8192) == 120.0 and wal.replayed_all_by(start - 8192) is None
+    out = wal.date_replicas(standby(), polled_at=121.0)
+    assert out == standby() and wal.replayed_all_by(1 << 40) is None
+
+
+def test_written_wal_keeps_a_bounded_number_of_positions():
+    wal = WrittenWal(kept=10)
+    for i in range(25):
+        wal.note(1000 + i, float(i))
+    assert wal.replayed_all_by(1024) == 24.0
+    assert wal.replayed_all_by(1000) is None  # dropped: the oldest are forgotten in halves
+    assert wal.replayed_all_by(1015) == 15.0
 
 
 def test_split_brain_lag_seconds_is_the_worst_primary_row(ref):

@@ -194,6 +194,23 @@ def test_a_credential_never_reaches_the_file(config, tmp_path):
     assert snaps["pg3"].error == "role said *** twice"
 
 
+def test_a_value_recorded_before_a_field_was_added_reads_with_that_fields_default():
+    from dbops.engines.postgres.data import ReplicaRow
+    from dbops.recording import _rebuild
+
+    row = ReplicaRow(7, "pg3", "10.0.0.3", "streaming", "async", "0/5000000", "0/5000000", 0, 0, 0, None, None, 0.5,
+                     slot_name="pg3", replayed_all_written_by=99.0)
+    values = dataclasses.astuple(row)[:-1]  # as pickled before replayed_all_written_by existed
+
+    class RecordedByAnOlderDbops:
+        def __reduce__(self):
+            return (_rebuild, (ReplicaRow, values))
+
+    codec = Codec()
+    old = codec.unpack(codec.compress(pickle.dumps(RecordedByAnOlderDbops())))
+    assert old == dataclasses.replace(row, replayed_all_written_by=None)
+
+
 def test_a_file_holding_anything_but_dbops_values_is_refused_not_run(config, tmp_path):
     recorder, _ = record_story(config, tmp_path)
     recorder.stop()

@@ -9,6 +9,7 @@ it unusable (lost connection, timeout, cancelled poll); the next poll reconnects
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import sys
@@ -34,6 +35,7 @@ from dbops.engines.postgres.data import (
     WalReceiver,
     WraparoundTable,
 )
+from dbops.engines.postgres.history import lsn_bytes
 from dbops.engines.postgres.pgbouncer import PgBouncerReader
 from dbops.model import Reachability, first_line
 from dbops.secrets import CredentialRejected, Secret, SecretError, resolve, scrub_text, with_reread
@@ -73,6 +75,7 @@ class PostgresAdapter(Adapter):
         self._texts: dict[int, str] = {}
         self._pgbouncer: PgBouncerReader | None = None
         self._caught_up_at: float | None = None  # last poll at which this standby had replayed all it received
+        self._written = WrittenWal()  # when this member, as a primary, had written which WAL position
         self._cache = CacheHitWindow()
         self._wraparound: tuple[tuple[WraparoundTable, ...], float] | None = None  # (tables, read at)
         self.collects_pgbouncer = cluster.cluster.pgbouncer is not None and _pgbouncer_member(cluster).name == member.name
@@ -221,7 +224,7 @@ class PostgresAdapter(Adapter):
         return self._pgbouncer
 
     async def _collect(self, conn: Any) -> PgMemberData:
-        now = time.time()
+        now = time.time()  # before the query: the WAL position it reads was written by then at the latest
         read_wraparound = self._wraparound is None or now - self._wraparound[1] >= WRAPAROUND_TABLES_EVERY
         row = await conn.fetchrow(Q.OVERVIEW, read_wraparound)
         if read_wraparound:
@@ -243,7 +246,7 @@ class PostgresAdapter(Adapter):
         if self._wraparound is not None:
             data = replace(data, wraparound_tables=self._wraparound[0], wraparound_read_at=self._wraparound[1])
         data, self._caught_up_at = bound_standby_lag(data, self._caught_up_at, time.time())
-        return data
+        return self._written.date_replicas(data, now)
 
     async def _statements(self, conn: Any) -> tuple[tuple[Statement, ...] | None, str | None]:
         asyncpg = await import_off_loop("asyncpg")
@@ -421,7 +424,8 @@ def _limits(raw: str | None) -> tuple[ConnectionLimit, ...]:
 
 def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: str | None) -> PgMemberData:
     in_recovery = bool(row["in_recovery"])
-    replicas = tuple(_from_json(ReplicaRow, r, application_name=r["application_name"] or "")
+    replicas = tuple(_from_json(ReplicaRow, r, application_name=r["application_name"] or "",
+                                replayed_all_written_by=None)  # not the server's: WrittenWal dates it
                      for r in json.loads(row["replicas"]))
     wal_receiver = None
     if in_recovery:
@@ -514,6 +518,68 @@ def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float
     if w.replay_lag_seconds is not None and w.replay_lag_seconds > behind_for:
         data = replace(data, wal_receiver=replace(w, replay_lag_seconds=behind_for))
     return data, caught_up_at
+
+
+# Distinct WAL positions a primary's adapter keeps (one per refresh that saw WAL written: 20
+# minutes of a busy primary at a 2 s refresh). A standby further behind than the oldest goes
+# unbounded: the walsender's replay_lag stands.
+WRITTEN_WAL_KEPT = 600
+
+
+class WrittenWal:
+    """When a primary had written which WAL position, from this adapter's own polls: evidence of
+    a standby's replay lag that does not go through the walsender's lag tracker.
+
+    A standby whose replay_lsn has reached the position the primary had written at time t has
+    replayed everything written by then: nothing it has yet to replay is older than now - t.
+    The lag tracker can say more: when the WAL that completes a record left unfinished across a
+    pause arrives (see queries.REPLAY_WAITING_FOR_WAL), the standby replays past a position the
+    walsender timed when the pause began, and for a status reply replay_lag reads the whole
+    pause. assess.replica_lag takes the smaller of the two.
+    """
+
+    def __init__(self, kept: int = WRITTEN_WAL_KEPT) -> None:
+        self._kept = kept
+        self._positions: list[int] = []  # ascending
+        self._seen_at: list[float] = []  # the last poll (its start) that read each position
+
+    def note(self, position: int, at: float) -> None:
+        """The primary's WAL position read by a poll that started at `at`."""
+        if self._positions and position < self._positions[-1]:
+            # WAL went back (restored from a backup, rewound, another server at this address):
+            # what was written when no longer says anything.
+            self.forget()
+        if self._positions and position == self._positions[-1]:
+            self._seen_at[-1] = at
+            return
+        self._positions.append(position)
+        self._seen_at.append(at)
+        if len(self._positions) > 2 * self._kept:  # trimmed in halves: one list copy per `kept` polls
+            del self._positions[: self._kept], self._seen_at[: self._kept]
+
+    def forget(self) -> None:
+        self._positions.clear()
+        self._seen_at.clear()
+
+    def replayed_all_by(self, replayed: int) -> float | None:
+        """The latest poll start by which the primary had written nothing beyond `replayed`."""
+        i = bisect.bisect_right(self._positions, replayed)
+        return self._seen_at[i - 1] if i else None
+
+    def date_replicas(self, data: PgMemberData, polled_at: float) -> PgMemberData:
+        """Note a primary's position and give each of its replica rows replayed_all_written_by."""
+        position = None if data.in_recovery else lsn_bytes(data.current_lsn)
+        if position is None:
+            self.forget()  # a standby now (or no position): a later promotion starts afresh
+            return data
+        self.note(position, polled_at)
+        if not data.replicas:
+            return data
+        rows = []
+        for r in data.replicas:
+            replayed = lsn_bytes(r.replay_lsn)
+            rows.append(r if replayed is None else replace(r, replayed_all_written_by=self.replayed_all_by(replayed)))
+        return replace(data, replicas=tuple(rows))
 
 
 class CacheHitWindow:

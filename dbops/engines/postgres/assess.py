@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
-from dbops.engines.postgres.data import Archiver, HorizonHolder, PgMemberData, PoolRow, Session
+from dbops.engines.postgres.data import Archiver, HorizonHolder, PgMemberData, PoolRow, ReplicaRow, Session
 from dbops.engines.postgres.queries import CAUGHT_UP_AT, REPLAY_WAITING_FOR_WAL
 from dbops.model import (
     ClusterHealth,
@@ -152,6 +152,10 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
       WAL takes to reach it. Here replay_lag would count the unfinished record at the end of
       what the primary has written out (see queries.REPLAY_WAITING_FOR_WAL) as growing lag.
     - several primaries (split brain): the worst of their rows.
+    - bounded, row by row, by dbops' own samples of the primary's WAL position: a standby that
+      has replayed everything the primary had written at a poll is no further behind than the
+      time since that poll (ReplicaRow.replayed_all_written_by; the evidence survives a
+      restart of dbops' view of the standby, which the bound below does not).
     - bounded, when the adapter saw the standby replay all it had received at some moment
       (extra[CAUGHT_UP_AT]), by the time since then (to `now`, the judgement's time, so a
       standby's snapshot older than the primary's only loosens the bound) plus the WAL's flush
@@ -175,15 +179,26 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
         # Replayed every complete record it has: behind only by what it has not received yet.
         lag_seconds: float | None = max(r.flush_lag_seconds or 0.0 for r in rows)
     elif rows:
-        lag_seconds = max(r.replay_lag_seconds or 0.0 for r in rows)
+        now = time.time() if now is None else now
+        lag_seconds = max(_replay_lag_by_evidence(r, now) for r in rows)
         caught_up_at = data.extra.get(CAUGHT_UP_AT)
         if isinstance(caught_up_at, float):
-            behind_for = max(0.0, (time.time() if now is None else now) - caught_up_at)
+            behind_for = max(0.0, now - caught_up_at)
             bound = max(r.flush_lag_seconds or 0.0 for r in rows) + behind_for + POLL_SKEW_SECONDS
             lag_seconds = min(lag_seconds, bound)
     else:
         lag_seconds = wr.replay_lag_seconds if wr else None
     return lag_bytes, lag_seconds
+
+
+def _replay_lag_by_evidence(row: ReplicaRow, now: float) -> float:
+    """A primary's replay_lag for a standby, no more than dbops' own samples of the primary's
+    WAL position allow: a standby that has replayed all the primary had written at time t is
+    at most now - t behind (ReplicaRow.replayed_all_written_by, adapter.WrittenWal)."""
+    lag = row.replay_lag_seconds or 0.0
+    if row.replayed_all_written_by is not None:
+        lag = min(lag, max(0.0, now - row.replayed_all_written_by))
+    return lag
 
 
 def _replica_metrics(

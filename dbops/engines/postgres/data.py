@@ -27,6 +27,10 @@ class ReplicaRow:
     flush_lag_seconds: float | None
     replay_lag_seconds: float | None
     slot_name: str | None = None
+    # Wall-clock time by which everything the primary had written is replayed by this standby,
+    # from dbops' own samples of the primary's WAL position (adapter.WrittenWal); None when no
+    # sample is old enough or low enough to tell. The judgement bounds replay_lag by it.
+    replayed_all_written_by: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
