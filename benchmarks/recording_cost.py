@@ -288,6 +288,11 @@ def main() -> None:
                 with_ = statistics.median(r.core for r in rounds[name])
                 print(f"  {label:<14}      {with_:6.1%}  added {(with_ - without) * 100:+5.2f} pp = {(with_ - without) / without:+.1%} "
                       f"of the poller's own (goal <= {GOAL_ADDED:.0%})")
+                # Each round against the round without a recorder just before it: a drift of the
+                # machine over the run (which moves both) falls out of the difference.
+                paired = sorted((w.core and (r.core - w.core) / w.core) for w, r in zip(rounds["without"], rounds[name]))
+                print(f"  {'':<14}      paired by round: {statistics.median(paired):+.1%} of the poller's own "
+                      f"(min {paired[0]:+.1%}, max {paired[-1]:+.1%})")
             for name, label in (("default", "default"), ("every", "every refresh")):
                 per_hour_100, grown, frames, seconds = growth[name]
                 print(f"growth, {label:<13} {per_hour_100:6.1f} MB per hour per 100 targets, {frames / seconds:.1f} frames/s "
