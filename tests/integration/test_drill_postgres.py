@@ -119,7 +119,8 @@ def test_rpo_is_exactly_the_acknowledged_writes_the_candidate_never_received(pg_
     """Replication to both replicas cut (their walreceivers stopped), the probe acknowledges N
     more writes on the primary, the primary dies, the most advanced replica is promoted: the
     report says exactly the writes it lacks are lost, and how old the newest one is. With
-    replication running, the same drill reports 0."""
+    replication running, the same drill reports at most the newest writes, still in flight at
+    the crash (asynchronous replication), usually none."""
     import re
 
     from dbops import config as cfg
@@ -161,11 +162,21 @@ def test_rpo_is_exactly_the_acknowledged_writes_the_candidate_never_received(pg_
         assert result.outcome in ("met", "missed"), result.message
         m = result.report["measured"]
         acks = AckLog.read(result.files["json"].parent / "acks.jsonl")
+        fault = result.report["markers"]["fault"]
         if replay == "running":
-            assert m["rpo_lost"] == 0 and m["newest_lost_age_seconds"] is None and result.report["lost"] == []
+            # Streaming ran up to the crash. Replication is asynchronous: a probe write the old
+            # primary acknowledged in its last instant may not have been sent before the immediate
+            # stop (CI saw 1 such write). So the loss is 0 or only the newest writes acknowledged
+            # before the fault, never an older one (a gap would be a mismeasurement), and far fewer
+            # than the N writes of the cut case.
+            before = [a.seq for a in acks if a.t < fault]
+            lost = [x["seq"] for x in result.report["lost"]]
+            assert m["rpo_lost"] == len(lost) < N, lost
+            assert lost == before[len(before) - len(lost):], (lost, before[-N:])
+            if not lost:
+                assert m["newest_lost_age_seconds"] is None
             return
         candidate = result.report["facts"]["candidate"]
-        fault = result.report["markers"]["fault"]
         # Acknowledged by the old primary after replication was cut, before it died (what the
         # probe wrote after the failover is on the new primary).
         expected = [a for a in acks if a.seq > seen[candidate] and a.t < fault]
