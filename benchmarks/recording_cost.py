@@ -290,7 +290,7 @@ def main() -> None:
                       f"of the poller's own (goal <= {GOAL_ADDED:.0%})")
                 # Each round against the round without a recorder just before it: a drift of the
                 # machine over the run (which moves both) falls out of the difference.
-                paired = sorted((w.core and (r.core - w.core) / w.core) for w, r in zip(rounds["without"], rounds[name]))
+                paired = sorted((r.core - w.core) / w.core if w.core else 0.0 for w, r in zip(rounds["without"], rounds[name]))
                 print(f"  {'':<14}      paired by round: {statistics.median(paired):+.1%} of the poller's own "
                       f"(min {paired[0]:+.1%}, max {paired[-1]:+.1%})")
             for name, label in (("default", "default"), ("every", "every refresh")):

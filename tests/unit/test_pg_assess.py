@@ -27,6 +27,7 @@ from dbops.engines.postgres.data import (
     WalReceiver,
 )
 from dbops.engines.postgres.queries import CAUGHT_UP_AT, REPLAY_WAITING_FOR_WAL
+from dbops.engines.postgres.switchover import int_to_lsn
 from dbops.model import Reachability, Severity, Snapshot, human_seconds
 
 MiB = 1024 * 1024
@@ -429,10 +430,6 @@ def test_the_primarys_replay_lag_is_bounded_by_when_it_had_written_what_the_stan
     assert member(h, "pg3").lag_seconds == 11.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
 
 
-def lsn(pos):
-    return f"{pos >> 32:X}/{pos & 0xFFFFFFFF:X}"
-
-
 def test_written_wal_dates_each_replica_by_the_primarys_own_positions():
     wal = WrittenWal()
     start = 0x5000000
@@ -442,8 +439,8 @@ def test_written_wal_dates_each_replica_by_the_primarys_own_positions():
     assert wal.replayed_all_by(start - 1) is None  # behind the oldest position seen: unknown
     assert wal.replayed_all_by(start + 100) == 100.0
     assert wal.replayed_all_by(start + 8192) == 113.0  # the pause's last poll, not its first
-    rows = (replica_row("pg2", replay_lsn=lsn(start + 4096)), replica_row("pg3", replay_lsn=lsn(start + 9000)))
-    data = wal.date_replicas(primary(replicas=rows, current_lsn=lsn(start + 9000)), polled_at=114.0)
+    rows = (replica_row("pg2", replay_lsn=int_to_lsn(start + 4096)), replica_row("pg3", replay_lsn=int_to_lsn(start + 9000)))
+    data = wal.date_replicas(primary(replicas=rows, current_lsn=int_to_lsn(start + 9000)), polled_at=114.0)
     assert [r.replayed_all_written_by for r in data.replicas] == [100.0, 114.0]
     # WAL that goes back (a restore, another server at the address) and a demotion forget the past.
     wal.note(start - 4096, 120.0)
