@@ -182,7 +182,8 @@ async def test_a_recorded_failover_replays_frame_for_frame_and_bundles_without_s
         assert new is not None, [f[0] for f in compared]
         promoted = next(i for i, f in enumerate(compared) if shows(f, new, "primary"))
         assert first_down <= promoted  # (the drill promotes within a refresh or two: often the same frame)
-        assert any(shows(f, new, "primary") and not shows(f, "pg1", "primary") for f in compared[promoted:])
+        assert any(shows(f, new, "primary") and not shows(f, "pg1", "primary") for f in compared[promoted:]), (
+            new, skipped, [[row[:4] for row in f[0]] for f in compared[promoted:]])
 
         # -- the timeline: the fault, the detection, every runbook step, the note; in order, timed
         reading = Reading(recording)
