@@ -21,6 +21,7 @@ class ProgressLine:
         self._lock = threading.Lock()  # reports come from transfer threads too
         self._start: tuple[float, float] | None = None
         self._last = float("-inf")
+        self._finished: tuple[float, float] | None = None  # (done, total) of the end last shown
 
     def report(self, done: float, total: float | None, unit: str) -> None:
         with self._lock:
@@ -30,7 +31,10 @@ class ProgressLine:
             finished = total is not None and done >= total
             if now - self._last < self.every and not finished:
                 return
+            if finished and self._finished == (done, total):
+                return  # the end, reported again (a transfer's last callback and its close): said once
             self._last = now
+            self._finished = (done, total) if finished else None
             line = describe(done, total, unit, now - self._start[0], done - self._start[1])
         self.emit(line)
 

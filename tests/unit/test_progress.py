@@ -28,6 +28,8 @@ def test_lines_are_throttled_but_the_end_is_always_shown() -> None:
     p.report(600, 1000, "bytes")
     clock.now += 1
     p.report(1000, 1000, "bytes")  # finished: shown at once
+    clock.now += 1
+    p.report(1000, 1000, "bytes")  # the end reported again: not said twice
     assert lines == [
         "progress: 0% (0 B of 1000 B)",
         "progress: 60% (600 B of 1000 B), 100 B/s, ETA 4.0s",
@@ -44,3 +46,15 @@ def test_a_count_that_starts_over_restarts_the_rate() -> None:
     clock.now += 1
     p.report(200, 1000, "bytes")
     assert lines[-1] == "progress: 20% (200 B of 1000 B), 100 B/s, ETA 8.0s"
+
+
+def test_a_second_phase_that_ends_shows_its_own_end() -> None:
+    clock, lines = Clock(), []
+    p = ProgressLine(lines.append, every=5.0, clock=clock)
+    p.report(1000, 1000, "bytes")
+    clock.now += 1
+    p.report(0, 500, "bytes")  # throttled
+    clock.now += 1
+    p.report(500, 500, "bytes")
+    assert [line.split(" (")[0] for line in lines] == ["progress: 100%", "progress: 100%"]
+    assert lines[-1].startswith("progress: 100% (500 B of 500 B)")
