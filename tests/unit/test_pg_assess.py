@@ -430,6 +430,28 @@ def test_the_primarys_replay_lag_is_bounded_by_when_it_had_written_what_the_stan
     assert member(h, "pg3").lag_seconds == 11.0 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
 
 
+def test_a_standby_read_after_the_primarys_row_is_matched_against_the_positions_written_next(ref):
+    # The primary's row was read while pg3's replay stood at the start of a record pg1 had not
+    # written out whole (idle in a transaction for 12 s): replay_lsn is below every position
+    # dbops saw pg1 write, and the lag tracker interpolates toward the position it timed when
+    # the pause began: 11.8 s. pg3, read a moment later by a dbops that has just started
+    # watching it, had received the rest and replayed past the position pg1 had written by its
+    # poll 0.9 s ago: that is as far behind as it can be.
+    start = 0x5000000
+    row = replica_row("pg3", replay_bytes=3000, replay_seconds=11.8, replay_lsn=int_to_lsn(start - 200),
+                      replayed_all_written_by=None, written_after=((start, NOW - 0.9), (start + 8 * MiB, NOW - 0.3)))
+    pg1 = snap("pg1", primary(replicas=[row], current_lsn=int_to_lsn(start + 8 * MiB)))
+    later = waiting_for_wal(standby(current_lsn=int_to_lsn(start + 100), wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=12.6)), waiting=False)
+    pg3, _ = bound_standby_lag(later, None, now=NOW)
+    h = assess_cluster(ref, healthy(pg1=pg1, pg3=snap("pg3", pg3)), now=NOW)
+    assert member(h, "pg3").lag_seconds == pytest.approx(0.9) and metric(h, "pg3", "lag_seconds").severity is Severity.OK
+    # pg3 read at the same position as the row (its replay really stands still): the 11.8 s stands.
+    still = waiting_for_wal(standby(current_lsn=int_to_lsn(start - 200), wal_receiver=receiver(replay_lag_bytes=3000, replay_lag_seconds=12.6)), waiting=False)
+    pg3, _ = bound_standby_lag(still, None, now=NOW)
+    h = assess_cluster(ref, healthy(pg1=pg1, pg3=snap("pg3", pg3)), now=NOW)
+    assert member(h, "pg3").lag_seconds == 11.8 and metric(h, "pg3", "lag_seconds").severity is Severity.WARN
+
+
 def test_written_wal_dates_each_replica_by_the_primarys_own_positions():
     wal = WrittenWal()
     start = 0x5000000
@@ -442,6 +464,9 @@ def test_written_wal_dates_each_replica_by_the_primarys_own_positions():
     rows = (replica_row("pg2", replay_lsn=int_to_lsn(start + 4096)), replica_row("pg3", replay_lsn=int_to_lsn(start + 9000)))
     data = wal.date_replicas(primary(replicas=rows, current_lsn=int_to_lsn(start + 9000)), polled_at=114.0)
     assert [r.replayed_all_written_by for r in data.replicas] == [100.0, 114.0]
+    # With each row, the positions written next (what a standby read later may have passed).
+    assert [r.written_after for r in data.replicas] == [((start + 8192, 113.0), (start + 9000, 114.0)), ()]
+    assert wal.written_after(start - 1, count=1) == ((start, 100.0),)
     # WAL that goes back (a restore, another server at the address) and a demotion forget the past.
     wal.note(start - 4096, 120.0)
     assert wal.replayed_all_by(start + 8192) == 120.0 and wal.replayed_all_by(start - 8192) is None

@@ -199,8 +199,8 @@ def test_a_value_recorded_before_a_field_was_added_reads_with_that_fields_defaul
     from dbops.recording import _rebuild
 
     row = ReplicaRow(7, "pg3", "10.0.0.3", "streaming", "async", "0/5000000", "0/5000000", 0, 0, 0, None, None, 0.5,
-                     slot_name="pg3", replayed_all_written_by=99.0)
-    values = dataclasses.astuple(row)[:-1]  # as pickled before replayed_all_written_by existed
+                     slot_name="pg3", replayed_all_written_by=99.0, written_after=((0x5000100, 98.5),))
+    values = dataclasses.astuple(row)[:-2]  # as pickled before replayed_all_written_by and written_after existed
 
     class RecordedByAnOlderDbops:
         def __reduce__(self):
@@ -208,7 +208,7 @@ def test_a_value_recorded_before_a_field_was_added_reads_with_that_fields_defaul
 
     codec = Codec()
     old = codec.unpack(codec.compress(pickle.dumps(RecordedByAnOlderDbops())))
-    assert old == dataclasses.replace(row, replayed_all_written_by=None)
+    assert old == dataclasses.replace(row, replayed_all_written_by=None, written_after=())
 
 
 def test_a_file_holding_anything_but_dbops_values_is_refused_not_run(config, tmp_path):

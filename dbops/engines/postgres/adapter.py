@@ -425,7 +425,7 @@ def _limits(raw: str | None) -> tuple[ConnectionLimit, ...]:
 def build_member_data(row: Any, statements: tuple[Statement, ...] | None, note: str | None) -> PgMemberData:
     in_recovery = bool(row["in_recovery"])
     replicas = tuple(_from_json(ReplicaRow, r, application_name=r["application_name"] or "",
-                                replayed_all_written_by=None)  # not the server's: WrittenWal dates it
+                                replayed_all_written_by=None, written_after=())  # not the server's: WrittenWal dates it
                      for r in json.loads(row["replicas"]))
     wal_receiver = None
     if in_recovery:
@@ -524,6 +524,9 @@ def bound_standby_lag(data: PgMemberData, caught_up_at: float | None, now: float
 # minutes of a busy primary at a 2 s refresh). A standby further behind than the oldest goes
 # unbounded: the walsender's replay_lag stands.
 WRITTEN_WAL_KEPT = 600
+# Positions past a standby's replay_lsn given with its row (ReplicaRow.written_after): the ones
+# a standby read a moment later than its row may have replayed past.
+WRITTEN_AFTER_GIVEN = 8
 
 
 class WrittenWal:
@@ -566,8 +569,14 @@ class WrittenWal:
         i = bisect.bisect_right(self._positions, replayed)
         return self._seen_at[i - 1] if i else None
 
+    def written_after(self, replayed: int, count: int = WRITTEN_AFTER_GIVEN) -> tuple[tuple[int, float], ...]:
+        """The first `count` positions past `replayed`, each with the latest poll start that read it."""
+        i = bisect.bisect_right(self._positions, replayed)
+        return tuple(zip(self._positions[i:i + count], self._seen_at[i:i + count]))
+
     def date_replicas(self, data: PgMemberData, polled_at: float) -> PgMemberData:
-        """Note a primary's position and give each of its replica rows replayed_all_written_by."""
+        """Note a primary's position and give each of its replica rows replayed_all_written_by
+        and written_after."""
         position = None if data.in_recovery else lsn_bytes(data.current_lsn)
         if position is None:
             self.forget()  # a standby now (or no position): a later promotion starts afresh
@@ -578,7 +587,8 @@ class WrittenWal:
         rows = []
         for r in data.replicas:
             replayed = lsn_bytes(r.replay_lsn)
-            rows.append(r if replayed is None else replace(r, replayed_all_written_by=self.replayed_all_by(replayed)))
+            rows.append(r if replayed is None else replace(r, replayed_all_written_by=self.replayed_all_by(replayed),
+                                                            written_after=self.written_after(replayed)))
         return replace(data, replicas=tuple(rows))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from dbops.config import ClusterRef, Member, PostgresThresholds
 from dbops.engines.postgres.data import Archiver, HorizonHolder, PgMemberData, PoolRow, ReplicaRow, Session
+from dbops.engines.postgres.history import lsn_bytes
 from dbops.engines.postgres.queries import CAUGHT_UP_AT, REPLAY_WAITING_FOR_WAL
 from dbops.model import (
     ClusterHealth,
@@ -153,9 +154,10 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
       what the primary has written out (see queries.REPLAY_WAITING_FOR_WAL) as growing lag.
     - several primaries (split brain): the worst of their rows.
     - bounded, row by row, by dbops' own samples of the primary's WAL position: a standby that
-      has replayed everything the primary had written at a poll is no further behind than the
-      time since that poll (ReplicaRow.replayed_all_written_by; the evidence survives a
-      restart of dbops' view of the standby, which the bound below does not).
+      has replayed everything the primary had written at a poll (by the row's replay_lsn, or by
+      the standby's own replay position when its poll is the later one) is no further behind
+      than the time since that poll (_replay_lag_by_evidence; the evidence survives a restart
+      of dbops' view of the standby, which the bound below does not).
     - bounded, when the adapter saw the standby replay all it had received at some moment
       (extra[CAUGHT_UP_AT]), by the time since then (to `now`, the judgement's time, so a
       standby's snapshot older than the primary's only loosens the bound) plus the WAL's flush
@@ -180,7 +182,8 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
         lag_seconds: float | None = max(r.flush_lag_seconds or 0.0 for r in rows)
     elif rows:
         now = time.time() if now is None else now
-        lag_seconds = max(_replay_lag_by_evidence(r, now) for r in rows)
+        replayed = lsn_bytes(data.current_lsn) if data.in_recovery else None
+        lag_seconds = max(_replay_lag_by_evidence(r, now, replayed) for r in rows)
         caught_up_at = data.extra.get(CAUGHT_UP_AT)
         if isinstance(caught_up_at, float):
             behind_for = max(0.0, now - caught_up_at)
@@ -191,13 +194,26 @@ def replica_lag(member: Member, data: PgMemberData, primaries: list[PgMemberData
     return lag_bytes, lag_seconds
 
 
-def _replay_lag_by_evidence(row: ReplicaRow, now: float) -> float:
+def _replay_lag_by_evidence(row: ReplicaRow, now: float, standby_replayed: int | None) -> float:
     """A primary's replay_lag for a standby, no more than dbops' own samples of the primary's
     WAL position allow: a standby that has replayed all the primary had written at time t is
-    at most now - t behind (ReplicaRow.replayed_all_written_by, adapter.WrittenWal)."""
+    at most now - t behind (adapter.WrittenWal).
+
+    What the standby has replayed: the row's replay_lsn (ReplicaRow.replayed_all_written_by),
+    or the standby's own replay position from its latest poll, when that has passed one of the
+    positions the primary wrote next (ReplicaRow.written_after). The two polls are not at one
+    instant: a row read while the standby's replay stood at the start of a record the primary
+    had not yet written out whole carries the lag tracker's interpolation toward a position
+    timed when the pause began (growing with the pause), while the standby, read a moment
+    later, has received the rest and replayed past it."""
     lag = row.replay_lag_seconds or 0.0
-    if row.replayed_all_written_by is not None:
-        lag = min(lag, max(0.0, now - row.replayed_all_written_by))
+    written_by = row.replayed_all_written_by
+    if standby_replayed is not None:
+        passed = [at for position, at in row.written_after if position <= standby_replayed]
+        if passed and (written_by is None or passed[-1] > written_by):
+            written_by = passed[-1]
+    if written_by is not None:
+        lag = min(lag, max(0.0, now - written_by))
     return lag
 
 

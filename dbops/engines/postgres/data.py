@@ -31,6 +31,10 @@ class ReplicaRow:
     # from dbops' own samples of the primary's WAL position (adapter.WrittenWal); None when no
     # sample is old enough or low enough to tell. The judgement bounds replay_lag by it.
     replayed_all_written_by: float | None = None
+    # The primary's next few positions past replay_lsn, each with the latest poll start by which
+    # it had been written (oldest first, from the same samples): the standby's own replay
+    # position, read at another moment than this row, is matched against them.
+    written_after: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
