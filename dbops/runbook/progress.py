@@ -21,7 +21,7 @@ class ProgressLine:
         self._lock = threading.Lock()  # reports come from transfer threads too
         self._start: tuple[float, float] | None = None
         self._last = float("-inf")
-        self._finished: tuple[float, float] | None = None  # (done, total) of the end last shown
+        self._finished: tuple[float, float | None] | None = None  # (done, total) of the end last shown
 
     def report(self, done: float, total: float | None, unit: str) -> None:
         with self._lock:
