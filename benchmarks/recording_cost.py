@@ -12,7 +12,11 @@ console), and with one keeping every refresh (unwatched_every_seconds = 0) alter
 a drift of the machine falls on each), each a fresh hub measured over --seconds once every target
 has answered and two intervals more; the process's CPU time (every thread: pollers, judging, the
 recorder's writer) as a share of one core. The baseline is the poller without recording in the
-same run; the goal (the issue) is that recording adds at most 5% to it.
+same run; the goal (the issue) is that recording adds at most 5% to it. Beside that difference
+(two noisy figures), the recorder's own work is measured on its threads: the writer thread's CPU
+(/proc) and the thread CPU time of the recorder's calls on the hub's thread. What the difference
+holds beyond these is the recorder's effect on the rest of the process (garbage collection,
+caches) and the rounds' noise.
 
 Growth: the recorded rounds' files, closed, with the bytes attributed to each measured window by
 its rows' share of the file's rows (the file's fixed part, its schema and config, left out); as
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import shutil
 import sqlite3
@@ -37,9 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fleet import fleet_config, on_sandbox, raise_max_connections  # a sibling script, not a package: found by the path above
@@ -51,6 +57,7 @@ GOAL_ADDED = 0.05  # recording's CPU over the poller's own
 GOAL_OPEN = 1.0  # seconds, replay opening a one-hour recording
 EVERY_REFRESH = "\n[recording]\nunwatched_every_seconds = 0\n"
 POSITIONS = ("start", "middle", "end")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 # Run in a fresh interpreter per open: prints the monotonic clock (system-wide on Linux, so
 # comparable with the parent's) when open_replay() is called and when the position is applied.
@@ -86,6 +93,30 @@ class Round:
     frames_written: int = 0
     dropped: int = 0
     error: str | None = None
+    writer: float = 0.0  # CPU seconds per wall second of the recorder's writer thread
+    hub_side: float = 0.0  # ... of the recorder's calls on the hub's thread (each judgement's state, queueing)
+
+
+def thread_cpu(native_id: int) -> float:
+    """CPU seconds (user + system) of one of this process's threads, from /proc (clock ticks)."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class TimedCalls:
+    """A recorder method that adds its callers' thread CPU time to a sum: what the recorder
+    costs the hub's thread, measured where it is spent (thread_time costs about 0.2 µs a call)."""
+
+    def __init__(self, method: Callable[..., None]) -> None:
+        self.method, self.seconds, self.calls = method, 0.0, 0
+
+    def __call__(self, *args: Any) -> None:
+        t = time.thread_time()
+        try:
+            self.method(*args)
+        finally:
+            self.seconds += time.thread_time() - t
+            self.calls += 1
 
 
 def file_bytes(directory: Path) -> int:
@@ -100,8 +131,11 @@ def run_round(config: Config, seconds: float, interval: float, directory: Path |
     from dbops.recording import Recorder
 
     rec = None
+    timed: list[TimedCalls] = []
     if directory is not None:
         rec = Recorder(config, directory)
+        timed = [TimedCalls(rec.health), TimedCalls(rec.alerts), TimedCalls(rec.backups)]
+        rec.health, rec.alerts, rec.backups = timed  # type: ignore[method-assign,assignment]
         rec.start()
     hub = PollerHub(config, recorder=rec)
     keys = [ref.key for ref in hub.refs]
@@ -118,16 +152,22 @@ def run_round(config: Config, seconds: float, interval: float, directory: Path |
             raise SystemExit(f"{pending} targets never answered within 120 s")
         time.sleep(interval * 2)  # past the first refreshes' connects
         # No sampling during the window: the probe's own work would be in both A and B.
+        writer_id = rec._thread.native_id if rec is not None and rec._thread is not None else None
+        writer0 = thread_cpu(writer_id) if writer_id else 0.0
+        hub0 = sum(t.seconds for t in timed)
         cpu0, wall0, t0 = time.process_time(), time.monotonic(), time.time()
         time.sleep(seconds)
         cpu, wall, t1 = time.process_time() - cpu0, time.monotonic() - wall0, time.time()
+        writer = thread_cpu(writer_id) - writer0 if writer_id else 0.0
+        hub_side = sum(t.seconds for t in timed) - hub0
         down = sum(1 for k in keys for s in hub.snapshots(k).values() if not s.reachable)
     finally:
         hub.stop(timeout=10)
         if rec is not None:
             rec.flush()
             rec.stop()
-    result = Round(directory is not None, targets, cpu / wall, wall, down / max(1, targets), (t0, t1), directory)
+    result = Round(directory is not None, targets, cpu / wall, wall, down / max(1, targets), (t0, t1), directory,
+                   writer=writer / wall, hub_side=hub_side / wall)
     if rec is not None:
         result.frames_written, result.dropped, result.error = rec.frames_written, rec.dropped, rec.error
     return result
@@ -244,6 +284,7 @@ def main() -> None:
                                   work / f"round-{i}-{name}" if cfg is not None else None)
                     rounds[name].append(r)
                     extra = f"  {r.frames_written} frames, {r.dropped} dropped" if r.recorded else ""
+                    extra += f"; recorder's own: writer {r.writer:.2%}, hub side {r.hub_side:.2%}" if r.recorded else ""
                     extra += f"  recorder error: {r.error}" if r.error else ""
                     print(f"  round {i + 1} {name:<8} {r.core:6.1%} of a core  {r.not_up:.0%} not up{extra}", flush=True)
             without = statistics.median(r.core for r in rounds["without"])
@@ -293,6 +334,13 @@ def main() -> None:
                 paired = sorted((r.core - w.core) / w.core if w.core else 0.0 for w, r in zip(rounds["without"], rounds[name]))
                 print(f"  {'':<14}      paired by round: {statistics.median(paired):+.1%} of the poller's own "
                       f"(min {paired[0]:+.1%}, max {paired[-1]:+.1%})")
+                # What the recorder's own code costs, measured on its threads (no noise of the
+                # servers' answers): the rest of the difference above is its effect on the rest of
+                # the process (garbage collection, caches) and the rounds' noise.
+                writer = statistics.median(r.writer for r in rounds[name])
+                hub_side = statistics.median(r.hub_side for r in rounds[name])
+                print(f"  {'':<14}      the recorder's own work: writer thread {writer:.2%} + on the hub's thread "
+                      f"{hub_side:.2%} of a core = {(writer + hub_side) / without:+.1%} of the poller's own")
             for name, label in (("default", "default"), ("every", "every refresh")):
                 per_hour_100, grown, frames, seconds = growth[name]
                 print(f"growth, {label:<13} {per_hour_100:6.1f} MB per hour per 100 targets, {frames / seconds:.1f} frames/s "
