@@ -95,6 +95,8 @@ class Round:
     error: str | None = None
     writer: float = 0.0  # CPU seconds per wall second of the recorder's writer thread
     hub_side: float = 0.0  # ... of the recorder's calls on the hub's thread (each judgement's state, queueing)
+    window_frames: int = 0  # frames the writer wrote during the window
+    window_calls: int = 0  # recorder calls the hub made during the window
 
 
 def thread_cpu(native_id: int) -> float:
@@ -155,11 +157,15 @@ def run_round(config: Config, seconds: float, interval: float, directory: Path |
         writer_id = rec._thread.native_id if rec is not None and rec._thread is not None else None
         writer0 = thread_cpu(writer_id) if writer_id else 0.0
         hub0 = sum(t.seconds for t in timed)
+        calls0 = sum(t.calls for t in timed)
+        frames0 = rec.frames_written if rec is not None else 0
         cpu0, wall0, t0 = time.process_time(), time.monotonic(), time.time()
         time.sleep(seconds)
         cpu, wall, t1 = time.process_time() - cpu0, time.monotonic() - wall0, time.time()
         writer = thread_cpu(writer_id) - writer0 if writer_id else 0.0
         hub_side = sum(t.seconds for t in timed) - hub0
+        window_calls = sum(t.calls for t in timed) - calls0
+        window_frames = (rec.frames_written if rec is not None else 0) - frames0
         down = sum(1 for k in keys for s in hub.snapshots(k).values() if not s.reachable)
     finally:
         hub.stop(timeout=10)
@@ -167,7 +173,7 @@ def run_round(config: Config, seconds: float, interval: float, directory: Path |
             rec.flush()
             rec.stop()
     result = Round(directory is not None, targets, cpu / wall, wall, down / max(1, targets), (t0, t1), directory,
-                   writer=writer / wall, hub_side=hub_side / wall)
+                   writer=writer / wall, hub_side=hub_side / wall, window_frames=window_frames, window_calls=window_calls)
     if rec is not None:
         result.frames_written, result.dropped, result.error = rec.frames_written, rec.dropped, rec.error
     return result
@@ -339,8 +345,14 @@ def main() -> None:
                 # the process (garbage collection, caches) and the rounds' noise.
                 writer = statistics.median(r.writer for r in rounds[name])
                 hub_side = statistics.median(r.hub_side for r in rounds[name])
+                per_frame = statistics.median(r.writer * r.seconds / r.window_frames for r in rounds[name] if r.window_frames)
+                per_call = statistics.median(r.hub_side * r.seconds / r.window_calls for r in rounds[name] if r.window_calls)
                 print(f"  {'':<14}      the recorder's own work: writer thread {writer:.2%} + on the hub's thread "
                       f"{hub_side:.2%} of a core = {(writer + hub_side) / without:+.1%} of the poller's own")
+                print(f"  {'':<14}      ({per_frame * 1e6:.0f} µs per frame written, "
+                      f"{statistics.median(r.window_frames / r.seconds for r in rounds[name]):.1f} frames/s; "
+                      f"{per_call * 1e6:.1f} µs per judgement given, "
+                      f"{statistics.median(r.window_calls / r.seconds for r in rounds[name]):.0f}/s)")
             for name, label in (("default", "default"), ("every", "every refresh")):
                 per_hour_100, grown, frames, seconds = growth[name]
                 print(f"growth, {label:<13} {per_hour_100:6.1f} MB per hour per 100 targets, {frames / seconds:.1f} frames/s "
